@@ -1,0 +1,1 @@
+//! safemount broker library.

@@ -1,0 +1,21 @@
+//! The wire protocol between safemount's three programs.
+//!
+//! Every message is one serde value encoded with bincode 2 (with a size
+//! limit) and sent as exactly one SOCK_SEQPACKET packet, optionally with
+//! file descriptors attached via SCM_RIGHTS. See [`wire`] for the framing and
+//! [`messages`] for what is said.
+
+pub mod messages;
+pub mod wire;
+
+pub use messages::*;
+pub use wire::{ProtoError, recv, send};
+
+/// Bumped whenever a message type changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Upper bound on one encoded message, and so on one packet.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Upper bound on the fds one message may carry.
+pub const MAX_FDS: usize = 4;

@@ -1,0 +1,134 @@
+//! What the three programs say to each other.
+//!
+//! Everything a worker sends is derived from a hostile disk: the broker
+//! treats every string in [`WorkerReply`] as untrusted (length, charset).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Client -> broker. The caller's identity never travels in a message: the
+/// broker takes it from SO_PEERCRED.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// First message on every connection.
+    Hello { version: u32 },
+    /// Mount a device or image. With [`MountSource::Fd`] the image fd is
+    /// attached to this message.
+    Mount {
+        source: MountSource,
+        /// None: the broker picks `/run/media/$USER/<label>`.
+        mountpoint: Option<PathBuf>,
+        /// The `-o` string exactly as the user gave it.
+        options: String,
+    },
+    Unmount { mountpoint: PathBuf },
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// A block device path, opened by the broker.
+    Device(PathBuf),
+    /// An image the client opened itself; the fd rides along. The name is
+    /// only for display and logs.
+    Fd { display_name: String },
+}
+
+/// Broker -> client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerReply {
+    Hello { version: u32 },
+    Mounted { mountpoint: PathBuf, label: String },
+    Unmounted,
+    Mounts(Vec<MountInfo>),
+    Error { kind: ErrorKind, message: String },
+}
+
+/// Coarse error classes, so the client can pick an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request itself is malformed or names something invalid.
+    InvalidRequest,
+    NotAuthorized,
+    /// Device or image busy, locked, or already mounted.
+    Busy,
+    /// The filesystem was refused (corrupt, unsupported feature, journal
+    /// needs recovery, ...).
+    Refused,
+    NotFound,
+    /// Anything else that went wrong inside the broker.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    /// Device path or image display name.
+    pub source: String,
+    pub mountpoint: PathBuf,
+    pub owner_uid: u32,
+    pub label: String,
+    pub read_only: bool,
+    pub state: MountState,
+    pub worker_pid: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountState {
+    Starting,
+    Mounted,
+    Unmounting,
+}
+
+/// Broker -> worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerRequest {
+    /// First message; the device fd is attached. The worker sandboxes
+    /// itself (dropping to `uid`/`gid`) before it reads the device.
+    Start {
+        version: u32,
+        read_only: bool,
+        uid: u32,
+        gid: u32,
+        /// Device path or image name, for log lines only.
+        source_name: String,
+    },
+    /// The filesystem is mounted; the `/dev/fuse` fd is attached.
+    Serve,
+}
+
+/// Worker -> broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerReply {
+    /// The filesystem can be mounted as asked.
+    Probed(ProbeReport),
+    /// The filesystem cannot be mounted; `reason` is one line.
+    Refused { reason: String },
+    /// The FUSE INIT handshake is done; requests are being served.
+    Serving,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    /// Volume label, raw from the superblock (up to 16 bytes, any bytes).
+    pub label: Vec<u8>,
+    /// Filesystem UUID, raw.
+    pub uuid: [u8; 16],
+    /// "ext2", "ext3" or "ext4".
+    pub fs_type: String,
+    /// Feature names, for logs.
+    pub features: Vec<String>,
+    /// True if the worker will only serve reads (asked, or forced by an
+    /// RO_COMPAT feature it cannot write).
+    pub read_only: bool,
+    /// What the sandbox managed to enforce.
+    pub sandbox: SandboxReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// "full", "partial" or "not enforced", with the Landlock ABI.
+    pub landlock: String,
+    pub seccomp: bool,
+    pub namespaces: bool,
+}

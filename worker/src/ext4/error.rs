@@ -1,0 +1,56 @@
+//! The engine's one error type. The FUSE adapter maps it to an errno
+//! (`fuse::errno`); the engine itself knows nothing of libc.
+
+use std::borrow::Cow;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("file exists")]
+    Exists,
+    #[error("no space left on device")]
+    NoSpace,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("no such extended attribute")]
+    NoAttribute,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("read-only filesystem")]
+    ReadOnly,
+    #[error("not supported: {0}")]
+    Unsupported(Cow<'static, str>),
+    #[error("I/O error at byte {offset}: {source}")]
+    Io {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Valid but not mountable by this engine (unknown INCOMPAT feature, ...).
+    #[error("{0}")]
+    Incompatible(String),
+    /// Metadata failed a check. `what` names the structure (and inode, when
+    /// there is one); `block` is where it was read from (0 if not known).
+    #[error("corrupt {what} (block {block})")]
+    Corrupt { what: Cow<'static, str>, block: u64 },
+    #[error("the journal needs recovery; run e2fsck or mount with the kernel driver first")]
+    NeedsRecovery,
+}
+
+impl Error {
+    pub fn corrupt(what: impl Into<Cow<'static, str>>, block: u64) -> Self {
+        Error::Corrupt {
+            what: what.into(),
+            block,
+        }
+    }
+}

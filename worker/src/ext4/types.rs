@@ -1,0 +1,78 @@
+//! Plain values the engine hands to its callers (the FUSE adapter).
+
+/// An ext4 inode number. Inode numbers are used unchanged as FUSE inode
+/// numbers, except that FUSE's root (1) is ext4's root (2), mapped in the
+/// adapter.
+pub type Ino = u32;
+
+pub const ROOT_INO: Ino = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    RegularFile,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+/// Seconds since the epoch (may be negative) plus nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nsecs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    /// Permission bits including setuid/setgid/sticky (mode & 0o7777).
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Allocated space in 512-byte units, as stat(2) reports it.
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    /// Device number for char/block devices (Linux encoding), else 0.
+    pub rdev: u32,
+    pub generation: u32,
+    /// The filesystem block size, reported as st_blksize.
+    pub blksize: u32,
+}
+
+/// One directory entry as readdir returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: Ino,
+    pub name: Vec<u8>,
+    pub kind: FileKind,
+    /// Opaque cookie: passing it back to `readdir` resumes after this entry.
+    pub next_offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFs {
+    /// Fragment (cluster) size in bytes; bsize is the block size.
+    pub bsize: u32,
+    pub frsize: u32,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namelen: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    Data,
+    Hole,
+}

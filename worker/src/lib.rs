@@ -1,0 +1,7 @@
+//! safemount-worker: the sandboxed process that serves one mount.
+//!
+//! Layers, bottom up: [`io`] (the shared-fd IO manager), [`ext4`] (the
+//! engine, no FUSE and no syscalls of its own), [`fuse`] (the fuser
+//! adapter), and [`sandbox`] (the only module here with `unsafe`).
+
+pub mod io;
