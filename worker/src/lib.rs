@@ -5,3 +5,4 @@
 //! adapter), and [`sandbox`] (the only module here with `unsafe`).
 
 pub mod io;
+pub mod sandbox;
