@@ -1,0 +1,208 @@
+//! POSIX ACLs as ext4 stores them (`ext4_acl_header` version 1, then short
+//! `{tag, perm}` entries for USER_OBJ, GROUP_OBJ, MASK and OTHER and long
+//! `{tag, perm, id}` entries for USER and GROUP), converted to the generic
+//! `posix_acl_xattr` format the getxattr(2) interface returns (version 2,
+//! every entry `{u16 tag, u16 perm, u32 id}`, id 0xFFFFFFFF for the short
+//! kinds), as the kernel's `ext4_acl_from_disk` + `posix_acl_to_xattr` do.
+
+use std::fmt;
+
+use crate::ext4::util::{le16, le32};
+
+pub(crate) const EXT4_ACL_VERSION: u32 = 1;
+pub(crate) const POSIX_ACL_XATTR_VERSION: u32 = 2;
+const HEADER_LEN: usize = 4;
+const SHORT_LEN: usize = 4;
+const LONG_LEN: usize = 8;
+pub(crate) const ACL_UNDEFINED_ID: u32 = 0xFFFF_FFFF;
+
+pub(crate) const ACL_USER_OBJ: u16 = 0x01;
+pub(crate) const ACL_USER: u16 = 0x02;
+pub(crate) const ACL_GROUP_OBJ: u16 = 0x04;
+pub(crate) const ACL_GROUP: u16 = 0x08;
+pub(crate) const ACL_MASK: u16 = 0x10;
+pub(crate) const ACL_OTHER: u16 = 0x20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AclProblem {
+    TooShort(usize),
+    BadVersion(u32),
+    BadSize(usize),
+    BadTag { entry: usize, tag: u16 },
+    TrailingBytes,
+}
+
+impl fmt::Display for AclProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AclProblem::TooShort(n) => write!(f, "ACL of {n} bytes has no header"),
+            AclProblem::BadVersion(v) => write!(f, "ACL version {v} != 1"),
+            AclProblem::BadSize(n) => write!(f, "ACL size {n} matches no entry count"),
+            AclProblem::BadTag { entry, tag } => write!(f, "ACL entry {entry}: bad tag {tag:#x}"),
+            AclProblem::TrailingBytes => write!(f, "ACL entries do not fill the value"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AclEntry {
+    pub tag: u16,
+    pub perm: u16,
+    /// uid or gid for ACL_USER / ACL_GROUP, else ACL_UNDEFINED_ID.
+    pub id: u32,
+}
+
+/// `ext4_acl_count`: how many entries a value of `size` bytes holds, or
+/// `None` if no mix of at most four short and any long entries fits.
+fn acl_count(size: usize) -> Option<usize> {
+    let size = size.checked_sub(HEADER_LEN)?;
+    match size.checked_sub(4 * SHORT_LEN) {
+        None => (size % SHORT_LEN == 0).then_some(size / SHORT_LEN),
+        Some(s) => (s % LONG_LEN == 0).then_some(s / LONG_LEN + 4),
+    }
+}
+
+/// Parses an ext4 on-disk ACL. An empty list is valid (the kernel treats
+/// it as "no ACL").
+pub(crate) fn parse(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
+    if value.len() < HEADER_LEN {
+        return Err(AclProblem::TooShort(value.len()));
+    }
+    let version = le32(value, 0);
+    if version != EXT4_ACL_VERSION {
+        return Err(AclProblem::BadVersion(version));
+    }
+    let count = acl_count(value.len()).ok_or(AclProblem::BadSize(value.len()))?;
+    let mut pos = HEADER_LEN;
+    let mut out = Vec::with_capacity(count);
+    for entry in 0..count {
+        if pos.saturating_add(SHORT_LEN) > value.len() {
+            return Err(AclProblem::TrailingBytes);
+        }
+        let tag = le16(value, pos);
+        let perm = le16(value, pos + 2);
+        match tag {
+            ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_MASK | ACL_OTHER => {
+                out.push(AclEntry {
+                    tag,
+                    perm,
+                    id: ACL_UNDEFINED_ID,
+                });
+                pos += SHORT_LEN;
+            }
+            ACL_USER | ACL_GROUP => {
+                if pos.saturating_add(LONG_LEN) > value.len() {
+                    return Err(AclProblem::TrailingBytes);
+                }
+                out.push(AclEntry {
+                    tag,
+                    perm,
+                    id: le32(value, pos + 4),
+                });
+                pos += LONG_LEN;
+            }
+            _ => return Err(AclProblem::BadTag { entry, tag }),
+        }
+    }
+    if pos != value.len() {
+        return Err(AclProblem::TrailingBytes);
+    }
+    Ok(out)
+}
+
+/// Encodes entries in the `posix_acl_xattr` format (what getxattr returns).
+pub(crate) fn to_xattr(entries: &[AclEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * LONG_LEN);
+    out.extend_from_slice(&POSIX_ACL_XATTR_VERSION.to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.tag.to_le_bytes());
+        out.extend_from_slice(&e.perm.to_le_bytes());
+        out.extend_from_slice(&e.id.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk() -> Vec<u8> {
+        let mut v = EXT4_ACL_VERSION.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (ACL_USER_OBJ, 6u16, None),
+            (ACL_USER, 4, Some(1000u32)),
+            (ACL_GROUP_OBJ, 4, None),
+            (ACL_GROUP, 5, Some(100)),
+            (ACL_MASK, 7, None),
+            (ACL_OTHER, 0, None),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            if let Some(id) = id {
+                v.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn converts_to_xattr_format() {
+        let e = parse(&disk()).unwrap();
+        assert_eq!(e.len(), 6);
+        assert_eq!(
+            e[1],
+            AclEntry {
+                tag: ACL_USER,
+                perm: 4,
+                id: 1000
+            }
+        );
+        let x = to_xattr(&e);
+        assert_eq!(x.len(), 4 + 6 * 8);
+        assert_eq!(&x[0..4], &2u32.to_le_bytes());
+        // USER_OBJ rw-, undefined id
+        assert_eq!(&x[4..12], &[1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff]);
+        // USER 1000 r--
+        assert_eq!(&x[12..20], &[2, 0, 4, 0, 0xe8, 0x03, 0, 0]);
+        // header only: no entries
+        assert_eq!(parse(&1u32.to_le_bytes()), Ok(vec![]));
+    }
+
+    #[test]
+    fn flipped_bytes_give_exact_errors() {
+        let mut v = disk();
+        v[0] = 2;
+        assert_eq!(parse(&v), Err(AclProblem::BadVersion(2)));
+        let mut v = disk();
+        v[4] = 0x40;
+        assert_eq!(
+            parse(&v),
+            Err(AclProblem::BadTag {
+                entry: 0,
+                tag: 0x40
+            })
+        );
+        // USER_OBJ turned into USER: the long entry eats the next entry's
+        // tag, and the id 1000 is read as a tag.
+        let mut v = disk();
+        v[4] = 0x02;
+        assert_eq!(
+            parse(&v),
+            Err(AclProblem::BadTag {
+                entry: 1,
+                tag: 1000
+            })
+        );
+        // OTHER turned into GROUP at the very end: runs out of bytes.
+        let mut v = disk();
+        let n = v.len();
+        v[n - 4] = 0x08;
+        assert_eq!(parse(&v), Err(AclProblem::TrailingBytes));
+        assert_eq!(parse(&disk()[..7]), Err(AclProblem::BadSize(7)));
+        assert_eq!(parse(&disk()[..3]), Err(AclProblem::TooShort(3)));
+        assert_eq!(
+            parse(&disk()[..disk().len() - 4]),
+            Err(AclProblem::BadSize(32))
+        );
+    }
+}

@@ -1,0 +1,476 @@
+//! Linear directory entries: `ext4_dir_entry_2` (with the filetype feature)
+//! and the old `ext4_dir_entry` (16-bit name length, type only in the
+//! inode), plus the metadata_csum dirent tail. See
+//! Documentation/filesystems/ext4/directory.rst ("Linear (Classic)
+//! Directories").
+//!
+//! Validation follows the kernel's `__ext4_check_dir_entry`: the record
+//! length is at least 12, a multiple of 4, holds the name, stays inside the
+//! buffer, and the inode number is at most `s_inodes_count`. A record
+//! length is never zero after validation, so iteration always advances.
+
+use std::fmt;
+use std::num::NonZeroUsize;
+
+use crate::ext4::checksum::crc32c;
+use crate::ext4::types::FileKind;
+use crate::ext4::util::{le16, le32};
+
+/// Offsets inside an entry (directory.rst, "Linear (Classic) Directories").
+const DE_INODE: usize = 0;
+const DE_REC_LEN: usize = 4;
+const DE_NAME_LEN: usize = 6;
+const DE_FILE_TYPE: usize = 7;
+/// Bytes before the name.
+pub(crate) const DE_HEADER_LEN: usize = 8;
+/// The smallest record: header plus a 1-byte name, rounded to 4.
+pub(crate) const DE_MIN_REC_LEN: usize = 12;
+pub(crate) const EXT4_NAME_LEN: usize = 255;
+
+/// `ext4_dir_entry_tail`: a fake entry ending each leaf block when
+/// metadata_csum is on.
+pub(crate) const DIRENT_TAIL_LEN: usize = 12;
+const DET_REC_LEN: usize = 4;
+const DET_RESERVED_ZERO2: usize = 6;
+const DET_RESERVED_FT: usize = 7;
+const DET_CHECKSUM: usize = 8;
+pub(crate) const EXT4_FT_DIR_CSUM: u8 = 0xDE;
+
+/// `file_type` values.
+pub(crate) const EXT4_FT_UNKNOWN: u8 = 0;
+pub(crate) const EXT4_FT_REG_FILE: u8 = 1;
+pub(crate) const EXT4_FT_DIR: u8 = 2;
+pub(crate) const EXT4_FT_CHRDEV: u8 = 3;
+pub(crate) const EXT4_FT_BLKDEV: u8 = 4;
+pub(crate) const EXT4_FT_FIFO: u8 = 5;
+pub(crate) const EXT4_FT_SOCK: u8 = 6;
+pub(crate) const EXT4_FT_SYMLINK: u8 = 7;
+
+/// `ext4_dir_rec_len`: header + name rounded up to 4 bytes.
+pub(crate) fn dir_rec_len(name_len: usize) -> usize {
+    DE_HEADER_LEN.saturating_add(name_len).saturating_add(3) & !3
+}
+
+/// `ext4_rec_len_from_disk`: with 64 KiB blocks a record of the whole block
+/// does not fit 16 bits, so 0 and 65535 mean "the block" and the low two
+/// bits carry bits 16-17. Smaller blocks store the length as is.
+pub(crate) fn rec_len_from_disk(raw: u16, block_size: u32) -> usize {
+    if block_size < 65536 {
+        return usize::from(raw);
+    }
+    if raw == u16::MAX || raw == 0 {
+        return block_size as usize;
+    }
+    let raw = usize::from(raw);
+    (raw & 65532) | ((raw & 3) << 16)
+}
+
+/// Maps a dirent `file_type` to a kind; `None` for unknown (0) or invalid.
+pub(crate) fn kind_from_file_type(ft: u8) -> Option<FileKind> {
+    Some(match ft {
+        EXT4_FT_REG_FILE => FileKind::RegularFile,
+        EXT4_FT_DIR => FileKind::Directory,
+        EXT4_FT_CHRDEV => FileKind::CharDevice,
+        EXT4_FT_BLKDEV => FileKind::BlockDevice,
+        EXT4_FT_FIFO => FileKind::Fifo,
+        EXT4_FT_SOCK => FileKind::Socket,
+        EXT4_FT_SYMLINK => FileKind::Symlink,
+        _ => return None,
+    })
+}
+
+/// Why an entry was rejected (the kernel's messages, shortened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirentProblem {
+    /// Fewer than 8 header bytes left in the buffer.
+    Truncated,
+    RecLenTooSmall(usize),
+    RecLenNotAligned(usize),
+    RecLenTooSmallForName {
+        rec_len: usize,
+        name_len: usize,
+    },
+    Overrun {
+        rec_len: usize,
+    },
+    InodeOutOfBounds(u32),
+    NameTooLong(usize),
+}
+
+impl fmt::Display for DirentProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirentProblem::Truncated => write!(f, "entry header truncated"),
+            DirentProblem::RecLenTooSmall(r) => write!(f, "rec_len {r} is smaller than minimal"),
+            DirentProblem::RecLenNotAligned(r) => write!(f, "rec_len {r} is not a multiple of 4"),
+            DirentProblem::RecLenTooSmallForName { rec_len, name_len } => {
+                write!(f, "rec_len {rec_len} is too small for name_len {name_len}")
+            }
+            DirentProblem::Overrun { rec_len } => {
+                write!(f, "entry with rec_len {rec_len} overruns")
+            }
+            DirentProblem::InodeOutOfBounds(i) => write!(f, "inode {i} out of bounds"),
+            DirentProblem::NameTooLong(n) => write!(f, "name_len {n} exceeds 255"),
+        }
+    }
+}
+
+/// One validated entry, borrowing its name from the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawDirEntry<'a> {
+    /// Offset of the entry inside the buffer it was parsed from.
+    pub offset: usize,
+    /// 0 for an unused (deleted) record.
+    pub inode: u32,
+    pub rec_len: NonZeroUsize,
+    pub name: &'a [u8],
+    /// The `file_type` byte; `None` without the filetype feature (the old
+    /// format, whose name length is 16 bits).
+    pub file_type: Option<u8>,
+}
+
+/// What the parser needs to know about the filesystem.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirentFormat {
+    pub filetype: bool,
+    pub block_size: u32,
+    pub inodes_count: u32,
+}
+
+impl<'a> RawDirEntry<'a> {
+    /// Parses and checks the entry at `offset` in `buf` (a directory block,
+    /// or an inline-data region, `buf.len()` being its size).
+    pub(crate) fn parse(
+        buf: &'a [u8],
+        offset: usize,
+        fmt: &DirentFormat,
+    ) -> Result<Self, DirentProblem> {
+        let header_end = offset
+            .checked_add(DE_HEADER_LEN)
+            .ok_or(DirentProblem::Truncated)?;
+        if header_end > buf.len() {
+            return Err(DirentProblem::Truncated);
+        }
+        let inode = le32(buf, offset + DE_INODE);
+        let rec_len = rec_len_from_disk(le16(buf, offset + DE_REC_LEN), fmt.block_size);
+        let (name_len, file_type) = if fmt.filetype {
+            let ft = buf.get(offset + DE_FILE_TYPE).copied().unwrap_or(0);
+            (
+                usize::from(buf.get(offset + DE_NAME_LEN).copied().unwrap_or(0)),
+                Some(ft),
+            )
+        } else {
+            (usize::from(le16(buf, offset + DE_NAME_LEN)), None)
+        };
+        if rec_len < DE_MIN_REC_LEN {
+            return Err(DirentProblem::RecLenTooSmall(rec_len));
+        }
+        if rec_len % 4 != 0 {
+            return Err(DirentProblem::RecLenNotAligned(rec_len));
+        }
+        if name_len > EXT4_NAME_LEN {
+            return Err(DirentProblem::NameTooLong(name_len));
+        }
+        if rec_len < dir_rec_len(name_len) {
+            return Err(DirentProblem::RecLenTooSmallForName { rec_len, name_len });
+        }
+        let remaining = buf.len() - offset;
+        if rec_len > remaining {
+            return Err(DirentProblem::Overrun { rec_len });
+        }
+        if inode > fmt.inodes_count {
+            return Err(DirentProblem::InodeOutOfBounds(inode));
+        }
+        let name = buf
+            .get(header_end..header_end + name_len)
+            .ok_or(DirentProblem::Overrun { rec_len })?;
+        let rec_len = NonZeroUsize::new(rec_len).ok_or(DirentProblem::RecLenTooSmall(0))?;
+        Ok(RawDirEntry {
+            offset,
+            inode,
+            rec_len,
+            name,
+            file_type,
+        })
+    }
+
+    /// Offset just past this record.
+    pub(crate) fn end(&self) -> usize {
+        self.offset.saturating_add(self.rec_len.get())
+    }
+
+    /// A live entry: inode set and a non-empty name.
+    pub(crate) fn is_live(&self) -> bool {
+        self.inode != 0 && !self.name.is_empty()
+    }
+}
+
+/// Iterates over the records of one buffer, starting at `start`. Stops after
+/// the first error. Each step advances by a non-zero record length, so the
+/// number of steps is at most `buf.len() / 12`.
+pub(crate) struct DirentIter<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    fmt: DirentFormat,
+    failed: bool,
+}
+
+impl<'a> DirentIter<'a> {
+    pub(crate) fn new(buf: &'a [u8], start: usize, fmt: DirentFormat) -> Self {
+        DirentIter {
+            buf,
+            pos: start,
+            fmt,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for DirentIter<'a> {
+    type Item = Result<RawDirEntry<'a>, (usize, DirentProblem)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.pos >= self.buf.len() {
+            return None;
+        }
+        match RawDirEntry::parse(self.buf, self.pos, &self.fmt) {
+            Ok(e) => {
+                self.pos = e.end();
+                Some(Ok(e))
+            }
+            Err(p) => {
+                self.failed = true;
+                Some(Err((self.pos, p)))
+            }
+        }
+    }
+}
+
+/// Why a leaf block's checksum tail was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TailProblem {
+    /// The block does not end with a well-formed tail ("No space for
+    /// directory leaf checksum", e2fsck -D fixes it).
+    Missing,
+    BadChecksum {
+        stored: u32,
+        computed: u32,
+    },
+}
+
+impl fmt::Display for TailProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TailProblem::Missing => write!(f, "no directory leaf checksum tail"),
+            TailProblem::BadChecksum { stored, computed } => write!(
+                f,
+                "directory block checksum {stored:#010x} != computed {computed:#010x}"
+            ),
+        }
+    }
+}
+
+/// Is there a well-formed `ext4_dir_entry_tail` at the end of `block`?
+pub(crate) fn has_dirent_tail(block: &[u8], block_size: u32) -> bool {
+    let Some(t) = block.len().checked_sub(DIRENT_TAIL_LEN) else {
+        return false;
+    };
+    le32(block, t) == 0
+        && rec_len_from_disk(le16(block, t + DET_REC_LEN), block_size) == DIRENT_TAIL_LEN
+        && block.get(t + DET_RESERVED_ZERO2) == Some(&0)
+        && block.get(t + DET_RESERVED_FT) == Some(&EXT4_FT_DIR_CSUM)
+}
+
+/// Checks a leaf block's tail checksum: crc32c, seeded with the directory
+/// inode's seed, over the block up to the tail.
+pub(crate) fn verify_dirent_tail(
+    block: &[u8],
+    block_size: u32,
+    inode_seed: u32,
+) -> Result<(), TailProblem> {
+    if !has_dirent_tail(block, block_size) {
+        return Err(TailProblem::Missing);
+    }
+    let t = block.len() - DIRENT_TAIL_LEN;
+    let stored = le32(block, t + DET_CHECKSUM);
+    let computed = crc32c(inode_seed, block.get(..t).unwrap_or(&[]));
+    if stored != computed {
+        return Err(TailProblem::BadChecksum { stored, computed });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const FMT: DirentFormat = DirentFormat {
+        filetype: true,
+        block_size: 1024,
+        inodes_count: 1000,
+    };
+
+    /// Appends an entry; `rec_len` 0 means "minimal".
+    pub(crate) fn put(buf: &mut Vec<u8>, ino: u32, name: &[u8], ft: u8, rec_len: usize) {
+        let rl = if rec_len == 0 {
+            dir_rec_len(name.len())
+        } else {
+            rec_len
+        };
+        let start = buf.len();
+        buf.extend_from_slice(&ino.to_le_bytes());
+        buf.extend_from_slice(&(rl as u16).to_le_bytes());
+        buf.push(name.len() as u8);
+        buf.push(ft);
+        buf.extend_from_slice(name);
+        buf.resize(start + rl, 0);
+    }
+
+    fn block() -> Vec<u8> {
+        let mut b = Vec::new();
+        put(&mut b, 2, b".", EXT4_FT_DIR, 0);
+        put(&mut b, 2, b"..", EXT4_FT_DIR, 0);
+        put(&mut b, 11, b"lost+found", EXT4_FT_DIR, 0);
+        let rest = 1024 - b.len() - DIRENT_TAIL_LEN;
+        put(&mut b, 12, b"file", EXT4_FT_REG_FILE, rest);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&12u16.to_le_bytes());
+        b.push(0);
+        b.push(EXT4_FT_DIR_CSUM);
+        let c = crc32c(0x1234, &b[..1024 - 12]);
+        b.extend_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    fn names(b: &[u8], fmt: DirentFormat) -> Result<Vec<Vec<u8>>, (usize, DirentProblem)> {
+        DirentIter::new(b, 0, fmt)
+            .filter(|e| e.as_ref().map(|e| e.is_live()).unwrap_or(true))
+            .map(|e| e.map(|e| e.name.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_good_block() {
+        let b = block();
+        let n = names(&b, FMT).unwrap();
+        assert_eq!(
+            n,
+            vec![
+                b".".to_vec(),
+                b"..".to_vec(),
+                b"lost+found".to_vec(),
+                b"file".to_vec()
+            ]
+        );
+        assert_eq!(verify_dirent_tail(&b, 1024, 0x1234), Ok(()));
+        let e = RawDirEntry::parse(&b, 24, &FMT).unwrap();
+        assert_eq!(e.inode, 11);
+        assert_eq!(e.file_type, Some(EXT4_FT_DIR));
+        assert_eq!(e.rec_len.get(), 20);
+    }
+
+    #[test]
+    fn flipped_bytes_give_exact_errors() {
+        // rec_len of "." (offset 4) set to 8.
+        let mut b = block();
+        b[4] = 8;
+        assert_eq!(names(&b, FMT), Err((0, DirentProblem::RecLenTooSmall(8))));
+        // rec_len 0 must not spin.
+        b[4] = 0;
+        assert_eq!(names(&b, FMT), Err((0, DirentProblem::RecLenTooSmall(0))));
+        b[4] = 14;
+        assert_eq!(
+            names(&b, FMT),
+            Err((0, DirentProblem::RecLenNotAligned(14)))
+        );
+        // name_len of lost+found (offset 24 + 6) set to 20 > rec_len 20 - 8.
+        let mut b = block();
+        b[30] = 20;
+        assert_eq!(
+            names(&b, FMT),
+            Err((
+                24,
+                DirentProblem::RecLenTooSmallForName {
+                    rec_len: 20,
+                    name_len: 20
+                }
+            ))
+        );
+        // rec_len of "file" (offset 44) past the block end.
+        let mut b = block();
+        b[44 + 4..44 + 6].copy_from_slice(&2000u16.to_le_bytes());
+        assert_eq!(
+            names(&b, FMT),
+            Err((44, DirentProblem::Overrun { rec_len: 2000 }))
+        );
+        // inode number beyond s_inodes_count.
+        let mut b = block();
+        b[44..48].copy_from_slice(&1001u32.to_le_bytes());
+        assert_eq!(
+            names(&b, FMT),
+            Err((44, DirentProblem::InodeOutOfBounds(1001)))
+        );
+        // a flipped name byte breaks the checksum.
+        let mut b = block();
+        b[32] ^= 1;
+        assert!(matches!(
+            verify_dirent_tail(&b, 1024, 0x1234),
+            Err(TailProblem::BadChecksum { .. })
+        ));
+        // and a flipped tail marker removes the tail.
+        let mut b = block();
+        b[1024 - 5] = 0;
+        assert_eq!(
+            verify_dirent_tail(&b, 1024, 0x1234),
+            Err(TailProblem::Missing)
+        );
+        // a header cut short.
+        assert_eq!(
+            RawDirEntry::parse(&block()[..1020], 1016, &FMT),
+            Err(DirentProblem::Truncated)
+        );
+    }
+
+    #[test]
+    fn old_format_has_16_bit_name_len() {
+        let mut b = Vec::new();
+        put(&mut b, 5, b"abc", 0, 16);
+        let fmt = DirentFormat {
+            filetype: false,
+            ..FMT
+        };
+        let e = RawDirEntry::parse(&b, 0, &fmt).unwrap();
+        assert_eq!(e.name, b"abc");
+        assert_eq!(e.file_type, None);
+        // the high byte of name_len now counts: 0x0103 > 255.
+        b[7] = 1;
+        assert_eq!(
+            RawDirEntry::parse(&b, 0, &fmt),
+            Err(DirentProblem::NameTooLong(259))
+        );
+    }
+
+    #[test]
+    fn rec_len_64k() {
+        assert_eq!(rec_len_from_disk(0, 65536), 65536);
+        assert_eq!(rec_len_from_disk(u16::MAX, 65536), 65536);
+        assert_eq!(rec_len_from_disk(12, 65536), 12);
+        assert_eq!(rec_len_from_disk(0xfffc | 1, 65536), 0xfffc | 0x10000);
+        assert_eq!(rec_len_from_disk(0, 4096), 0);
+        assert_eq!(rec_len_from_disk(4096, 4096), 4096);
+    }
+
+    #[test]
+    fn every_truncation_and_flip_is_handled() {
+        // No input makes the parser panic or loop: flip each byte in turn.
+        let good = block();
+        for i in 0..good.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = good.clone();
+                b[i] ^= bit;
+                let steps = DirentIter::new(&b, 0, FMT).count();
+                assert!(steps <= 1024 / DE_MIN_REC_LEN);
+            }
+        }
+    }
+}

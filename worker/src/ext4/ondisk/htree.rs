@@ -1,0 +1,414 @@
+//! Hash-tree directory index blocks: `dx_root` (block 0, behind fake "."
+//! and ".." entries) and `dx_node` (interior blocks, behind one empty entry
+//! spanning the block), each holding a `dx_countlimit` and sorted
+//! `dx_entry {hash, block}` pairs, plus the metadata_csum `dx_tail`. See
+//! Documentation/filesystems/ext4/directory.rst ("Hash Tree Directories").
+//!
+//! Checks follow the kernel's `dx_probe`: a known hash version, info_length
+//! 8, no unknown flags, depth below the limit (2 levels, 3 with large_dir),
+//! `limit` equal to what the block can hold, and `0 < count <= limit`. Any
+//! failure is an [`DxProblem`], which the caller treats like the kernel's
+//! ERR_BAD_DX_DIR (fall back to a linear scan), except checksum failures,
+//! which are plain corruption.
+
+use std::fmt;
+
+use crate::ext4::checksum::crc32c;
+use crate::ext4::ondisk::dir_entry::{DE_MIN_REC_LEN, rec_len_from_disk};
+use crate::ext4::util::{le16, le32};
+
+/// `dx_root` layout: "." (12 bytes), ".." (12 bytes), then `dx_root_info`.
+const ROOT_INFO: usize = 24;
+const RI_RESERVED_ZERO: usize = ROOT_INFO;
+const RI_HASH_VERSION: usize = ROOT_INFO + 4;
+const RI_INFO_LENGTH: usize = ROOT_INFO + 5;
+const RI_INDIRECT_LEVELS: usize = ROOT_INFO + 6;
+const RI_UNUSED_FLAGS: usize = ROOT_INFO + 7;
+pub(crate) const DX_ROOT_INFO_LEN: u8 = 8;
+/// The root's `dx_countlimit` (and first entry) offset.
+pub(crate) const ROOT_ENTRIES: usize = 32;
+/// A `dx_node`'s entries start after its 8-byte fake dirent.
+pub(crate) const NODE_ENTRIES: usize = 8;
+pub(crate) const DX_ENTRY_LEN: usize = 8;
+pub(crate) const DX_TAIL_LEN: usize = 8;
+/// `dx_get_block` masks off the top four bits (reserved for future use).
+const DX_BLOCK_MASK: u32 = 0x0fff_ffff;
+/// Bit 0 of a stored hash: the leaf continues a run of equal hashes.
+pub(crate) const DX_HASH_CONTINUATION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DxProblem {
+    BadRootEntries,
+    UnknownHashVersion(u8),
+    BadInfoLength(u8),
+    UnsupportedFlags(u8),
+    TooDeep { levels: u8, max: u8 },
+    BadLimit { limit: u16, expected: u16 },
+    BadCount { count: u16, limit: u16 },
+    NotAnIndexNode,
+    NoSpaceForTail,
+    BadChecksum { stored: u32, computed: u32 },
+    Cycle(u32),
+}
+
+impl fmt::Display for DxProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DxProblem::BadRootEntries => write!(f, "htree root lacks its '.' and '..' entries"),
+            DxProblem::UnknownHashVersion(v) => write!(f, "unrecognised htree hash version {v}"),
+            DxProblem::BadInfoLength(l) => write!(f, "htree root info_length {l} != 8"),
+            DxProblem::UnsupportedFlags(x) => write!(f, "unimplemented htree flags {x:#x}"),
+            DxProblem::TooDeep { levels, max } => {
+                write!(f, "htree depth {levels} exceeds supported {max}")
+            }
+            DxProblem::BadLimit { limit, expected } => {
+                write!(f, "dx limit {limit} != expected {expected}")
+            }
+            DxProblem::BadCount { count, limit } => {
+                write!(f, "dx count {count} not in 1..={limit}")
+            }
+            DxProblem::NotAnIndexNode => write!(f, "leaf block found instead of index block"),
+            DxProblem::NoSpaceForTail => write!(f, "no space for htree checksum tail"),
+            DxProblem::BadChecksum { stored, computed } => write!(
+                f,
+                "htree index checksum {stored:#010x} != computed {computed:#010x}"
+            ),
+            DxProblem::Cycle(b) => write!(f, "htree cycle through block {b}"),
+        }
+    }
+}
+
+impl DxProblem {
+    /// Checksum failures are reported as corruption; everything else makes
+    /// the caller fall back to a linear scan, as the kernel does.
+    pub(crate) fn is_checksum(&self) -> bool {
+        matches!(
+            self,
+            DxProblem::BadChecksum { .. } | DxProblem::NoSpaceForTail
+        )
+    }
+}
+
+/// Parsed `dx_root_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DxRootInfo {
+    pub hash_version: u8,
+    pub indirect_levels: u8,
+}
+
+/// One `dx_entry`. Entry 0's hash is implicitly 0 (its slot holds the
+/// count and limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DxEntry {
+    pub hash: u32,
+    /// Logical block within the directory.
+    pub block: u32,
+}
+
+/// The entries of one index block, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DxEntries {
+    pub entries: Vec<DxEntry>,
+}
+
+/// `dx_root_limit`: entries that fit in the root block.
+pub(crate) fn root_limit(block_size: usize, csum: bool) -> usize {
+    let tail = if csum { DX_TAIL_LEN } else { 0 };
+    block_size.saturating_sub(ROOT_ENTRIES + tail) / DX_ENTRY_LEN
+}
+
+/// `dx_node_limit`: entries that fit in an interior block.
+pub(crate) fn node_limit(block_size: usize, csum: bool) -> usize {
+    let tail = if csum { DX_TAIL_LEN } else { 0 };
+    block_size.saturating_sub(NODE_ENTRIES + tail) / DX_ENTRY_LEN
+}
+
+/// Parses the root block's `dx_root_info` (and checks the fake "." and ".."
+/// entries). `max_levels` is 2, or 3 with large_dir.
+pub(crate) fn parse_root_info(block: &[u8], max_levels: u8) -> Result<DxRootInfo, DxProblem> {
+    let bs = block.len() as u32;
+    if block.len() < ROOT_ENTRIES + DX_ENTRY_LEN {
+        return Err(DxProblem::BadRootEntries);
+    }
+    // "." with rec_len 12 at 0, ".." spanning the rest of the block at 12.
+    let dot_ok = rec_len_from_disk(le16(block, 4), bs) == DE_MIN_REC_LEN
+        && block.get(6) == Some(&1)
+        && block.get(8) == Some(&b'.');
+    let dotdot_ok = rec_len_from_disk(le16(block, 16), bs) == block.len() - DE_MIN_REC_LEN
+        && block.get(18) == Some(&2)
+        && block.get(20..22) == Some(b"..");
+    if !dot_ok || !dotdot_ok || le32(block, RI_RESERVED_ZERO) != 0 {
+        return Err(DxProblem::BadRootEntries);
+    }
+    let hash_version = block.get(RI_HASH_VERSION).copied().unwrap_or(0);
+    let info_length = block.get(RI_INFO_LENGTH).copied().unwrap_or(0);
+    let indirect_levels = block.get(RI_INDIRECT_LEVELS).copied().unwrap_or(0);
+    let unused_flags = block.get(RI_UNUSED_FLAGS).copied().unwrap_or(0);
+    // Legacy, half-MD4, TEA (the unsigned variants are never stored; the
+    // superblock flag selects them) and SipHash.
+    if !matches!(hash_version, 0..=2 | 6) {
+        return Err(DxProblem::UnknownHashVersion(hash_version));
+    }
+    if info_length != DX_ROOT_INFO_LEN {
+        return Err(DxProblem::BadInfoLength(info_length));
+    }
+    if unused_flags & 1 != 0 {
+        return Err(DxProblem::UnsupportedFlags(unused_flags));
+    }
+    if indirect_levels >= max_levels {
+        return Err(DxProblem::TooDeep {
+            levels: indirect_levels,
+            max: max_levels,
+        });
+    }
+    Ok(DxRootInfo {
+        hash_version,
+        indirect_levels,
+    })
+}
+
+/// Is `block` (not logical block 0) shaped like an interior index node: one
+/// empty entry (inode 0) spanning the whole block?
+pub(crate) fn is_index_node(block: &[u8]) -> bool {
+    le32(block, 0) == 0
+        && rec_len_from_disk(le16(block, 4), block.len() as u32) == block.len()
+        && block.get(6) == Some(&0)
+}
+
+/// Reads the `dx_countlimit` and entries at `at`, checking `limit` against
+/// `expected_limit` and the count against the limit.
+pub(crate) fn parse_entries(
+    block: &[u8],
+    at: usize,
+    expected_limit: usize,
+) -> Result<DxEntries, DxProblem> {
+    let limit = le16(block, at);
+    let count = le16(block, at + 2);
+    if usize::from(limit) != expected_limit {
+        return Err(DxProblem::BadLimit {
+            limit,
+            expected: u16::try_from(expected_limit).unwrap_or(u16::MAX),
+        });
+    }
+    if count == 0 || count > limit {
+        return Err(DxProblem::BadCount { count, limit });
+    }
+    // limit fits the block by construction of expected_limit.
+    let entries = (0..usize::from(count))
+        .map(|i| {
+            let off = at + i * DX_ENTRY_LEN;
+            DxEntry {
+                hash: if i == 0 { 0 } else { le32(block, off) },
+                block: le32(block, off + 4) & DX_BLOCK_MASK,
+            }
+        })
+        .collect();
+    Ok(DxEntries { entries })
+}
+
+impl DxEntries {
+    /// The index of the last entry whose hash is <= `hash` (entry 0 covers
+    /// everything below entry 1), as `dx_probe`'s binary search finds it.
+    pub(crate) fn find(&self, hash: u32) -> usize {
+        // partition_point: first entry (after 0) with hash > target.
+        let rest = self.entries.get(1..).unwrap_or(&[]);
+        rest.partition_point(|e| e.hash <= hash)
+    }
+}
+
+/// Offset of the `dx_countlimit` in an index block, as `get_dx_countlimit`
+/// finds it: 8 in a node, 32 in the root, `None` if neither shape fits.
+pub(crate) fn count_offset(block: &[u8]) -> Option<usize> {
+    let bs = block.len() as u32;
+    let rlen = rec_len_from_disk(le16(block, 4), bs);
+    if rlen == block.len() {
+        return Some(NODE_ENTRIES);
+    }
+    if rlen == DE_MIN_REC_LEN {
+        let rlen2 = rec_len_from_disk(le16(block, DE_MIN_REC_LEN + 4), bs);
+        if rlen2 != block.len() - DE_MIN_REC_LEN {
+            return None;
+        }
+        if le32(block, RI_RESERVED_ZERO) != 0
+            || block.get(RI_INFO_LENGTH) != Some(&DX_ROOT_INFO_LEN)
+        {
+            return None;
+        }
+        return Some(ROOT_ENTRIES);
+    }
+    None
+}
+
+/// Verifies the `dx_tail` after `limit` entries: crc32c seeded with the
+/// directory inode's seed over the block up to the last used entry, then
+/// the tail's `dt_reserved`.
+pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProblem> {
+    let at = count_offset(block).ok_or(DxProblem::NotAnIndexNode)?;
+    let limit = usize::from(le16(block, at));
+    let count = usize::from(le16(block, at + 2));
+    let tail = at
+        .checked_add(limit.saturating_mul(DX_ENTRY_LEN))
+        .filter(|&t| t.saturating_add(DX_TAIL_LEN) <= block.len())
+        .ok_or(DxProblem::NoSpaceForTail)?;
+    if count > limit {
+        return Err(DxProblem::BadCount {
+            count: count as u16,
+            limit: limit as u16,
+        });
+    }
+    let size = at + count * DX_ENTRY_LEN;
+    let mut c = crc32c(inode_seed, block.get(..size).unwrap_or(&[]));
+    c = crc32c(c, block.get(tail..tail + 4).unwrap_or(&[]));
+    let stored = le32(block, tail + 4);
+    if stored != c {
+        return Err(DxProblem::BadChecksum {
+            stored,
+            computed: c,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4::ondisk::dir_entry::tests::put;
+
+    const BS: usize = 1024;
+
+    fn root(csum: bool, count: u16, levels: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        put(&mut b, 2, b".", 2, 12);
+        put(&mut b, 2, b"..", 2, BS - 12);
+        b.truncate(24);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&[1, 8, levels, 0]);
+        let limit = root_limit(BS, csum) as u16;
+        b.extend_from_slice(&limit.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        for i in 1..count as u32 {
+            b.extend_from_slice(&(i * 0x1000_0000).to_le_bytes());
+            b.extend_from_slice(&(i + 1).to_le_bytes());
+        }
+        b.resize(BS, 0);
+        if csum {
+            let tail = ROOT_ENTRIES + usize::from(limit) * DX_ENTRY_LEN;
+            let size = ROOT_ENTRIES + usize::from(count) * DX_ENTRY_LEN;
+            let mut c = crc32c(77, &b[..size]);
+            c = crc32c(c, &b[tail..tail + 4]);
+            b[tail + 4..tail + 8].copy_from_slice(&c.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn good_root() {
+        let b = root(true, 3, 0);
+        let info = parse_root_info(&b, 2).unwrap();
+        assert_eq!(
+            info,
+            DxRootInfo {
+                hash_version: 1,
+                indirect_levels: 0
+            }
+        );
+        let e = parse_entries(&b, ROOT_ENTRIES, root_limit(BS, true)).unwrap();
+        assert_eq!(e.entries.len(), 3);
+        assert_eq!(
+            e.entries[1],
+            DxEntry {
+                hash: 0x1000_0000,
+                block: 2
+            }
+        );
+        assert_eq!(e.find(0), 0);
+        assert_eq!(e.find(0x0fff_ffff), 0);
+        assert_eq!(e.find(0x1000_0000), 1);
+        assert_eq!(e.find(0x2000_0001), 2);
+        assert_eq!(e.find(u32::MAX), 2);
+        assert_eq!(verify_dx_tail(&b, 77), Ok(()));
+        assert_eq!(count_offset(&b), Some(ROOT_ENTRIES));
+        assert!(!is_index_node(&b));
+    }
+
+    #[test]
+    fn flipped_bytes_give_exact_errors() {
+        let mut b = root(true, 3, 0);
+        b[RI_HASH_VERSION] = 9;
+        assert_eq!(
+            parse_root_info(&b, 2),
+            Err(DxProblem::UnknownHashVersion(9))
+        );
+        let mut b = root(true, 3, 0);
+        b[RI_INFO_LENGTH] = 12;
+        assert_eq!(parse_root_info(&b, 2), Err(DxProblem::BadInfoLength(12)));
+        let mut b = root(true, 3, 0);
+        b[RI_UNUSED_FLAGS] = 1;
+        assert_eq!(parse_root_info(&b, 2), Err(DxProblem::UnsupportedFlags(1)));
+        let b = root(true, 3, 2);
+        assert_eq!(
+            parse_root_info(&b, 2),
+            Err(DxProblem::TooDeep { levels: 2, max: 2 })
+        );
+        assert!(parse_root_info(&b, 3).is_ok());
+        let mut b = root(true, 3, 0);
+        b[16] = 0; // ".." rec_len
+        assert_eq!(parse_root_info(&b, 2), Err(DxProblem::BadRootEntries));
+        // limit and count.
+        let b = root(true, 3, 0);
+        assert_eq!(
+            parse_entries(&b, ROOT_ENTRIES, root_limit(BS, false)),
+            Err(DxProblem::BadLimit {
+                limit: 123,
+                expected: 124
+            })
+        );
+        let mut b = root(true, 3, 0);
+        b[ROOT_ENTRIES + 2] = 0;
+        assert_eq!(
+            parse_entries(&b, ROOT_ENTRIES, root_limit(BS, true)),
+            Err(DxProblem::BadCount {
+                count: 0,
+                limit: 123
+            })
+        );
+        b[ROOT_ENTRIES + 2] = 200;
+        assert_eq!(
+            parse_entries(&b, ROOT_ENTRIES, root_limit(BS, true)),
+            Err(DxProblem::BadCount {
+                count: 200,
+                limit: 123
+            })
+        );
+        // checksum: flip a hash byte.
+        let mut b = root(true, 3, 0);
+        b[ROOT_ENTRIES + 8] ^= 0x40;
+        assert!(matches!(
+            verify_dx_tail(&b, 77),
+            Err(DxProblem::BadChecksum { .. })
+        ));
+        // limit too large for a tail.
+        let mut b = root(true, 3, 0);
+        b[ROOT_ENTRIES..ROOT_ENTRIES + 2].copy_from_slice(&124u16.to_le_bytes());
+        assert_eq!(verify_dx_tail(&b, 77), Err(DxProblem::NoSpaceForTail));
+    }
+
+    #[test]
+    fn node_shape() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(BS as u16).to_le_bytes());
+        b.extend_from_slice(&[0, 0]);
+        let limit = node_limit(BS, false) as u16;
+        b.extend_from_slice(&limit.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&0xf000_0005u32.to_le_bytes());
+        b.resize(BS, 0);
+        assert!(is_index_node(&b));
+        assert_eq!(count_offset(&b), Some(NODE_ENTRIES));
+        let e = parse_entries(&b, NODE_ENTRIES, node_limit(BS, false)).unwrap();
+        // the top four bits of the block number are masked.
+        assert_eq!(e.entries, vec![DxEntry { hash: 0, block: 5 }]);
+    }
+}
