@@ -1,1 +1,27 @@
-//! safemount broker library.
+//! safemount broker library: everything `safemountd` (the privileged
+//! broker) and `safemount` (the client) do, behind thin binaries.
+//!
+//! Mount sequence (DESIGN.md "Mount, step by step"), one module per step:
+//! [`server`] accepts a connection and reads the request, [`authorize`]
+//! takes the caller from SO_PEERCRED and decides, [`device`] opens and
+//! validates the source, [`supervise`] spawns the worker and talks to it,
+//! [`mountpoint`] pins the target directory, [`mount`] builds options and
+//! calls mount(2), [`state`] records what is mounted, and [`undo`] makes
+//! every failure undo every earlier step in reverse.
+
+pub mod authorize;
+pub mod client;
+pub mod device;
+pub mod mount;
+pub mod mountpoint;
+pub mod sanitize;
+pub mod server;
+pub mod state;
+pub mod supervise;
+pub mod undo;
+
+/// Where `safemountd` listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/safemount/socket";
+
+/// The worker binary `safemountd` spawns unless told otherwise.
+pub const DEFAULT_WORKER: &str = "/usr/libexec/safemount/safemount-worker";

@@ -9,7 +9,7 @@ pub mod messages;
 pub mod wire;
 
 pub use messages::*;
-pub use wire::{ProtoError, recv, send};
+pub use wire::{ProtoError, recv, recv_upto, send};
 
 /// Bumped whenever a message type changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -88,13 +88,7 @@ pub fn send<T: Serialize>(
     };
     let iov = [IoSlice::new(&bytes)];
     loop {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(n) if n == bytes.len() => return Ok(()),
             Ok(_) => return Err(ProtoError::Truncated),
             Err(Errno::EINTR) => continue,
@@ -111,6 +105,25 @@ pub fn recv<T: DeserializeOwned>(
     sock: BorrowedFd<'_>,
     expected_fds: usize,
 ) -> Result<(T, Vec<OwnedFd>), ProtoError> {
+    let (msg, fds) = recv_upto(sock, expected_fds)?;
+    if fds.len() != expected_fds {
+        return Err(ProtoError::WrongFdCount {
+            expected: expected_fds,
+            got: fds.len(),
+        });
+    }
+    Ok((msg, fds))
+}
+
+/// Receives one packet holding one message and at most `max_fds` fds, for
+/// a receiver that learns from the message how many fds belong to it (the
+/// broker: only `Mount` with an image carries one). The caller must check
+/// the count against the message. Received fds are close-on-exec; any fd
+/// that arrives with an error is closed before returning.
+pub fn recv_upto<T: DeserializeOwned>(
+    sock: BorrowedFd<'_>,
+    max_fds: usize,
+) -> Result<(T, Vec<OwnedFd>), ProtoError> {
     // One byte more than the limit, so an oversized packet shows as MSG_TRUNC.
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES + 1];
     let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
@@ -124,6 +137,8 @@ pub fn recv<T: DeserializeOwned>(
         ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
+                // `cmsgs()` fails only with MSG_CTRUNC, which the buffer
+                // sized for SCM_MAX_FD rules out (see above).
                 if let Ok(cmsgs) = msg.cmsgs() {
                     for cmsg in cmsgs {
                         if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -151,12 +166,13 @@ pub fn recv<T: DeserializeOwned>(
     if len == 0 && fds.is_empty() {
         return Err(ProtoError::Closed);
     }
-    if fds.len() != expected_fds {
+    if fds.len() > max_fds {
         return Err(ProtoError::WrongFdCount {
-            expected: expected_fds,
+            expected: max_fds,
             got: fds.len(),
         });
     }
-    let msg = decode(&buf[..len])?;
+    let msg = buf.get(..len).ok_or(ProtoError::TooLarge(len))?;
+    let msg = decode(msg)?;
     Ok((msg, fds))
 }

@@ -1,0 +1,357 @@
+//! The client side: connect, greet, send one request, read the reply.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+use nix::sys::stat::Mode;
+use safemount_proto::{
+    BrokerReply, ClientRequest, ErrorKind, MountInfo, MountSource, PROTOCOL_VERSION, ProtoError,
+};
+
+/// Exit codes of `safemount`, one per failure class.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The broker hit an internal error.
+    pub const INTERNAL: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// The broker found the request invalid (bad option, not a directory...).
+    pub const INVALID_REQUEST: i32 = 3;
+    pub const NOT_AUTHORIZED: i32 = 4;
+    /// Device, image or mount point busy or already mounted.
+    pub const BUSY: i32 = 5;
+    /// The filesystem was refused (corrupt, unsupported feature...).
+    pub const REFUSED: i32 = 6;
+    /// Source or mount point not found, or not mounted by safemount.
+    pub const NOT_FOUND: i32 = 7;
+    /// Cannot reach the broker, or it spoke nonsense.
+    pub const NO_BROKER: i32 = 8;
+    /// The client could not open or inspect the source itself.
+    pub const LOCAL: i32 = 9;
+}
+
+/// The exit code for a broker error of `kind`.
+pub fn exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::InvalidRequest => exit::INVALID_REQUEST,
+        ErrorKind::NotAuthorized => exit::NOT_AUTHORIZED,
+        ErrorKind::Busy => exit::BUSY,
+        ErrorKind::Refused => exit::REFUSED,
+        ErrorKind::NotFound => exit::NOT_FOUND,
+        ErrorKind::Internal => exit::INTERNAL,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to safemountd at {path}: {errno}")]
+    Connect { path: String, errno: Errno },
+    #[error("talking to safemountd: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("unexpected reply from safemountd")]
+    Unexpected,
+    #[error("{message}")]
+    Broker { kind: ErrorKind, message: String },
+    #[error("{what} {path}: {error}")]
+    Local {
+        what: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Connect { .. } | Self::Proto(_) | Self::Unexpected => exit::NO_BROKER,
+            Self::Broker { kind, .. } => exit_code(*kind),
+            Self::Local { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+                exit::NOT_FOUND
+            }
+            Self::Local { .. } => exit::LOCAL,
+        }
+    }
+}
+
+/// A greeted connection to the broker.
+#[derive(Debug)]
+pub struct Connection {
+    sock: OwnedFd,
+}
+
+impl Connection {
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let err = |errno| ClientError::Connect {
+            path: path.display().to_string(),
+            errno,
+        };
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(err)?;
+        let addr = UnixAddr::new(path).map_err(err)?;
+        connect(sock.as_raw_fd(), &addr).map_err(err)?;
+        let conn = Self { sock };
+        match conn.request(
+            &ClientRequest::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            &[],
+        )? {
+            BrokerReply::Hello { .. } => Ok(conn),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Sends one request and returns the reply; a broker error becomes
+    /// [`ClientError::Broker`].
+    pub fn request(
+        &self,
+        req: &ClientRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<BrokerReply, ClientError> {
+        safemount_proto::send(self.sock.as_fd(), req, fds)?;
+        let (reply, _) = safemount_proto::recv::<BrokerReply>(self.sock.as_fd(), 0)?;
+        match reply {
+            BrokerReply::Error { kind, message } => Err(ClientError::Broker {
+                kind,
+                message: crate::sanitize::display(message.as_bytes()),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// `safemount mount`: a block device is named by path and opened by
+    /// the broker; anything else is opened here, with the caller's rights,
+    /// and passed as an fd.
+    pub fn mount(
+        &self,
+        source: &Path,
+        mountpoint: &Path,
+        options: &str,
+    ) -> Result<(PathBuf, String), ClientError> {
+        let local = |what, error| ClientError::Local {
+            what,
+            path: source.display().to_string(),
+            error,
+        };
+        let meta = std::fs::metadata(source).map_err(|e| local("cannot access", e))?;
+        let read_only = wants_read_only(options);
+        let mountpoint = absolute(mountpoint).map_err(|error| ClientError::Local {
+            what: "cannot resolve",
+            path: mountpoint.display().to_string(),
+            error,
+        })?;
+        let reply = if meta.file_type().is_block_device() {
+            let dev = source
+                .canonicalize()
+                .map_err(|e| local("cannot resolve", e))?;
+            self.request(
+                &ClientRequest::Mount {
+                    source: MountSource::Device(dev),
+                    mountpoint: Some(mountpoint),
+                    options: options.to_owned(),
+                },
+                &[],
+            )?
+        } else {
+            let access = if read_only {
+                OFlag::O_RDONLY
+            } else {
+                OFlag::O_RDWR
+            };
+            let fd = open(source, access | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| local("cannot open", std::io::Error::from(e)))?;
+            let display_name = source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".to_owned());
+            self.request(
+                &ClientRequest::Mount {
+                    source: MountSource::Fd { display_name },
+                    mountpoint: Some(mountpoint),
+                    options: options.to_owned(),
+                },
+                &[fd.as_fd()],
+            )?
+        };
+        match reply {
+            BrokerReply::Mounted { mountpoint, label } => Ok((mountpoint, label)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn unmount(&self, mountpoint: &Path) -> Result<(), ClientError> {
+        let path = absolute_no_follow(mountpoint).map_err(|error| ClientError::Local {
+            what: "cannot resolve",
+            path: mountpoint.display().to_string(),
+            error,
+        })?;
+        match self.request(&ClientRequest::Unmount { mountpoint: path }, &[])? {
+            BrokerReply::Unmounted => Ok(()),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<MountInfo>, ClientError> {
+        match self.request(&ClientRequest::List, &[])? {
+            BrokerReply::Mounts(m) => Ok(m),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+}
+
+/// The client's reading of `-o`, to open an image with the right access:
+/// the last of `ro`/`rw` wins, read-only by default (the broker validates
+/// the whole string).
+pub fn wants_read_only(options: &str) -> bool {
+    let mut ro = true;
+    for item in options.split(',') {
+        match item.trim() {
+            "ro" => ro = true,
+            "rw" => ro = false,
+            _ => {}
+        }
+    }
+    ro
+}
+
+/// The mount point as an absolute, resolved path (it is not mounted yet,
+/// so resolving it cannot block).
+fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    path.canonicalize()
+}
+
+/// An absolute path for a mount point that is mounted: the parent is
+/// resolved, the last component is not (resolving it would enter the
+/// mounted filesystem).
+fn absolute_no_follow(path: &Path) -> std::io::Result<PathBuf> {
+    let joined = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // Lexical clean-up first, so "mnt/" and "mnt/." name the mount point.
+    let mut clean = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                clean.pop();
+            }
+            other => clean.push(other),
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent.canonicalize()?.join(name)),
+        _ => Ok(clean),
+    }
+}
+
+/// Formats `list` output as a table.
+pub fn format_table(mounts: &[MountInfo], owner_name: impl Fn(u32) -> String) -> String {
+    let mut rows = vec![[
+        "SOURCE".to_owned(),
+        "MOUNTPOINT".to_owned(),
+        "OWNER".to_owned(),
+        "STATE".to_owned(),
+        "PID".to_owned(),
+    ]];
+    for m in mounts {
+        rows.push([
+            crate::sanitize::display(m.source.as_bytes()),
+            crate::sanitize::display(m.mountpoint.as_os_str().as_encoded_bytes()),
+            owner_name(m.owner_uid),
+            format!("{:?}{}", m.state, if m.read_only { " (ro)" } else { "" }).to_lowercase(),
+            m.worker_pid.to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safemount_proto::MountState;
+
+    #[test]
+    fn read_only_reading() {
+        assert!(wants_read_only(""));
+        assert!(wants_read_only("ro"));
+        assert!(!wants_read_only("rw"));
+        assert!(!wants_read_only("ro,exec,rw"));
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let kinds = [
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotAuthorized,
+            ErrorKind::Busy,
+            ErrorKind::Refused,
+            ErrorKind::NotFound,
+            ErrorKind::Internal,
+        ];
+        let mut codes: Vec<i32> = kinds.iter().map(|k| exit_code(*k)).collect();
+        codes.push(exit::NO_BROKER);
+        codes.push(exit::USAGE);
+        codes.push(exit::LOCAL);
+        let n = codes.len();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+        assert!(!codes.contains(&exit::OK));
+    }
+
+    #[test]
+    fn table() {
+        let m = MountInfo {
+            source: "disk.img".into(),
+            mountpoint: "/mnt/x".into(),
+            owner_uid: 0,
+            label: "L".into(),
+            read_only: true,
+            state: MountState::Mounted,
+            worker_pid: 42,
+        };
+        let t = format_table(&[m], |_| "root".into());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("SOURCE    MOUNTPOINT  OWNER  STATE"));
+        assert!(lines[1].contains("disk.img") && lines[1].contains("mounted (ro)"));
+        assert!(lines[1].ends_with("42"));
+    }
+
+    #[test]
+    fn unmount_path_is_not_resolved_at_the_end() {
+        let p = absolute_no_follow(Path::new("/tmp/./x/../y/")).unwrap();
+        assert_eq!(p, Path::new("/tmp").canonicalize().unwrap().join("y"));
+    }
+}

@@ -1,0 +1,553 @@
+//! The broker's listening socket, its accept loop (one thread per
+//! connection) and the requests: mount, unmount, list.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, accept4, bind, listen, socket,
+};
+use nix::sys::stat::Mode;
+use safemount_proto::{
+    BrokerReply, ClientRequest, ErrorKind, MountSource, MountState, PROTOCOL_VERSION, ProtoError,
+    WorkerRequest,
+};
+
+use crate::authorize::{self, Caller};
+use crate::device;
+use crate::mount;
+use crate::mountpoint;
+use crate::sanitize;
+use crate::state::{AfterExit, State};
+use crate::supervise::{self, WorkerIdentity};
+use crate::undo::Undo;
+
+/// A request that failed: what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+macro_rules! failure_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Failure {
+            fn from(e: $t) -> Self {
+                Self::new(e.kind(), e.to_string())
+            }
+        }
+    )*};
+}
+failure_from!(
+    mount::OptionsError,
+    authorize::AuthError,
+    device::DeviceError,
+    mountpoint::MountpointError,
+    supervise::SuperviseError,
+    crate::state::StateError
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create socket directory {path}: {error}")]
+    Dir { path: String, error: std::io::Error },
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(String),
+    #[error("cannot remove stale socket {path}: {error}")]
+    Unlink { path: String, error: std::io::Error },
+    #[error("cannot set up socket {path}: {errno}")]
+    Socket { path: String, errno: Errno },
+    #[error("cannot set socket permissions on {path}: {error}")]
+    Chmod { path: String, error: std::io::Error },
+}
+
+/// How long unmount waits for a worker to exit before SIGKILL.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the reaper after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Everything a connection thread needs.
+#[derive(Debug)]
+pub struct Broker {
+    pub state: Arc<State>,
+    pub worker_path: PathBuf,
+    pub identity: WorkerIdentity,
+}
+
+/// Creates the parent directory (0755) if needed, replaces a stale socket,
+/// binds a SOCK_SEQPACKET socket, makes it 0666 (anyone may connect;
+/// authorization is per request) and listens.
+pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
+    let shown = sanitize::display(path.as_os_str().as_encoded_bytes());
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|error| ServerError::Dir {
+                    path: sanitize::display(parent.as_os_str().as_encoded_bytes()),
+                    error,
+                })?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(|error| ServerError::Unlink {
+                path: shown.clone(),
+                error,
+            })?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket(shown)),
+        Err(_) => {}
+    }
+    let sock_err = |errno| ServerError::Socket {
+        path: shown.clone(),
+        errno,
+    };
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sock_err)?;
+    let addr = UnixAddr::new(path).map_err(sock_err)?;
+    bind(sock.as_raw_fd(), &addr).map_err(sock_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|error| {
+        ServerError::Chmod {
+            path: shown.clone(),
+            error,
+        }
+    })?;
+    listen(&sock, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(sock_err)?;
+    Ok(sock)
+}
+
+impl Broker {
+    /// Accepts connections forever, one thread each.
+    pub fn serve(self: &Arc<Self>, listener: &OwnedFd) {
+        loop {
+            let conn = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 just returned this new fd; we own it.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let broker = self.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("connection".into())
+                .spawn(move || broker.connection(conn))
+            {
+                tracing::error!(error = %e, "cannot start connection thread");
+            }
+        }
+    }
+
+    /// Serves one client connection until it closes.
+    pub fn connection(&self, conn: OwnedFd) {
+        let caller = match authorize::peer(&conn) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; dropping connection");
+                return;
+            }
+        };
+        let span = tracing::info_span!("conn", uid = caller.uid, pid = caller.pid);
+        let _enter = span.enter();
+        let mut greeted = false;
+        loop {
+            let (request, fds) = match safemount_proto::recv_upto::<ClientRequest>(conn.as_fd(), 1)
+            {
+                Ok(r) => r,
+                Err(ProtoError::Closed) => return,
+                Err(ProtoError::Io(e)) => {
+                    tracing::debug!(error = %e, "connection error");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad message from client");
+                    if reply_error(conn.as_fd(), ErrorKind::InvalidRequest, &e.to_string()) {
+                        continue;
+                    }
+                    return;
+                }
+            };
+            let reply = match request {
+                ClientRequest::Hello { version } => {
+                    if !fds.is_empty() {
+                        error_reply(
+                            ErrorKind::InvalidRequest,
+                            "Hello carries no file descriptor",
+                        )
+                    } else if version != PROTOCOL_VERSION {
+                        let _ = send_reply(
+                            conn.as_fd(),
+                            &error_reply(
+                                ErrorKind::InvalidRequest,
+                                &ProtoError::Version {
+                                    peer: version,
+                                    ours: PROTOCOL_VERSION,
+                                }
+                                .to_string(),
+                            ),
+                        );
+                        return;
+                    } else {
+                        greeted = true;
+                        BrokerReply::Hello {
+                            version: PROTOCOL_VERSION,
+                        }
+                    }
+                }
+                _ if !greeted => {
+                    let _ = send_reply(
+                        conn.as_fd(),
+                        &error_reply(ErrorKind::InvalidRequest, "the first message must be Hello"),
+                    );
+                    return;
+                }
+                ClientRequest::Mount {
+                    source,
+                    mountpoint,
+                    options,
+                } => match self.mount(&caller, source, mountpoint, &options, fds) {
+                    Ok(reply) => reply,
+                    Err(f) => {
+                        tracing::warn!(kind = ?f.kind, "mount failed: {}", f.message);
+                        error_reply(f.kind, &f.message)
+                    }
+                },
+                ClientRequest::Unmount { mountpoint } => {
+                    if !fds.is_empty() {
+                        error_reply(
+                            ErrorKind::InvalidRequest,
+                            "Unmount carries no file descriptor",
+                        )
+                    } else {
+                        match self.unmount(&caller, &mountpoint) {
+                            Ok(()) => BrokerReply::Unmounted,
+                            Err(f) => {
+                                tracing::warn!(kind = ?f.kind, "unmount failed: {}", f.message);
+                                error_reply(f.kind, &f.message)
+                            }
+                        }
+                    }
+                }
+                ClientRequest::List => {
+                    if !fds.is_empty() {
+                        error_reply(ErrorKind::InvalidRequest, "List carries no file descriptor")
+                    } else {
+                        BrokerReply::Mounts(self.state.list(&caller))
+                    }
+                }
+            };
+            if !send_reply(conn.as_fd(), &reply) {
+                return;
+            }
+        }
+    }
+
+    /// The mount sequence. Every step that changes something pushes its
+    /// undo; any error returns early and the undo stack runs in reverse.
+    pub fn mount(
+        &self,
+        caller: &Caller,
+        source: MountSource,
+        mountpoint: Option<PathBuf>,
+        options: &str,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<BrokerReply, Failure> {
+        // The fd count must match the message before anything else.
+        let image_fd = match (&source, fds.len()) {
+            (MountSource::Device(_), 0) => None,
+            (MountSource::Fd { .. }, 1) => fds.pop(),
+            (MountSource::Device(_), n) => {
+                return Err(Failure::new(
+                    ErrorKind::InvalidRequest,
+                    format!("a device mount carries no file descriptor, got {n}"),
+                ));
+            }
+            (MountSource::Fd { .. }, n) => {
+                return Err(Failure::new(
+                    ErrorKind::InvalidRequest,
+                    format!("an image mount carries exactly 1 file descriptor, got {n}"),
+                ));
+            }
+        };
+        authorize::authorize_mount(caller)?;
+        let opts = mount::parse_options(options)?;
+        let Some(mountpoint) = mountpoint else {
+            return Err(Failure::new(
+                ErrorKind::InvalidRequest,
+                "a mount point is required (automatic mount points are not implemented yet)",
+            ));
+        };
+        let target = mountpoint::pin(&mountpoint)?;
+        let source = match (source, image_fd) {
+            (MountSource::Device(path), _) => device::open_device(&path, opts.read_only)?,
+            (MountSource::Fd { display_name }, Some(fd)) => {
+                device::accept_fd(fd, &display_name, opts.read_only)?
+            }
+            (MountSource::Fd { .. }, None) => {
+                return Err(Failure::new(ErrorKind::Internal, "image fd lost"));
+            }
+        };
+        let mut read_only = source.read_only;
+        tracing::info!(source = %source.name, mountpoint = %target.path().display(), read_only, "mount requested");
+
+        let mut undo = Undo::new();
+        let id = self.state.reserve(
+            source.name.clone(),
+            target.path().to_owned(),
+            caller.uid,
+            read_only,
+        )?;
+        let state = self.state.clone();
+        undo.push("forget mount", move || state.remove(id));
+
+        let state = self.state.clone();
+        let worker = supervise::spawn(&self.worker_path, move |status| {
+            on_worker_exit(&state, id, status);
+        })?;
+        let handle = worker.handle.clone();
+        undo.push("stop worker", move || {
+            handle.kill_and_reap(KILL_WAIT);
+        });
+        self.state.set_worker(id, worker.handle.clone());
+        tracing::info!(pid = worker.pid(), "worker started");
+
+        let report = worker.start(
+            &WorkerRequest::Start {
+                version: PROTOCOL_VERSION,
+                read_only,
+                uid: self.identity.uid,
+                gid: self.identity.gid,
+                source_name: source.name.clone(),
+            },
+            source.fd.as_fd(),
+            supervise::WORKER_TIMEOUT,
+        )?;
+        let label = sanitize::display(&report.label);
+        let fs_type = sanitize::display(report.fs_type.as_bytes());
+        let features: Vec<String> = report
+            .features
+            .iter()
+            .take(64)
+            .map(|f| sanitize::display(f.as_bytes()))
+            .collect();
+        tracing::info!(
+            %label,
+            %fs_type,
+            features = %features.join(","),
+            landlock = %sanitize::display(report.sandbox.landlock.as_bytes()),
+            seccomp = report.sandbox.seccomp,
+            namespaces = report.sandbox.namespaces,
+            "worker probed the filesystem"
+        );
+        if !report.sandbox.seccomp || !report.sandbox.namespaces {
+            tracing::warn!("worker sandbox is not fully enforced");
+        }
+        if report.read_only && !read_only {
+            tracing::warn!("worker serves reads only; mounting read-only");
+            read_only = true;
+        }
+        self.state.set_probed(id, label.clone(), read_only);
+
+        let fuse =
+            open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
+                Failure::new(ErrorKind::Internal, format!("cannot open /dev/fuse: {e}"))
+            })?;
+        mount::mount_fuse(
+            target.fd(),
+            &source.name,
+            fuse.as_fd(),
+            mount::mount_flags(read_only, opts.exec),
+            caller.uid,
+            caller.gid,
+        )
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("mount failed: {e}")))?;
+        let mounted_at = target.path().to_owned();
+        let fuse_dev = match mountpoint::find_mount(&mounted_at, None) {
+            Ok(Some(entry)) => Some(entry.dev),
+            Ok(None) => {
+                tracing::warn!("new mount not found in /proc/self/mountinfo");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read /proc/self/mountinfo");
+                None
+            }
+        };
+        self.state.set_fuse_dev(id, fuse_dev);
+        let path = mounted_at.clone();
+        undo.push("detach mount", move || {
+            if let Err(e) = mount::detach(&path, fuse_dev) {
+                tracing::error!(error = %e, mountpoint = %path.display(), "cannot detach mount");
+            }
+        });
+
+        worker.serve(fuse.as_fd(), supervise::WORKER_TIMEOUT)?;
+        // The worker holds the device and /dev/fuse now; the broker keeps
+        // no fd into the filesystem.
+        drop(fuse);
+        drop(source);
+        drop(target);
+        self.state.mark_mounted(id)?;
+        undo.commit();
+        tracing::info!(mountpoint = %mounted_at.display(), pid = worker.pid(), "mounted");
+        Ok(BrokerReply::Mounted {
+            mountpoint: mounted_at,
+            label,
+        })
+    }
+
+    /// Unmounts `path` (as recorded at mount time; never resolved through
+    /// the filesystem, which would block on a hung worker).
+    pub fn unmount(&self, caller: &Caller, path: &Path) -> Result<(), Failure> {
+        let (id, worker, _dev) = self.state.begin_unmount(path, caller)?;
+        if let Err(e) = mount::unmount(path) {
+            match e {
+                // Already gone (someone unmounted it behind our back): go on
+                // and stop the worker.
+                Errno::EINVAL | Errno::ENOENT => {
+                    tracing::warn!(mountpoint = %path.display(), "mount already gone");
+                }
+                Errno::EBUSY => {
+                    self.state.abort_unmount(id);
+                    return Err(Failure::new(ErrorKind::Busy, "target is busy"));
+                }
+                e => {
+                    self.state.abort_unmount(id);
+                    return Err(Failure::new(
+                        ErrorKind::Internal,
+                        format!("cannot unmount {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(worker) = worker {
+            if worker.wait_reaped(UNMOUNT_GRACE).is_none() {
+                tracing::warn!(
+                    pid = worker.pid(),
+                    "worker did not exit after unmount; killing it"
+                );
+                worker.kill_and_reap(KILL_WAIT);
+            }
+        } else {
+            self.state.remove(id);
+        }
+        tracing::info!(mountpoint = %path.display(), "unmounted");
+        Ok(())
+    }
+
+    /// SIGTERM/SIGINT: refuse new mounts, detach every mount, kill every
+    /// worker, wait (bounded) for them to be reaped.
+    pub fn shutdown(&self) {
+        let all = self.state.begin_shutdown();
+        tracing::info!(mounts = all.len(), "shutting down: detaching every mount");
+        for t in &all {
+            if t.state != MountState::Starting {
+                if let Err(e) = mount::detach(&t.mountpoint, t.fuse_dev) {
+                    tracing::warn!(error = %e, mountpoint = %t.mountpoint.display(), "detach failed");
+                }
+            }
+            if let Some(w) = &t.worker {
+                w.kill(Signal::SIGKILL);
+            }
+        }
+        for t in &all {
+            if let Some(w) = &t.worker {
+                w.wait_reaped(KILL_WAIT);
+            }
+        }
+        // Setups in flight undo themselves once their worker is gone; give
+        // them a moment.
+        for _ in 0..50 {
+            if self.state.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs on a worker's reaper thread when the worker has exited: if the
+/// mount is still there, abort its FUSE connection and detach it, then
+/// forget it and log why.
+fn on_worker_exit(state: &State, id: u64, status: &nix::sys::wait::WaitStatus) {
+    let why = supervise::describe_exit(status);
+    match state.worker_exited(id) {
+        AfterExit::SetupCleansUp => {
+            tracing::info!(pid = ?status.pid(), "worker {why} during setup");
+        }
+        AfterExit::Nothing => {}
+        AfterExit::Detach {
+            mountpoint,
+            fuse_dev,
+            state: mstate,
+            source,
+        } => {
+            match mountpoint::find_mount(&mountpoint, fuse_dev) {
+                Ok(Some(_)) => {
+                    if let Err(e) = mount::detach(&mountpoint, fuse_dev) {
+                        tracing::error!(error = %e, mountpoint = %mountpoint.display(), "cannot detach mount");
+                    }
+                    tracing::warn!(%source, mountpoint = %mountpoint.display(), "worker {why}; mount detached");
+                }
+                Ok(None) if mstate == MountState::Unmounting => {
+                    tracing::info!(%source, mountpoint = %mountpoint.display(), "worker {why} after unmount");
+                }
+                Ok(None) => {
+                    tracing::warn!(%source, mountpoint = %mountpoint.display(), "worker {why}; mount was already gone");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read mountinfo; detaching blindly");
+                    let _ = mount::detach(&mountpoint, fuse_dev);
+                }
+            }
+            state.remove(id);
+        }
+    }
+}
+
+fn error_reply(kind: ErrorKind, message: &str) -> BrokerReply {
+    BrokerReply::Error {
+        kind,
+        message: message.to_owned(),
+    }
+}
+
+/// Sends a reply; false if the client is gone.
+fn send_reply(conn: BorrowedFd<'_>, reply: &BrokerReply) -> bool {
+    match safemount_proto::send(conn, reply, &[]) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send reply");
+            false
+        }
+    }
+}
+
+fn reply_error(conn: BorrowedFd<'_>, kind: ErrorKind, message: &str) -> bool {
+    send_reply(conn, &error_reply(kind, message))
+}

@@ -1,0 +1,393 @@
+//! Workers: who they run as, spawning one, talking to it, reaping it.
+//!
+//! Each worker gets a reaper thread at once. The reaper blocks in
+//! `waitid(WNOWAIT)`, so the process stays a zombie (its pid cannot be
+//! reused) while the broker cleans up after it; only then is it reaped,
+//! under the handle's lock, which is also the lock [`WorkerHandle::kill`]
+//! takes: a signal can never reach a recycled pid.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::Pid;
+use safemount_proto::{ErrorKind, ProbeReport, ProtoError, WorkerReply, WorkerRequest};
+
+/// The user workers run as.
+pub const WORKER_USER: &str = "safemount";
+
+/// Used when the `safemount` user neither exists nor can be created: a
+/// fixed high id that no real account should have.
+pub const FALLBACK_ID: u32 = 2_147_483_646;
+
+/// The fd number the worker finds its socket on.
+pub const WORKER_SOCKET_FD: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIdentity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resolves the `safemount` user, creating it as a system user if absent,
+/// falling back to [`FALLBACK_ID`] (with a warning) if that fails.
+pub fn resolve_worker_identity() -> WorkerIdentity {
+    let lookup = || match nix::unistd::User::from_name(WORKER_USER) {
+        Ok(Some(u)) => Some(WorkerIdentity {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up user {WORKER_USER}");
+            None
+        }
+    };
+    if let Some(id) = lookup() {
+        return id;
+    }
+    tracing::info!("creating system user {WORKER_USER}");
+    let created = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            WORKER_USER,
+        ])
+        .stdin(Stdio::null())
+        .status();
+    match created {
+        Ok(status) if status.success() => {}
+        Ok(status) => tracing::warn!(%status, "useradd {WORKER_USER} failed"),
+        Err(e) => tracing::warn!(error = %e, "cannot run useradd"),
+    }
+    lookup().unwrap_or_else(|| {
+        tracing::warn!(
+            uid = FALLBACK_ID,
+            "no user {WORKER_USER}: workers run as uid/gid {FALLBACK_ID}"
+        );
+        WorkerIdentity {
+            uid: FALLBACK_ID,
+            gid: FALLBACK_ID,
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("cannot create worker socket: {0}")]
+    Socket(Errno),
+    #[error("cannot start worker {path}: {error}")]
+    Spawn { path: String, error: std::io::Error },
+    #[error("cannot start reaper thread: {0}")]
+    Thread(std::io::Error),
+    #[error("worker died: {0}")]
+    Died(String),
+    #[error("worker did not answer within {0} s ({1})")]
+    Timeout(u64, &'static str),
+    #[error("worker protocol error: {0}")]
+    Protocol(ProtoError),
+    #[error("worker protocol error: expected {expected}, got {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("filesystem refused: {0}")]
+    Refused(String),
+}
+
+impl SuperviseError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Refused(_) => ErrorKind::Refused,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Describes how a process ended, for logs and errors.
+pub fn describe_exit(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, 0) => "exited normally".to_owned(),
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            let core = if *core { " (core dumped)" } else { "" };
+            format!("killed by signal {}{core}", sig.as_str())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Reaped {
+    /// Set once the process has been reaped: its pid is no longer ours.
+    status: Option<WaitStatus>,
+}
+
+/// Shared between the reaper thread and everyone who may signal the worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    pid: Pid,
+    reaped: Mutex<Reaped>,
+    cv: Condvar,
+}
+
+impl WorkerHandle {
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Reaped> {
+        self.reaped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signals the worker unless it has already been reaped.
+    pub fn kill(&self, sig: Signal) {
+        let guard = self.lock();
+        if guard.status.is_none() {
+            if let Err(e) = nix::sys::signal::kill(self.pid, sig) {
+                tracing::debug!(pid = self.pid.as_raw(), error = %e, "kill failed");
+            }
+        }
+    }
+
+    /// How the worker ended, if it has been reaped.
+    pub fn exit_status(&self) -> Option<WaitStatus> {
+        self.lock().status
+    }
+
+    /// Waits until the worker has been reaped (and so its mount cleaned
+    /// up), at most `timeout`.
+    pub fn wait_reaped(&self, timeout: Duration) -> Option<WaitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock();
+        while guard.status.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            guard = match self.cv.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        guard.status
+    }
+
+    /// SIGKILLs the worker and waits (bounded) for the reaper.
+    pub fn kill_and_reap(&self, timeout: Duration) -> Option<WaitStatus> {
+        self.kill(Signal::SIGKILL);
+        let status = self.wait_reaped(timeout);
+        if status.is_none() {
+            tracing::error!(pid = self.pid.as_raw(), "worker not reaped after SIGKILL");
+        }
+        status
+    }
+}
+
+/// A running worker and the broker's end of its socket.
+#[derive(Debug)]
+pub struct Worker {
+    pub handle: Arc<WorkerHandle>,
+    sock: OwnedFd,
+}
+
+/// Starts the worker at `path`: empty environment, stdin/stdout on
+/// /dev/null, stderr inherited, and one socket on fd 3; nothing else is
+/// inherited (every fd the broker holds is close-on-exec). `on_exit` runs on
+/// the reaper thread when the worker has exited, before it is reaped.
+pub fn spawn(
+    path: &Path,
+    on_exit: impl FnOnce(&WaitStatus) + Send + 'static,
+) -> Result<Worker, SuperviseError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(SuperviseError::Socket)?;
+    let theirs_raw = theirs.as_raw_fd();
+    let mut cmd = Command::new(path);
+    cmd.env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only dup2 and fcntl, which are async-signal-safe; it touches no
+    // memory but the copied integer `theirs_raw`.
+    unsafe {
+        cmd.pre_exec(move || {
+            if theirs_raw == WORKER_SOCKET_FD {
+                // dup2 onto itself keeps close-on-exec: clear it.
+                if libc::fcntl(WORKER_SOCKET_FD, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_raw, WORKER_SOCKET_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|error| SuperviseError::Spawn {
+        path: crate::sanitize::display(path.as_os_str().as_encoded_bytes()),
+        error,
+    })?;
+    drop(theirs);
+    let pid = Pid::from_raw(child.id() as i32);
+    // std's Child does not wait or kill on drop; the reaper owns the pid.
+    drop(child);
+    let handle = Arc::new(WorkerHandle {
+        pid,
+        reaped: Mutex::new(Reaped::default()),
+        cv: Condvar::new(),
+    });
+    let reaper_handle = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("reap-{pid}"))
+        .spawn(move || reap(&reaper_handle, on_exit));
+    if let Err(e) = spawned {
+        // No reaper: kill and reap here so no zombie or worker lingers.
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(SuperviseError::Thread(e));
+    }
+    Ok(Worker { handle, sock: ours })
+}
+
+fn reap(handle: &WorkerHandle, on_exit: impl FnOnce(&WaitStatus)) {
+    let pid = handle.pid;
+    let status = loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(status) => break status,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!(pid = pid.as_raw(), error = %e, "waitid failed");
+                return;
+            }
+        }
+    };
+    on_exit(&status);
+    let mut guard = handle.lock();
+    let status = match waitpid(pid, None) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(pid = pid.as_raw(), error = %e, "waitpid failed");
+            status
+        }
+    };
+    guard.status = Some(status);
+    drop(guard);
+    handle.cv.notify_all();
+}
+
+/// How long the worker may take to probe, and to start serving.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Worker {
+    pub fn pid(&self) -> i32 {
+        self.handle.pid()
+    }
+
+    /// Sends `Start` with the device fd and waits for the probe report.
+    pub fn start(
+        &self,
+        request: &WorkerRequest,
+        device: std::os::fd::BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<ProbeReport, SuperviseError> {
+        self.send(request, &[device])?;
+        match self.recv_reply(timeout, "probe")? {
+            WorkerReply::Probed(report) => Ok(report),
+            WorkerReply::Refused { reason } => Err(SuperviseError::Refused(
+                crate::sanitize::display(reason.as_bytes()),
+            )),
+            WorkerReply::Serving => Err(SuperviseError::Unexpected {
+                expected: "Probed",
+                got: "Serving",
+            }),
+        }
+    }
+
+    /// Sends `Serve` with the /dev/fuse fd and waits until the worker
+    /// serves (the FUSE INIT handshake is done).
+    pub fn serve(
+        &self,
+        fuse: std::os::fd::BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<(), SuperviseError> {
+        self.send(&WorkerRequest::Serve, &[fuse])?;
+        match self.recv_reply(timeout, "serve")? {
+            WorkerReply::Serving => Ok(()),
+            WorkerReply::Refused { reason } => Err(SuperviseError::Refused(
+                crate::sanitize::display(reason.as_bytes()),
+            )),
+            WorkerReply::Probed(_) => Err(SuperviseError::Unexpected {
+                expected: "Serving",
+                got: "Probed",
+            }),
+        }
+    }
+
+    fn send(
+        &self,
+        msg: &WorkerRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), SuperviseError> {
+        match safemount_proto::send(self.sock.as_fd(), msg, fds) {
+            Ok(()) => Ok(()),
+            Err(ProtoError::Closed) => Err(self.died()),
+            Err(e) => Err(SuperviseError::Protocol(e)),
+        }
+    }
+
+    fn recv_reply(
+        &self,
+        timeout: Duration,
+        step: &'static str,
+    ) -> Result<WorkerReply, SuperviseError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SuperviseError::Timeout(timeout.as_secs(), step));
+            }
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => break,
+                Err(e) => return Err(SuperviseError::Protocol(ProtoError::Io(e))),
+            }
+        }
+        // POLLIN or POLLHUP: a queued message is read before the hangup.
+        match safemount_proto::recv::<WorkerReply>(self.sock.as_fd(), 0) {
+            Ok((reply, _)) => Ok(reply),
+            Err(ProtoError::Closed) => Err(self.died()),
+            Err(e) => Err(SuperviseError::Protocol(e)),
+        }
+    }
+
+    /// The socket closed: the worker is gone or going. Say how it ended.
+    fn died(&self) -> SuperviseError {
+        match self.handle.wait_reaped(Duration::from_secs(2)) {
+            Some(status) => SuperviseError::Died(describe_exit(&status)),
+            None => SuperviseError::Died("closed its socket".to_owned()),
+        }
+    }
+}
