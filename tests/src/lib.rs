@@ -1,1 +1,14 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: the broker fixture (the system
+//! under test), the kernel oracle, tree and image builders, tree snapshots
+//! and their comparison, and /proc readers.
+//!
+//! Everything here runs as root against real mounts; tests call
+//! [`util::require_root`] first and skip (with one line) otherwise.
+
+pub mod broker;
+pub mod image;
+pub mod kernel;
+pub mod procfs;
+pub mod snapshot;
+pub mod tree;
+pub mod util;

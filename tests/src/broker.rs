@@ -1,0 +1,340 @@
+//! The system under test: a private `safemountd` per fixture, driven through
+//! the `safemount` client exactly as a user would.
+//!
+//! `SAFEMOUNT_E2E_SUT=kernel` swaps the broker for the kernel's own ext4
+//! (loop device, `ro,noload`). It exists only to validate this harness
+//! against a known-good implementation; tests that need a worker process
+//! fail under it.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::kernel::KernelMount;
+use crate::util::{self, TempDir, wait_until};
+
+/// A failed client command: exit status and what it printed.
+#[derive(Debug, Clone)]
+pub struct CmdError {
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for CmdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (stderr: {:?}, stdout: {:?})",
+            self.status, self.stderr, self.stdout
+        )
+    }
+}
+
+impl std::error::Error for CmdError {}
+
+impl CmdError {
+    fn from_output(out: &Output) -> Self {
+        Self {
+            status: out.status.to_string(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// One row of `safemount list --json`.
+#[derive(Clone, Debug)]
+pub struct ListEntry {
+    pub source: String,
+    pub mountpoint: PathBuf,
+    pub owner_uid: Option<u64>,
+    pub label: String,
+    pub read_only: Option<bool>,
+    pub state: String,
+    pub worker_pid: Option<i32>,
+    pub raw: serde_json::Value,
+}
+
+enum Mode {
+    Broker { child: Child, client: PathBuf },
+    Kernel { mounts: Mutex<Vec<KernelMount>> },
+}
+
+pub struct Broker {
+    dir: TempDir,
+    socket: PathBuf,
+    mode: Mode,
+}
+
+pub fn kernel_standin() -> bool {
+    std::env::var("SAFEMOUNT_E2E_SUT").is_ok_and(|v| v == "kernel")
+}
+
+impl Broker {
+    /// Starts a private broker on a socket in its own temp dir and waits
+    /// until the socket answers.
+    pub fn start() -> Result<Self> {
+        let dir = TempDir::new("broker")?;
+        let socket = dir.join("socket");
+        if kernel_standin() {
+            return Ok(Self {
+                dir,
+                socket,
+                mode: Mode::Kernel {
+                    mounts: Mutex::new(Vec::new()),
+                },
+            });
+        }
+        let daemon = util::bin("safemountd")?;
+        let worker = util::bin("safemount-worker")?;
+        let client = util::bin("safemount")?;
+        let log = File::create(dir.join("safemountd.log"))?;
+        let child = Command::new(&daemon)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--worker")
+            .arg(&worker)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", daemon.display()))?;
+        let mut b = Self {
+            dir,
+            socket,
+            mode: Mode::Broker { child, client },
+        };
+        let sock = b.socket.clone();
+        let up = wait_until(Duration::from_secs(10), || sock.exists());
+        if !up {
+            let log = b.log();
+            if let Mode::Broker { child, .. } = &mut b.mode
+                && let Ok(Some(st)) = child.try_wait()
+            {
+                bail!("safemountd exited at start ({st}); log:\n{log}");
+            }
+            bail!(
+                "safemountd socket {} did not appear in 10 s; log:\n{log}",
+                b.socket.display()
+            );
+        }
+        Ok(b)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Broker pid (None for the kernel stand-in).
+    pub fn pid(&self) -> Option<i32> {
+        match &self.mode {
+            Mode::Broker { child, .. } => i32::try_from(child.id()).ok(),
+            Mode::Kernel { .. } => None,
+        }
+    }
+
+    /// What safemountd has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("safemountd.log")).unwrap_or_default()
+    }
+
+    /// Tail of the log, for assertion messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let v: Vec<&str> = log.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn client(&self, args: &[&std::ffi::OsStr]) -> Result<Output> {
+        let Mode::Broker { client, .. } = &self.mode else {
+            bail!("no client in kernel mode")
+        };
+        let out = Command::new(client)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("spawn {}", client.display()))?;
+        Ok(out)
+    }
+
+    /// `safemount mount IMAGE MNT -o OPTS`. Ok(stdout) or the client's
+    /// complaint.
+    pub fn mount(
+        &self,
+        image: &Path,
+        mnt: &Path,
+        opts: &str,
+    ) -> std::result::Result<String, CmdError> {
+        let fail = |e: anyhow::Error| CmdError {
+            status: "spawn failed".into(),
+            stdout: String::new(),
+            stderr: format!("{e:#}"),
+        };
+        match &self.mode {
+            Mode::Kernel { mounts } => {
+                let m = KernelMount::mount(image, mnt).map_err(fail)?;
+                mounts
+                    .lock()
+                    .map_err(|_| fail(anyhow::anyhow!("poisoned")))?
+                    .push(m);
+                Ok(mnt.display().to_string())
+            }
+            Mode::Broker { .. } => {
+                let out = self
+                    .client(&[
+                        "mount".as_ref(),
+                        image.as_os_str(),
+                        mnt.as_os_str(),
+                        "-o".as_ref(),
+                        opts.as_ref(),
+                    ])
+                    .map_err(fail)?;
+                if out.status.success() {
+                    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                } else {
+                    Err(CmdError::from_output(&out))
+                }
+            }
+        }
+    }
+
+    pub fn unmount(&self, mnt: &Path) -> std::result::Result<(), CmdError> {
+        let fail = |e: anyhow::Error| CmdError {
+            status: "spawn failed".into(),
+            stdout: String::new(),
+            stderr: format!("{e:#}"),
+        };
+        match &self.mode {
+            Mode::Kernel { mounts } => {
+                let mut v = mounts
+                    .lock()
+                    .map_err(|_| fail(anyhow::anyhow!("poisoned")))?;
+                if let Some(i) = v.iter().position(|m| m.mountpoint() == mnt) {
+                    let m = v.remove(i);
+                    m.unmount().map_err(fail)?;
+                    Ok(())
+                } else {
+                    Err(fail(anyhow::anyhow!("not mounted: {}", mnt.display())))
+                }
+            }
+            Mode::Broker { .. } => {
+                let out = self
+                    .client(&["unmount".as_ref(), mnt.as_os_str()])
+                    .map_err(fail)?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(CmdError::from_output(&out))
+                }
+            }
+        }
+    }
+
+    /// `safemount list --json`, parsed leniently (unknown fields kept in raw).
+    pub fn list(&self) -> Result<Vec<ListEntry>> {
+        if let Mode::Kernel { mounts } = &self.mode {
+            let v = mounts.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            return Ok(v
+                .iter()
+                .map(|m| ListEntry {
+                    source: m.image().display().to_string(),
+                    mountpoint: m.mountpoint().to_path_buf(),
+                    owner_uid: Some(0),
+                    label: String::new(),
+                    read_only: Some(true),
+                    state: "Mounted".into(),
+                    worker_pid: None,
+                    raw: serde_json::Value::Null,
+                })
+                .collect());
+        }
+        let out = self.client(&["list".as_ref(), "--json".as_ref()])?;
+        if !out.status.success() {
+            bail!(
+                "safemount list --json failed: {}",
+                CmdError::from_output(&out)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "list --json printed invalid JSON: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        let arr = v.as_array().context("list --json: not an array")?;
+        Ok(arr
+            .iter()
+            .map(|o| ListEntry {
+                source: o["source"].as_str().unwrap_or_default().to_owned(),
+                mountpoint: PathBuf::from(o["mountpoint"].as_str().unwrap_or_default()),
+                owner_uid: o["owner_uid"].as_u64(),
+                label: o["label"].as_str().unwrap_or_default().to_owned(),
+                read_only: o["read_only"].as_bool(),
+                state: match &o["state"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                worker_pid: o["worker_pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
+                raw: o.clone(),
+            })
+            .collect())
+    }
+
+    /// The list entry for `mnt`. Mount points are compared after
+    /// canonicalizing both sides where possible.
+    pub fn entry_for(&self, mnt: &Path) -> Result<Option<ListEntry>> {
+        let want = fs::canonicalize(mnt).unwrap_or_else(|_| mnt.to_path_buf());
+        Ok(self.list()?.into_iter().find(|e| {
+            e.mountpoint == mnt
+                || fs::canonicalize(&e.mountpoint).unwrap_or_else(|_| e.mountpoint.clone()) == want
+        }))
+    }
+
+    /// Worker pid serving `mnt`, from `list --json`.
+    pub fn worker_pid(&self, mnt: &Path) -> Result<i32> {
+        let e = self
+            .entry_for(mnt)?
+            .with_context(|| format!("{} not in `list --json`", mnt.display()))?;
+        e.worker_pid
+            .with_context(|| format!("no worker_pid in list entry {}", e.raw))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        match &mut self.mode {
+            Mode::Broker { child, .. } => {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                let done = wait_until(Duration::from_secs(5), || {
+                    matches!(child.try_wait(), Ok(Some(_)))
+                });
+                if !done {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Mode::Kernel { mounts } => {
+                if let Ok(mut v) = mounts.lock() {
+                    for m in v.drain(..) {
+                        let _ = m.unmount();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Small process, temp-dir and hashing helpers.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// True when the tests can mount for real. Otherwise prints the one allowed
+/// skip line and returns false.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        println!("skipped: needs root");
+        false
+    }
+}
+
+/// A directory under /tmp that is removed (after detaching any mount left
+/// inside it) on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!(
+            "safemount-e2e-{}-{}-{}",
+            tag,
+            std::process::id(),
+            n
+        ));
+        if path.exists() {
+            detach_mounts_under(&path);
+            let _ = fs::remove_dir_all(&path);
+        }
+        fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SAFEMOUNT_E2E_KEEP").is_some() {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
+        detach_mounts_under(&self.path);
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir` (deepest first), so a
+/// failed test never makes `remove_dir_all` walk into a mounted image.
+pub fn detach_mounts_under(dir: &Path) {
+    let mut found: Vec<PathBuf> = crate::procfs::mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for m in found {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Runs a command to completion, capturing output; never inherits stdin.
+pub fn run<I, S>(prog: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {prog}"))?;
+    Ok(out)
+}
+
+/// Runs a command and fails (with its stderr) unless it exits 0.
+pub fn run_ok<I, S>(prog: &str, args: I) -> Result<Output>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = run(prog, &args)?;
+    if !out.status.success() {
+        bail!(
+            "{} {:?} failed ({}): {}{}",
+            prog,
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// sha256 of a file, via coreutils' sha256sum (no extra crate needed).
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let out = run_ok("sha256sum", [path])?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("sha256sum printed nothing")
+}
+
+/// A content digest for comparing trees: two independent 64-bit FNV-1a style
+/// lanes plus the length. Not cryptographic; the data is our own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Digest {
+    pub len: u64,
+    a: u64,
+    b: u64,
+}
+
+impl Digest {
+    pub fn new() -> Self {
+        Self {
+            len: 0,
+            a: 0xcbf2_9ce4_8422_2325,
+            b: 0x8422_2325_cbf2_9ce4,
+        }
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        // Process 8 bytes at a time for speed; a byte-wise tail.
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            let v = u64::from_le_bytes(w);
+            self.a = (self.a ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+            self.b = (self.b ^ v.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.b ^= self.b >> 31;
+        }
+        for &byte in chunks.remainder() {
+            self.a = (self.a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            self.b = (self.b ^ u64::from(byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        self.len += data.len() as u64;
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "len={} digest={:016x}{:016x}", self.len, self.a, self.b)
+    }
+}
+
+/// Reads a whole file through a fixed buffer, returning its digest.
+/// (Chunk boundaries are fixed, so digests are comparable.)
+pub fn digest_reader(mut r: impl Read) -> std::io::Result<Digest> {
+    let mut d = Digest::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut fill = 0usize;
+    loop {
+        let n = r.read(&mut buf[fill..])?;
+        if n == 0 {
+            break;
+        }
+        fill += n;
+        if fill == buf.len() {
+            d.update(&buf);
+            fill = 0;
+        }
+    }
+    d.update(&buf[..fill]);
+    Ok(d)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic PRNG (splitmix64) for trees and corruptions.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+/// Name of an errno for reports ("EUCLEAN").
+pub fn errno_name(e: i32) -> String {
+    let s = nix::errno::Errno::from_raw(e);
+    format!("{s:?}")
+}
+
+/// errno of an io::Error, or -1 if it carries none.
+pub fn io_errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// Directory holding the built binaries (target/<profile>/): the parent of
+/// the `deps` directory that holds this test executable.
+pub fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe.parent().context("exe has no parent")?.to_path_buf();
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir = dir.parent().context("deps has no parent")?.to_path_buf();
+    }
+    Ok(dir)
+}
+
+/// Path of one built binary, checked to exist.
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not built: run `cargo build --workspace` (with the same profile) first",
+            p.display()
+        );
+    }
+    Ok(p)
+}
