@@ -4,5 +4,6 @@
 //! engine, no FUSE and no syscalls of its own), [`fuse`] (the fuser
 //! adapter), and [`sandbox`] (the only module here with `unsafe`).
 
+pub mod ext4;
 pub mod io;
 pub mod sandbox;

@@ -42,6 +42,10 @@ pub enum Error {
     /// there is one); `block` is where it was read from (0 if not known).
     #[error("corrupt {what} (block {block})")]
     Corrupt { what: Cow<'static, str>, block: u64 },
+    /// lseek SEEK_DATA/SEEK_HOLE at or past the end of the file, or no
+    /// data after the offset (ENXIO).
+    #[error("no data or hole at or after the requested offset")]
+    Nxio,
     #[error("the journal needs recovery; run e2fsck or mount with the kernel driver first")]
     NeedsRecovery,
 }

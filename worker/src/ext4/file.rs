@@ -1,0 +1,351 @@
+//! File contents: logical-to-physical block mapping (extent trees and
+//! indirect maps), data reads and SEEK_DATA/SEEK_HOLE.
+//!
+//! Data reads do not go through the block cache: each contiguous run of
+//! mapped blocks becomes one device read straight into the caller's buffer.
+//! The last extent found is remembered in the inode, so sequential reads do
+//! not walk the tree again.
+
+use std::sync::Arc;
+
+use super::ondisk::extent::{self, Extent, ExtentNode, NodeCtx};
+use super::ondisk::indirect;
+use super::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
+use super::util::le32;
+use super::{Error, Ext4, FileKind, Ino, Result, Whence};
+
+/// How a run of logical blocks starting at the asked-for block is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mapping {
+    /// `len` blocks at physical `pblk`; `uninit` ones read as zeros.
+    Mapped { pblk: u64, len: u64, uninit: bool },
+    /// `len` unmapped blocks (u64::MAX: no mapping after this point).
+    Hole { len: u64 },
+}
+
+/// Largest logical block an extent can address (+1).
+const EXTENT_LBLK_LIMIT: u64 = 1 << 32;
+
+impl Ext4 {
+    /// Maps logical block `lblk` of `inode` (not inline) to a run.
+    pub(crate) fn map_block(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
+        if inode.has_flag(EXT4_EXTENTS_FL) {
+            self.map_extent(inode, lblk)
+        } else {
+            self.map_indirect(inode, lblk)
+        }
+    }
+
+    fn map_extent(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
+        if lblk >= EXTENT_LBLK_LIMIT {
+            return Ok(Mapping::Hole { len: u64::MAX });
+        }
+        let hint = *inode.extent_hint.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = hint.filter(|e| e.contains(lblk)) {
+            return Ok(mapped(&e, lblk));
+        }
+        let (found, next) = self.find_extent(inode, lblk)?;
+        match found {
+            Some(e) => {
+                *inode.extent_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                Ok(mapped(&e, lblk))
+            }
+            None => Ok(Mapping::Hole {
+                len: next.map_or(u64::MAX, |n| n.saturating_sub(lblk).max(1)),
+            }),
+        }
+    }
+
+    /// Walks the extent tree: the extent containing `lblk` if any, and the
+    /// first logical block after `lblk` that may be mapped.
+    pub(crate) fn find_extent(
+        &self,
+        inode: &Inode,
+        lblk: u64,
+    ) -> Result<(Option<Extent>, Option<u64>)> {
+        let root = &inode.i_block[..];
+        let depth = extent::header_depth(root);
+        if depth > extent::MAX_DEPTH {
+            return Err(Error::corrupt(
+                format!("inode {}: extent tree depth {depth} too large", inode.ino),
+                0,
+            ));
+        }
+        let seed = self
+            .has_metadata_csum()
+            .then(|| self.inode_csum_seed(inode));
+        let mut ctx = NodeCtx {
+            ino: inode.ino,
+            block: None,
+            depth,
+            parent_lblk: None,
+            first_block: u64::from(self.sb().s_first_data_block).max(1),
+            end_block: self.sb().s_blocks_count,
+            csum_seed: seed,
+        };
+        let mut holder: Arc<[u8]>;
+        let mut node = extent::parse_node(root, &ctx)?;
+        let mut bound: Option<u64> = None;
+        // Depth strictly decreases per level (parse_node checks it), so this
+        // loop runs at most MAX_DEPTH + 1 times.
+        for _ in 0..=extent::MAX_DEPTH {
+            match node {
+                ExtentNode::Leaf(exts) => {
+                    let found = exts.iter().find(|e| e.contains(lblk)).copied();
+                    let next = exts
+                        .iter()
+                        .map(|e| u64::from(e.lblk))
+                        .find(|&s| s > lblk)
+                        .or(bound);
+                    return Ok((found, next));
+                }
+                ExtentNode::Index(idx) => {
+                    let pos = idx.iter().rposition(|i| u64::from(i.lblk) <= lblk);
+                    let Some(pos) = pos else {
+                        return Ok((None, idx.first().map(|i| u64::from(i.lblk))));
+                    };
+                    if let Some(n) = idx.get(pos + 1) {
+                        bound = Some(u64::from(n.lblk));
+                    }
+                    let Some(child) = idx.get(pos).copied() else {
+                        return Err(Error::corrupt(
+                            format!("inode {}: extent index", inode.ino),
+                            0,
+                        ));
+                    };
+                    holder = self.read_block(child.leaf)?;
+                    ctx.block = Some(child.leaf);
+                    ctx.depth = ctx.depth.saturating_sub(1);
+                    ctx.parent_lblk = Some(child.lblk);
+                    node = extent::parse_node(&holder, &ctx)?;
+                }
+            }
+        }
+        Err(Error::corrupt(
+            format!("inode {}: extent tree too deep", inode.ino),
+            0,
+        ))
+    }
+
+    fn map_indirect(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
+        let per_block = u64::from(self.block_size() / 4);
+        let Some(path) = indirect::path(lblk, per_block) else {
+            return Ok(Mapping::Hole { len: u64::MAX });
+        };
+        let bad =
+            |what: String, blk: u64| Error::corrupt(format!("inode {}: {what}", inode.ino), blk);
+        // The array holding the data pointer: i_block for direct blocks,
+        // else the last indirect block on the path.
+        let direct = path.offsets.is_empty();
+        let mut table: Arc<[u8]> = Arc::from(&inode.i_block[..]);
+        let mut table_blk = 0u64;
+        let mut index = path.slot as u64;
+        let levels = path.offsets.len();
+        for (level, &off) in path.offsets.iter().enumerate() {
+            let ptr = u64::from(le32(&table, (index * 4) as usize));
+            if ptr == 0 {
+                // The whole subtree under this pointer is a hole; skip to its
+                // end (measured from lblk's position inside it).
+                let below = indirect::span(levels - level, per_block);
+                let pos_in = lblk_pos(lblk, &path.offsets[level..], per_block);
+                return Ok(Mapping::Hole {
+                    len: below.saturating_sub(pos_in).max(1),
+                });
+            }
+            if !self.blocks_valid(ptr, 1) {
+                return Err(bad(
+                    format!("indirect block {ptr} outside the filesystem"),
+                    table_blk,
+                ));
+            }
+            table = self.read_block(ptr)?;
+            table_blk = ptr;
+            index = off;
+        }
+        // Scan the data pointers from `index` for a contiguous run or hole.
+        let end = if direct {
+            indirect::DIRECT_BLOCKS
+        } else {
+            per_block
+        };
+        let first = u64::from(le32(&table, (index * 4) as usize));
+        let mut len = 1u64;
+        while index + len < end {
+            let p = u64::from(le32(&table, ((index + len) * 4) as usize));
+            let contiguous = if first == 0 { p == 0 } else { p == first + len };
+            if !contiguous {
+                break;
+            }
+            len += 1;
+        }
+        if first == 0 {
+            return Ok(Mapping::Hole { len });
+        }
+        if !self.blocks_valid(first, len) {
+            return Err(bad(
+                format!("data block {first} outside the filesystem"),
+                table_blk,
+            ));
+        }
+        Ok(Mapping::Mapped {
+            pblk: first,
+            len,
+            uninit: false,
+        })
+    }
+
+    /// Logical block `lblk` of a file or directory, through the block cache.
+    /// None for a hole or an unwritten extent. For inline-data inodes, block
+    /// 0 is the inline content zero-padded to the block size.
+    pub(crate) fn read_file_block(&self, inode: &Inode, lblk: u64) -> Result<Option<Arc<[u8]>>> {
+        if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            if lblk != 0 {
+                return Ok(None);
+            }
+            let mut data = self.inline_content(inode)?;
+            data.resize(self.block_size() as usize, 0);
+            return Ok(Some(Arc::from(data)));
+        }
+        match self.map_block(inode, lblk)? {
+            Mapping::Mapped {
+                pblk,
+                uninit: false,
+                ..
+            } => Ok(Some(self.read_block(pblk)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Inline content of an inline-data inode.
+    fn inline_content(&self, inode: &Inode) -> Result<Vec<u8>> {
+        self.inline_data_fallback(inode)
+    }
+
+    /// Interim inline-data reader (the first min(60, size) bytes of
+    /// i_block) until the xattr-aware `inline_data` lands.
+    fn inline_data_fallback(&self, inode: &Inode) -> Result<Vec<u8>> {
+        let n = usize::try_from(inode.size.min(inode.i_block.len() as u64)).unwrap_or(0);
+        Ok(inode.i_block.get(..n).unwrap_or(&[]).to_vec())
+    }
+
+    /// Reads file content at `offset` into `buf`: any storage (extents,
+    /// indirect, inline), holes and unwritten extents as zeros, bounded by
+    /// i_size. Returns the number of bytes read (0 at or past EOF).
+    pub(crate) fn read_data(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= inode.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want =
+            usize::try_from((inode.size - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let buf = buf.get_mut(..want).unwrap_or(&mut []);
+        if inode.has_flag(EXT4_ENCRYPT_FL) && inode.kind == FileKind::RegularFile {
+            return Err(Error::Unsupported("reading encrypted file contents".into()));
+        }
+        if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            let data = self.inline_content(inode)?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            let src = data.get(start..).unwrap_or(&[]);
+            let n = src.len().min(buf.len());
+            buf.get_mut(..n)
+                .unwrap_or(&mut [])
+                .copy_from_slice(src.get(..n).unwrap_or(&[]));
+            // Content shorter than i_size reads as zeros.
+            buf.get_mut(n..).unwrap_or(&mut []).fill(0);
+            return Ok(buf.len());
+        }
+        let bs = u64::from(self.block_size());
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let lblk = pos / bs;
+            let in_block = pos % bs;
+            let map = self.map_block(inode, lblk)?;
+            let run_blocks = match map {
+                Mapping::Mapped { len, .. } | Mapping::Hole { len } => len,
+            };
+            let run_bytes = run_blocks.saturating_mul(bs).saturating_sub(in_block);
+            let n = usize::try_from(run_bytes.min((buf.len() - done) as u64))
+                .unwrap_or(buf.len() - done);
+            let dst = buf.get_mut(done..done + n).unwrap_or(&mut []);
+            match map {
+                Mapping::Mapped {
+                    pblk,
+                    uninit: false,
+                    ..
+                } => {
+                    self.read_blocks_direct(pblk, in_block, dst)?;
+                }
+                _ => dst.fill(0),
+            }
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    /// read(2) on inode `ino`.
+    pub fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let inode = self.inode(ino)?;
+        if inode.kind == FileKind::Directory {
+            return Err(Error::IsDir);
+        }
+        self.read_data(&inode, offset, buf)
+    }
+
+    /// lseek(2) SEEK_DATA / SEEK_HOLE from the block maps. Unwritten extents
+    /// count as holes (the kernel's on-disk answer). At or past EOF, or no
+    /// data after `offset`: [`Error::Nxio`].
+    pub fn seek(&self, ino: Ino, offset: u64, whence: Whence) -> Result<u64> {
+        let inode = self.inode(ino)?;
+        let size = inode.size;
+        if offset >= size {
+            return Err(Error::Nxio);
+        }
+        if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            return Ok(match whence {
+                Whence::Data => offset,
+                Whence::Hole => size,
+            });
+        }
+        let bs = u64::from(self.block_size());
+        let end_blk = size.div_ceil(bs);
+        let mut lblk = offset / bs;
+        while lblk < end_blk {
+            let map = self.map_block(&inode, lblk)?;
+            let (is_data, len) = match map {
+                Mapping::Mapped { len, uninit, .. } => (!uninit, len),
+                Mapping::Hole { len } => (false, len),
+            };
+            let here = (lblk * bs).max(offset);
+            match whence {
+                Whence::Data if is_data => return Ok(here),
+                Whence::Hole if !is_data => return Ok(here.min(size)),
+                _ => {}
+            }
+            lblk = lblk.saturating_add(len.max(1));
+        }
+        match whence {
+            Whence::Data => Err(Error::Nxio),
+            Whence::Hole => Ok(size),
+        }
+    }
+}
+
+fn mapped(e: &Extent, lblk: u64) -> Mapping {
+    let skip = lblk - u64::from(e.lblk);
+    Mapping::Mapped {
+        pblk: e.pblk + skip,
+        len: u64::from(e.len) - skip,
+        uninit: e.uninit,
+    }
+}
+
+/// Position of a block inside the subtree reached by `offsets` (the
+/// remaining indexes below some pointer).
+fn lblk_pos(_lblk: u64, offsets: &[u64], per_block: u64) -> u64 {
+    offsets.iter().fold(0u64, |acc, &o| {
+        acc.saturating_mul(per_block).saturating_add(o)
+    })
+}

@@ -1,0 +1,619 @@
+//! The ext4 engine: parses an ext2/3/4 filesystem from a [`BlockDevice`]
+//! and answers the FUSE adapter's questions. No FUSE, no libc, no unsafe.
+//!
+//! Layers: `io` (device) → [`cache`] (metadata blocks, inodes) →
+//! [`ondisk`] (one parser per structure) → `file` (block mapping and data
+//! reads) and the directory/xattr modules → the public methods on [`Ext4`].
+//! The kernel's ext4 driver is the oracle: what it shows for an image, this
+//! engine shows.
+
+#![forbid(unsafe_code)]
+// Constants and accessors mirror the on-disk format in full; not all are
+// used by the read path yet.
+#![allow(dead_code)]
+
+pub mod error;
+pub mod types;
+
+pub(crate) mod cache;
+pub(crate) mod checksum;
+pub(crate) mod file;
+pub(crate) mod ondisk;
+pub(crate) mod util;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::sync::Arc;
+
+use crate::io::BlockDevice;
+
+pub use error::{Error, Result};
+pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
+
+use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, Lru};
+use checksum::crc32c;
+use ondisk::group_desc::GroupDesc;
+pub(crate) use ondisk::inode::Inode;
+use ondisk::superblock::{self as sbf, Superblock};
+
+/// How to open a filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    pub read_only: bool,
+}
+
+/// What the worker reports to the broker about the filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsInfo {
+    /// Volume label, without trailing NULs (may be any bytes).
+    pub label: Vec<u8>,
+    pub uuid: [u8; 16],
+    /// "ext2", "ext3" or "ext4".
+    pub fs_type: &'static str,
+    /// Feature names as dumpe2fs prints them.
+    pub features: Vec<String>,
+    /// Whether the engine serves this mount read-only.
+    pub read_only: bool,
+}
+
+/// An open filesystem. Send + Sync; every method takes `&self`.
+pub struct Ext4 {
+    dev: Arc<dyn BlockDevice>,
+    sb: Superblock,
+    groups: Vec<GroupDesc>,
+    block_size: u32,
+    csum_seed: u32,
+    read_only: bool,
+    blocks: BlockCache,
+    inodes: Lru<Arc<Inode>>,
+    /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
+    overhead_clusters: u64,
+}
+
+/// Inodes below s_first_ino other than the root are reserved (journal,
+/// resize, quota...): a directory entry naming one is corrupt.
+fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { offset, source }
+}
+
+impl Ext4 {
+    /// Opens the filesystem on `dev`: superblock, feature policy, group
+    /// descriptors, MMP, root inode. The engine is read-only for now: a
+    /// read-write request is checked against the feature policy, then served
+    /// read-only (see `info().read_only`).
+    pub fn open(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
+        let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
+        dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
+            .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
+        let sb = Superblock::parse(&raw, dev.size())?;
+        check_features(&sb, opts.read_only)?;
+        if !opts.read_only {
+            tracing::warn!("read-write requested; this engine serves the filesystem read-only");
+        }
+        let block_size = sb.block_size();
+        let csum_seed = if sb.has_incompat(sbf::INCOMPAT_CSUM_SEED) {
+            sb.s_checksum_seed
+        } else {
+            crc32c(!0, &sb.s_uuid)
+        };
+        let mut fs = Ext4 {
+            dev,
+            sb,
+            groups: Vec::new(),
+            block_size,
+            csum_seed,
+            read_only: true,
+            blocks: Lru::new(DEFAULT_BLOCK_CACHE_BYTES),
+            inodes: Lru::new(DEFAULT_INODE_CACHE_ENTRIES),
+            overhead_clusters: 0,
+        };
+        fs.groups = fs.load_group_descs()?;
+        if fs.sb.has_incompat(sbf::INCOMPAT_MMP) {
+            fs.check_mmp()?;
+        }
+        let root = fs.inode(ROOT_INO)?;
+        if root.kind != FileKind::Directory || root.blocks == 0 || root.size == 0 {
+            return Err(Error::corrupt("root inode is not a valid directory", 0));
+        }
+        fs.overhead_clusters = fs.calculate_overhead();
+        Ok(fs)
+    }
+
+    /// The parsed superblock.
+    pub(crate) fn sb(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub(crate) fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// The metadata checksum seed: s_checksum_seed with csum_seed, else
+    /// crc32c(~0, uuid).
+    pub(crate) fn csum_seed(&self) -> u32 {
+        self.csum_seed
+    }
+
+    pub(crate) fn has_metadata_csum(&self) -> bool {
+        self.sb.has_ro_compat(sbf::RO_COMPAT_METADATA_CSUM)
+    }
+
+    /// The inode checksum seed (inode number and generation folded in),
+    /// used for extent blocks, directory blocks and xattr blocks of inodes.
+    pub(crate) fn inode_csum_seed(&self, inode: &Inode) -> u32 {
+        ondisk::inode::inode_csum_seed(self.csum_seed, inode.ino, inode.generation)
+    }
+
+    /// Whether `[block, block+count)` lies inside the filesystem's data
+    /// area (past s_first_data_block, before s_blocks_count).
+    pub(crate) fn blocks_valid(&self, block: u64, count: u64) -> bool {
+        block >= u64::from(self.sb.s_first_data_block).max(1)
+            && block
+                .checked_add(count)
+                .is_some_and(|e| e <= self.sb.s_blocks_count)
+    }
+
+    /// One filesystem block through the metadata cache.
+    pub(crate) fn read_block(&self, block: u64) -> Result<Arc<[u8]>> {
+        if block == 0 || block >= self.sb.s_blocks_count {
+            return Err(Error::corrupt(
+                format!("block number {block} outside the filesystem"),
+                block,
+            ));
+        }
+        if let Some(b) = self.blocks.get(block) {
+            return Ok(b);
+        }
+        let bs = self.block_size as usize;
+        let offset = block
+            .checked_mul(u64::from(self.block_size))
+            .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
+        let mut buf = vec![0u8; bs];
+        self.dev.read_at(&mut buf, offset).map_err(io_err(offset))?;
+        let data: Arc<[u8]> = Arc::from(buf);
+        self.blocks.insert(block, data.clone(), bs);
+        Ok(data)
+    }
+
+    /// Reads `buf.len()` bytes of the device starting at block `block`,
+    /// bypassing the cache (file data).
+    pub(crate) fn read_blocks_direct(&self, block: u64, skip: u64, buf: &mut [u8]) -> Result<()> {
+        let offset = block
+            .checked_mul(u64::from(self.block_size))
+            .and_then(|o| o.checked_add(skip))
+            .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
+        self.dev.read_at(buf, offset).map_err(io_err(offset))
+    }
+
+    /// Inode `ino`, parsed, checksum-verified and cached. 0 is NotFound;
+    /// numbers past s_inodes_count and reserved inodes (below s_first_ino,
+    /// except the root) are Corrupt; a deleted inode (no links) is NotFound.
+    pub(crate) fn inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+        if ino == 0 {
+            return Err(Error::NotFound);
+        }
+        if ino != ROOT_INO && ino < self.sb.s_first_ino {
+            return Err(Error::corrupt(
+                format!("reference to reserved inode {ino}"),
+                0,
+            ));
+        }
+        let inode = self.inode_any(ino)?;
+        if inode.links_count == 0 {
+            return Err(Error::NotFound);
+        }
+        Ok(inode)
+    }
+
+    /// Like [`Ext4::inode`] but for special inodes too (journal, resize...)
+    /// and without the link-count check.
+    pub(crate) fn inode_any(&self, ino: Ino) -> Result<Arc<Inode>> {
+        if ino == 0 || ino > self.sb.s_inodes_count {
+            return Err(Error::corrupt(
+                format!("inode number {ino} out of range"),
+                0,
+            ));
+        }
+        if let Some(i) = self.inodes.get(u64::from(ino)) {
+            return Ok(i);
+        }
+        let ipg = self.sb.s_inodes_per_group;
+        let group = (ino - 1) / ipg;
+        let index = (ino - 1) % ipg;
+        let gd = self
+            .groups
+            .get(group as usize)
+            .ok_or_else(|| Error::corrupt(format!("inode {ino}: group {group} missing"), 0))?;
+        let isz = u64::from(self.sb.s_inode_size);
+        let byte = u64::from(index) * isz;
+        let block = gd
+            .bg_inode_table
+            .checked_add(byte / u64::from(self.block_size))
+            .ok_or_else(|| Error::corrupt(format!("inode {ino}: inode table overflows"), 0))?;
+        let data = self.read_block(block)?;
+        let off = (byte % u64::from(self.block_size)) as usize;
+        let raw = data
+            .get(off..off + isz as usize)
+            .ok_or_else(|| Error::corrupt(format!("inode {ino}: beyond its block"), block))?;
+        let inode = Inode::parse(raw, ino, &self.sb, self.csum_seed, block)?;
+        if inode.file_acl != 0 && !self.blocks_valid(inode.file_acl, 1) {
+            return Err(Error::corrupt(
+                format!(
+                    "inode {ino}: bad extended attribute block {}",
+                    inode.file_acl
+                ),
+                block,
+            ));
+        }
+        let inode = Arc::new(inode);
+        self.inodes.insert(u64::from(ino), inode.clone(), 1);
+        Ok(inode)
+    }
+
+    /// Summary for the broker.
+    pub fn info(&self) -> FsInfo {
+        FsInfo {
+            label: self.sb.label(),
+            uuid: self.sb.s_uuid,
+            fs_type: self.sb.fs_type(),
+            features: self.sb.feature_list(),
+            read_only: self.read_only,
+        }
+    }
+
+    /// stat(2) for `ino`.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let i = self.inode(ino)?;
+        Ok(Attr {
+            ino,
+            kind: i.kind,
+            perm: i.perm(),
+            nlink: u32::from(i.links_count),
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.blocks,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            rdev: i.rdev(),
+            generation: i.generation,
+            blksize: self.block_size,
+        })
+    }
+
+    /// statfs(2) as the kernel's ext4_statfs computes it.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let cbits = self.sb.cluster_bits();
+        let free_clusters: u64 = self
+            .groups
+            .iter()
+            .map(|g| u64::from(g.bg_free_blocks_count))
+            .sum();
+        let free_inodes: u64 = self
+            .groups
+            .iter()
+            .map(|g| u64::from(g.bg_free_inodes_count))
+            .sum();
+        let c2b = |c: u64| c.checked_shl(cbits).unwrap_or(u64::MAX);
+        let resv = if self.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
+            ((self.sb.s_blocks_count >> cbits) / 50).min(4096)
+        } else {
+            0
+        };
+        let bfree = c2b(free_clusters);
+        let reserved = self.sb.s_r_blocks_count.saturating_add(c2b(resv));
+        Ok(StatFs {
+            bsize: self.block_size,
+            frsize: self.block_size,
+            blocks: self
+                .sb
+                .s_blocks_count
+                .saturating_sub(c2b(self.overhead_clusters)),
+            bfree,
+            bavail: bfree.saturating_sub(reserved),
+            files: u64::from(self.sb.s_inodes_count),
+            ffree: free_inodes,
+            namelen: 255,
+        })
+    }
+
+    /// Group descriptor `group`.
+    pub(crate) fn group(&self, group: u32) -> Result<&GroupDesc> {
+        self.groups
+            .get(group as usize)
+            .ok_or_else(|| Error::corrupt(format!("group {group} out of range"), 0))
+    }
+
+    /// Number of group-descriptor blocks in group `group` (ext4_bg_num_gdb).
+    fn bg_num_gdb(&self, group: u64) -> u64 {
+        let dpb = u64::from(self.sb.desc_per_block().max(1));
+        let metagroup = group / dpb;
+        if self.sb.has_incompat(sbf::INCOMPAT_META_BG)
+            && metagroup >= u64::from(self.sb.s_first_meta_bg)
+        {
+            let first = metagroup * dpb;
+            let last = first + dpb - 1;
+            return u64::from(group == first || group == first + 1 || group == last);
+        }
+        if !self.sb.bg_has_super(group) {
+            return 0;
+        }
+        if self.sb.has_incompat(sbf::INCOMPAT_META_BG) {
+            u64::from(self.sb.s_first_meta_bg)
+        } else {
+            self.sb.groups_count().div_ceil(dpb)
+        }
+    }
+
+    /// Block number of descriptor block `nr` (the kernel's descriptor_loc).
+    fn descriptor_loc(&self, nr: u64) -> u64 {
+        let logical_sb_block = 1024 / u64::from(self.block_size);
+        if !self.sb.has_incompat(sbf::INCOMPAT_META_BG) || nr < u64::from(self.sb.s_first_meta_bg) {
+            return logical_sb_block + nr + 1;
+        }
+        let bg = u64::from(self.sb.desc_per_block()) * nr;
+        let mut has_super = u64::from(self.sb.bg_has_super(bg));
+        if self.block_size == 1024 && nr == 0 && self.sb.s_first_data_block == 0 {
+            has_super += 1;
+        }
+        has_super + self.group_first_block(bg)
+    }
+
+    fn group_first_block(&self, group: u64) -> u64 {
+        group
+            .saturating_mul(u64::from(self.sb.s_blocks_per_group))
+            .saturating_add(u64::from(self.sb.s_first_data_block))
+    }
+
+    fn itb_per_group(&self) -> u64 {
+        (u64::from(self.sb.s_inodes_per_group) * u64::from(self.sb.s_inode_size))
+            .div_ceil(u64::from(self.block_size))
+    }
+
+    /// Reads and checks every group descriptor like ext4_check_descriptors:
+    /// bitmaps and inode table inside their group (anywhere in the
+    /// filesystem with flex_bg) or the mount fails; a bad descriptor
+    /// checksum is logged and tolerated on a read-only mount (the kernel
+    /// refuses it only read-write).
+    fn load_group_descs(&self) -> Result<Vec<GroupDesc>> {
+        let groups = self.sb.groups_count();
+        let ngroups = u32::try_from(groups)
+            .map_err(|_| Error::corrupt(format!("too many block groups ({groups})"), 0))?;
+        let dsize = usize::from(self.sb.s_desc_size);
+        let dpb = self.sb.desc_per_block();
+        let flex = self.sb.has_incompat(sbf::INCOMPAT_FLEX_BG);
+        let sb_block = 1024 / u64::from(self.block_size);
+        let last_bg_block = sb_block + self.bg_num_gdb(0);
+        let itb = self.itb_per_group();
+        let mut out = Vec::with_capacity(ngroups as usize);
+        let mut first_block = u64::from(self.sb.s_first_data_block);
+        let mut bad_csums = 0u32;
+        for g in 0..ngroups {
+            let nr = u64::from(g / dpb);
+            let loc = self.descriptor_loc(nr);
+            let blk = self.read_block(loc)?;
+            let off = (g % dpb) as usize * dsize;
+            let raw = blk
+                .get(off..off + dsize)
+                .ok_or_else(|| Error::corrupt(format!("group descriptor {g}"), loc))?;
+            let gd = GroupDesc::parse(raw, g, &self.sb, self.csum_seed)?;
+            let last_block = if g == ngroups - 1 || flex {
+                self.sb.s_blocks_count - 1
+            } else {
+                first_block + u64::from(self.sb.s_blocks_per_group) - 1
+            };
+            let check = |what: &str, b: u64, len: u64| -> Result<()> {
+                if b == sb_block || (b > sb_block && b <= last_bg_block) {
+                    tracing::warn!(group = g, "{what} overlaps the superblock or descriptors");
+                }
+                if b < first_block || b.saturating_add(len - 1) > last_block {
+                    return Err(Error::corrupt(
+                        format!("group descriptor {g}: {what} not in group (block {b})"),
+                        loc,
+                    ));
+                }
+                Ok(())
+            };
+            check("block bitmap", gd.bg_block_bitmap, 1)?;
+            check("inode bitmap", gd.bg_inode_bitmap, 1)?;
+            check("inode table", gd.bg_inode_table, itb)?;
+            if !gd.csum_ok {
+                bad_csums += 1;
+                tracing::warn!(
+                    group = g,
+                    "group descriptor checksum failed; continuing read-only"
+                );
+            }
+            if !flex {
+                first_block += u64::from(self.sb.s_blocks_per_group);
+            }
+            out.push(gd);
+        }
+        if bad_csums > 0 && !self.read_only {
+            return Err(Error::corrupt(
+                format!("{bad_csums} group descriptor checksum(s) failed"),
+                0,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Multi-mount protection on a read-only mount: never writes the MMP
+    /// block, but refuses while e2fsck runs or while another node is
+    /// updating it (the sequence changes within 2 intervals + 1 s, as the
+    /// kernel's ext4_multi_mount_protect waits).
+    fn check_mmp(&self) -> Result<()> {
+        use ondisk::mmp::{Mmp, MmpState};
+        let blk = self.sb.s_mmp_block;
+        let seed = self.has_metadata_csum().then_some(self.csum_seed);
+        let read = |fs: &Ext4| -> Result<Mmp> {
+            let mut buf = vec![0u8; ondisk::mmp::MMP_SIZE.max(fs.block_size as usize)];
+            fs.read_blocks_direct(blk, 0, &mut buf)?;
+            Mmp::parse(&buf, blk, seed)
+        };
+        let m = read(self)?;
+        match m.state() {
+            MmpState::Clean => Ok(()),
+            MmpState::Fsck => Err(Error::Incompatible(format!(
+                "e2fsck is running on the filesystem (MMP: {})",
+                m.holder()
+            ))),
+            MmpState::InUse(seq) => {
+                let interval = u64::from(
+                    m.mmp_check_interval
+                        .max(self.sb.s_mmp_update_interval)
+                        .max(5),
+                );
+                let wait = (2 * interval + 1).min(60);
+                tracing::info!(
+                    wait,
+                    "MMP block in use; waiting to see whether its holder is alive"
+                );
+                std::thread::sleep(std::time::Duration::from_secs(wait));
+                let m2 = read(self)?;
+                if m2.mmp_seq != seq {
+                    return Err(Error::Incompatible(format!(
+                        "the filesystem is in use on another node (MMP: {})",
+                        m2.holder()
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// ext4_calculate_overhead, in clusters.
+    fn calculate_overhead(&self) -> u64 {
+        let bigalloc = self.sb.has_ro_compat(sbf::RO_COMPAT_BIGALLOC);
+        let stored = u64::from(self.sb.s_overhead_clusters);
+        if bigalloc && stored != 0 && stored <= self.sb.s_blocks_count {
+            return stored;
+        }
+        let cbits = self.sb.cluster_bits();
+        let mut overhead = u64::from(self.sb.s_first_data_block) >> cbits;
+        let ngroups = self.groups.len() as u64;
+        for g in 0..ngroups {
+            overhead = overhead.saturating_add(self.count_overhead(g));
+        }
+        if self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL) && self.sb.s_journal_inum != 0 {
+            match self.journal_blocks() {
+                Ok(j) => {
+                    let c = j.div_ceil(1u64 << cbits);
+                    overhead = overhead.saturating_add(c);
+                }
+                Err(e) => tracing::warn!("can't get journal size: {e}"),
+            }
+        }
+        overhead
+    }
+
+    /// Journal length in blocks: the journal inode's size, capped by the
+    /// jbd2 superblock's s_maxlen (the kernel's j_total_len).
+    fn journal_blocks(&self) -> Result<u64> {
+        let ji = self.inode_any(self.sb.s_journal_inum)?;
+        let by_size = ji.size >> (10 + self.sb.s_log_block_size);
+        let mut buf = vec![0u8; self.block_size as usize];
+        let n = self.read_data(&ji, 0, &mut buf)?;
+        let jsb = ondisk::journal::JournalSuperblock::parse(buf.get(..n).unwrap_or(&[]), 0)?;
+        Ok(by_size.min(u64::from(jsb.s_maxlen)))
+    }
+
+    /// Overhead clusters of one group (the kernel's count_overhead).
+    fn count_overhead(&self, grp: u64) -> u64 {
+        let has_super = u64::from(self.sb.bg_has_super(grp));
+        if !self.sb.has_ro_compat(sbf::RO_COMPAT_BIGALLOC) {
+            let resv = if has_super != 0 {
+                u64::from(self.sb.s_reserved_gdt_blocks)
+            } else {
+                0
+            };
+            return has_super + self.bg_num_gdb(grp) + resv + self.itb_per_group() + 2;
+        }
+        let cbits = self.sb.cluster_bits();
+        let bpg = u64::from(self.sb.s_blocks_per_group);
+        let cpg = u64::from(self.sb.s_clusters_per_group);
+        let first = self.group_first_block(grp);
+        let last = first.saturating_add(bpg - 1);
+        let mut set = std::collections::HashSet::new();
+        let mut count = 0u64;
+        let itb = self.itb_per_group();
+        for (i, gd) in self.groups.iter().enumerate() {
+            for b in [gd.bg_block_bitmap, gd.bg_inode_bitmap] {
+                if b >= first && b <= last {
+                    set.insert((b - first) >> cbits);
+                    count += 1;
+                }
+            }
+            let t = gd.bg_inode_table;
+            if t >= first && t.saturating_add(itb) <= last {
+                for j in 0..itb {
+                    set.insert((t + j - first) >> cbits);
+                    count += 1;
+                }
+            }
+            if i as u64 != grp {
+                continue;
+            }
+            let mut s = 0u64;
+            if self.sb.bg_has_super(grp) {
+                set.insert(s);
+                s += 1;
+                count += 1;
+            }
+            let mut j = self.bg_num_gdb(grp);
+            if s + j > bpg {
+                j = bpg - s;
+            }
+            count += j;
+            for _ in 0..j {
+                set.insert(s >> cbits);
+                s += 1;
+            }
+        }
+        if count == 0 {
+            return 0;
+        }
+        let used = set.iter().filter(|&&c| c < cpg).count() as u64;
+        used
+    }
+}
+
+/// The feature policy: unknown INCOMPAT refuses, naming the bits; needs
+/// recovery refuses; an external journal device is not a filesystem;
+/// unknown RO_COMPAT allows read-only only.
+fn check_features(sb: &Superblock, read_only: bool) -> Result<()> {
+    use sbf::{FeatureKind, feature_names};
+    if sb.has_incompat(sbf::INCOMPAT_JOURNAL_DEV) {
+        return Err(Error::Incompatible(
+            "this is an external ext3/ext4 journal device, not a filesystem".into(),
+        ));
+    }
+    let unknown = sb.s_feature_incompat & !sbf::INCOMPAT_SUPPORTED;
+    if unknown != 0 {
+        return Err(Error::Incompatible(format!(
+            "unsupported incompat feature(s): {unknown:#x} ({})",
+            feature_names(FeatureKind::Incompat, unknown).join(", ")
+        )));
+    }
+    if sb.has_incompat(sbf::INCOMPAT_RECOVER) {
+        return Err(Error::NeedsRecovery);
+    }
+    if !read_only {
+        let unknown = sb.s_feature_ro_compat & !sbf::RO_COMPAT_SUPPORTED;
+        if unknown != 0 {
+            return Err(Error::Incompatible(format!(
+                "unsupported ro_compat feature(s) {unknown:#x} ({}): mount read-only",
+                feature_names(FeatureKind::RoCompat, unknown).join(", ")
+            )));
+        }
+        if sb.has_compat(sbf::COMPAT_HAS_JOURNAL) && sb.s_journal_inum == 0 {
+            return Err(Error::Incompatible(
+                "the filesystem uses an external journal device: mount read-only".into(),
+            ));
+        }
+    }
+    Ok(())
+}

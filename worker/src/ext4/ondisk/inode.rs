@@ -1,0 +1,442 @@
+//! Inodes (`struct ext4_inode`, 128 bytes plus `i_extra_isize` and the
+//! in-inode xattr area). Layout: Documentation/filesystems/ext4/inodes.rst.
+
+use std::sync::Mutex;
+
+use crate::ext4::checksum::crc32c;
+use crate::ext4::error::{Error, Result};
+use crate::ext4::ondisk::extent::Extent;
+use crate::ext4::ondisk::superblock::{
+    GOOD_OLD_INODE_SIZE, RO_COMPAT_HUGE_FILE, RO_COMPAT_METADATA_CSUM, Superblock,
+};
+use crate::ext4::types::{FileKind, Ino, Timestamp};
+use crate::ext4::util::{le16, le32};
+
+// i_mode file types.
+pub(crate) const S_IFMT: u16 = 0o170000;
+pub(crate) const S_IFSOCK: u16 = 0o140000;
+pub(crate) const S_IFLNK: u16 = 0o120000;
+pub(crate) const S_IFREG: u16 = 0o100000;
+pub(crate) const S_IFBLK: u16 = 0o060000;
+pub(crate) const S_IFDIR: u16 = 0o040000;
+pub(crate) const S_IFCHR: u16 = 0o020000;
+pub(crate) const S_IFIFO: u16 = 0o010000;
+
+// i_flags (the kernel's EXT4_*_FL).
+pub(crate) const EXT4_SECRM_FL: u32 = 0x0000_0001;
+pub(crate) const EXT4_UNRM_FL: u32 = 0x0000_0002;
+pub(crate) const EXT4_COMPR_FL: u32 = 0x0000_0004;
+pub(crate) const EXT4_SYNC_FL: u32 = 0x0000_0008;
+pub(crate) const EXT4_IMMUTABLE_FL: u32 = 0x0000_0010;
+pub(crate) const EXT4_APPEND_FL: u32 = 0x0000_0020;
+pub(crate) const EXT4_NODUMP_FL: u32 = 0x0000_0040;
+pub(crate) const EXT4_NOATIME_FL: u32 = 0x0000_0080;
+pub(crate) const EXT4_DIRTY_FL: u32 = 0x0000_0100;
+pub(crate) const EXT4_COMPRBLK_FL: u32 = 0x0000_0200;
+pub(crate) const EXT4_NOCOMPR_FL: u32 = 0x0000_0400;
+pub(crate) const EXT4_ENCRYPT_FL: u32 = 0x0000_0800;
+pub(crate) const EXT4_INDEX_FL: u32 = 0x0000_1000;
+pub(crate) const EXT4_IMAGIC_FL: u32 = 0x0000_2000;
+pub(crate) const EXT4_JOURNAL_DATA_FL: u32 = 0x0000_4000;
+pub(crate) const EXT4_NOTAIL_FL: u32 = 0x0000_8000;
+pub(crate) const EXT4_DIRSYNC_FL: u32 = 0x0001_0000;
+pub(crate) const EXT4_TOPDIR_FL: u32 = 0x0002_0000;
+pub(crate) const EXT4_HUGE_FILE_FL: u32 = 0x0004_0000;
+pub(crate) const EXT4_EXTENTS_FL: u32 = 0x0008_0000;
+pub(crate) const EXT4_VERITY_FL: u32 = 0x0010_0000;
+pub(crate) const EXT4_EA_INODE_FL: u32 = 0x0020_0000;
+pub(crate) const EXT4_DAX_FL: u32 = 0x0200_0000;
+pub(crate) const EXT4_INLINE_DATA_FL: u32 = 0x1000_0000;
+pub(crate) const EXT4_PROJINHERIT_FL: u32 = 0x2000_0000;
+pub(crate) const EXT4_CASEFOLD_FL: u32 = 0x4000_0000;
+pub(crate) const EXT4_RESERVED_FL: u32 = 0x8000_0000;
+
+/// Size of `i_block`.
+pub(crate) const I_BLOCK_SIZE: usize = 60;
+const I_BLOCK_OFFSET: usize = 0x28;
+const I_CHECKSUM_LO: usize = 0x7C;
+const I_EXTRA_ISIZE: usize = 0x80;
+const I_CHECKSUM_HI: usize = 0x82;
+
+/// An inode, parsed and checked.
+#[derive(Debug)]
+pub(crate) struct Inode {
+    pub(crate) ino: Ino,
+    pub(crate) mode: u16,
+    pub(crate) kind: FileKind,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) size: u64,
+    pub(crate) links_count: u16,
+    pub(crate) flags: u32,
+    pub(crate) i_block: [u8; I_BLOCK_SIZE],
+    pub(crate) file_acl: u64,
+    pub(crate) generation: u32,
+    pub(crate) atime: Timestamp,
+    pub(crate) ctime: Timestamp,
+    pub(crate) mtime: Timestamp,
+    pub(crate) crtime: Timestamp,
+    pub(crate) dtime: u32,
+    /// i_blocks in 512-byte units (huge_file honoured).
+    pub(crate) blocks: u64,
+    pub(crate) extra_isize: u16,
+    pub(crate) version: u64,
+    pub(crate) projid: u32,
+    /// The whole on-disk inode (`s_inode_size` bytes).
+    pub(crate) raw: Box<[u8]>,
+    /// Last extent found for this inode: sequential reads skip the tree walk.
+    pub(crate) extent_hint: Mutex<Option<Extent>>,
+}
+
+fn corrupt(ino: Ino, block: u64, why: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!("inode {ino}: {why}"), block)
+}
+
+/// Whether a field ending at byte `end` lies within `128 + extra_isize`
+/// (the kernel's EXT4_FITS_IN_INODE).
+fn fits(raw_len: usize, extra_isize: u16, end: usize) -> bool {
+    let limit = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(extra_isize);
+    raw_len > usize::from(GOOD_OLD_INODE_SIZE) && end <= limit
+}
+
+/// ext4_decode_extra_time: 32-bit signed seconds, two epoch bits extending
+/// them to 34 bits, 30 bits of nanoseconds.
+fn decode_time(base: u32, extra: Option<u32>) -> Timestamp {
+    let mut secs = i64::from(base as i32);
+    let mut nsecs = 0;
+    if let Some(extra) = extra {
+        secs += i64::from(extra & 3) << 32;
+        nsecs = extra >> 2;
+    }
+    Timestamp { secs, nsecs }
+}
+
+/// The per-inode checksum seed: crc32c(crc32c(fs seed, ino), generation).
+pub(crate) fn inode_csum_seed(csum_seed: u32, ino: Ino, generation: u32) -> u32 {
+    crc32c(
+        crc32c(csum_seed, &ino.to_le_bytes()),
+        &generation.to_le_bytes(),
+    )
+}
+
+/// The inode checksum as the kernel's ext4_inode_csum computes it (both
+/// checksum fields read as zero). Returns (computed, stored) with the
+/// computed value cut to 16 bits where the inode has no `i_checksum_hi`.
+fn inode_csum(raw: &[u8], extra_isize: u16, seed: u32) -> (u32, u32) {
+    let has_hi = fits(raw.len(), extra_isize, I_CHECKSUM_HI + 2);
+    let mut c = crc32c(seed, raw.get(..I_CHECKSUM_LO).unwrap_or(&[]));
+    c = crc32c(c, &[0, 0]);
+    c = crc32c(
+        c,
+        raw.get(I_CHECKSUM_LO + 2..usize::from(GOOD_OLD_INODE_SIZE))
+            .unwrap_or(&[]),
+    );
+    let mut stored = u32::from(le16(raw, I_CHECKSUM_LO));
+    if raw.len() > usize::from(GOOD_OLD_INODE_SIZE) {
+        c = crc32c(c, raw.get(I_EXTRA_ISIZE..I_CHECKSUM_HI).unwrap_or(&[]));
+        if has_hi {
+            c = crc32c(c, &[0, 0]);
+            c = crc32c(c, raw.get(I_CHECKSUM_HI + 2..).unwrap_or(&[]));
+        } else {
+            c = crc32c(c, raw.get(I_CHECKSUM_HI..).unwrap_or(&[]));
+        }
+    }
+    if has_hi {
+        stored |= u32::from(le16(raw, I_CHECKSUM_HI)) << 16;
+    } else {
+        c &= 0xFFFF;
+    }
+    (c, stored)
+}
+
+/// Computes and stores the checksum of `raw` (test fixtures; the write
+/// path will use it too).
+pub(crate) fn set_inode_csum(raw: &mut [u8], ino: Ino, csum_seed: u32) {
+    let generation = le32(raw, 0x64);
+    let extra = if raw.len() > usize::from(GOOD_OLD_INODE_SIZE) {
+        le16(raw, I_EXTRA_ISIZE)
+    } else {
+        0
+    };
+    let (c, _) = inode_csum(raw, extra, inode_csum_seed(csum_seed, ino, generation));
+    if let Some(d) = raw.get_mut(I_CHECKSUM_LO..I_CHECKSUM_LO + 2) {
+        d.copy_from_slice(&((c & 0xFFFF) as u16).to_le_bytes());
+    }
+    if fits(raw.len(), extra, I_CHECKSUM_HI + 2) {
+        if let Some(d) = raw.get_mut(I_CHECKSUM_HI..I_CHECKSUM_HI + 2) {
+            d.copy_from_slice(&((c >> 16) as u16).to_le_bytes());
+        }
+    }
+}
+
+impl Inode {
+    /// Parses inode `ino` from its on-disk bytes (`sb.s_inode_size` long),
+    /// read from `block`, verifying the checksum when metadata_csum is on.
+    pub(crate) fn parse(
+        raw: &[u8],
+        ino: Ino,
+        sb: &Superblock,
+        csum_seed: u32,
+        block: u64,
+    ) -> Result<Inode> {
+        let isize = usize::from(sb.s_inode_size);
+        let raw = raw
+            .get(..isize)
+            .ok_or_else(|| corrupt(ino, block, "short read"))?;
+        let big = isize > usize::from(GOOD_OLD_INODE_SIZE);
+        let extra_isize = if big { le16(raw, I_EXTRA_ISIZE) } else { 0 };
+        if big
+            && (usize::from(GOOD_OLD_INODE_SIZE) + usize::from(extra_isize) > isize
+                || extra_isize & 3 != 0)
+        {
+            return Err(corrupt(
+                ino,
+                block,
+                format_args!("bad extra_isize {extra_isize}"),
+            ));
+        }
+        let generation = le32(raw, 0x64);
+        if sb.has_ro_compat(RO_COMPAT_METADATA_CSUM) {
+            let (calc, stored) = inode_csum(
+                raw,
+                extra_isize,
+                inode_csum_seed(csum_seed, ino, generation),
+            );
+            if calc != stored {
+                return Err(corrupt(
+                    ino,
+                    block,
+                    format_args!("checksum mismatch (stored {stored:#x}, computed {calc:#x})"),
+                ));
+            }
+        }
+
+        let mode = le16(raw, 0x0);
+        let kind = match mode & S_IFMT {
+            S_IFREG => FileKind::RegularFile,
+            S_IFDIR => FileKind::Directory,
+            S_IFLNK => FileKind::Symlink,
+            S_IFCHR => FileKind::CharDevice,
+            S_IFBLK => FileKind::BlockDevice,
+            S_IFIFO => FileKind::Fifo,
+            S_IFSOCK => FileKind::Socket,
+            other => {
+                return Err(corrupt(
+                    ino,
+                    block,
+                    format_args!("bogus file type {other:#o}"),
+                ));
+            }
+        };
+        let size = u64::from(le32(raw, 0x4)) | (u64::from(le32(raw, 0x6C)) << 32);
+        if i64::try_from(size).is_err() {
+            return Err(corrupt(ino, block, format_args!("bad i_size {size}")));
+        }
+        let flags = le32(raw, 0x20);
+        let blocks_lo = u64::from(le32(raw, 0x1C));
+        let blocks = if sb.has_ro_compat(RO_COMPAT_HUGE_FILE) {
+            let b = blocks_lo | (u64::from(le16(raw, 0x74)) << 32);
+            if flags & EXT4_HUGE_FILE_FL != 0 {
+                // In filesystem blocks: convert to 512-byte units.
+                b << (sb.s_log_block_size + 1)
+            } else {
+                b
+            }
+        } else {
+            blocks_lo
+        };
+        let extra = |off: usize| fits(isize, extra_isize, off + 4).then(|| le32(raw, off));
+        let crtime = match extra(0x90) {
+            Some(base) => decode_time(base, extra(0x94)),
+            None => Timestamp::default(),
+        };
+        let mut i_block = [0u8; I_BLOCK_SIZE];
+        if let Some(src) = raw.get(I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE) {
+            i_block.copy_from_slice(src);
+        }
+        let version_hi = extra(0x98).map_or(0, u64::from);
+        Ok(Inode {
+            ino,
+            mode,
+            kind,
+            uid: u32::from(le16(raw, 0x2)) | (u32::from(le16(raw, 0x78)) << 16),
+            gid: u32::from(le16(raw, 0x18)) | (u32::from(le16(raw, 0x7A)) << 16),
+            size,
+            links_count: le16(raw, 0x1A),
+            flags,
+            i_block,
+            file_acl: u64::from(le32(raw, 0x68)) | (u64::from(le16(raw, 0x76)) << 32),
+            generation,
+            atime: decode_time(le32(raw, 0x8), extra(0x8C)),
+            ctime: decode_time(le32(raw, 0xC), extra(0x84)),
+            mtime: decode_time(le32(raw, 0x10), extra(0x88)),
+            crtime,
+            dtime: le32(raw, 0x14),
+            blocks,
+            extra_isize,
+            version: u64::from(le32(raw, 0x24)) | (version_hi << 32),
+            projid: extra(0x9C).unwrap_or(0),
+            raw: raw.into(),
+            extent_hint: Mutex::new(None),
+        })
+    }
+
+    /// The in-inode extended attribute region: from `128 + i_extra_isize`
+    /// to the end of the on-disk inode. Empty for 128-byte inodes.
+    pub(crate) fn inline_xattr_area(&self) -> &[u8] {
+        if self.raw.len() <= usize::from(GOOD_OLD_INODE_SIZE) {
+            return &[];
+        }
+        let start = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(self.extra_isize);
+        self.raw.get(start..).unwrap_or(&[])
+    }
+
+    pub(crate) fn has_flag(&self, fl: u32) -> bool {
+        self.flags & fl != 0
+    }
+
+    /// Device number in the kernel's new (userspace dev_t, 32-bit) encoding,
+    /// for character and block devices; 0 otherwise. ext4 keeps the old
+    /// 16-bit encoding in i_block[0] or the new one in i_block[1].
+    pub(crate) fn rdev(&self) -> u32 {
+        if !matches!(self.kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            return 0;
+        }
+        let old = le32(&self.i_block, 0);
+        if old != 0 {
+            let major = (old >> 8) & 0xff;
+            let minor = old & 0xff;
+            return new_encode_dev(major, minor);
+        }
+        // Already the new encoding: minor low 8 bits, major 12 bits, minor
+        // high 12 bits.
+        le32(&self.i_block, 4)
+    }
+
+    /// Permission bits including setuid/setgid/sticky.
+    pub(crate) fn perm(&self) -> u16 {
+        self.mode & 0o7777
+    }
+
+    /// Logical block count covering `size` for a `block_size` filesystem.
+    pub(crate) fn size_in_blocks(&self, block_size: u32) -> u64 {
+        self.size.div_ceil(u64::from(block_size.max(1)))
+    }
+}
+
+/// Linux `new_encode_dev`.
+pub(crate) fn new_encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4::ondisk::superblock::tests as sbt;
+
+    fn sb() -> Superblock {
+        Superblock::parse(&sbt::sample(), 1 << 30).unwrap()
+    }
+
+    fn sample(ino: Ino) -> Vec<u8> {
+        let mut r = vec![0u8; 256];
+        r[0..2].copy_from_slice(&(S_IFREG | 0o644).to_le_bytes());
+        r[2..4].copy_from_slice(&1000u16.to_le_bytes());
+        r[0x78..0x7A].copy_from_slice(&1u16.to_le_bytes()); // uid hi
+        r[4..8].copy_from_slice(&5000u32.to_le_bytes());
+        r[0x8..0xC].copy_from_slice(&(-5i32).to_le_bytes()); // atime
+        r[0x8C..0x90].copy_from_slice(&((123u32 << 2) | 1).to_le_bytes());
+        r[0x10..0x14].copy_from_slice(&1_700_000_000u32.to_le_bytes());
+        r[0x88..0x8C].copy_from_slice(&(999u32 << 2).to_le_bytes());
+        r[0x1A..0x1C].copy_from_slice(&1u16.to_le_bytes());
+        r[0x1C..0x20].copy_from_slice(&16u32.to_le_bytes());
+        r[0x64..0x68].copy_from_slice(&77u32.to_le_bytes());
+        r[0x80..0x82].copy_from_slice(&32u16.to_le_bytes());
+        r[0xA0] = 0xEE; // first byte of the in-inode xattr area
+        set_inode_csum(&mut r, ino, 0xabcd);
+        r
+    }
+
+    #[test]
+    fn parses_fields() {
+        let i = Inode::parse(&sample(12), 12, &sb(), 0xabcd, 5).unwrap();
+        assert_eq!(i.kind, FileKind::RegularFile);
+        assert_eq!(i.perm(), 0o644);
+        assert_eq!(i.uid, 65536 + 1000);
+        assert_eq!(i.size, 5000);
+        assert_eq!(
+            i.atime,
+            Timestamp {
+                secs: -5 + (1 << 32),
+                nsecs: 123
+            }
+        );
+        assert_eq!(
+            i.mtime,
+            Timestamp {
+                secs: 1_700_000_000,
+                nsecs: 999
+            }
+        );
+        assert_eq!(i.blocks, 16);
+        assert_eq!(i.generation, 77);
+        assert_eq!(i.inline_xattr_area().len(), 256 - 160);
+        assert_eq!(i.inline_xattr_area()[0], 0xEE);
+        assert_eq!(i.rdev(), 0);
+    }
+
+    #[test]
+    fn checksum_covers_ino_and_bytes() {
+        let r = sample(12);
+        let e = Inode::parse(&r, 13, &sb(), 0xabcd, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inode 13: checksum mismatch") && e.contains("block 5"),
+            "{e}"
+        );
+        let mut r2 = r.clone();
+        r2[0xF0] ^= 1;
+        assert!(Inode::parse(&r2, 12, &sb(), 0xabcd, 5).is_err());
+    }
+
+    #[test]
+    fn bad_mode_and_extra_isize() {
+        let mut r = sample(12);
+        r[1] = 0xF0; // type 0o170000
+        set_inode_csum(&mut r, 12, 0xabcd);
+        let e = Inode::parse(&r, 12, &sb(), 0xabcd, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus file type"), "{e}");
+        let mut r = sample(12);
+        r[0x80..0x82].copy_from_slice(&130u16.to_le_bytes());
+        let e = Inode::parse(&r, 12, &sb(), 0xabcd, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad extra_isize 130"), "{e}");
+        let mut r = sample(12);
+        r[0x6F] = 0x80; // i_size_high sign bit
+        set_inode_csum(&mut r, 12, 0xabcd);
+        let e = Inode::parse(&r, 12, &sb(), 0xabcd, 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad i_size"), "{e}");
+        assert!(Inode::parse(&r[..100], 12, &sb(), 0xabcd, 5).is_err());
+    }
+
+    #[test]
+    fn rdev_encodings() {
+        let mut r = sample(12);
+        r[0..2].copy_from_slice(&(S_IFCHR | 0o600).to_le_bytes());
+        r[0x28..0x2C].copy_from_slice(&0x0103u32.to_le_bytes()); // old 1:3
+        set_inode_csum(&mut r, 12, 0xabcd);
+        let i = Inode::parse(&r, 12, &sb(), 0xabcd, 5).unwrap();
+        assert_eq!(i.rdev(), new_encode_dev(1, 3));
+        r[0x28..0x2C].copy_from_slice(&0u32.to_le_bytes());
+        r[0x2C..0x30].copy_from_slice(&new_encode_dev(259, 70000).to_le_bytes());
+        set_inode_csum(&mut r, 12, 0xabcd);
+        let i = Inode::parse(&r, 12, &sb(), 0xabcd, 5).unwrap();
+        assert_eq!(i.rdev(), new_encode_dev(259, 70000));
+    }
+}

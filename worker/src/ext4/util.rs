@@ -1,0 +1,71 @@
+//! Byte-order helpers. Every little-endian (and the journal's big-endian)
+//! read of on-disk data goes through here. None of them panics: bytes past
+//! the end of the slice read as zero. Parsers still check lengths first, so
+//! a short buffer is reported as corruption rather than silently zero.
+
+pub(crate) fn le16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(take::<2>(b, off))
+}
+
+pub(crate) fn le32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(take::<4>(b, off))
+}
+
+pub(crate) fn le64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(take::<8>(b, off))
+}
+
+/// Big-endian 32-bit read (jbd2 structures are big-endian).
+pub(crate) fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes(take::<4>(b, off))
+}
+
+/// `N` bytes from `off`, zero-padded where the slice ends early.
+pub(crate) fn take<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(src) = b.get(off..) {
+        let n = src.len().min(N);
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), src.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+    }
+    out
+}
+
+/// The bytes of `b` up to (not including) the first NUL.
+pub(crate) fn until_nul(b: &[u8]) -> &[u8] {
+    match b.iter().position(|&c| c == 0) {
+        Some(n) => b.get(..n).unwrap_or(b),
+        None => b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_little_endian() {
+        let b = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        assert_eq!(le16(&b, 0), 0x0201);
+        assert_eq!(le32(&b, 1), 0x0504_0302);
+        assert_eq!(le64(&b, 1), 0x0908_0706_0504_0302);
+        assert_eq!(be32(&b, 0), 0x0102_0304);
+    }
+
+    #[test]
+    fn past_the_end_reads_zero() {
+        let b = [0xffu8, 0xee];
+        assert_eq!(le16(&b, 1), 0x00ee);
+        assert_eq!(le32(&b, 2), 0);
+        assert_eq!(le64(&b, usize::MAX), 0);
+        assert_eq!(le32(&[], 0), 0);
+    }
+
+    #[test]
+    fn nul_terminated() {
+        assert_eq!(until_nul(b"abc\0def"), b"abc");
+        assert_eq!(until_nul(b"abc"), b"abc");
+        assert_eq!(until_nul(b"\0"), b"");
+    }
+}
