@@ -349,3 +349,268 @@ fn lblk_pos(_lblk: u64, offsets: &[u64], per_block: u64) -> u64 {
         acc.saturating_mul(per_block).saturating_add(o)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::ext4::testutil::*;
+
+    /// Files every image gets: (name, content, holes at) built in `src`.
+    struct Tree {
+        files: Vec<(String, Vec<u8>)>,
+    }
+
+    /// Writes a sparse file: `chunks` of (offset, bytes), final size `size`.
+    fn sparse(path: &Path, size: u64, chunks: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(size).unwrap();
+        let mut expect = vec![0u8; size as usize];
+        for (off, data) in chunks {
+            f.write_all_at(data, *off).unwrap();
+            expect[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+        }
+        expect
+    }
+
+    fn build_tree(src: &Path, block: u64) -> Tree {
+        let mut files = Vec::new();
+        let mut add = |name: &str, data: Vec<u8>| {
+            std::fs::write(src.join(name), &data).unwrap();
+            files.push((name.to_string(), data));
+        };
+        add("empty", vec![]);
+        add("small", b"hello, ext4\n".to_vec());
+        add("big", pattern(3 * 1024 * 1024 + 123, 1));
+        let s = sparse(
+            &src.join("sparse"),
+            5 * 1024 * 1024,
+            &[
+                (0, pattern(100, 2)),
+                (2 * 1024 * 1024 + 7, pattern(9000, 3)),
+            ],
+        );
+        files.push(("sparse".into(), s));
+        // Data in every other block: one extent per data block, deep trees.
+        let n = 2400u64;
+        let chunks: Vec<(u64, Vec<u8>)> = (0..n)
+            .map(|i| (2 * i * block, pattern(block as usize, 100 + i)))
+            .collect();
+        let s = sparse(&src.join("frag"), 2 * n * block - block, &chunks);
+        files.push(("frag".into(), s));
+        // Ends in a hole.
+        let s = sparse(
+            &src.join("tailhole"),
+            1024 * 1024,
+            &[(4096, pattern(10, 4))],
+        );
+        files.push(("tailhole".into(), s));
+        Tree { files }
+    }
+
+    fn check_image(
+        args: &[&str],
+        block: u64,
+        size_kib: u64,
+    ) -> Option<(Ext4, std::path::PathBuf, Scratch)> {
+        if !have_mkfs() {
+            return None;
+        }
+        let sc = Scratch::new("img");
+        let src = sc.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let tree = build_tree(&src, block);
+        let img = mkfs(&sc, &src, args, size_kib);
+        let fs = open_image(&img).unwrap_or_else(|e| panic!("open {args:?}: {e}"));
+        for (name, data) in &tree.files {
+            let ino = ino_of(&img, name);
+            let a = fs.getattr(ino).unwrap();
+            assert_eq!(a.size, data.len() as u64, "{args:?} {name}");
+            assert_eq!(a.kind, FileKind::RegularFile);
+            // Whole read, then odd-sized sequential reads.
+            let mut buf = vec![0xAAu8; data.len() + 100];
+            let n = fs.read(ino, 0, &mut buf).unwrap();
+            assert_eq!(n, data.len(), "{args:?} {name}");
+            assert!(buf[..n] == data[..], "{args:?} {name}: content differs");
+            let mut pos = 0usize;
+            let mut chunk = vec![0u8; 77777];
+            while pos < data.len() {
+                let n = fs.read(ino, pos as u64, &mut chunk).unwrap();
+                assert!(n > 0);
+                assert!(chunk[..n] == data[pos..pos + n], "{args:?} {name} at {pos}");
+                pos += n;
+            }
+            assert_eq!(fs.read(ino, data.len() as u64, &mut chunk).unwrap(), 0);
+            // SEEK_DATA/SEEK_HOLE agree with a block-granular scan.
+            check_seek(&fs, ino, data, fs.block_size() as u64, name);
+        }
+        Some((fs, img, sc))
+    }
+
+    /// Every data block holds non-zero bytes in these fixtures, so a block
+    /// is data exactly when it has a non-zero byte.
+    fn check_seek(fs: &Ext4, ino: Ino, data: &[u8], bs: u64, name: &str) {
+        let size = data.len() as u64;
+        if size == 0 {
+            assert!(matches!(fs.seek(ino, 0, Whence::Data), Err(Error::Nxio)));
+            return;
+        }
+        let is_data = |b: u64| {
+            let s = (b * bs) as usize;
+            let e = ((b + 1) * bs).min(size) as usize;
+            data[s..e].iter().any(|&x| x != 0)
+        };
+        let nblocks = size.div_ceil(bs);
+        for off in [0, 1, bs, 3 * bs + 5, size / 2, size - 1]
+            .into_iter()
+            .filter(|&o| o < size)
+        {
+            let b0 = off / bs;
+            let want_data = (b0..nblocks)
+                .find(|&b| is_data(b))
+                .map(|b| (b * bs).max(off));
+            let got = fs.seek(ino, off, Whence::Data);
+            match want_data {
+                Some(w) => assert_eq!(got.unwrap(), w, "{name} SEEK_DATA {off}"),
+                None => assert!(
+                    matches!(got, Err(Error::Nxio)),
+                    "{name} SEEK_DATA {off}: {got:?}"
+                ),
+            }
+            let want_hole = (b0..nblocks)
+                .find(|&b| !is_data(b))
+                .map_or(size, |b| (b * bs).max(off).min(size));
+            assert_eq!(
+                fs.seek(ino, off, Whence::Hole).unwrap(),
+                want_hole,
+                "{name} SEEK_HOLE {off}"
+            );
+        }
+        assert!(matches!(fs.seek(ino, size, Whence::Hole), Err(Error::Nxio)));
+    }
+
+    #[test]
+    fn ext4_default() {
+        let Some((fs, img, _sc)) = check_image(&[], 4096, 64 * 1024) else {
+            return;
+        };
+        // The fragmented file really has a multi-level tree.
+        let ino = ino_of(&img, "frag");
+        let inode = fs.inode(ino).unwrap();
+        assert!(inode.has_flag(EXT4_EXTENTS_FL));
+        assert!(extent::header_depth(&inode.i_block) >= 1);
+        assert_eq!(fs.info().fs_type, "ext4");
+        assert!(fs.info().features.iter().any(|f| f == "metadata_csum"));
+    }
+
+    #[test]
+    fn ext4_1k_deep_tree() {
+        let Some((fs, img, _sc)) = check_image(&["-b", "1024"], 1024, 32 * 1024) else {
+            return;
+        };
+        let inode = fs.inode(ino_of(&img, "frag")).unwrap();
+        assert_eq!(
+            extent::header_depth(&inode.i_block),
+            2,
+            "2400 extents in 1k blocks need depth 2"
+        );
+    }
+
+    #[test]
+    fn ext4_no_csum_128_inodes_32bit() {
+        check_image(
+            &["-O", "^metadata_csum,^64bit", "-I", "128"],
+            4096,
+            64 * 1024,
+        );
+    }
+
+    #[test]
+    fn ext2_and_ext3_indirect() {
+        for t in ["ext2", "ext3"] {
+            let Some((fs, img, _sc)) = check_image(&["-t", t, "-b", "1024"], 1024, 32 * 1024)
+            else {
+                return;
+            };
+            let inode = fs.inode(ino_of(&img, "big")).unwrap();
+            assert!(!inode.has_flag(EXT4_EXTENTS_FL));
+            assert_eq!(fs.info().fs_type, t);
+        }
+    }
+
+    #[test]
+    fn triple_indirect() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("tind");
+        let src = sc.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        // 1 KiB blocks: triple indirect starts at block 12 + 256 + 65536.
+        let off = (12 + 256 + 65536 + 1000) * 1024u64;
+        let data = sparse(
+            &src.join("f"),
+            off + 5000,
+            &[(5, pattern(10, 9)), (off, pattern(5000, 8))],
+        );
+        let img = mkfs(&sc, &src, &["-t", "ext2", "-b", "1024"], 8 * 1024);
+        let fs = open_image(&img).unwrap();
+        let ino = ino_of(&img, "f");
+        let mut buf = vec![0u8; 5000];
+        assert_eq!(fs.read(ino, off, &mut buf).unwrap(), 5000);
+        assert!(buf[..] == data[off as usize..]);
+        assert_eq!(fs.seek(ino, 1024, Whence::Data).unwrap(), off);
+        assert_eq!(fs.seek(ino, 0, Whence::Hole).unwrap(), 1024);
+        let mut all = vec![0u8; data.len()];
+        assert_eq!(fs.read(ino, 0, &mut all).unwrap(), data.len());
+        assert!(all == data);
+    }
+
+    #[test]
+    fn bigalloc_meta_bg() {
+        check_image(&["-O", "bigalloc", "-C", "16384"], 4096, 64 * 1024);
+        check_image(&["-O", "meta_bg,^resize_inode"], 4096, 64 * 1024);
+    }
+
+    #[test]
+    fn inline_data_small_files() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("inline");
+        let src = sc.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("tiny"), b"tiny file").unwrap();
+        let img = mkfs(&sc, &src, &["-O", "inline_data"], 8 * 1024);
+        let fs = open_image(&img).unwrap();
+        let ino = ino_of(&img, "tiny");
+        assert!(fs.inode(ino).unwrap().has_flag(EXT4_INLINE_DATA_FL));
+        let mut buf = [0u8; 64];
+        assert_eq!(fs.read(ino, 0, &mut buf).unwrap(), 9);
+        assert_eq!(&buf[..9], b"tiny file");
+        assert_eq!(fs.read(ino, 5, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"file");
+        assert_eq!(fs.seek(ino, 2, Whence::Data).unwrap(), 2);
+        assert_eq!(fs.seek(ino, 2, Whence::Hole).unwrap(), 9);
+    }
+
+    #[test]
+    fn directories_read_as_isdir_and_blocks() {
+        let Some((fs, _img, _sc)) = check_image(&["-b", "4096"], 4096, 64 * 1024) else {
+            return;
+        };
+        let mut buf = [0u8; 10];
+        assert!(matches!(
+            fs.read(crate::ext4::ROOT_INO, 0, &mut buf),
+            Err(Error::IsDir)
+        ));
+        let root = fs.inode(crate::ext4::ROOT_INO).unwrap();
+        let b = fs.read_file_block(&root, 0).unwrap().unwrap();
+        // First entry of the root directory is "." pointing at inode 2.
+        assert_eq!(le32(&b, 0), 2);
+        assert_eq!(&b[8..9], b".");
+        assert!(fs.read_file_block(&root, 1000).unwrap().is_none());
+    }
+}

@@ -338,7 +338,7 @@ mod tests {
         let b = node(1024, 1, 84, &[leaf(0, 0, 30), leaf(100, 0, 31)]);
         // leaf() puts the physical block at bytes 8..12; an index keeps it
         // at 4..8, so build indices by hand.
-        let mut idx = |lblk: u32, blk: u32| {
+        let idx = |lblk: u32, blk: u32| {
             let mut e = [0u8; 12];
             e[0..4].copy_from_slice(&lblk.to_le_bytes());
             e[4..8].copy_from_slice(&blk.to_le_bytes());
