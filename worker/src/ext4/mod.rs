@@ -18,6 +18,7 @@ pub mod types;
 pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod file;
+pub(crate) mod hash;
 pub(crate) mod ondisk;
 pub(crate) mod util;
 
@@ -616,4 +617,330 @@ fn check_features(sb: &Superblock, read_only: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::testutil::*;
+    use super::*;
+
+    fn src_tree(sc: &Scratch) -> std::path::PathBuf {
+        let src = sc.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("a"), pattern(3_000_000, 5)).unwrap();
+        std::fs::write(src.join("b"), pattern(50_000, 6)).unwrap();
+        std::fs::write(src.join("d/c"), b"c").unwrap();
+        src
+    }
+
+    /// statfs equals what the kernel reports for the same image (needs root
+    /// and loop devices; skipped with a message otherwise).
+    #[test]
+    fn statfs_matches_kernel() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("statfs");
+        let src = src_tree(&sc);
+        let mnt = sc.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let variants: &[&[&str]] = &[
+            &[],
+            &["-b", "4096"],
+            &["-O", "bigalloc", "-C", "16384"],
+            &["-b", "4096", "-O", "bigalloc", "-C", "65536"],
+            &["-t", "ext2"],
+            &["-t", "ext3", "-b", "1024"],
+            &["-O", "meta_bg,^resize_inode"],
+            &["-O", "^64bit,^metadata_csum", "-I", "128"],
+            &["-b", "4096", "-O", "sparse_super2"],
+        ];
+        for args in variants {
+            let img = mkfs(&sc, &src, args, 64 * 1024);
+            let fs = open_image(&img).unwrap();
+            let st = fs.statfs().unwrap();
+            let ours = format!(
+                "{} {} {} {} {} {}",
+                st.frsize, st.blocks, st.bfree, st.bavail, st.files, st.ffree
+            );
+            let ok = Command::new("mount")
+                .args(["-o", "loop,ro"])
+                .arg(&img)
+                .arg(&mnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipping kernel comparison: cannot loop-mount (not root?)");
+                return;
+            }
+            let out = Command::new("stat")
+                .args(["-f", "-c", "%S %b %f %a %c %d"])
+                .arg(&mnt)
+                .output()
+                .unwrap();
+            let _ = Command::new("umount").arg(&mnt).status();
+            let kernel = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(ours, kernel, "statfs for mkfs {args:?}");
+            assert_eq!(st.namelen, 255);
+            assert_eq!(st.bsize, fs.block_size());
+        }
+    }
+
+    #[test]
+    fn info_and_getattr() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("info");
+        let src = src_tree(&sc);
+        let big_dev = Command::new("mknod")
+            .arg(src.join("bdev"))
+            .args(["b", "259", "70000"])
+            .status()
+            .is_ok_and(|s| s.success());
+        let img = mkfs(
+            &sc,
+            &src,
+            &[
+                "-L",
+                "MyLabel",
+                "-U",
+                "01234567-89ab-cdef-0123-456789abcdef",
+            ],
+            16 * 1024,
+        );
+        debugfs(&img, "mknod cdev c 4 7");
+        debugfs(&img, "sif d/c mtime 0x5F000000");
+        let fs = open_image(&img).unwrap();
+        let info = fs.info();
+        assert_eq!(info.label, b"MyLabel");
+        assert_eq!(info.uuid[..4], [0x01, 0x23, 0x45, 0x67]);
+        assert!(info.read_only);
+        let dumpe2fs = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&dumpe2fs.stdout);
+        let feats = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Filesystem features:"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert_eq!(info.features, feats);
+        let a = fs.getattr(ino_of(&img, "a")).unwrap();
+        assert_eq!(
+            (a.size, a.kind, a.blksize),
+            (3_000_000, FileKind::RegularFile, fs.block_size())
+        );
+        let stat = debugfs_out(&img, "stat a");
+        let blockcount: u64 = stat
+            .split("Blockcount: ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        assert_eq!(a.blocks, blockcount);
+        let c = fs.getattr(ino_of(&img, "d/c")).unwrap();
+        assert_eq!(c.mtime.secs, 0x5F00_0000);
+        let dev = fs.getattr(ino_of(&img, "cdev")).unwrap();
+        assert_eq!(dev.kind, FileKind::CharDevice);
+        assert_eq!(dev.rdev, ondisk::inode::new_encode_dev(4, 7));
+        if big_dev {
+            let b = fs.getattr(ino_of(&img, "bdev")).unwrap();
+            assert_eq!(b.kind, FileKind::BlockDevice);
+            assert_eq!(b.rdev, ondisk::inode::new_encode_dev(259, 70000));
+        } else {
+            eprintln!("mknod not permitted: skipping the large device number check");
+        }
+        let root = fs.getattr(ROOT_INO).unwrap();
+        assert_eq!(root.kind, FileKind::Directory);
+        assert!(matches!(fs.getattr(0), Err(Error::NotFound)));
+        assert!(matches!(fs.getattr(u32::MAX), Err(Error::Corrupt { .. })));
+        assert!(
+            matches!(fs.getattr(8), Err(Error::Corrupt { .. })),
+            "journal inode is reserved"
+        );
+    }
+
+    /// Corrupt one inode's checksum: that inode is Corrupt, the rest reads.
+    #[test]
+    fn bad_inode_checksum_affects_only_that_inode() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("badino");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &[], 16 * 1024);
+        let ino_b = ino_of(&img, "b");
+        debugfs(&img, "sif b checksum 0x1234");
+        let fs = open_image(&img).unwrap();
+        let e = fs.getattr(ino_b).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("inode {ino_b}: checksum mismatch")),
+            "{e}"
+        );
+        let mut buf = vec![0u8; 3_000_000];
+        assert_eq!(fs.read(ino_of(&img, "a"), 0, &mut buf).unwrap(), 3_000_000);
+        assert!(buf == pattern(3_000_000, 5));
+    }
+
+    /// Corrupt an extent tree block: reading that file fails cleanly.
+    #[test]
+    fn bad_extent_block() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("badext");
+        let src = sc.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(src.join("frag")).unwrap();
+            for i in 0..200u64 {
+                f.write_all_at(&[1u8; 1024], i * 2048).unwrap();
+            }
+        }
+        std::fs::write(src.join("ok"), b"fine").unwrap();
+        let img = mkfs(&sc, &src, &["-b", "1024"], 8 * 1024);
+        // The index in the inode points at the leaf block: find it.
+        let ino = ino_of(&img, "frag");
+        let mut data = std::fs::read(&img).unwrap();
+        let fs = open_image(&img).unwrap();
+        let inode = fs.inode(ino).unwrap();
+        assert!(ondisk::extent::header_depth(&inode.i_block) >= 1);
+        let leaf = u64::from(util::le32(&inode.i_block, 16));
+        drop(fs);
+        data[(leaf * 1024 + 20) as usize] ^= 0x40;
+        let fs = Ext4::open(
+            Arc::new(crate::io::MemDevice::new(data)),
+            OpenOptions { read_only: true },
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let e = fs.read(ino, 0, &mut buf).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("inode {ino}: extent tree: checksum mismatch"))
+                && e.contains(&format!("block {leaf}")),
+            "{e}"
+        );
+        assert_eq!(fs.read(ino_of(&img, "ok"), 0, &mut buf).unwrap(), 4);
+    }
+
+    #[test]
+    fn superblock_and_descriptor_damage() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("badsb");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &["-b", "4096"], 16 * 1024);
+        let good = std::fs::read(&img).unwrap();
+        let open = |d: Vec<u8>| {
+            Ext4::open(
+                Arc::new(crate::io::MemDevice::new(d)),
+                OpenOptions { read_only: true },
+            )
+        };
+        // Superblock byte flip: checksum.
+        let mut d = good.clone();
+        d[1024 + 0x100] ^= 1;
+        let e = open(d).err().unwrap().to_string();
+        assert!(e.contains("superblock: checksum mismatch"), "{e}");
+        // Group descriptor byte flip: tolerated read-only, like the kernel.
+        let mut d = good.clone();
+        d[4096 + 0x10] ^= 1;
+        assert!(open(d).is_ok());
+        // Inode table moved outside the filesystem: refused.
+        let mut d = good.clone();
+        d[4096 + 8..4096 + 12].copy_from_slice(&0x00FF_FFFFu32.to_le_bytes());
+        let e = open(d).err().unwrap().to_string();
+        assert!(e.contains("inode table not in group"), "{e}");
+        // Truncated device.
+        let e = open(good[..good.len() / 2].to_vec())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("exceeds size of device"), "{e}");
+    }
+
+    #[test]
+    fn feature_policy() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("feat");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &["-O", "^metadata_csum"], 16 * 1024);
+        let good = std::fs::read(&img).unwrap();
+        let with = |off: usize, bits: u32, ro: bool| {
+            let mut d = good.clone();
+            let v = util::le32(&d, 1024 + off) | bits;
+            d[1024 + off..1024 + off + 4].copy_from_slice(&v.to_le_bytes());
+            Ext4::open(
+                Arc::new(crate::io::MemDevice::new(d)),
+                OpenOptions { read_only: ro },
+            )
+        };
+        let e = with(0x60, 1 << 31, true).err().unwrap().to_string();
+        assert_eq!(
+            e,
+            "unsupported incompat feature(s): 0x80000000 (FEATURE_I31)"
+        );
+        let e = with(0x60, sbf::INCOMPAT_DIRDATA, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("(dirdata)"), "{e}");
+        assert!(matches!(
+            with(0x60, sbf::INCOMPAT_RECOVER, true),
+            Err(Error::NeedsRecovery)
+        ));
+        assert!(with(0x60, sbf::INCOMPAT_JOURNAL_DEV, true).is_err());
+        assert!(with(0x64, 1 << 30, true).is_ok());
+        let e = with(0x64, 1 << 30, false).err().unwrap().to_string();
+        assert!(e.contains("ro_compat") && e.contains("FEATURE_R30"), "{e}");
+    }
+
+    #[test]
+    fn mmp_clean_and_fsck() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("mmp");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &["-O", "mmp"], 16 * 1024);
+        let fs = open_image(&img).unwrap();
+        let blk = fs.sb().s_mmp_block;
+        let bs = u64::from(fs.block_size());
+        drop(fs);
+        let mut d = std::fs::read(&img).unwrap();
+        let at = (blk * bs) as usize;
+        d[at + 4..at + 8].copy_from_slice(&ondisk::mmp::EXT4_MMP_SEQ_FSCK.to_le_bytes());
+        let seed = crc32c(!0, &d[1024 + 0x68..1024 + 0x78]);
+        let seed = if util::le32(&d, 1024 + 0x60) & sbf::INCOMPAT_CSUM_SEED != 0 {
+            util::le32(&d, 1024 + 0x270)
+        } else {
+            seed
+        };
+        let c = crc32c(seed, &d[at..at + 1020]);
+        d[at + 1020..at + 1024].copy_from_slice(&c.to_le_bytes());
+        let e = Ext4::open(
+            Arc::new(crate::io::MemDevice::new(d)),
+            OpenOptions { read_only: true },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("e2fsck is running"), "{e}");
+    }
+
+    #[test]
+    fn ext4_is_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Ext4>();
+    }
 }
