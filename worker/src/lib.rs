@@ -5,5 +5,7 @@
 //! adapter), and [`sandbox`] (the only module here with `unsafe`).
 
 pub mod ext4;
+pub mod fuse;
 pub mod io;
 pub mod sandbox;
+pub mod serve;

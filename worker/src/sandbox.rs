@@ -378,3 +378,25 @@ fn restrict_landlock() -> Result<String, SandboxError> {
     };
     Ok(format!("{level} ({abi})"))
 }
+
+/// Takes ownership of an fd the process inherited at exec (the broker
+/// socket, fd 3), after checking that it is open. Callable once per fd
+/// number; later calls get None.
+pub fn take_inherited_fd(fd: RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().ok()?;
+    if fd < 0 || taken.contains(&fd) {
+        return None;
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    taken.push(fd);
+    // SAFETY: `fd` is open (checked above), was inherited across exec, and
+    // nothing else in this process owns it: std never touches fds above 2,
+    // and `TAKEN` ensures it is wrapped only once.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}

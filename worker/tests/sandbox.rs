@@ -25,10 +25,11 @@ fn sandbox_ids() -> (u32, u32) {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
-        if f.len() > 3 && f[0] == "safemount" {
-            if let (Ok(u), Ok(g)) = (f[2].parse(), f[3].parse()) {
-                return (u, g);
-            }
+        if f.len() > 3
+            && f[0] == "safemount"
+            && let (Ok(u), Ok(g)) = (f[2].parse(), f[3].parse())
+        {
+            return (u, g);
         }
     }
     (65534, 65534)

@@ -293,6 +293,12 @@ pub const POLICY: &[Entry] = &[
         "abort() signals its own process",
     ),
     allow(
+        "geteuid",
+        libc::SYS_geteuid,
+        &[],
+        "fuser's Session::from_fd records the session owner",
+    ),
+    allow(
         "tgkill",
         libc::SYS_tgkill,
         &[Check::Eq {

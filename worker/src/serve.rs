@@ -1,0 +1,195 @@
+//! The worker's lifecycle, driven by the broker over fd 3:
+//!
+//! 1. receive `Start` with the device fd; check the protocol version;
+//! 2. enter the sandbox ([`crate::sandbox::enter`]);
+//! 3. open the filesystem on the device; reply `Probed` (or `Refused`,
+//!    then exit 1);
+//! 4. receive `Serve` with the `/dev/fuse` fd the broker mounted; do the
+//!    FUSE INIT handshake; reply `Serving`; close the socket;
+//! 5. serve with [`FUSE_THREADS`] threads until the kernel ends the
+//!    session (DESTROY on unmount, or ENODEV when the connection is
+//!    aborted); exit 0.
+//!
+//! Every failure is one line on stderr (the broker's log) and, while the
+//! socket is open, a `Refused { reason }` with the same line.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use safemount_proto::{PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, WorkerRequest};
+
+use crate::ext4::{Ext4, OpenOptions};
+use crate::fuse::Adapter;
+use crate::io::FdDevice;
+use crate::sandbox;
+
+/// The broker's socket, by contract.
+pub const BROKER_FD: i32 = 3;
+
+/// FUSE request threads (all reading the one shared `/dev/fuse` fd).
+pub const FUSE_THREADS: usize = 4;
+
+/// Why the worker stopped before serving; each is one log line.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("fd {BROKER_FD} is not an open socket (safemount-worker is started by safemountd)")]
+    NoSocket,
+    #[error("broker protocol: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("broker sent {0} where {1} was expected")]
+    Unexpected(&'static str, &'static str),
+    #[error("protocol version mismatch: broker speaks {0}, worker speaks {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("device: {0}")]
+    Device(std::io::Error),
+    #[error("{0}")]
+    Filesystem(crate::ext4::error::Error),
+    #[error("FUSE handshake failed: {0}")]
+    Handshake(std::io::Error),
+}
+
+fn name(req: &WorkerRequest) -> &'static str {
+    match req {
+        WorkerRequest::Start { .. } => "Start",
+        WorkerRequest::Serve => "Serve",
+    }
+}
+
+/// Runs the whole lifecycle; the exit code of the worker.
+pub fn run() -> ExitCode {
+    let Some(sock) = sandbox::take_inherited_fd(BROKER_FD) else {
+        tracing::error!("{}", ServeError::NoSocket);
+        return ExitCode::FAILURE;
+    };
+    let session = match start(sock.as_fd()) {
+        Ok(Some(session)) => session,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            // The socket may be gone already; a failed send changes nothing.
+            let _ = safemount_proto::send(
+                sock.as_fd(),
+                &WorkerReply::Refused {
+                    reason: e.to_string(),
+                },
+                &[],
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    // Nothing more is said to the broker: it watches the process.
+    drop(sock);
+    // 5. Until unmount: DESTROY or ENODEV end the session with Ok.
+    match session.run() {
+        Ok(()) => {
+            tracing::info!("unmounted, exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("FUSE session ended with an error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The two fds the broker sends, each checked for count by `recv`.
+fn one_fd(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, ServeError> {
+    fds.pop().ok_or(ServeError::Proto(ProtoError::WrongFdCount {
+        expected: 1,
+        got: 0,
+    }))
+}
+
+/// Steps 1 to 4; None if the broker cancelled before Serve.
+fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeError> {
+    // 1. Start.
+    let (req, fds) = safemount_proto::recv::<WorkerRequest>(sock, 1)?;
+    let WorkerRequest::Start {
+        version,
+        read_only,
+        uid,
+        gid,
+        source_name,
+    } = req
+    else {
+        return Err(ServeError::Unexpected(name(&req), "Start"));
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(ServeError::Version(version));
+    }
+    let device = one_fd(fds)?;
+
+    // 2. Sandbox, before a single byte of the device is read.
+    let keep = [libc::STDERR_FILENO, sock.as_raw_fd(), device.as_raw_fd()];
+    let sandbox_report = sandbox::enter(&sandbox::Config {
+        uid,
+        gid,
+        keep_fds: &keep,
+    })?;
+    tracing::info!(
+        "{source_name:?}: sandboxed as {uid}:{gid}, landlock {}, seccomp on, namespaces on",
+        sandbox_report.landlock
+    );
+
+    // 3. Probe.
+    let device = Arc::new(FdDevice::new(device).map_err(ServeError::Device)?);
+    let fs = Ext4::open(device, OpenOptions { read_only }).map_err(ServeError::Filesystem)?;
+    let info = fs.info();
+    let fs_read_only = info.read_only;
+    tracing::info!(
+        "{source_name:?}: {} {}, features: {}",
+        info.fs_type,
+        if fs_read_only {
+            "read-only"
+        } else {
+            "read-write"
+        },
+        info.features.join(" ")
+    );
+    safemount_proto::send(
+        sock,
+        &WorkerReply::Probed(ProbeReport {
+            label: info.label,
+            uuid: info.uuid,
+            fs_type: info.fs_type.to_owned(),
+            features: info.features,
+            read_only: fs_read_only,
+            sandbox: sandbox_report,
+        }),
+        &[],
+    )?;
+
+    // 4. Serve.
+    let (req, fds) = match safemount_proto::recv::<WorkerRequest>(sock, 1) {
+        Ok(r) => r,
+        Err(ProtoError::Closed) => {
+            // The broker gave up on this mount (its own failure or the
+            // user's choice): nothing was mounted, nothing to clean.
+            tracing::info!("{source_name:?}: broker closed the connection before Serve");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !matches!(req, WorkerRequest::Serve) {
+        return Err(ServeError::Unexpected(name(&req), "Serve"));
+    }
+    let fuse_fd = one_fd(fds)?;
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(FUSE_THREADS);
+    // true would reopen /dev/fuse by path, which the sandbox forbids.
+    config.clone_fd = false;
+    config.acl = fuser::SessionACL::All;
+    let session = fuser::Session::from_fd(
+        Adapter::new(fs, fs_read_only),
+        fuse_fd,
+        fuser::SessionACL::All,
+        config,
+    )
+    .map_err(ServeError::Handshake)?;
+    safemount_proto::send(sock, &WorkerReply::Serving, &[])?;
+    tracing::info!("{source_name:?}: serving");
+    Ok(Some(session))
+}
