@@ -165,18 +165,17 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while let Some(&b) = field.get(i) {
-        if b == b'\\' {
-            if let Some(oct) = field.get(i + 1..i + 4) {
-                if oct.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                    let v = oct
-                        .iter()
-                        .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                    if let Ok(v) = u8::try_from(v) {
-                        out.push(v);
-                        i += 4;
-                        continue;
-                    }
-                }
+        if b == b'\\'
+            && let Some(oct) = field.get(i + 1..i + 4)
+            && oct.iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            let v = oct
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            if let Ok(v) = u8::try_from(v) {
+                out.push(v);
+                i += 4;
+                continue;
             }
         }
         out.push(b);

@@ -94,17 +94,18 @@ pub struct Broker {
 /// authorization is per request) and listens.
 pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
     let shown = sanitize::display(path.as_os_str().as_encoded_bytes());
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() && !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|error| ServerError::Dir {
-                    path: sanitize::display(parent.as_os_str().as_encoded_bytes()),
-                    error,
-                })?;
-        }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|error| ServerError::Dir {
+                path: sanitize::display(parent.as_os_str().as_encoded_bytes()),
+                error,
+            })?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -424,7 +425,7 @@ impl Broker {
     /// Unmounts `path` (as recorded at mount time; never resolved through
     /// the filesystem, which would block on a hung worker).
     pub fn unmount(&self, caller: &Caller, path: &Path) -> Result<(), Failure> {
-        let (id, worker, _dev) = self.state.begin_unmount(path, caller)?;
+        let crate::state::Unmounting { id, worker } = self.state.begin_unmount(path, caller)?;
         if let Err(e) = mount::unmount(path) {
             match e {
                 // Already gone (someone unmounted it behind our back): go on
@@ -466,10 +467,10 @@ impl Broker {
         let all = self.state.begin_shutdown();
         tracing::info!(mounts = all.len(), "shutting down: detaching every mount");
         for t in &all {
-            if t.state != MountState::Starting {
-                if let Err(e) = mount::detach(&t.mountpoint, t.fuse_dev) {
-                    tracing::warn!(error = %e, mountpoint = %t.mountpoint.display(), "detach failed");
-                }
+            if t.state != MountState::Starting
+                && let Err(e) = mount::detach(&t.mountpoint, t.fuse_dev)
+            {
+                tracing::warn!(error = %e, mountpoint = %t.mountpoint.display(), "detach failed");
             }
             if let Some(w) = &t.worker {
                 w.kill(Signal::SIGKILL);

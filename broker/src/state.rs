@@ -84,6 +84,13 @@ pub enum AfterExit {
     },
 }
 
+/// A mount whose unmount has begun.
+#[derive(Debug)]
+pub struct Unmounting {
+    pub id: u64,
+    pub worker: Option<Arc<WorkerHandle>>,
+}
+
 /// A mount to tear down at shutdown.
 #[derive(Debug)]
 pub struct Teardown {
@@ -213,11 +220,7 @@ impl State {
     }
 
     /// Starts unmounting `path` for `caller`: Mounted -> Unmounting.
-    pub fn begin_unmount(
-        &self,
-        path: &Path,
-        caller: &Caller,
-    ) -> Result<(u64, Option<Arc<WorkerHandle>>, Option<(u32, u32)>), StateError> {
+    pub fn begin_unmount(&self, path: &Path, caller: &Caller) -> Result<Unmounting, StateError> {
         let mut inner = self.lock();
         let entry = inner
             .entries
@@ -229,7 +232,10 @@ impl State {
             return Err(StateError::InTransition(shown(path)));
         }
         entry.state = MountState::Unmounting;
-        Ok((entry.id, entry.worker.clone(), entry.fuse_dev))
+        Ok(Unmounting {
+            id: entry.id,
+            worker: entry.worker.clone(),
+        })
     }
 
     /// umount2 failed: Unmounting -> Mounted again.
@@ -309,8 +315,7 @@ mod tests {
             s.begin_unmount(&mp, &Caller { uid: 1001, ..USER }),
             Err(StateError::Auth(_))
         ));
-        let (uid, _, _) = s.begin_unmount(&mp, &USER).unwrap();
-        assert_eq!(uid, id);
+        assert_eq!(s.begin_unmount(&mp, &USER).unwrap().id, id);
         assert_eq!(s.list(&ROOT)[0].state, MountState::Unmounting);
         s.abort_unmount(id);
         assert_eq!(s.list(&ROOT)[0].state, MountState::Mounted);

@@ -156,10 +156,10 @@ impl WorkerHandle {
     /// Signals the worker unless it has already been reaped.
     pub fn kill(&self, sig: Signal) {
         let guard = self.lock();
-        if guard.status.is_none() {
-            if let Err(e) = nix::sys::signal::kill(self.pid, sig) {
-                tracing::debug!(pid = self.pid.as_raw(), error = %e, "kill failed");
-            }
+        if guard.status.is_none()
+            && let Err(e) = nix::sys::signal::kill(self.pid, sig)
+        {
+            tracing::debug!(pid = self.pid.as_raw(), error = %e, "kill failed");
         }
     }
 

@@ -30,8 +30,10 @@ struct Args {
 }
 
 fn main() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SAFEMOUNT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

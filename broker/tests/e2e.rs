@@ -1,0 +1,742 @@
+//! End-to-end tests of safemountd and safemount: real mounts, so they need
+//! root and /dev/fuse; without root each test prints why and returns.
+//!
+//! Failure paths use `examples/fake_worker.rs` (built by `cargo test` with
+//! the other examples; `cargo build -p safemount-broker --examples` builds
+//! it alone). The full path (mount, `ls`, unmount) uses the real worker,
+//! built with `cargo build -p safemount-worker`.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, socket};
+use nix::unistd::Pid;
+use safemount_proto::{
+    BrokerReply, ClientRequest, ErrorKind, MountSource, PROTOCOL_VERSION, ProtoError, recv, send,
+};
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (mounts for real)");
+            return;
+        }
+        if !Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: no /dev/fuse");
+            return;
+        }
+    };
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_safemountd"))
+        .parent()
+        .expect("binary has a parent dir")
+        .to_owned()
+}
+
+fn client_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_safemount"))
+}
+
+/// The fake worker, or None (with a message) if it was not built.
+fn fake_worker() -> Option<PathBuf> {
+    let p = bin_dir().join("examples/fake_worker");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} not built (cargo build -p safemount-broker --examples)",
+            p.display()
+        );
+        None
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A scratch directory (0755, so a non-root client can reach the socket),
+/// removed on drop after detaching anything still mounted inside.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("sm-e2e-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(p)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+    /// A 4 MiB image of zeros (the fake worker reads nothing).
+    fn blank_image(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(4 << 20).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for m in safemount_mounts() {
+            if m.starts_with(&self.0) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Mount points of every `fuse.safemount` mount.
+fn safemount_mounts() -> Vec<PathBuf> {
+    safemount_broker::mountpoint::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.fstype == "fuse.safemount")
+        .map(|e| e.mount_point)
+        .collect()
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let p = p.canonicalize().unwrap_or(p.to_owned());
+    safemount_mounts().contains(&p)
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        if ppid == pid {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running safemountd, stopped with SIGTERM on drop.
+struct Broker {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(scratch: &Scratch, worker: &Path) -> Self {
+        let socket = scratch.path("run/socket");
+        let log = scratch.path("broker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--worker")
+            .arg(worker)
+            .env("SAFEMOUNT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let b = Self {
+            child: Some(child),
+            socket,
+            log,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || b.socket.exists()),
+            "broker did not create its socket; log:\n{}",
+            b.log()
+        );
+        b
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        Command::new(client_bin())
+            .args(args)
+            .env("SAFEMOUNT_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    fn list_json(&self) -> Vec<serde_json::Value> {
+        let out = self.client(&["list", "--json"]);
+        assert!(out.status.success(), "list failed: {out:?}");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+
+    /// Stops the broker with SIGTERM; returns its exit code.
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Nothing of this broker's is left: no safemount mount under `scratch`,
+/// an empty list, no child processes.
+fn assert_nothing_left(b: &Broker, scratch: &Scratch) {
+    assert!(
+        wait_until(Duration::from_secs(5), || children_of(b.pid()).is_empty()),
+        "worker not reaped: children {:?}",
+        children_of(b.pid())
+    );
+    assert!(
+        !safemount_mounts().iter().any(|m| m.starts_with(&scratch.0)),
+        "mount left behind"
+    );
+    assert!(b.list_json().is_empty(), "state left behind");
+}
+
+#[test]
+fn fake_worker_mount_list_unmount() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("basic");
+    let b = Broker::start(&s, &worker);
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&[
+        "mount",
+        img.to_str().unwrap(),
+        mp.to_str().unwrap(),
+        "-o",
+        "ro",
+    ]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    assert_eq!(stdout(&out).trim(), mp.to_str().unwrap());
+    assert!(is_mounted(&mp));
+    let info = safemount_broker::mountpoint::find_mount(&mp, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.source, "disk.img");
+
+    let list = b.list_json();
+    assert_eq!(list.len(), 1);
+    let pid = list[0]["worker_pid"].as_i64().unwrap() as u32;
+    assert_eq!(children_of(b.pid()), vec![pid]);
+    assert_eq!(list[0]["state"], "Mounted");
+    assert_eq!(list[0]["read_only"], true);
+    // The hostile label arrives sanitized: no control characters.
+    let label = list[0]["label"].as_str().unwrap();
+    assert_eq!(label, "label\u{fffd}");
+
+    let table = b.client(&["list"]);
+    assert!(stdout(&table).starts_with("SOURCE"));
+    assert!(stdout(&table).contains(&pid.to_string()));
+
+    // A second mount on the same mount point is refused as busy.
+    let again = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(5), "{}", stderr(&again));
+
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", stderr(&out));
+    assert!(!is_mounted(&mp));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "worker not reaped"
+    );
+    assert_nothing_left(&b, &s);
+
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("safemount: "));
+    assert!(stderr(&out).contains("is not mounted by safemount"));
+}
+
+#[test]
+fn killed_worker_takes_its_mount_within_a_second() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("kill");
+    let b = Broker::start(&s, &worker);
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}", stderr(&out));
+    let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(1), || !is_mounted(&mp)),
+        "mount still there 1 s after the worker died"
+    );
+    assert_nothing_left(&b, &s);
+    assert!(b.log().contains("killed by signal SIGKILL"), "{}", b.log());
+}
+
+#[test]
+fn setup_failures_undo_everything() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("fail");
+    let b = Broker::start(&s, &worker);
+    let mp = s.dir("mnt");
+    let mps = mp.to_str().unwrap();
+
+    let cases: [(&str, i32, &str); 3] = [
+        ("refuse.img", 6, "filesystem refused: unsupported feature"),
+        (
+            "die-after-probe.img",
+            1,
+            "worker died: killed by signal SIGKILL",
+        ),
+        (
+            "die-before-serving.img",
+            1,
+            "worker died: exited with status 3",
+        ),
+    ];
+    for (name, code, message) in cases {
+        let img = s.blank_image(name);
+        let out = b.client(&["mount", img.to_str().unwrap(), mps]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{name}: {err}\n{}", b.log());
+        assert!(err.starts_with("safemount: "), "{err}");
+        assert!(err.contains(message), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "control character passed through: {err:?}"
+        );
+        assert_nothing_left(&b, &s);
+    }
+
+    let img = s.blank_image("ok.img");
+    let imgs = img.to_str().unwrap();
+    // A mount point that is a file, a missing one, an unknown option.
+    let file = s.blank_image("file");
+    let out = b.client(&["mount", imgs, file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a directory"));
+    let out = b.client(&["mount", imgs, mps, "-o", "ro,bogus"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown mount option \"bogus\""));
+    let out = b.client(&["mount", imgs, s.path("nope").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let out = b.client(&["mount", s.path("nope.img").to_str().unwrap(), mps]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    // The client resolves a symlinked mount point itself, so this mounts on
+    // the target (the broker's own O_NOFOLLOW check is tested with raw
+    // requests in malformed_messages_...).
+    let link = s.path("link");
+    std::os::unix::fs::symlink(&mp, &link).unwrap();
+    let out = b.client(&["mount", imgs, link.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), mps);
+    assert!(b.client(&["unmount", mps]).status.success());
+    assert_nothing_left(&b, &s);
+}
+
+#[test]
+fn worker_that_exits_at_once() {
+    require_root!();
+    let s = Scratch::new("false");
+    let b = Broker::start(&s, Path::new("/bin/false"));
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("worker died: exited with status 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left(&b, &s);
+
+    let s2 = Scratch::new("missing");
+    let b2 = Broker::start(&s2, &s2.path("no-such-worker"));
+    let out = b2.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot start worker"),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_left(&b2, &s2);
+}
+
+#[test]
+fn non_root_is_not_authorized() {
+    require_root!();
+    let s = Scratch::new("nonroot");
+    let b = Broker::start(&s, Path::new("/bin/false"));
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(client_bin())
+        .args(["mount", img.to_str().unwrap(), mp.to_str().unwrap()])
+        .env("SAFEMOUNT_SOCKET", &b.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "safemount: not authorized: only root may mount (polkit support is not configured)"
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(client_bin())
+        .args(["list", "--json"])
+        .env("SAFEMOUNT_SOCKET", &b.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "[]");
+    assert_nothing_left(&b, &s);
+}
+
+fn raw_connect(path: &Path) -> std::os::fd::OwnedFd {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    connect(sock.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    sock
+}
+
+fn expect_error(sock: &std::os::fd::OwnedFd, kind: ErrorKind, contains: &str) {
+    let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
+    match reply {
+        BrokerReply::Error { kind: k, message } => {
+            assert_eq!(k, kind, "{message}");
+            assert!(message.contains(contains), "{message:?} lacks {contains:?}");
+            assert!(!message.contains('\n'));
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn hello(sock: &std::os::fd::OwnedFd) {
+    send(
+        sock.as_fd(),
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        &[],
+    )
+    .unwrap();
+    let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
+    assert_eq!(
+        reply,
+        BrokerReply::Hello {
+            version: PROTOCOL_VERSION
+        }
+    );
+}
+
+#[test]
+fn malformed_messages_get_errors_and_the_broker_keeps_serving() {
+    require_root!();
+    let s = Scratch::new("malformed");
+    let b = Broker::start(&s, Path::new("/bin/false"));
+    let fds_before = fd_count(b.pid());
+
+    // Garbage, then an oversized packet, then a proper Hello on the same
+    // connection.
+    let c = raw_connect(&b.socket);
+    nix::sys::socket::send(c.as_raw_fd(), &[0xff; 10], MsgFlags::empty()).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "malformed message");
+    let big = vec![0u8; safemount_proto::MAX_MESSAGE_BYTES + 100];
+    nix::sys::socket::send(c.as_raw_fd(), &big, MsgFlags::empty()).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "too large");
+    // Three fds where at most one may come.
+    let f = std::fs::File::open("/dev/null").unwrap();
+    send(
+        c.as_fd(),
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        &[f.as_fd(), f.as_fd(), f.as_fd()],
+    )
+    .unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "got 3");
+    hello(&c);
+    // Fd counts that do not match the request.
+    let mount_dev = ClientRequest::Mount {
+        source: MountSource::Device("/dev/null".into()),
+        mountpoint: Some(s.dir("mnt")),
+        options: String::new(),
+    };
+    send(c.as_fd(), &mount_dev, &[f.as_fd()]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "carries no file descriptor");
+    let mount_fd = ClientRequest::Mount {
+        source: MountSource::Fd {
+            display_name: "x".into(),
+        },
+        mountpoint: Some(s.dir("mnt")),
+        options: String::new(),
+    };
+    send(c.as_fd(), &mount_fd, &[]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "exactly 1 file descriptor");
+    // A character device as "image".
+    send(c.as_fd(), &mount_fd, &[f.as_fd()]).unwrap();
+    expect_error(
+        &c,
+        ErrorKind::InvalidRequest,
+        "neither a regular file nor a block device",
+    );
+    // A device path that is not a block device.
+    send(c.as_fd(), &mount_dev, &[]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "not a block device");
+    // A symlink as mount point (the broker pins with O_NOFOLLOW), and a
+    // relative one.
+    let link = s.path("link");
+    std::os::unix::fs::symlink(s.dir("mnt"), &link).unwrap();
+    let img = std::fs::File::open(s.blank_image("disk.img")).unwrap();
+    for (mp, why) in [
+        (link, "is a symbolic link"),
+        ("mnt".into(), "absolute path"),
+    ] {
+        let req = ClientRequest::Mount {
+            source: MountSource::Fd {
+                display_name: "disk.img".into(),
+            },
+            mountpoint: Some(mp),
+            options: String::new(),
+        };
+        send(c.as_fd(), &req, &[img.as_fd()]).unwrap();
+        expect_error(&c, ErrorKind::InvalidRequest, why);
+    }
+    // No mount point at all (automatic ones are a later issue).
+    let req = ClientRequest::Mount {
+        source: MountSource::Fd {
+            display_name: "disk.img".into(),
+        },
+        mountpoint: None,
+        options: String::new(),
+    };
+    send(c.as_fd(), &req, &[img.as_fd()]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "mount point is required");
+    drop(img);
+    send(c.as_fd(), &ClientRequest::List, &[]).unwrap();
+    let (reply, _) = recv::<BrokerReply>(c.as_fd(), 0).unwrap();
+    assert_eq!(reply, BrokerReply::Mounts(vec![]));
+    drop(c);
+
+    // Wrong version: an error, then the connection is closed.
+    let c = raw_connect(&b.socket);
+    send(c.as_fd(), &ClientRequest::Hello { version: 999 }, &[]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "version mismatch");
+    assert!(matches!(
+        recv::<BrokerReply>(c.as_fd(), 0),
+        Err(ProtoError::Closed)
+    ));
+    // No Hello first: an error, then closed.
+    let c = raw_connect(&b.socket);
+    send(c.as_fd(), &ClientRequest::List, &[]).unwrap();
+    expect_error(&c, ErrorKind::InvalidRequest, "first message must be Hello");
+    assert!(matches!(
+        recv::<BrokerReply>(c.as_fd(), 0),
+        Err(ProtoError::Closed)
+    ));
+    // A client that hangs up mid-conversation.
+    let c = raw_connect(&b.socket);
+    drop(c);
+
+    // The broker still serves, and holds no fd it was sent.
+    let c = raw_connect(&b.socket);
+    hello(&c);
+    drop(c);
+    assert!(b.list_json().is_empty());
+    assert!(
+        wait_until(Duration::from_secs(2), || fd_count(b.pid()) == fds_before),
+        "broker fds: {} before, {} after",
+        fds_before,
+        fd_count(b.pid())
+    );
+}
+
+#[test]
+fn sigterm_detaches_mounts_and_kills_workers() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("term");
+    let mut b = Broker::start(&s, &worker);
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap();
+    assert_eq!(b.stop(), Some(0));
+    assert!(!is_mounted(&mp));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!b.socket.exists(), "socket not removed");
+}
+
+/// The real worker end to end: an image made by mkfs.ext4 -d, mounted,
+/// listed, read with ls and cat, unmounted; then mounted again and its
+/// worker SIGKILLed.
+#[test]
+fn real_worker_mount_read_unmount() {
+    require_root!();
+    let worker = bin_dir().join("safemount-worker");
+    if !worker.exists() {
+        eprintln!(
+            "skipped: {} not built (cargo build -p safemount-worker)",
+            worker.display()
+        );
+        return;
+    }
+    let s = Scratch::new("real");
+    let src = s.dir("src");
+    std::fs::write(src.join("hello.txt"), b"hello, world\n").unwrap();
+    std::fs::create_dir(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/inner"), vec![b'x'; 10000]).unwrap();
+    let img = s.path("ext4.img");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "testlabel", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "mkfs: {}", stderr(&mkfs));
+    let b = Broker::start(&s, &worker);
+    let mp = s.dir("mnt");
+    let out = b.client(&[
+        "mount",
+        img.to_str().unwrap(),
+        mp.to_str().unwrap(),
+        "-o",
+        "ro",
+    ]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    let list = b.list_json();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["label"], "testlabel");
+    let pid = list[0]["worker_pid"].as_i64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    let ls = Command::new("ls").arg("-a").arg(&mp).output().unwrap();
+    assert!(ls.status.success(), "ls: {}\n{}", stderr(&ls), b.log());
+    let names = stdout(&ls);
+    for n in ["hello.txt", "sub", "lost+found"] {
+        assert!(names.lines().any(|l| l == n), "{n} missing from {names:?}");
+    }
+    assert_eq!(
+        std::fs::read(mp.join("hello.txt")).unwrap(),
+        b"hello, world\n"
+    );
+    assert_eq!(std::fs::read(mp.join("sub/inner")).unwrap().len(), 10000);
+
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "unmount: {}\n{}",
+        stderr(&out),
+        b.log()
+    );
+    assert!(!is_mounted(&mp));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    assert_nothing_left(&b, &s);
+    assert!(
+        b.log().contains("worker exited normally after unmount"),
+        "{}",
+        b.log()
+    );
+
+    // Again, and this time the worker is killed.
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}", stderr(&out));
+    let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(1), || !is_mounted(&mp)));
+    assert_nothing_left(&b, &s);
+    // The mount point is usable again, not a dead endpoint.
+    assert!(std::fs::read_dir(&mp).unwrap().next().is_none());
+    let _ = std::io::stderr().flush();
+}
