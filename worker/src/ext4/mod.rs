@@ -17,10 +17,13 @@ pub mod types;
 
 pub(crate) mod cache;
 pub(crate) mod checksum;
+pub(crate) mod dir;
 pub(crate) mod file;
 pub(crate) mod hash;
 pub(crate) mod ondisk;
+pub(crate) mod symlink;
 pub(crate) mod util;
+pub(crate) mod xattr;
 
 #[cfg(test)]
 pub(crate) mod testutil;

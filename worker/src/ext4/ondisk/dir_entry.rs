@@ -1,6 +1,7 @@
 //! Linear directory entries: `ext4_dir_entry_2` (with the filetype feature)
-//! and the old `ext4_dir_entry` (16-bit name length, type only in the
-//! inode), plus the metadata_csum dirent tail. See
+//! and the old `ext4_dir_entry` (whose 16-bit name length the kernel reads
+//! as 8 bits plus an ignored byte; the type then comes from the inode),
+//! plus the metadata_csum dirent tail. See
 //! Documentation/filesystems/ext4/directory.rst ("Linear (Classic)
 //! Directories").
 //!
@@ -94,7 +95,6 @@ pub(crate) enum DirentProblem {
         rec_len: usize,
     },
     InodeOutOfBounds(u32),
-    NameTooLong(usize),
 }
 
 impl fmt::Display for DirentProblem {
@@ -110,7 +110,6 @@ impl fmt::Display for DirentProblem {
                 write!(f, "entry with rec_len {rec_len} overruns")
             }
             DirentProblem::InodeOutOfBounds(i) => write!(f, "inode {i} out of bounds"),
-            DirentProblem::NameTooLong(n) => write!(f, "name_len {n} exceeds 255"),
         }
     }
 }
@@ -153,23 +152,20 @@ impl<'a> RawDirEntry<'a> {
         }
         let inode = le32(buf, offset + DE_INODE);
         let rec_len = rec_len_from_disk(le16(buf, offset + DE_REC_LEN), fmt.block_size);
-        let (name_len, file_type) = if fmt.filetype {
-            let ft = buf.get(offset + DE_FILE_TYPE).copied().unwrap_or(0);
-            (
-                usize::from(buf.get(offset + DE_NAME_LEN).copied().unwrap_or(0)),
-                Some(ft),
-            )
-        } else {
-            (usize::from(le16(buf, offset + DE_NAME_LEN)), None)
-        };
+        // The kernel reads every entry as ext4_dir_entry_2: an 8-bit
+        // name_len, and the next byte is the file type with the filetype
+        // feature and ignored without it (there it is the high byte of the
+        // old 16-bit name_len, always 0 for a valid name, and 0xDE in a
+        // checksum tail).
+        let name_len = usize::from(buf.get(offset + DE_NAME_LEN).copied().unwrap_or(0));
+        let file_type = fmt
+            .filetype
+            .then(|| buf.get(offset + DE_FILE_TYPE).copied().unwrap_or(0));
         if rec_len < DE_MIN_REC_LEN {
             return Err(DirentProblem::RecLenTooSmall(rec_len));
         }
         if rec_len % 4 != 0 {
             return Err(DirentProblem::RecLenNotAligned(rec_len));
-        }
-        if name_len > EXT4_NAME_LEN {
-            return Err(DirentProblem::NameTooLong(name_len));
         }
         if rec_len < dir_rec_len(name_len) {
             return Err(DirentProblem::RecLenTooSmallForName { rec_len, name_len });
@@ -432,7 +428,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn old_format_has_16_bit_name_len() {
+    fn old_format_ignores_the_type_byte() {
         let mut b = Vec::new();
         put(&mut b, 5, b"abc", 0, 16);
         let fmt = DirentFormat {
@@ -442,11 +438,14 @@ pub(crate) mod tests {
         let e = RawDirEntry::parse(&b, 0, &fmt).unwrap();
         assert_eq!(e.name, b"abc");
         assert_eq!(e.file_type, None);
-        // the high byte of name_len now counts: 0x0103 > 255.
-        b[7] = 1;
+        // The high byte of the old 16-bit name_len is ignored, as in the
+        // kernel (a checksum tail has 0xDE there).
+        b[7] = 0xDE;
+        assert_eq!(RawDirEntry::parse(&b, 0, &fmt).unwrap().name, b"abc");
+        // With the filetype feature it is the type.
         assert_eq!(
-            RawDirEntry::parse(&b, 0, &fmt),
-            Err(DirentProblem::NameTooLong(259))
+            RawDirEntry::parse(&b, 0, &FMT).unwrap().file_type,
+            Some(0xDE)
         );
     }
 

@@ -241,7 +241,7 @@ pub(crate) fn count_offset(block: &[u8]) -> Option<usize> {
 
 /// Verifies the `dx_tail` after `limit` entries: crc32c seeded with the
 /// directory inode's seed over the block up to the last used entry, then
-/// the tail's `dt_reserved`.
+/// the tail's `dt_reserved`, then four zero bytes for `dt_checksum`.
 pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProblem> {
     let at = count_offset(block).ok_or(DxProblem::NotAnIndexNode)?;
     let limit = usize::from(le16(block, at));
@@ -259,6 +259,8 @@ pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProb
     let size = at + count * DX_ENTRY_LEN;
     let mut c = crc32c(inode_seed, block.get(..size).unwrap_or(&[]));
     c = crc32c(c, block.get(tail..tail + 4).unwrap_or(&[]));
+    // dt_checksum itself counts as zero.
+    c = crc32c(c, &[0u8; 4]);
     let stored = le32(block, tail + 4);
     if stored != c {
         return Err(DxProblem::BadChecksum {
@@ -297,6 +299,7 @@ mod tests {
             let size = ROOT_ENTRIES + usize::from(count) * DX_ENTRY_LEN;
             let mut c = crc32c(77, &b[..size]);
             c = crc32c(c, &b[tail..tail + 4]);
+            c = crc32c(c, &[0; 4]);
             b[tail + 4..tail + 8].copy_from_slice(&c.to_le_bytes());
         }
         b

@@ -1,0 +1,86 @@
+//! readlink: fast symlinks (target in i_block), slow symlinks (target in
+//! data block 0) and inline-data symlinks, told apart as the kernel's
+//! `ext4_inode_is_fast_symlink` does.
+
+use crate::ext4::Ext4;
+use crate::ext4::error::{Error, Result};
+use crate::ext4::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
+use crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE;
+use crate::ext4::types::{FileKind, Ino};
+
+/// PATH_MAX: a link target is shorter than this.
+const PATH_MAX: u64 = 4096;
+
+fn bad_link(ino: Ino, why: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!("symlink {ino}: {why}"), 0)
+}
+
+impl Ext4 {
+    /// The kernel's ext4_inode_is_fast_symlink: without ea_inode, a
+    /// symlink is fast when it owns no blocks besides its xattr block; with
+    /// ea_inode (whose values may be charged to i_blocks), when the target
+    /// fits i_block.
+    fn is_fast_symlink(&self, inode: &Inode) -> bool {
+        if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            return false;
+        }
+        if self.sb().has_incompat(INCOMPAT_EA_INODE) {
+            return inode.size != 0 && inode.size < I_BLOCK_SIZE as u64;
+        }
+        let cluster_sectors = u64::from(self.block_size() >> 9) << self.sb().cluster_bits().min(20);
+        let ea_blocks = if inode.file_acl != 0 {
+            cluster_sectors
+        } else {
+            0
+        };
+        inode.blocks.checked_sub(ea_blocks) == Some(0)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Symlink {
+            return Err(Error::Invalid("not a symbolic link"));
+        }
+        if inode.has_flag(EXT4_ENCRYPT_FL) {
+            return Err(Error::Unsupported("encrypted symlink".into()));
+        }
+        let size = inode.size;
+        if size == 0 || size >= PATH_MAX {
+            return Err(bad_link(ino, format_args!("invalid length {size}")));
+        }
+        // size < 4096, so this cannot truncate.
+        let len = size as usize;
+        let target = if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            let data = self.inline_data(&inode)?;
+            data.get(..len)
+                .ok_or_else(|| bad_link(ino, format_args!("inline data shorter than {len}")))?
+                .to_vec()
+        } else if self.is_fast_symlink(&inode) {
+            if len >= I_BLOCK_SIZE {
+                return Err(bad_link(
+                    ino,
+                    format_args!("invalid fast symlink length {len}"),
+                ));
+            }
+            inode.i_block.get(..len).unwrap_or(&[]).to_vec()
+        } else {
+            let block = self
+                .read_file_block(&inode, 0)?
+                .ok_or_else(|| bad_link(ino, "no data block"))?;
+            if len >= block.len() {
+                return Err(bad_link(
+                    ino,
+                    format_args!("length {len} does not fit a block"),
+                ));
+            }
+            block.get(..len).unwrap_or(&[]).to_vec()
+        };
+        if target.len() != len || target.contains(&0) {
+            return Err(bad_link(
+                ino,
+                format_args!("target shorter than i_size {len}"),
+            ));
+        }
+        Ok(target)
+    }
+}
