@@ -331,6 +331,68 @@ fn serves_an_image_read_only_and_exits_on_unmount() {
     assert_eq!(exit.code(), Some(0), "worker exit: {exit:?}");
 }
 
+/// Starts a worker on `img`, mounts, sends Serve; returns the broker side
+/// and the mount point.
+fn mount_and_serve(dir: &TempDir, img: &Path) -> (Broker, PathBuf) {
+    let mnt = dir.0.join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir mnt");
+    let device: OwnedFd = File::open(img).expect("open image").into();
+    let (mut broker, reply) = start_worker(device, true, PROTOCOL_VERSION);
+    if !matches!(reply, WorkerReply::Probed(_)) {
+        let _ = broker.child.kill();
+        panic!("expected Probed, got {reply:?}");
+    }
+    let fuse = mount_fuse(&mnt);
+    safemount_proto::send(broker.sock.as_fd(), &WorkerRequest::Serve, &[fuse.as_fd()])
+        .expect("send Serve");
+    drop(fuse);
+    let (reply, _) =
+        safemount_proto::recv::<WorkerReply>(broker.sock.as_fd(), 0).expect("recv Serving");
+    assert_eq!(reply, WorkerReply::Serving);
+    (broker, mnt)
+}
+
+/// A corrupt inode fails alone: its name is still listed (readdirplus
+/// gives it a placeholder with TTL 0), stat and open fail with EUCLEAN,
+/// everything else keeps working, and the worker survives.
+#[test]
+fn a_corrupt_inode_fails_alone() {
+    if !can_run() {
+        return;
+    }
+    let dir = TempDir::new("corrupt");
+    let img = make_image(&dir.0);
+    let out = Command::new("debugfs")
+        .args(["-w", "-R", "set_inode_field /hello.txt checksum 0x1234"])
+        .arg(&img)
+        .output()
+        .expect("debugfs");
+    assert!(out.status.success(), "{out:?}");
+    let (mut broker, mnt) = mount_and_serve(&dir, &img);
+
+    let mut names: Vec<String> = std::fs::read_dir(&mnt)
+        .expect("readdir root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big", "hello.txt", "lost+found", "many", "sub"]);
+    for attempt in 0..2 {
+        let err = std::fs::metadata(mnt.join("hello.txt")).expect_err("stat a corrupt inode");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EUCLEAN),
+            "attempt {attempt}: {err}"
+        );
+    }
+    let err = std::fs::read(mnt.join("hello.txt")).expect_err("read a corrupt inode");
+    assert_eq!(err.raw_os_error(), Some(libc::EUCLEAN), "{err}");
+    assert!(std::fs::read(mnt.join("big")).expect("read big") == big_content());
+
+    nix::mount::umount2(&mnt, MntFlags::empty()).expect("umount");
+    let exit = wait_with_timeout(&mut broker.child, Duration::from_secs(10));
+    assert_eq!(exit.code(), Some(0), "worker exit: {exit:?}");
+}
+
 #[test]
 fn refuses_a_device_that_is_not_ext4() {
     if !can_run() {
