@@ -5,6 +5,9 @@
 //! - contains `refuse`: replies Refused with a hostile reason;
 //! - contains `die-after-probe`: replies Probed, then SIGKILLs itself;
 //! - contains `die-before-serving`: replies Probed, exits 3 on Serve;
+//! - contains `hang-probe`: never answers Start;
+//! - contains `hang-serve`: replies Probed, never answers Serve (so the
+//!   mount exists but its FUSE INIT is never answered);
 //! - otherwise: replies Probed (with a hostile label), then Serving on
 //!   Serve, and reads /dev/fuse until the mount goes away (the INIT
 //!   request stays unanswered, so nothing may touch the mount), exit 0.
@@ -38,6 +41,11 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
     };
     if version != PROTOCOL_VERSION {
         return 2;
+    }
+    if source_name.contains("hang-probe") {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
     if source_name.contains("refuse") {
         let _ = send(
@@ -73,6 +81,11 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
     };
     if source_name.contains("die-before-serving") {
         return 3;
+    }
+    if source_name.contains("hang-serve") {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
     let Some(fuse) = fds.pop() else { return 2 };
     if send(sock, &WorkerReply::Serving, &[]).is_err() {

@@ -68,7 +68,7 @@ pub enum ServerError {
     Dir { path: String, error: std::io::Error },
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(String),
-    #[error("cannot remove stale socket {path}: {error}")]
+    #[error("cannot remove or replace socket {path}: {error}")]
     Unlink { path: String, error: std::io::Error },
     #[error("cannot set up socket {path}: {errno}")]
     Socket { path: String, errno: Errno },
@@ -87,6 +87,8 @@ pub struct Broker {
     pub state: Arc<State>,
     pub worker_path: PathBuf,
     pub identity: WorkerIdentity,
+    /// How long a worker may take to probe, and to start serving.
+    pub worker_timeout: Duration,
 }
 
 /// Creates the parent directory (0755) if needed, replaces a stale socket,
@@ -128,15 +130,32 @@ pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
         None,
     )
     .map_err(sock_err)?;
-    let addr = UnixAddr::new(path).map_err(sock_err)?;
+    // Bind under a temporary name and rename into place once listening, so
+    // the socket appears only when connections are accepted.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let addr = UnixAddr::new(&tmp).map_err(sock_err)?;
     bind(sock.as_raw_fd(), &addr).map_err(sock_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|error| {
-        ServerError::Chmod {
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666))
+        .map_err(|error| ServerError::Chmod {
             path: shown.clone(),
             error,
-        }
-    })?;
-    listen(&sock, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(sock_err)?;
+        })
+        .and_then(|()| {
+            listen(&sock, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(sock_err)
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|error| ServerError::Unlink {
+                path: shown.clone(),
+                error,
+            })
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     Ok(sock)
 }
 
@@ -346,7 +365,7 @@ impl Broker {
                 source_name: source.name.clone(),
             },
             source.fd.as_fd(),
-            supervise::WORKER_TIMEOUT,
+            self.worker_timeout,
         )?;
         let label = sanitize::display(&report.label);
         let fs_type = sanitize::display(report.fs_type.as_bytes());
@@ -407,7 +426,7 @@ impl Broker {
             }
         });
 
-        worker.serve(fuse.as_fd(), supervise::WORKER_TIMEOUT)?;
+        worker.serve(fuse.as_fd(), self.worker_timeout)?;
         // The worker holds the device and /dev/fuse now; the broker keeps
         // no fd into the filesystem.
         drop(fuse);

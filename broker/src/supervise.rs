@@ -293,9 +293,6 @@ fn reap(handle: &WorkerHandle, on_exit: impl FnOnce(&WaitStatus)) {
     handle.cv.notify_all();
 }
 
-/// How long the worker may take to probe, and to start serving.
-pub const WORKER_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Worker {
     pub fn pid(&self) -> i32 {
         self.handle.pid()

@@ -182,6 +182,10 @@ struct Broker {
 
 impl Broker {
     fn start(scratch: &Scratch, worker: &Path) -> Self {
+        Self::start_with(scratch, worker, &[])
+    }
+
+    fn start_with(scratch: &Scratch, worker: &Path, extra: &[&str]) -> Self {
         let socket = scratch.path("run/socket");
         let log = scratch.path("broker.log");
         let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
@@ -189,6 +193,7 @@ impl Broker {
             .arg(&socket)
             .arg("--worker")
             .arg(worker)
+            .args(extra)
             .env("SAFEMOUNT_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -415,6 +420,30 @@ fn setup_failures_undo_everything() {
     assert_eq!(stdout(&out).trim(), mps);
     assert!(b.client(&["unmount", mps]).status.success());
     assert_nothing_left(&b, &s);
+}
+
+#[test]
+fn hung_workers_time_out_and_are_undone() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("hang");
+    let b = Broker::start_with(&s, &worker, &["--worker-timeout", "1"]);
+    let mp = s.dir("mnt");
+    for (name, step) in [("hang-probe.img", "probe"), ("hang-serve.img", "serve")] {
+        let img = s.blank_image(name);
+        let t = Instant::now();
+        let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("worker did not answer within 1 s ({step})")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+        // hang-serve was mounted (INIT unanswered): the undo detached it
+        // without blocking.
+        assert_nothing_left(&b, &s);
+    }
 }
 
 #[test]
@@ -655,6 +684,67 @@ fn sigterm_detaches_mounts_and_kills_workers() {
     assert!(!is_mounted(&mp));
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     assert!(!b.socket.exists(), "socket not removed");
+}
+
+/// A loop device: the broker opens it itself (O_EXCL), a read-only device
+/// gives a read-only mount even when rw is asked, and a second mount of the
+/// same device is refused as busy.
+#[test]
+fn real_worker_block_device() {
+    require_root!();
+    let worker = bin_dir().join("safemount-worker");
+    if !worker.exists() {
+        eprintln!("skipped: {} not built", worker.display());
+        return;
+    }
+    let s = Scratch::new("loop");
+    let src = s.dir("src");
+    std::fs::write(src.join("f"), b"on a loop device\n").unwrap();
+    let img = s.path("ext4.img");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "mkfs: {}", stderr(&mkfs));
+    let losetup = Command::new("losetup")
+        .args(["-f", "--show", "-r"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if !losetup.status.success() {
+        eprintln!("skipped: losetup failed: {}", stderr(&losetup));
+        return;
+    }
+    let dev = stdout(&losetup).trim().to_owned();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let b = Broker::start(&s, &worker);
+    let mp = s.dir("mnt");
+    let mp2 = s.dir("mnt2");
+    let out = b.client(&["mount", &dev, mp.to_str().unwrap(), "-o", "rw"]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    let list = b.list_json();
+    assert_eq!(list[0]["source"], dev.as_str());
+    assert_eq!(
+        list[0]["read_only"], true,
+        "write-protected device mounted rw"
+    );
+    assert!(b.log().contains("write-protected"), "{}", b.log());
+    assert_eq!(std::fs::read(mp.join("f")).unwrap(), b"on a loop device\n");
+    let again = b.client(&["mount", &dev, mp2.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(5), "{}", stderr(&again));
+    assert!(stderr(&again).contains("in use"), "{}", stderr(&again));
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", stderr(&out));
+    assert_nothing_left(&b, &s);
 }
 
 /// The real worker end to end: an image made by mkfs.ext4 -d, mounted,

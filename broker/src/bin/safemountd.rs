@@ -27,6 +27,10 @@ struct Args {
     /// Worker binary to spawn for each mount.
     #[arg(long, default_value = DEFAULT_WORKER)]
     worker: PathBuf,
+    /// Seconds a worker may take to probe the filesystem, and again to
+    /// start serving, before it is killed and the mount undone.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    worker_timeout: u64,
 }
 
 fn main() {
@@ -73,6 +77,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         state: state::State::new(),
         worker_path: args.worker,
         identity,
+        worker_timeout: std::time::Duration::from_secs(args.worker_timeout),
     });
     let on_signal = broker.clone();
     let socket_path = args.socket.clone();
