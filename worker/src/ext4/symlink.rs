@@ -84,3 +84,78 @@ impl Ext4 {
         Ok(target)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ext4::dir::testimg::*;
+    use crate::ext4::error::Error;
+    use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
+
+    #[test]
+    fn symlinks_of_every_kind() {
+        if !have(&["mkfs.ext4"]) {
+            return;
+        }
+        let s = Scratch::new("symlink");
+        let t59 = "y".repeat(59);
+        let t60 = "z".repeat(60);
+        let t100 = format!("{}/end", "d".repeat(96));
+        let t4000 = "p/".repeat(2000);
+        let nonascii = "caf\u{e9}/\u{65e5}\u{672c}";
+        let links = [
+            ("short", "target"),
+            ("fast59", t59.as_str()),
+            ("slow60", t60.as_str()),
+            ("mid", t100.as_str()),
+            ("long", t4000.as_str()),
+            ("utf8", nonascii),
+        ];
+        // A 4000-byte target needs a 4 KiB block: the 1 KiB tree lacks it.
+        for tree in ["src", "src1k"] {
+            let src = s.path(tree);
+            std::fs::create_dir_all(&src).unwrap();
+            for (name, target) in links {
+                if tree == "src1k" && name == "long" {
+                    continue;
+                }
+                std::os::unix::fs::symlink(target, src.join(name)).unwrap();
+            }
+            std::fs::write(src.join("file"), b"x").unwrap();
+        }
+        let configs: [(&str, &[&str]); 7] = [
+            ("default", &["-b", "4096"]),
+            ("nocsum", &["-b", "4096", "-O", "^metadata_csum"]),
+            ("ext2", &["-b", "4096", "-t", "ext2"]),
+            ("inline", &["-b", "4096", "-O", "inline_data"]),
+            ("b1024", &["-b", "1024"]),
+            ("i128", &["-b", "4096", "-I", "128"]),
+            ("ea_inode", &["-b", "4096", "-O", "ea_inode"]),
+        ];
+        for (tag, args) in configs {
+            let img = s.path(tag);
+            let tree = if tag == "b1024" { "src1k" } else { "src" };
+            mkfs(&s.path(tree), &img, args, "16M", false);
+            let fs = open(&img);
+            for (name, target) in links {
+                if tag == "b1024" && name == "long" {
+                    continue;
+                }
+                let ino = resolve(&fs, name);
+                let got = fs
+                    .readlink(ino)
+                    .unwrap_or_else(|e| panic!("{tag} {name}: {e}"));
+                assert!(got == target.as_bytes(), "{tag} {name}");
+                assert_eq!(fs.getattr(ino).unwrap().size, target.len() as u64);
+            }
+            if tag == "inline" {
+                let mid = fs.inode(resolve(&fs, "mid")).unwrap();
+                assert!(
+                    mid.has_flag(EXT4_INLINE_DATA_FL),
+                    "100-byte link not inline"
+                );
+            }
+            let file = resolve(&fs, "file");
+            assert!(matches!(fs.readlink(file), Err(Error::Invalid(_))));
+        }
+    }
+}

@@ -203,3 +203,283 @@ impl Ext4 {
         Ok(data)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OwnedValue;
+    use crate::ext4::dir::testimg::*;
+    use crate::ext4::error::Error;
+    use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
+    use std::path::Path;
+
+    fn setfattr(path: &Path, name: &str, value: &[u8]) {
+        let vfile = path.with_extension("value-tmp");
+        std::fs::write(&vfile, value).unwrap();
+        // `setfattr --restore` would need escaping; -v with a hex value is
+        // exact for any bytes.
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        run(
+            "setfattr",
+            &[
+                "-n",
+                name,
+                "-v",
+                &format!("0x{hex}"),
+                path.to_str().unwrap(),
+            ],
+        );
+        std::fs::remove_file(vfile).unwrap();
+    }
+
+    /// The raw value the kernel returns for `name` on the source tree.
+    fn source_value(path: &Path, name: &str) -> Vec<u8> {
+        let out = std::process::Command::new("getfattr")
+            .args([
+                "--absolute-names",
+                "--only-values",
+                "-n",
+                name,
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "getfattr {name} {path:?}");
+        out.stdout
+    }
+
+    /// 3000 bytes: too big for the inode, so it goes to the xattr block
+    /// (900 on 1 KiB blocks, where 3000 cannot fit one block).
+    fn big_value_for(bs: u32) -> Vec<u8> {
+        let n = if bs == 1024 { 900 } else { 3000 };
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn big_value() -> Vec<u8> {
+        big_value_for(4096)
+    }
+
+    #[test]
+    fn xattrs_and_acls_across_features() {
+        if !have(&[
+            "mkfs.ext4",
+            "e2fsck",
+            "debugfs",
+            "setfattr",
+            "getfattr",
+            "setfacl",
+        ]) {
+            return;
+        }
+        let s = Scratch::new("xattr");
+        // One source tree per block size class.
+        for (tree, bs) in [("src", 4096), ("src1k", 1024)] {
+            let src = s.path(tree);
+            std::fs::create_dir_all(src.join("dir")).unwrap();
+            let files = ["plain", "small", "big", "acl", "both"];
+            for f in files {
+                std::fs::write(src.join(f), b"data").unwrap();
+            }
+            setfattr(&src.join("small"), "user.a", b"1");
+            setfattr(&src.join("small"), "user.colour", b"blue");
+            setfattr(&src.join("small"), "trusted.t", b"root-only");
+            setfattr(&src.join("big"), "user.big", &big_value_for(bs));
+            setfattr(&src.join("big"), "user.tiny", b"");
+            setfattr(&src.join("both"), "user.x", b"y");
+            run(
+                "setfacl",
+                &["-m", "u:1000:r,g:100:rw", src.join("acl").to_str().unwrap()],
+            );
+            run(
+                "setfacl",
+                &["-m", "u:4242:rwx", src.join("both").to_str().unwrap()],
+            );
+            run(
+                "setfacl",
+                &[
+                    "-d",
+                    "-m",
+                    "u:1000:rx,g:100:r",
+                    src.join("dir").to_str().unwrap(),
+                ],
+            );
+        }
+        let src = s.path("src");
+        let want_acl = source_value(&src.join("acl"), "system.posix_acl_access");
+        let want_both = source_value(&src.join("both"), "system.posix_acl_access");
+        let want_default = source_value(&src.join("dir"), "system.posix_acl_default");
+        assert_eq!(&want_acl[..4], &2u32.to_le_bytes());
+
+        let configs: [(&str, &[&str]); 6] = [
+            ("default", &["-b", "4096"]),
+            ("nocsum", &["-b", "4096", "-O", "^metadata_csum"]),
+            ("ext2", &["-b", "4096", "-t", "ext2"]),
+            ("inline", &["-b", "4096", "-O", "inline_data"]),
+            ("b1024", &["-b", "1024"]),
+            ("i128", &["-b", "4096", "-I", "128"]),
+        ];
+        for (tag, args) in configs {
+            let img = s.path(tag);
+            let (tree, bs) = if tag == "b1024" {
+                ("src1k", 1024)
+            } else {
+                ("src", 4096)
+            };
+            mkfs(&s.path(tree), &img, args, "16M", false);
+            let fs = open(&img);
+            let ino = |p: &str| resolve(&fs, p);
+            let get = |p: &str, n: &str| fs.getxattr(ino(p), n.as_bytes());
+
+            assert_eq!(
+                fs.listxattr(ino("plain")).unwrap(),
+                Vec::<Vec<u8>>::new(),
+                "{tag}"
+            );
+            assert!(
+                matches!(get("plain", "user.a"), Err(Error::NoAttribute)),
+                "{tag}"
+            );
+            assert_eq!(get("small", "user.a").unwrap(), b"1", "{tag}");
+            assert_eq!(get("small", "user.colour").unwrap(), b"blue", "{tag}");
+            assert_eq!(get("small", "trusted.t").unwrap(), b"root-only", "{tag}");
+            let mut names = fs.listxattr(ino("small")).unwrap();
+            names.sort();
+            assert_eq!(
+                names,
+                vec![
+                    b"trusted.t".to_vec(),
+                    b"user.a".to_vec(),
+                    b"user.colour".to_vec()
+                ],
+                "{tag}"
+            );
+            assert!(
+                get("big", "user.big").unwrap() == big_value_for(bs),
+                "{tag}"
+            );
+            assert_eq!(get("big", "user.tiny").unwrap(), b"", "{tag}");
+            assert!(
+                matches!(get("big", "user.bi"), Err(Error::NoAttribute)),
+                "{tag}"
+            );
+            assert!(
+                matches!(get("big", "system.data"), Err(Error::Unsupported(_))),
+                "{tag}"
+            );
+            assert_eq!(
+                get("acl", "system.posix_acl_access").unwrap(),
+                want_acl,
+                "{tag}"
+            );
+            assert_eq!(
+                get("both", "system.posix_acl_access").unwrap(),
+                want_both,
+                "{tag}"
+            );
+            assert_eq!(get("both", "user.x").unwrap(), b"y", "{tag}");
+            assert_eq!(
+                get("dir", "system.posix_acl_default").unwrap(),
+                want_default,
+                "{tag}"
+            );
+            assert!(
+                matches!(
+                    get("acl", "system.posix_acl_default"),
+                    Err(Error::NoAttribute)
+                ),
+                "{tag}"
+            );
+            let mut names = fs.listxattr(ino("both")).unwrap();
+            names.sort();
+            assert_eq!(
+                names,
+                vec![b"system.posix_acl_access".to_vec(), b"user.x".to_vec()],
+                "{tag}"
+            );
+            // Inline files keep "system.data" hidden.
+            let plain = fs.inode(ino("plain")).unwrap();
+            if tag == "inline" {
+                assert!(plain.has_flag(EXT4_INLINE_DATA_FL));
+                assert_eq!(fs.inline_data(&plain).unwrap(), b"data");
+            }
+        }
+    }
+
+    #[test]
+    fn ea_inode_values() {
+        if !have(&["mkfs.ext4", "debugfs"]) {
+            return;
+        }
+        let s = Scratch::new("eainode");
+        let src = s.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let img = s.path("img");
+        mkfs(&src, &img, &["-O", "ea_inode", "-b", "1024"], "16M", false);
+        // debugfs `ea_set -f` reads at most one block from the file, so
+        // the value goes on the command line: 3000 bytes exceed a 1 KiB
+        // block, so it is stored in an ea_inode.
+        let value: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let text = String::from_utf8(value.clone()).unwrap();
+        debugfs(&img, &format!("ea_set /f user.huge {text}"), true);
+        let fs = open(&img);
+        let f = resolve(&fs, "f");
+        let got = fs.getxattr(f, b"user.huge").unwrap();
+        let first_diff = got.iter().zip(&value).position(|(a, b)| a != b);
+        assert!(
+            got == value,
+            "len {} vs {}, first difference at {first_diff:?}",
+            got.len(),
+            value.len()
+        );
+        assert_eq!(fs.listxattr(f).unwrap(), vec![b"user.huge".to_vec()]);
+        let inode = fs.inode(f).unwrap();
+        let all = fs.all_xattrs(&inode).unwrap();
+        assert!(matches!(
+            all[0].value,
+            OwnedValue::EaInode { size: 3000, .. }
+        ));
+    }
+
+    #[test]
+    fn corrupt_xattr_block_is_reported() {
+        if !have(&["mkfs.ext4", "debugfs", "setfattr"]) {
+            return;
+        }
+        let s = Scratch::new("badxattr");
+        let src = s.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for f in ["victim", "other"] {
+            std::fs::write(src.join(f), b"x").unwrap();
+            setfattr(&src.join(f), "user.big", &big_value());
+        }
+        for (tag, args) in [
+            ("csum", &["-b", "4096"][..]),
+            ("nocsum", &["-b", "4096", "-O", "^metadata_csum"]),
+        ] {
+            let img = s.path(tag);
+            mkfs(&src, &img, args, "16M", false);
+            let fs = open(&img);
+            let victim = fs.inode(resolve(&fs, "victim")).unwrap();
+            let blk = victim.file_acl;
+            drop(fs);
+            // e_value_offs of the first entry points past the block.
+            patch(&img, 4096, blk, 32 + 2, &0xfff0u16.to_le_bytes());
+            let fs = open(&img);
+            let err = fs
+                .getxattr(resolve(&fs, "victim"), b"user.big")
+                .unwrap_err();
+            let text = err.to_string();
+            if tag == "csum" {
+                assert!(text.contains("xattr block checksum"), "{text}");
+            } else {
+                assert!(text.contains("value out of bounds"), "{text}");
+            }
+            assert!(matches!(err, Error::Corrupt { block, .. } if block == blk));
+            assert!(fs.listxattr(resolve(&fs, "victim")).is_err());
+            assert_eq!(
+                fs.getxattr(resolve(&fs, "other"), b"user.big").unwrap(),
+                big_value()
+            );
+        }
+    }
+}
