@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -89,6 +90,22 @@ pub struct Broker {
     pub identity: WorkerIdentity,
     /// How long a worker may take to probe, and to start serving.
     pub worker_timeout: Duration,
+    /// Open client connections (each has a thread).
+    connections: AtomicUsize,
+}
+
+/// At most this many client connections at once; more are told "busy".
+const MAX_CONNECTIONS: usize = 256;
+/// A connection that sends nothing for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Counts one open connection while alive.
+struct ConnectionSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Creates the parent directory (0755) if needed, replaces a stale socket,
@@ -160,6 +177,21 @@ pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
 }
 
 impl Broker {
+    pub fn new(
+        state: Arc<State>,
+        worker_path: PathBuf,
+        identity: WorkerIdentity,
+        worker_timeout: Duration,
+    ) -> Self {
+        Self {
+            state,
+            worker_path,
+            identity,
+            worker_timeout,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
     /// Accepts connections forever, one thread each.
     pub fn serve(self: &Arc<Self>, listener: &OwnedFd) {
         loop {
@@ -185,6 +217,24 @@ impl Broker {
 
     /// Serves one client connection until it closes.
     pub fn connection(&self, conn: OwnedFd) {
+        let open = self.connections.fetch_add(1, Ordering::SeqCst);
+        let _slot = ConnectionSlot(&self.connections);
+        if open >= MAX_CONNECTIONS {
+            tracing::warn!("too many connections; refusing one");
+            reply_error(
+                conn.as_fd(),
+                ErrorKind::Busy,
+                "too many connections to safemountd",
+            );
+            return;
+        }
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &conn,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(IDLE_TIMEOUT.as_secs() as _, 0),
+        ) {
+            tracing::warn!(error = %e, "cannot set connection timeout");
+        }
         let caller = match authorize::peer(&conn) {
             Ok(c) => c,
             Err(e) => {
@@ -200,6 +250,10 @@ impl Broker {
             {
                 Ok(r) => r,
                 Err(ProtoError::Closed) => return,
+                Err(ProtoError::Io(Errno::EAGAIN)) => {
+                    tracing::debug!("idle connection closed");
+                    return;
+                }
                 Err(ProtoError::Io(e)) => {
                     tracing::debug!(error = %e, "connection error");
                     return;
@@ -550,10 +604,11 @@ fn on_worker_exit(state: &State, id: u64, status: &nix::sys::wait::WaitStatus) {
     }
 }
 
+/// An error reply: one line, no control characters.
 fn error_reply(kind: ErrorKind, message: &str) -> BrokerReply {
     BrokerReply::Error {
         kind,
-        message: message.to_owned(),
+        message: sanitize::display(message.as_bytes()),
     }
 }
 

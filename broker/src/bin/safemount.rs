@@ -43,10 +43,10 @@ enum Command {
     Mount {
         /// Block device (opened by the broker) or image file (opened here).
         source: PathBuf,
-        /// Existing, empty directory to mount on.
+        /// Existing directory to mount on (not already a mount point).
         mountpoint: PathBuf,
         /// Comma-separated options: ro (default), rw, exec, noexec.
-        #[arg(short = 'o', default_value = "")]
+        #[arg(short = 'o', long = "options", default_value = "")]
         options: String,
     },
     /// Unmount a filesystem mounted by safemount.

@@ -73,12 +73,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind_socket(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), worker = %args.worker.display(), "listening");
 
-    let broker = Arc::new(server::Broker {
-        state: state::State::new(),
-        worker_path: args.worker,
+    let broker = Arc::new(server::Broker::new(
+        state::State::new(),
+        args.worker,
         identity,
-        worker_timeout: std::time::Duration::from_secs(args.worker_timeout),
-    });
+        std::time::Duration::from_secs(args.worker_timeout),
+    ));
     let on_signal = broker.clone();
     let socket_path = args.socket.clone();
     std::thread::Builder::new()
