@@ -156,3 +156,42 @@ pub fn debugfs_w(img: &Path, cmd: &str) -> Result<String> {
     )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
+
+/// Makes `img` the way a user's disk is made: an empty mkfs, then the
+/// kernel's ext4 copies `src` in (`cp -a`), so directories grow into
+/// htrees the kernel's way. Much faster than `mkfs -d` for huge
+/// directories. Checked clean by `e2fsck -fn`.
+pub fn make_image_via_kernel(
+    src: &Path,
+    img: &Path,
+    cfg: &FsConfig,
+    size: u64,
+    mnt: &Path,
+) -> Result<()> {
+    let f = File::create(img)?;
+    f.set_len(size)?;
+    drop(f);
+    let mut args: Vec<std::ffi::OsString> = vec!["-q".into(), "-F".into()];
+    args.extend(cfg.mkfs_args.iter().map(Into::into));
+    args.push(img.into());
+    run_ok("mkfs.ext4", &args)?;
+    std::fs::create_dir_all(mnt)?;
+    run_ok(
+        "mount",
+        [
+            "-t".as_ref(),
+            "ext4".as_ref(),
+            "-o".as_ref(),
+            "loop".as_ref(),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
+    )?;
+    let mut from = src.as_os_str().to_owned();
+    from.push("/.");
+    let copied = run_ok("cp", ["-a".as_ref(), from.as_os_str(), mnt.as_os_str()]);
+    let unmounted = run_ok("umount", [mnt]);
+    copied?;
+    unmounted?;
+    fsck_clean(img)
+}
