@@ -67,6 +67,8 @@ failure_from!(
 pub enum ServerError {
     #[error("cannot create socket directory {path}: {error}")]
     Dir { path: String, error: std::io::Error },
+    #[error("another safemountd is listening on {0}")]
+    InUse(String),
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(String),
     #[error("cannot remove or replace socket {path}: {error}")]
@@ -128,6 +130,9 @@ pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            if socket_is_live(path) {
+                return Err(ServerError::InUse(shown));
+            }
             std::fs::remove_file(path).map_err(|error| ServerError::Unlink {
                 path: shown.clone(),
                 error,
@@ -174,6 +179,22 @@ pub fn bind_socket(path: &Path) -> Result<OwnedFd, ServerError> {
         return Err(e);
     }
     Ok(sock)
+}
+
+/// True if something accepts connections on the socket at `path`.
+fn socket_is_live(path: &Path) -> bool {
+    let Ok(sock) = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    nix::sys::socket::connect(sock.as_raw_fd(), &addr).is_ok()
 }
 
 impl Broker {

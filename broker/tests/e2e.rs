@@ -206,8 +206,11 @@ impl Broker {
             log,
         };
         assert!(
-            wait_until(Duration::from_secs(10), || b.socket.exists()),
-            "broker did not create its socket; log:\n{}",
+            wait_until(Duration::from_secs(10), || b
+                .client(&["list", "--json"])
+                .status
+                .success()),
+            "broker does not answer on its socket; log:\n{}",
             b.log()
         );
         b
@@ -319,6 +322,27 @@ fn fake_worker_mount_list_unmount() {
     let table = b.client(&["list"]);
     assert!(stdout(&table).starts_with("SOURCE"));
     assert!(stdout(&table).contains(&pid.to_string()));
+
+    // Another user neither sees nor may unmount root's mount.
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(client_bin())
+            .args(args)
+            .env("SAFEMOUNT_SOCKET", &b.socket)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["list", "--json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "{}", stderr(&out));
+    let out = as_nobody(&["unmount", mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mounted by another user"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(is_mounted(&mp));
 
     // A second mount on the same mount point is refused as busy.
     let again = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
@@ -554,6 +578,20 @@ fn malformed_messages_get_errors_and_the_broker_keeps_serving() {
     let b = Broker::start(&s, Path::new("/bin/false"));
     let fds_before = fd_count(b.pid());
 
+    // A second broker on the same socket refuses to steal it.
+    let second = Command::new(env!("CARGO_BIN_EXE_safemountd"))
+        .arg("--socket")
+        .arg(&b.socket)
+        .args(["--worker", "/bin/false"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("another safemountd is listening"),
+        "{}",
+        stderr(&second)
+    );
+
     // Garbage, then an oversized packet, then a proper Hello on the same
     // connection.
     let c = raw_connect(&b.socket);
@@ -684,6 +722,12 @@ fn sigterm_detaches_mounts_and_kills_workers() {
     assert!(!is_mounted(&mp));
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
     assert!(!b.socket.exists(), "socket not removed");
+
+    // A stale socket (its broker was SIGKILLed) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&b.socket).unwrap());
+    assert!(b.socket.exists());
+    let b2 = Broker::start(&s, &worker);
+    assert!(b2.list_json().is_empty());
 }
 
 /// A loop device: the broker opens it itself (O_EXCL), a read-only device
@@ -802,6 +846,15 @@ fn real_worker_mount_read_unmount() {
         b"hello, world\n"
     );
     assert_eq!(std::fs::read(mp.join("sub/inner")).unwrap().len(), 10000);
+
+    // Busy while a file is open on it; fine once it is closed.
+    let open_file = std::fs::File::open(mp.join("hello.txt")).unwrap();
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), "safemount: target is busy");
+    assert!(is_mounted(&mp));
+    assert_eq!(b.list_json()[0]["state"], "Mounted");
+    drop(open_file);
 
     let out = b.client(&["unmount", mp.to_str().unwrap()]);
     assert!(
