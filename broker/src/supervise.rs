@@ -388,3 +388,104 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn script(name: &str, body: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("safemount-sup-{name}-{}", std::process::id()));
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// Spawns, retrying ETXTBSY (another test thread may have forked while
+    /// the script was open for writing).
+    fn spawn_retry(p: &Path, on_exit: impl FnOnce(&WaitStatus) + Send + Clone + 'static) -> Worker {
+        for _ in 0..50 {
+            match spawn(p, on_exit.clone()) {
+                Err(SuperviseError::Spawn { error, .. })
+                    if error.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("ETXTBSY for 1 s");
+    }
+
+    #[test]
+    fn worker_gets_socket_on_fd3_null_stdin_and_no_environment() {
+        // Exit 0 only if fd 3 is a socket, stdin is /dev/null, fds 4..9
+        // are closed and the environment (cargo sets CARGO_MANIFEST_DIR for
+        // tests) is gone.
+        let p = script(
+            "fds",
+            r#"[ -S /proc/$$/fd/3 ] || exit 11
+[ "$(readlink /proc/$$/fd/0)" = /dev/null ] || exit 12
+for n in 4 5 6 7 8 9; do [ -e /proc/$$/fd/$n ] && exit 13; done
+[ -z "$HOME$USER$CARGO_MANIFEST_DIR" ] || exit 14
+exit 0"#,
+        );
+        let seen = Arc::new(AtomicBool::new(false));
+        let s2 = seen.clone();
+        let w = spawn_retry(&p, move |_| s2.store(true, Ordering::SeqCst));
+        let status = w.handle.wait_reaped(Duration::from_secs(10));
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(
+            status.map(|s| describe_exit(&s)).as_deref(),
+            Some("exited normally")
+        );
+        assert!(seen.load(Ordering::SeqCst), "on_exit ran before reaping");
+    }
+
+    #[test]
+    fn death_is_described_and_kill_after_reap_is_harmless() {
+        let p = script("sleep", "exec sleep 60");
+        let w = spawn_retry(&p, |_| {});
+        w.handle.kill(Signal::SIGKILL);
+        let status = w.handle.wait_reaped(Duration::from_secs(10)).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(describe_exit(&status), "killed by signal SIGKILL");
+        // Reaped: kill is a no-op now (never a recycled pid).
+        w.handle.kill(Signal::SIGKILL);
+        assert!(w.handle.exit_status().is_some());
+    }
+
+    #[test]
+    fn a_worker_that_exits_reports_it_dead_on_start() {
+        let p = script("exit", "exit 7");
+        let w = spawn_retry(&p, |_| {});
+        let dev = std::fs::File::open("/dev/null").unwrap();
+        let err = w
+            .start(&WorkerRequest::Serve, dev.as_fd(), Duration::from_secs(10))
+            .unwrap_err();
+        std::fs::remove_file(&p).unwrap();
+        // The send may race the exit; either way the error says it died.
+        assert!(
+            err.to_string() == "worker died: exited with status 7",
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_silent_worker_times_out() {
+        let p = script("silent", "exec sleep 60");
+        let w = spawn_retry(&p, |_| {});
+        let dev = std::fs::File::open("/dev/null").unwrap();
+        let err = w
+            .start(
+                &WorkerRequest::Serve,
+                dev.as_fd(),
+                Duration::from_millis(200),
+            )
+            .unwrap_err();
+        w.handle.kill_and_reap(Duration::from_secs(10)).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(err, SuperviseError::Timeout(0, "probe")), "{err}");
+    }
+}
