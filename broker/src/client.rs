@@ -57,6 +57,8 @@ pub enum ClientError {
     Unexpected,
     #[error("{message}")]
     Broker { kind: ErrorKind, message: String },
+    #[error("{0} is neither a regular file nor a block device")]
+    NotImage(String),
     #[error("{what} {path}: {error}")]
     Local {
         what: &'static str,
@@ -70,6 +72,7 @@ impl ClientError {
         match self {
             Self::Connect { .. } | Self::Proto(_) | Self::Unexpected => exit::NO_BROKER,
             Self::Broker { kind, .. } => exit_code(*kind),
+            Self::NotImage(_) => exit::INVALID_REQUEST,
             Self::Local { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
                 exit::NOT_FOUND
             }
@@ -144,6 +147,9 @@ impl Connection {
             error,
         };
         let meta = std::fs::metadata(source).map_err(|e| local("cannot access", e))?;
+        if !meta.file_type().is_block_device() && !meta.is_file() {
+            return Err(ClientError::NotImage(source.display().to_string()));
+        }
         let read_only = wants_read_only(options);
         let mountpoint = absolute(mountpoint).map_err(|error| ClientError::Local {
             what: "cannot resolve",
@@ -168,8 +174,23 @@ impl Connection {
             } else {
                 OFlag::O_RDWR
             };
-            let fd = open(source, access | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| local("cannot open", std::io::Error::from(e)))?;
+            // O_NONBLOCK so a FIFO swapped in after the stat above cannot
+            // hang us; it is cleared again once fstat says regular file.
+            let fd = open(
+                source,
+                access | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| local("cannot open", std::io::Error::from(e)))?;
+            let st = nix::sys::stat::fstat(&fd)
+                .map_err(|e| local("cannot inspect", std::io::Error::from(e)))?;
+            let fmt = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT;
+            if fmt != nix::sys::stat::SFlag::S_IFREG {
+                return Err(ClientError::NotImage(source.display().to_string()));
+            }
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
+                .map_err(|e| local("cannot set flags on", std::io::Error::from(e)))?;
             let display_name = source
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -160,6 +160,27 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The fd count once it has not changed for 300 ms (connection threads
+/// close their fds a moment after the client sees its reply).
+fn settled_fd_count(pid: u32) -> usize {
+    let mut last = fd_count(pid);
+    let mut stable = 0;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = fd_count(pid);
+        if now == last {
+            stable += 1;
+            if stable >= 6 {
+                break;
+            }
+        } else {
+            stable = 0;
+            last = now;
+        }
+    }
+    last
+}
+
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -434,6 +455,14 @@ fn setup_failures_undo_everything() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let out = b.client(&["mount", s.path("nope.img").to_str().unwrap(), mps]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    // A FIFO must not hang the client; a directory is no image either.
+    let fifo = s.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    for src in [fifo, s.dir("adir")] {
+        let out = b.client(&["mount", src.to_str().unwrap(), mps]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("neither a regular file nor a block device"));
+    }
     // The client resolves a symlinked mount point itself, so this mounts on
     // the target (the broker's own O_NOFOLLOW check is tested with raw
     // requests in malformed_messages_...).
@@ -576,7 +605,7 @@ fn malformed_messages_get_errors_and_the_broker_keeps_serving() {
     require_root!();
     let s = Scratch::new("malformed");
     let b = Broker::start(&s, Path::new("/bin/false"));
-    let fds_before = fd_count(b.pid());
+    let fds_before = settled_fd_count(b.pid());
 
     // A second broker on the same socket refuses to steal it.
     let second = Command::new(env!("CARGO_BIN_EXE_safemountd"))
