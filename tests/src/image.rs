@@ -195,3 +195,23 @@ pub fn make_image_via_kernel(
     unmounted?;
     fsck_clean(img)
 }
+
+/// A small valid ext4 image (`dir/tiny.img`, 32 MiB) holding a few files:
+/// enough for tests that care about processes and mounts, not contents.
+pub fn tiny_image(dir: &Path) -> Result<std::path::PathBuf> {
+    let src = dir.join("tiny-src");
+    std::fs::create_dir_all(src.join("sub"))?;
+    std::fs::write(src.join("hello.txt"), b"hello from a tiny image\n")?;
+    std::fs::write(src.join("sub").join("data.bin"), vec![0x5au8; 100_000])?;
+    let img = dir.join("tiny.img");
+    let cfg = config("defaults").ok_or_else(|| anyhow::anyhow!("no defaults config"))?;
+    make_image(
+        &src,
+        &img,
+        cfg,
+        32 << 20,
+        &["-b", "4096", "-I", "256"],
+        false,
+    )?;
+    Ok(img)
+}

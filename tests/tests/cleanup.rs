@@ -1,0 +1,179 @@
+//! Nothing is left behind: a killed worker takes its mount with it at once
+//! (no stale "Transport endpoint is not connected"), a failed mount leaves
+//! neither mount nor worker, and a normal unmount reaps the worker.
+
+use std::io::Write;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use safemount_tests::broker::{Broker, kernel_standin};
+use safemount_tests::image;
+use safemount_tests::procfs;
+use safemount_tests::util::{Rng, TempDir, require_root, wait_until};
+
+fn plain_dir(p: &std::path::Path) -> Result<(), String> {
+    let md = std::fs::symlink_metadata(p).map_err(|e| format!("lstat {}: {e}", p.display()))?;
+    if !md.is_dir() {
+        return Err(format!("{} is no longer a directory", p.display()));
+    }
+    std::fs::read_dir(p).map_err(|e| format!("readdir {}: {e}", p.display()))?;
+    if procfs::is_mounted(p) {
+        return Err(format!("{} is still a mount point", p.display()));
+    }
+    Ok(())
+}
+
+#[test]
+fn killed_worker_leaves_no_mount() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        println!("kernel stand-in has no worker to kill");
+        return;
+    }
+    let tmp = TempDir::new("kill").unwrap();
+    let img = image::tiny_image(tmp.path()).unwrap();
+    let broker = Broker::start().unwrap();
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    broker
+        .mount(&img, &mnt, "ro")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).unwrap(),
+        b"hello from a tiny image\n"
+    );
+    let pid = broker.worker_pid(&mnt).unwrap();
+    assert!(
+        procfs::pid_alive(pid),
+        "worker {pid} from list --json is not running"
+    );
+
+    let t = std::time::Instant::now();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let gone = wait_until(Duration::from_secs(1), || !procfs::is_mounted(&mnt));
+    let took = t.elapsed();
+    assert!(
+        gone,
+        "mount at {} still present 1 s after SIGKILL of worker {pid}; broker log:\n{}",
+        mnt.display(),
+        broker.log_tail(20)
+    );
+    // The mount point stays a plain, usable directory (we created it).
+    if let Err(e) = plain_dir(&mnt) {
+        panic!("after the worker died: {e}");
+    }
+    let unlisted = wait_until(Duration::from_secs(2), || {
+        broker.entry_for(&mnt).map(|e| e.is_none()).unwrap_or(false)
+    });
+    assert!(
+        unlisted,
+        "dead mount still in `list --json`: {:?}",
+        broker.entry_for(&mnt)
+    );
+    assert!(
+        broker.pid().is_some_and(procfs::pid_alive),
+        "safemountd died when its worker was killed"
+    );
+    println!(
+        "killed worker {pid}: mount gone after {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
+
+    // The broker still works afterwards.
+    broker
+        .mount(&img, &mnt, "ro")
+        .unwrap_or_else(|e| panic!("remount after a killed worker: {e}"));
+    broker.unmount(&mnt).unwrap();
+}
+
+#[test]
+fn failed_mount_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("badimg").unwrap();
+    let img = tmp.join("random.img");
+    let mut data = vec![0u8; 16 << 20];
+    Rng::new(99).fill(&mut data);
+    std::fs::File::create(&img)
+        .unwrap()
+        .write_all(&data)
+        .unwrap();
+    drop(data);
+    let broker = Broker::start().unwrap();
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let err = match broker.mount(&img, &mnt, "ro") {
+        Ok(out) => panic!("random bytes mounted ({out})"),
+        Err(e) => e,
+    };
+    let msg = err.stderr.trim();
+    if !kernel_standin() {
+        assert!(
+            !msg.is_empty() && !msg.contains('\n'),
+            "refusal must be one non-empty line: {msg:?}"
+        );
+    }
+    assert!(
+        !procfs::is_mounted(&mnt),
+        "failed mount left a mount at {}",
+        mnt.display()
+    );
+    if let Err(e) = plain_dir(&mnt) {
+        panic!("after a failed mount: {e}");
+    }
+    if let Some(bpid) = broker.pid() {
+        let mut left = Vec::new();
+        let clean = wait_until(Duration::from_secs(1), || {
+            left = procfs::children_matching(bpid, "safemount-worker");
+            left.is_empty()
+        });
+        assert!(
+            clean,
+            "safemount-worker processes left under broker {bpid} after a failed mount: {left:?}"
+        );
+        assert!(
+            broker.list().unwrap().is_empty(),
+            "failed mount is listed: {:?}",
+            broker.list()
+        );
+    }
+    println!("random image refused: {msg}");
+}
+
+#[test]
+fn unmount_reaps_worker() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        println!("kernel stand-in has no worker");
+        return;
+    }
+    let tmp = TempDir::new("reap").unwrap();
+    let img = image::tiny_image(tmp.path()).unwrap();
+    let broker = Broker::start().unwrap();
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    broker
+        .mount(&img, &mnt, "ro")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let pid = broker.worker_pid(&mnt).unwrap();
+    broker
+        .unmount(&mnt)
+        .unwrap_or_else(|e| panic!("unmount: {e}"));
+    assert!(!procfs::is_mounted(&mnt), "still mounted after unmount");
+    let reaped = wait_until(Duration::from_secs(2), || !procfs::pid_alive(pid));
+    assert!(reaped, "worker {pid} still running 2 s after unmount");
+    let bpid = broker.pid().unwrap();
+    assert!(
+        procfs::children_matching(bpid, "safemount-worker").is_empty(),
+        "worker processes left after unmount"
+    );
+    if let Err(e) = plain_dir(&mnt) {
+        panic!("after unmount: {e}");
+    }
+}
