@@ -246,7 +246,6 @@ impl Filesystem for Adapter {
         // Each asked for separately: a kernel lacking one still gets the
         // others. Deliberately not requested: HANDLE_KILLPRIV_V2 and
         // SETXATTR_EXT (fuser 0.18.0 mishandles both), WRITEBACK_CACHE,
-        // POSIX_ACL (the kernel would then trust our ACL xattrs),
         // EXPORT_SUPPORT.
         let mut wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
@@ -257,6 +256,11 @@ impl Filesystem for Adapter {
         if self.read_only {
             // Symlink targets never change on a read-only mount.
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
+            // The kernel enforces POSIX ACLs (read with getxattr, which the
+            // engine answers in the generic xattr format), as ext4 does.
+            // Read-write mounts need the engine to apply default ACLs on
+            // create first (with this flag the kernel stops applying umask).
+            wanted |= InitFlags::FUSE_POSIX_ACL;
         }
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {

@@ -99,6 +99,16 @@ fn make_tree(src: &Path) {
         std::fs::Permissions::from_mode(0o640),
     )
     .expect("chmod");
+    // Readable by "other", but a named ACL entry denies uid 1000.
+    std::fs::write(src.join("acl-file"), b"secret\n").expect("write");
+    std::fs::set_permissions(src.join("acl-file"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let status = Command::new("setfacl")
+        .args(["-m", "u:1000:---"])
+        .arg(src.join("acl-file"))
+        .status()
+        .expect("setfacl");
+    assert!(status.success());
 }
 
 fn make_image(dir: &Path) -> PathBuf {
@@ -263,7 +273,10 @@ fn serves_an_image_read_only_and_exits_on_unmount() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["big", "hello.txt", "lost+found", "many", "sub"]);
+    assert_eq!(
+        names,
+        ["acl-file", "big", "hello.txt", "lost+found", "many", "sub"]
+    );
     assert_eq!(
         std::fs::read(mnt.join("hello.txt")).expect("read hello"),
         b"hello world\n"
@@ -307,6 +320,24 @@ fn serves_an_image_read_only_and_exits_on_unmount() {
         String::from_utf8_lossy(&out.stdout).contains("user.test=\"value1\""),
         "{out:?}"
     );
+    // The kernel enforces the ACL: uid 1000 is denied, uid 1001 ("other")
+    // may read.
+    let cat_as = |uid: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups", "cat"])
+            .arg(mnt.join("acl-file"))
+            .output()
+            .expect("setpriv")
+    };
+    let denied = cat_as("1000");
+    assert!(!denied.status.success(), "uid 1000 read an ACL-denied file");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
+        "{denied:?}"
+    );
+    let allowed = cat_as("1001");
+    assert!(allowed.status.success(), "{allowed:?}");
+    assert_eq!(allowed.stdout, b"secret\n");
     // Writes are refused on a read-only mount.
     assert!(
         OpenOptions::new()
@@ -375,7 +406,10 @@ fn a_corrupt_inode_fails_alone() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["big", "hello.txt", "lost+found", "many", "sub"]);
+    assert_eq!(
+        names,
+        ["acl-file", "big", "hello.txt", "lost+found", "many", "sub"]
+    );
     for attempt in 0..2 {
         let err = std::fs::metadata(mnt.join("hello.txt")).expect_err("stat a corrupt inode");
         assert_eq!(
