@@ -89,6 +89,14 @@ fn make_tree(src: &Path) {
     assert!(status.success());
     std::fs::create_dir(src.join("sub")).expect("mkdir");
     symlink("../hello.txt", src.join("sub/link")).expect("symlink");
+    // A sparse file: a hole, 8 KiB of data at 1 MiB, a hole to 2 MiB.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = File::create(src.join("sub/sparse")).expect("create sparse");
+        f.write_all_at(&[0xab; 8192], 1 << 20)
+            .expect("write sparse");
+        f.set_len(2 << 20).expect("truncate sparse");
+    }
     std::fs::write(src.join("big"), big_content()).expect("write big");
     std::fs::create_dir(src.join("many")).expect("mkdir");
     for i in 0..300 {
@@ -338,6 +346,38 @@ fn serves_an_image_read_only_and_exits_on_unmount() {
     let allowed = cat_as("1001");
     assert!(allowed.status.success(), "{allowed:?}");
     assert_eq!(allowed.stdout, b"secret\n");
+    // SEEK_DATA / SEEK_HOLE reach the engine; past the data: ENXIO.
+    {
+        use nix::unistd::{Whence, lseek};
+        let f = File::open(mnt.join("sub/sparse")).expect("open sparse");
+        assert_eq!(lseek(f.as_fd(), 0, Whence::SeekData), Ok(1 << 20));
+        assert_eq!(
+            lseek(f.as_fd(), 1 << 20, Whence::SeekHole),
+            Ok((1 << 20) + 8192)
+        );
+        assert_eq!(
+            lseek(f.as_fd(), (1 << 20) + 8192, Whence::SeekData),
+            Err(nix::errno::Errno::ENXIO)
+        );
+        assert_eq!(
+            lseek(f.as_fd(), 3 << 20, Whence::SeekHole),
+            Err(nix::errno::Errno::ENXIO)
+        );
+    }
+    // Several readers at once, across the FUSE threads.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let mnt = &mnt;
+            s.spawn(move || {
+                for i in (t..300).step_by(8) {
+                    let got = std::fs::read_to_string(mnt.join(format!("many/file-{i:04}")))
+                        .expect("parallel read");
+                    assert_eq!(got, format!("{i}\n"));
+                }
+                assert!(std::fs::read(mnt.join("big")).expect("parallel big") == big_content());
+            });
+        }
+    });
     // Writes are refused on a read-only mount.
     assert!(
         OpenOptions::new()
