@@ -1,0 +1,266 @@
+#!/bin/sh
+# Builds the safemount Debian package with dpkg-deb from the release
+# binaries of the workspace (target/release, or $CARGO_TARGET_DIR/release).
+#
+#   packaging/build-deb.sh            use the existing release binaries;
+#                                     build them first if any is missing
+#   packaging/build-deb.sh --build    run `cargo build --release --workspace
+#                                     --bins` first in any case
+#
+# Output: packaging/out/safemount_<version>_<arch>.deb (path printed last).
+# Needs: dpkg-deb, gzip, objdump (binutils; for the libc6 version); no root
+# (file ownership is set with dpkg-deb --root-owner-group).
+set -eu
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+pkg=$here
+out=$here/out
+
+build=no
+for arg in "$@"; do
+    case $arg in
+        --build) build=yes ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) die "unknown argument: $arg" ;;
+    esac
+done
+
+command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg)"
+
+# The workspace version is the package version.
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$repo/Cargo.toml")
+[ -n "$version" ] || die "no [workspace.package] version in $repo/Cargo.toml"
+arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+
+target=${CARGO_TARGET_DIR:-$repo/target}
+case $target in /*) ;; *) target=$repo/$target ;; esac
+rel=$target/release
+
+need="safemountd safemount safemount-worker"
+missing=
+for b in $need; do [ -x "$rel/$b" ] || missing="$missing $b"; done
+if [ "$build" = yes ] || [ -n "$missing" ]; then
+    if [ -n "$missing" ]; then echo "build-deb: missing release binaries:$missing; building" >&2; fi
+    (cd "$repo" && cargo build --release --workspace --bins) || die "cargo build failed"
+fi
+for b in $need; do [ -x "$rel/$b" ] || die "$rel/$b missing after the build"; done
+
+stage=$out/stage
+rm -rf "$stage"
+mkdir -p "$stage/DEBIAN"
+
+inst() { # inst MODE SRC DEST (DEST relative to the package root)
+    install -D -m "$1" "$2" "$stage/$3"
+}
+
+# Binaries. Paths are fixed by the code: DEFAULT_WORKER in broker/src/lib.rs,
+# ExecStart= in the units.
+inst 0755 "$rel/safemountd"        usr/sbin/safemountd
+inst 0755 "$rel/safemount"         usr/bin/safemount
+inst 0755 "$rel/safemount-worker"  usr/libexec/safemount/safemount-worker
+bins="usr/sbin/safemountd usr/bin/safemount usr/libexec/safemount/safemount-worker"
+if [ -x "$rel/mount.safemount" ]; then
+    inst 0755 "$rel/mount.safemount" usr/sbin/mount.safemount
+    bins="$bins usr/sbin/mount.safemount"
+    with_mount_helper=yes
+else
+    echo "build-deb: note: no mount.safemount binary yet; packaging it and its man page is skipped" >&2
+    with_mount_helper=no
+fi
+if [ -x "$rel/safemount-auto" ]; then
+    inst 0755 "$rel/safemount-auto" usr/libexec/safemount/safemount-auto
+    bins="$bins usr/libexec/safemount/safemount-auto"
+else
+    echo "build-deb: note: no safemount-auto binary yet; the udev rule's safemount-auto@.service will fail until it exists" >&2
+fi
+
+# systemd, polkit, udev, sysusers, tmpfiles.
+inst 0644 "$pkg/systemd/safemountd.socket"       usr/lib/systemd/system/safemountd.socket
+inst 0644 "$pkg/systemd/safemountd.service"      usr/lib/systemd/system/safemountd.service
+inst 0644 "$pkg/systemd/safemount-auto@.service" usr/lib/systemd/system/safemount-auto@.service
+inst 0644 "$pkg/polkit/org.safemount.policy"     usr/share/polkit-1/actions/org.safemount.policy
+inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemount.rules
+inst 0644 "$pkg/sysusers/safemount.conf"         usr/lib/sysusers.d/safemount.conf
+inst 0644 "$pkg/tmpfiles/safemount.conf"         usr/lib/tmpfiles.d/safemount.conf
+
+# Man pages, gzipped without timestamps (reproducible).
+add_man() { # add_man FILE SECTION
+    mkdir -p "$stage/usr/share/man/man$2"
+    gzip -9n < "$pkg/man/$1" > "$stage/usr/share/man/man$2/$1.gz"
+    chmod 0644 "$stage/usr/share/man/man$2/$1.gz"
+}
+add_man safemount.1 1
+add_man safemountd.8 8
+add_man safemount-worker.8 8
+if [ "$with_mount_helper" = yes ]; then add_man mount.safemount.8 8; fi
+
+# Documentation.
+mkdir -p "$stage/usr/share/doc/safemount"
+cat > "$stage/usr/share/doc/safemount/copyright" <<'EOF'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: safemount
+
+Files: *
+Copyright: the safemount authors
+License: GPL-2.0-or-later
+ This program is free software; you can redistribute it and/or modify
+ it under the terms of the GNU General Public License as published by
+ the Free Software Foundation; either version 2 of the License, or
+ (at your option) any later version.
+ .
+ This program is distributed in the hope that it will be useful,
+ but WITHOUT ANY WARRANTY; without even the implied warranty of
+ MERCHANTABILITY or FITNESS FOR A PARTICULAR PURPOSE.  See the
+ GNU General Public License for more details.
+ .
+ On Debian systems, the complete text of the GNU General Public
+ License version 2 can be found in "/usr/share/common-licenses/GPL-2".
+EOF
+[ ! -f "$repo/README.md" ] || gzip -9n < "$repo/README.md" > "$stage/usr/share/doc/safemount/README.md.gz"
+chmod 0644 "$stage/usr/share/doc/safemount/"*
+
+# Depends, from what the binaries actually link: libc6 at the newest GLIBC_
+# symbol version they use, libgcc-s1 if libgcc_s is needed (unwinding). No
+# fuse3: the broker mounts with mount(2) itself and the worker speaks the
+# FUSE protocol on the descriptor it is given, so only the kernel's fuse
+# module is needed (autoloaded on first open of /dev/fuse).
+glibc=
+needs_gcc=no
+if command -v objdump >/dev/null; then
+    for b in $bins; do
+        v=$(objdump -T "$stage/$b" 2>/dev/null | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -t. -k1,1n -k2,2n -k3,3n | tail -n1)
+        if [ -n "$v" ] && { [ -z "$glibc" ] || dpkg --compare-versions "$v" gt "$glibc"; }; then glibc=$v; fi
+        objdump -p "$stage/$b" 2>/dev/null | grep -q 'NEEDED *libgcc_s' && needs_gcc=yes
+    done
+else
+    echo "build-deb: note: objdump not found; libc6 dependency without a version" >&2
+fi
+depends="libc6${glibc:+ (>= $glibc)}"
+[ "$needs_gcc" = yes ] && depends="$depends, libgcc-s1"
+
+installed_size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+
+cat > "$stage/DEBIAN/control" <<EOF
+Package: safemount
+Version: $version
+Architecture: $arch
+Maintainer: ${DEB_MAINTAINER:-safemount maintainers <safemount@localhost>}
+Installed-Size: $installed_size
+Depends: $depends
+Recommends: polkitd
+Suggests: udisks2
+Section: admin
+Priority: optional
+Description: mount untrusted ext2/3/4 filesystems without a privileged parser
+ safemount mounts ext2, ext3 and ext4 filesystems from untrusted media (USB
+ disks, SD cards, disk images) for ordinary users. The filesystem is parsed
+ by safemount-worker, an unprivileged process sandboxed with namespaces, an
+ empty root, no capabilities, Landlock and a seccomp allowlist, and served
+ to the kernel over FUSE; the broker, safemountd, authorizes (polkit),
+ opens the device and mounts, but never reads filesystem metadata.
+ .
+ Needs the kernel's fuse module. Without polkit only root may mount.
+EOF
+
+# Maintainer scripts. They honour $DPKG_ROOT (dpkg --root with
+# --force-script-chrootless runs them on the host with DPKG_ROOT set), so a
+# test install into a directory never touches the running system.
+cat > "$stage/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+set -e
+root=${DPKG_ROOT:-}
+case "$1" in
+configure|abort-upgrade|abort-deconfigure|abort-remove)
+    # The worker's user, then /run/safemount and /run/media.
+    if command -v systemd-sysusers >/dev/null 2>&1; then
+        systemd-sysusers ${root:+--root="$root"} safemount.conf
+    elif [ -z "$root" ] && ! getent passwd safemount >/dev/null; then
+        useradd --system --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --user-group safemount || true
+    fi
+    if command -v systemd-tmpfiles >/dev/null 2>&1; then
+        systemd-tmpfiles ${root:+--root="$root"} --create safemount.conf || true
+    fi
+    if [ -z "$root" ] && command -v udevadm >/dev/null 2>&1; then
+        udevadm control --reload >/dev/null 2>&1 || true
+    fi
+    # Enable the socket (not the service: it is socket-activated).
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        deb-systemd-helper unmask safemountd.socket >/dev/null || true
+        if deb-systemd-helper --quiet was-enabled safemountd.socket; then
+            deb-systemd-helper enable safemountd.socket >/dev/null || true
+        else
+            deb-systemd-helper update-state safemountd.socket >/dev/null || true
+        fi
+    fi
+    if [ -z "$root" ] && [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+        # Start the socket. A running broker is deliberately NOT restarted
+        # on upgrade: that would detach every mount of every user. The new
+        # broker takes over at the next `systemctl restart safemountd` or
+        # reboot.
+        if command -v deb-systemd-invoke >/dev/null 2>&1; then
+            deb-systemd-invoke start safemountd.socket >/dev/null || true
+        else
+            systemctl start safemountd.socket >/dev/null || true
+        fi
+    fi
+    ;;
+esac
+exit 0
+EOF
+
+cat > "$stage/DEBIAN/prerm" <<'EOF'
+#!/bin/sh
+set -e
+root=${DPKG_ROOT:-}
+# On removal only (not upgrade): stop accepting requests, then stop the
+# broker, which detaches every safemount mount and stops its workers.
+if [ "$1" = remove ] && [ -z "$root" ] && [ -d /run/systemd/system ]; then
+    if command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke stop safemountd.socket safemountd.service >/dev/null || true
+    else
+        systemctl stop safemountd.socket safemountd.service >/dev/null || true
+    fi
+fi
+exit 0
+EOF
+
+cat > "$stage/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+set -e
+root=${DPKG_ROOT:-}
+case "$1" in
+remove)
+    if [ -z "$root" ] && [ -d /run/systemd/system ]; then
+        systemctl --system daemon-reload >/dev/null || true
+    fi
+    if [ -z "$root" ] && command -v udevadm >/dev/null 2>&1; then
+        udevadm control --reload >/dev/null 2>&1 || true
+    fi
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        deb-systemd-helper mask safemountd.socket >/dev/null || true
+    fi
+    ;;
+purge)
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+        deb-systemd-helper purge safemountd.socket >/dev/null || true
+        deb-systemd-helper unmask safemountd.socket >/dev/null || true
+    fi
+    # /run is a tmpfs: what is left there goes at reboot; empty directories
+    # go now. The "safemount" system user is kept, as Debian does for
+    # system users (files it might own must not get a recycled uid).
+    rmdir "$root/run/safemount" 2>/dev/null || true
+    ;;
+esac
+exit 0
+EOF
+chmod 0755 "$stage/DEBIAN/postinst" "$stage/DEBIAN/prerm" "$stage/DEBIAN/postrm"
+
+mkdir -p "$out"
+deb=$out/safemount_${version}_${arch}.deb
+dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+echo "$deb"
