@@ -45,6 +45,14 @@ impl MountpointError {
     }
 }
 
+/// Whom a mount belongs to: the kernel gives them the files, and an
+/// automatic mount point goes under their `/run/media` directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A directory held by an O_PATH fd, with the path the kernel resolved it to.
 #[derive(Debug)]
 pub struct PinnedDir {

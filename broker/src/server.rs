@@ -325,10 +325,22 @@ impl Broker {
                     source,
                     mountpoint,
                     options,
-                } => match self.mount(&caller, source, mountpoint, &options, fds) {
+                } => match self.mount(&caller, None, source, mountpoint, &options, fds) {
                     Ok(reply) => reply,
                     Err(f) => {
                         tracing::warn!(kind = ?f.kind, "mount failed: {}", f.message);
+                        error_reply(f.kind, &f.message)
+                    }
+                },
+                ClientRequest::MountFor {
+                    uid,
+                    source,
+                    mountpoint,
+                    options,
+                } => match self.mount(&caller, Some(uid), source, mountpoint, &options, fds) {
+                    Ok(reply) => reply,
+                    Err(f) => {
+                        tracing::warn!(kind = ?f.kind, "mount for uid {uid} failed: {}", f.message);
                         error_reply(f.kind, &f.message)
                     }
                 },
@@ -364,9 +376,12 @@ impl Broker {
 
     /// The mount sequence. Every step that changes something pushes its
     /// undo; any error returns early and the undo stack runs in reverse.
+    /// `for_uid`: mount on behalf of that user (root callers only): the
+    /// mount is owned by, and its files belong to, that user.
     pub fn mount(
         &self,
         caller: &Caller,
+        for_uid: Option<u32>,
         source: MountSource,
         mountpoint: Option<PathBuf>,
         options: &str,
@@ -390,6 +405,7 @@ impl Broker {
             }
         };
         authorize::authorize_mount(caller)?;
+        let owner = owner_of(caller, for_uid)?;
         let opts = mount::parse_options(options)?;
         let Some(mountpoint) = mountpoint else {
             return Err(Failure::new(
@@ -414,7 +430,7 @@ impl Broker {
         let id = self.state.reserve(
             source.name.clone(),
             target.path().to_owned(),
-            caller.uid,
+            owner.uid,
             read_only,
         )?;
         let state = self.state.clone();
@@ -477,8 +493,8 @@ impl Broker {
             &source.name,
             fuse.as_fd(),
             mount::mount_flags(read_only, opts.exec),
-            caller.uid,
-            caller.gid,
+            owner.uid,
+            owner.gid,
         )
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("mount failed: {e}")))?;
         let mounted_at = target.path().to_owned();
@@ -583,6 +599,37 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Whom a mount belongs to: the caller, or (root callers only) the user
+/// `for_uid` with that user's primary group.
+fn owner_of(caller: &Caller, for_uid: Option<u32>) -> Result<crate::mountpoint::Owner, Failure> {
+    let Some(uid) = for_uid else {
+        return Ok(crate::mountpoint::Owner {
+            uid: caller.uid,
+            gid: caller.gid,
+        });
+    };
+    if !caller.is_root() {
+        return Err(Failure::new(
+            ErrorKind::NotAuthorized,
+            "not authorized: only root may mount on behalf of another user",
+        ));
+    }
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => Ok(crate::mountpoint::Owner {
+            uid,
+            gid: u.gid.as_raw(),
+        }),
+        Ok(None) => Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("no user with uid {uid}"),
+        )),
+        Err(e) => Err(Failure::new(
+            ErrorKind::Internal,
+            format!("cannot look up uid {uid}: {e}"),
+        )),
     }
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
     /// First message on every connection.
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     /// Mount a device or image. With [`MountSource::Fd`] the image fd is
     /// attached to this message.
     Mount {
@@ -22,8 +24,22 @@ pub enum ClientRequest {
         /// The `-o` string exactly as the user gave it.
         options: String,
     },
-    Unmount { mountpoint: PathBuf },
+    Unmount {
+        mountpoint: PathBuf,
+    },
     List,
+    /// Like [`ClientRequest::Mount`], but for the user `uid` rather than
+    /// the caller: the mount is owned by `uid`, its files belong to `uid`
+    /// and an automatic mount point goes under `uid`'s `/run/media` dir.
+    /// Only root may send it (`safemount-auto` mounting a newly plugged
+    /// disk for the user of the active seat). A separate variant, appended
+    /// last, so every older message keeps its encoding.
+    MountFor {
+        uid: u32,
+        source: MountSource,
+        mountpoint: Option<PathBuf>,
+        options: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
