@@ -12,6 +12,7 @@
 pub mod authorize;
 pub mod client;
 pub mod device;
+pub mod lock;
 pub mod mount;
 pub mod mountpoint;
 pub mod sanitize;

@@ -7,6 +7,7 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use safemount_proto::ErrorKind;
 
+use crate::lock::Locking;
 use crate::sanitize;
 
 /// The filesystem type every safemount mount has.
@@ -23,6 +24,13 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Allow executing files (clears MS_NOEXEC).
     pub exec: bool,
+    pub atime: Atime,
+    /// `errors=`: validated and recorded by the broker (and logged); the
+    /// worker protocol has no field for it yet, so the worker keeps the
+    /// superblock's own error behaviour.
+    pub errors: Option<Errors>,
+    /// `locking=` for image files.
+    pub locking: Locking,
 }
 
 impl Default for MountOptions {
@@ -30,14 +38,54 @@ impl Default for MountOptions {
         Self {
             read_only: true,
             exec: false,
+            atime: Atime::Default,
+            errors: None,
+            locking: Locking::Auto,
+        }
+    }
+}
+
+/// Access-time updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atime {
+    /// The kernel's default (relatime).
+    Default,
+    NoAtime,
+    Relatime,
+}
+
+/// `errors=`: what a filesystem error does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Errors {
+    Continue,
+    RemountRo,
+    Panic,
+}
+
+impl Errors {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::RemountRo => "remount-ro",
+            Self::Panic => "panic",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
-    #[error("unknown mount option \"{0}\" (known: ro, rw, exec, noexec, defaults)")]
+    #[error(
+        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, errors=, locking=, defaults)"
+    )]
     Unknown(String),
+    #[error("bad value for mount option \"{0}\"")]
+    BadValue(String),
+    #[error("mount option \"{0}\" takes no value")]
+    UnexpectedValue(String),
+    #[error("mount option \"{0}\" contains a control character")]
+    ControlCharacter(String),
+    #[error("mount options are too long ({0} bytes, at most 4096)")]
+    TooLong(usize),
 }
 
 impl OptionsError {
@@ -46,31 +94,100 @@ impl OptionsError {
     }
 }
 
-/// Parses a `-o` comma list. Known options: `ro`, `rw`, `exec`, `noexec`,
-/// `defaults` (no effect). Later options win over earlier ones, as with
-/// mount(8); empty items are ignored. Anything else is an error naming it.
+/// Longest `-o` string accepted.
+const MAX_OPTIONS_BYTES: usize = 4096;
+
+/// An option's text for an error message: sanitized, at most 64 bytes.
+fn named(text: &str) -> String {
+    let mut name = String::new();
+    for c in sanitize::display(text.as_bytes()).chars() {
+        if name.len() + c.len_utf8() > 64 {
+            break;
+        }
+        name.push(c);
+    }
+    name
+}
+
+/// Parses a `-o` comma list. Later options win over earlier ones, as with
+/// mount(8); empty items are ignored.
+///
+/// - `ro`, `rw`, `exec`, `noexec` (the default), `noatime`, `relatime`;
+/// - `errors=continue|remount-ro|panic`, `locking=auto|on|off|posix`;
+/// - `defaults`, and options mount(8) passes on from fstab that are for
+///   mount(8) itself, accepted and ignored: `nofail`, `auto`, `noauto`,
+///   `user`, `users`, `nouser`, `_netdev`, and `x-*` (with any value);
+/// - `nosuid` and `nodev` are accepted (they are always in force);
+///   `suid`, `dev` and anything else are refused, naming the option, as is
+///   a value where none belongs, a bad value, and any control character
+///   (newline, NUL...).
 pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
+    if text.len() > MAX_OPTIONS_BYTES {
+        return Err(OptionsError::TooLong(text.len()));
+    }
     let mut opts = MountOptions::default();
     for item in text.split(',') {
-        match item.trim() {
-            "" | "defaults" => {}
-            "ro" => opts.read_only = true,
-            "rw" => opts.read_only = false,
-            "exec" => opts.exec = true,
-            "noexec" => opts.exec = false,
-            other => {
-                let mut name = String::new();
-                for c in sanitize::display(other.as_bytes()).chars() {
-                    if name.len() + c.len_utf8() > 64 {
-                        break;
-                    }
-                    name.push(c);
-                }
-                return Err(OptionsError::Unknown(name));
+        let item = item.trim_matches(' ');
+        if item.chars().any(char::is_control) {
+            return Err(OptionsError::ControlCharacter(named(item)));
+        }
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        if key.starts_with("x-") {
+            continue;
+        }
+        match (key, value) {
+            ("", None) => {}
+            ("errors", Some(v)) => {
+                opts.errors = Some(match v {
+                    "continue" => Errors::Continue,
+                    "remount-ro" => Errors::RemountRo,
+                    "panic" => Errors::Panic,
+                    _ => return Err(OptionsError::BadValue(named(item))),
+                });
             }
+            ("locking", Some(v)) => {
+                opts.locking =
+                    Locking::parse(v).ok_or_else(|| OptionsError::BadValue(named(item)))?;
+            }
+            ("errors" | "locking", None) => return Err(OptionsError::BadValue(named(item))),
+            (
+                "defaults" | "nofail" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
+                | "nosuid" | "nodev",
+                None,
+            ) => {}
+            ("ro", None) => opts.read_only = true,
+            ("rw", None) => opts.read_only = false,
+            ("exec", None) => opts.exec = true,
+            ("noexec", None) => opts.exec = false,
+            ("noatime", None) => opts.atime = Atime::NoAtime,
+            ("relatime", None) => opts.atime = Atime::Relatime,
+            (
+                "defaults" | "nofail" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
+                | "nosuid" | "nodev" | "ro" | "rw" | "exec" | "noexec" | "noatime" | "relatime",
+                Some(_),
+            ) => return Err(OptionsError::UnexpectedValue(named(key))),
+            _ => return Err(OptionsError::Unknown(named(item))),
         }
     }
     Ok(opts)
+}
+
+impl MountOptions {
+    /// The mount(2) flags: always nosuid and nodev; noexec unless `exec`;
+    /// read-only if `read_only` (the final decision, which may differ
+    /// from `self.read_only`); noatime/relatime as asked.
+    pub fn flags(&self, read_only: bool) -> MsFlags {
+        let mut flags = mount_flags(read_only, self.exec);
+        match self.atime {
+            Atime::Default => {}
+            Atime::NoAtime => flags |= MsFlags::MS_NOATIME,
+            Atime::Relatime => flags |= MsFlags::MS_RELATIME,
+        }
+        flags
+    }
 }
 
 /// The mount(2) flags for `opts`: always nosuid and nodev; noexec unless
@@ -175,13 +292,9 @@ mod tests {
     #[test]
     fn default_is_read_only_noexec() {
         let d = parse_options("").unwrap();
-        assert_eq!(
-            d,
-            MountOptions {
-                read_only: true,
-                exec: false
-            }
-        );
+        assert_eq!(d, MountOptions::default());
+        assert!(d.read_only && !d.exec);
+        assert_eq!(d.locking, Locking::Auto);
         assert_eq!(parse_options("defaults").unwrap(), d);
     }
 
@@ -193,13 +306,65 @@ mod tests {
         assert!(!parse_options("ro,rw").unwrap().read_only);
         assert!(parse_options("exec").unwrap().exec);
         assert!(!parse_options("exec,noexec").unwrap().exec);
+        let o = parse_options(" rw , exec ,").unwrap();
+        assert!(!o.read_only && o.exec);
+    }
+
+    #[test]
+    fn values() {
+        let o = parse_options("errors=remount-ro,locking=posix,noatime").unwrap();
+        assert_eq!(o.errors, Some(Errors::RemountRo));
+        assert_eq!(o.locking, Locking::Posix);
+        assert_eq!(o.atime, Atime::NoAtime);
+        assert_eq!(parse_options("relatime").unwrap().atime, Atime::Relatime);
         assert_eq!(
-            parse_options(" rw , exec ,").unwrap(),
-            MountOptions {
-                read_only: false,
-                exec: true
-            }
+            parse_options("errors=panic").unwrap().errors,
+            Some(Errors::Panic)
         );
+        assert_eq!(
+            parse_options("locking=off,locking=on").unwrap().locking,
+            Locking::On
+        );
+        for bad in [
+            "errors=",
+            "errors",
+            "errors=x",
+            "locking=yes",
+            "errors=continue=1",
+        ] {
+            assert!(
+                matches!(parse_options(bad), Err(OptionsError::BadValue(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_options("ro=1").unwrap_err(),
+            OptionsError::UnexpectedValue("ro".into())
+        );
+        assert_eq!(
+            parse_options("nofail=yes").unwrap_err().to_string(),
+            "mount option \"nofail\" takes no value"
+        );
+    }
+
+    #[test]
+    fn fstab_only_options_are_ignored() {
+        let o = parse_options("ro,nofail,noauto,auto,user,users,_netdev,x-systemd.automount,x-gvfs-show,x-a=b,nosuid,nodev").unwrap();
+        assert_eq!(o, MountOptions::default());
+    }
+
+    #[test]
+    fn control_characters_and_length() {
+        for bad in ["ro\n", "errors=continue\0", "x-foo\nrw", "\x1b"] {
+            assert!(
+                matches!(parse_options(bad), Err(OptionsError::ControlCharacter(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_options(&"ro,".repeat(2000)),
+            Err(OptionsError::TooLong(6000))
+        ));
     }
 
     #[test]
@@ -208,11 +373,30 @@ mod tests {
         assert_eq!(e, OptionsError::Unknown("suid".into()));
         assert!(e.to_string().contains("\"suid\""));
         assert_eq!(e.kind(), ErrorKind::InvalidRequest);
-        // Hostile option text is sanitized and capped.
-        let e = parse_options(&format!("x\x1b{}", "y".repeat(500))).unwrap_err();
-        let OptionsError::Unknown(name) = e;
+        for bad in ["dev", "loop", "uid=0", "user_id=0", "fd=3", "allow_other"] {
+            assert!(
+                matches!(parse_options(bad), Err(OptionsError::Unknown(_))),
+                "{bad}"
+            );
+        }
+        // Hostile option text is capped.
+        let e = parse_options(&format!("x{}", "y".repeat(500))).unwrap_err();
+        let OptionsError::Unknown(name) = e else {
+            panic!("{e:?}")
+        };
         assert!(name.len() <= 64);
-        assert!(!name.contains('\x1b'));
+    }
+
+    #[test]
+    fn atime_flags() {
+        let o = parse_options("noatime").unwrap();
+        assert!(
+            o.flags(true)
+                .contains(MsFlags::MS_NOATIME | MsFlags::MS_RDONLY)
+        );
+        let o = parse_options("relatime,rw").unwrap();
+        assert!(o.flags(false).contains(MsFlags::MS_RELATIME));
+        assert!(!o.flags(false).contains(MsFlags::MS_RDONLY));
     }
 
     #[test]
