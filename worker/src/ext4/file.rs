@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::ondisk::extent::{self, Extent, ExtentNode, NodeCtx};
+use super::ondisk::extent::{self, Extent, ExtentNode, LeafHint, NodeCtx};
 use super::ondisk::indirect;
 use super::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
 use super::util::le32;
@@ -22,6 +22,9 @@ pub(crate) enum Mapping {
     /// `len` unmapped blocks (u64::MAX: no mapping after this point).
     Hole { len: u64 },
 }
+
+/// Most mapping runs one seek walks.
+const SEEK_MAX_STEPS: u32 = 1 << 24;
 
 /// Largest logical block an extent can address (+1).
 const EXTENT_LBLK_LIMIT: u64 = 1 << 32;
@@ -40,29 +43,46 @@ impl Ext4 {
         if lblk >= EXTENT_LBLK_LIMIT {
             return Ok(Mapping::Hole { len: u64::MAX });
         }
-        let hint = *inode.extent_hint.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = hint.filter(|e| e.contains(lblk)) {
-            return Ok(mapped(&e, lblk));
-        }
         let (found, next) = self.find_extent(inode, lblk)?;
-        match found {
-            Some(e) => {
-                *inode.extent_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                Ok(mapped(&e, lblk))
-            }
-            None => Ok(Mapping::Hole {
+        Ok(match found {
+            Some(e) => mapped(&e, lblk),
+            None => Mapping::Hole {
                 len: next.map_or(u64::MAX, |n| n.saturating_sub(lblk).max(1)),
-            }),
-        }
+            },
+        })
     }
 
-    /// Walks the extent tree: the extent containing `lblk` if any, and the
-    /// first logical block after `lblk` that may be mapped.
+    /// The extent containing `lblk` if any, and the first logical block
+    /// after `lblk` that may be mapped. Uses the inode's cached leaf when it
+    /// covers `lblk`, else walks the tree and caches the leaf it reached.
     pub(crate) fn find_extent(
         &self,
         inode: &Inode,
         lblk: u64,
     ) -> Result<(Option<Extent>, Option<u64>)> {
+        let cached = inode
+            .extent_hint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|h| h.lookup(lblk));
+        if let Some(r) = cached {
+            return Ok(r);
+        }
+        let (r, leaf) = self.walk_extents(inode, lblk)?;
+        if let Some(leaf) = leaf {
+            *inode.extent_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(leaf);
+        }
+        Ok(r)
+    }
+
+    /// Walks the extent tree from the root for `lblk`.
+    #[expect(clippy::type_complexity, reason = "private helper")]
+    fn walk_extents(
+        &self,
+        inode: &Inode,
+        lblk: u64,
+    ) -> Result<((Option<Extent>, Option<u64>), Option<LeafHint>)> {
         let root = &inode.i_block[..];
         let depth = extent::header_depth(root);
         if depth > extent::MAX_DEPTH {
@@ -85,24 +105,25 @@ impl Ext4 {
         };
         let mut holder: Arc<[u8]>;
         let mut node = extent::parse_node(root, &ctx)?;
+        let mut start: u64 = 0;
         let mut bound: Option<u64> = None;
         // Depth strictly decreases per level (parse_node checks it), so this
         // loop runs at most MAX_DEPTH + 1 times.
         for _ in 0..=extent::MAX_DEPTH {
             match node {
                 ExtentNode::Leaf(exts) => {
-                    let found = exts.iter().find(|e| e.contains(lblk)).copied();
-                    let next = exts
-                        .iter()
-                        .map(|e| u64::from(e.lblk))
-                        .find(|&s| s > lblk)
-                        .or(bound);
-                    return Ok((found, next));
+                    let leaf = LeafHint {
+                        extents: Arc::from(exts),
+                        start,
+                        end: bound,
+                    };
+                    let r = leaf.lookup(lblk).unwrap_or((None, bound));
+                    return Ok((r, Some(leaf)));
                 }
                 ExtentNode::Index(idx) => {
                     let pos = idx.iter().rposition(|i| u64::from(i.lblk) <= lblk);
                     let Some(pos) = pos else {
-                        return Ok((None, idx.first().map(|i| u64::from(i.lblk))));
+                        return Ok(((None, idx.first().map(|i| u64::from(i.lblk))), None));
                     };
                     if let Some(n) = idx.get(pos + 1) {
                         bound = Some(u64::from(n.lblk));
@@ -113,6 +134,7 @@ impl Ext4 {
                             0,
                         ));
                     };
+                    start = u64::from(child.lblk);
                     holder = self.read_block(child.leaf)?;
                     ctx.block = Some(child.leaf);
                     ctx.depth = ctx.depth.saturating_sub(1);
@@ -312,7 +334,17 @@ impl Ext4 {
         let bs = u64::from(self.block_size());
         let end_blk = size.div_ceil(bs);
         let mut lblk = offset / bs;
+        // Each step skips a whole run; the cap stops a hostile map from
+        // pinning a thread (2^24 runs is far beyond real fragmentation).
+        let mut steps = 0u32;
         while lblk < end_blk {
+            steps += 1;
+            if steps > SEEK_MAX_STEPS {
+                return Err(Error::corrupt(
+                    format!("inode {ino}: too many block runs to seek through"),
+                    0,
+                ));
+            }
             let map = self.map_block(&inode, lblk)?;
             let (is_data, len) = match map {
                 Mapping::Mapped { len, uninit, .. } => (!uninit, len),

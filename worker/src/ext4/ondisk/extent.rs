@@ -38,6 +38,38 @@ impl Extent {
     }
 }
 
+/// A parsed leaf and the logical range `[start, end)` it is responsible
+/// for (from its parent index entries; `end` None: to the end of the file).
+#[derive(Debug, Clone)]
+pub(crate) struct LeafHint {
+    pub(crate) extents: std::sync::Arc<[Extent]>,
+    pub(crate) start: u64,
+    pub(crate) end: Option<u64>,
+}
+
+impl LeafHint {
+    /// If `lblk` is in this leaf's range: the extent containing it (if
+    /// any) and the next mapped start after it.
+    pub(crate) fn lookup(&self, lblk: u64) -> Option<(Option<Extent>, Option<u64>)> {
+        if lblk < self.start || self.end.is_some_and(|e| lblk >= e) {
+            return None;
+        }
+        // Extents are sorted and disjoint: binary search on the start.
+        let idx = self.extents.partition_point(|e| u64::from(e.lblk) <= lblk);
+        let found = idx
+            .checked_sub(1)
+            .and_then(|i| self.extents.get(i))
+            .filter(|e| e.contains(lblk))
+            .copied();
+        let next = self
+            .extents
+            .get(idx)
+            .map(|e| u64::from(e.lblk))
+            .or(self.end);
+        Some((found, next))
+    }
+}
+
 /// One index entry: the subtree starting at logical block `lblk` lives in
 /// physical block `leaf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,6 +392,34 @@ mod tests {
         assert!(err(&b3, &c).contains("out of order"));
         c.parent_lblk = Some(5);
         assert!(err(&b2, &c).contains("first index 0 != parent index 5"));
+    }
+
+    #[test]
+    fn leaf_hint_lookup() {
+        let e = |lblk, len| Extent {
+            lblk,
+            len,
+            pblk: 100,
+            uninit: false,
+        };
+        let h = LeafHint {
+            extents: vec![e(10, 5), e(20, 1)].into(),
+            start: 8,
+            end: Some(30),
+        };
+        assert_eq!(h.lookup(7), None);
+        assert_eq!(h.lookup(30), None);
+        assert_eq!(h.lookup(8), Some((None, Some(10))));
+        assert_eq!(h.lookup(12), Some((Some(e(10, 5)), Some(20))));
+        assert_eq!(h.lookup(15), Some((None, Some(20))));
+        assert_eq!(h.lookup(20), Some((Some(e(20, 1)), Some(30))));
+        assert_eq!(h.lookup(25), Some((None, Some(30))));
+        let root = LeafHint {
+            extents: vec![].into(),
+            start: 0,
+            end: None,
+        };
+        assert_eq!(root.lookup(u64::from(u32::MAX)), Some((None, None)));
     }
 
     #[test]

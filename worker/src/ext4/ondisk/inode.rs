@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::extent::Extent;
+use crate::ext4::ondisk::extent::LeafHint;
 use crate::ext4::ondisk::superblock::{
     GOOD_OLD_INODE_SIZE, RO_COMPAT_HUGE_FILE, RO_COMPAT_METADATA_CSUM, Superblock,
 };
@@ -84,8 +84,9 @@ pub(crate) struct Inode {
     pub(crate) projid: u32,
     /// The whole on-disk inode (`s_inode_size` bytes).
     pub(crate) raw: Box<[u8]>,
-    /// Last extent found for this inode: sequential reads skip the tree walk.
-    pub(crate) extent_hint: Mutex<Option<Extent>>,
+    /// Last extent leaf used for this inode: sequential reads skip the
+    /// tree walk.
+    pub(crate) extent_hint: Mutex<Option<LeafHint>>,
 }
 
 fn corrupt(ino: Ino, block: u64, why: impl std::fmt::Display) -> Error {
