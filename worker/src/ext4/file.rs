@@ -238,16 +238,10 @@ impl Ext4 {
         }
     }
 
-    /// Inline content of an inline-data inode.
+    /// Inline content of an inline-data inode (i_block plus the
+    /// "system.data" xattr), from the xattr module.
     fn inline_content(&self, inode: &Inode) -> Result<Vec<u8>> {
-        self.inline_data_fallback(inode)
-    }
-
-    /// Interim inline-data reader (the first min(60, size) bytes of
-    /// i_block) until the xattr-aware `inline_data` lands.
-    fn inline_data_fallback(&self, inode: &Inode) -> Result<Vec<u8>> {
-        let n = usize::try_from(inode.size.min(inode.i_block.len() as u64)).unwrap_or(0);
-        Ok(inode.i_block.get(..n).unwrap_or(&[]).to_vec())
+        self.inline_data(inode)
     }
 
     /// Reads file content at `offset` into `buf`: any storage (extents,
@@ -615,6 +609,7 @@ mod tests {
         let src = sc.path().join("src");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("tiny"), b"tiny file").unwrap();
+        std::fs::write(src.join("medium"), pattern(100, 77)).unwrap();
         let img = mkfs(&sc, &src, &["-O", "inline_data"], 8 * 1024);
         let fs = open_image(&img).unwrap();
         let ino = ino_of(&img, "tiny");
@@ -626,6 +621,15 @@ mod tests {
         assert_eq!(&buf[..4], b"file");
         assert_eq!(fs.seek(ino, 2, Whence::Data).unwrap(), 2);
         assert_eq!(fs.seek(ino, 2, Whence::Hole).unwrap(), 9);
+        // Past 60 bytes the content continues in the system.data xattr.
+        let ino = ino_of(&img, "medium");
+        assert!(fs.inode(ino).unwrap().has_flag(EXT4_INLINE_DATA_FL));
+        let want = pattern(100, 77);
+        let mut buf = [0u8; 200];
+        assert_eq!(fs.read(ino, 0, &mut buf).unwrap(), 100);
+        assert_eq!(&buf[..100], &want[..]);
+        assert_eq!(fs.read(ino, 55, &mut buf).unwrap(), 45);
+        assert_eq!(&buf[..45], &want[55..]);
     }
 
     #[test]
