@@ -70,19 +70,22 @@ else
     echo "build-deb: note: no mount.safemount binary yet; packaging it and its man page is skipped" >&2
     with_mount_helper=no
 fi
+# Automount (udev rule + safemount-auto@.service) only with its helper:
+# without it the rule would start a unit that cannot run *and* switch off
+# udisks2's automount for the device (UDISKS_AUTO=0).
 if [ -x "$rel/safemount-auto" ]; then
     inst 0755 "$rel/safemount-auto" usr/libexec/safemount/safemount-auto
     bins="$bins usr/libexec/safemount/safemount-auto"
+    inst 0644 "$pkg/systemd/safemount-auto@.service" usr/lib/systemd/system/safemount-auto@.service
+    inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemount.rules
 else
-    echo "build-deb: note: no safemount-auto binary yet; the udev rule's safemount-auto@.service will fail until it exists" >&2
+    echo "build-deb: note: no safemount-auto binary yet; the udev rule and safemount-auto@.service are left out" >&2
 fi
 
-# systemd, polkit, udev, sysusers, tmpfiles.
+# systemd, polkit, sysusers, tmpfiles.
 inst 0644 "$pkg/systemd/safemountd.socket"       usr/lib/systemd/system/safemountd.socket
 inst 0644 "$pkg/systemd/safemountd.service"      usr/lib/systemd/system/safemountd.service
-inst 0644 "$pkg/systemd/safemount-auto@.service" usr/lib/systemd/system/safemount-auto@.service
 inst 0644 "$pkg/polkit/org.safemount.policy"     usr/share/polkit-1/actions/org.safemount.policy
-inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemount.rules
 inst 0644 "$pkg/sysusers/safemount.conf"         usr/lib/sysusers.d/safemount.conf
 inst 0644 "$pkg/tmpfiles/safemount.conf"         usr/lib/tmpfiles.d/safemount.conf
 
