@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Read benchmark: safemount vs fuse2fs vs the kernel's ext4, on one 4 GiB
+# image holding a 1 GiB file of random data and 10,000 small files.
+#
+#   (a) cold sequential read of the 1 GiB file (caches dropped first)
+#   (b) lstat of the 10,000 small files: cold (caches dropped, fresh
+#       mount) and warm (the same walk again)
+#
+# Run as root from the repository root after `cargo build --release
+# --workspace`. See bench/README.md.
+set -euo pipefail
+
+die() { echo "read.sh: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
+WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
+IMG=$WORK/bench.img
+SMALL_FILES=${SMALL_FILES:-10000}
+SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}
+REBUILD=0
+[[ ${1:-} == --rebuild ]] && REBUILD=1
+
+for b in safemountd safemount safemount-worker; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
+done
+command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
+
+mkdir -p "$WORK"
+MNT=$WORK/mnt
+mkdir -p "$MNT"
+SOCK=$WORK/safemountd.sock
+BROKER_PID=
+
+cleanup() {
+    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
+    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+build_image() {
+    echo "building $IMG (4 GiB: 1 GiB random file + $SMALL_FILES small files)..." >&2
+    rm -f "$IMG"
+    truncate -s 4G "$IMG"
+    mkfs.ext4 -q -F "$IMG"
+    mount -o loop "$IMG" "$MNT"
+    dd if=/dev/urandom of="$MNT/big.bin" bs=1M count=1024 status=none
+    python3 - "$MNT/small" "$SMALL_FILES" <<'EOF'
+import os, sys, random
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(42)
+blob = os.urandom(16384)
+for i in range(n):
+    d = os.path.join(root, "d%02d" % (i % 20))
+    os.makedirs(d, exist_ok=True)
+    size = rnd.randint(0, 12000)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(blob[:size])
+EOF
+    umount "$MNT"
+    e2fsck -fn "$IMG" >/dev/null 2>&1 || die "fresh benchmark image is not clean"
+}
+
+if [[ $REBUILD -eq 1 || ! -f $IMG ]]; then build_image; fi
+
+start_broker() {
+    [[ -n $BROKER_PID ]] && return
+    rm -f "$SOCK"
+    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd.log" &
+    BROKER_PID=$!
+    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
+    die "safemountd did not start; see $WORK/safemountd.log"
+}
+
+do_mount() {
+    case $1 in
+        kernel) mount -t ext4 -o ro,noload,loop "$IMG" "$MNT" ;;
+        fuse2fs) fuse2fs -o ro,fakeroot "$IMG" "$MNT" >/dev/null ;;
+        safemount) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o ro >/dev/null ;;
+    esac
+}
+
+do_unmount() {
+    case $1 in
+        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
+        *) umount "$MNT" ;;
+    esac
+    # Wait for FUSE daemons to let go of the image.
+    for _ in $(seq 50); do mountpoint -q "$MNT" || break; sleep 0.1; done
+}
+
+stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
+
+declare -A READ COLD WARM
+for sys in $SYSTEMS; do
+    echo "== $sys" >&2
+    drop_caches
+    do_mount "$sys"
+    t0=$(now)
+    dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
+    t1=$(now)
+    READ[$sys]=$(calc "1073741824 / 1000000 / $(elapsed "$t0" "$t1")")
+    do_unmount "$sys"
+
+    drop_caches
+    do_mount "$sys"
+    t0=$(now); n=$(stat_walk); t1=$(now)
+    [[ $n -eq $SMALL_FILES ]] || die "$sys: walked $n files, expected $SMALL_FILES"
+    COLD[$sys]=$(elapsed "$t0" "$t1")
+    t0=$(now); stat_walk >/dev/null; t1=$(now)
+    WARM[$sys]=$(elapsed "$t0" "$t1")
+    do_unmount "$sys"
+    printf '   read %.0f MB/s, stat cold %.3f s, warm %.3f s\n' "${READ[$sys]}" "${COLD[$sys]}" "${WARM[$sys]}" >&2
+done
+
+ref=kernel
+[[ -n ${READ[$ref]:-} ]] || ref=$(echo "$SYSTEMS" | awk '{print $1}')
+printf '\n%-10s %10s %12s %12s %14s %14s %14s\n' system "read MB/s" "stat cold s" "stat warm s" "read vs $ref" "cold vs $ref" "warm vs $ref"
+for sys in $SYSTEMS; do
+    printf '%-10s %10.0f %12.3f %12.3f %13.2fx %13.2fx %13.2fx\n' "$sys" "${READ[$sys]}" "${COLD[$sys]}" "${WARM[$sys]}" \
+        "$(calc "${READ[$sys]} / ${READ[$ref]}")" \
+        "$(calc "${COLD[$sys]} / ${COLD[$ref]}")" \
+        "$(calc "${WARM[$sys]} / ${WARM[$ref]}")"
+done
+echo "(read: higher is better; stat: seconds, lower is better; ratios: system / $ref)"
