@@ -329,7 +329,7 @@ impl Drop for Broker {
                 }
             }
             Mode::Kernel { mounts } => {
-                if let Ok(mut v) = mounts.lock() {
+                if let Ok(v) = mounts.get_mut() {
                     for m in v.drain(..) {
                         let _ = m.unmount();
                     }

@@ -17,6 +17,9 @@ use std::time::Instant;
 
 use crate::util::{Digest, digest_reader, errno_name, io_errno};
 
+/// Sorted (name, value) pairs.
+pub type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entry {
     pub kind: char,
@@ -114,7 +117,7 @@ fn cpath(p: &Path) -> Option<CString> {
 }
 
 /// llistxattr + lgetxattr of every name, sorted. Errors as "op: ERRNO".
-pub fn xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn xattrs(p: &Path) -> Result<XattrList, String> {
     let c = cpath(p).ok_or("listxattr: NUL in path")?;
     let mut buf = vec![0u8; 65536];
     // SAFETY: `c` is NUL-terminated; `buf` is writable for its length.

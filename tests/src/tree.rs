@@ -476,7 +476,7 @@ fn set_times(root: &Path, spec: &TreeSpec, rng: &mut Rng, info: &mut TreeInfo) -
     let wide: [i64; 3] = [-1_000_000, -2_000_000_000, -1];
     for p in &all {
         let r = rng.next_u64();
-        let sec = if spec.wide_times && r % 5 == 0 {
+        let sec = if spec.wide_times && r.is_multiple_of(5) {
             wide[(r >> 8) as usize % wide.len()]
         } else {
             narrow[(r >> 8) as usize % narrow.len()] + ((r >> 16) % 1000) as i64

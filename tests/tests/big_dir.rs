@@ -1,6 +1,11 @@
 //! One directory with 50,000 entries, indexed as an htree: readdir through
 //! safemount lists each name exactly once and every name can be looked up.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 

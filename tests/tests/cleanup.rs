@@ -2,6 +2,11 @@
 //! (no stale "Transport endpoint is not connected"), a failed mount leaves
 //! neither mount nor worker, and a normal unmount reaps the worker.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use std::io::Write;
 use std::time::Duration;
 

@@ -4,6 +4,11 @@
 //! operation failing with an errno, the worker alive at the end, unmount
 //! working, and the image bytes unchanged.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,11 @@
 //! reads exactly as the source, the worker stays alive, and the image is
 //! never written.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

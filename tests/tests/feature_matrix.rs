@@ -2,6 +2,11 @@
 //! must show exactly the source tree, and exactly what the kernel's ext4
 //! shows for the same image (nanosecond times, statfs, hole maps).
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use safemount_tests::broker::Broker;
 use safemount_tests::image::{self, FsConfig};
 use safemount_tests::kernel::KernelMount;

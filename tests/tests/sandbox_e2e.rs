@@ -2,6 +2,11 @@
 //! capabilities, no_new_privs, a seccomp filter, only the fds it needs,
 //! its own (empty) root and namespaces.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
 use std::os::unix::fs::MetadataExt;
 
 use safemount_tests::broker::{Broker, kernel_standin};
@@ -62,7 +67,7 @@ fn worker_is_sandboxed() {
             ));
         }
         for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-            if field(&st, k).trim_start_matches('0') != "" {
+            if !field(&st, k).trim_start_matches('0').is_empty() {
                 problems.push(format!("task {tid}: {k} = {}", field(&st, k)));
             }
         }
