@@ -332,7 +332,7 @@ impl Ext4 {
                 // search_dirblock's -1 becomes ERR_BAD_DX_DIR in the kernel.
                 Err((_, p)) => {
                     tracing::warn!(dir = dir.ino, leaf, problem = %p, "bad entry in htree leaf");
-                    return Err(DxFail::Fallback(DxProblem::BadRootEntries));
+                    return Err(DxFail::Fallback(DxProblem::BadLeafEntry(leaf as u32)));
                 }
             }
             if !self.dx_next_leaf(dir, &mut path, hash, bs, csum)? {
@@ -1136,6 +1136,46 @@ mod tests {
         assert!(matches!(
             fs.lookup_ino(enc, b"x"),
             Err(Error::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn htree_next_leaf_follows_collision_runs() {
+        if !have(&["mkfs.ext4"]) {
+            return;
+        }
+        let s = Scratch::new("nextleaf");
+        std::fs::create_dir_all(s.path("src")).unwrap();
+        let img = s.path("img");
+        mkfs(&s.path("src"), &img, &[], "8M", false);
+        let fs = open(&img);
+        let root = fs.inode(ROOT_INO_FOR_TESTS).unwrap();
+        let e = |hash, block| htree::DxEntry { hash, block };
+        let entries = DxEntries {
+            entries: vec![e(0, 1), e(0x100 | 1, 2), e(0x100 | 1, 3), e(0x200, 4)],
+        };
+        let mut path = vec![(entries, 0)];
+        // Leaf 1 ends a run of hash 0x100: leaves 2 and 3 continue it.
+        assert!(matches!(
+            fs.dx_next_leaf(&root, &mut path, 0x100, 1024, false),
+            Ok(true)
+        ));
+        assert_eq!(current_block(&path), 2);
+        assert!(matches!(
+            fs.dx_next_leaf(&root, &mut path, 0x100, 1024, false),
+            Ok(true)
+        ));
+        assert_eq!(current_block(&path), 3);
+        // Leaf 4 starts another hash: the search ends.
+        assert!(matches!(
+            fs.dx_next_leaf(&root, &mut path, 0x100, 1024, false),
+            Ok(false)
+        ));
+        // Past the last entry: ends too.
+        path[0].1 = 3;
+        assert!(matches!(
+            fs.dx_next_leaf(&root, &mut path, 0x200, 1024, false),
+            Ok(false)
         ));
     }
 

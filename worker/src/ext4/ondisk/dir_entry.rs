@@ -164,7 +164,7 @@ impl<'a> RawDirEntry<'a> {
         if rec_len < DE_MIN_REC_LEN {
             return Err(DirentProblem::RecLenTooSmall(rec_len));
         }
-        if rec_len % 4 != 0 {
+        if rec_len & 3 != 0 {
             return Err(DirentProblem::RecLenNotAligned(rec_len));
         }
         if rec_len < dir_rec_len(name_len) {

@@ -42,13 +42,28 @@ pub(crate) enum DxProblem {
     UnknownHashVersion(u8),
     BadInfoLength(u8),
     UnsupportedFlags(u8),
-    TooDeep { levels: u8, max: u8 },
-    BadLimit { limit: u16, expected: u16 },
-    BadCount { count: u16, limit: u16 },
+    TooDeep {
+        levels: u8,
+        max: u8,
+    },
+    BadLimit {
+        limit: u16,
+        expected: u16,
+    },
+    BadCount {
+        count: u16,
+        limit: u16,
+    },
     NotAnIndexNode,
     NoSpaceForTail,
-    BadChecksum { stored: u32, computed: u32 },
+    BadChecksum {
+        stored: u32,
+        computed: u32,
+    },
     Cycle(u32),
+    /// A leaf reached through the index holds a bad entry (the kernel's
+    /// search_dirblock failing inside ext4_dx_find_entry).
+    BadLeafEntry(u32),
 }
 
 impl fmt::Display for DxProblem {
@@ -74,18 +89,8 @@ impl fmt::Display for DxProblem {
                 "htree index checksum {stored:#010x} != computed {computed:#010x}"
             ),
             DxProblem::Cycle(b) => write!(f, "htree cycle through block {b}"),
+            DxProblem::BadLeafEntry(b) => write!(f, "bad entry in htree leaf block {b}"),
         }
-    }
-}
-
-impl DxProblem {
-    /// Checksum failures are reported as corruption; everything else makes
-    /// the caller fall back to a linear scan, as the kernel does.
-    pub(crate) fn is_checksum(&self) -> bool {
-        matches!(
-            self,
-            DxProblem::BadChecksum { .. } | DxProblem::NoSpaceForTail
-        )
     }
 }
 
