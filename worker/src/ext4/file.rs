@@ -450,6 +450,10 @@ mod tests {
         let tree = build_tree(&src, block);
         let img = mkfs(&sc, &src, args, size_kib);
         let fs = open_image(&img).unwrap_or_else(|e| panic!("open {args:?}: {e}"));
+        assert!(
+            fs.groups.iter().all(|g| g.csum_ok),
+            "{args:?}: descriptor checksums"
+        );
         for (name, data) in &tree.files {
             let ino = ino_of(&img, name);
             let a = fs.getattr(ino).unwrap();
@@ -648,5 +652,72 @@ mod tests {
         assert_eq!(le32(&b, 0), 2);
         assert_eq!(&b[8..9], b".");
         assert!(fs.read_file_block(&root, 1000).unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::ext4::testutil::*;
+    use crate::ext4::{Ext4, OpenOptions};
+    use crate::io::FdDevice;
+
+    /// Sequential read throughput through the engine vs. a plain read of
+    /// the same bytes from the image file (page cache warm for both).
+    /// Run: cargo test -p safemount-worker --lib --release ext4::file::bench -- --ignored --nocapture
+    #[test]
+    #[ignore = "benchmark: builds a 1 GiB image"]
+    fn sequential_read_throughput() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("bench");
+        let src = sc.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let size = 1usize << 30;
+        std::fs::write(src.join("big"), pattern(size, 42)).unwrap();
+        let img = mkfs(&sc, &src, &["-b", "4096"], 1200 * 1024);
+        let ino = ino_of(&img, "big");
+        let f = std::fs::File::open(&img).unwrap();
+        let fs = Ext4::open(
+            Arc::new(FdDevice::new(f.into()).unwrap()),
+            OpenOptions { read_only: true },
+        )
+        .unwrap();
+        for req in [128 * 1024usize, 1024 * 1024] {
+            let mut buf = vec![0u8; req];
+            for round in 0..2 {
+                let t = Instant::now();
+                let mut off = 0u64;
+                loop {
+                    let n = fs.read(ino, off, &mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    off += n as u64;
+                }
+                let engine = t.elapsed();
+                assert_eq!(off, size as u64);
+                let t = Instant::now();
+                let raw = std::fs::File::open(src.join("big")).unwrap();
+                let mut off = 0u64;
+                use std::os::unix::fs::FileExt;
+                loop {
+                    let n = raw.read_at(&mut buf, off).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    off += n as u64;
+                }
+                let plain = t.elapsed();
+                eprintln!(
+                    "req {req}: round {round}: engine {:.0} MiB/s, plain pread of the source {:.0} MiB/s",
+                    1024.0 / engine.as_secs_f64(),
+                    1024.0 / plain.as_secs_f64()
+                );
+            }
+        }
     }
 }
