@@ -64,6 +64,14 @@ fn main() -> ExitCode {
         .without_time()
         .with_max_level(tracing::Level::INFO)
         .init();
+    // A panic anywhere ends the whole worker: a FUSE thread that died
+    // would leave its request unanswered and the mount half alive. The
+    // broker sees the worker die and detaches the mount.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let args: Vec<String> = match std::env::args_os()
         .skip(1)
         .map(|a| a.into_string())

@@ -139,6 +139,24 @@ fn device_reads_work_inside_the_sandbox() {
     assert!(stderr.contains("selftest device: ok"), "{stderr}");
 }
 
+/// A panic in any thread aborts the whole worker with SIGABRT: the abort
+/// path itself passes the filter.
+#[test]
+fn a_panic_aborts_the_worker() {
+    if !is_root() {
+        return;
+    }
+    let out = selftest("panic");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("selftest panic"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
 #[test]
 fn root_ids_are_refused() {
     if !is_root() {

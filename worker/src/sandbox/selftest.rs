@@ -28,6 +28,7 @@ pub const ATTEMPTS: &[&str] = &[
     "mmap-exec",
     "setuid",
     "unshare",
+    "panic",
 ];
 
 /// Exit code when a forbidden call was *not* stopped.
@@ -215,6 +216,16 @@ fn attempt(what: &str, device: OwnedFd) -> ExitCode {
             // SAFETY: plain integer argument.
             let rc = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
             report(what, libc::c_long::from(rc))
+        }
+        "panic" => {
+            // Must end in SIGABRT from the panic hook (abort's own syscalls
+            // are allowed), not in SIGSYS.
+            let joined = std::thread::Builder::new()
+                .name("selftest-panic".into())
+                .spawn(|| -> () { panic!("selftest panic") })
+                .map(|h| h.join());
+            eprintln!("selftest panic: NOT ABORTED ({:?})", joined.is_ok());
+            ExitCode::from(EXIT_NOT_DENIED)
         }
         _ => {
             eprintln!("selftest: unknown attempt {what:?}");
