@@ -9,12 +9,14 @@
 //! calls mount(2), [`state`] records what is mounted, and [`undo`] makes
 //! every failure undo every earlier step in reverse.
 
+pub mod activation;
 pub mod authorize;
 pub mod client;
 pub mod device;
 pub mod lock;
 pub mod mount;
 pub mod mountpoint;
+pub mod polkit;
 pub mod sanitize;
 pub mod server;
 pub mod state;

@@ -94,6 +94,8 @@ pub struct Broker {
     pub worker_timeout: Duration,
     /// Open client connections (each has a thread).
     connections: AtomicUsize,
+    /// Root, or polkit.
+    pub authorizer: authorize::Authorizer,
 }
 
 /// At most this many client connections at once; more are told "busy".
@@ -210,6 +212,7 @@ impl Broker {
             identity,
             worker_timeout,
             connections: AtomicUsize::new(0),
+            authorizer: authorize::Authorizer::default(),
         }
     }
 
@@ -325,7 +328,15 @@ impl Broker {
                     source,
                     mountpoint,
                     options,
-                } => match self.mount(&caller, None, source, mountpoint, &options, fds) {
+                } => match self.mount(
+                    &caller,
+                    None,
+                    source,
+                    mountpoint,
+                    &options,
+                    fds,
+                    Some(conn.as_fd()),
+                ) {
                     Ok(reply) => reply,
                     Err(f) => {
                         tracing::warn!(kind = ?f.kind, "mount failed: {}", f.message);
@@ -337,7 +348,15 @@ impl Broker {
                     source,
                     mountpoint,
                     options,
-                } => match self.mount(&caller, Some(uid), source, mountpoint, &options, fds) {
+                } => match self.mount(
+                    &caller,
+                    Some(uid),
+                    source,
+                    mountpoint,
+                    &options,
+                    fds,
+                    Some(conn.as_fd()),
+                ) {
                     Ok(reply) => reply,
                     Err(f) => {
                         tracing::warn!(kind = ?f.kind, "mount for uid {uid} failed: {}", f.message);
@@ -364,7 +383,11 @@ impl Broker {
                     if !fds.is_empty() {
                         error_reply(ErrorKind::InvalidRequest, "List carries no file descriptor")
                     } else {
-                        BrokerReply::Mounts(self.state.list(&caller))
+                        // Ask polkit only when there is something to hide.
+                        let sees_all = caller.is_root()
+                            || (self.state.has_others(caller.uid)
+                                && self.authorizer.sees_all(&caller));
+                        BrokerReply::Mounts(self.state.list(&caller, sees_all))
                     }
                 }
             };
@@ -386,6 +409,7 @@ impl Broker {
         mountpoint: Option<PathBuf>,
         options: &str,
         mut fds: Vec<OwnedFd>,
+        client: Option<BorrowedFd<'_>>,
     ) -> Result<BrokerReply, Failure> {
         // The fd count must match the message before anything else.
         let image_fd = match (&source, fds.len()) {
@@ -404,7 +428,9 @@ impl Broker {
                 ));
             }
         };
-        authorize::authorize_mount(caller)?;
+        let (action, authorized_dev) =
+            authorize::mount_action(&source, image_fd.as_ref().map(|f| f.as_fd()));
+        self.authorizer.check(caller, action)?;
         let owner = owner_of(caller, for_uid)?;
         let opts = mount::parse_options(options)?;
         let Some(mountpoint) = mountpoint else {
@@ -423,6 +449,7 @@ impl Broker {
                 return Err(Failure::new(ErrorKind::Internal, "image fd lost"));
             }
         };
+        authorize::same_device(source.fd.as_fd(), authorized_dev, &source.name)?;
         let mut read_only = source.read_only;
         tracing::info!(source = %source.name, mountpoint = %target.path().display(), read_only, "mount requested");
 
@@ -458,6 +485,7 @@ impl Broker {
             source.fd.as_fd(),
             self.worker_timeout,
         )?;
+        client_still_there(client)?;
         let label = sanitize::display(&report.label);
         let fs_type = sanitize::display(report.fs_type.as_bytes());
         let features: Vec<String> = report
@@ -523,6 +551,7 @@ impl Broker {
         drop(fuse);
         drop(source);
         drop(target);
+        client_still_there(client)?;
         self.state.mark_mounted(id)?;
         undo.commit();
         tracing::info!(mountpoint = %mounted_at.display(), pid = worker.pid(), "mounted");
@@ -535,7 +564,17 @@ impl Broker {
     /// Unmounts `path` (as recorded at mount time; never resolved through
     /// the filesystem, which would block on a hung worker).
     pub fn unmount(&self, caller: &Caller, path: &Path) -> Result<(), Failure> {
-        let crate::state::Unmounting { id, worker } = self.state.begin_unmount(path, caller)?;
+        // Ask polkit (outside the state lock) only for another user's mount.
+        let others_allowed = match self.state.owner_of(path) {
+            Some(owner) if owner != caller.uid => {
+                let shown = sanitize::display(path.as_os_str().as_encoded_bytes());
+                self.authorizer.unmount(caller, owner, &shown)?;
+                true
+            }
+            _ => false,
+        };
+        let crate::state::Unmounting { id, worker } =
+            self.state.begin_unmount(path, caller, others_allowed)?;
         if let Err(e) = mount::unmount(path) {
             match e {
                 // Already gone (someone unmounted it behind our back): go on
@@ -637,10 +676,16 @@ fn owner_of(caller: &Caller, for_uid: Option<u32>) -> Result<crate::mountpoint::
 /// mount is still there, abort its FUSE connection and detach it, then
 /// forget it and log why.
 fn on_worker_exit(state: &State, id: u64, status: &nix::sys::wait::WaitStatus) {
-    let why = supervise::describe_exit(status);
+    worker_gone(state, id, &supervise::describe_exit(status));
+}
+
+/// What [`on_worker_exit`] does, for any worker (also one adopted from a
+/// previous broker, whose exit status nobody can know): `why` says how it
+/// ended.
+pub fn worker_gone(state: &State, id: u64, why: &str) {
     match state.worker_exited(id) {
         AfterExit::SetupCleansUp => {
-            tracing::info!(pid = ?status.pid(), "worker {why} during setup");
+            tracing::info!(id, "worker {why} during setup");
         }
         AfterExit::Nothing => {}
         AfterExit::Detach {
@@ -693,4 +738,31 @@ fn send_reply(conn: BorrowedFd<'_>, reply: &BrokerReply) -> bool {
 
 fn reply_error(conn: BorrowedFd<'_>, kind: ErrorKind, message: &str) -> bool {
     send_reply(conn, &error_reply(kind, message))
+}
+
+/// Fails if the client has hung up: a mount nobody will hear about is
+/// undone rather than left behind. Checked after the worker has probed and
+/// just before the mount is committed.
+fn client_still_there(client: Option<BorrowedFd<'_>>) -> Result<(), Failure> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let Some(fd) = client else {
+        return Ok(());
+    };
+    // nix has no POLLRDHUP constant; the kernel's value is in libc.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let mut fds = [PollFd::new(fd, rdhup)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n)
+            if n > 0
+                && fds[0].revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLHUP | rdhup | PollFlags::POLLERR)
+                }) =>
+        {
+            Err(Failure::new(
+                ErrorKind::Internal,
+                "the client disconnected during the mount; undone",
+            ))
+        }
+        _ => Ok(()),
+    }
 }

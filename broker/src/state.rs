@@ -1,13 +1,29 @@
-//! What this broker has mounted. In memory only in this issue; persisting
-//! it under /run/safemount so a restarted broker can adopt its mounts is a
-//! later issue.
+//! What this broker has mounted, in memory and (with a state directory)
+//! on disk, so a restarted broker can adopt its mounts.
+//!
+//! Each mount has a record `<state-dir>/mounts/<id>.json`, written
+//! atomically (temp file + rename) whenever the mount changes and removed
+//! when it is gone. It names the worker by pid *and* start time (field 22
+//! of /proc/PID/stat), so a recycled pid is never mistaken for it, and the
+//! mount by mount point, st_dev and mount id. At startup
+//! [`State::restore`] reads every record: a mounted entry whose worker is
+//! alive (same start time) and whose mount is still in
+//! /proc/self/mountinfo is adopted; anything else is cleaned (worker
+//! killed, FUSE connection aborted, mount detached, record removed). An
+//! adopted worker is not our child: it is watched through a pidfd (poll
+//! says readable when it exits) and cleaned up as for a child; init reaps
+//! it.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use safemount_proto::{ErrorKind, MountInfo, MountState};
+use serde::{Deserialize, Serialize};
 
-use crate::authorize::{self, AuthError, Caller};
+use crate::authorize::{AuthError, Caller};
 use crate::supervise::WorkerHandle;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +68,10 @@ pub struct Entry {
     pub fuse_dev: Option<(u32, u32)>,
     /// The reaper saw the worker exit.
     pub worker_exited: bool,
+    /// The worker's start time (field 22 of /proc/PID/stat).
+    pub worker_start_time: u64,
+    /// The mount's id in /proc/self/mountinfo, once mounted.
+    pub mount_id: Option<u64>,
 }
 
 impl Entry {
@@ -111,6 +131,57 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct State {
     inner: Mutex<Inner>,
+    /// `<state-dir>/mounts`, where records are kept; None: memory only.
+    records: Option<PathBuf>,
+}
+
+/// A mount as recorded on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: u64,
+    pub source: String,
+    pub mountpoint: PathBuf,
+    pub owner_uid: u32,
+    pub label: String,
+    pub read_only: bool,
+    pub state: MountState,
+    pub worker_pid: i32,
+    pub worker_start_time: u64,
+    /// st_dev of the FUSE mount (major, minor).
+    pub fuse_dev: Option<(u32, u32)>,
+    pub mount_id: Option<u64>,
+}
+
+/// Records larger than this are not records.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// At most this many records are read at startup.
+const MAX_RECORDS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {error}")]
+    Dir { path: String, error: std::io::Error },
+    #[error("cannot read state directory {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+}
+
+impl Entry {
+    fn record(&self) -> Option<Record> {
+        let worker = self.worker.as_ref()?;
+        Some(Record {
+            id: self.id,
+            source: self.source.clone(),
+            mountpoint: self.mountpoint.clone(),
+            owner_uid: self.owner_uid,
+            label: self.label.clone(),
+            read_only: self.read_only,
+            state: self.state,
+            worker_pid: worker.pid(),
+            worker_start_time: self.worker_start_time,
+            fuse_dev: self.fuse_dev,
+            mount_id: self.mount_id,
+        })
+    }
 }
 
 fn shown(p: &Path) -> String {
@@ -118,8 +189,54 @@ fn shown(p: &Path) -> String {
 }
 
 impl State {
+    /// State kept in memory only (unit tests, and brokers that clean up
+    /// everything when they stop).
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// State recorded under `dir/mounts` (created 0700 if missing).
+    pub fn with_dir(dir: &Path) -> Result<Arc<Self>, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let records = dir.join("mounts");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&records)
+            .map_err(|error| StoreError::Dir {
+                path: shown(&records),
+                error,
+            })?;
+        Ok(Arc::new(Self {
+            inner: Mutex::default(),
+            records: Some(records),
+        }))
+    }
+
+    fn record_path(&self, id: u64) -> Option<PathBuf> {
+        self.records.as_ref().map(|d| d.join(format!("{id}.json")))
+    }
+
+    /// Writes entry `id`'s record (temp file + rename), if it has a worker.
+    fn persist(&self, id: u64) {
+        let Some(path) = self.record_path(id) else {
+            return;
+        };
+        let Some(record) = self.with_entry(id, |e| e.record()).flatten() else {
+            return;
+        };
+        if let Err(e) = write_atomic(&path, &record) {
+            tracing::error!(error = %e, path = %path.display(), "cannot write mount record");
+        }
+    }
+
+    fn unpersist(&self, id: u64) {
+        if let Some(path) = self.record_path(id)
+            && let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(error = %e, path = %path.display(), "cannot remove mount record");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -154,6 +271,8 @@ impl State {
             worker: None,
             fuse_dev: None,
             worker_exited: false,
+            worker_start_time: 0,
+            mount_id: None,
         });
         Ok(id)
     }
@@ -164,7 +283,17 @@ impl State {
     }
 
     pub fn set_worker(&self, id: u64, worker: Arc<WorkerHandle>) {
-        self.with_entry(id, |e| e.worker = Some(worker));
+        // The worker is alive or a zombie (the reaper waits for cleanup
+        // before reaping), so its /proc entry is there to read.
+        let start = crate::authorize::process_start_time(worker.pid()).unwrap_or_else(|e| {
+            tracing::warn!(pid = worker.pid(), error = %e, "cannot read the worker's start time");
+            0
+        });
+        self.with_entry(id, |e| {
+            e.worker = Some(worker);
+            e.worker_start_time = start;
+        });
+        self.persist(id);
     }
 
     pub fn set_probed(&self, id: u64, label: String, read_only: bool) {
@@ -172,10 +301,23 @@ impl State {
             e.label = label;
             e.read_only = read_only;
         });
+        self.persist(id);
     }
 
+    /// The mount exists, with st_dev `dev`: recorded with its mount id.
     pub fn set_fuse_dev(&self, id: u64, dev: Option<(u32, u32)>) {
-        self.with_entry(id, |e| e.fuse_dev = dev);
+        let Some(mountpoint) = self.with_entry(id, |e| e.mountpoint.clone()) else {
+            return;
+        };
+        let mount_id = match (dev, crate::mountpoint::find_mount(&mountpoint, dev)) {
+            (Some(_), Ok(Some(m))) => Some(m.mount_id),
+            _ => None,
+        };
+        self.with_entry(id, |e| {
+            e.fuse_dev = dev;
+            e.mount_id = mount_id;
+        });
+        self.persist(id);
     }
 
     /// Setup is done: Starting -> Mounted, unless the worker died or the
@@ -194,11 +336,14 @@ impl State {
             return Err(StateError::WorkerExited);
         }
         entry.state = MountState::Mounted;
+        drop(inner);
+        self.persist(id);
         Ok(())
     }
 
     pub fn remove(&self, id: u64) {
         self.lock().entries.retain(|e| e.id != id);
+        self.unpersist(id);
     }
 
     /// Called by the reaper when entry `id`'s worker has exited.
@@ -219,15 +364,33 @@ impl State {
         .unwrap_or(AfterExit::Nothing)
     }
 
+    /// Who owns the mount at `path`, if safemount made one there.
+    pub fn owner_of(&self, path: &Path) -> Option<u32> {
+        self.lock()
+            .entries
+            .iter()
+            .find(|e| e.mountpoint == path)
+            .map(|e| e.owner_uid)
+    }
+
     /// Starts unmounting `path` for `caller`: Mounted -> Unmounting.
-    pub fn begin_unmount(&self, path: &Path, caller: &Caller) -> Result<Unmounting, StateError> {
+    /// `others_allowed`: the caller may unmount other users' mounts (root,
+    /// or polkit said so; decided beforehand, outside this lock).
+    pub fn begin_unmount(
+        &self,
+        path: &Path,
+        caller: &Caller,
+        others_allowed: bool,
+    ) -> Result<Unmounting, StateError> {
         let mut inner = self.lock();
         let entry = inner
             .entries
             .iter_mut()
             .find(|e| e.mountpoint == path)
             .ok_or_else(|| StateError::NotMounted(shown(path)))?;
-        authorize::authorize_unmount(caller, entry.owner_uid, &shown(path))?;
+        if !(others_allowed || caller.is_root() || caller.uid == entry.owner_uid) {
+            return Err(AuthError::NotOwner(shown(path)).into());
+        }
         if entry.state != MountState::Mounted {
             return Err(StateError::InTransition(shown(path)));
         }
@@ -247,14 +410,20 @@ impl State {
         });
     }
 
-    /// What `caller` may see.
-    pub fn list(&self, caller: &Caller) -> Vec<MountInfo> {
+    /// What `caller` may see: their own mounts, or every mount if
+    /// `sees_all` (root, or polkit allows unmount-others).
+    pub fn list(&self, caller: &Caller, sees_all: bool) -> Vec<MountInfo> {
         self.lock()
             .entries
             .iter()
-            .filter(|e| authorize::may_see(caller, e.owner_uid))
+            .filter(|e| sees_all || caller.is_root() || e.owner_uid == caller.uid)
             .map(Entry::info)
             .collect()
+    }
+
+    /// Whether any mount is owned by someone other than `uid`.
+    pub fn has_others(&self, uid: u32) -> bool {
+        self.lock().entries.iter().any(|e| e.owner_uid != uid)
     }
 
     /// Refuses new mounts from now on and returns every entry.
@@ -276,6 +445,247 @@ impl State {
 
     pub fn is_empty(&self) -> bool {
         self.lock().entries.is_empty()
+    }
+}
+
+/// Writes `record` to `path` atomically: a temp file beside it (0600),
+/// fsync'd, then renamed over it.
+fn write_atomic(path: &Path, record: &Record) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+fn read_record(path: &Path) -> Result<Record, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    f.take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err("record too large".to_owned());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// pidfd_open(2): an fd that names process `pid` for as long as the fd
+/// lives, child or not.
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags (0) and returns a new fd or
+    // -1; no pointers are involved.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// pidfd_send_signal(2): signals the process the pidfd names; never a
+/// process that merely reuses its pid.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> Result<(), Errno> {
+    // SAFETY: arguments are an fd, a signal number, a null siginfo pointer
+    // (allowed: the kernel fills in a default) and flags 0.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Blocks until the process behind `pidfd` has exited (the pidfd polls
+/// readable; this works for processes that are not our children).
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What [`State::restore`] did at startup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub adopted: usize,
+    pub cleaned: usize,
+}
+
+/// A live worker matching a record: its pidfd, or why there is none.
+fn live_worker(record: &Record) -> Result<OwnedFd, String> {
+    if record.worker_pid <= 1 {
+        return Err("no worker recorded".to_owned());
+    }
+    let pidfd = pidfd_open(record.worker_pid).map_err(|e| format!("worker gone ({e})"))?;
+    // The pidfd was opened before the start time is read: if the start
+    // time matches, the process behind the pid then was the worker, so the
+    // pidfd names the worker.
+    match crate::authorize::process_start_time(record.worker_pid) {
+        Ok(t) if t == record.worker_start_time && t != 0 => Ok(pidfd),
+        Ok(_) => Err("worker gone (pid reused)".to_owned()),
+        Err(e) => Err(format!("worker gone ({e})")),
+    }
+}
+
+impl State {
+    /// Reads every record under the state directory: adopts live mounts
+    /// and cleans dead ones. `on_exit(id, why)` runs on a watcher thread
+    /// when an adopted worker exits (the server detaches its mount then).
+    pub fn restore(
+        self: &Arc<Self>,
+        on_exit: impl Fn(u64, &str) + Send + Sync + 'static,
+    ) -> Result<Restored, StoreError> {
+        let Some(dir) = self.records.clone() else {
+            return Ok(Restored::default());
+        };
+        let read_err = |error| StoreError::Read {
+            path: shown(&dir),
+            error,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(read_err)?.take(MAX_RECORDS) {
+            files.push(entry.map_err(read_err)?.path());
+        }
+        let on_exit = Arc::new(on_exit);
+        let mut done = Restored::default();
+        let mut mountinfo = crate::mountpoint::read_mountinfo().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read /proc/self/mountinfo");
+            Vec::new()
+        });
+        for path in files {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(name) = name else { continue };
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                // Leftover temp files and anything else.
+                tracing::info!(file = %crate::sanitize::display(name.as_bytes()), "removing stray file from the state directory");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let record = match read_record(&path) {
+                Ok(r) if r.id == id => r,
+                Ok(_) => {
+                    tracing::warn!(id, "record names another id; removing it");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(id, error = %crate::sanitize::display(e.as_bytes()), "unreadable mount record; removing it");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let mounted = mountinfo.iter().any(|m| {
+                m.mount_point == record.mountpoint
+                    && m.fstype == crate::mount::FSTYPE
+                    && record.fuse_dev.is_none_or(|d| d == m.dev)
+                    && record.mount_id.is_none_or(|i| i == m.mount_id)
+            });
+            let worker = live_worker(&record);
+            match worker {
+                Ok(pidfd) if mounted && record.state != MountState::Starting => {
+                    self.adopt(record, pidfd, on_exit.clone());
+                    done.adopted += 1;
+                }
+                other => {
+                    let why = match &other {
+                        Ok(_) if !mounted => "mount is gone".to_owned(),
+                        Ok(_) => "setup never finished".to_owned(),
+                        Err(e) => e.clone(),
+                    };
+                    if let Ok(pidfd) = other {
+                        let _ = pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
+                    }
+                    if mounted {
+                        if let Err(e) = crate::mount::detach(&record.mountpoint, record.fuse_dev) {
+                            tracing::error!(error = %e, mountpoint = %record.mountpoint.display(), "cannot detach mount");
+                        }
+                        mountinfo = crate::mountpoint::read_mountinfo().unwrap_or_default();
+                    }
+                    tracing::warn!(
+                        id,
+                        source = %crate::sanitize::display(record.source.as_bytes()),
+                        mountpoint = %record.mountpoint.display(),
+                        "cleaned a mount left by a previous broker: {why}"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    done.cleaned += 1;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Takes over a live mount from a previous broker.
+    fn adopt(
+        self: &Arc<Self>,
+        record: Record,
+        pidfd: OwnedFd,
+        on_exit: Arc<dyn Fn(u64, &str) + Send + Sync>,
+    ) {
+        let id = record.id;
+        let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
+        {
+            let mut inner = self.lock();
+            inner.next_id = inner.next_id.max(id);
+            inner.entries.push(Entry {
+                id,
+                source: crate::sanitize::display(record.source.as_bytes()),
+                mountpoint: record.mountpoint.clone(),
+                owner_uid: record.owner_uid,
+                label: crate::sanitize::display(record.label.as_bytes()),
+                read_only: record.read_only,
+                state: MountState::Mounted,
+                worker: Some(handle.clone()),
+                fuse_dev: record.fuse_dev,
+                worker_exited: false,
+                worker_start_time: record.worker_start_time,
+                mount_id: record.mount_id,
+            });
+        }
+        tracing::info!(id, pid = record.worker_pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker");
+        let pid = record.worker_pid;
+        let spawned = std::thread::Builder::new()
+            .name(format!("watch-{pid}"))
+            .spawn(move || {
+                if let Some(fd) = handle.pidfd()
+                    && let Err(e) = wait_pidfd(fd)
+                {
+                    tracing::error!(pid, error = %e, "cannot watch adopted worker");
+                    return;
+                }
+                on_exit(id, "exited (adopted worker: status unknown)");
+                handle.mark_gone(nix::sys::wait::WaitStatus::StillAlive);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(pid, error = %e, "cannot start a watcher for an adopted worker");
+        }
     }
 }
 
@@ -305,26 +715,32 @@ mod tests {
         );
         // Not yet mounted: cannot unmount.
         assert!(matches!(
-            s.begin_unmount(&mp, &ROOT),
+            s.begin_unmount(&mp, &ROOT, true),
             Err(StateError::InTransition(_))
         ));
         s.mark_mounted(id).unwrap();
-        assert_eq!(s.list(&USER).len(), 1);
-        assert_eq!(s.list(&Caller { uid: 1001, ..USER }).len(), 0);
+        assert_eq!(s.list(&USER, false).len(), 1);
+        let other = Caller { uid: 1001, ..USER };
+        assert_eq!(s.list(&other, false).len(), 0);
+        assert_eq!(s.list(&other, true).len(), 1);
+        assert_eq!(s.owner_of(&mp), Some(1000));
+        assert!(s.has_others(1001) && !s.has_others(1000));
         assert!(matches!(
-            s.begin_unmount(&mp, &Caller { uid: 1001, ..USER }),
+            s.begin_unmount(&mp, &other, false),
             Err(StateError::Auth(_))
         ));
-        assert_eq!(s.begin_unmount(&mp, &USER).unwrap().id, id);
-        assert_eq!(s.list(&ROOT)[0].state, MountState::Unmounting);
+        assert_eq!(s.begin_unmount(&mp, &USER, false).unwrap().id, id);
+        assert_eq!(s.list(&ROOT, false)[0].state, MountState::Unmounting);
         s.abort_unmount(id);
-        assert_eq!(s.list(&ROOT)[0].state, MountState::Mounted);
+        assert_eq!(s.list(&ROOT, false)[0].state, MountState::Mounted);
+        assert_eq!(s.begin_unmount(&mp, &other, true).unwrap().id, id);
+        s.abort_unmount(id);
         assert!(matches!(s.worker_exited(id), AfterExit::Detach { .. }));
         s.remove(id);
         assert!(s.is_empty());
         assert_eq!(s.worker_exited(id), AfterExit::Nothing);
         assert!(matches!(
-            s.begin_unmount(&mp, &ROOT),
+            s.begin_unmount(&mp, &ROOT, true),
             Err(StateError::NotMounted(_))
         ));
     }
@@ -346,6 +762,102 @@ mod tests {
         assert_eq!(
             s.reserve("y".into(), "/n".into(), 0, true),
             Err(StateError::ShuttingDown)
+        );
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sm-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn sample(id: u64, pid: i32, start: u64) -> Record {
+        Record {
+            id,
+            source: "disk.img".into(),
+            mountpoint: format!("/nonexistent/sm-{id}").into(),
+            owner_uid: 1000,
+            label: "L".into(),
+            read_only: true,
+            state: MountState::Mounted,
+            worker_pid: pid,
+            worker_start_time: start,
+            fuse_dev: Some((0, 4242)),
+            mount_id: Some(99999),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_atomically() {
+        let d = temp_dir("rt");
+        let s = State::with_dir(&d).unwrap();
+        let p = d.join("mounts/7.json");
+        let r = sample(7, 123, 456);
+        write_atomic(&p, &r).unwrap();
+        assert_eq!(read_record(&p).unwrap(), r);
+        assert!(!d.join("mounts/7.json.tmp").exists());
+        // Oversized and garbage records are refused, not parsed.
+        std::fs::write(&p, vec![b' '; MAX_RECORD_BYTES as usize + 1]).unwrap();
+        assert!(read_record(&p).is_err());
+        std::fs::write(&p, b"{not json").unwrap();
+        assert!(read_record(&p).is_err());
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn restore_cleans_dead_and_stray_records() {
+        let d = temp_dir("restore");
+        let s = State::with_dir(&d).unwrap();
+        let m = d.join("mounts");
+        // A worker that is gone, one whose pid was reused (our own pid
+        // with a wrong start time), garbage, a stray temp file.
+        write_atomic(&m.join("1.json"), &sample(1, i32::MAX, 5)).unwrap();
+        let me = std::process::id() as i32;
+        write_atomic(&m.join("2.json"), &sample(2, me, 1)).unwrap();
+        std::fs::write(m.join("3.json"), b"garbage").unwrap();
+        std::fs::write(m.join("4.json.tmp"), b"x").unwrap();
+        write_atomic(&m.join("6.json"), &sample(5, me, 1)).unwrap();
+        let done = s.restore(|_, _| {}).unwrap();
+        assert_eq!(
+            done,
+            Restored {
+                adopted: 0,
+                cleaned: 2
+            }
+        );
+        assert_eq!(std::fs::read_dir(&m).unwrap().count(), 0);
+        assert!(s.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn live_worker_needs_matching_start_time() {
+        let me = std::process::id() as i32;
+        let start = crate::authorize::process_start_time(me).unwrap();
+        assert!(live_worker(&sample(1, me, start)).is_ok());
+        assert!(live_worker(&sample(1, me, start + 1)).is_err());
+        assert!(live_worker(&sample(1, 0, 0)).is_err());
+        assert!(live_worker(&sample(1, 1, 0)).is_err());
+    }
+
+    #[test]
+    fn pidfd_watch_sees_a_non_waited_exit() {
+        let child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        let t = std::time::Instant::now();
+        wait_pidfd(fd.as_fd()).unwrap();
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // Signalling an exited (zombie) process through its pidfd is fine;
+        // after reaping, the pidfd still names only that process.
+        let mut child = child;
+        child.wait().unwrap();
+        assert_eq!(
+            pidfd_send_signal(fd.as_fd(), Signal::SIGKILL),
+            Err(Errno::ESRCH)
         );
     }
 }

@@ -142,6 +142,9 @@ pub struct WorkerHandle {
     pid: Pid,
     reaped: Mutex<Reaped>,
     cv: Condvar,
+    /// For a worker adopted after a broker restart (not our child): a
+    /// pidfd, through which it is signalled (never a recycled pid).
+    pidfd: Option<OwnedFd>,
 }
 
 impl WorkerHandle {
@@ -156,11 +159,38 @@ impl WorkerHandle {
     /// Signals the worker unless it has already been reaped.
     pub fn kill(&self, sig: Signal) {
         let guard = self.lock();
-        if guard.status.is_none()
-            && let Err(e) = nix::sys::signal::kill(self.pid, sig)
-        {
+        if guard.status.is_some() {
+            return;
+        }
+        let sent = match &self.pidfd {
+            Some(pidfd) => crate::state::pidfd_send_signal(pidfd.as_fd(), sig),
+            None => nix::sys::signal::kill(self.pid, sig),
+        };
+        if let Err(e) = sent {
             tracing::debug!(pid = self.pid.as_raw(), error = %e, "kill failed");
         }
+    }
+
+    /// A handle for a worker a previous broker started, watched through
+    /// `pidfd` (see [`crate::state`]); [`Self::mark_gone`] records its end.
+    pub fn adopted(pid: i32, pidfd: OwnedFd) -> Arc<Self> {
+        Arc::new(Self {
+            pid: Pid::from_raw(pid),
+            reaped: Mutex::new(Reaped::default()),
+            cv: Condvar::new(),
+            pidfd: Some(pidfd),
+        })
+    }
+
+    /// An adopted worker has exited (init reaps it, not us): wake waiters.
+    pub fn mark_gone(&self, status: WaitStatus) {
+        self.lock().status = Some(status);
+        self.cv.notify_all();
+    }
+
+    /// The pidfd of an adopted worker.
+    pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|f| f.as_fd())
     }
 
     /// How the worker ended, if it has been reaped.
@@ -253,6 +283,7 @@ pub fn spawn(
         pid,
         reaped: Mutex::new(Reaped::default()),
         cv: Condvar::new(),
+        pidfd: None,
     });
     let reaper_handle = handle.clone();
     let spawned = std::thread::Builder::new()
