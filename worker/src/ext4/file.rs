@@ -169,7 +169,7 @@ impl Ext4 {
                 // The whole subtree under this pointer is a hole; skip to its
                 // end (measured from lblk's position inside it).
                 let below = indirect::span(levels - level, per_block);
-                let pos_in = lblk_pos(lblk, &path.offsets[level..], per_block);
+                let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
                 return Ok(Mapping::Hole {
                     len: below.saturating_sub(pos_in).max(1),
                 });
@@ -370,7 +370,7 @@ fn mapped(e: &Extent, lblk: u64) -> Mapping {
 
 /// Position of a block inside the subtree reached by `offsets` (the
 /// remaining indexes below some pointer).
-fn lblk_pos(_lblk: u64, offsets: &[u64], per_block: u64) -> u64 {
+fn lblk_pos(offsets: &[u64], per_block: u64) -> u64 {
     offsets.iter().fold(0u64, |acc, &o| {
         acc.saturating_mul(per_block).saturating_add(o)
     })

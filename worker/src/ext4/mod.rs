@@ -580,8 +580,7 @@ impl Ext4 {
         if count == 0 {
             return 0;
         }
-        let used = set.iter().filter(|&&c| c < cpg).count() as u64;
-        used
+        set.iter().filter(|&&c| c < cpg).count() as u64
     }
 }
 

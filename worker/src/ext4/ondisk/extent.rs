@@ -191,15 +191,13 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
             } else {
                 (ee_len, false)
             };
-            if i == 0 {
-                if let Some(p) = ctx.parent_lblk {
-                    if p != ee_block {
-                        return Err(bad(
-                            ctx,
-                            format_args!("first extent {ee_block} != index {p}"),
-                        ));
-                    }
-                }
+            if let (0, Some(p)) = (i, ctx.parent_lblk)
+                && p != ee_block
+            {
+                return Err(bad(
+                    ctx,
+                    format_args!("first extent {ee_block} != index {p}"),
+                ));
             }
             let ext = Extent {
                 lblk: ee_block,
@@ -239,15 +237,13 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
             let e = entry(i);
             let ei_block = le32(e, 0);
             let leaf = u64::from(le32(e, 4)) | (u64::from(le16(e, 8)) << 32);
-            if i == 0 {
-                if let Some(p) = ctx.parent_lblk {
-                    if p != ei_block {
-                        return Err(bad(
-                            ctx,
-                            format_args!("first index {ei_block} != parent index {p}"),
-                        ));
-                    }
-                }
+            if let (0, Some(p)) = (i, ctx.parent_lblk)
+                && p != ei_block
+            {
+                return Err(bad(
+                    ctx,
+                    format_args!("first index {ei_block} != parent index {p}"),
+                ));
             }
             if u64::from(ei_block) < cur {
                 return Err(bad(

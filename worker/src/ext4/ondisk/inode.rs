@@ -163,10 +163,10 @@ pub(crate) fn set_inode_csum(raw: &mut [u8], ino: Ino, csum_seed: u32) {
     if let Some(d) = raw.get_mut(I_CHECKSUM_LO..I_CHECKSUM_LO + 2) {
         d.copy_from_slice(&((c & 0xFFFF) as u16).to_le_bytes());
     }
-    if fits(raw.len(), extra, I_CHECKSUM_HI + 2) {
-        if let Some(d) = raw.get_mut(I_CHECKSUM_HI..I_CHECKSUM_HI + 2) {
-            d.copy_from_slice(&((c >> 16) as u16).to_le_bytes());
-        }
+    if fits(raw.len(), extra, I_CHECKSUM_HI + 2)
+        && let Some(d) = raw.get_mut(I_CHECKSUM_HI..I_CHECKSUM_HI + 2)
+    {
+        d.copy_from_slice(&((c >> 16) as u16).to_le_bytes());
     }
 }
 

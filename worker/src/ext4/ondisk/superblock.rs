@@ -560,7 +560,7 @@ impl Superblock {
 
         if self.has_incompat(INCOMPAT_64BIT) {
             let d = self.s_desc_size;
-            if d < MIN_DESC_SIZE_64BIT || d > MAX_DESC_SIZE || !d.is_power_of_two() {
+            if !(MIN_DESC_SIZE_64BIT..=MAX_DESC_SIZE).contains(&d) || !d.is_power_of_two() {
                 return Err(corrupt(format!("unsupported descriptor size {d}")));
             }
         }
@@ -729,7 +729,7 @@ impl Superblock {
 
 fn is_power_of(mut n: u64, base: u64) -> bool {
     while n > 1 {
-        if n % base != 0 {
+        if !n.is_multiple_of(base) {
             return false;
         }
         n /= base;
