@@ -116,7 +116,10 @@ impl Ext4 {
         if fs.sb.has_incompat(sbf::INCOMPAT_MMP) {
             fs.check_mmp()?;
         }
-        let root = fs.inode(ROOT_INO)?;
+        let root = fs.inode(ROOT_INO).map_err(|e| match e {
+            Error::NotFound => Error::corrupt("root inode is unallocated", 0),
+            e => e,
+        })?;
         if root.kind != FileKind::Directory || root.blocks == 0 || root.size == 0 {
             return Err(Error::corrupt("root inode is not a valid directory", 0));
         }
@@ -944,5 +947,75 @@ mod tests {
     fn ext4_is_send_sync() {
         fn check<T: Send + Sync>() {}
         check::<Ext4>();
+    }
+}
+
+#[cfg(test)]
+mod corpus {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Opens every image of ../shared/corpus and reads every inode by
+    /// number (getattr, whole read, seeks): no panic, bounded time, errors
+    /// only as Corrupt/Io/NotFound/... values.
+    #[test]
+    fn corpus_inode_scan() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("skipping: {} not present", dir.display());
+            return;
+        };
+        let (mut opened, mut refused) = (0, 0);
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let tool = if name.ends_with(".gz") {
+                "gzip"
+            } else if name.ends_with(".bz2") {
+                "bzip2"
+            } else {
+                continue;
+            };
+            let out = Command::new(tool).arg("-dc").arg(&p).output().unwrap();
+            if !out.status.success() {
+                continue;
+            }
+            let dev = Arc::new(crate::io::MemDevice::new(out.stdout));
+            let fs = match Ext4::open(dev, OpenOptions { read_only: true }) {
+                Ok(fs) => fs,
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("{name}: refused: {e}");
+                    continue;
+                }
+            };
+            opened += 1;
+            let _ = fs.statfs().unwrap();
+            let start = Instant::now();
+            let n = fs.sb().s_inodes_count.min(4096);
+            let mut buf = vec![0u8; 1 << 20];
+            for ino in 1..=n {
+                if fs.getattr(ino).is_err() {
+                    continue;
+                }
+                let mut off = 0u64;
+                while let Ok(k) = fs.read(ino, off, &mut buf) {
+                    if k == 0 || off > (64 << 20) {
+                        break;
+                    }
+                    off += k as u64;
+                }
+                let _ = fs.seek(ino, 0, Whence::Data);
+                let _ = fs.seek(ino, 0, Whence::Hole);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name}: scan too slow"
+            );
+        }
+        eprintln!("corpus: {opened} opened, {refused} refused");
     }
 }

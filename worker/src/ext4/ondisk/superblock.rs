@@ -464,6 +464,12 @@ impl Superblock {
                 )));
             }
         }
+        if sb.has_incompat(INCOMPAT_JOURNAL_DEV) {
+            // Its geometry fields are not a filesystem's: say what it is.
+            return Err(Error::Incompatible(
+                "this is an external ext3/ext4 journal device, not a filesystem".into(),
+            ));
+        }
         sb.check_geometry(device_size)?;
         Ok(sb)
     }
