@@ -26,5 +26,8 @@ pub mod undo;
 /// Where `safemountd` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/safemount/socket";
 
+/// Where `safemountd` keeps its mount records unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/safemount";
+
 /// The worker binary `safemountd` spawns unless told otherwise.
 pub const DEFAULT_WORKER: &str = "/usr/libexec/safemount/safemount-worker";

@@ -672,6 +672,37 @@ fn owner_of(caller: &Caller, for_uid: Option<u32>) -> Result<crate::mountpoint::
     }
 }
 
+impl Broker {
+    /// SIGTERM/SIGINT when mounts are to outlive the broker (under
+    /// systemd): refuse new mounts, undo the mounts still being set up
+    /// (their workers are killed, so each setup undoes itself), and leave
+    /// every finished mount to its worker and its record, for the next
+    /// broker to adopt.
+    pub fn shutdown_keeping_mounts(&self) {
+        let all = self.state.begin_shutdown();
+        let starting: Vec<_> = all
+            .iter()
+            .filter(|t| t.state == MountState::Starting)
+            .collect();
+        tracing::info!(
+            kept = all.len() - starting.len(),
+            undone = starting.len(),
+            "shutting down: keeping mounts for the next broker"
+        );
+        for t in &starting {
+            if let Some(w) = &t.worker {
+                w.kill(Signal::SIGKILL);
+            }
+        }
+        for _ in 0..50 {
+            if self.state.starting_count() == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// Runs on a worker's reaper thread when the worker has exited: if the
 /// mount is still there, abort its FUSE connection and detach it, then
 /// forget it and log why.

@@ -133,6 +133,8 @@ pub struct State {
     inner: Mutex<Inner>,
     /// `<state-dir>/mounts`, where records are kept; None: memory only.
     records: Option<PathBuf>,
+    /// Exclusive lock on `<state-dir>/state.lock`, held while we live.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// A mount as recorded on disk.
@@ -161,6 +163,8 @@ const MAX_RECORDS: usize = 4096;
 pub enum StoreError {
     #[error("cannot create state directory {path}: {error}")]
     Dir { path: String, error: std::io::Error },
+    #[error("another safemountd uses the state directory {0}")]
+    Locked(String),
     #[error("cannot read state directory {path}: {error}")]
     Read { path: String, error: std::io::Error },
 }
@@ -197,7 +201,7 @@ impl State {
 
     /// State recorded under `dir/mounts` (created 0700 if missing).
     pub fn with_dir(dir: &Path) -> Result<Arc<Self>, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let records = dir.join("mounts");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -207,9 +211,26 @@ impl State {
                 path: shown(&records),
                 error,
             })?;
+        // One broker per state directory: a second one would adopt the
+        // first one's live mounts. The lock dies with the process.
+        let lock_path = dir.join("state.lock");
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&lock_path)
+            .map_err(|error| StoreError::Dir {
+                path: shown(&lock_path),
+                error,
+            })?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked(shown(dir)))?;
         Ok(Arc::new(Self {
             inner: Mutex::default(),
             records: Some(records),
+            _lock: Some(lock),
         }))
     }
 
@@ -441,6 +462,15 @@ impl State {
                 worker: e.worker.clone(),
             })
             .collect()
+    }
+
+    /// Mounts still being set up.
+    pub fn starting_count(&self) -> usize {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.state == MountState::Starting)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

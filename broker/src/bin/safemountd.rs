@@ -1,11 +1,23 @@
-//! safemountd: the privileged broker. Runs in the foreground, logs to
-//! stderr.
+//! safemountd: the privileged broker. Logs to stderr (journald keeps it).
 //!
-//! On SIGTERM or SIGINT it removes its socket, detaches every mount it
-//! made (aborting the FUSE connections), kills its workers and exits 0:
-//! nothing it mounted outlives it. (Adopting mounts across a broker restart
-//! is a later issue; until then leaving them behind would leave them
-//! unsupervised.)
+//! Two ways to run:
+//! - socket activated by systemd (`LISTEN_FDS`): serves the socket systemd
+//!   passed, tells systemd READY=1 once set up and STOPPING=1 when it stops.
+//! - foreground (`--socket PATH`, the default when not activated): binds
+//!   the socket itself.
+//!
+//! Every mount is recorded under `--state-dir` (default /run/safemount). At
+//! startup the broker adopts the mounts a previous broker left whose worker
+//! still runs, and cleans the others.
+//!
+//! On SIGTERM or SIGINT:
+//! - managed (socket activated, or run with NOTIFY_SOCKET set, or with
+//!   `--keep-mounts`): mounts stay, served by their workers, and the next
+//!   broker adopts them; only mounts still being set up are undone. The
+//!   unit needs `KillMode=process` for the workers to survive a stop.
+//! - otherwise (foreground): removes its socket, detaches every mount it
+//!   made (aborting the FUSE connections), kills its workers and exits 0:
+//!   nothing it mounted outlives it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +25,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
-use safemount_broker::{DEFAULT_SOCKET, DEFAULT_WORKER, mount, server, state, supervise};
+use safemount_broker::{
+    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, mount, server, state, supervise,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,9 +35,20 @@ use safemount_broker::{DEFAULT_SOCKET, DEFAULT_WORKER, mount, server, state, sup
     about = "safemount's privileged broker: mounts ext2/3/4 through a sandboxed worker"
 )]
 struct Args {
-    /// Socket to listen on.
+    /// Socket to listen on (ignored when systemd passes one).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Where mount records are kept (they let a restarted broker adopt
+    /// its mounts). Default: /run/safemount when socket activated, else
+    /// the directory holding --socket (so test brokers with their own
+    /// sockets never share records). One broker per directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Leave mounts in place on SIGTERM/SIGINT for the next broker to
+    /// adopt (the default under systemd; without it a foreground broker
+    /// unmounts everything when it stops).
+    #[arg(long)]
+    keep_mounts: bool,
     /// Worker binary to spawn for each mount.
     #[arg(long, default_value = DEFAULT_WORKER)]
     worker: PathBuf,
@@ -70,17 +95,52 @@ fn run(args: Args) -> anyhow::Result<()> {
         supervise::WORKER_USER
     );
     mount::ensure_fusectl();
-    let listener = server::bind_socket(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), worker = %args.worker.display(), "listening");
+    let passed = activation::listen_socket().context("socket activation")?;
+    let activated = passed.is_some();
+    let keep_mounts = args.keep_mounts || activation::under_systemd(activated);
+    let listener = match passed {
+        Some(fd) => {
+            tracing::info!("using the socket systemd passed");
+            fd
+        }
+        None => server::bind_socket(&args.socket)?,
+    };
 
+    let state_dir = match (&args.state_dir, activated) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => PathBuf::from(DEFAULT_STATE_DIR),
+        (None, false) => args
+            .socket
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), |p| p.to_owned()),
+    };
+    let state = state::State::with_dir(&state_dir)?;
+    let restore_state = state.clone();
+    let restored = state.restore(move |id, why| server::worker_gone(&restore_state, id, why))?;
+    if restored.adopted + restored.cleaned > 0 {
+        tracing::info!(
+            adopted = restored.adopted,
+            cleaned = restored.cleaned,
+            "mounts left by a previous broker"
+        );
+    }
     let broker = Arc::new(server::Broker::new(
-        state::State::new(),
-        args.worker,
+        state,
+        args.worker.clone(),
         identity,
         std::time::Duration::from_secs(args.worker_timeout),
     ));
+    tracing::info!(
+        socket = %if activated { "(from systemd)".into() } else { args.socket.display().to_string() },
+        worker = %args.worker.display(),
+        state_dir = %state_dir.display(),
+        keep_mounts,
+        "listening"
+    );
+
     let on_signal = broker.clone();
-    let socket_path = args.socket.clone();
+    let socket_path = (!activated).then(|| args.socket.clone());
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -91,13 +151,22 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             };
             tracing::info!(signal = sig.as_str(), "stopping");
-            if let Err(e) = std::fs::remove_file(&socket_path) {
+            activation::notify_logged("STOPPING=1");
+            // A socket systemd made is systemd's to remove.
+            if let Some(path) = &socket_path
+                && let Err(e) = std::fs::remove_file(path)
+            {
                 tracing::warn!(error = %e, "cannot remove socket");
             }
-            on_signal.shutdown();
+            if keep_mounts {
+                on_signal.shutdown_keeping_mounts();
+            } else {
+                on_signal.shutdown();
+            }
             std::process::exit(0);
         })
         .context("cannot start signal thread")?;
+    activation::notify_logged("READY=1");
     broker.serve(&listener);
     Ok(())
 }
