@@ -134,11 +134,24 @@ impl Connection {
 
     /// `safemount mount`: a block device is named by path and opened by
     /// the broker; anything else is opened here, with the caller's rights,
-    /// and passed as an fd.
+    /// and passed as an fd. Without a mount point the broker picks
+    /// `/run/media/$USER/<label>`. Returns the mount point and the label.
     pub fn mount(
         &self,
         source: &Path,
-        mountpoint: &Path,
+        mountpoint: Option<&Path>,
+        options: &str,
+    ) -> Result<(PathBuf, String), ClientError> {
+        self.mount_as(None, source, mountpoint, options)
+    }
+
+    /// Like [`Connection::mount`], on behalf of user `for_uid` if given
+    /// (the broker allows that to root only).
+    pub fn mount_as(
+        &self,
+        for_uid: Option<u32>,
+        source: &Path,
+        mountpoint: Option<&Path>,
         options: &str,
     ) -> Result<(PathBuf, String), ClientError> {
         let local = |what, error| ClientError::Local {
@@ -151,23 +164,32 @@ impl Connection {
             return Err(ClientError::NotImage(source.display().to_string()));
         }
         let read_only = wants_read_only(options);
-        let mountpoint = absolute(mountpoint).map_err(|error| ClientError::Local {
-            what: "cannot resolve",
-            path: mountpoint.display().to_string(),
-            error,
-        })?;
+        let mountpoint = match mountpoint {
+            Some(m) => Some(absolute(m).map_err(|error| ClientError::Local {
+                what: "cannot resolve",
+                path: m.display().to_string(),
+                error,
+            })?),
+            None => None,
+        };
+        let request = |source: MountSource| match for_uid {
+            None => ClientRequest::Mount {
+                source,
+                mountpoint: mountpoint.clone(),
+                options: options.to_owned(),
+            },
+            Some(uid) => ClientRequest::MountFor {
+                uid,
+                source,
+                mountpoint: mountpoint.clone(),
+                options: options.to_owned(),
+            },
+        };
         let reply = if meta.file_type().is_block_device() {
             let dev = source
                 .canonicalize()
                 .map_err(|e| local("cannot resolve", e))?;
-            self.request(
-                &ClientRequest::Mount {
-                    source: MountSource::Device(dev),
-                    mountpoint: Some(mountpoint),
-                    options: options.to_owned(),
-                },
-                &[],
-            )?
+            self.request(&request(MountSource::Device(dev)), &[])?
         } else {
             let access = if read_only {
                 OFlag::O_RDONLY
@@ -195,19 +217,33 @@ impl Connection {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image".to_owned());
-            self.request(
-                &ClientRequest::Mount {
-                    source: MountSource::Fd { display_name },
-                    mountpoint: Some(mountpoint),
-                    options: options.to_owned(),
-                },
-                &[fd.as_fd()],
-            )?
+            self.request(&request(MountSource::Fd { display_name }), &[fd.as_fd()])?
         };
         match reply {
             BrokerReply::Mounted { mountpoint, label } => Ok((mountpoint, label)),
             _ => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Unmounts every mount whose source is `source` (as the broker
+    /// records it: a device's canonical path or an image's file name)
+    /// that the caller may see; returns their mount points.
+    pub fn unmount_source(&self, source: &str) -> Result<Vec<PathBuf>, ClientError> {
+        let mut done = Vec::new();
+        for m in self.list()? {
+            if m.source == source {
+                match self.request(
+                    &ClientRequest::Unmount {
+                        mountpoint: m.mountpoint.clone(),
+                    },
+                    &[],
+                )? {
+                    BrokerReply::Unmounted => done.push(m.mountpoint),
+                    _ => return Err(ClientError::Unexpected),
+                }
+            }
+        }
+        Ok(done)
     }
 
     pub fn unmount(&self, mountpoint: &Path) -> Result<(), ClientError> {

@@ -1,7 +1,16 @@
 //! The mount source: a block device the broker opens, or an fd the client
 //! opened itself. Either way the result is validated with fstat before a
 //! worker sees it. The broker never opens a user-named image path with
-//! root's rights; image locking is a later issue.
+//! root's rights; images are locked by [`crate::lock`].
+//!
+//! Device policy (block devices): a device is refused while it, or (for a
+//! whole disk) one of its partitions, is mounted (any entry in
+//! /proc/self/mountinfo with its device number) or held (a device-mapper,
+//! md or other holder in sysfs, or another program's O_EXCL open), and the
+//! disk holding `/` is refused with all its partitions (through
+//! device-mapper slaves and loop backing files). Removable media are told
+//! apart with sysfs's `removable` and udev's `ID_BUS=usb`, for the choice
+//! of polkit action.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -21,8 +30,22 @@ pub enum DeviceError {
     NotUnderDev(String),
     #[error("{0} is not a block device")]
     NotBlockDevice(String),
-    #[error("{0} is in use (mounted, or opened exclusively by another program)")]
+    #[error("{0}: device is in use (opened exclusively by another program)")]
     Busy(String),
+    #[error("{device}: device is in use: {what} is mounted at {mountpoint}")]
+    Mounted {
+        device: String,
+        what: String,
+        mountpoint: String,
+    },
+    #[error("{device}: device is in use: {what} is held by {holder}")]
+    Held {
+        device: String,
+        what: String,
+        holder: String,
+    },
+    #[error("{0} holds the root filesystem; refusing to mount it or its partitions")]
+    RootDisk(String),
     #[error("cannot open {path}: {errno}")]
     Open { path: String, errno: Errno },
     #[error("cannot inspect {name}: {errno}")]
@@ -41,7 +64,9 @@ impl DeviceError {
             Self::Resolve { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
-            Self::Busy(_) => ErrorKind::Busy,
+            Self::Busy(_) | Self::Mounted { .. } | Self::Held { .. } | Self::RootDisk(_) => {
+                ErrorKind::Busy
+            }
             Self::Open { errno, .. } if *errno == Errno::ENOENT => ErrorKind::NotFound,
             Self::Open { .. } | Self::Stat { .. } => ErrorKind::Internal,
             _ => ErrorKind::InvalidRequest,
@@ -65,6 +90,8 @@ pub struct Source {
     /// device is write-protected).
     pub read_only: bool,
     pub kind: SourceKind,
+    /// For a block device: where it sits in sysfs (for [`is_removable`]).
+    pub device: Option<DeviceInfo>,
 }
 
 nix::ioctl_read_bad!(
@@ -83,9 +110,277 @@ fn device_is_read_only(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     Ok(ro != 0)
 }
 
+/// Where the kernel and udev describe block devices; tests point these
+/// at a fake tree.
+#[derive(Debug, Clone)]
+pub struct SysPaths {
+    /// `/sys`.
+    pub sys: PathBuf,
+    /// `/run/udev/data`.
+    pub udev_data: PathBuf,
+}
+
+impl Default for SysPaths {
+    fn default() -> Self {
+        Self {
+            sys: PathBuf::from("/sys"),
+            udev_data: PathBuf::from("/run/udev/data"),
+        }
+    }
+}
+
+/// A block device as sysfs sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub major: u32,
+    pub minor: u32,
+    /// Kernel name (`sdb1`), sanitized.
+    pub name: String,
+    /// The device's sysfs directory (resolved).
+    pub sysfs: PathBuf,
+    /// The whole disk's sysfs directory (the same for a whole disk).
+    pub disk_sysfs: PathBuf,
+    pub is_partition: bool,
+    /// The whole disk's device number.
+    pub disk_dev: (u32, u32),
+    /// Where udev's database lives (for [`is_removable`]).
+    udev_data: PathBuf,
+}
+
+/// At most this many entries are read from one sysfs directory.
+const MAX_SYSFS_ENTRIES: usize = 4096;
+/// At most this many levels of slaves / loop backing files are followed.
+const MAX_DEPTH: usize = 8;
+
+fn read_trimmed(p: &Path) -> Option<String> {
+    let text = std::fs::read(p).ok()?;
+    let text = String::from_utf8_lossy(text.get(..4096).unwrap_or(&text)).into_owned();
+    Some(text.trim().to_owned())
+}
+
+/// Parses sysfs's `MAJ:MIN`.
+fn parse_dev(text: &str) -> Option<(u32, u32)> {
+    let (a, b) = text.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// (major, minor) of an st_dev / st_rdev.
+pub fn split_dev(dev: u64) -> (u32, u32) {
+    #[allow(
+        clippy::useless_conversion,
+        reason = "dev_t's width differs between targets"
+    )]
+    let dev = libc::dev_t::from(dev);
+    (libc::major(dev), libc::minor(dev))
+}
+
+impl DeviceInfo {
+    /// Looks up block device `major:minor` in sysfs.
+    pub fn lookup(paths: &SysPaths, major: u32, minor: u32) -> Option<Self> {
+        let link = paths.sys.join(format!("dev/block/{major}:{minor}"));
+        let sysfs = link.canonicalize().ok()?;
+        let is_partition = sysfs.join("partition").exists();
+        let disk_sysfs = if is_partition {
+            sysfs.parent()?.to_owned()
+        } else {
+            sysfs.clone()
+        };
+        let disk_dev = parse_dev(&read_trimmed(&disk_sysfs.join("dev"))?)?;
+        let name = sanitize::display(sysfs.file_name()?.as_encoded_bytes());
+        Some(Self {
+            major,
+            minor,
+            name,
+            sysfs,
+            disk_sysfs,
+            is_partition,
+            disk_dev,
+            udev_data: paths.udev_data.clone(),
+        })
+    }
+
+    /// This device's number, and for a whole disk its partitions' too,
+    /// each with its kernel name.
+    fn with_partitions(&self) -> Vec<((u32, u32), String)> {
+        let mut out = vec![((self.major, self.minor), self.name.clone())];
+        if self.is_partition {
+            return out;
+        }
+        let Ok(dir) = std::fs::read_dir(&self.sysfs) else {
+            return out;
+        };
+        for entry in dir.take(MAX_SYSFS_ENTRIES).flatten() {
+            let p = entry.path();
+            if p.join("partition").exists()
+                && let Some(dev) = read_trimmed(&p.join("dev")).as_deref().and_then(parse_dev)
+            {
+                out.push((dev, sanitize::display(entry.file_name().as_encoded_bytes())));
+            }
+        }
+        out
+    }
+
+    /// sysfs directories of this device and (whole disk) its partitions.
+    fn sysfs_dirs(&self) -> Vec<(PathBuf, String)> {
+        let mut out = vec![(self.sysfs.clone(), self.name.clone())];
+        if self.is_partition {
+            return out;
+        }
+        if let Ok(dir) = std::fs::read_dir(&self.sysfs) {
+            for entry in dir.take(MAX_SYSFS_ENTRIES).flatten() {
+                if entry.path().join("partition").exists() {
+                    out.push((
+                        entry.path(),
+                        sanitize::display(entry.file_name().as_encoded_bytes()),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Removable media: the disk's sysfs `removable` attribute is 1, or udev
+/// says it sits on USB (`E:ID_BUS=usb`) or is an SD card
+/// (`E:ID_DRIVE_FLASH_SD=1`). For the choice between polkit's
+/// `org.safemount.mount` and `org.safemount.mount-system`.
+pub fn is_removable(dev: &DeviceInfo) -> bool {
+    if read_trimmed(&dev.disk_sysfs.join("removable")).as_deref() == Some("1") {
+        return true;
+    }
+    let udev_says = |(major, minor): (u32, u32)| {
+        let Ok(text) = std::fs::read(dev.udev_data.join(format!("b{major}:{minor}"))) else {
+            return false;
+        };
+        text.get(..65536)
+            .unwrap_or(&text)
+            .split(|&b| b == b'\n')
+            .any(|l| l == b"E:ID_BUS=usb" || l == b"E:ID_DRIVE_FLASH_SD=1")
+    };
+    udev_says((dev.major, dev.minor)) || udev_says(dev.disk_dev)
+}
+
+/// The whole disks under `/`: the disk of `/`'s st_dev (or of the block
+/// device mountinfo names for `/`), and, recursively, the disks under a
+/// device-mapper/md device (sysfs `slaves/`) or a loop device's backing
+/// file.
+pub fn root_disks(paths: &SysPaths) -> Vec<(u32, u32)> {
+    let mut todo: Vec<((u32, u32), usize)> = Vec::new();
+    if let Ok(st) = nix::sys::stat::stat("/") {
+        #[allow(clippy::useless_conversion, reason = "dev_t width")]
+        todo.push((split_dev(u64::from(st.st_dev)), 0));
+    }
+    if let Ok(entries) = crate::mountpoint::read_mountinfo()
+        && let Some(root) = entries.iter().find(|e| e.mount_point == Path::new("/"))
+    {
+        todo.push((root.dev, 0));
+        if root.source.starts_with("/dev/")
+            && let Ok(st) = nix::sys::stat::stat(root.source.as_str())
+            && SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFBLK
+        {
+            #[allow(clippy::useless_conversion, reason = "dev_t width")]
+            todo.push((split_dev(u64::from(st.st_rdev)), 0));
+        }
+    }
+    let mut disks = Vec::new();
+    let mut seen = Vec::new();
+    while let Some((dev, depth)) = todo.pop() {
+        if seen.contains(&dev) || seen.len() > 256 {
+            continue;
+        }
+        seen.push(dev);
+        // Major 0: no block device (tmpfs, overlay, btrfs's anonymous dev).
+        let Some(info) = (dev.0 != 0)
+            .then(|| DeviceInfo::lookup(paths, dev.0, dev.1))
+            .flatten()
+        else {
+            continue;
+        };
+        if !disks.contains(&info.disk_dev) {
+            disks.push(info.disk_dev);
+        }
+        if depth >= MAX_DEPTH {
+            continue;
+        }
+        for dir in [&info.sysfs, &info.disk_sysfs] {
+            if let Ok(slaves) = std::fs::read_dir(dir.join("slaves")) {
+                for s in slaves.take(MAX_SYSFS_ENTRIES).flatten() {
+                    if let Some(d) = read_trimmed(&s.path().join("dev"))
+                        .as_deref()
+                        .and_then(parse_dev)
+                    {
+                        todo.push((d, depth + 1));
+                    }
+                }
+            }
+        }
+        if let Some(backing) = read_trimmed(&info.disk_sysfs.join("loop/backing_file"))
+            && let Ok(st) = nix::sys::stat::stat(backing.as_str())
+        {
+            #[allow(clippy::useless_conversion, reason = "dev_t width")]
+            todo.push((split_dev(u64::from(st.st_dev)), depth + 1));
+        }
+    }
+    disks
+}
+
+/// Refuses a device that is mounted, held, or under `/` (see the module
+/// documentation). `shown` names it in errors.
+pub fn check_available(paths: &SysPaths, dev: &DeviceInfo, shown: &str) -> Result<(), DeviceError> {
+    if root_disks(paths).contains(&dev.disk_dev) {
+        return Err(DeviceError::RootDisk(shown.to_owned()));
+    }
+    let devs = dev.with_partitions();
+    let entries = crate::mountpoint::read_mountinfo().map_err(|error| DeviceError::Resolve {
+        path: "/proc/self/mountinfo".to_owned(),
+        error,
+    })?;
+    for e in &entries {
+        if let Some((_, what)) = devs.iter().find(|(d, _)| *d == e.dev) {
+            return Err(DeviceError::Mounted {
+                device: shown.to_owned(),
+                what: what.clone(),
+                mountpoint: sanitize::display(e.mount_point.as_os_str().as_encoded_bytes()),
+            });
+        }
+    }
+    for (dir, what) in dev.sysfs_dirs() {
+        if let Ok(holders) = std::fs::read_dir(dir.join("holders"))
+            && let Some(h) = holders.take(MAX_SYSFS_ENTRIES).flatten().next()
+        {
+            return Err(DeviceError::Held {
+                device: shown.to_owned(),
+                what,
+                holder: sanitize::display(h.file_name().as_encoded_bytes()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Looks up and checks the block device behind `rdev`.
+fn policy(rdev: u64, shown: &str) -> Result<Option<DeviceInfo>, DeviceError> {
+    let paths = SysPaths::default();
+    let (major, minor) = split_dev(rdev);
+    let info = DeviceInfo::lookup(&paths, major, minor);
+    match &info {
+        Some(info) => check_available(&paths, info, shown)?,
+        None => {
+            // Not in sysfs (no /sys?): the root-disk check still works on
+            // numbers alone, O_EXCL still guards the rest.
+            tracing::warn!(device = shown, "block device not found in sysfs");
+            if root_disks(&paths).contains(&(major, minor)) {
+                return Err(DeviceError::RootDisk(shown.to_owned()));
+            }
+        }
+    }
+    Ok(info)
+}
+
 /// Opens the block device at `path` (resolved first: device paths are
 /// often symlinks such as /dev/disk/by-label/X) with O_EXCL, read-only if
-/// `read_only` or if the device is write-protected.
+/// `read_only` or if the device is write-protected, after the policy
+/// checks ([`check_available`]).
 pub fn open_device(path: &Path, read_only: bool) -> Result<Source, DeviceError> {
     let shown = |p: &Path| sanitize::display(p.as_os_str().as_encoded_bytes());
     let real: PathBuf = path.canonicalize().map_err(|error| DeviceError::Resolve {
@@ -105,6 +400,9 @@ pub fn open_device(path: &Path, read_only: bool) -> Result<Source, DeviceError> 
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
         return Err(DeviceError::NotBlockDevice(name));
     }
+    #[allow(clippy::useless_conversion, reason = "dev_t width")]
+    let rdev = u64::from(st.st_rdev);
+    let info = policy(rdev, &name)?;
     let open_with = |access: OFlag| {
         open(
             &real,
@@ -135,7 +433,10 @@ pub fn open_device(path: &Path, read_only: bool) -> Result<Source, DeviceError> 
         name: name.clone(),
         errno,
     })?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
+    #[allow(clippy::useless_conversion, reason = "dev_t width")]
+    let same = u64::from(st.st_rdev) == rdev;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK || !same {
+        // Swapped between the checks and the open.
         return Err(DeviceError::NotBlockDevice(name));
     }
     if !ro {
@@ -152,11 +453,14 @@ pub fn open_device(path: &Path, read_only: bool) -> Result<Source, DeviceError> 
         name,
         read_only: ro,
         kind: SourceKind::BlockDevice,
+        device: info,
     })
 }
 
 /// Validates an fd the client opened and passed: a regular file or block
-/// device, opened with the access the mount needs.
+/// device, opened with the access the mount needs. A block device goes
+/// through the same policy checks as one the broker opens (but its
+/// opener, not the broker, chose whether to open it O_EXCL).
 pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Source, DeviceError> {
     let name = sanitize::display(display_name.as_bytes());
     let name = if name.is_empty() {
@@ -189,6 +493,12 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
         return Err(DeviceError::NotWritable(name));
     }
     let mut ro = read_only;
+    let mut device = None;
+    if kind == SourceKind::BlockDevice {
+        #[allow(clippy::useless_conversion, reason = "dev_t width")]
+        let rdev = u64::from(st.st_rdev);
+        device = policy(rdev, &name)?;
+    }
     if kind == SourceKind::BlockDevice && !ro {
         ro = device_is_read_only(fd.as_fd()).map_err(|errno| DeviceError::Stat {
             name: name.clone(),
@@ -203,6 +513,7 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
         name,
         read_only: ro,
         kind,
+        device,
     })
 }
 

@@ -1,9 +1,19 @@
 //! The mount point: validated, pinned with an O_PATH fd, and looked up in
 //! /proc/self/mountinfo.
 //!
-//! In this issue the client names the mount point; creating one under
-//! `/run/media/$USER` is a later issue.
+//! Two kinds:
+//! - one the caller names ([`pin_for`]): an existing, empty directory the
+//!   caller owns (root may name any empty directory), pinned with
+//!   O_PATH|O_NOFOLLOW so a path swapped later cannot redirect the mount;
+//! - an automatic one ([`create_auto`]): `/run/media/$USER/<label>`, with
+//!   the label sanitized by [`label_name`] and uniquified. `/run/media` is
+//!   root's (0755) and `/run/media/$USER` root-owned too (0750, group the
+//!   user's primary group), so the user can reach but never plant anything
+//!   there; each level is created with mkdirat relative to an O_PATH fd of
+//!   the level above and opened with O_NOFOLLOW. The leaf is removed again
+//!   ([`CreatedDir`]) when the mount goes away.
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -30,6 +40,16 @@ pub enum MountpointError {
     Resolve(std::io::Error),
     #[error("cannot read /proc/self/mountinfo: {0}")]
     Mountinfo(std::io::Error),
+    #[error("mount point {0} is not empty")]
+    NotEmpty(String),
+    #[error("mount point {0} is not owned by the caller")]
+    NotOwner(String),
+    #[error("{path} is not a safe parent for mount points ({why})")]
+    UnsafeParent { path: String, why: &'static str },
+    #[error("cannot create mount point under {path}: {errno}")]
+    Create { path: String, errno: Errno },
+    #[error("no free mount point name for \"{0}\"")]
+    NoFreeName(String),
 }
 
 impl MountpointError {
@@ -39,8 +59,13 @@ impl MountpointError {
                 ErrorKind::InvalidRequest
             }
             Self::NotFound(_) => ErrorKind::NotFound,
-            Self::AlreadyMounted(_) => ErrorKind::Busy,
-            Self::Open { .. } | Self::Resolve(_) | Self::Mountinfo(_) => ErrorKind::Internal,
+            Self::AlreadyMounted(_) | Self::NotEmpty(_) | Self::NoFreeName(_) => ErrorKind::Busy,
+            Self::NotOwner(_) => ErrorKind::NotAuthorized,
+            Self::Open { .. }
+            | Self::Resolve(_)
+            | Self::Mountinfo(_)
+            | Self::UnsafeParent { .. }
+            | Self::Create { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -109,6 +134,322 @@ pub fn pin(path: &Path) -> Result<PinnedDir, MountpointError> {
         )));
     }
     Ok(PinnedDir { fd, path: real })
+}
+
+/// Like [`pin`], and the directory must be empty and, unless `caller_uid`
+/// is root, owned by `caller_uid`.
+pub fn pin_for(path: &Path, caller_uid: u32) -> Result<PinnedDir, MountpointError> {
+    let pinned = pin(path)?;
+    let shown = || crate::sanitize::display(pinned.path.as_os_str().as_encoded_bytes());
+    let st = nix::sys::stat::fstat(&pinned.fd).map_err(|errno| MountpointError::Open {
+        path: shown(),
+        errno,
+    })?;
+    if caller_uid != 0 && st.st_uid != caller_uid {
+        return Err(MountpointError::NotOwner(shown()));
+    }
+    // Read the directory through the pinned fd, not the path.
+    let dir = nix::fcntl::openat(
+        &pinned.fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| MountpointError::Open {
+        path: shown(),
+        errno,
+    })?;
+    let mut dir = nix::dir::Dir::from_fd(dir).map_err(|errno| MountpointError::Open {
+        path: shown(),
+        errno,
+    })?;
+    for entry in dir.iter() {
+        let entry = entry.map_err(|errno| MountpointError::Open {
+            path: shown(),
+            errno,
+        })?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            return Err(MountpointError::NotEmpty(shown()));
+        }
+    }
+    Ok(pinned)
+}
+
+/// Where automatic mount points go.
+pub const MEDIA_ROOT: &str = "/run/media";
+
+/// The filesystem UUID as text (8-4-4-4-12), or None if all zero.
+pub fn format_uuid(uuid: &[u8; 16]) -> Option<String> {
+    if uuid.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8)?,
+        hex.get(8..12)?,
+        hex.get(12..16)?,
+        hex.get(16..20)?,
+        hex.get(20..32)?
+    ))
+}
+
+/// A directory name from untrusted text: lossy UTF-8, no control
+/// characters, `/` becomes `_`, no leading dots or spaces, no trailing
+/// spaces, at most NAME_MAX (255) bytes cut on a character boundary.
+/// May be empty.
+fn clean_name(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    for c in text.chars().filter(|c| !c.is_control()) {
+        let c = if c == '/' { '_' } else { c };
+        if out.len() + c.len_utf8() > crate::sanitize::MAX_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .trim_end()
+        .to_owned()
+}
+
+/// The automatic mount point's name for a filesystem: its label, else
+/// its UUID, else the source's last path component, else "disk"; always
+/// a safe single path component (see `clean_name`).
+pub fn label_name(label: &[u8], uuid: &[u8; 16], source_name: &str) -> String {
+    let name = clean_name(label);
+    if !name.is_empty() {
+        return name;
+    }
+    if let Some(u) = format_uuid(uuid) {
+        return u;
+    }
+    let last = source_name.rsplit('/').next().unwrap_or("");
+    let name = clean_name(last.as_bytes());
+    if name.is_empty() {
+        "disk".to_owned()
+    } else {
+        name
+    }
+}
+
+/// `base`, then `base (2)`, `base (3)`...: the `n`th candidate, cut so it
+/// fits in NAME_MAX bytes.
+fn candidate(base: &str, n: u32) -> String {
+    let suffix = if n <= 1 {
+        String::new()
+    } else {
+        format!(" ({n})")
+    };
+    let room = crate::sanitize::MAX_BYTES.saturating_sub(suffix.len());
+    let mut cut = String::new();
+    for c in base.chars() {
+        if cut.len() + c.len_utf8() > room {
+            break;
+        }
+        cut.push(c);
+    }
+    cut.push_str(&suffix);
+    cut
+}
+
+/// How many names [`create_auto`] tries.
+const MAX_CANDIDATES: u32 = 100;
+
+/// A mount point directory the broker created; [`CreatedDir::remove`]
+/// removes it again (only if empty: rmdir).
+#[derive(Debug)]
+pub struct CreatedDir {
+    parent: OwnedFd,
+    name: OsString,
+    path: PathBuf,
+}
+
+impl CreatedDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// rmdir, relative to the pinned parent. Fails (EBUSY, ENOTEMPTY)
+    /// while something is mounted on it or it is not empty.
+    pub fn remove(&self) -> Result<(), Errno> {
+        nix::unistd::unlinkat(
+            &self.parent,
+            self.name.as_os_str(),
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )
+    }
+}
+
+fn open_dir_at(parent: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        parent,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates (if needed) and opens `parent/name` as a root-owned directory
+/// nobody else may write to. A new one gets `mode` and group `gid`.
+fn secure_subdir(
+    parent: BorrowedFd<'_>,
+    parent_path: &Path,
+    name: &OsStr,
+    mode: u32,
+    gid: u32,
+) -> Result<OwnedFd, MountpointError> {
+    let path = parent_path.join(name);
+    let shown = || crate::sanitize::display(path.as_os_str().as_encoded_bytes());
+    let created = match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(errno) => {
+            return Err(MountpointError::Create {
+                path: shown(),
+                errno,
+            });
+        }
+    };
+    let fd = open_dir_at(parent, name).map_err(|errno| match errno {
+        Errno::ENOTDIR | Errno::ELOOP => MountpointError::UnsafeParent {
+            path: shown(),
+            why: "not a directory",
+        },
+        errno => MountpointError::Open {
+            path: shown(),
+            errno,
+        },
+    })?;
+    if created {
+        // Set group and mode through /proc/self/fd (fchown/fchmod need a
+        // real fd; the O_PATH fd names exactly the directory made above).
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let set = std::os::unix::fs::chown(&proc, Some(0), Some(gid)).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&proc, std::fs::Permissions::from_mode(mode))
+        });
+        if let Err(e) = set {
+            return Err(MountpointError::Create {
+                path: shown(),
+                errno: e.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+            });
+        }
+    }
+    let st = nix::sys::stat::fstat(&fd).map_err(|errno| MountpointError::Open {
+        path: shown(),
+        errno,
+    })?;
+    if st.st_uid != 0 {
+        return Err(MountpointError::UnsafeParent {
+            path: shown(),
+            why: "not owned by root",
+        });
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(MountpointError::UnsafeParent {
+            path: shown(),
+            why: "writable by group or others",
+        });
+    }
+    Ok(fd)
+}
+
+/// A user's directory name under the media root: the user name if it is
+/// a safe path component, else the uid.
+fn user_dir_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u))
+            if !u.name.is_empty()
+                && u.name.len() <= crate::sanitize::MAX_BYTES
+                && !u.name.starts_with('.')
+                && !u.name.contains('/')
+                && !u.name.chars().any(char::is_control) =>
+        {
+            u.name
+        }
+        _ => uid.to_string(),
+    }
+}
+
+/// Creates `media_root/$USER/<name>` (uniquified) for `owner`, returning
+/// it pinned plus the record to remove it again. `media_root`'s parent
+/// must exist; `media_root` itself and the user's directory are created
+/// as needed (see the module documentation).
+pub fn create_auto(
+    media_root: &Path,
+    owner: Owner,
+    name: &str,
+) -> Result<(PinnedDir, CreatedDir), MountpointError> {
+    let shown = |p: &Path| crate::sanitize::display(p.as_os_str().as_encoded_bytes());
+    let (Some(top), Some(media_name)) = (media_root.parent(), media_root.file_name()) else {
+        return Err(MountpointError::NotAbsolute(shown(media_root)));
+    };
+    if !media_root.is_absolute() {
+        return Err(MountpointError::NotAbsolute(shown(media_root)));
+    }
+    let top_fd = open(
+        top,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| MountpointError::Open {
+        path: shown(top),
+        errno,
+    })?;
+    let media = secure_subdir(top_fd.as_fd(), top, media_name, 0o755, 0)?;
+    let user = user_dir_name(owner.uid);
+    let user_path = media_root.join(&user);
+    let user_fd = secure_subdir(
+        media.as_fd(),
+        media_root,
+        OsStr::new(&user),
+        0o750,
+        owner.gid,
+    )?;
+    let name = if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        "disk"
+    } else {
+        name
+    };
+    for n in 1..=MAX_CANDIDATES {
+        let leaf = OsString::from(candidate(name, n));
+        match nix::sys::stat::mkdirat(&user_fd, leaf.as_os_str(), Mode::from_bits_truncate(0o700)) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => continue,
+            Err(errno) => {
+                return Err(MountpointError::Create {
+                    path: shown(&user_path),
+                    errno,
+                });
+            }
+        }
+        let created = CreatedDir {
+            parent: user_fd,
+            path: user_path.join(&leaf),
+            name: leaf,
+        };
+        let fd = match open_dir_at(created.parent.as_fd(), created.name.as_os_str()) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                let _ = created.remove();
+                return Err(MountpointError::Open {
+                    path: shown(&created.path),
+                    errno,
+                });
+            }
+        };
+        // The kernel's name for it, as pin() records, so unmount requests
+        // match it.
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap_or_else(|_| created.path.clone());
+        let pinned = PinnedDir { fd, path };
+        return Ok((pinned, created));
+    }
+    Err(MountpointError::NoFreeName(crate::sanitize::display(
+        name.as_bytes(),
+    )))
 }
 
 /// One line of /proc/self/mountinfo, the fields safemount needs.

@@ -12,7 +12,13 @@ safemountd: the filesystem is parsed by a sandboxed, unprivileged worker, \
 never by a privileged process.
 
 Mounts are read-only unless `-o rw` is given, and always nosuid,nodev and \
-noexec (unless `-o exec`).
+noexec (unless `-o exec`). Without a mount point, the broker creates \
+/run/media/$USER/<label> and removes it on unmount. Image files are locked \
+(`-o locking=`): a second mount or another program's conflicting lock is \
+refused as busy.
+
+`safemount list` shows SOURCE, MOUNTPOINT, OWNER (user name), STATE and the \
+worker's PID; `--json` prints the same as JSON.
 
 Exit status:
   0  success
@@ -38,14 +44,18 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Mount a block device or image file on an existing directory; prints
-    /// the mount point.
+    /// Mount a block device or image file; prints the mount point.
     Mount {
         /// Block device (opened by the broker) or image file (opened here).
         source: PathBuf,
-        /// Existing directory to mount on (not already a mount point).
-        mountpoint: PathBuf,
-        /// Comma-separated options: ro (default), rw, exec, noexec.
+        /// An existing empty directory you own. Default: a new directory
+        /// /run/media/$USER/<label> (removed again on unmount).
+        mountpoint: Option<PathBuf>,
+        /// Comma-separated options: ro (default), rw, exec, noexec
+        /// (default), noatime, relatime, errors=continue|remount-ro|panic,
+        /// locking=auto|on|off|posix (images: auto), defaults; fstab-only
+        /// options (nofail, auto, noauto, user, users, _netdev, x-*) are
+        /// ignored. Always nosuid,nodev.
         #[arg(short = 'o', long = "options", default_value = "")]
         options: String,
     },
@@ -88,7 +98,7 @@ fn run(args: Args) -> Result<(), ClientError> {
             mountpoint,
             options,
         } => {
-            let (at, _label) = conn.mount(&source, &mountpoint, &options)?;
+            let (at, _label) = conn.mount(&source, mountpoint.as_deref(), &options)?;
             println!("{}", at.display());
         }
         Command::Unmount { mountpoint } => conn.unmount(&mountpoint)?,
