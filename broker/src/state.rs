@@ -317,6 +317,27 @@ impl State {
         self.persist(id);
     }
 
+    /// Sets the mount point of a mount being set up (an automatic one is
+    /// known only once the worker has probed the label); fails if another
+    /// mount has it.
+    pub fn set_mountpoint(&self, id: u64, mountpoint: PathBuf) -> Result<(), StateError> {
+        {
+            let mut inner = self.lock();
+            if inner
+                .entries
+                .iter()
+                .any(|e| e.id != id && e.mountpoint == mountpoint)
+            {
+                return Err(StateError::MountpointTaken(shown(&mountpoint)));
+            }
+            if let Some(e) = inner.entries.iter_mut().find(|e| e.id == id) {
+                e.mountpoint = mountpoint;
+            }
+        }
+        self.persist(id);
+        Ok(())
+    }
+
     pub fn set_probed(&self, id: u64, label: String, read_only: bool) {
         self.with_entry(id, |e| {
             e.label = label;
