@@ -452,6 +452,52 @@ pub fn create_auto(
     )))
 }
 
+/// If `path` is an automatic mount point (`MEDIA_ROOT/<user>/<name>`),
+/// removes it if it is empty and nothing is mounted on it: rmdir relative
+/// to the user's directory, opened O_NOFOLLOW and checked root-owned and
+/// not writable by others. Best effort, logged. Path-based on purpose, so
+/// a mount adopted by a restarted broker is cleaned up the same way.
+pub fn remove_auto_dir(path: &Path) {
+    remove_auto_dir_in(Path::new(MEDIA_ROOT), path);
+}
+
+fn remove_auto_dir_in(media_root: &Path, path: &Path) {
+    use std::path::Component;
+    let Ok(rest) = path.strip_prefix(media_root) else {
+        return;
+    };
+    let parts: Vec<&OsStr> = rest
+        .components()
+        .map_while(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let ([user, leaf], 2) = (parts.as_slice(), rest.components().count()) else {
+        return;
+    };
+    let remove = || -> Result<(), Errno> {
+        let media = open(
+            media_root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let user_fd = open_dir_at(media.as_fd(), user)?;
+        let st = nix::sys::stat::fstat(&user_fd)?;
+        if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+            return Err(Errno::EPERM);
+        }
+        nix::unistd::unlinkat(&user_fd, *leaf, nix::unistd::UnlinkatFlags::RemoveDir)
+    };
+    match remove() {
+        Ok(()) => tracing::debug!(mountpoint = %path.display(), "mount point removed"),
+        Err(Errno::ENOENT) => {}
+        Err(errno) => {
+            tracing::warn!(mountpoint = %path.display(), %errno, "cannot remove mount point")
+        }
+    }
+}
+
 /// One line of /proc/self/mountinfo, the fields safemount needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {

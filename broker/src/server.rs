@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -22,6 +22,7 @@ use safemount_proto::{
 
 use crate::authorize::{self, Caller};
 use crate::device;
+use crate::lock;
 use crate::mount;
 use crate::mountpoint;
 use crate::sanitize;
@@ -60,6 +61,7 @@ failure_from!(
     device::DeviceError,
     mountpoint::MountpointError,
     supervise::SuperviseError,
+    lock::LockError,
     crate::state::StateError
 );
 
@@ -78,6 +80,9 @@ pub enum ServerError {
     #[error("cannot set socket permissions on {path}: {error}")]
     Chmod { path: String, error: std::io::Error },
 }
+
+/// Numbers the placeholder mount points of automatic mounts in setup.
+static PENDING: AtomicU64 = AtomicU64::new(1);
 
 /// How long unmount waits for a worker to exit before SIGKILL.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
@@ -433,14 +438,14 @@ impl Broker {
         self.authorizer.check(caller, action)?;
         let owner = owner_of(caller, for_uid)?;
         let opts = mount::parse_options(options)?;
-        let Some(mountpoint) = mountpoint else {
-            return Err(Failure::new(
-                ErrorKind::InvalidRequest,
-                "a mount point is required (automatic mount points are not implemented yet)",
-            ));
+        // A named mount point is pinned now; an automatic one is made once
+        // the worker has reported the label.
+        let named_target = match &mountpoint {
+            Some(p) => Some(mountpoint::pin_for(p, caller.uid)?),
+            None => None,
         };
-        let target = mountpoint::pin(&mountpoint)?;
-        let source = match (source, image_fd) {
+        let broker_opened = matches!(source, MountSource::Device(_));
+        let mut source = match (source, image_fd) {
             (MountSource::Device(path), _) => device::open_device(&path, opts.read_only)?,
             (MountSource::Fd { display_name }, Some(fd)) => {
                 device::accept_fd(fd, &display_name, opts.read_only)?
@@ -451,21 +456,50 @@ impl Broker {
         };
         authorize::same_device(source.fd.as_fd(), authorized_dev, &source.name)?;
         let mut read_only = source.read_only;
-        tracing::info!(source = %source.name, mountpoint = %target.path().display(), read_only, "mount requested");
+        // Images (and block devices the client opened) are locked; a
+        // device the broker opened has O_EXCL instead. The lock lives in
+        // the reaper's closure: released once the worker is gone.
+        let image_lock = if broker_opened {
+            None
+        } else {
+            let (fd, l) = lock::lock_image(source.fd, &source.name, read_only, opts.locking)?;
+            source.fd = fd;
+            Some(Arc::new(l))
+        };
+        let shown_target = named_target.as_ref().map_or_else(
+            || format!("{}/<automatic>", mountpoint::MEDIA_ROOT),
+            |t| t.path().display().to_string(),
+        );
+        tracing::info!(
+            source = %source.name,
+            mountpoint = %shown_target,
+            read_only,
+            errors = opts.errors.map_or("default", |e| e.as_str()),
+            "mount requested"
+        );
 
         let mut undo = Undo::new();
-        let id = self.state.reserve(
-            source.name.clone(),
-            target.path().to_owned(),
-            owner.uid,
-            read_only,
-        )?;
+        let reserved_path = match &named_target {
+            Some(t) => t.path().to_owned(),
+            // A placeholder no real mount point can equal, unique per
+            // request, until the automatic mount point exists.
+            None => PathBuf::from(format!(
+                "{}/(pending {})",
+                mountpoint::MEDIA_ROOT,
+                PENDING.fetch_add(1, Ordering::SeqCst)
+            )),
+        };
+        let id = self
+            .state
+            .reserve(source.name.clone(), reserved_path, owner.uid, read_only)?;
         let state = self.state.clone();
         undo.push("forget mount", move || state.remove(id));
 
         let state = self.state.clone();
+        let held = image_lock.clone();
         let worker = supervise::spawn(&self.worker_path, move |status| {
             on_worker_exit(&state, id, status);
+            drop(held);
         })?;
         let handle = worker.handle.clone();
         undo.push("stop worker", move || {
@@ -511,6 +545,21 @@ impl Broker {
             read_only = true;
         }
         self.state.set_probed(id, label.clone(), read_only);
+        let target = match named_target {
+            Some(t) => t,
+            None => {
+                let name = mountpoint::label_name(&report.label, &report.uuid, &source.name);
+                let (pinned, created) =
+                    mountpoint::create_auto(Path::new(mountpoint::MEDIA_ROOT), owner, &name)?;
+                undo.push("remove mount point", move || {
+                    if let Err(e) = created.remove() {
+                        tracing::warn!(error = %e, mountpoint = %created.path().display(), "cannot remove mount point");
+                    }
+                });
+                self.state.set_mountpoint(id, pinned.path().to_owned())?;
+                pinned
+            }
+        };
 
         let fuse =
             open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
@@ -520,7 +569,7 @@ impl Broker {
             target.fd(),
             &source.name,
             fuse.as_fd(),
-            mount::mount_flags(read_only, opts.exec),
+            opts.flags(read_only),
             owner.uid,
             owner.gid,
         )
@@ -551,6 +600,10 @@ impl Broker {
         drop(fuse);
         drop(source);
         drop(target);
+        if let Some(l) = image_lock {
+            // posix locking: closing the broker's copy dropped the lock.
+            l.after_close();
+        }
         client_still_there(client)?;
         self.state.mark_mounted(id)?;
         undo.commit();
@@ -743,6 +796,7 @@ pub fn worker_gone(state: &State, id: u64, why: &str) {
                     let _ = mount::detach(&mountpoint, fuse_dev);
                 }
             }
+            mountpoint::remove_auto_dir(&mountpoint);
             state.remove(id);
         }
     }
