@@ -255,5 +255,47 @@ pub fn bin(name: &str) -> Result<PathBuf> {
             p.display()
         );
     }
+    warn_if_stale(&p);
     Ok(p)
+}
+
+/// `cargo test -p safemount-tests` does not rebuild the other crates'
+/// binaries: say so loudly when a binary is older than its sources.
+fn warn_if_stale(binary: &Path) {
+    let Ok(built) = fs::metadata(binary).and_then(|m| m.modified()) else {
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = ["proto/src", "broker/src", "worker/src"]
+        .iter()
+        .map(|d| repo.join(d))
+        .collect();
+    let mut budget = 10_000;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            budget -= 1;
+            if budget == 0 {
+                return;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
+            {
+                newest = Some((t, p));
+            }
+        }
+    }
+    if let Some((t, src)) = newest
+        && t > built
+    {
+        eprintln!(
+            "warning: {} is older than {}: run `cargo build --workspace` with this profile (or `cargo test --workspace`)",
+            binary.display(),
+            src.display()
+        );
+    }
 }
