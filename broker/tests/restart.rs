@@ -1,0 +1,518 @@
+//! safemountd as a service: socket activation with sd_notify, and state
+//! that survives a broker restart (adopt live mounts, clean dead ones).
+//! Real mounts with the fake worker: they need root and /dev/fuse, and
+//! `cargo build -p safemount-broker --examples`; without them each test
+//! prints why and returns.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, recv, socket,
+};
+use nix::unistd::Pid;
+
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (mounts for real)");
+            return;
+        }
+        if !Path::new("/dev/fuse").exists() {
+            eprintln!("skipped: no /dev/fuse");
+            return;
+        }
+    };
+}
+
+fn fake_worker() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_safemountd"))
+        .parent()
+        .unwrap()
+        .join("examples/fake_worker");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} not built (cargo build -p safemount-broker --examples)",
+            p.display()
+        );
+        None
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("sm-restart-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(p)
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+    fn blank_image(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(4 << 20).unwrap();
+        p
+    }
+    fn records(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.path("run/mounts")) {
+            Ok(d) => d.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for m in safemount_mounts() {
+            if m.starts_with(&self.0) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn safemount_mounts() -> Vec<PathBuf> {
+    safemount_broker::mountpoint::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.fstype == "fuse.safemount")
+        .map(|e| e.mount_point)
+        .collect()
+}
+
+fn is_mounted(p: &Path) -> bool {
+    safemount_mounts().iter().any(|m| m == p)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+struct Broker {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(s: &Scratch, worker: &Path, extra: &[&str], log_name: &str) -> Self {
+        let socket = s.path("run/socket");
+        let log = s.path(log_name);
+        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--worker")
+            .arg(worker)
+            .args(extra)
+            .env("SAFEMOUNT_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let b = Self {
+            child: Some(child),
+            socket,
+            log,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || b
+                .client(&["list", "--json"])
+                .status
+                .success()),
+            "broker does not answer; log:\n{}",
+            b.log()
+        );
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn client(&self, args: &[&str]) -> Output {
+        client(&self.socket, args)
+    }
+
+    fn list_json(&self) -> Vec<serde_json::Value> {
+        let out = self.client(&["list", "--json"]);
+        assert!(out.status.success(), "list failed: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn signal_and_wait(&mut self, sig: Signal) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), sig);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal_and_wait(Signal::SIGTERM);
+    }
+}
+
+fn client(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_safemount"))
+        .args(args)
+        .env("SAFEMOUNT_SOCKET", socket)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn mount(b: &Broker, img: &Path, mp: &Path) -> i32 {
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    let list = b.list_json();
+    let entry = list
+        .iter()
+        .find(|e| e["mountpoint"] == mp.to_str().unwrap())
+        .unwrap();
+    entry["worker_pid"].as_i64().unwrap() as i32
+}
+
+#[test]
+fn restarted_broker_adopts_live_mounts_and_cleans_dead_ones() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("adopt");
+    let mut b1 = Broker::start(&s, &worker, &[], "b1.log");
+    let live_mp = s.dir("live");
+    let dead_mp = s.dir("dead");
+    let live_pid = mount(&b1, &s.blank_image("live.img"), &live_mp);
+    let dead_pid = mount(&b1, &s.blank_image("dead.img"), &dead_mp);
+    assert_eq!(s.records().len(), 2, "one record per mount");
+
+    // Broker #1 dies without any cleanup; its workers keep serving.
+    b1.signal_and_wait(Signal::SIGKILL).unwrap();
+    assert!(is_mounted(&live_mp) && is_mounted(&dead_mp));
+    assert!(pid_alive(live_pid) && pid_alive(dead_pid));
+    // One worker dies while no broker watches: its mount is dead.
+    kill(Pid::from_raw(dead_pid), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(dead_pid)));
+    // And a record whose worker never existed as recorded (a pid with the
+    // wrong start time) is stale too.
+    let stale = serde_json::json!({
+        "id": 9999, "source": "ghost.img",
+        "mountpoint": s.path("ghost").to_str().unwrap(),
+        "owner_uid": 0, "label": "", "read_only": true, "state": "Mounted",
+        "worker_pid": std::process::id(), "worker_start_time": 1,
+        "fuse_dev": null, "mount_id": null
+    });
+    std::fs::write(s.path("run/mounts/9999.json"), stale.to_string()).unwrap();
+
+    let mut b2 = Broker::start(&s, &worker, &[], "b2.log");
+    let list = b2.list_json();
+    assert_eq!(list.len(), 1, "{list:?}\n{}", b2.log());
+    assert_eq!(list[0]["mountpoint"], live_mp.to_str().unwrap());
+    assert_eq!(list[0]["worker_pid"].as_i64().unwrap() as i32, live_pid);
+    assert_eq!(list[0]["state"], "Mounted");
+    assert!(!is_mounted(&dead_mp), "dead mount not cleaned at startup");
+    assert_eq!(s.records().len(), 1, "stale records not removed");
+    assert!(b2.log().contains("adopted a mount"), "{}", b2.log());
+
+    // The adopted worker is not broker #2's child, yet its death still
+    // takes the mount within a second.
+    kill(Pid::from_raw(live_pid), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(1), || !is_mounted(&live_mp)),
+        "adopted mount still there 1 s after its worker died\n{}",
+        b2.log()
+    );
+    assert!(wait_until(Duration::from_secs(2), || b2
+        .list_json()
+        .is_empty()));
+    assert!(s.records().is_empty());
+
+    // A new mount after the restart gets a fresh id (no record clash).
+    let again = mount(&b2, &s.blank_image("again.img"), &live_mp);
+    assert!(again > 0);
+    assert!(b2.signal_and_wait(Signal::SIGTERM).unwrap().success());
+    // Foreground mode: SIGTERM cleans everything, records included.
+    assert!(!is_mounted(&live_mp));
+    assert!(s.records().is_empty());
+}
+
+#[test]
+fn keep_mounts_survives_sigterm_and_adopted_mount_unmounts() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("keep");
+    let mut b1 = Broker::start(&s, &worker, &["--keep-mounts"], "b1.log");
+    let mp = s.dir("mnt");
+    let pid = mount(&b1, &s.blank_image("disk.img"), &mp);
+    assert!(b1.signal_and_wait(Signal::SIGTERM).unwrap().success());
+    assert!(is_mounted(&mp), "--keep-mounts must leave the mount");
+    assert!(pid_alive(pid));
+    assert_eq!(s.records().len(), 1);
+
+    // A second broker on the same state directory is refused while the
+    // first runs; after a restart the mount is adopted and unmounts
+    // normally (the broker waits for the adopted worker through its pidfd).
+    let b2 = Broker::start(&s, &worker, &[], "b2.log");
+    let clash = Command::new(env!("CARGO_BIN_EXE_safemountd"))
+        .arg("--socket")
+        .arg(s.path("run/other-socket"))
+        .arg("--state-dir")
+        .arg(s.path("run"))
+        .arg("--worker")
+        .arg(&worker)
+        .output()
+        .unwrap();
+    assert!(!clash.status.success());
+    assert!(
+        stderr(&clash).contains("another safemountd uses the state directory"),
+        "{}",
+        stderr(&clash)
+    );
+    assert_eq!(b2.list_json().len(), 1);
+    let out = b2.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "unmount: {}\n{}",
+        stderr(&out),
+        b2.log()
+    );
+    assert!(!is_mounted(&mp));
+    assert!(wait_until(Duration::from_secs(2), || !pid_alive(pid)));
+    assert!(wait_until(Duration::from_secs(2), || b2
+        .list_json()
+        .is_empty()));
+    assert!(s.records().is_empty());
+}
+
+/// A listening SOCK_SEQPACKET socket at `path`.
+fn listener(path: &Path) -> OwnedFd {
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(sock.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    listen(&sock, Backlog::new(16).unwrap()).unwrap();
+    sock
+}
+
+#[test]
+fn socket_activation_and_notify() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("activate");
+    s.dir("run");
+    let sock_path = s.path("run/socket");
+    let listen_fd = listener(&sock_path);
+    let notify_path = s.path("notify");
+    let notify = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(notify.as_raw_fd(), &UnixAddr::new(&notify_path).unwrap()).unwrap();
+    nix::sys::socket::setsockopt(
+        &notify,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(10, 0),
+    )
+    .unwrap();
+
+    // `sh` sets LISTEN_PID to its own pid and execs safemountd, which keeps
+    // it: exactly what systemd does. fd 3 is the listening socket.
+    let raw = listen_fd.as_raw_fd();
+    let log = s.path("broker.log");
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_safemountd"))
+        .arg("--worker")
+        .arg(&worker)
+        .arg("--state-dir")
+        .arg(s.path("state"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("SAFEMOUNT_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: only dup2 (async-signal-safe) on integers between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(listen_fd);
+    let mut b = Broker {
+        child: Some(child),
+        socket: sock_path.clone(),
+        log: log.clone(),
+    };
+
+    let mut buf = [0u8; 256];
+    let n = recv(
+        notify.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap_or_else(|e| panic!("no READY=1 within 10 s ({e}); log:\n{}", b.log()));
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        b.log().contains("using the socket systemd passed"),
+        "{}",
+        b.log()
+    );
+
+    // A mount through the passed socket.
+    let mp = s.dir("mnt");
+    mount(&b, &s.blank_image("disk.img"), &mp);
+    assert!(is_mounted(&mp));
+    assert_eq!(
+        std::fs::read_dir(s.path("state/mounts")).unwrap().count(),
+        1
+    );
+
+    // Under activation SIGTERM says STOPPING=1 and keeps the mount (and
+    // leaves systemd's socket alone).
+    let pid = b.child.as_ref().unwrap().id();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let n = recv(
+        notify.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(b.signal_and_wait(Signal::SIGTERM).unwrap().success());
+    assert!(
+        is_mounted(&mp),
+        "activated broker must keep mounts on SIGTERM"
+    );
+    assert!(
+        sock_path.exists(),
+        "the activated socket belongs to systemd"
+    );
+
+    // Clean up: a foreground broker on the same state dir adopts the mount
+    // and unmounts it on SIGTERM.
+    std::fs::remove_file(&sock_path).unwrap();
+    let mut b2 = Broker::start(
+        &s,
+        &worker,
+        &["--state-dir", s.path("state").to_str().unwrap()],
+        "b2.log",
+    );
+    assert_eq!(b2.list_json().len(), 1);
+    assert!(b2.signal_and_wait(Signal::SIGTERM).unwrap().success());
+    assert!(!is_mounted(&mp));
+}
+
+#[test]
+fn a_wrong_passed_socket_is_refused() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("wrongfd");
+    // A stream socket where a seqpacket one belongs.
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let p = s.path("stream");
+    bind(sock.as_raw_fd(), &UnixAddr::new(&p).unwrap()).unwrap();
+    listen(&sock, Backlog::new(4).unwrap()).unwrap();
+    let raw = sock.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_safemountd"))
+        .arg("--worker")
+        .arg(&worker)
+        .arg("--state-dir")
+        .arg(s.path("state"));
+    // SAFETY: only dup2 (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not SOCK_SEQPACKET"),
+        "{}",
+        stderr(&out)
+    );
+}
