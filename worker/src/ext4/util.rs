@@ -20,6 +20,36 @@ pub(crate) fn be32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes(take::<4>(b, off))
 }
 
+/// Little-endian writes: the serializers' counterpart of [`le16`] and
+/// friends. Like the readers they never panic: bytes past the end of `b`
+/// are silently dropped (serializers size their buffers first).
+pub(crate) fn put_le16(b: &mut [u8], off: usize, v: u16) {
+    put(b, off, &v.to_le_bytes());
+}
+
+pub(crate) fn put_le32(b: &mut [u8], off: usize, v: u32) {
+    put(b, off, &v.to_le_bytes());
+}
+
+pub(crate) fn put_le64(b: &mut [u8], off: usize, v: u64) {
+    put(b, off, &v.to_le_bytes());
+}
+
+/// Big-endian 32-bit write (jbd2 structures).
+pub(crate) fn put_be32(b: &mut [u8], off: usize, v: u32) {
+    put(b, off, &v.to_be_bytes());
+}
+
+/// Copies `src` to `b[off..]`, truncated at the end of `b`.
+pub(crate) fn put(b: &mut [u8], off: usize, src: &[u8]) {
+    if let Some(dst) = b.get_mut(off..) {
+        let n = dst.len().min(src.len());
+        if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
 /// `N` bytes from `off`, zero-padded where the slice ends early.
 pub(crate) fn take<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];
@@ -60,6 +90,18 @@ mod tests {
         assert_eq!(le32(&b, 2), 0);
         assert_eq!(le64(&b, usize::MAX), 0);
         assert_eq!(le32(&[], 0), 0);
+    }
+
+    #[test]
+    fn writes_little_endian() {
+        let mut b = [0u8; 9];
+        put_le16(&mut b, 0, 0x0201);
+        put_le32(&mut b, 2, 0x0605_0403);
+        put_le64(&mut b, 6, u64::MAX); // truncated at the end
+        assert_eq!(b, [1, 2, 3, 4, 5, 6, 0xff, 0xff, 0xff]);
+        put_be32(&mut b, 0, 0x0a0b_0c0d);
+        assert_eq!(be32(&b, 0), 0x0a0b_0c0d);
+        put(&mut b, 100, &[1]); // past the end: nothing
     }
 
     #[test]
