@@ -327,15 +327,25 @@ pub fn root_disks(paths: &SysPaths) -> Vec<(u32, u32)> {
 /// Refuses a device that is mounted, held, or under `/` (see the module
 /// documentation). `shown` names it in errors.
 pub fn check_available(paths: &SysPaths, dev: &DeviceInfo, shown: &str) -> Result<(), DeviceError> {
-    if root_disks(paths).contains(&dev.disk_dev) {
-        return Err(DeviceError::RootDisk(shown.to_owned()));
-    }
-    let devs = dev.with_partitions();
     let entries = crate::mountpoint::read_mountinfo().map_err(|error| DeviceError::Resolve {
         path: "/proc/self/mountinfo".to_owned(),
         error,
     })?;
-    for e in &entries {
+    check_against(dev, shown, &entries, &root_disks(paths))
+}
+
+/// [`check_available`] against the given mount table and root disks.
+fn check_against(
+    dev: &DeviceInfo,
+    shown: &str,
+    mounts: &[crate::mountpoint::MountEntry],
+    root_disks: &[(u32, u32)],
+) -> Result<(), DeviceError> {
+    if root_disks.contains(&dev.disk_dev) {
+        return Err(DeviceError::RootDisk(shown.to_owned()));
+    }
+    let devs = dev.with_partitions();
+    for e in mounts {
         if let Some((_, what)) = devs.iter().find(|(d, _)| *d == e.dev) {
             return Err(DeviceError::Mounted {
                 device: shown.to_owned(),
@@ -584,5 +594,119 @@ mod tests {
         ));
         let e = open_device(Path::new("/dev/safemount-nonexistent"), true).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    /// A fake /sys with disk `sdx` (8:16) and partitions sdx1 (8:17),
+    /// sdx2 (8:18), and disk `vdz` (252:0), plus a udev data dir.
+    fn fake_sys(tag: &str) -> (PathBuf, SysPaths) {
+        let root = std::env::temp_dir().join(format!("safemount-sys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dev = root.join("sys/devices/pci/usb1/block/sdx");
+        for (dir, num) in [
+            (dev.clone(), "8:16"),
+            (dev.join("sdx1"), "8:17"),
+            (dev.join("sdx2"), "8:18"),
+            (root.join("sys/devices/virtual/block/vdz"), "252:0"),
+        ] {
+            std::fs::create_dir_all(dir.join("holders")).unwrap();
+            std::fs::write(dir.join("dev"), format!("{num}\n")).unwrap();
+            if dir.file_name().unwrap().to_str().unwrap().len() == 4 {
+                std::fs::write(dir.join("partition"), "1\n").unwrap();
+            }
+            std::fs::write(dir.join("removable"), "0\n").unwrap();
+            let link = root.join("sys/dev/block").join(num);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(&dir, &link).unwrap();
+        }
+        std::fs::create_dir_all(root.join("udev")).unwrap();
+        let paths = SysPaths {
+            sys: root.join("sys"),
+            udev_data: root.join("udev"),
+        };
+        (root, paths)
+    }
+
+    fn entry(dev: (u32, u32), at: &str) -> crate::mountpoint::MountEntry {
+        crate::mountpoint::MountEntry {
+            mount_id: 1,
+            dev,
+            mount_point: PathBuf::from(at),
+            fstype: "ext4".into(),
+            source: "/dev/x".into(),
+        }
+    }
+
+    #[test]
+    fn sysfs_lookup_and_removable() {
+        let (root, paths) = fake_sys("rm");
+        let part = DeviceInfo::lookup(&paths, 8, 17).unwrap();
+        assert!(part.is_partition);
+        assert_eq!(part.name, "sdx1");
+        assert_eq!(part.disk_dev, (8, 16));
+        let disk = DeviceInfo::lookup(&paths, 8, 16).unwrap();
+        assert!(!disk.is_partition);
+        assert_eq!(disk.with_partitions().len(), 3);
+        assert!(DeviceInfo::lookup(&paths, 9, 9).is_none());
+        assert!(!is_removable(&part));
+        // udev's database for the disk says USB.
+        std::fs::write(
+            paths.udev_data.join("b8:16"),
+            "S:disk/by-id/x\nE:ID_BUS=usb\n",
+        )
+        .unwrap();
+        assert!(is_removable(&part) && is_removable(&disk));
+        let vd = DeviceInfo::lookup(&paths, 252, 0).unwrap();
+        assert!(!is_removable(&vd));
+        // sysfs's removable attribute of the parent disk.
+        std::fs::write(vd.disk_sysfs.join("removable"), "1\n").unwrap();
+        assert!(is_removable(&vd));
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn in_use_rules() {
+        let (root, paths) = fake_sys("use");
+        let disk = DeviceInfo::lookup(&paths, 8, 16).unwrap();
+        let p2 = DeviceInfo::lookup(&paths, 8, 18).unwrap();
+        let other = DeviceInfo::lookup(&paths, 252, 0).unwrap();
+        assert!(check_against(&disk, "/dev/sdx", &[], &[]).is_ok());
+        // A mounted partition makes the whole disk busy, not its sibling.
+        let mounts = [entry((8, 17), "/media/a")];
+        let e = check_against(&disk, "/dev/sdx", &mounts, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/dev/sdx: device is in use: sdx1 is mounted at /media/a"
+        );
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(check_against(&p2, "/dev/sdx2", &mounts, &[]).is_ok());
+        // The root disk, and every partition on it.
+        for d in [&disk, &p2] {
+            assert!(matches!(
+                check_against(d, "x", &[], &[(8, 16)]),
+                Err(DeviceError::RootDisk(_))
+            ));
+        }
+        assert!(check_against(&other, "x", &[], &[(8, 16)]).is_ok());
+        // A holder (device-mapper) on a partition.
+        std::fs::create_dir_all(p2.sysfs.join("holders/dm-3")).unwrap();
+        let e = check_against(&disk, "/dev/sdx", &[], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/dev/sdx: device is in use: sdx2 is held by dm-3"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn root_disk_is_found() {
+        // Whatever / is on here, the function must not panic; if / is on
+        // a block device, its disk is listed.
+        let disks = root_disks(&SysPaths::default());
+        let st = nix::sys::stat::stat("/").unwrap();
+        #[allow(clippy::useless_conversion, reason = "dev_t width")]
+        let (maj, _) = split_dev(u64::from(st.st_dev));
+        if maj != 0 && Path::new("/sys/dev/block").exists() {
+            assert!(!disks.is_empty());
+        }
     }
 }
