@@ -122,6 +122,78 @@ pub(crate) fn to_xattr(entries: &[AclEntry]) -> Vec<u8> {
     out
 }
 
+/// Parses the generic `posix_acl_xattr` format setxattr(2) passes (version
+/// 2, `{u16 tag, u16 perm, u32 id}` entries), as `posix_acl_from_xattr`
+/// does: the ids of the short kinds are ignored, unknown tags refused.
+pub(crate) fn from_xattr(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
+    if value.len() < HEADER_LEN {
+        return Err(AclProblem::TooShort(value.len()));
+    }
+    let version = le32(value, 0);
+    if version != POSIX_ACL_XATTR_VERSION {
+        return Err(AclProblem::BadVersion(version));
+    }
+    let body = value.len() - HEADER_LEN;
+    if body % LONG_LEN != 0 {
+        return Err(AclProblem::BadSize(value.len()));
+    }
+    let mut out = Vec::with_capacity(body / LONG_LEN);
+    for entry in 0..body / LONG_LEN {
+        let pos = HEADER_LEN + entry * LONG_LEN;
+        let tag = le16(value, pos);
+        let perm = le16(value, pos + 2);
+        let id = match tag {
+            ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_MASK | ACL_OTHER => ACL_UNDEFINED_ID,
+            ACL_USER | ACL_GROUP => le32(value, pos + 4),
+            _ => return Err(AclProblem::BadTag { entry, tag }),
+        };
+        out.push(AclEntry { tag, perm, id });
+    }
+    Ok(out)
+}
+
+/// Serializes entries in ext4's on-disk format (`ext4_acl_to_disk`):
+/// version 1 header, short entries for USER_OBJ, GROUP_OBJ, MASK and
+/// OTHER, long ones with the id for USER and GROUP.
+pub(crate) fn to_disk(entries: &[AclEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * LONG_LEN);
+    out.extend_from_slice(&EXT4_ACL_VERSION.to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.tag.to_le_bytes());
+        out.extend_from_slice(&e.perm.to_le_bytes());
+        if matches!(e.tag, ACL_USER | ACL_GROUP) {
+            out.extend_from_slice(&e.id.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Whether `entries` form a valid access/default ACL as
+/// `posix_acl_valid` checks it: exactly one USER_OBJ, GROUP_OBJ and
+/// OTHER, a MASK when there are named entries, permissions within rwx,
+/// in tag order.
+pub(crate) fn is_valid(entries: &[AclEntry]) -> bool {
+    let mut last = 0u16;
+    let (mut uo, mut go, mut other, mut mask, mut named) = (0, 0, 0, 0, 0);
+    for e in entries {
+        if e.perm & !7 != 0 || e.tag < last {
+            return false;
+        }
+        if e.tag == last && !matches!(e.tag, ACL_USER | ACL_GROUP) {
+            return false;
+        }
+        last = e.tag;
+        match e.tag {
+            ACL_USER_OBJ => uo += 1,
+            ACL_GROUP_OBJ => go += 1,
+            ACL_OTHER => other += 1,
+            ACL_MASK => mask += 1,
+            _ => named += 1,
+        }
+    }
+    uo == 1 && go == 1 && other == 1 && (named == 0 || mask == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +276,28 @@ mod tests {
             parse(&disk()[..disk().len() - 4]),
             Err(AclProblem::BadSize(32))
         );
+    }
+
+    #[test]
+    fn disk_and_xattr_round_trip() {
+        let e = parse(&disk()).unwrap();
+        assert_eq!(to_disk(&e), disk());
+        assert_eq!(parse(&to_disk(&e)).unwrap(), e);
+        assert_eq!(from_xattr(&to_xattr(&e)).unwrap(), e);
+        assert!(is_valid(&e));
+        // Short kinds' ids are ignored on input.
+        let mut x = to_xattr(&e);
+        x[8..12].copy_from_slice(&5u32.to_le_bytes());
+        assert_eq!(from_xattr(&x).unwrap(), e);
+        x[0] = 1;
+        assert_eq!(from_xattr(&x), Err(AclProblem::BadVersion(1)));
+        assert_eq!(
+            from_xattr(&to_xattr(&e)[..10]),
+            Err(AclProblem::BadSize(10))
+        );
+        // No MASK with a named entry: invalid.
+        let no_mask: Vec<_> = e.iter().copied().filter(|a| a.tag != ACL_MASK).collect();
+        assert!(!is_valid(&no_mask));
+        assert!(from_xattr(&2u32.to_le_bytes()).unwrap().is_empty());
     }
 }

@@ -296,6 +296,125 @@ pub(crate) fn verify_dirent_tail(
     Ok(())
 }
 
+/// `ext4_rec_len_to_disk`: the inverse of [`rec_len_from_disk`]. With 64 KiB
+/// blocks a record spanning the whole block is stored as 65535 and bits
+/// 16-17 go into the low two bits.
+pub(crate) fn rec_len_to_disk(len: usize, block_size: u32) -> u16 {
+    if block_size < 65536 {
+        return u16::try_from(len).unwrap_or(u16::MAX);
+    }
+    if len == block_size as usize {
+        return u16::MAX;
+    }
+    ((len & 65532) | ((len >> 16) & 3)) as u16
+}
+
+/// The dirent `file_type` for a kind.
+pub(crate) fn file_type_of(kind: FileKind) -> u8 {
+    match kind {
+        FileKind::RegularFile => EXT4_FT_REG_FILE,
+        FileKind::Directory => EXT4_FT_DIR,
+        FileKind::CharDevice => EXT4_FT_CHRDEV,
+        FileKind::BlockDevice => EXT4_FT_BLKDEV,
+        FileKind::Fifo => EXT4_FT_FIFO,
+        FileKind::Socket => EXT4_FT_SOCK,
+        FileKind::Symlink => EXT4_FT_SYMLINK,
+    }
+}
+
+/// One entry to serialize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewDirEntry<'a> {
+    pub inode: u32,
+    pub rec_len: usize,
+    pub name: &'a [u8],
+    /// Written only with the filetype feature (`fmt.filetype`); without it
+    /// the byte is the high half of the old 16-bit name length, 0.
+    pub file_type: u8,
+}
+
+/// Serializes `e` at `off` in `buf` (the `ext4_dir_entry_2` layout). The
+/// name bytes after the header are written, the slack after the name is
+/// left as it is. Returns false (writing nothing) when the record does
+/// not fit `buf`, is not 4-aligned or is too short for the name.
+pub(crate) fn write_entry(
+    buf: &mut [u8],
+    off: usize,
+    e: &NewDirEntry<'_>,
+    fmt: &DirentFormat,
+) -> bool {
+    let Ok(name_len) = u8::try_from(e.name.len()) else {
+        return false;
+    };
+    if e.rec_len < dir_rec_len(e.name.len()) || e.rec_len & 3 != 0 {
+        return false;
+    }
+    let Some(rec) = off
+        .checked_add(e.rec_len)
+        .and_then(|end| buf.get_mut(off..end))
+    else {
+        return false;
+    };
+    rec[DE_INODE..DE_INODE + 4].copy_from_slice(&e.inode.to_le_bytes());
+    rec[DE_REC_LEN..DE_REC_LEN + 2]
+        .copy_from_slice(&rec_len_to_disk(e.rec_len, fmt.block_size).to_le_bytes());
+    rec[DE_NAME_LEN] = name_len;
+    rec[DE_FILE_TYPE] = if fmt.filetype { e.file_type } else { 0 };
+    rec[DE_HEADER_LEN..DE_HEADER_LEN + e.name.len()].copy_from_slice(e.name);
+    true
+}
+
+/// Rewrites only the record length of the entry at `off`.
+pub(crate) fn set_rec_len(buf: &mut [u8], off: usize, rec_len: usize, block_size: u32) {
+    if let Some(d) = buf.get_mut(off + DE_REC_LEN..off + DE_REC_LEN + 2) {
+        d.copy_from_slice(&rec_len_to_disk(rec_len, block_size).to_le_bytes());
+    }
+}
+
+/// Rewrites only the inode number of the entry at `off`.
+pub(crate) fn set_entry_inode(buf: &mut [u8], off: usize, inode: u32) {
+    if let Some(d) = buf.get_mut(off + DE_INODE..off + DE_INODE + 4) {
+        d.copy_from_slice(&inode.to_le_bytes());
+    }
+}
+
+/// Rewrites only the file type byte of the entry at `off` (filetype
+/// feature only).
+pub(crate) fn set_entry_file_type(buf: &mut [u8], off: usize, ft: u8, fmt: &DirentFormat) {
+    if fmt.filetype
+        && let Some(d) = buf.get_mut(off + DE_FILE_TYPE)
+    {
+        *d = ft;
+    }
+}
+
+/// Writes an empty `ext4_dir_entry_tail` at the end of `block`
+/// (`ext4_initialize_dirent_tail`); the checksum is set by
+/// [`set_dirent_csum`].
+pub(crate) fn init_dirent_tail(block: &mut [u8], block_size: u32) {
+    let Some(t) = block.len().checked_sub(DIRENT_TAIL_LEN) else {
+        return;
+    };
+    if let Some(tail) = block.get_mut(t..) {
+        tail.fill(0);
+        tail[DET_REC_LEN..DET_REC_LEN + 2]
+            .copy_from_slice(&rec_len_to_disk(DIRENT_TAIL_LEN, block_size).to_le_bytes());
+        tail[DET_RESERVED_FT] = EXT4_FT_DIR_CSUM;
+    }
+}
+
+/// Computes and stores the leaf block checksum (the block must end with a
+/// tail, see [`init_dirent_tail`]).
+pub(crate) fn set_dirent_csum(block: &mut [u8], inode_seed: u32) {
+    let Some(t) = block.len().checked_sub(DIRENT_TAIL_LEN) else {
+        return;
+    };
+    let c = crc32c(inode_seed, block.get(..t).unwrap_or(&[]));
+    if let Some(d) = block.get_mut(t + DET_CHECKSUM..t + DET_CHECKSUM + 4) {
+        d.copy_from_slice(&c.to_le_bytes());
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -470,6 +589,79 @@ pub(crate) mod tests {
                 let steps = DirentIter::new(&b, 0, FMT).count();
                 assert!(steps <= 1024 / DE_MIN_REC_LEN);
             }
+        }
+    }
+
+    #[test]
+    fn write_round_trips() {
+        for (filetype, bs) in [(true, 1024u32), (false, 4096), (true, 65536)] {
+            let fmt = DirentFormat {
+                filetype,
+                block_size: bs,
+                inodes_count: 1000,
+            };
+            let mut b = vec![0xAAu8; bs as usize];
+            let e1 = NewDirEntry {
+                inode: 7,
+                rec_len: 20,
+                name: b"hello",
+                file_type: EXT4_FT_SYMLINK,
+            };
+            let rest = bs as usize - 20 - DIRENT_TAIL_LEN;
+            let e2 = NewDirEntry {
+                inode: 9,
+                rec_len: rest,
+                name: b"x",
+                file_type: EXT4_FT_DIR,
+            };
+            assert!(write_entry(&mut b, 0, &e1, &fmt));
+            assert!(write_entry(&mut b, 20, &e2, &fmt));
+            init_dirent_tail(&mut b, bs);
+            set_dirent_csum(&mut b, 0x55);
+            assert_eq!(verify_dirent_tail(&b, bs, 0x55), Ok(()));
+            let got: Vec<_> = DirentIter::new(&b[..bs as usize - DIRENT_TAIL_LEN], 0, fmt)
+                .map(|e| e.unwrap())
+                .map(|e| NewDirEntry {
+                    inode: e.inode,
+                    rec_len: e.rec_len.get(),
+                    name: e.name,
+                    file_type: e.file_type.unwrap_or(0),
+                })
+                .collect();
+            let want = |e: NewDirEntry<'static>| NewDirEntry {
+                file_type: if filetype { e.file_type } else { 0 },
+                ..e
+            };
+            assert_eq!(got, vec![want(e1), want(e2)]);
+            // Whole-block record in a 64 KiB block.
+            let whole = NewDirEntry {
+                inode: 0,
+                rec_len: bs as usize,
+                name: b"",
+                file_type: 0,
+            };
+            assert!(write_entry(&mut b, 0, &whole, &fmt));
+            assert_eq!(
+                RawDirEntry::parse(&b, 0, &fmt).unwrap().rec_len.get(),
+                bs as usize
+            );
+            // Refusals: misaligned, too short, past the end.
+            assert!(!write_entry(
+                &mut b,
+                0,
+                &NewDirEntry { rec_len: 14, ..e1 },
+                &fmt
+            ));
+            assert!(!write_entry(
+                &mut b,
+                0,
+                &NewDirEntry { rec_len: 12, ..e1 },
+                &fmt
+            ));
+            assert!(!write_entry(&mut b, bs as usize - 8, &e1, &fmt));
+        }
+        for len in [12usize, 4096, 65532, 65536] {
+            assert_eq!(rec_len_from_disk(rec_len_to_disk(len, 65536), 65536), len);
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::ext4::checksum::crc32c;
-use crate::ext4::ondisk::dir_entry::{DE_MIN_REC_LEN, rec_len_from_disk};
+use crate::ext4::ondisk::dir_entry::{DE_MIN_REC_LEN, rec_len_from_disk, rec_len_to_disk};
 use crate::ext4::util::{le16, le32};
 
 /// `dx_root` layout: "." (12 bytes), ".." (12 bytes), then `dx_root_info`.
@@ -276,6 +276,110 @@ pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProb
     Ok(())
 }
 
+/// Writes the `dx_root` header of logical block 0: "." (rec_len 12) naming
+/// `dir`, ".." (the rest of the block) naming `parent`, and
+/// `dx_root_info` (`hash_version`, `indirect_levels`). File types are
+/// written as directories when `filetype` is on.
+pub(crate) fn write_root_header(
+    block: &mut [u8],
+    dir: u32,
+    parent: u32,
+    hash_version: u8,
+    indirect_levels: u8,
+    filetype: bool,
+) {
+    let bs = block.len();
+    let Some(head) = block.get_mut(..ROOT_ENTRIES) else {
+        return;
+    };
+    head.fill(0);
+    let ft = if filetype { 2 } else { 0 };
+    head[0..4].copy_from_slice(&dir.to_le_bytes());
+    head[4..6].copy_from_slice(&(DE_MIN_REC_LEN as u16).to_le_bytes());
+    head[6] = 1;
+    head[7] = ft;
+    head[8] = b'.';
+    head[12..16].copy_from_slice(&parent.to_le_bytes());
+    let rest = rec_len_to_disk(bs.saturating_sub(DE_MIN_REC_LEN), bs as u32);
+    head[16..18].copy_from_slice(&rest.to_le_bytes());
+    head[18] = 2;
+    head[19] = ft;
+    head[20] = b'.';
+    head[21] = b'.';
+    head[RI_HASH_VERSION] = hash_version;
+    head[RI_INFO_LENGTH] = DX_ROOT_INFO_LEN;
+    head[RI_INDIRECT_LEVELS] = indirect_levels;
+}
+
+/// Sets `indirect_levels` in a root block.
+pub(crate) fn set_indirect_levels(block: &mut [u8], levels: u8) {
+    if let Some(b) = block.get_mut(RI_INDIRECT_LEVELS) {
+        *b = levels;
+    }
+}
+
+/// Writes an interior node's fake dirent (inode 0, one record spanning the
+/// block).
+pub(crate) fn init_node(block: &mut [u8]) {
+    let bs = block.len();
+    if let Some(head) = block.get_mut(..NODE_ENTRIES) {
+        head.fill(0);
+        head[4..6].copy_from_slice(&rec_len_to_disk(bs, bs as u32).to_le_bytes());
+    }
+}
+
+/// Writes `dx_countlimit` and `entries` at `at` (entry 0's hash slot holds
+/// limit and count). Returns false, writing nothing, if the entries exceed
+/// `limit` or the block.
+pub(crate) fn write_entries(
+    block: &mut [u8],
+    at: usize,
+    limit: usize,
+    entries: &[DxEntry],
+) -> bool {
+    let (Ok(limit16), Ok(count16)) = (u16::try_from(limit), u16::try_from(entries.len())) else {
+        return false;
+    };
+    let end = limit
+        .checked_mul(DX_ENTRY_LEN)
+        .and_then(|n| n.checked_add(at));
+    if entries.is_empty() || entries.len() > limit || end.is_none_or(|e| e > block.len()) {
+        return false;
+    }
+    for (i, e) in entries.iter().enumerate() {
+        let off = at + i * DX_ENTRY_LEN;
+        if i == 0 {
+            block[off..off + 2].copy_from_slice(&limit16.to_le_bytes());
+            block[off + 2..off + 4].copy_from_slice(&count16.to_le_bytes());
+        } else {
+            block[off..off + 4].copy_from_slice(&e.hash.to_le_bytes());
+        }
+        block[off + 4..off + 8].copy_from_slice(&e.block.to_le_bytes());
+    }
+    true
+}
+
+/// Computes and stores the `dx_tail` checksum of an index block (root or
+/// node), as [`verify_dx_tail`] checks it. Does nothing if the block has no
+/// room for a tail (no metadata_csum layout).
+pub(crate) fn set_dx_csum(block: &mut [u8], inode_seed: u32) {
+    let Some(at) = count_offset(block) else {
+        return;
+    };
+    let limit = usize::from(le16(block, at));
+    let count = usize::from(le16(block, at + 2)).min(limit);
+    let tail = at + limit * DX_ENTRY_LEN;
+    if tail + DX_TAIL_LEN > block.len() {
+        return;
+    }
+    block[tail..tail + 4].fill(0);
+    let size = at + count * DX_ENTRY_LEN;
+    let mut c = crc32c(inode_seed, block.get(..size).unwrap_or(&[]));
+    c = crc32c(c, &[0u8; 4]);
+    c = crc32c(c, &[0u8; 4]);
+    block[tail + 4..tail + 8].copy_from_slice(&c.to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +522,56 @@ mod tests {
         let e = parse_entries(&b, NODE_ENTRIES, node_limit(BS, false)).unwrap();
         // the top four bits of the block number are masked.
         assert_eq!(e.entries, vec![DxEntry { hash: 0, block: 5 }]);
+    }
+
+    #[test]
+    fn write_round_trips() {
+        for csum in [false, true] {
+            for bs in [1024usize, 4096, 65536] {
+                let mut b = vec![0x5Au8; bs];
+                write_root_header(&mut b, 12, 2, 1, 1, true);
+                let limit = root_limit(bs, csum);
+                let entries: Vec<DxEntry> = (0..5u32)
+                    .map(|i| DxEntry {
+                        hash: if i == 0 { 0 } else { i * 0x100 | (i & 1) },
+                        block: i + 1,
+                    })
+                    .collect();
+                assert!(write_entries(&mut b, ROOT_ENTRIES, limit, &entries));
+                if csum {
+                    set_dx_csum(&mut b, 33);
+                    assert_eq!(verify_dx_tail(&b, 33), Ok(()));
+                }
+                assert_eq!(
+                    parse_root_info(&b, 2),
+                    Ok(DxRootInfo {
+                        hash_version: 1,
+                        indirect_levels: 1
+                    })
+                );
+                assert_eq!(
+                    parse_entries(&b, ROOT_ENTRIES, limit),
+                    Ok(DxEntries {
+                        entries: entries.clone()
+                    })
+                );
+                let mut n = vec![0xA5u8; bs];
+                init_node(&mut n);
+                let nl = node_limit(bs, csum);
+                assert!(write_entries(&mut n, NODE_ENTRIES, nl, &entries[..2]));
+                if csum {
+                    set_dx_csum(&mut n, 34);
+                    assert_eq!(verify_dx_tail(&n, 34), Ok(()));
+                }
+                assert!(is_index_node(&n));
+                assert_eq!(
+                    parse_entries(&n, NODE_ENTRIES, nl).unwrap().entries,
+                    entries[..2].to_vec()
+                );
+                // Too many entries for the limit: refused.
+                assert!(!write_entries(&mut n, NODE_ENTRIES, 1, &entries[..2]));
+                assert!(!write_entries(&mut n, NODE_ENTRIES, nl, &[]));
+            }
+        }
     }
 }

@@ -22,6 +22,7 @@ pub(crate) const XATTR_BLOCK_HEADER_LEN: usize = 32;
 const H_MAGIC: usize = 0;
 const H_REFCOUNT: usize = 4;
 const H_BLOCKS: usize = 8;
+const H_HASH: usize = 12;
 const H_CHECKSUM: usize = 16;
 /// `ext4_xattr_ibody_header` size.
 pub(crate) const XATTR_IBODY_HEADER_LEN: usize = 4;
@@ -344,6 +345,239 @@ pub(crate) fn xattr_block_csum(block: &[u8], blocknr: u64, seed: u32) -> u32 {
     crc32c(c, block.get(H_CHECKSUM + 4..).unwrap_or(&[]))
 }
 
+/// An attribute to serialize (owned), in the order it is to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewXattr {
+    pub name_index: u8,
+    pub name: Vec<u8>,
+    pub value: NewXattrValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NewXattrValue {
+    /// Stored in the region.
+    Inline(Vec<u8>),
+    /// Stored in ea_inode `inum`; `hash` is the crc32c of the value the
+    /// kernel keeps in the ea_inode (its i_atime) and folds into e_hash.
+    EaInode { inum: u32, size: u32, hash: u32 },
+}
+
+const NAME_HASH_SHIFT: u32 = 5;
+const VALUE_HASH_SHIFT: u32 = 16;
+const BLOCK_HASH_SHIFT: u32 = 16;
+const XATTR_PAD: usize = 4;
+
+/// `EXT4_XATTR_LEN`: an entry header plus its name, 4-aligned.
+pub(crate) fn entry_len(name_len: usize) -> usize {
+    (XATTR_ENTRY_HEADER_LEN + name_len + XATTR_PAD - 1) & !(XATTR_PAD - 1)
+}
+
+/// `EXT4_XATTR_SIZE`: a value's size in the region, 4-aligned.
+pub(crate) fn value_len(size: usize) -> usize {
+    size.saturating_add(XATTR_PAD - 1) & !(XATTR_PAD - 1)
+}
+
+/// `ext4_xattr_hash_entry`: the name (bytes as unsigned char, as the
+/// kernel hashes since 6.2) then the value as little-endian 32-bit words,
+/// zero-padded.
+pub(crate) fn hash_entry(name: &[u8], value: &[u8]) -> u32 {
+    let mut hash: u32 = 0;
+    for &c in name {
+        hash = (hash << NAME_HASH_SHIFT) ^ (hash >> (32 - NAME_HASH_SHIFT)) ^ u32::from(c);
+    }
+    for chunk in value.chunks(4) {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        hash =
+            (hash << VALUE_HASH_SHIFT) ^ (hash >> (32 - VALUE_HASH_SHIFT)) ^ u32::from_le_bytes(w);
+    }
+    hash
+}
+
+/// The `e_hash` the kernel stores for `x`.
+pub(crate) fn entry_hash(x: &NewXattr) -> u32 {
+    match &x.value {
+        NewXattrValue::Inline(v) => hash_entry(&x.name, v),
+        NewXattrValue::EaInode { hash, .. } => hash_entry(&x.name, &hash.to_le_bytes()),
+    }
+}
+
+/// `ext4_xattr_rehash`: the block's `h_hash` from its entries' hashes (0
+/// if any entry hash is 0).
+pub(crate) fn block_hash(entry_hashes: impl IntoIterator<Item = u32>) -> u32 {
+    let mut hash: u32 = 0;
+    for h in entry_hashes {
+        if h == 0 {
+            return 0;
+        }
+        hash = (hash << BLOCK_HASH_SHIFT) ^ (hash >> (32 - BLOCK_HASH_SHIFT)) ^ h;
+    }
+    hash
+}
+
+/// The kernel's order of entries in a block: by index, name length, name.
+pub(crate) fn sort_for_block(entries: &mut [NewXattr]) {
+    entries.sort_by(|a, b| {
+        (a.name_index, a.name.len(), &a.name).cmp(&(b.name_index, b.name.len(), &b.name))
+    });
+}
+
+/// Bytes `entries` need in a region whose entries start at `first`: the
+/// entry table with its 4-byte terminator plus the padded in-region
+/// values.
+pub(crate) fn space_needed(entries: &[NewXattr]) -> usize {
+    let mut n = 4usize;
+    for e in entries {
+        n = n.saturating_add(entry_len(e.name.len()));
+        if let NewXattrValue::Inline(v) = &e.value {
+            n = n.saturating_add(value_len(v.len()));
+        }
+    }
+    n
+}
+
+/// Lays `entries` out in `region` (entries from `first`, values packed
+/// down from the end, offsets counted from `value_base`) and zeroes every
+/// other byte from `first` on. Returns false, leaving `region` untouched,
+/// if they do not fit or a name or value is too long for the format.
+fn write_entries(region: &mut [u8], first: usize, value_base: usize, entries: &[NewXattr]) -> bool {
+    if first.saturating_add(space_needed(entries)) > region.len() {
+        return false;
+    }
+    for e in entries {
+        if e.name.len() > usize::from(u8::MAX) {
+            return false;
+        }
+        if let NewXattrValue::Inline(v) = &e.value
+            && (v.len() > region.len() || u32::try_from(v.len()).is_err())
+        {
+            return false;
+        }
+    }
+    let Some(body) = region.get_mut(first..) else {
+        return false;
+    };
+    body.fill(0);
+    let mut pos = first;
+    let mut vend = region.len();
+    for e in entries {
+        let hash = entry_hash(e);
+        let (offs, inum, size) = match &e.value {
+            NewXattrValue::Inline(v) if v.is_empty() => (0usize, 0u32, 0u32),
+            NewXattrValue::Inline(v) => {
+                vend -= value_len(v.len());
+                region[vend..vend + v.len()].copy_from_slice(v);
+                (vend - value_base, 0, v.len() as u32)
+            }
+            NewXattrValue::EaInode { inum, size, .. } => (0, *inum, *size),
+        };
+        let ent = &mut region[pos..pos + entry_len(e.name.len())];
+        ent[E_NAME_LEN] = e.name.len() as u8;
+        ent[E_NAME_INDEX] = e.name_index;
+        ent[E_VALUE_OFFS..E_VALUE_OFFS + 2]
+            .copy_from_slice(&u16::try_from(offs).unwrap_or(0).to_le_bytes());
+        ent[E_VALUE_INUM..E_VALUE_INUM + 4].copy_from_slice(&inum.to_le_bytes());
+        ent[E_VALUE_SIZE..E_VALUE_SIZE + 4].copy_from_slice(&size.to_le_bytes());
+        ent[E_HASH..E_HASH + 4].copy_from_slice(&hash.to_le_bytes());
+        ent[XATTR_ENTRY_HEADER_LEN..XATTR_ENTRY_HEADER_LEN + e.name.len()].copy_from_slice(&e.name);
+        pos += entry_len(e.name.len());
+    }
+    true
+}
+
+/// Serializes the in-inode region (`area` from the ibody header to the
+/// inode's end). No entries: the magic is cleared, as the kernel does.
+pub(crate) fn write_ibody(area: &mut [u8], entries: &[NewXattr]) -> bool {
+    if area.len() < XATTR_IBODY_HEADER_LEN {
+        return entries.is_empty();
+    }
+    if !write_entries(
+        area,
+        XATTR_IBODY_HEADER_LEN,
+        XATTR_IBODY_HEADER_LEN,
+        entries,
+    ) {
+        return false;
+    }
+    let magic = if entries.is_empty() {
+        0
+    } else {
+        EXT4_XATTR_MAGIC
+    };
+    area[..4].copy_from_slice(&magic.to_le_bytes());
+    true
+}
+
+/// Serializes an xattr block: header (magic, `refcount`, h_blocks 1, the
+/// rehashed h_hash, and with `csum_seed` the checksum over `blocknr`),
+/// entries in the order given (sort them with [`sort_for_block`]).
+pub(crate) fn write_block(
+    block: &mut [u8],
+    blocknr: u64,
+    refcount: u32,
+    entries: &[NewXattr],
+    csum_seed: Option<u32>,
+) -> bool {
+    if block.len() < XATTR_BLOCK_HEADER_LEN + 4
+        || !write_entries(block, XATTR_BLOCK_HEADER_LEN, 0, entries)
+    {
+        return false;
+    }
+    block[..XATTR_BLOCK_HEADER_LEN].fill(0);
+    block[H_MAGIC..H_MAGIC + 4].copy_from_slice(&EXT4_XATTR_MAGIC.to_le_bytes());
+    block[H_REFCOUNT..H_REFCOUNT + 4].copy_from_slice(&refcount.to_le_bytes());
+    block[H_BLOCKS..H_BLOCKS + 4].copy_from_slice(&1u32.to_le_bytes());
+    let h = block_hash(entries.iter().map(entry_hash));
+    block[H_HASH..H_HASH + 4].copy_from_slice(&h.to_le_bytes());
+    if let Some(seed) = csum_seed {
+        let c = xattr_block_csum(block, blocknr, seed);
+        block[H_CHECKSUM..H_CHECKSUM + 4].copy_from_slice(&c.to_le_bytes());
+    }
+    true
+}
+
+/// Rewrites only the refcount of an xattr block and its checksum.
+pub(crate) fn set_block_refcount(
+    block: &mut [u8],
+    blocknr: u64,
+    refcount: u32,
+    csum_seed: Option<u32>,
+) {
+    if let Some(d) = block.get_mut(H_REFCOUNT..H_REFCOUNT + 4) {
+        d.copy_from_slice(&refcount.to_le_bytes());
+    }
+    if let Some(seed) = csum_seed {
+        let c = xattr_block_csum(block, blocknr, seed);
+        if let Some(d) = block.get_mut(H_CHECKSUM..H_CHECKSUM + 4) {
+            d.copy_from_slice(&c.to_le_bytes());
+        }
+    }
+}
+
+/// The block header's h_hash.
+pub(crate) fn block_header_hash(block: &[u8]) -> u32 {
+    le32(block, H_HASH)
+}
+
+impl NewXattr {
+    /// The owned copy of a parsed entry (`ea_hash`: the ea_inode's value
+    /// hash, for entries stored in one).
+    pub(crate) fn from_entry(e: &XattrEntry<'_>, ea_hash: u32) -> NewXattr {
+        NewXattr {
+            name_index: e.name_index,
+            name: e.name.to_vec(),
+            value: match e.value {
+                XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
+                XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
+                    inum,
+                    size,
+                    hash: ea_hash,
+                },
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -529,5 +763,91 @@ pub(crate) mod tests {
         assert_eq!(split_name(b"os2.x"), None);
         assert!(!index_is_listed(INDEX_SYSTEM));
         assert!(index_is_listed(INDEX_TRUSTED));
+    }
+
+    fn owned(index: u8, name: &[u8], value: &[u8]) -> NewXattr {
+        NewXattr {
+            name_index: index,
+            name: name.to_vec(),
+            value: NewXattrValue::Inline(value.to_vec()),
+        }
+    }
+
+    #[test]
+    fn write_round_trips() {
+        let ea = XattrLimits {
+            ea_inode_feature: true,
+            ..LIMITS
+        };
+        let mut entries = vec![
+            owned(INDEX_USER, b"zz", &[1u8; 37]),
+            owned(INDEX_SECURITY, b"selinux", b"ctx\0"),
+            owned(INDEX_USER, b"a", b""),
+            NewXattr {
+                name_index: INDEX_TRUSTED,
+                name: b"big".to_vec(),
+                value: NewXattrValue::EaInode {
+                    inum: 13,
+                    size: 100_000,
+                    hash: 0xdead_beef,
+                },
+            },
+        ];
+        sort_for_block(&mut entries);
+        assert_eq!(entries[0].name, b"a");
+        assert_eq!(entries[1].name, b"zz");
+        let mut b = vec![0xCCu8; 1024];
+        assert!(write_block(&mut b, 99, 3, &entries, Some(5)));
+        let (h, parsed) = parse_block(&b, 99, Some(5), &ea).unwrap();
+        assert_eq!(h.refcount, 3);
+        let back: Vec<NewXattr> = parsed
+            .iter()
+            .map(|e| NewXattr::from_entry(e, 0xdead_beef))
+            .collect();
+        assert_eq!(back, entries);
+        for (e, p) in entries.iter().zip(&parsed) {
+            assert_eq!(p.hash, entry_hash(e));
+        }
+        assert_eq!(
+            block_header_hash(&b),
+            block_hash(parsed.iter().map(|e| e.hash))
+        );
+        set_block_refcount(&mut b, 99, 1, Some(5));
+        assert_eq!(parse_block(&b, 99, Some(5), &ea).unwrap().0.refcount, 1);
+
+        let mut area = vec![0xCCu8; 96];
+        let ib = vec![
+            owned(INDEX_SYSTEM, b"data", b""),
+            owned(INDEX_USER, b"k", b"hello"),
+        ];
+        assert!(write_ibody(&mut area, &ib));
+        let back: Vec<NewXattr> = parse_ibody(&area, &LIMITS)
+            .unwrap()
+            .iter()
+            .map(|e| NewXattr::from_entry(e, 0))
+            .collect();
+        assert_eq!(back, ib);
+        // Too big: refused and untouched.
+        let before = area.clone();
+        assert!(!write_ibody(
+            &mut area,
+            &[owned(INDEX_USER, b"k", &[0u8; 90])]
+        ));
+        assert_eq!(area, before);
+        assert!(write_ibody(&mut area, &[]));
+        assert_eq!(parse_ibody(&area, &LIMITS), Ok(vec![]));
+        assert_eq!(le32(&area, 0), 0);
+    }
+
+    /// Values from e2fsprogs' tests: the hash of user.foo = "bar" style
+    /// entries follows the kernel's shifts.
+    #[test]
+    fn kernel_hash_shape() {
+        // name "a": hash = 'a'; value "\x01\0\0\0": (a << 16) ^ (a >> 16) ^ 1.
+        assert_eq!(hash_entry(b"a", &[]), 0x61);
+        assert_eq!(hash_entry(b"a", &[1]), (0x61 << 16) ^ 1);
+        assert_eq!(hash_entry(b"ab", &[]), (0x61 << 5) ^ 0x62);
+        assert_eq!(block_hash([1, 2]), (1 << 16) ^ 2);
+        assert_eq!(block_hash([1, 0, 2]), 0);
     }
 }
