@@ -267,6 +267,117 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
     }
 }
 
+/// Bytes of the checksum tail after the entries of a tree block.
+pub(crate) const TAIL_SIZE: usize = 4;
+
+/// Entries the root node in i_block holds (the kernel's ext4_ext_space_root).
+pub(crate) const ROOT_MAX_ENTRIES: usize = 4;
+
+/// Byte offset of the checksum tail in a tree block of `len` bytes:
+/// right after the last possible entry (the kernel's EXT_MAX_INDEX + 1).
+pub(crate) fn tail_offset(len: usize) -> usize {
+    HEADER_SIZE + ENTRY_SIZE * max_entries(len.saturating_sub(TAIL_SIZE))
+}
+
+/// Entries a node of `len` bytes holds: 4 in i_block (60 bytes), else
+/// (block size - header) / entry size, leaving room for the checksum tail.
+pub(crate) fn node_capacity(len: usize, in_inode: bool) -> usize {
+    if in_inode {
+        ROOT_MAX_ENTRIES
+    } else {
+        max_entries(len.saturating_sub(TAIL_SIZE))
+    }
+}
+
+/// Serializes one extent tree node into `out` (the 60-byte i_block for the
+/// root, `in_inode` true; else a whole tree block). Sets eh_max to the
+/// node's capacity, zeroes the unused entry slots and, for tree blocks
+/// with `csum_seed` (the inode checksum seed under metadata_csum), stores
+/// crc32c(seed, bytes before the tail) in the tail. Fails if the entries
+/// do not fit.
+pub(crate) fn write_node(
+    out: &mut [u8],
+    in_inode: bool,
+    depth: u16,
+    node: &ExtentNode,
+    csum_seed: Option<u32>,
+) -> Result<()> {
+    let cap = node_capacity(out.len(), in_inode);
+    let n = match node {
+        ExtentNode::Leaf(e) => e.len(),
+        ExtentNode::Index(i) => i.len(),
+    };
+    let too_big = || Error::Invalid("extent node entries exceed its capacity");
+    if n > cap || out.len() < HEADER_SIZE + ENTRY_SIZE * cap {
+        return Err(too_big());
+    }
+    if matches!(node, ExtentNode::Leaf(_)) != (depth == 0) {
+        return Err(Error::Invalid("extent node kind does not match its depth"));
+    }
+    let eh_entries = u16::try_from(n).map_err(|_| too_big())?;
+    let eh_max = u16::try_from(cap).map_err(|_| too_big())?;
+    let end = HEADER_SIZE + ENTRY_SIZE * cap;
+    let area = out.get_mut(..end).ok_or_else(too_big)?;
+    area.fill(0);
+    put(area, 0, &EXT4_EXT_MAGIC.to_le_bytes());
+    put(area, 2, &eh_entries.to_le_bytes());
+    put(area, 4, &eh_max.to_le_bytes());
+    put(area, 6, &depth.to_le_bytes());
+    match node {
+        ExtentNode::Leaf(exts) => {
+            for (i, e) in exts.iter().enumerate() {
+                let at = HEADER_SIZE + ENTRY_SIZE * i;
+                let max = if e.uninit {
+                    EXT_INIT_MAX_LEN - 1
+                } else {
+                    EXT_INIT_MAX_LEN
+                };
+                if e.len == 0 || e.len > max || e.pblk >> 48 != 0 {
+                    return Err(Error::Invalid("extent length or start out of range"));
+                }
+                let ee_len = if e.uninit {
+                    e.len + EXT_INIT_MAX_LEN
+                } else {
+                    e.len
+                };
+                put(area, at, &e.lblk.to_le_bytes());
+                put(area, at + 4, &ee_len.to_le_bytes());
+                put(area, at + 6, &((e.pblk >> 32) as u16).to_le_bytes());
+                put(area, at + 8, &(e.pblk as u32).to_le_bytes());
+            }
+        }
+        ExtentNode::Index(idx) => {
+            for (i, x) in idx.iter().enumerate() {
+                let at = HEADER_SIZE + ENTRY_SIZE * i;
+                if x.leaf >> 48 != 0 {
+                    return Err(Error::Invalid("extent index block out of range"));
+                }
+                put(area, at, &x.lblk.to_le_bytes());
+                put(area, at + 4, &(x.leaf as u32).to_le_bytes());
+                put(area, at + 8, &((x.leaf >> 32) as u16).to_le_bytes());
+            }
+        }
+    }
+    if !in_inode && let Some(seed) = csum_seed {
+        let c = crc32c(seed, out.get(..end).unwrap_or(&[]));
+        if let Some(t) = out.get_mut(end..end + TAIL_SIZE) {
+            t.copy_from_slice(&c.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// An empty root leaf (depth 0, no entries) in i_block.
+pub(crate) fn empty_root(i_block: &mut [u8]) -> Result<()> {
+    write_node(i_block, true, 0, &ExtentNode::Leaf(Vec::new()), None)
+}
+
+fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = out.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +542,62 @@ mod tests {
         assert!(
             e.contains("checksum mismatch") && e.contains("block 9"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn write_round_trips() {
+        let seed = 0x1234_5678;
+        let leaf = ExtentNode::Leaf(vec![
+            Extent {
+                lblk: 0,
+                len: EXT_INIT_MAX_LEN,
+                pblk: 100,
+                uninit: false,
+            },
+            Extent {
+                lblk: 40000,
+                len: EXT_INIT_MAX_LEN - 1,
+                pblk: (1 << 40) + 7,
+                uninit: true,
+            },
+        ]);
+        let mut c = ctx(Some(9), 0, Some(seed));
+        c.end_block = 1 << 47;
+        for bs in [1024usize, 4096, 65536] {
+            let mut b = vec![0xAAu8; bs];
+            write_node(&mut b, false, 0, &leaf, Some(seed)).unwrap();
+            assert_eq!(parse_node(&b, &c).unwrap(), leaf);
+            assert_eq!(usize::from(le16(&b, 4)), (bs - 16) / 12);
+        }
+        let idx = ExtentNode::Index(vec![
+            ExtentIndex { lblk: 0, leaf: 50 },
+            ExtentIndex {
+                lblk: 9,
+                leaf: (1 << 33) + 1,
+            },
+        ]);
+        let mut root = [0u8; 60];
+        write_node(&mut root, true, 2, &idx, None).unwrap();
+        let mut rc = ctx(None, 2, None);
+        rc.end_block = 1 << 47;
+        assert_eq!(parse_node(&root, &rc).unwrap(), idx);
+        assert_eq!(le16(&root, 4), 4);
+        // Too many entries, or a kind that does not match the depth.
+        let five = ExtentNode::Index(vec![ExtentIndex { lblk: 0, leaf: 5 }; 5]);
+        assert!(write_node(&mut root, true, 1, &five, None).is_err());
+        assert!(write_node(&mut root, true, 1, &leaf, None).is_err());
+        let bad = ExtentNode::Leaf(vec![Extent {
+            lblk: 0,
+            len: EXT_INIT_MAX_LEN,
+            pblk: 1,
+            uninit: true,
+        }]);
+        assert!(write_node(&mut root, true, 0, &bad, None).is_err());
+        empty_root(&mut root).unwrap();
+        assert_eq!(
+            parse_node(&root, &ctx(None, 0, None)).unwrap(),
+            ExtentNode::Leaf(vec![])
         );
     }
 }
