@@ -641,4 +641,113 @@ garbage line\n";
         std::fs::remove_dir(&dir).unwrap();
         assert_eq!(pinned.unwrap().path(), canonical);
     }
+
+    #[test]
+    fn label_names() {
+        let u = [0u8; 16];
+        assert_eq!(label_name(b"My Disk", &u, "x"), "My Disk");
+        assert_eq!(label_name(b"../x", &u, "x"), "_x");
+        assert_eq!(label_name(b"a/b", &u, "x"), "a_b");
+        assert_eq!(label_name(b"a\nb\x1b", &u, "x"), "ab");
+        assert_eq!(label_name(b"\xffz", &u, "x"), "\u{fffd}z");
+        assert_eq!(label_name(b"...", &u, "/dev/sdb1"), "sdb1");
+        assert_eq!(label_name(b" . x ", &u, "x"), "x");
+        assert_eq!(label_name(b"", &u, ""), "disk");
+        assert_eq!(label_name(b"", &u, "/dev/.."), "disk");
+        let mut uuid = [0u8; 16];
+        uuid[0] = 0xab;
+        uuid[15] = 0x01;
+        assert_eq!(
+            label_name(b"\n", &uuid, "x"),
+            "ab000000-0000-0000-0000-000000000001"
+        );
+        let long = "é".repeat(200);
+        let n = label_name(long.as_bytes(), &u, "x");
+        assert!(n.len() <= 255 && n.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn candidates_fit_name_max() {
+        assert_eq!(candidate("a", 1), "a");
+        assert_eq!(candidate("a", 2), "a (2)");
+        let long = "é".repeat(200);
+        let c = candidate(&long, 17);
+        assert!(c.len() <= 255 && c.ends_with(" (17)"), "{c}");
+    }
+
+    #[test]
+    fn pin_for_checks_owner_and_emptiness() {
+        let dir = std::env::temp_dir().join(format!("safemount-pinfor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        assert!(pin_for(&dir, me).is_ok());
+        if me == 0 {
+            // Root may name anyone's directory; others only their own.
+            assert!(pin_for(&dir, 0).is_ok());
+            assert!(matches!(
+                pin_for(&dir, 4242),
+                Err(MountpointError::NotOwner(_))
+            ));
+        }
+        std::fs::write(dir.join(".hidden"), b"x").unwrap();
+        assert!(matches!(
+            pin_for(&dir, me),
+            Err(MountpointError::NotEmpty(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn create_auto_and_remove() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let top = std::env::temp_dir().join(format!("safemount-media-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(&top).unwrap();
+        let media = top.join("media");
+        let owner = Owner {
+            uid: 65534,
+            gid: 65534,
+        };
+        let (p1, c1) = create_auto(&media, owner, "Disk").unwrap();
+        let (p2, c2) = create_auto(&media, owner, "Disk").unwrap();
+        let user = p1.path().parent().unwrap().to_owned();
+        assert_eq!(p1.path(), user.join("Disk"));
+        assert_eq!(p2.path(), user.join("Disk (2)"));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&user).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 65534, 0o750));
+        let m = std::fs::metadata(&media).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
+        // Path-based removal, as after a broker restart.
+        remove_auto_dir_in(&media, p2.path());
+        assert!(!p2.path().exists());
+        drop(c2);
+        // Not empty: kept.
+        std::fs::write(p1.path().join("f"), b"x").unwrap();
+        assert_eq!(c1.remove(), Err(Errno::ENOTEMPTY));
+        std::fs::remove_file(p1.path().join("f")).unwrap();
+        c1.remove().unwrap();
+        // Paths outside media/<user>/<leaf> are never touched.
+        let keep = top.join("keep");
+        std::fs::create_dir_all(&keep).unwrap();
+        remove_auto_dir_in(&media, &keep);
+        remove_auto_dir_in(&media, &user);
+        assert!(keep.exists() && user.exists());
+        // A group-writable user directory is refused.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&user, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(matches!(
+            create_auto(&media, owner, "Disk"),
+            Err(MountpointError::UnsafeParent { .. })
+        ));
+        // A symlink in place of the user directory is refused.
+        std::fs::remove_dir(&user).unwrap();
+        std::os::unix::fs::symlink(&keep, &user).unwrap();
+        assert!(create_auto(&media, owner, "Disk").is_err());
+        assert_eq!(std::fs::read_dir(&keep).unwrap().count(), 0);
+        std::fs::remove_dir_all(&top).unwrap();
+    }
 }
