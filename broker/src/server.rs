@@ -406,6 +406,10 @@ impl Broker {
     /// undo; any error returns early and the undo stack runs in reverse.
     /// `for_uid`: mount on behalf of that user (root callers only): the
     /// mount is owned by, and its files belong to, that user.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the parts of one request, each used once"
+    )]
     pub fn mount(
         &self,
         caller: &Caller,

@@ -59,8 +59,7 @@ fn parse(args: &[String]) -> Result<Invocation, String> {
             positional.push(arg.clone());
             continue;
         };
-        let mut chars = flags.char_indices();
-        while let Some((at, c)) = chars.next() {
+        for (at, c) in flags.char_indices() {
             match c {
                 's' | 'n' => {}
                 'f' => inv.fake = true,
