@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod image;
 pub mod kernel;
+pub mod ops;
 pub mod procfs;
 pub mod snapshot;
 pub mod tree;

@@ -506,7 +506,11 @@ pub fn diff(expected: &Snapshot, actual: &Snapshot, against: Against) -> Vec<Str
 pub fn assert_same(expected: &Snapshot, actual: &Snapshot, against: Against, what: &str) {
     let d = diff(expected, actual, against);
     if !d.is_empty() {
-        let shown: Vec<&String> = d.iter().take(25).collect();
+        let limit = std::env::var("SAFEMOUNT_E2E_SHOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(25);
+        let shown: Vec<&String> = d.iter().take(limit).collect();
         panic!(
             "{what}: {} differences ({} entries expected, {} seen); first ones:\n  {}",
             d.len(),

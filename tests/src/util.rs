@@ -262,6 +262,12 @@ pub fn bin(name: &str) -> Result<PathBuf> {
 /// `cargo test -p safemount-tests` does not rebuild the other crates'
 /// binaries: say so loudly when a binary is older than its sources.
 fn warn_if_stale(binary: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    if !first {
+        return;
+    }
     let Ok(built) = fs::metadata(binary).and_then(|m| m.modified()) else {
         return;
     };
@@ -293,7 +299,7 @@ fn warn_if_stale(binary: &Path) {
         && t > built
     {
         eprintln!(
-            "warning: {} is older than {}: run `cargo build --workspace` with this profile (or `cargo test --workspace`)",
+            "warning: {} is older than {} (binaries may be stale): run `cargo build --workspace` with this profile, or `cargo test --workspace`",
             binary.display(),
             src.display()
         );
