@@ -19,6 +19,7 @@ WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 IMG=$WORK/bench.img
 SMALL_FILES=${SMALL_FILES:-10000}
 SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}
+REPEAT=${REPEAT:-3}
 REBUILD=0
 [[ ${1:-} == --rebuild ]] && REBUILD=1
 
@@ -97,26 +98,34 @@ do_unmount() {
 
 stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
 
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
 declare -A READ COLD WARM
 for sys in $SYSTEMS; do
     echo "== $sys" >&2
-    drop_caches
-    do_mount "$sys"
-    t0=$(now)
-    dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
-    t1=$(now)
-    READ[$sys]=$(calc "1073741824 / 1000000 / $(elapsed "$t0" "$t1")")
-    do_unmount "$sys"
+    reads=() colds=() warms=()
+    for run in $(seq "$REPEAT"); do
+        drop_caches
+        do_mount "$sys"
+        t0=$(now)
+        dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
+        t1=$(now)
+        reads+=("$(calc "1073741824 / 1000000 / $(elapsed "$t0" "$t1")")")
+        do_unmount "$sys"
 
-    drop_caches
-    do_mount "$sys"
-    t0=$(now); n=$(stat_walk); t1=$(now)
-    [[ $n -eq $SMALL_FILES ]] || die "$sys: walked $n files, expected $SMALL_FILES"
-    COLD[$sys]=$(elapsed "$t0" "$t1")
-    t0=$(now); stat_walk >/dev/null; t1=$(now)
-    WARM[$sys]=$(elapsed "$t0" "$t1")
-    do_unmount "$sys"
-    printf '   read %.0f MB/s, stat cold %.3f s, warm %.3f s\n' "${READ[$sys]}" "${COLD[$sys]}" "${WARM[$sys]}" >&2
+        drop_caches
+        do_mount "$sys"
+        t0=$(now); n=$(stat_walk); t1=$(now)
+        [[ $n -eq $SMALL_FILES ]] || die "$sys: walked $n files, expected $SMALL_FILES"
+        colds+=("$(elapsed "$t0" "$t1")")
+        t0=$(now); stat_walk >/dev/null; t1=$(now)
+        warms+=("$(elapsed "$t0" "$t1")")
+        do_unmount "$sys"
+        printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s\n' "$run" "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" >&2
+    done
+    READ[$sys]=$(median "${reads[@]}")
+    COLD[$sys]=$(median "${colds[@]}")
+    WARM[$sys]=$(median "${warms[@]}")
 done
 
 ref=kernel
@@ -128,4 +137,4 @@ for sys in $SYSTEMS; do
         "$(calc "${COLD[$sys]} / ${COLD[$ref]}")" \
         "$(calc "${WARM[$sys]} / ${WARM[$ref]}")"
 done
-echo "(read: higher is better; stat: seconds, lower is better; ratios: system / $ref)"
+echo "(median of $REPEAT runs; read: higher is better; stat: seconds, lower is better; ratios: system / $ref)"
