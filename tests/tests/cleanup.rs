@@ -167,6 +167,22 @@ fn unmount_reaps_worker() {
         .mount(&img, &mnt, "ro")
         .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
     let pid = broker.worker_pid(&mnt).unwrap();
+    // A read-only mount refuses writes before they reach the worker.
+    let e = std::fs::File::create(mnt.join("new-file")).expect_err("creating a file on a ro mount");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EROFS),
+        "create on a ro mount: {e}"
+    );
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("hello.txt"))
+        .expect_err("opening for write on a ro mount");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EROFS),
+        "open for write on a ro mount: {e}"
+    );
     broker
         .unmount(&mnt)
         .unwrap_or_else(|e| panic!("unmount: {e}"));

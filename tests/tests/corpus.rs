@@ -293,6 +293,17 @@ fn corpus() {
         broker.pid().is_none_or(procfs::pid_alive),
         "safemountd died during the corpus run"
     );
+    let log = broker.log();
+    let panics: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("panicked") || l.contains("SIGSYS"))
+        .take(5)
+        .collect();
+    assert!(
+        panics.is_empty(),
+        "the broker log reports panics or seccomp kills:\n  {}",
+        panics.join("\n  ")
+    );
     assert!(
         failed.is_empty(),
         "{} of {} corpus images failed:\n  {}",
