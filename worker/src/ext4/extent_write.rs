@@ -1,0 +1,1144 @@
+//! Extent tree editing: the write side of `ondisk::extent`.
+//!
+//! Every edit works on one root-to-leaf path at a time: load the path for a
+//! logical block, change the leaf's extents with one of the pure `leaf_*`
+//! functions, then [`store_path`] writes the path back bottom-up, splitting
+//! nodes that overflow (new blocks near the old one), freeing nodes that
+//! became empty, fixing each parent's index key to its child's first entry
+//! (the kernel's ext4_ext_correct_indexes; both the kernel and e2fsck check
+//! it) and growing the tree by one level when the root in i_block
+//! overflows. Blocks a split needs are allocated before anything is
+//! changed, so a full filesystem leaves the tree as it was.
+//!
+//! The tree talks to storage through [`TreeStore`] (the transaction in the
+//! engine, a map in the unit tests).
+
+use super::ondisk::extent::{
+    self, EXT_INIT_MAX_LEN, Extent, ExtentIndex, ExtentNode, NodeCtx, node_capacity, write_node,
+};
+use super::ondisk::inode::I_BLOCK_SIZE;
+use super::{Error, Ino, Result};
+
+/// Longest initialized extent.
+pub(crate) const MAX_INIT_LEN: u32 = EXT_INIT_MAX_LEN as u32;
+/// Longest unwritten extent.
+pub(crate) const MAX_UNINIT_LEN: u32 = EXT_INIT_MAX_LEN as u32 - 1;
+/// First logical block extents cannot address.
+pub(crate) const LBLK_LIMIT: u64 = 1 << 32;
+/// Cap on the leaves one range operation visits (far beyond any real
+/// file: 2^32 blocks in extents of one block need 12.6M leaves of 340).
+const MAX_LEAF_VISITS: u64 = 1 << 25;
+
+/// Where tree blocks come from and go to.
+pub(crate) trait TreeStore {
+    /// Current contents of a tree block (this transaction's copy if any).
+    fn read_tree_block(&mut self, blk: u64) -> Result<Vec<u8>>;
+    /// Writes a whole tree block (`fresh`: just allocated).
+    fn write_tree_block(&mut self, blk: u64, data: &[u8], fresh: bool) -> Result<()>;
+    /// Up to `want` contiguous blocks near `goal`: (first, count >= 1).
+    fn alloc(&mut self, goal: u64, want: u32) -> Result<(u64, u32)>;
+    fn free(&mut self, first: u64, count: u32) -> Result<()>;
+}
+
+/// What the tree code needs to know about the filesystem and inode.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TreeCtx {
+    pub(crate) ino: Ino,
+    pub(crate) block_size: usize,
+    /// Inode checksum seed under metadata_csum.
+    pub(crate) csum_seed: Option<u32>,
+    /// Valid physical blocks: [first_block, end_block).
+    pub(crate) first_block: u64,
+    pub(crate) end_block: u64,
+    /// Goal for the first allocation when nothing is mapped to the left.
+    pub(crate) default_goal: u64,
+}
+
+impl TreeCtx {
+    /// 512-byte sectors per block (i_blocks units).
+    fn sectors(&self) -> u64 {
+        (self.block_size / 512) as u64
+    }
+}
+
+/// The inode fields the tree changes.
+pub(crate) struct Root<'a> {
+    pub(crate) i_block: &'a mut [u8; I_BLOCK_SIZE],
+    /// i_blocks in 512-byte units.
+    pub(crate) blocks: &'a mut u64,
+}
+
+// ---------------------------------------------------------------------
+// Pure leaf edits.
+
+fn max_len(uninit: bool) -> u32 {
+    if uninit { MAX_UNINIT_LEN } else { MAX_INIT_LEN }
+}
+
+/// Whether `b` can be appended to `a` (adjacent logically and physically,
+/// same state, combined length allowed).
+pub(crate) fn can_merge(a: &Extent, b: &Extent) -> bool {
+    a.end() == u64::from(b.lblk)
+        && a.pblk.checked_add(u64::from(a.len)) == Some(b.pblk)
+        && a.uninit == b.uninit
+        && u32::from(a.len) + u32::from(b.len) <= max_len(a.uninit)
+}
+
+/// Inserts `new` (which overlaps no extent) in order, merging it with its
+/// neighbours where possible.
+pub(crate) fn leaf_insert(exts: &mut Vec<Extent>, new: Extent) {
+    let pos = exts.partition_point(|e| e.lblk < new.lblk);
+    if let Some(left) = pos.checked_sub(1).and_then(|i| exts.get_mut(i))
+        && can_merge(left, &new)
+    {
+        left.len += new.len;
+        let merged = *left;
+        if let Some(right) = exts.get(pos).copied()
+            && can_merge(&merged, &right)
+        {
+            if let Some(l) = exts.get_mut(pos - 1) {
+                l.len += right.len;
+            }
+            exts.remove(pos);
+        }
+        return;
+    }
+    if let Some(right) = exts.get_mut(pos)
+        && can_merge(&new, right)
+    {
+        right.lblk = new.lblk;
+        right.pblk = new.pblk;
+        right.len += new.len;
+        return;
+    }
+    exts.insert(pos, new);
+}
+
+/// Piece of `e` covering logical [start, end) (inside `e`).
+fn piece(e: &Extent, start: u64, end: u64, uninit: bool) -> Extent {
+    let skip = start - u64::from(e.lblk);
+    Extent {
+        lblk: start as u32,
+        len: (end - start) as u16,
+        pblk: e.pblk + skip,
+        uninit,
+    }
+}
+
+/// Removes logical [start, end) from the leaf, trimming and splitting
+/// extents. Returns the physical runs no longer mapped.
+pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<(u64, u32)> {
+    let mut freed = Vec::new();
+    if start >= end {
+        return freed;
+    }
+    let mut out = Vec::with_capacity(exts.len() + 1);
+    for e in exts.iter() {
+        let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
+        if s >= t {
+            out.push(*e);
+            continue;
+        }
+        let p = piece(e, s, t, e.uninit);
+        freed.push((p.pblk, u32::from(p.len)));
+        if u64::from(e.lblk) < s {
+            out.push(piece(e, u64::from(e.lblk), s, e.uninit));
+        }
+        if t < e.end() {
+            out.push(piece(e, t, e.end(), e.uninit));
+        }
+    }
+    *exts = out;
+    freed
+}
+
+/// Marks logical [start, end) unwritten (`uninit`) or written, splitting
+/// extents at the boundaries and merging neighbours afterwards. Returns
+/// whether anything changed.
+pub(crate) fn leaf_set_state(exts: &mut Vec<Extent>, start: u64, end: u64, uninit: bool) -> bool {
+    if start >= end
+        || !exts
+            .iter()
+            .any(|e| e.uninit != uninit && u64::from(e.lblk) < end && e.end() > start)
+    {
+        return false;
+    }
+    let mut out: Vec<Extent> = Vec::with_capacity(exts.len() + 2);
+    for e in exts.iter() {
+        let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
+        if s >= t || e.uninit == uninit {
+            out.push(*e);
+            continue;
+        }
+        if u64::from(e.lblk) < s {
+            out.push(piece(e, u64::from(e.lblk), s, e.uninit));
+        }
+        out.push(piece(e, s, t, uninit));
+        if t < e.end() {
+            out.push(piece(e, t, e.end(), e.uninit));
+        }
+    }
+    // Merge neighbours (a written piece next to a written extent...).
+    let mut merged: Vec<Extent> = Vec::with_capacity(out.len());
+    for e in out {
+        match merged.last_mut() {
+            Some(last) if can_merge(last, &e) => last.len += e.len,
+            _ => merged.push(e),
+        }
+    }
+    *exts = merged;
+    true
+}
+
+// ---------------------------------------------------------------------
+// Paths.
+
+struct Level {
+    /// None for the root (i_block).
+    block: Option<u64>,
+    depth: u16,
+    node: ExtentNode,
+    /// Index levels: the child on the path.
+    idx: usize,
+    dirty: bool,
+    /// Every ancestor chose its last child (splits then keep the left
+    /// node full, good for appends).
+    rightmost: bool,
+}
+
+impl Level {
+    fn len(&self) -> usize {
+        match &self.node {
+            ExtentNode::Leaf(e) => e.len(),
+            ExtentNode::Index(i) => i.len(),
+        }
+    }
+    fn first(&self) -> Option<u32> {
+        match &self.node {
+            ExtentNode::Leaf(e) => e.first().map(|e| e.lblk),
+            ExtentNode::Index(i) => i.first().map(|i| i.lblk),
+        }
+    }
+}
+
+/// One root-to-leaf path.
+pub(crate) struct Path {
+    levels: Vec<Level>,
+    /// The leaf is responsible for logical blocks below this (None: to the
+    /// end): the next index key of any ancestor.
+    pub(crate) bound: Option<u64>,
+}
+
+impl Path {
+    /// The leaf's extents (marking the leaf dirty).
+    pub(crate) fn leaf_mut(&mut self) -> Result<&mut Vec<Extent>> {
+        let l = self
+            .levels
+            .last_mut()
+            .ok_or(Error::Invalid("empty extent path"))?;
+        l.dirty = true;
+        match &mut l.node {
+            ExtentNode::Leaf(e) => Ok(e),
+            // load_path only ends on a leaf.
+            ExtentNode::Index(_) => Err(Error::Invalid("extent path ends on an index")),
+        }
+    }
+    pub(crate) fn leaf(&self) -> &[Extent] {
+        match self.levels.last().map(|l| &l.node) {
+            Some(ExtentNode::Leaf(e)) => e,
+            _ => &[],
+        }
+    }
+    /// The extent containing `lblk`, and the next extent start after it
+    /// within this leaf (else the leaf's bound).
+    pub(crate) fn lookup(&self, lblk: u64) -> (Option<Extent>, Option<u64>) {
+        let exts = self.leaf();
+        let idx = exts.partition_point(|e| u64::from(e.lblk) <= lblk);
+        let found = idx
+            .checked_sub(1)
+            .and_then(|i| exts.get(i))
+            .filter(|e| e.contains(lblk))
+            .copied();
+        let next = exts.get(idx).map(|e| u64::from(e.lblk)).or(self.bound);
+        (found, next)
+    }
+    /// The last extent starting at or before `lblk` (allocation goal).
+    pub(crate) fn left_of(&self, lblk: u64) -> Option<Extent> {
+        let exts = self.leaf();
+        let idx = exts.partition_point(|e| u64::from(e.lblk) <= lblk);
+        idx.checked_sub(1).and_then(|i| exts.get(i)).copied()
+    }
+}
+
+fn corrupt(ctx: &TreeCtx, why: impl std::fmt::Display, blk: u64) -> Error {
+    Error::corrupt(format!("inode {}: extent tree: {why}", ctx.ino), blk)
+}
+
+/// Walks from the root to the leaf responsible for `lblk`.
+pub(crate) fn load_path(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    i_block: &[u8; I_BLOCK_SIZE],
+    lblk: u64,
+) -> Result<Path> {
+    let depth = extent::header_depth(i_block);
+    if depth > extent::MAX_DEPTH {
+        return Err(corrupt(ctx, format_args!("depth {depth} too large"), 0));
+    }
+    let mut nctx = NodeCtx {
+        ino: ctx.ino,
+        block: None,
+        depth,
+        parent_lblk: None,
+        first_block: ctx.first_block,
+        end_block: ctx.end_block,
+        csum_seed: ctx.csum_seed,
+    };
+    let mut levels: Vec<Level> = Vec::with_capacity(usize::from(depth) + 1);
+    let mut node = extent::parse_node(i_block, &nctx)?;
+    let mut block = None;
+    let mut bound: Option<u64> = None;
+    let mut rightmost = true;
+    // Depth strictly decreases per level (parse_node checks the depth).
+    for _ in 0..=extent::MAX_DEPTH {
+        let cur_depth = nctx.depth;
+        match node {
+            ExtentNode::Leaf(_) => {
+                levels.push(Level {
+                    block,
+                    depth: cur_depth,
+                    node,
+                    idx: 0,
+                    dirty: false,
+                    rightmost,
+                });
+                return Ok(Path { levels, bound });
+            }
+            ExtentNode::Index(ref idx) => {
+                let pos = idx
+                    .iter()
+                    .rposition(|i| u64::from(i.lblk) <= lblk)
+                    .unwrap_or(0);
+                let Some(child) = idx.get(pos).copied() else {
+                    return Err(corrupt(ctx, "empty index node", block.unwrap_or(0)));
+                };
+                if let Some(n) = idx.get(pos + 1) {
+                    let b = u64::from(n.lblk);
+                    bound = Some(bound.map_or(b, |x| x.min(b)));
+                }
+                let last = pos + 1 == idx.len();
+                levels.push(Level {
+                    block,
+                    depth: cur_depth,
+                    node,
+                    idx: pos,
+                    dirty: false,
+                    rightmost,
+                });
+                rightmost &= last;
+                let raw = store.read_tree_block(child.leaf)?;
+                if raw.len() != ctx.block_size {
+                    return Err(corrupt(ctx, "short tree block", child.leaf));
+                }
+                nctx.block = Some(child.leaf);
+                nctx.depth = cur_depth.saturating_sub(1);
+                nctx.parent_lblk = Some(child.lblk);
+                node = extent::parse_node(&raw, &nctx)?;
+                block = Some(child.leaf);
+            }
+        }
+    }
+    Err(corrupt(ctx, "tree too deep", 0))
+}
+
+/// What a child did, for its parent's index entry.
+enum ChildChange {
+    None,
+    Removed,
+    Updated { first: u32, extra: Vec<ExtentIndex> },
+}
+
+/// How to cut `n` entries into nodes of at most `cap`.
+fn chunk_sizes(n: usize, cap: usize, rightmost: bool) -> Vec<usize> {
+    if n <= cap || cap == 0 {
+        return vec![n];
+    }
+    let k = n.div_ceil(cap);
+    if rightmost {
+        // Keep the left nodes full: appends then fill fresh nodes.
+        let mut v = vec![cap; k - 1];
+        v.push(n - cap * (k - 1));
+        v
+    } else {
+        let base = n / k;
+        let extra = n % k;
+        (0..k).map(|i| base + usize::from(i < extra)).collect()
+    }
+}
+
+fn split_node(node: ExtentNode, sizes: &[usize]) -> Vec<ExtentNode> {
+    let mut out = Vec::with_capacity(sizes.len());
+    match node {
+        ExtentNode::Leaf(mut v) => {
+            for &s in sizes.iter().rev().take(sizes.len() - 1) {
+                let tail = v.split_off(v.len() - s);
+                out.push(ExtentNode::Leaf(tail));
+            }
+            out.push(ExtentNode::Leaf(v));
+        }
+        ExtentNode::Index(mut v) => {
+            for &s in sizes.iter().rev().take(sizes.len() - 1) {
+                let tail = v.split_off(v.len() - s);
+                out.push(ExtentNode::Index(tail));
+            }
+            out.push(ExtentNode::Index(v));
+        }
+    }
+    out.reverse();
+    out
+}
+
+fn first_of(node: &ExtentNode) -> u32 {
+    match node {
+        ExtentNode::Leaf(e) => e.first().map_or(0, |e| e.lblk),
+        ExtentNode::Index(i) => i.first().map_or(0, |i| i.lblk),
+    }
+}
+
+/// Writes the path back (see the module comment). On NoSpace for the
+/// blocks a split needs, nothing has been changed.
+pub(crate) fn store_path(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+    mut path: Path,
+) -> Result<()> {
+    let n = path.levels.len();
+    let block_cap = node_capacity(ctx.block_size, false);
+    // Plan: how many new blocks the splits (and a root grow) need.
+    let mut needed = 0usize;
+    let mut extra = 0usize;
+    for l in (0..n).rev() {
+        let len = path.levels[l].len() + extra;
+        if l > 0 {
+            let k = len.div_ceil(block_cap).saturating_sub(1);
+            needed += k;
+            extra = k;
+        } else if len > extent::ROOT_MAX_ENTRIES {
+            needed += 1;
+        }
+    }
+    let goal = path
+        .levels
+        .iter()
+        .rev()
+        .find_map(|l| l.block)
+        .unwrap_or(ctx.default_goal);
+    let mut fresh: Vec<u64> = Vec::with_capacity(needed);
+    while fresh.len() < needed {
+        let want = u32::try_from(needed - fresh.len()).unwrap_or(u32::MAX);
+        match store.alloc(goal, want) {
+            Ok((first, count)) => fresh.extend((0..u64::from(count.min(want))).map(|i| first + i)),
+            Err(e) => {
+                for &b in &fresh {
+                    store.free(b, 1)?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let mut fresh = fresh.into_iter();
+    let mut take = |ctx: &TreeCtx| {
+        fresh
+            .next()
+            .ok_or_else(|| corrupt(ctx, "split planning miscounted", 0))
+    };
+    let bs = ctx.block_size;
+    let mut change = ChildChange::None;
+    for l in (0..n).rev() {
+        let level = &mut path.levels[l];
+        match std::mem::replace(&mut change, ChildChange::None) {
+            ChildChange::None => {}
+            ChildChange::Removed => {
+                if let ExtentNode::Index(v) = &mut level.node
+                    && level.idx < v.len()
+                {
+                    v.remove(level.idx);
+                    level.dirty = true;
+                }
+            }
+            ChildChange::Updated { first, extra } => {
+                if let ExtentNode::Index(v) = &mut level.node {
+                    if let Some(e) = v.get_mut(level.idx)
+                        && e.lblk != first
+                    {
+                        e.lblk = first;
+                        level.dirty = true;
+                    }
+                    if !extra.is_empty() {
+                        let at = (level.idx + 1).min(v.len());
+                        v.splice(at..at, extra);
+                        level.dirty = true;
+                    }
+                }
+            }
+        }
+        if l > 0 {
+            let blk = level.block.unwrap_or(0);
+            if level.len() == 0 {
+                store.free(blk, 1)?;
+                *root.blocks = root.blocks.saturating_sub(ctx.sectors());
+                change = ChildChange::Removed;
+                continue;
+            }
+            let before = level.first();
+            if level.len() > block_cap {
+                let node = std::mem::replace(&mut level.node, ExtentNode::Leaf(Vec::new()));
+                let sizes = chunk_sizes(node_len(&node), block_cap, level.rightmost);
+                let mut parts = split_node(node, &sizes).into_iter();
+                let first_part = parts.next().unwrap_or(ExtentNode::Leaf(Vec::new()));
+                let mut extra = Vec::new();
+                for p in parts {
+                    let nb = take(ctx)?;
+                    let mut buf = vec![0u8; bs];
+                    write_node(&mut buf, false, level.depth, &p, ctx.csum_seed)?;
+                    store.write_tree_block(nb, &buf, true)?;
+                    *root.blocks = root.blocks.saturating_add(ctx.sectors());
+                    extra.push(ExtentIndex {
+                        lblk: first_of(&p),
+                        leaf: nb,
+                    });
+                }
+                level.node = first_part;
+                level.dirty = true;
+                change = ChildChange::Updated {
+                    first: first_of(&level.node),
+                    extra,
+                };
+            } else {
+                change = match (before, level.dirty) {
+                    (Some(f), true) => ChildChange::Updated {
+                        first: f,
+                        extra: Vec::new(),
+                    },
+                    _ => ChildChange::None,
+                };
+            }
+            if level.dirty {
+                let mut buf = vec![0u8; bs];
+                write_node(&mut buf, false, level.depth, &level.node, ctx.csum_seed)?;
+                store.write_tree_block(blk, &buf, false)?;
+            }
+        } else {
+            if !level.dirty {
+                break;
+            }
+            if level.len() == 0 && level.depth > 0 {
+                level.node = ExtentNode::Leaf(Vec::new());
+                level.depth = 0;
+            }
+            if level.len() > extent::ROOT_MAX_ENTRIES {
+                // Grow: the root's entries move to a new block, the root
+                // becomes an index with one entry.
+                let nb = take(ctx)?;
+                let node = std::mem::replace(&mut level.node, ExtentNode::Leaf(Vec::new()));
+                let mut buf = vec![0u8; bs];
+                write_node(&mut buf, false, level.depth, &node, ctx.csum_seed)?;
+                store.write_tree_block(nb, &buf, true)?;
+                *root.blocks = root.blocks.saturating_add(ctx.sectors());
+                level.node = ExtentNode::Index(vec![ExtentIndex {
+                    lblk: first_of(&node),
+                    leaf: nb,
+                }]);
+                level.depth += 1;
+                if level.depth > extent::MAX_DEPTH {
+                    return Err(corrupt(ctx, "tree would grow too deep", 0));
+                }
+            }
+            // Keep eh_generation and anything else the kernel left in the
+            // header: write_node rewrites header and entries only.
+            write_node(&mut root.i_block[..], true, level.depth, &level.node, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn node_len(n: &ExtentNode) -> usize {
+    match n {
+        ExtentNode::Leaf(e) => e.len(),
+        ExtentNode::Index(i) => i.len(),
+    }
+}
+
+// ---------------------------------------------------------------------
+// Range operations over the whole tree.
+
+/// How a mapped run came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunKind {
+    /// Already mapped and written.
+    Written,
+    /// Already mapped, unwritten (reads as zeros).
+    Unwritten,
+    /// Allocated by this call (state as asked).
+    New,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) lblk: u64,
+    pub(crate) pblk: u64,
+    pub(crate) len: u32,
+    pub(crate) kind: RunKind,
+}
+
+/// Maps [lblk, lblk+count), allocating holes as extents (unwritten if
+/// asked). Runs come back in logical order and cover a prefix of the
+/// range; the bool is true when allocation stopped on NoSpace before the
+/// end (the tree is consistent either way).
+pub(crate) fn map_alloc(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+    lblk: u64,
+    count: u64,
+    unwritten: bool,
+) -> Result<(Vec<Run>, bool)> {
+    let end = lblk
+        .checked_add(count)
+        .filter(|&e| e <= LBLK_LIMIT)
+        .ok_or(Error::Invalid("block range beyond what extents address"))?;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut cur = lblk;
+    let mut steps = 0u64;
+    while cur < end {
+        steps += 1;
+        if steps > MAX_LEAF_VISITS.saturating_mul(4) {
+            return Err(corrupt(ctx, "too many steps mapping a range", 0));
+        }
+        let mut path = load_path(store, ctx, root.i_block, cur)?;
+        let (found, next) = path.lookup(cur);
+        if let Some(e) = found {
+            let stop = e.end().min(end);
+            let len = (stop - cur) as u32;
+            push_run(
+                &mut runs,
+                Run {
+                    lblk: cur,
+                    pblk: e.pblk + (cur - u64::from(e.lblk)),
+                    len,
+                    kind: if e.uninit {
+                        RunKind::Unwritten
+                    } else {
+                        RunKind::Written
+                    },
+                },
+            );
+            cur = stop;
+            continue;
+        }
+        let hole_end = next.map_or(end, |n| n.min(end)).max(cur + 1);
+        let goal = path
+            .left_of(cur)
+            .map(|e| e.pblk.saturating_add(cur - u64::from(e.lblk)))
+            .filter(|&g| g < ctx.end_block)
+            .unwrap_or(ctx.default_goal);
+        let want = (hole_end - cur).min(u64::from(max_len(unwritten))) as u32;
+        let (pblk, got) = match store.alloc(goal, want) {
+            Ok(r) => r,
+            Err(Error::NoSpace) => return Ok((runs, true)),
+            Err(e) => return Err(e),
+        };
+        let got = got.min(want);
+        path.leaf_mut()?.push_sorted(Extent {
+            lblk: cur as u32,
+            len: got as u16,
+            pblk,
+            uninit: unwritten,
+        });
+        match store_path(store, ctx, root, path) {
+            Ok(()) => {}
+            Err(Error::NoSpace) => {
+                store.free(pblk, got)?;
+                return Ok((runs, true));
+            }
+            Err(e) => return Err(e),
+        }
+        *root.blocks = root
+            .blocks
+            .saturating_add(u64::from(got).saturating_mul(ctx.sectors()));
+        push_run(
+            &mut runs,
+            Run {
+                lblk: cur,
+                pblk,
+                len: got,
+                kind: RunKind::New,
+            },
+        );
+        cur += u64::from(got);
+    }
+    Ok((runs, false))
+}
+
+fn push_run(runs: &mut Vec<Run>, r: Run) {
+    if let Some(last) = runs.last_mut()
+        && last.kind == r.kind
+        && last.lblk + u64::from(last.len) == r.lblk
+        && last.pblk + u64::from(last.len) == r.pblk
+        && let Some(len) = last.len.checked_add(r.len)
+    {
+        last.len = len;
+        return;
+    }
+    runs.push(r);
+}
+
+trait PushSorted {
+    fn push_sorted(&mut self, e: Extent);
+}
+impl PushSorted for Vec<Extent> {
+    fn push_sorted(&mut self, e: Extent) {
+        leaf_insert(self, e);
+    }
+}
+
+/// Visits every leaf overlapping [start, end) and applies `edit` to its
+/// part of the range. `edit` returns whether it changed the leaf.
+fn for_each_leaf(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+    start: u64,
+    end: u64,
+    mut edit: impl FnMut(&mut dyn TreeStore, &mut Vec<Extent>, u64, u64) -> Result<bool>,
+) -> Result<()> {
+    let mut cur = start;
+    let mut visits = 0u64;
+    while cur < end {
+        visits += 1;
+        if visits > MAX_LEAF_VISITS {
+            return Err(corrupt(ctx, "too many leaves in one range operation", 0));
+        }
+        let mut path = load_path(store, ctx, root.i_block, cur)?;
+        let stop = path.bound.map_or(end, |b| b.min(end));
+        let mut exts = path.leaf().to_vec();
+        let changed = edit(store, &mut exts, cur, stop)?;
+        if changed {
+            *path.leaf_mut()? = exts;
+            store_path(store, ctx, root, path)?;
+        }
+        match stop {
+            s if s > cur => cur = s,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps [start, end): frees the data blocks (and tree blocks that become
+/// empty), adjusting i_blocks. Returns the number of data blocks freed.
+pub(crate) fn remove_range(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+    start: u64,
+    end: u64,
+) -> Result<u64> {
+    let end = end.min(LBLK_LIMIT);
+    let mut freed_total = 0u64;
+    let mut freed_runs: Vec<(u64, u32)> = Vec::new();
+    for_each_leaf(store, ctx, root, start, end, |_, exts, s, t| {
+        let freed = leaf_remove(exts, s, t);
+        let changed = !freed.is_empty();
+        freed_runs.extend(freed);
+        Ok(changed)
+    })?;
+    for (p, n) in freed_runs {
+        store.free(p, n)?;
+        freed_total += u64::from(n);
+        *root.blocks = root
+            .blocks
+            .saturating_sub(u64::from(n).saturating_mul(ctx.sectors()));
+    }
+    Ok(freed_total)
+}
+
+/// Marks [start, end) unwritten or written where mapped.
+pub(crate) fn set_state(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+    start: u64,
+    end: u64,
+    uninit: bool,
+) -> Result<()> {
+    let end = end.min(LBLK_LIMIT);
+    for_each_leaf(store, ctx, root, start, end, |_, exts, s, t| {
+        Ok(leaf_set_state(exts, s, t, uninit))
+    })
+}
+
+/// Every extent of the tree in order (tests and whole-file walks).
+pub(crate) fn all_extents(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    i_block: &[u8; I_BLOCK_SIZE],
+) -> Result<Vec<Extent>> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut cur = 0u64;
+    let mut visits = 0u64;
+    loop {
+        visits += 1;
+        if visits > MAX_LEAF_VISITS {
+            return Err(corrupt(ctx, "too many leaves", 0));
+        }
+        let path = load_path(store, ctx, i_block, cur)?;
+        out.extend(path.leaf().iter().filter(|e| e.end() > cur));
+        match path.bound {
+            Some(b) if b > cur => cur = b,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// A fresh empty extent root for i_block.
+pub(crate) fn init_root(i_block: &mut [u8; I_BLOCK_SIZE]) -> Result<()> {
+    i_block.fill(0);
+    extent::empty_root(&mut i_block[..])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+
+    fn e(lblk: u32, len: u16, pblk: u64, uninit: bool) -> Extent {
+        Extent {
+            lblk,
+            len,
+            pblk,
+            uninit,
+        }
+    }
+
+    #[test]
+    fn insert_merges() {
+        let mut v = vec![e(0, 4, 100, false), e(10, 2, 200, false)];
+        leaf_insert(&mut v, e(4, 2, 104, false));
+        assert_eq!(v, vec![e(0, 6, 100, false), e(10, 2, 200, false)]);
+        leaf_insert(&mut v, e(8, 2, 198, false));
+        assert_eq!(v, vec![e(0, 6, 100, false), e(8, 4, 198, false)]);
+        leaf_insert(&mut v, e(6, 2, 106, true));
+        assert_eq!(v.len(), 3);
+        leaf_insert(&mut v, e(20, 1, 5, false));
+        assert_eq!(v.last(), Some(&e(20, 1, 5, false)));
+        // Left and right merge into one.
+        let mut v = vec![e(0, 2, 10, false), e(3, 2, 13, false)];
+        leaf_insert(&mut v, e(2, 1, 12, false));
+        assert_eq!(v, vec![e(0, 5, 10, false)]);
+        // Length limits.
+        let mut v = vec![e(0, 32768, 10, false)];
+        leaf_insert(&mut v, e(32768, 1, 32778, false));
+        assert_eq!(v.len(), 2);
+        let mut v = vec![e(0, 32767, 10, true)];
+        leaf_insert(&mut v, e(32767, 1, 32777, true));
+        assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn remove_trims_and_splits() {
+        let mut v = vec![e(0, 10, 100, false), e(20, 5, 300, true)];
+        let f = leaf_remove(&mut v, 3, 5);
+        assert_eq!(f, vec![(103, 2)]);
+        assert_eq!(
+            v,
+            vec![
+                e(0, 3, 100, false),
+                e(5, 5, 105, false),
+                e(20, 5, 300, true)
+            ]
+        );
+        let f = leaf_remove(&mut v, 8, 22);
+        assert_eq!(f, vec![(108, 2), (300, 2)]);
+        assert_eq!(
+            v,
+            vec![
+                e(0, 3, 100, false),
+                e(5, 3, 105, false),
+                e(22, 3, 302, true)
+            ]
+        );
+        assert_eq!(leaf_remove(&mut v, 0, u64::MAX).len(), 3);
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn set_state_splits_and_merges() {
+        let mut v = vec![e(0, 10, 100, true)];
+        assert!(leaf_set_state(&mut v, 2, 4, false));
+        assert_eq!(
+            v,
+            vec![e(0, 2, 100, true), e(2, 2, 102, false), e(4, 6, 104, true)]
+        );
+        assert!(leaf_set_state(&mut v, 4, 10, false));
+        assert_eq!(v, vec![e(0, 2, 100, true), e(2, 8, 102, false)]);
+        assert!(!leaf_set_state(&mut v, 2, 10, false));
+        assert!(leaf_set_state(&mut v, 0, 2, false));
+        assert_eq!(v, vec![e(0, 10, 100, false)]);
+        assert!(leaf_set_state(&mut v, 0, 10, true));
+        assert_eq!(v, vec![e(0, 10, 100, true)]);
+    }
+
+    /// A fake filesystem: blocks in a map, a bitmap as a set.
+    pub(crate) struct MemStore {
+        pub(crate) bs: usize,
+        pub(crate) blocks: HashMap<u64, Vec<u8>>,
+        pub(crate) used: BTreeSet<u64>,
+        pub(crate) total: u64,
+        /// Allocation hands out at most this many blocks per call.
+        pub(crate) max_run: u32,
+    }
+
+    impl MemStore {
+        pub(crate) fn new(bs: usize, total: u64) -> Self {
+            MemStore {
+                bs,
+                blocks: HashMap::new(),
+                used: BTreeSet::new(),
+                total,
+                max_run: u32::MAX,
+            }
+        }
+    }
+
+    impl TreeStore for MemStore {
+        fn read_tree_block(&mut self, blk: u64) -> Result<Vec<u8>> {
+            assert!(self.used.contains(&blk), "reading free block {blk}");
+            Ok(self.blocks.get(&blk).cloned().unwrap())
+        }
+        fn write_tree_block(&mut self, blk: u64, data: &[u8], _fresh: bool) -> Result<()> {
+            assert!(self.used.contains(&blk), "writing free block {blk}");
+            self.blocks.insert(blk, data.to_vec());
+            Ok(())
+        }
+        fn alloc(&mut self, goal: u64, want: u32) -> Result<(u64, u32)> {
+            let want = want.min(self.max_run);
+            let start = (goal.max(1)..self.total)
+                .chain(1..goal.max(1))
+                .find(|b| !self.used.contains(b))
+                .ok_or(Error::NoSpace)?;
+            let mut n = 0u32;
+            while n < want && start + u64::from(n) < self.total {
+                if !self.used.insert(start + u64::from(n)) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok((start, n))
+        }
+        fn free(&mut self, first: u64, count: u32) -> Result<()> {
+            for b in first..first + u64::from(count) {
+                assert!(self.used.remove(&b), "double free of {b}");
+                self.blocks.remove(&b);
+            }
+            Ok(())
+        }
+    }
+
+    fn ctx(bs: usize, total: u64) -> TreeCtx {
+        TreeCtx {
+            ino: 12,
+            block_size: bs,
+            csum_seed: Some(0xfeed),
+            first_block: 1,
+            end_block: total,
+            default_goal: 1,
+        }
+    }
+
+    /// Checks the whole tree the way a reader would (parse_node verifies
+    /// every header, key order, parent keys and checksums) and that
+    /// i_blocks matches data plus tree blocks.
+    fn check(st: &mut MemStore, c: &TreeCtx, ib: &[u8; 60], blocks: u64) -> Vec<Extent> {
+        let all = all_extents(st, c, ib).unwrap();
+        for w in all.windows(2) {
+            assert!(w[0].end() <= u64::from(w[1].lblk), "{w:?}");
+        }
+        let data: u64 = all.iter().map(|e| u64::from(e.len)).sum();
+        let tree = st.blocks.len() as u64;
+        assert_eq!(blocks, (data + tree) * (c.block_size as u64 / 512));
+        all
+    }
+
+    #[test]
+    fn tree_grows_splits_and_shrinks() {
+        let bs = 1024;
+        let c = ctx(bs, 1 << 20);
+        let mut st = MemStore::new(bs, 1 << 20);
+        st.max_run = 1;
+        let mut ib = [0u8; 60];
+        init_root(&mut ib).unwrap();
+        let mut blocks = 0u64;
+        // Every other block: each is its own extent (the allocator hands
+        // out neighbours, but logical gaps stop merges).
+        let n = 84 * 84 + 500; // forces depth 2 with 1 KiB blocks
+        for i in 0..n {
+            let mut root = Root {
+                i_block: &mut ib,
+                blocks: &mut blocks,
+            };
+            let (runs, short) = map_alloc(&mut st, &c, &mut root, 2 * i, 1, false).unwrap();
+            assert!(!short);
+            assert_eq!(runs.len(), 1);
+            assert_eq!(runs[0].kind, RunKind::New);
+        }
+        assert_eq!(extent::header_depth(&ib), 2);
+        let all = check(&mut st, &c, &ib, blocks);
+        assert_eq!(all.len() as u64, n);
+        // Mapping again allocates nothing.
+        let mut root = Root {
+            i_block: &mut ib,
+            blocks: &mut blocks,
+        };
+        let (runs, _) = map_alloc(&mut st, &c, &mut root, 0, 2 * n, false).unwrap();
+        assert_eq!(
+            runs.iter().filter(|r| r.kind == RunKind::New).count() as u64,
+            n
+        );
+        let all = check(&mut st, &c, &ib, blocks);
+        assert!(all.len() as u64 <= 2 * n);
+        // Punch the middle, then inside extents, then convert states.
+        let mut root = Root {
+            i_block: &mut ib,
+            blocks: &mut blocks,
+        };
+        remove_range(&mut st, &c, &mut root, 1000, 9000).unwrap();
+        set_state(&mut st, &c, &mut root, 0, 500, true).unwrap();
+        set_state(&mut st, &c, &mut root, 100, 200, false).unwrap();
+        let all = check(&mut st, &c, &ib, blocks);
+        assert!(all.iter().all(|e| !(1000..9000).contains(&e.lblk)));
+        // Truncate to 10 blocks, then to nothing: all tree blocks go.
+        let mut root = Root {
+            i_block: &mut ib,
+            blocks: &mut blocks,
+        };
+        remove_range(&mut st, &c, &mut root, 10, LBLK_LIMIT).unwrap();
+        let all = check(&mut st, &c, &ib, blocks);
+        assert!(all.iter().all(|e| e.end() <= 10));
+        let mut root = Root {
+            i_block: &mut ib,
+            blocks: &mut blocks,
+        };
+        remove_range(&mut st, &c, &mut root, 0, LBLK_LIMIT).unwrap();
+        assert_eq!(blocks, 0);
+        assert!(st.used.is_empty() && st.blocks.is_empty());
+        assert_eq!(extent::header_depth(&ib), 0);
+    }
+
+    #[test]
+    fn random_ops_keep_tree_valid() {
+        let bs = 1024;
+        let c = ctx(bs, 1 << 18);
+        let mut st = MemStore::new(bs, 1 << 18);
+        st.max_run = 3;
+        let mut ib = [0u8; 60];
+        init_root(&mut ib).unwrap();
+        let mut blocks = 0u64;
+        // Reference: lblk -> (pblk, uninit).
+        let mut model: std::collections::BTreeMap<u64, (u64, bool)> = Default::default();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for _ in 0..3000 {
+            let op = rnd(10);
+            let a = rnd(20000);
+            let big = rnd(5) == 0;
+            let len = 1 + rnd(if big { 400 } else { 6 });
+            let mut root = Root {
+                i_block: &mut ib,
+                blocks: &mut blocks,
+            };
+            match op {
+                0..=5 => {
+                    let un = rnd(3) == 0;
+                    let (runs, _) = map_alloc(&mut st, &c, &mut root, a, len, un).unwrap();
+                    for r in runs {
+                        for k in 0..u64::from(r.len) {
+                            let want = match r.kind {
+                                RunKind::New => (r.pblk + k, un),
+                                RunKind::Written => (r.pblk + k, false),
+                                RunKind::Unwritten => (r.pblk + k, true),
+                            };
+                            let prev = model.insert(r.lblk + k, want);
+                            if r.kind == RunKind::New {
+                                assert!(prev.is_none());
+                            } else {
+                                assert_eq!(prev, Some(want));
+                            }
+                        }
+                    }
+                }
+                6 | 7 => {
+                    remove_range(&mut st, &c, &mut root, a, a + len).unwrap();
+                    for k in a..a + len {
+                        model.remove(&k);
+                    }
+                }
+                _ => {
+                    let un = op == 8;
+                    set_state(&mut st, &c, &mut root, a, a + len, un).unwrap();
+                    for k in a..a + len {
+                        if let Some(v) = model.get_mut(&k) {
+                            v.1 = un;
+                        }
+                    }
+                }
+            }
+        }
+        let all = check(&mut st, &c, &ib, blocks);
+        let mut flat = std::collections::BTreeMap::new();
+        for e in &all {
+            for k in 0..u64::from(e.len) {
+                flat.insert(u64::from(e.lblk) + k, (e.pblk + k, e.uninit));
+            }
+        }
+        assert_eq!(flat, model);
+        // Every used block is data or tree.
+        assert_eq!(
+            st.used.len() as u64,
+            model.len() as u64 + st.blocks.len() as u64
+        );
+    }
+
+    #[test]
+    fn nospace_leaves_tree_intact() {
+        let bs = 1024;
+        let c = ctx(bs, 300);
+        let mut st = MemStore::new(bs, 300);
+        st.max_run = 1;
+        let mut ib = [0u8; 60];
+        init_root(&mut ib).unwrap();
+        let mut blocks = 0u64;
+        let mut short_seen = false;
+        for i in 0..400u64 {
+            let mut root = Root {
+                i_block: &mut ib,
+                blocks: &mut blocks,
+            };
+            let (runs, short) = map_alloc(&mut st, &c, &mut root, 2 * i, 1, false).unwrap();
+            if short {
+                assert!(runs.is_empty());
+                short_seen = true;
+            }
+        }
+        assert!(short_seen);
+        check(&mut st, &c, &ib, blocks);
+        assert_eq!(st.used.len(), 299);
+    }
+}
