@@ -15,13 +15,17 @@
 pub mod error;
 pub mod types;
 
+pub(crate) mod alloc;
 pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod dir;
+pub(crate) mod extent_write;
 pub(crate) mod file;
 pub(crate) mod hash;
 pub(crate) mod ondisk;
+pub(crate) mod orphan;
 pub(crate) mod symlink;
+pub(crate) mod txn;
 pub(crate) mod util;
 pub(crate) mod xattr;
 
@@ -39,6 +43,7 @@ use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, 
 use checksum::crc32c;
 use ondisk::group_desc::GroupDesc;
 pub(crate) use ondisk::inode::Inode;
+pub(crate) use txn::Txn;
 use ondisk::superblock::{self as sbf, Superblock};
 
 /// How to open a filesystem.
@@ -64,11 +69,19 @@ pub struct FsInfo {
 /// An open filesystem. Send + Sync; every method takes `&self`.
 pub struct Ext4 {
     dev: Arc<dyn BlockDevice>,
+    /// The superblock as opened: geometry and features. The live, written
+    /// copy (counters, state, orphan list head) is in `rw`.
     sb: Superblock,
+    /// Descriptors as opened: use for locations (bitmaps, inode table),
+    /// which never change. Counters and flags live in `rw.gdt`.
     groups: Vec<GroupDesc>,
     block_size: u32,
     csum_seed: u32,
+    /// Whether the mount was opened read-only (the write side may turn a
+    /// read-write mount read-only later: see `is_read_only`).
     read_only: bool,
+    /// Write-side state: transaction lock, live descriptors and superblock.
+    rw: txn::RwState,
     blocks: BlockCache,
     inodes: Lru<Arc<Inode>>,
     /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
@@ -83,17 +96,20 @@ fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
 
 impl Ext4 {
     /// Opens the filesystem on `dev`: superblock, feature policy, group
-    /// descriptors, MMP, root inode. The engine is read-only for now: a
-    /// read-write request is checked against the feature policy, then served
-    /// read-only (see `info().read_only`).
+    /// descriptors, MMP, root inode. A read-write request is served
+    /// read-write when the write-side policy allows it (`txn::rw_refusal`),
+    /// else read-only with a log line saying why (see `info().read_only`);
+    /// a read-write mount marks the superblock not-clean until `shutdown`.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
         let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
         dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
             .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
         let sb = Superblock::parse(&raw, dev.size())?;
-        check_features(&sb, opts.read_only)?;
-        if !opts.read_only {
-            tracing::warn!("read-write requested; this engine serves the filesystem read-only");
+        check_features(&sb, true)?;
+        let mut read_only = opts.read_only;
+        if !read_only && let Some(why) = txn::rw_refusal(&sb) {
+            tracing::warn!("serving read-only: {why}");
+            read_only = true;
         }
         let block_size = sb.block_size();
         let csum_seed = if sb.has_incompat(sbf::INCOMPAT_CSUM_SEED) {
@@ -101,13 +117,15 @@ impl Ext4 {
         } else {
             crc32c(!0, &sb.s_uuid)
         };
+        let rw = txn::RwState::new(&sb, raw);
         let mut fs = Ext4 {
             dev,
             sb,
             groups: Vec::new(),
             block_size,
             csum_seed,
-            read_only: true,
+            read_only,
+            rw,
             blocks: Lru::new(DEFAULT_BLOCK_CACHE_BYTES),
             inodes: Lru::new(DEFAULT_INODE_CACHE_ENTRIES),
             overhead_clusters: 0,
@@ -124,6 +142,9 @@ impl Ext4 {
             return Err(Error::corrupt("root inode is not a valid directory", 0));
         }
         fs.overhead_clusters = fs.calculate_overhead();
+        if !fs.read_only {
+            fs.start_rw()?;
+        }
         Ok(fs)
     }
 
@@ -265,7 +286,7 @@ impl Ext4 {
             uuid: self.sb.s_uuid,
             fs_type: self.sb.fs_type(),
             features: self.sb.feature_list(),
-            read_only: self.read_only,
+            read_only: self.is_read_only(),
         }
     }
 
@@ -294,16 +315,7 @@ impl Ext4 {
     /// statfs(2) as the kernel's ext4_statfs computes it.
     pub fn statfs(&self) -> Result<StatFs> {
         let cbits = self.sb.cluster_bits();
-        let free_clusters: u64 = self
-            .groups
-            .iter()
-            .map(|g| u64::from(g.bg_free_blocks_count))
-            .sum();
-        let free_inodes: u64 = self
-            .groups
-            .iter()
-            .map(|g| u64::from(g.bg_free_inodes_count))
-            .sum();
+        let (free_clusters, free_inodes) = self.rw.free_counts(&self.groups);
         let c2b = |c: u64| c.checked_shl(cbits).unwrap_or(u64::MAX);
         let resv = if self.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
             ((self.sb.s_blocks_count >> cbits) / 50).min(4096)

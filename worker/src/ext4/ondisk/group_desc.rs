@@ -6,7 +6,7 @@ use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::superblock::{
     INCOMPAT_64BIT, MIN_DESC_SIZE, RO_COMPAT_GDT_CSUM, RO_COMPAT_METADATA_CSUM, Superblock,
 };
-use crate::ext4::util::{le16, le32};
+use crate::ext4::util::{le16, le32, put_le16, put_le32};
 
 /// Offset of `bg_checksum`.
 const BG_CHECKSUM_OFFSET: usize = 0x1E;
@@ -92,6 +92,48 @@ impl GroupDesc {
     }
 }
 
+impl GroupDesc {
+    /// Serializes descriptor `group` into `out` (its `s_desc_size` on-disk
+    /// bytes, previous contents kept for reserved fields) and sets
+    /// `bg_checksum` (metadata_csum or gdt_csum). High halves are written
+    /// only with 64bit and 64-byte descriptors, as the kernel does.
+    pub(crate) fn write(&self, out: &mut [u8], group: u32, sb: &Superblock, csum_seed: u32) {
+        let size = usize::from(sb.s_desc_size.max(MIN_DESC_SIZE)).min(out.len());
+        let b = out;
+        let is64 = sb.has_incompat(INCOMPAT_64BIT) && size >= 64;
+        let lo32 = |v: u64| (v & 0xFFFF_FFFF) as u32;
+        let lo16 = |v: u32| (v & 0xFFFF) as u16;
+        put_le32(b, 0x0, lo32(self.bg_block_bitmap));
+        put_le32(b, 0x4, lo32(self.bg_inode_bitmap));
+        put_le32(b, 0x8, lo32(self.bg_inode_table));
+        put_le16(b, 0xC, lo16(self.bg_free_blocks_count));
+        put_le16(b, 0xE, lo16(self.bg_free_inodes_count));
+        put_le16(b, 0x10, lo16(self.bg_used_dirs_count));
+        put_le16(b, 0x12, self.bg_flags);
+        put_le32(b, 0x14, lo32(self.bg_exclude_bitmap));
+        put_le16(b, 0x18, lo16(self.bg_block_bitmap_csum));
+        put_le16(b, 0x1A, lo16(self.bg_inode_bitmap_csum));
+        put_le16(b, 0x1C, lo16(self.bg_itable_unused));
+        if is64 {
+            put_le32(b, 0x20, (self.bg_block_bitmap >> 32) as u32);
+            put_le32(b, 0x24, (self.bg_inode_bitmap >> 32) as u32);
+            put_le32(b, 0x28, (self.bg_inode_table >> 32) as u32);
+            put_le16(b, 0x2C, (self.bg_free_blocks_count >> 16) as u16);
+            put_le16(b, 0x2E, (self.bg_free_inodes_count >> 16) as u16);
+            put_le16(b, 0x30, (self.bg_used_dirs_count >> 16) as u16);
+            put_le16(b, 0x32, (self.bg_itable_unused >> 16) as u16);
+            put_le32(b, 0x34, (self.bg_exclude_bitmap >> 32) as u32);
+            put_le16(b, 0x38, (self.bg_block_bitmap_csum >> 16) as u16);
+            put_le16(b, 0x3A, (self.bg_inode_bitmap_csum >> 16) as u16);
+        }
+        let c = b
+            .get(..size)
+            .and_then(|d| desc_csum(d, group, sb, csum_seed))
+            .unwrap_or(self.bg_checksum);
+        put_le16(b, BG_CHECKSUM_OFFSET, c);
+    }
+}
+
 /// The descriptor checksum the kernel's ext4_group_desc_csum computes, or
 /// None when the filesystem has neither metadata_csum nor gdt_csum.
 pub(crate) fn desc_csum(b: &[u8], group: u32, sb: &Superblock, csum_seed: u32) -> Option<u16> {
@@ -164,6 +206,33 @@ mod tests {
         let mut bad = d.clone();
         bad[0x30] ^= 1; // in the 64-bit tail, which gdt_csum covers with 64bit
         assert!(!GroupDesc::parse(&bad, 3, &sb, 0).unwrap().csum_ok);
+    }
+
+    /// parse(write(x)) == x with a fresh checksum, for both checksum kinds
+    /// and 32-byte descriptors.
+    #[test]
+    fn write_round_trip() {
+        for ro in [RO_COMPAT_METADATA_CSUM, RO_COMPAT_GDT_CSUM, 0] {
+            let sb = sb(ro);
+            let d = desc(&sb, 0x1234);
+            let g = GroupDesc::parse(&d, 3, &sb, 0x1234).unwrap();
+            let mut out = d.clone();
+            g.write(&mut out, 3, &sb, 0x1234);
+            assert_eq!(out, d, "ro_compat {ro:#x}");
+            let mut g2 = g.clone();
+            g2.bg_free_blocks_count = 0x1_2345;
+            g2.bg_free_inodes_count = 0x2_0001;
+            g2.bg_used_dirs_count = 9;
+            g2.bg_itable_unused = 0x3_0000;
+            g2.bg_flags = BG_INODE_ZEROED;
+            g2.bg_block_bitmap_csum = 0xdead_beef;
+            g2.bg_inode_bitmap_csum = 0x1234_5678;
+            g2.write(&mut out, 3, &sb, 0x1234);
+            let back = GroupDesc::parse(&out, 3, &sb, 0x1234).unwrap();
+            assert!(back.csum_ok);
+            g2.bg_checksum = back.bg_checksum;
+            assert_eq!(back, g2);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::ext4::ondisk::superblock::{
     GOOD_OLD_INODE_SIZE, RO_COMPAT_HUGE_FILE, RO_COMPAT_METADATA_CSUM, Superblock,
 };
 use crate::ext4::types::{FileKind, Ino, Timestamp};
-use crate::ext4::util::{le16, le32};
+use crate::ext4::util::{le16, le32, put, put_le16, put_le32};
 
 // i_mode file types.
 pub(crate) const S_IFMT: u16 = 0o170000;
@@ -58,8 +58,9 @@ const I_CHECKSUM_LO: usize = 0x7C;
 const I_EXTRA_ISIZE: usize = 0x80;
 const I_CHECKSUM_HI: usize = 0x82;
 
-/// An inode, parsed and checked.
-#[derive(Debug)]
+/// An inode, parsed and checked. Write side: change the pub(crate)
+/// fields (and the in-inode xattr area inside `raw`), then
+/// `Txn::put_inode`; [`Inode::write`] serializes them over `raw`.
 pub(crate) struct Inode {
     pub(crate) ino: Ino,
     pub(crate) mode: u16,
@@ -325,6 +326,259 @@ impl Inode {
     }
 }
 
+/// Size of the fixed part of `struct ext4_inode` past 128 bytes that this
+/// engine knows (up to i_projid): the kernel's default i_extra_isize.
+pub(crate) const EXT4_DEFAULT_EXTRA_ISIZE: u16 = 32;
+/// Flags a new inode inherits from its directory (EXT4_FL_INHERITED).
+pub(crate) const EXT4_FL_INHERITED: u32 = EXT4_SECRM_FL
+    | EXT4_UNRM_FL
+    | EXT4_COMPR_FL
+    | EXT4_SYNC_FL
+    | EXT4_NODUMP_FL
+    | EXT4_NOATIME_FL
+    | EXT4_NOCOMPR_FL
+    | EXT4_JOURNAL_DATA_FL
+    | EXT4_NOTAIL_FL
+    | EXT4_DIRSYNC_FL
+    | EXT4_CASEFOLD_FL
+    | EXT4_DAX_FL
+    | EXT4_PROJINHERIT_FL;
+/// Of the inherited flags, those that only make sense on directories
+/// (EXT4_DIRSYNC_FL | EXT4_TOPDIR_FL | EXT4_CASEFOLD_FL |
+/// EXT4_PROJINHERIT_FL) and on regular files (EXT4_REG_FLMASK is the
+/// complement of directory-only flags), as ext4_mask_flags applies them.
+const EXT4_DIR_ONLY_FL: u32 =
+    EXT4_DIRSYNC_FL | EXT4_TOPDIR_FL | EXT4_CASEFOLD_FL | EXT4_PROJINHERIT_FL;
+const EXT4_OTHER_FLMASK: u32 = EXT4_NODUMP_FL | EXT4_NOATIME_FL;
+
+/// The flags a new inode of `mode` gets from its parent directory's
+/// `parent_flags` (ext4_new_inode: ext4_mask_flags(mode, dir flags &
+/// EXT4_FL_INHERITED)). Callers OR this into `Inode::new`'s flags.
+pub(crate) fn inherited_flags(parent_flags: u32, mode: u16) -> u32 {
+    let f = parent_flags & EXT4_FL_INHERITED;
+    match mode & S_IFMT {
+        S_IFDIR => f,
+        S_IFREG => f & !EXT4_DIR_ONLY_FL,
+        _ => f & EXT4_OTHER_FLMASK,
+    }
+}
+
+/// ext4_encode_extra_time: the low 32 bits of the seconds, and the extra
+/// word (2 epoch bits, 30 bits of nanoseconds). Seconds outside what the
+/// fields can hold are clamped, as the kernel clamps to s_time_min/max.
+fn encode_time(t: Timestamp, extra: bool) -> (u32, u32) {
+    if !extra {
+        let secs = t.secs.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
+        return (secs as i32 as u32, 0);
+    }
+    let max = i64::from(i32::MIN) + (1i64 << 34) - 1;
+    let secs = t.secs.clamp(i64::from(i32::MIN), max);
+    let base = secs as i32;
+    let epoch = (((secs - i64::from(base)) >> 32) & 3) as u32;
+    (base as u32, epoch | (t.nsecs.min(999_999_999) << 2))
+}
+
+impl Clone for Inode {
+    /// A copy with an empty extent-leaf hint (the copy may be changed; a
+    /// hint describes the tree it was read from).
+    fn clone(&self) -> Self {
+        Inode {
+            ino: self.ino,
+            mode: self.mode,
+            kind: self.kind,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            links_count: self.links_count,
+            flags: self.flags,
+            i_block: self.i_block,
+            file_acl: self.file_acl,
+            generation: self.generation,
+            atime: self.atime,
+            ctime: self.ctime,
+            mtime: self.mtime,
+            crtime: self.crtime,
+            dtime: self.dtime,
+            blocks: self.blocks,
+            extra_isize: self.extra_isize,
+            version: self.version,
+            projid: self.projid,
+            raw: self.raw.clone(),
+            extent_hint: Mutex::new(None),
+        }
+    }
+}
+
+/// The file kind for an i_mode, None for a bogus type.
+pub(crate) fn kind_of_mode(mode: u16) -> Option<FileKind> {
+    Some(match mode & S_IFMT {
+        S_IFREG => FileKind::RegularFile,
+        S_IFDIR => FileKind::Directory,
+        S_IFLNK => FileKind::Symlink,
+        S_IFCHR => FileKind::CharDevice,
+        S_IFBLK => FileKind::BlockDevice,
+        S_IFIFO => FileKind::Fifo,
+        S_IFSOCK => FileKind::Socket,
+        _ => return None,
+    })
+}
+
+impl Inode {
+    /// A fresh inode `ino` with `mode` (type and permissions), owner, and
+    /// every time set to `now`: links_count 1 (callers set 2 for
+    /// directories), i_extra_isize as the kernel picks it (32, or
+    /// s_want_extra_isize/s_min_extra_isize if larger and they fit), a new
+    /// generation, and EXTENTS_FL with an empty extent root for regular
+    /// files, directories and symlinks when the extent feature is on
+    /// (callers clear it for fast symlinks and add INLINE_DATA_FL and the
+    /// parent's [`inherited_flags`]). A bogus file type in `mode` is made a
+    /// regular file.
+    pub(crate) fn new(
+        fs: &crate::ext4::Ext4,
+        ino: Ino,
+        mode: u16,
+        uid: u32,
+        gid: u32,
+        now: Timestamp,
+    ) -> Inode {
+        use crate::ext4::ondisk::superblock::{INCOMPAT_EXTENTS, RO_COMPAT_EXTRA_ISIZE};
+        let sb = fs.sb();
+        let isize = usize::from(sb.s_inode_size.max(GOOD_OLD_INODE_SIZE));
+        let (mode, kind) = match kind_of_mode(mode) {
+            Some(k) => (mode, k),
+            None => ((mode & !S_IFMT) | S_IFREG, FileKind::RegularFile),
+        };
+        let extra_isize = if isize > usize::from(GOOD_OLD_INODE_SIZE) {
+            let room = (isize - usize::from(GOOD_OLD_INODE_SIZE)) as u16;
+            let mut want = EXT4_DEFAULT_EXTRA_ISIZE;
+            if sb.has_ro_compat(RO_COMPAT_EXTRA_ISIZE) {
+                want = want.max(sb.s_want_extra_isize).max(sb.s_min_extra_isize);
+            }
+            if want > room {
+                want = EXT4_DEFAULT_EXTRA_ISIZE.min(room);
+            }
+            want & !3
+        } else {
+            0
+        };
+        let mut flags = 0;
+        let mut i_block = [0u8; I_BLOCK_SIZE];
+        if sb.has_incompat(INCOMPAT_EXTENTS)
+            && matches!(
+                kind,
+                FileKind::RegularFile | FileKind::Directory | FileKind::Symlink
+            )
+        {
+            flags |= EXT4_EXTENTS_FL;
+            init_extent_root(&mut i_block);
+        }
+        let mut raw = vec![0u8; isize].into_boxed_slice();
+        put_le16(&mut raw, I_EXTRA_ISIZE, extra_isize);
+        Inode {
+            ino,
+            mode,
+            kind,
+            uid,
+            gid,
+            size: 0,
+            links_count: 1,
+            flags,
+            i_block,
+            file_acl: 0,
+            generation: fs.next_generation(),
+            atime: now,
+            ctime: now,
+            mtime: now,
+            crtime: now,
+            dtime: 0,
+            blocks: 0,
+            extra_isize,
+            version: 0,
+            projid: 0,
+            raw,
+            extent_hint: Mutex::new(None),
+        }
+    }
+
+    /// Serializes the inode into `out` (its `s_inode_size` on-disk bytes):
+    /// starts from `self.raw` (so unknown fields and the in-inode xattr
+    /// area are kept; if `raw` has another length, `out`'s own contents
+    /// are kept instead), writes every known field, and with
+    /// `csum_seed: Some(fs seed)` (metadata_csum) sets the checksum.
+    /// i_blocks is stored in 512-byte units in 48 bits (HUGE_FILE_FL
+    /// cleared, as ext4_inode_blocks_set does while the count fits).
+    pub(crate) fn write(&self, out: &mut [u8], csum_seed: Option<u32>) {
+        if self.raw.len() == out.len() {
+            out.copy_from_slice(&self.raw);
+        }
+        let b = out;
+        let big = b.len() > usize::from(GOOD_OLD_INODE_SIZE);
+        if big {
+            put_le16(b, I_EXTRA_ISIZE, self.extra_isize);
+        }
+        let extra_isize = if big { self.extra_isize } else { 0 };
+        let len = b.len();
+        let fits_at = |off: usize| fits(len, extra_isize, off + 4);
+        put_le16(b, 0x0, self.mode);
+        put_le16(b, 0x2, (self.uid & 0xFFFF) as u16);
+        put_le16(b, 0x78, (self.uid >> 16) as u16);
+        put_le16(b, 0x18, (self.gid & 0xFFFF) as u16);
+        put_le16(b, 0x7A, (self.gid >> 16) as u16);
+        put_le32(b, 0x4, (self.size & 0xFFFF_FFFF) as u32);
+        put_le32(b, 0x6C, (self.size >> 32) as u32);
+        put_le16(b, 0x1A, self.links_count);
+        let blocks = self.blocks.min((1u64 << 48) - 1);
+        put_le32(b, 0x1C, (blocks & 0xFFFF_FFFF) as u32);
+        put_le16(b, 0x74, (blocks >> 32) as u16);
+        put_le32(b, 0x20, self.flags & !EXT4_HUGE_FILE_FL);
+        put_le32(b, 0x24, (self.version & 0xFFFF_FFFF) as u32);
+        put(b, I_BLOCK_OFFSET, &self.i_block);
+        put_le32(b, 0x64, self.generation);
+        put_le32(b, 0x68, (self.file_acl & 0xFFFF_FFFF) as u32);
+        put_le16(b, 0x76, (self.file_acl >> 32) as u16);
+        put_le32(b, 0x14, self.dtime);
+        for (t, base, extra) in [
+            (self.atime, 0x8, 0x8C),
+            (self.ctime, 0xC, 0x84),
+            (self.mtime, 0x10, 0x88),
+        ] {
+            let has_extra = fits_at(extra);
+            let (lo, ex) = encode_time(t, has_extra);
+            put_le32(b, base, lo);
+            if has_extra {
+                put_le32(b, extra, ex);
+            }
+        }
+        if fits_at(0x90) {
+            let has_extra = fits_at(0x94);
+            let (lo, ex) = encode_time(self.crtime, has_extra);
+            put_le32(b, 0x90, lo);
+            if has_extra {
+                put_le32(b, 0x94, ex);
+            }
+        }
+        if fits_at(0x98) {
+            put_le32(b, 0x98, (self.version >> 32) as u32);
+        }
+        if fits_at(0x9C) {
+            put_le32(b, 0x9C, self.projid);
+        }
+        if let Some(seed) = csum_seed {
+            set_inode_csum(b, self.ino, seed);
+        }
+    }
+}
+
+/// An empty extent tree root in `i_block` (ext4_ext_tree_init): magic,
+/// no entries, room for 4, depth 0.
+pub(crate) fn init_extent_root(i_block: &mut [u8; I_BLOCK_SIZE]) {
+    i_block.fill(0);
+    put_le16(i_block, 0, 0xF30A);
+    put_le16(i_block, 2, 0);
+    put_le16(i_block, 4, ((I_BLOCK_SIZE - 12) / 12) as u16);
+    put_le16(i_block, 6, 0);
+}
+
 /// Linux `new_encode_dev`.
 pub(crate) fn new_encode_dev(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
@@ -424,6 +678,63 @@ mod tests {
             .to_string();
         assert!(e.contains("bad i_size"), "{e}");
         assert!(Inode::parse(&r[..100], 12, &sb(), 0xabcd, 5).is_err());
+    }
+
+    fn same(a: &Inode, b: &Inode) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    /// parse(write(x)) == x; changed fields survive with a fresh checksum.
+    #[test]
+    fn write_round_trip() {
+        let r = sample(12);
+        let i = Inode::parse(&r, 12, &sb(), 0xabcd, 5).unwrap();
+        let mut out = vec![0u8; 256];
+        i.write(&mut out, Some(0xabcd));
+        assert_eq!(out, r);
+        let mut j = i.clone();
+        j.mode = S_IFDIR | 0o755;
+        j.kind = FileKind::Directory;
+        j.uid = 0x1234_5678;
+        j.gid = 0x8765_4321;
+        j.size = 0x1_0000_0001;
+        j.links_count = 3;
+        j.blocks = (5u64 << 32) | 8;
+        j.file_acl = (2u64 << 32) | 9;
+        j.atime = Timestamp { secs: -1, nsecs: 5 };
+        j.mtime = Timestamp {
+            secs: (1i64 << 33) + 7,
+            nsecs: 999_999_999,
+        };
+        j.ctime = Timestamp { secs: 0, nsecs: 1 };
+        j.crtime = Timestamp { secs: 42, nsecs: 0 };
+        j.dtime = 11;
+        j.version = (3u64 << 32) | 4;
+        j.projid = 99;
+        j.generation = 1234;
+        j.write(&mut out, Some(0xabcd));
+        let back = Inode::parse(&out, 12, &sb(), 0xabcd, 5).unwrap();
+        j.raw = out.clone().into_boxed_slice();
+        same(&back, &j);
+        // 128-byte inodes: no extra fields, times clamped to 32 bits.
+        let mut small = vec![0u8; 128];
+        let mut k = j.clone();
+        k.raw = vec![0u8; 128].into_boxed_slice();
+        k.extra_isize = 0;
+        k.write(&mut small, None);
+        assert_eq!(le32(&small, 0x10), i32::MAX as u32);
+        assert_eq!(le32(&small, 0x8), u32::MAX);
+    }
+
+    #[test]
+    fn inherited() {
+        let parent = EXT4_DIRSYNC_FL | EXT4_NOATIME_FL | EXT4_INDEX_FL | EXT4_EXTENTS_FL;
+        assert_eq!(
+            inherited_flags(parent, S_IFDIR),
+            EXT4_DIRSYNC_FL | EXT4_NOATIME_FL
+        );
+        assert_eq!(inherited_flags(parent, S_IFREG), EXT4_NOATIME_FL);
+        assert_eq!(inherited_flags(parent, S_IFLNK), EXT4_NOATIME_FL);
     }
 
     #[test]

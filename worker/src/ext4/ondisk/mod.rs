@@ -2,6 +2,7 @@
 //! tests. Offsets follow Documentation/filesystems/ext4/ in the Linux tree.
 
 pub(crate) mod acl;
+pub(crate) mod bitmap;
 pub(crate) mod dir_entry;
 pub(crate) mod extent;
 pub(crate) mod group_desc;
@@ -10,5 +11,6 @@ pub(crate) mod indirect;
 pub(crate) mod inode;
 pub(crate) mod journal;
 pub(crate) mod mmp;
+pub(crate) mod orphan;
 pub(crate) mod superblock;
 pub(crate) mod xattr;

@@ -1,0 +1,609 @@
+//! Block and inode allocators. Every allocation edits this transaction's
+//! copy of a bitmap block and group descriptor, so dropping the `Txn`
+//! undoes it; counters (descriptor and superblock) move by exact deltas.
+//!
+//! Blocks: goal-based. A run of `want` free blocks starting at the goal,
+//! else the first run of `want` in the goal's group, else in the following
+//! groups (skipping, by their free counts, groups that cannot hold it),
+//! else the largest free run in the goal group, else in the following
+//! groups. Reserved blocks (s_r_blocks_count) are only for `reserved_ok`
+//! callers, and the kernel's reserved pool (min(2 %, 4096) clusters with
+//! extents) only for transactions marked `use_reserved_pool`.
+//!
+//! Inodes: files go to the first group of the parent's flex group (or the
+//! parent's group) with a free inode, directories under the root to the
+//! group with the most free inodes among those with at least the average
+//! free blocks (Orlov's spreading, deterministic), other directories like
+//! files. Groups still marked BLOCK_UNINIT / INODE_UNINIT get their bitmaps
+//! built on first use exactly like ext4_init_block_bitmap /
+//! ext4_init_inode_bitmap; bg_itable_unused follows ext4_new_inode.
+
+use super::ondisk::bitmap;
+use super::ondisk::group_desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
+use super::ondisk::superblock as sbf;
+use super::{Error, Ext4, FileKind, Ino, ROOT_INO, Result, Txn};
+
+/// EXT4_FLEX_SIZE_DIR_ALLOC_SCHEME: with flex groups at least this big,
+/// regular files start in the second group of the flex group.
+const FLEX_SIZE_DIR_ALLOC_SCHEME: u64 = 4;
+
+impl Ext4 {
+    /// Whether descriptors carry checksums (metadata_csum or gdt_csum):
+    /// only then are the UNINIT flags and bg_itable_unused meaningful.
+    pub(crate) fn has_group_desc_csum(&self) -> bool {
+        self.sb.has_ro_compat(sbf::RO_COMPAT_METADATA_CSUM)
+            || self.sb.has_ro_compat(sbf::RO_COMPAT_GDT_CSUM)
+    }
+
+    fn groups_count32(&self) -> u32 {
+        u32::try_from(self.sb.groups_count()).unwrap_or(u32::MAX)
+    }
+
+    /// Group holding block `block` (which must be a data-area block).
+    pub(crate) fn block_group(&self, block: u64) -> u32 {
+        let rel = block.saturating_sub(u64::from(self.sb.s_first_data_block));
+        u32::try_from(rel / u64::from(self.sb.s_blocks_per_group.max(1))).unwrap_or(u32::MAX)
+    }
+
+    /// Blocks in group `g` (the last group may be short).
+    pub(crate) fn blocks_in_group(&self, g: u32) -> u64 {
+        let first = self.group_first_block(u64::from(g));
+        self.sb
+            .s_blocks_count
+            .saturating_sub(first)
+            .min(u64::from(self.sb.s_blocks_per_group))
+    }
+
+    /// log2 of the flex group size, 0 without flex_bg.
+    fn flex_bits(&self) -> u32 {
+        if self.sb.has_incompat(sbf::INCOMPAT_FLEX_BG) {
+            u32::from(self.sb.s_log_groups_per_flex).min(31)
+        } else {
+            0
+        }
+    }
+
+    /// The goal block for new data of `inode` with no better hint
+    /// (ext4_inode_to_goal_block): the first block of its group, or with
+    /// flex groups of 4 or more, of its flex group (the second group of
+    /// it for regular files).
+    pub(crate) fn inode_goal(&self, ino: Ino, kind: FileKind) -> u64 {
+        let ipg = self.sb.s_inodes_per_group.max(1);
+        let mut g = u64::from(ino.saturating_sub(1) / ipg);
+        let flex = 1u64 << self.flex_bits();
+        if flex >= FLEX_SIZE_DIR_ALLOC_SCHEME {
+            g &= !(flex - 1);
+            if kind == FileKind::RegularFile {
+                g += 1;
+            }
+        }
+        if g >= self.sb.groups_count() {
+            g = 0;
+        }
+        self.group_first_block(g)
+    }
+
+    /// ext4_num_base_meta_blocks: superblock backup, descriptor blocks and
+    /// reserved GDT blocks at the start of group `g`.
+    pub(crate) fn base_meta_blocks(&self, g: u64) -> u64 {
+        let has_super = u64::from(self.sb.bg_has_super(g));
+        let meta_bg = self.sb.has_incompat(sbf::INCOMPAT_META_BG);
+        let first_meta =
+            u64::from(self.sb.s_first_meta_bg).saturating_mul(u64::from(self.sb.desc_per_block()));
+        if !meta_bg || g < first_meta {
+            if has_super == 0 {
+                return 0;
+            }
+            let nometa = if meta_bg {
+                u64::from(self.sb.s_first_meta_bg)
+            } else {
+                self.sb
+                    .groups_count()
+                    .div_ceil(u64::from(self.sb.desc_per_block().max(1)))
+            };
+            has_super + nometa + u64::from(self.sb.s_reserved_gdt_blocks)
+        } else {
+            has_super + self.bg_num_gdb(g)
+        }
+    }
+
+    /// A BLOCK_UNINIT group's block bitmap as ext4_init_block_bitmap builds
+    /// it: superblock/descriptor area, the bitmaps and inode table of every
+    /// group that lie in this group (with flex_bg they are another
+    /// group's), and the padding past the group's last block.
+    fn init_block_bitmap(&self, g: u32) -> Vec<u8> {
+        let bs = self.block_size as usize;
+        let mut b = vec![0u8; bs];
+        let first = self.group_first_block(u64::from(g));
+        let nblocks = self.blocks_in_group(g);
+        let base = self.base_meta_blocks(u64::from(g)).min(nblocks);
+        for i in 0..base {
+            bitmap::set(&mut b, i as usize);
+        }
+        let end = first.saturating_add(nblocks);
+        let itb = self.itb_per_group();
+        let mut mark = |blk: u64, len: u64| {
+            for x in blk..blk.saturating_add(len) {
+                if x >= first && x < end {
+                    bitmap::set(&mut b, (x - first) as usize);
+                }
+            }
+        };
+        for gd in &self.groups {
+            mark(gd.bg_block_bitmap, 1);
+            mark(gd.bg_inode_bitmap, 1);
+            mark(gd.bg_inode_table, itb);
+        }
+        bitmap::mark_end(&mut b, nblocks as usize);
+        b
+    }
+
+    /// An INODE_UNINIT group's inode bitmap (ext4_init_inode_bitmap): all
+    /// free, padding past s_inodes_per_group set.
+    fn init_inode_bitmap(&self) -> Vec<u8> {
+        let mut b = vec![0u8; self.block_size as usize];
+        bitmap::mark_end(&mut b, self.sb.s_inodes_per_group as usize);
+        b
+    }
+
+    /// Whether `[first, first+count)` overlaps the superblock/descriptor
+    /// area, a bitmap or an inode table of any group (the kernel's system
+    /// zone check on free).
+    fn in_system_zone(&self, first: u64, count: u64) -> bool {
+        let end = first.saturating_add(count);
+        let overlaps = |s: u64, l: u64| s < end && first < s.saturating_add(l);
+        if first <= u64::from(self.sb.s_first_data_block) {
+            return true;
+        }
+        let itb = self.itb_per_group();
+        let g0 = self.block_group(first);
+        let g1 = self.block_group(end.saturating_sub(1));
+        for g in g0..=g1.min(self.groups_count32().saturating_sub(1)) {
+            let base = self.base_meta_blocks(u64::from(g));
+            if base > 0 && overlaps(self.group_first_block(u64::from(g)), base) {
+                return true;
+            }
+        }
+        self.groups.iter().any(|gd| {
+            overlaps(gd.bg_block_bitmap, 1)
+                || overlaps(gd.bg_inode_bitmap, 1)
+                || overlaps(gd.bg_inode_table, itb)
+        })
+    }
+}
+
+/// A free run found in a group's bitmap.
+struct Found {
+    group: u32,
+    bit: usize,
+    len: usize,
+}
+
+impl Txn<'_> {
+    /// Runs `f` over group `g`'s block bitmap as this transaction sees it
+    /// (its copy, the built bitmap of a BLOCK_UNINIT group, or the cached
+    /// block, checksum-verified).
+    fn with_block_bitmap<R>(&self, g: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let fs = self.fs();
+        let bb = fs.group(g)?.bg_block_bitmap;
+        if let Some(b) = self.block_if_dirty(bb) {
+            return Ok(f(b));
+        }
+        let d = self.desc(g)?;
+        if fs.has_group_desc_csum() && d.bg_flags & BG_BLOCK_UNINIT != 0 {
+            return Ok(f(&fs.init_block_bitmap(g)));
+        }
+        let b = fs.read_block(bb)?;
+        if fs.has_metadata_csum() {
+            let n = fs.sb.s_clusters_per_group as usize / 8;
+            let full = fs.sb.s_desc_size >= sbf::MIN_DESC_SIZE_64BIT;
+            if !bitmap::csum_ok(fs.csum_seed, &b, n, d.bg_block_bitmap_csum, full) {
+                return Err(Error::corrupt(
+                    format!("block bitmap of group {g}: checksum mismatch"),
+                    bb,
+                ));
+            }
+        }
+        Ok(f(&b))
+    }
+
+    fn with_inode_bitmap<R>(&self, g: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let fs = self.fs();
+        let ib = fs.group(g)?.bg_inode_bitmap;
+        if let Some(b) = self.block_if_dirty(ib) {
+            return Ok(f(b));
+        }
+        let d = self.desc(g)?;
+        if fs.has_group_desc_csum() && d.bg_flags & BG_INODE_UNINIT != 0 {
+            return Ok(f(&fs.init_inode_bitmap()));
+        }
+        let b = fs.read_block(ib)?;
+        if fs.has_metadata_csum() {
+            let n = fs.sb.s_inodes_per_group as usize / 8;
+            let full = fs.sb.s_desc_size >= sbf::MIN_DESC_SIZE_64BIT;
+            if !bitmap::csum_ok(fs.csum_seed, &b, n, d.bg_inode_bitmap_csum, full) {
+                return Err(Error::corrupt(
+                    format!("inode bitmap of group {g}: checksum mismatch"),
+                    ib,
+                ));
+            }
+        }
+        Ok(f(&b))
+    }
+
+    /// This transaction's copy of group `g`'s block bitmap, for changes; a
+    /// BLOCK_UNINIT group is initialized (flag cleared, free count set from
+    /// the built bitmap as ext4_free_clusters_after_init does).
+    fn block_bitmap_mut(&mut self, g: u32) -> Result<&mut Vec<u8>> {
+        let fs = self.fs();
+        let bb = fs.group(g)?.bg_block_bitmap;
+        if !self.blocks.contains_key(&bb) {
+            let d = self.desc(g)?;
+            let data = if fs.has_group_desc_csum() && d.bg_flags & BG_BLOCK_UNINIT != 0 {
+                let b = fs.init_block_bitmap(g);
+                let nblocks = fs.blocks_in_group(g) as usize;
+                let free = nblocks.saturating_sub(bitmap::count_set(&b, nblocks)) as u32;
+                let dm = self.desc_mut(g)?;
+                if dm.bg_free_blocks_count != free {
+                    tracing::warn!(
+                        group = g,
+                        "BLOCK_UNINIT group had free count {}, bitmap says {free}",
+                        dm.bg_free_blocks_count
+                    );
+                }
+                let diff = i64::from(free) - i64::from(dm.bg_free_blocks_count);
+                dm.bg_free_blocks_count = free;
+                dm.bg_flags &= !BG_BLOCK_UNINIT;
+                self.free_blocks_delta += diff;
+                b
+            } else {
+                self.with_block_bitmap(g, <[u8]>::to_vec)?
+            };
+            self.blocks.insert(bb, data);
+        }
+        self.block_bitmaps.insert(g);
+        self.desc_mut(g)?;
+        self.blocks
+            .get_mut(&bb)
+            .ok_or_else(|| Error::corrupt(format!("block bitmap of group {g}"), bb))
+    }
+
+    /// This transaction's copy of group `g`'s inode bitmap, for changes (an
+    /// INODE_UNINIT group's is built; the caller clears the flag).
+    fn inode_bitmap_mut(&mut self, g: u32) -> Result<&mut Vec<u8>> {
+        let ib = self.fs().group(g)?.bg_inode_bitmap;
+        if !self.blocks.contains_key(&ib) {
+            let data = self.with_inode_bitmap(g, <[u8]>::to_vec)?;
+            self.blocks.insert(ib, data);
+        }
+        self.inode_bitmaps.insert(g);
+        self.desc_mut(g)?;
+        self.blocks
+            .get_mut(&ib)
+            .ok_or_else(|| Error::corrupt(format!("inode bitmap of group {g}"), ib))
+    }
+
+    /// Clusters this caller may still allocate: free (live + this
+    /// transaction) minus what is reserved from it.
+    fn blocks_available(&self, reserved_ok: bool) -> u64 {
+        let fs = self.fs();
+        let live = fs.rw.live_sb().sb.s_free_blocks_count;
+        let free = if self.free_blocks_delta >= 0 {
+            live.saturating_add(self.free_blocks_delta.unsigned_abs())
+        } else {
+            live.saturating_sub(self.free_blocks_delta.unsigned_abs())
+        };
+        let mut reserve = 0u64;
+        if !self.use_reserved_pool && fs.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
+            reserve += (fs.sb.s_blocks_count / 50).min(4096);
+        }
+        if !reserved_ok {
+            reserve = reserve.saturating_add(fs.sb.s_r_blocks_count);
+        }
+        free.saturating_sub(reserve)
+    }
+
+    /// Up to `want` contiguous blocks near `goal` (0 or out of range: from
+    /// group 0). Returns `(first, count)` with `1 <= count <= want`.
+    /// NoSpace when nothing may be allocated (`reserved_ok`: the caller
+    /// may use the root-reserved blocks).
+    pub(crate) fn alloc_blocks(
+        &mut self,
+        goal: u64,
+        want: u32,
+        reserved_ok: bool,
+    ) -> Result<(u64, u32)> {
+        if want == 0 {
+            return Err(Error::Invalid("allocation of zero blocks"));
+        }
+        let avail = self.blocks_available(reserved_ok);
+        if avail == 0 {
+            return Err(Error::NoSpace);
+        }
+        let fs = self.fs();
+        let bpg = u64::from(fs.sb.s_blocks_per_group);
+        let want = u64::from(want).min(avail).min(bpg) as usize;
+        let ngroups = fs.groups_count32();
+        let (g0, start) = if fs.blocks_valid(goal, 1) {
+            let g = fs.block_group(goal);
+            (g, (goal - fs.group_first_block(u64::from(g))) as usize)
+        } else {
+            (0, 0)
+        };
+        let mut found: Option<Found> = None;
+        // Pass 1: a full run of `want`.
+        for i in 0..ngroups {
+            let g = (g0 + i) % ngroups;
+            if (self.desc(g)?.bg_free_blocks_count as usize) < want {
+                continue;
+            }
+            let nbits = fs.blocks_in_group(g) as usize;
+            let at = if i == 0 { start } else { 0 };
+            let hit = self.with_block_bitmap(g, |b| {
+                if bitmap::zero_run(b, at, nbits, want) == want {
+                    return Some(at);
+                }
+                bitmap::find_run(b, at, nbits, want).or_else(|| bitmap::find_run(b, 0, at, want))
+            })?;
+            if let Some(bit) = hit {
+                found = Some(Found {
+                    group: g,
+                    bit,
+                    len: want,
+                });
+                break;
+            }
+        }
+        // Pass 2: the largest run, goal group first.
+        if found.is_none() {
+            for i in 0..ngroups {
+                let g = (g0 + i) % ngroups;
+                if self.desc(g)?.bg_free_blocks_count == 0 {
+                    continue;
+                }
+                let nbits = fs.blocks_in_group(g) as usize;
+                if let Some((bit, len)) =
+                    self.with_block_bitmap(g, |b| bitmap::largest_run(b, nbits, want))?
+                    && len > 0
+                {
+                    found = Some(Found { group: g, bit, len });
+                    break;
+                }
+            }
+        }
+        let Some(Found { group, bit, len }) = found else {
+            // The counters said there was space but no bitmap has any.
+            let e = Error::corrupt("free block counts disagree with the block bitmaps", 0);
+            fs.corrupt_on_write(&e);
+            return Err(e);
+        };
+        let first = fs
+            .group_first_block(u64::from(group))
+            .saturating_add(bit as u64);
+        if !fs.blocks_valid(first, len as u64) || fs.in_system_zone(first, len as u64) {
+            let e = Error::corrupt(
+                format!("block bitmap of group {group} offers metadata blocks {first}+{len}"),
+                fs.group(group)?.bg_block_bitmap,
+            );
+            fs.corrupt_on_write(&e);
+            return Err(e);
+        }
+        let b = self.block_bitmap_mut(group)?;
+        for x in bit..bit + len {
+            bitmap::set(b, x);
+        }
+        let d = self.desc_mut(group)?;
+        d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_sub(len as u32);
+        self.free_blocks_delta -= len as i64;
+        Ok((first, len as u32))
+    }
+
+    /// Frees `[first, first+count)` (may span groups). Freeing a block that
+    /// is already free, or metadata, is corruption.
+    pub(crate) fn free_blocks(&mut self, first: u64, count: u32) -> Result<()> {
+        let fs = self.fs();
+        let count64 = u64::from(count);
+        if count == 0 {
+            return Ok(());
+        }
+        if !fs.blocks_valid(first, count64) || fs.in_system_zone(first, count64) {
+            let e = Error::corrupt(
+                format!("freeing blocks {first}+{count}: outside the data area"),
+                first,
+            );
+            fs.corrupt_on_write(&e);
+            return Err(e);
+        }
+        let end = first + count64;
+        let mut b = first;
+        while b < end {
+            let g = fs.block_group(b);
+            let gfirst = fs.group_first_block(u64::from(g));
+            let gend = gfirst.saturating_add(fs.blocks_in_group(g)).min(end);
+            let (s, n) = ((b - gfirst) as usize, (gend - b) as usize);
+            let bm = self.block_bitmap_mut(g)?;
+            if (s..s + n).any(|x| !bitmap::test(bm, x)) {
+                let e = Error::corrupt(format!("freeing blocks {b}+{n}: some are already free"), b);
+                fs.corrupt_on_write(&e);
+                return Err(e);
+            }
+            for x in s..s + n {
+                bitmap::clear(bm, x);
+            }
+            let d = self.desc_mut(g)?;
+            d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_add(n as u32);
+            self.free_blocks_delta += n as i64;
+            b = gend;
+        }
+        // A freed block's pending metadata must not be written over what
+        // it holds next (file data written before this commits).
+        let dead: Vec<u64> = self.blocks.range(first..end).map(|(k, _)| *k).collect();
+        for k in dead {
+            if !self.is_bitmap_block(k) {
+                self.blocks.remove(&k);
+            }
+        }
+        self.freed.push((first, count));
+        Ok(())
+    }
+
+    fn is_bitmap_block(&self, blk: u64) -> bool {
+        self.fs()
+            .groups
+            .iter()
+            .any(|g| g.bg_block_bitmap == blk || g.bg_inode_bitmap == blk)
+    }
+
+    /// Picks the group for a new inode (see the module documentation).
+    fn inode_group(&self, parent: Ino, kind: FileKind) -> Result<Option<u32>> {
+        let fs = self.fs();
+        let ngroups = fs.groups_count32();
+        let ipg = fs.sb.s_inodes_per_group.max(1);
+        let pgroup = (parent.saturating_sub(1) / ipg).min(ngroups.saturating_sub(1));
+        let mut descs = Vec::with_capacity(ngroups as usize);
+        for g in 0..ngroups {
+            descs.push(self.desc(g)?);
+        }
+        if kind == FileKind::Directory && parent == ROOT_INO {
+            let total: u64 = descs
+                .iter()
+                .map(|d| u64::from(d.bg_free_blocks_count))
+                .sum();
+            let avg = total / u64::from(ngroups.max(1));
+            let best = descs
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| {
+                    d.bg_free_inodes_count > 0 && u64::from(d.bg_free_blocks_count) >= avg
+                })
+                .max_by(|(ia, a), (ib, b)| {
+                    a.bg_free_inodes_count
+                        .cmp(&b.bg_free_inodes_count)
+                        .then(ib.cmp(ia))
+                })
+                .map(|(i, _)| i as u32);
+            if best.is_some() {
+                return Ok(best);
+            }
+        }
+        let flex = 1u32 << fs.flex_bits();
+        let start = if flex > 1 {
+            pgroup & !(flex - 1)
+        } else {
+            pgroup
+        };
+        // First with free inodes and free blocks, then with free inodes.
+        for need_blocks in [true, false] {
+            for i in 0..ngroups {
+                let g = (start + i) % ngroups;
+                let Some(d) = descs.get(g as usize) else {
+                    continue;
+                };
+                if d.bg_free_inodes_count > 0 && (!need_blocks || d.bg_free_blocks_count > 0) {
+                    return Ok(Some(g));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A free inode number for a new inode of `kind` under `parent`; marks
+    /// it used and updates free/dirs counters, INODE_UNINIT/BLOCK_UNINIT
+    /// and bg_itable_unused like ext4_new_inode. The caller then
+    /// `put_inode`s a fresh `Inode::new(..)`.
+    pub(crate) fn alloc_inode(&mut self, parent: Ino, kind: FileKind) -> Result<Ino> {
+        let fs = self.fs();
+        let live_free = i64::from(fs.rw.live_sb().sb.s_free_inodes_count);
+        if live_free + self.free_inodes_delta <= 0 {
+            return Err(Error::NoSpace);
+        }
+        let ipg = fs.sb.s_inodes_per_group;
+        let ngroups = fs.groups_count32();
+        let first_group = match self.inode_group(parent, kind)? {
+            Some(g) => g,
+            None => return Err(Error::NoSpace),
+        };
+        for i in 0..ngroups {
+            let g = (first_group + i) % ngroups;
+            if self.desc(g)?.bg_free_inodes_count == 0 {
+                continue;
+            }
+            let start = if g == 0 {
+                fs.sb.s_first_ino.saturating_sub(1) as usize
+            } else {
+                0
+            };
+            let Some(bit) =
+                self.with_inode_bitmap(g, |b| bitmap::find_zero(b, start, ipg as usize))?
+            else {
+                tracing::warn!(group = g, "free inode count says free, bitmap is full");
+                continue;
+            };
+            let ino = g
+                .checked_mul(ipg)
+                .and_then(|x| x.checked_add(bit as u32 + 1))
+                .ok_or_else(|| Error::corrupt("inode number overflows", 0))?;
+            self.take_inode(g, bit, kind == FileKind::Directory)?;
+            return Ok(ino);
+        }
+        Err(Error::NoSpace)
+    }
+
+    fn take_inode(&mut self, g: u32, bit: usize, dir: bool) -> Result<()> {
+        let fs = self.fs();
+        let ipg = fs.sb.s_inodes_per_group;
+        let csum = fs.has_group_desc_csum();
+        if csum && self.desc(g)?.bg_flags & BG_BLOCK_UNINIT != 0 {
+            // The inode table now counts: initialize the block bitmap.
+            self.block_bitmap_mut(g)?;
+        }
+        let b = self.inode_bitmap_mut(g)?;
+        bitmap::set(b, bit);
+        let d = self.desc_mut(g)?;
+        if csum {
+            let mut used = ipg.saturating_sub(d.bg_itable_unused);
+            if d.bg_flags & BG_INODE_UNINIT != 0 {
+                d.bg_flags &= !BG_INODE_UNINIT;
+                used = 0;
+            }
+            let index = bit as u32 + 1;
+            if index > used {
+                d.bg_itable_unused = ipg - index;
+            }
+        }
+        d.bg_free_inodes_count = d.bg_free_inodes_count.saturating_sub(1);
+        if dir {
+            d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_add(1);
+        }
+        self.free_inodes_delta -= 1;
+        Ok(())
+    }
+
+    /// Frees inode `ino` in its bitmap and counters (the inode's contents
+    /// are the caller's: see `Ext4::release_inode`).
+    pub(crate) fn free_inode(&mut self, ino: Ino, was_dir: bool) -> Result<()> {
+        let fs = self.fs();
+        if ino < fs.sb.s_first_ino || ino > fs.sb.s_inodes_count {
+            let e = Error::corrupt(format!("freeing reserved or bad inode {ino}"), 0);
+            fs.corrupt_on_write(&e);
+            return Err(e);
+        }
+        let ipg = fs.sb.s_inodes_per_group;
+        let g = (ino - 1) / ipg;
+        let bit = ((ino - 1) % ipg) as usize;
+        let b = self.inode_bitmap_mut(g)?;
+        if !bitmap::test(b, bit) {
+            let e = Error::corrupt(format!("freeing inode {ino}: already free"), 0);
+            fs.corrupt_on_write(&e);
+            return Err(e);
+        }
+        bitmap::clear(b, bit);
+        let d = self.desc_mut(g)?;
+        d.bg_free_inodes_count = d.bg_free_inodes_count.saturating_add(1);
+        if was_dir {
+            d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_sub(1);
+        }
+        self.free_inodes_delta += 1;
+        Ok(())
+    }
+}

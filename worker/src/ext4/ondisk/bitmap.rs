@@ -1,0 +1,194 @@
+//! Block and inode bitmaps: one block each per group, bit `i` for the
+//! group's `i`-th cluster or inode. Checksums (metadata_csum) are
+//! crc32c(fs seed, the first clusters_per_group/8 or inodes_per_group/8
+//! bytes), kept in the group descriptor (bg_{block,inode}_bitmap_csum,
+//! low 16 bits only with 32-byte descriptors).
+//! Layout: Documentation/filesystems/ext4/bitmaps.rst and group_descr.rst.
+
+use crate::ext4::checksum::crc32c;
+
+/// Whether bit `bit` is set; bits past the end read as set (in use), so a
+/// short bitmap never offers space that is not there.
+pub(crate) fn test(b: &[u8], bit: usize) -> bool {
+    b.get(bit / 8)
+        .is_none_or(|byte| byte & (1 << (bit % 8)) != 0)
+}
+
+pub(crate) fn set(b: &mut [u8], bit: usize) {
+    if let Some(byte) = b.get_mut(bit / 8) {
+        *byte |= 1 << (bit % 8);
+    }
+}
+
+pub(crate) fn clear(b: &mut [u8], bit: usize) {
+    if let Some(byte) = b.get_mut(bit / 8) {
+        *byte &= !(1 << (bit % 8));
+    }
+}
+
+/// Sets bits `[from, b.len()*8)`: the padding past the last cluster or
+/// inode of a group (the kernel's ext4_mark_bitmap_end).
+pub(crate) fn mark_end(b: &mut [u8], from: usize) {
+    let end = b.len().saturating_mul(8);
+    let mut i = from;
+    while i < end && i % 8 != 0 {
+        set(b, i);
+        i += 1;
+    }
+    if let Some(rest) = b.get_mut(i / 8..) {
+        rest.fill(0xFF);
+    }
+}
+
+/// The first clear bit in `[start, end)`.
+pub(crate) fn find_zero(b: &[u8], start: usize, end: usize) -> Option<usize> {
+    let end = end.min(b.len().saturating_mul(8));
+    let mut i = start;
+    while i < end {
+        if i % 8 == 0 && b.get(i / 8) == Some(&0xFF) {
+            i += 8;
+            continue;
+        }
+        if !test(b, i) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Number of consecutive clear bits from `start`, at most `max`, before
+/// `end`.
+pub(crate) fn zero_run(b: &[u8], start: usize, end: usize, max: usize) -> usize {
+    let end = end.min(b.len().saturating_mul(8));
+    let mut i = start;
+    while i < end && i - start < max {
+        if i % 8 == 0 && i - start + 8 <= max && i + 8 <= end && b.get(i / 8) == Some(&0) {
+            i += 8;
+            continue;
+        }
+        if test(b, i) {
+            break;
+        }
+        i += 1;
+    }
+    i - start
+}
+
+/// The first run of at least `want` clear bits in `[start, end)`:
+/// `(first bit, want)`.
+pub(crate) fn find_run(b: &[u8], start: usize, end: usize, want: usize) -> Option<usize> {
+    let mut i = start;
+    while let Some(z) = find_zero(b, i, end) {
+        let n = zero_run(b, z, end, want);
+        if n >= want {
+            return Some(z);
+        }
+        i = z + n;
+    }
+    None
+}
+
+/// The longest run of clear bits in `[0, end)` (first one on ties), capped
+/// at `cap`: `(first bit, length)`.
+pub(crate) fn largest_run(b: &[u8], end: usize, cap: usize) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while let Some(z) = find_zero(b, i, end) {
+        let n = zero_run(b, z, end, usize::MAX);
+        if best.is_none_or(|(_, l)| n > l) {
+            best = Some((z, n.min(cap)));
+            if n >= cap {
+                break;
+            }
+        }
+        i = z + n;
+    }
+    best
+}
+
+/// Number of set bits in `[0, nbits)`.
+pub(crate) fn count_set(b: &[u8], nbits: usize) -> usize {
+    let full = (nbits / 8).min(b.len());
+    let mut n: usize = b
+        .get(..full)
+        .unwrap_or(&[])
+        .iter()
+        .map(|x| x.count_ones() as usize)
+        .sum();
+    for i in full * 8..nbits {
+        if test(b, i) && i / 8 < b.len() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The bitmap checksum: crc32c(seed, first `nbytes` bytes). Callers pass
+/// clusters_per_group/8 (block bitmap) or inodes_per_group/8 (inode
+/// bitmap).
+pub(crate) fn csum(seed: u32, b: &[u8], nbytes: usize) -> u32 {
+    crc32c(seed, b.get(..nbytes.min(b.len())).unwrap_or(&[]))
+}
+
+/// Whether `stored` (from the descriptor) matches; only the low 16 bits
+/// count when descriptors are 32 bytes (no `_hi` half on disk).
+pub(crate) fn csum_ok(seed: u32, b: &[u8], nbytes: usize, stored: u32, full32: bool) -> bool {
+    let c = csum(seed, b, nbytes);
+    if full32 {
+        c == stored
+    } else {
+        c & 0xFFFF == stored & 0xFFFF
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits() {
+        let mut b = vec![0u8; 4];
+        set(&mut b, 3);
+        set(&mut b, 8);
+        assert!(test(&b, 3) && test(&b, 8) && !test(&b, 4));
+        assert!(test(&b, 1000), "past the end reads as used");
+        clear(&mut b, 3);
+        assert!(!test(&b, 3));
+        set(&mut b, 1000); // ignored
+        assert_eq!(count_set(&b, 32), 1);
+        mark_end(&mut b, 13);
+        assert_eq!(b, [0, 0xE1, 0xFF, 0xFF]);
+        assert_eq!(count_set(&b, 32), 1 + 19);
+    }
+
+    #[test]
+    fn runs() {
+        let mut b = vec![0u8; 8];
+        for i in [0, 1, 2, 10, 30, 31, 40] {
+            set(&mut b, i);
+        }
+        assert_eq!(find_zero(&b, 0, 64), Some(3));
+        assert_eq!(zero_run(&b, 3, 64, 100), 7);
+        assert_eq!(zero_run(&b, 11, 64, 5), 5);
+        assert_eq!(find_run(&b, 0, 64, 8), Some(11));
+        assert_eq!(find_run(&b, 0, 64, 20), Some(41));
+        assert_eq!(find_run(&b, 0, 64, 24), None);
+        assert_eq!(find_run(&b, 0, 40, 10), Some(11));
+        assert_eq!(largest_run(&b, 64, 100), Some((41, 23)));
+        assert_eq!(largest_run(&b, 64, 4), Some((3, 4)));
+        b.fill(0xFF);
+        assert_eq!(find_zero(&b, 0, 64), None);
+        assert_eq!(largest_run(&b, 64, 4), None);
+    }
+
+    #[test]
+    fn checksums() {
+        let b = vec![0x5Au8; 64];
+        let c = csum(7, &b, 16);
+        assert_eq!(c, crc32c(7, &b[..16]));
+        assert!(csum_ok(7, &b, 16, c, true));
+        assert!(csum_ok(7, &b, 16, c & 0xFFFF, false));
+        assert!(!csum_ok(7, &b, 16, c ^ 1, false));
+    }
+}

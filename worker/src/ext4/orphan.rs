@@ -1,0 +1,208 @@
+//! Orphan inodes: unlinked-but-open files (and, later, truncates that
+//! span transactions) are recorded so a crash does not leak their blocks.
+//! With COMPAT_ORPHAN_FILE (e2fsprogs 1.47's default) a slot of the orphan
+//! file holds the inode number; without it (or when the orphan file is
+//! full, as the kernel falls back) the classic list runs from
+//! s_last_orphan through each inode's i_dtime.
+//!
+//! Orphans left by a crash are not processed at mount: `start_rw` serves
+//! such a filesystem read-only and says to run e2fsck (or mount it once
+//! with the kernel), which frees them.
+
+use super::ondisk::inode::inode_csum_seed;
+use super::ondisk::orphan::{self as ob, OrphanBlock};
+use super::ondisk::superblock as sbf;
+use super::{Error, Ext4, FileKind, Ino, Result, Txn};
+
+/// Largest orphan file this engine reads (the kernel's
+/// EXT4_MAX_ORPHAN_FILE_BLOCKS is 512 blocks; be generous).
+const MAX_ORPHAN_FILE_BLOCKS: u64 = 2048;
+
+impl Ext4 {
+    /// The orphan file's physical blocks and its checksum seed, or None
+    /// without the feature.
+    fn orphan_file_blocks(&self) -> Result<Option<(Vec<u64>, Option<u32>)>> {
+        if !self.sb.has_compat(sbf::COMPAT_ORPHAN_FILE) {
+            return Ok(None);
+        }
+        let ino = self.sb.s_orphan_file_inum;
+        let inode = self.inode_any(ino)?;
+        let bs = u64::from(self.block_size);
+        let n = inode.size / bs;
+        if n > MAX_ORPHAN_FILE_BLOCKS {
+            return Err(Error::corrupt(
+                format!("orphan file too big ({} bytes)", inode.size),
+                0,
+            ));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        for lblk in 0..n {
+            match self.map_block(&inode, lblk)? {
+                super::file::Mapping::Mapped { pblk, uninit, .. } if !uninit => out.push(pblk),
+                _ => {
+                    return Err(Error::corrupt(
+                        format!("orphan file has a hole at block {lblk}"),
+                        0,
+                    ));
+                }
+            }
+        }
+        let seed = self
+            .has_metadata_csum()
+            .then(|| inode_csum_seed(self.csum_seed, ino, inode.generation));
+        Ok(Some((out, seed)))
+    }
+
+    /// Whether the orphan file (if any) has no entries.
+    pub(super) fn orphan_file_empty(&self) -> Result<bool> {
+        let Some((blocks, seed)) = self.orphan_file_blocks()? else {
+            return Ok(true);
+        };
+        for pblk in blocks {
+            let data = self.read_block(pblk)?;
+            let blk = OrphanBlock::parse(&data, pblk, seed)?;
+            if blk.entries.iter().any(|&e| e != 0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Why orphans from an earlier mount block a read-write mount, if any.
+    pub(super) fn orphans_pending(&self) -> Result<Option<String>> {
+        let live = self.sb.s_last_orphan;
+        if live != 0 {
+            return Ok(Some(format!(
+                "orphan inodes left by an unclean unmount (list head {live})"
+            )));
+        }
+        match self.orphan_file_empty() {
+            Ok(true) => Ok(None),
+            Ok(false) => Ok(Some(
+                "orphan inodes left by an unclean unmount (in the orphan file)".into(),
+            )),
+            Err(e) => Ok(Some(format!("the orphan file is unreadable: {e}"))),
+        }
+    }
+
+    /// Frees an unlinked inode (links_count 0) at its last close: its data
+    /// blocks, its xattr block, the inode itself, and its orphan entry.
+    /// Directories, device nodes, fifos, sockets and fast symlinks have
+    /// nothing else to free here.
+    pub(crate) fn release_inode(&self, ino: Ino) -> Result<()> {
+        let mut txn = self.begin()?;
+        let mut inode = txn.inode(ino)?;
+        if inode.links_count != 0 {
+            return Err(Error::Invalid("release of an inode that still has links"));
+        }
+        txn.use_reserved_pool();
+        let xattr_blocks = if inode.file_acl != 0 {
+            u64::from(self.block_size >> 9)
+        } else {
+            0
+        };
+        if inode.blocks > xattr_blocks {
+            // W2's free_file_blocks plugs in here.
+            return Err(Error::Unsupported(
+                "freeing the data blocks of an unlinked file".into(),
+            ));
+        }
+        if inode.file_acl != 0 {
+            // W3's xattr_release plugs in here.
+            return Err(Error::Unsupported(
+                "releasing the extended attribute block of an unlinked file".into(),
+            ));
+        }
+        txn.orphan_remove(ino)?;
+        let mut inode2 = txn.inode(ino)?;
+        inode2.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
+        inode2.size = 0;
+        let was_dir = inode.kind == FileKind::Directory;
+        inode = inode2;
+        txn.put_inode(inode);
+        txn.free_inode(ino, was_dir)?;
+        txn.commit()
+    }
+}
+
+impl Txn<'_> {
+    /// Records `ino` as an orphan: a free slot of the orphan file, else
+    /// the s_last_orphan list (the inode's i_dtime links to the previous
+    /// head).
+    pub(crate) fn orphan_add(&mut self, ino: Ino) -> Result<()> {
+        let fs = self.fs();
+        if let Some((blocks, seed)) = fs.orphan_file_blocks()? {
+            for pblk in blocks {
+                let mut blk = OrphanBlock::parse(&self.block(pblk)?, pblk, seed)?;
+                if blk.entries.contains(&ino) {
+                    return Ok(());
+                }
+                if let Some(slot) = blk.entries.iter_mut().find(|e| **e == 0) {
+                    *slot = ino;
+                    blk.write(self.block_mut(pblk)?, pblk, seed);
+                    return Ok(());
+                }
+            }
+            tracing::debug!("orphan file full; using the orphan list for inode {ino}");
+        }
+        let head = self.sb_view().s_last_orphan;
+        if head == ino {
+            return Ok(());
+        }
+        let mut inode = self.inode(ino)?;
+        inode.dtime = head;
+        self.put_inode(inode);
+        self.sb_mut().s_last_orphan = ino;
+        Ok(())
+    }
+
+    /// Removes `ino` from the orphan file or list (nothing if absent).
+    pub(crate) fn orphan_remove(&mut self, ino: Ino) -> Result<()> {
+        let fs = self.fs();
+        if let Some((blocks, seed)) = fs.orphan_file_blocks()? {
+            for pblk in blocks {
+                let mut blk = OrphanBlock::parse(&self.block(pblk)?, pblk, seed)?;
+                if let Some(slot) = blk.entries.iter_mut().find(|e| **e == ino) {
+                    *slot = 0;
+                    blk.write(self.block_mut(pblk)?, pblk, seed);
+                    return Ok(());
+                }
+            }
+        }
+        let head = self.sb_view().s_last_orphan;
+        if head == 0 {
+            return Ok(());
+        }
+        let mut inode = self.inode(ino)?;
+        let next = inode.dtime;
+        if head == ino {
+            self.sb_mut().s_last_orphan = next;
+            inode.dtime = 0;
+            self.put_inode(inode);
+            return Ok(());
+        }
+        // Walk the list for the predecessor; bounded by the inode count.
+        let mut cur = head;
+        for _ in 0..fs.sb.s_inodes_count {
+            if cur == 0 {
+                return Ok(());
+            }
+            let mut c = self.inode(cur)?;
+            if c.dtime == ino {
+                c.dtime = next;
+                self.put_inode(c);
+                inode.dtime = 0;
+                self.put_inode(inode);
+                return Ok(());
+            }
+            cur = c.dtime;
+        }
+        Err(Error::corrupt("orphan list loops", 0))
+    }
+
+    /// Number of orphan slots per orphan-file block (for tests and
+    /// statistics).
+    pub(crate) fn orphan_slots(&self) -> usize {
+        ob::slots(self.fs().block_size as usize)
+    }
+}
