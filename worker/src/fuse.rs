@@ -59,6 +59,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::NotEmpty => Errno::ENOTEMPTY,
         Error::Exists => Errno::EEXIST,
         Error::NoSpace => Errno::ENOSPC,
+        Error::FileTooBig => Errno::EFBIG,
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::NoAttribute => Errno::ENODATA,
         Error::Invalid(_) => Errno::EINVAL,

@@ -19,6 +19,9 @@ pub enum Error {
     Exists,
     #[error("no space left on device")]
     NoSpace,
+    /// A write or size change past the largest file size (EFBIG).
+    #[error("file too large")]
+    FileTooBig,
     #[error("file name too long")]
     NameTooLong,
     #[error("no such extended attribute")]
