@@ -1,0 +1,320 @@
+//! Indirect block maps, write side (ext2/ext3 files, ext4 files without
+//! EXTENTS_FL): allocating data and indirect blocks along the 12 direct /
+//! single / double / triple path, and freeing ranges (truncate, punch,
+//! release), including indirect blocks whose whole subtree went away.
+//! Indirect blocks carry no checksum.
+
+use super::extent_write::{Run, RunKind};
+use super::ondisk::indirect::{self, DIRECT_BLOCKS};
+use super::ondisk::inode::I_BLOCK_SIZE;
+use super::txn::Txn;
+use super::util::le32;
+use super::{Error, Ext4, Ino, Result};
+
+/// Where one block pointer lives.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// i_block[index].
+    Inode(usize),
+    /// Entry `index` of indirect block `block`.
+    Block { block: u64, index: usize },
+}
+
+/// The inode fields the map changes, plus what the walk needs.
+pub(crate) struct IndCtx<'a> {
+    pub(crate) ino: Ino,
+    pub(crate) i_block: &'a mut [u8; I_BLOCK_SIZE],
+    pub(crate) blocks: &'a mut u64,
+    pub(crate) default_goal: u64,
+    pub(crate) reserved_ok: bool,
+}
+
+fn get_ptr(txn: &Txn<'_>, ib: &[u8; I_BLOCK_SIZE], slot: Slot) -> Result<u64> {
+    Ok(match slot {
+        Slot::Inode(i) => u64::from(le32(ib, i * 4)),
+        Slot::Block { block, index } => u64::from(le32(&txn.block(block)?, index * 4)),
+    })
+}
+
+fn set_ptr(txn: &mut Txn<'_>, ib: &mut [u8; I_BLOCK_SIZE], slot: Slot, v: u64) -> Result<()> {
+    let v = u32::try_from(v).map_err(|_| Error::Invalid("block number beyond 32 bits"))?;
+    let (buf, at): (&mut [u8], usize) = match slot {
+        Slot::Inode(i) => (&mut ib[..], i * 4),
+        Slot::Block { block, index } => (txn.block_mut(block)?, index * 4),
+    };
+    if let Some(d) = buf.get_mut(at..at + 4) {
+        d.copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(())
+}
+
+impl Ext4 {
+    fn ind_bad(&self, ino: Ino, ptr: u64, at: u64) -> Error {
+        Error::corrupt(
+            format!("inode {ino}: indirect map points outside the filesystem (block {ptr})"),
+            at,
+        )
+    }
+
+    /// Maps [lblk, lblk+count), allocating missing indirect and data
+    /// blocks (new indirect blocks zero-filled). Returns the runs in order
+    /// and whether NoSpace stopped it early.
+    pub(crate) fn ind_map_alloc(
+        &self,
+        txn: &mut Txn<'_>,
+        c: &mut IndCtx<'_>,
+        lblk: u64,
+        count: u64,
+    ) -> Result<(Vec<Run>, bool)> {
+        let per = u64::from(self.block_size() / 4);
+        let spb = u64::from(self.block_size() / 512);
+        let end = lblk.saturating_add(count);
+        let mut runs: Vec<Run> = Vec::new();
+        let mut cur = lblk;
+        let mut last_pblk: Option<u64> = None;
+        while cur < end {
+            let path = indirect::path(cur, per).ok_or(Error::FileTooBig)?;
+            // Walk (allocating) to the table holding the data pointer.
+            let mut slot = Slot::Inode(path.slot);
+            let mut parent_blk = 0u64;
+            for &off in &path.offsets {
+                let mut ptr = get_ptr(txn, c.i_block, slot)?;
+                if ptr == 0 {
+                    let goal = last_pblk.map_or(c.default_goal, |p| p + 1);
+                    let (b, _) = match txn.alloc_blocks(goal, 1, c.reserved_ok) {
+                        Ok(r) => r,
+                        Err(Error::NoSpace) => return Ok((runs, true)),
+                        Err(e) => return Err(e),
+                    };
+                    txn.block_new(b)?;
+                    set_ptr(txn, c.i_block, slot, b)?;
+                    *c.blocks = c.blocks.saturating_add(spb);
+                    last_pblk = Some(b);
+                    ptr = b;
+                } else if !self.blocks_valid(ptr, 1) {
+                    return Err(self.ind_bad(c.ino, ptr, parent_blk));
+                }
+                parent_blk = ptr;
+                slot = Slot::Block {
+                    block: ptr,
+                    index: off as usize,
+                };
+            }
+            // Data pointers from `slot` to the end of its table.
+            let (table_end, index) = match slot {
+                Slot::Inode(i) => (DIRECT_BLOCKS as usize, i),
+                Slot::Block { index, .. } => (per as usize, index),
+            };
+            let room = ((table_end - index) as u64).min(end - cur);
+            let ptr = get_ptr(txn, c.i_block, slot)?;
+            if ptr != 0 {
+                if !self.blocks_valid(ptr, 1) {
+                    return Err(self.ind_bad(c.ino, ptr, parent_blk));
+                }
+                push(
+                    &mut runs,
+                    Run {
+                        lblk: cur,
+                        pblk: ptr,
+                        len: 1,
+                        kind: RunKind::Written,
+                    },
+                );
+                last_pblk = Some(ptr);
+                cur += 1;
+                continue;
+            }
+            // Count the holes in a row, then allocate them in one go.
+            let table: Vec<u8> = match slot {
+                Slot::Inode(_) => c.i_block.to_vec(),
+                Slot::Block { block, .. } => txn.block(block)?.to_vec(),
+            };
+            let mut holes = 1u64;
+            while holes < room && le32(&table, (index + holes as usize) * 4) == 0 {
+                holes += 1;
+            }
+            let goal = last_pblk.map_or(c.default_goal, |p| p + 1);
+            let want = u32::try_from(holes).unwrap_or(u32::MAX);
+            let (first, got) = match txn.alloc_blocks(goal, want, c.reserved_ok) {
+                Ok(r) => r,
+                Err(Error::NoSpace) => return Ok((runs, true)),
+                Err(e) => return Err(e),
+            };
+            for k in 0..u64::from(got) {
+                set_ptr(
+                    txn,
+                    c.i_block,
+                    with_index(slot, index + k as usize),
+                    first + k,
+                )?;
+            }
+            *c.blocks = c.blocks.saturating_add(u64::from(got).saturating_mul(spb));
+            push(
+                &mut runs,
+                Run {
+                    lblk: cur,
+                    pblk: first,
+                    len: got,
+                    kind: RunKind::New,
+                },
+            );
+            last_pblk = Some(first + u64::from(got) - 1);
+            cur += u64::from(got);
+        }
+        Ok((runs, false))
+    }
+
+    /// Frees every data block in [start, end) and every indirect block
+    /// whose whole range lies inside it. Returns the data blocks freed.
+    pub(crate) fn ind_remove_range(
+        &self,
+        txn: &mut Txn<'_>,
+        c: &mut IndCtx<'_>,
+        start: u64,
+        end: u64,
+    ) -> Result<u64> {
+        let per = u64::from(self.block_size() / 4);
+        let mut f = Freer::default();
+        for i in 0..DIRECT_BLOCKS as usize {
+            let l = i as u64;
+            if l >= start && l < end {
+                let p = u64::from(le32(c.i_block, i * 4));
+                if p != 0 {
+                    if !self.blocks_valid(p, 1) {
+                        return Err(self.ind_bad(c.ino, p, 0));
+                    }
+                    f.data(p);
+                    set_ptr(txn, c.i_block, Slot::Inode(i), 0)?;
+                }
+            }
+        }
+        let mut base = DIRECT_BLOCKS;
+        for (level, slot) in [
+            (1usize, indirect::IND_BLOCK),
+            (2, indirect::DIND_BLOCK),
+            (3, indirect::TIND_BLOCK),
+        ] {
+            let span = indirect::span(level, per);
+            let p = u64::from(le32(c.i_block, slot * 4));
+            if p != 0 && base < end && base.saturating_add(span) > start {
+                if self.prune(txn, c.ino, p, level, base, start, end, &mut f)? {
+                    set_ptr(txn, c.i_block, Slot::Inode(slot), 0)?;
+                }
+            }
+            base = base.saturating_add(span);
+        }
+        let spb = u64::from(self.block_size() / 512);
+        let total = f.data_count + f.meta_count;
+        *c.blocks = c.blocks.saturating_sub(total.saturating_mul(spb));
+        for (p, n) in f.runs {
+            txn.free_blocks(p, n)?;
+        }
+        Ok(f.data_count)
+    }
+
+    /// Frees the part of the subtree under indirect block `ptr` (covering
+    /// logical blocks from `base`, `level` levels above the data) that lies
+    /// in [start, end). True when the whole subtree (and `ptr`) was freed.
+    #[expect(clippy::too_many_arguments, reason = "recursive walk state")]
+    fn prune(
+        &self,
+        txn: &mut Txn<'_>,
+        ino: Ino,
+        ptr: u64,
+        level: usize,
+        base: u64,
+        start: u64,
+        end: u64,
+        f: &mut Freer,
+    ) -> Result<bool> {
+        if !self.blocks_valid(ptr, 1) {
+            return Err(self.ind_bad(ino, ptr, 0));
+        }
+        let per = u64::from(self.block_size() / 4);
+        let span = indirect::span(level, per);
+        let child_span = indirect::span(level - 1, per);
+        let whole = base >= start && base.saturating_add(span) <= end;
+        let table = txn.block(ptr)?;
+        let mut changed: Vec<usize> = Vec::new();
+        for i in 0..per as usize {
+            let cb = base.saturating_add((i as u64).saturating_mul(child_span));
+            if cb >= end || cb.saturating_add(child_span) <= start {
+                continue;
+            }
+            let p = u64::from(le32(&table, i * 4));
+            if p == 0 {
+                continue;
+            }
+            if level == 1 {
+                if !self.blocks_valid(p, 1) {
+                    return Err(self.ind_bad(ino, p, ptr));
+                }
+                f.data(p);
+                changed.push(i);
+            } else if self.prune(txn, ino, p, level - 1, cb, start, end, f)? {
+                changed.push(i);
+            }
+        }
+        if whole {
+            f.meta(ptr);
+            return Ok(true);
+        }
+        if !changed.is_empty() {
+            let b = txn.block_mut(ptr)?;
+            for i in changed {
+                if let Some(d) = b.get_mut(i * 4..i * 4 + 4) {
+                    d.fill(0);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn with_index(slot: Slot, index: usize) -> Slot {
+    match slot {
+        Slot::Inode(_) => Slot::Inode(index),
+        Slot::Block { block, .. } => Slot::Block { block, index },
+    }
+}
+
+fn push(runs: &mut Vec<Run>, r: Run) {
+    if let Some(last) = runs.last_mut()
+        && last.kind == r.kind
+        && last.lblk + u64::from(last.len) == r.lblk
+        && last.pblk + u64::from(last.len) == r.pblk
+    {
+        last.len += r.len;
+        return;
+    }
+    runs.push(r);
+}
+
+/// Collects blocks to free as contiguous runs.
+#[derive(Default)]
+struct Freer {
+    runs: Vec<(u64, u32)>,
+    data_count: u64,
+    meta_count: u64,
+}
+
+impl Freer {
+    fn add(&mut self, p: u64) {
+        if let Some((s, n)) = self.runs.last_mut()
+            && *s + u64::from(*n) == p
+            && *n < u32::MAX
+        {
+            *n += 1;
+            return;
+        }
+        self.runs.push((p, 1));
+    }
+    fn data(&mut self, p: u64) {
+        self.data_count += 1;
+        self.add(p);
+    }
+    fn meta(&mut self, p: u64) {
+        self.meta_count += 1;
+        self.add(p);
+    }
+}

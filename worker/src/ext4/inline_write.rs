@@ -1,0 +1,180 @@
+//! Inline data, write side: files whose content lives in i_block (60
+//! bytes) and the in-inode "system.data" xattr. Content length is kept
+//! equal to i_size, as the kernel keeps it. A write or size change past
+//! what the inode can hold converts the file to a block-mapped one (one
+//! block, extents when the filesystem has them), removing system.data's
+//! value (the empty entry goes too, as after the kernel's conversion).
+
+use super::extent_write::{self as ew};
+use super::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
+use super::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
+use super::ondisk::xattr::{
+    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, XattrLimits, XattrValue,
+};
+use super::txn::Txn;
+use super::{Error, Ext4, Result};
+
+const DATA_NAME: &[u8] = b"data";
+
+impl Ext4 {
+    /// The in-inode xattrs as owned entries, in their on-disk order.
+    fn inline_ibody_entries(&self, inode: &Inode) -> Result<Vec<NewXattr>> {
+        let limits = XattrLimits {
+            ea_inode_feature: self.sb().has_incompat(sbf::INCOMPAT_EA_INODE),
+            inodes_count: self.sb().s_inodes_count,
+        };
+        let parsed = ox::parse_ibody(inode.inline_xattr_area(), &limits)
+            .map_err(|p| Error::corrupt(format!("inode {}: in-inode xattrs: {p}", inode.ino), 0))?;
+        Ok(parsed
+            .into_iter()
+            .map(|e| NewXattr {
+                name_index: e.name_index,
+                name: e.name.to_vec(),
+                value: match e.value {
+                    XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
+                    XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
+                        inum,
+                        size,
+                        hash: e.hash,
+                    },
+                },
+            })
+            .collect())
+    }
+
+    /// Bytes of content an inline inode can hold: 60 plus the largest
+    /// system.data value that fits next to its other in-inode xattrs.
+    pub(crate) fn inline_capacity(&self, inode: &Inode) -> Result<u64> {
+        let area = inode.inline_xattr_area().len();
+        if inode.raw.len() <= usize::from(GOOD_OLD_INODE_SIZE) || area < 8 {
+            return Ok(I_BLOCK_SIZE as u64);
+        }
+        let others: Vec<NewXattr> = self
+            .inline_ibody_entries(inode)?
+            .into_iter()
+            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == DATA_NAME))
+            .collect();
+        // Header (4), the others, our entry, the table terminator.
+        let used = 4 + ox::space_needed(&others) + ox::entry_len(DATA_NAME.len());
+        let free = area.saturating_sub(used) & !3;
+        Ok(I_BLOCK_SIZE as u64 + free as u64)
+    }
+
+    pub(crate) fn inline_write_fits(&self, inode: &Inode, offset: u64, len: u64) -> bool {
+        let cap = self.inline_capacity(inode).unwrap_or(0);
+        offset.checked_add(len).is_some_and(|e| e <= cap)
+    }
+
+    /// Stores `content` (length becomes the content size) in i_block and
+    /// system.data.
+    fn set_inline_content(&self, inode: &mut Inode, content: &[u8]) -> Result<()> {
+        let (head, tail) = content.split_at(content.len().min(I_BLOCK_SIZE));
+        inode.i_block.fill(0);
+        inode.i_block[..head.len()].copy_from_slice(head);
+        let mut entries = self.inline_ibody_entries(inode)?;
+        let value = NewXattrValue::Inline(tail.to_vec());
+        match entries
+            .iter_mut()
+            .find(|x| x.name_index == INDEX_SYSTEM && x.name == DATA_NAME)
+        {
+            Some(x) => x.value = value,
+            None => entries.insert(
+                0,
+                NewXattr {
+                    name_index: INDEX_SYSTEM,
+                    name: DATA_NAME.to_vec(),
+                    value,
+                },
+            ),
+        }
+        self.store_ibody(inode, &entries)
+    }
+
+    fn store_ibody(&self, inode: &mut Inode, entries: &[NewXattr]) -> Result<()> {
+        let start = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(inode.extra_isize);
+        let area = inode
+            .raw
+            .get_mut(start..)
+            .ok_or(Error::Invalid("inode has no xattr area"))?;
+        if !ox::write_ibody(area, entries) {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of an inline file (fits checked).
+    pub(crate) fn inline_write(
+        &self,
+        _txn: &mut Txn<'_>,
+        inode: &mut Inode,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let mut content = self.inline_data(inode)?;
+        let end = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(data.len()))
+            .ok_or(Error::FileTooBig)?;
+        let size = usize::try_from(inode.size).unwrap_or(usize::MAX);
+        content.resize(size.max(end).max(content.len()), 0);
+        content
+            .get_mut(end - data.len()..end)
+            .ok_or(Error::Invalid("inline write range"))?
+            .copy_from_slice(data);
+        self.set_inline_content(inode, &content)
+    }
+
+    /// Size change of an inline file: in place when it fits, else the file
+    /// becomes block-mapped first.
+    pub(crate) fn inline_truncate(
+        &self,
+        txn: &mut Txn<'_>,
+        inode: &mut Inode,
+        new_size: u64,
+    ) -> Result<()> {
+        if new_size <= self.inline_capacity(inode)? {
+            let mut content = self.inline_data(inode)?;
+            content.resize(usize::try_from(new_size).unwrap_or(0), 0);
+            self.set_inline_content(inode, &content)?;
+            inode.size = new_size;
+            return Ok(());
+        }
+        self.inline_to_blocks(txn, inode, false)?;
+        self.truncate_in(txn, inode, new_size)
+    }
+
+    /// Converts an inline file to a block-mapped one: content to a new
+    /// block (if any), system.data removed, INLINE_DATA_FL cleared,
+    /// EXTENTS_FL set on extent filesystems.
+    pub(crate) fn inline_to_blocks(
+        &self,
+        txn: &mut Txn<'_>,
+        inode: &mut Inode,
+        reserved_ok: bool,
+    ) -> Result<()> {
+        let content = self.inline_data(inode)?;
+        let entries: Vec<NewXattr> = self
+            .inline_ibody_entries(inode)?
+            .into_iter()
+            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == DATA_NAME))
+            .collect();
+        self.store_ibody(inode, &entries)?;
+        inode.flags &= !EXT4_INLINE_DATA_FL;
+        inode.i_block.fill(0);
+        if self.sb().has_incompat(sbf::INCOMPAT_EXTENTS) {
+            inode.flags |= EXT4_EXTENTS_FL;
+            ew::init_root(&mut inode.i_block)?;
+        }
+        if !content.is_empty() {
+            let (runs, short) = self.map_alloc_runs(txn, inode, 0, 1, false, reserved_ok)?;
+            let Some(r) = runs.first().filter(|_| !short) else {
+                return Err(Error::NoSpace);
+            };
+            let mut block = vec![0u8; self.block_size() as usize];
+            let n = content.len().min(block.len());
+            block[..n].copy_from_slice(&content[..n]);
+            self.write_data(r.pblk, 0, &block)?;
+        }
+        Ok(())
+    }
+}
