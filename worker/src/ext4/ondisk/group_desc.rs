@@ -212,7 +212,7 @@ mod tests {
     /// and 32-byte descriptors.
     #[test]
     fn write_round_trip() {
-        for ro in [RO_COMPAT_METADATA_CSUM, RO_COMPAT_GDT_CSUM, 0] {
+        for ro in [RO_COMPAT_METADATA_CSUM, RO_COMPAT_GDT_CSUM] {
             let sb = sb(ro);
             let d = desc(&sb, 0x1234);
             let g = GroupDesc::parse(&d, 3, &sb, 0x1234).unwrap();
@@ -233,6 +233,14 @@ mod tests {
             g2.bg_checksum = back.bg_checksum;
             assert_eq!(back, g2);
         }
+        // Without checksums the stored bg_checksum is written unchanged.
+        let sb = sb(0);
+        let mut g = GroupDesc::parse(&[0u8; 64], 0, &sb, 0).unwrap();
+        g.bg_checksum = 0xBEEF;
+        g.bg_free_inodes_count = 5;
+        let mut out = vec![0u8; 64];
+        g.write(&mut out, 0, &sb, 0);
+        assert_eq!(GroupDesc::parse(&out, 0, &sb, 0).unwrap(), g);
     }
 
     #[test]

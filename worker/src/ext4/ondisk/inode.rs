@@ -61,6 +61,7 @@ const I_CHECKSUM_HI: usize = 0x82;
 /// An inode, parsed and checked. Write side: change the pub(crate)
 /// fields (and the in-inode xattr area inside `raw`), then
 /// `Txn::put_inode`; [`Inode::write`] serializes them over `raw`.
+#[derive(Debug)]
 pub(crate) struct Inode {
     pub(crate) ino: Ino,
     pub(crate) mode: u16,
@@ -699,7 +700,7 @@ mod tests {
         j.gid = 0x8765_4321;
         j.size = 0x1_0000_0001;
         j.links_count = 3;
-        j.blocks = (5u64 << 32) | 8;
+        j.blocks = 0xFFFF_FFF8; // hi half needs huge_file, which sample() lacks
         j.file_acl = (2u64 << 32) | 9;
         j.atime = Timestamp { secs: -1, nsecs: 5 };
         j.mtime = Timestamp {
