@@ -26,6 +26,16 @@ pub enum Error {
     NameTooLong,
     #[error("no such extended attribute")]
     NoAttribute,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// ERANGE: an attribute name too long.
+    #[error("result out of range")]
+    Range,
+    /// E2BIG: an attribute value too large.
+    #[error("argument list too long")]
+    TooBig,
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
     #[error("read-only filesystem")]

@@ -76,3 +76,40 @@ pub enum Whence {
     Data,
     Hole,
 }
+
+/// rename(2) flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub noreplace: bool,
+    pub exchange: bool,
+    pub whiteout: bool,
+}
+
+/// setxattr(2) flags: XATTR_CREATE (fail with EEXIST if present),
+/// XATTR_REPLACE (fail with ENODATA if absent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XattrFlags {
+    pub create: bool,
+    pub replace: bool,
+}
+
+/// A time to set: the current time, or an explicit one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timestamp),
+}
+
+/// What setattr changes; `None` leaves a field alone. ctime becomes now
+/// on every change unless given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (mode & 0o7777); the file type is kept.
+    pub mode: Option<u16>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime: Option<TimeSet>,
+}

@@ -1,0 +1,1003 @@
+//! Name operations: create (regular files, devices, fifos, sockets),
+//! mkdir, symlink, link, unlink, rmdir and rename (with NOREPLACE,
+//! EXCHANGE and WHITEOUT), after the kernel's fs/ext4/namei.c. Each is
+//! one transaction; errors come before any change (names are validated
+//! first, targets looked up, then the edits made).
+//!
+//! Link counts follow ext4_inc_count / ext4_dec_count: an indexed
+//! directory whose count would pass EXT4_LINK_MAX (or already did) shows
+//! 1 with the dir_nlink feature; directories never drop below 2 through a
+//! child's removal.
+//!
+//! Inline-data directories are converted to a block directory before
+//! their first change (a valid layout the kernel also produces when an
+//! inline directory outgrows the inode); new directories are block
+//! directories.
+
+use std::collections::HashMap;
+
+use crate::ext4::dir_write::{self, DirBlocks, DirCtx, Found, init_dir_block};
+use crate::ext4::error::{Error, Result};
+use crate::ext4::file::Mapping;
+use crate::ext4::ondisk::dir_entry::{
+    DirentFormat, EXT4_FT_CHRDEV, EXT4_FT_DIR, EXT4_NAME_LEN, file_type_of,
+};
+use crate::ext4::ondisk::inode::{
+    EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode, S_IFCHR, S_IFDIR,
+    S_IFLNK, S_IFMT, inherited_flags, kind_of_mode,
+};
+use crate::ext4::ondisk::superblock::{
+    COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR, RO_COMPAT_DIR_NLINK,
+};
+use crate::ext4::types::{Attr, FileKind, Ino, ROOT_INO, RenameFlags};
+use crate::ext4::{Ext4, Txn};
+
+/// EXT4_LINK_MAX.
+pub(crate) const EXT4_LINK_MAX: u16 = 65000;
+/// Bound on the ".." walk of the rename-into-own-subtree check.
+const MAX_ANCESTRY: usize = 1 << 16;
+
+/// A directory's blocks seen through a transaction.
+pub(crate) struct TxnDir<'a, 'fs> {
+    fs: &'fs Ext4,
+    txn: &'a mut Txn<'fs>,
+    pub(crate) inode: &'a mut Inode,
+    map: HashMap<u64, u64>,
+}
+
+impl<'a, 'fs> TxnDir<'a, 'fs> {
+    pub(crate) fn new(txn: &'a mut Txn<'fs>, inode: &'a mut Inode) -> Self {
+        TxnDir {
+            fs: txn.fs(),
+            txn,
+            inode,
+            map: HashMap::new(),
+        }
+    }
+
+    fn pblk(&mut self, lblk: u64) -> Result<u64> {
+        if let Some(p) = self.map.get(&lblk) {
+            return Ok(*p);
+        }
+        match self.fs.map_block(self.inode, lblk)? {
+            Mapping::Mapped { pblk, .. } => {
+                self.map.insert(lblk, pblk);
+                Ok(pblk)
+            }
+            Mapping::Hole { .. } => Err(Error::corrupt(
+                format!("directory {}: hole at logical block {lblk}", self.inode.ino),
+                0,
+            )),
+        }
+    }
+}
+
+impl DirBlocks for TxnDir<'_, '_> {
+    fn nblocks(&self) -> u64 {
+        self.inode.size_in_blocks(self.fs.block_size())
+    }
+
+    fn read(&mut self, lblk: u64) -> Result<Vec<u8>> {
+        let p = self.pblk(lblk)?;
+        Ok(self.txn.block(p)?.to_vec())
+    }
+
+    fn write(&mut self, lblk: u64, data: &[u8]) -> Result<()> {
+        let p = self.pblk(lblk)?;
+        let b = self.txn.block_mut(p)?;
+        if b.len() != data.len() {
+            return Err(Error::Invalid("directory block of the wrong size"));
+        }
+        b.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn append(&mut self) -> Result<u64> {
+        // Map every existing block first: growing the tree may move its
+        // leaves to blocks only this transaction has.
+        let n = self.nblocks();
+        for l in 0..n {
+            self.pblk(l)?;
+        }
+        let runs = self.fs.map_alloc(self.txn, self.inode, n, 1, false)?;
+        let pblk = runs
+            .first()
+            .filter(|r| r.0 == n && r.2 >= 1)
+            .map(|r| r.1)
+            .ok_or(Error::NoSpace)?;
+        self.txn.block_new(pblk)?;
+        self.map.insert(n, pblk);
+        let bs = u64::from(self.fs.block_size());
+        self.inode.size = n.saturating_add(1).saturating_mul(bs);
+        Ok(n)
+    }
+
+    fn is_indexed(&self) -> bool {
+        self.inode.has_flag(EXT4_INDEX_FL) && self.fs.sb().has_compat(COMPAT_DIR_INDEX)
+    }
+
+    fn set_indexed(&mut self, on: bool) {
+        if on {
+            self.inode.flags |= EXT4_INDEX_FL;
+        } else {
+            self.inode.flags &= !EXT4_INDEX_FL;
+        }
+    }
+
+    fn ino(&self) -> Ino {
+        self.inode.ino
+    }
+}
+
+/// Checks a name for a new entry: not empty, no '/' or NUL, at most 255
+/// bytes, not "." or "..".
+pub(crate) fn check_new_name(name: &[u8]) -> Result<()> {
+    if name.len() > EXT4_NAME_LEN {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() {
+        return Err(Error::NotFound);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::Invalid("file name with '/' or NUL"));
+    }
+    if name == b"." || name == b".." {
+        return Err(Error::Exists);
+    }
+    Ok(())
+}
+
+/// Kernel `new_decode_dev`: (major, minor) of a userspace dev_t.
+fn decode_dev(dev: u32) -> (u32, u32) {
+    ((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00))
+}
+
+/// Stores a device number in i_block as ext4 does: the old 16-bit
+/// encoding in i_block[0] when major and minor fit 8 bits, else the new
+/// encoding in i_block[1].
+fn set_rdev(i_block: &mut [u8; I_BLOCK_SIZE], rdev: u32) {
+    i_block.fill(0);
+    let (major, minor) = decode_dev(rdev);
+    if major < 256 && minor < 256 {
+        i_block[0..4].copy_from_slice(&((major << 8) | minor).to_le_bytes());
+    } else {
+        let new = (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12);
+        i_block[4..8].copy_from_slice(&new.to_le_bytes());
+    }
+}
+
+impl Ext4 {
+    pub(crate) fn dir_ctx(&self, dir: &Inode) -> DirCtx {
+        let sb = self.sb();
+        DirCtx {
+            fmt: DirentFormat {
+                filetype: sb.has_incompat(INCOMPAT_FILETYPE),
+                block_size: self.block_size(),
+                inodes_count: sb.s_inodes_count,
+            },
+            csum_seed: self.has_metadata_csum().then(|| self.inode_csum_seed(dir)),
+            dir_index: sb.has_compat(COMPAT_DIR_INDEX),
+            max_levels: if sb.has_incompat(INCOMPAT_LARGEDIR) {
+                3
+            } else {
+                2
+            },
+            def_hash_version: sb.s_def_hash_version,
+            s_flags: sb.s_flags,
+            hash_seed: sb.s_hash_seed,
+        }
+    }
+
+    /// A directory inode through the transaction (NotDir otherwise,
+    /// NotFound once deleted), converted from inline data to a block
+    /// directory if needed.
+    fn txn_dir(&self, txn: &mut Txn<'_>, ino: Ino) -> Result<Inode> {
+        let dir = txn.inode(ino)?;
+        if dir.links_count == 0 {
+            return Err(Error::NotFound);
+        }
+        if dir.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        if dir.has_flag(crate::ext4::ondisk::inode::EXT4_ENCRYPT_FL) {
+            return Err(Error::Unsupported("encrypted directory".into()));
+        }
+        if dir.has_flag(EXT4_INLINE_DATA_FL) {
+            return Err(Error::Unsupported(
+                "changing an inline-data directory".into(),
+            ));
+        }
+        Ok(dir)
+    }
+
+    fn dir_find(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: &mut Inode,
+        name: &[u8],
+    ) -> Result<Option<(Ino, u8)>> {
+        let ctx = self.dir_ctx(dir);
+        let mut d = TxnDir::new(txn, dir);
+        Ok(dir_write::find_entry(&mut d, &ctx, name)?.map(|(_, f)| (f.inode, f.file_type)))
+    }
+
+    fn dir_add(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: &mut Inode,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+    ) -> Result<()> {
+        let ctx = self.dir_ctx(dir);
+        let mut d = TxnDir::new(txn, dir);
+        dir_write::add_entry(&mut d, &ctx, name, ino, file_type_of(kind))
+    }
+
+    fn dir_remove(&self, txn: &mut Txn<'_>, dir: &mut Inode, name: &[u8]) -> Result<Found> {
+        let ctx = self.dir_ctx(dir);
+        let mut d = TxnDir::new(txn, dir);
+        dir_write::remove_entry(&mut d, &ctx, name)
+    }
+
+    fn dir_set(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: &mut Inode,
+        name: &[u8],
+        ino: Ino,
+        kind: FileKind,
+    ) -> Result<()> {
+        let ctx = self.dir_ctx(dir);
+        let mut d = TxnDir::new(txn, dir);
+        dir_write::set_entry(&mut d, &ctx, name, ino, file_type_of(kind))
+    }
+
+    fn dir_is_empty(&self, txn: &mut Txn<'_>, dir: &mut Inode) -> Result<bool> {
+        let ctx = self.dir_ctx(dir);
+        let mut d = TxnDir::new(txn, dir);
+        Ok(!dir_write::dir_has_entries(&mut d, &ctx)?)
+    }
+
+    fn is_dx_inode(&self, dir: &Inode) -> bool {
+        dir.has_flag(EXT4_INDEX_FL) && self.sb().has_compat(COMPAT_DIR_INDEX)
+    }
+
+    /// EXT4_DIR_LINK_MAX: may `dir` get another subdirectory?
+    fn dir_link_max(&self, dir: &Inode) -> bool {
+        dir.links_count >= EXT4_LINK_MAX
+            && !(self.sb().has_ro_compat(RO_COMPAT_DIR_NLINK) && self.is_dx_inode(dir))
+    }
+
+    /// ext4_inc_count.
+    fn inc_count(&self, txn: &mut Txn<'_>, inode: &mut Inode) {
+        inode.links_count = inode.links_count.saturating_add(1);
+        if inode.kind == FileKind::Directory
+            && self.is_dx_inode(inode)
+            && (inode.links_count > EXT4_LINK_MAX || inode.links_count == 2)
+        {
+            inode.links_count = 1;
+            txn.set_ro_compat(RO_COMPAT_DIR_NLINK);
+        }
+    }
+
+    /// ext4_dec_count.
+    fn dec_count(inode: &mut Inode) {
+        if inode.kind != FileKind::Directory || inode.links_count > 2 {
+            inode.links_count = inode.links_count.saturating_sub(1);
+        }
+    }
+
+    /// Allocates and initializes a new inode of `mode` in `dir`.
+    fn new_inode(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: &Inode,
+        mode: u16,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Inode> {
+        let kind = kind_of_mode(mode).ok_or(Error::Invalid("bad file type"))?;
+        let ino = txn.alloc_inode(dir.ino, kind)?;
+        let now = self.now();
+        let mut inode = Inode::new(self, ino, mode, uid, gid, now);
+        inode.flags |= inherited_flags(dir.flags, mode);
+        Ok(inode)
+    }
+
+    fn touch_dir(&self, dir: &mut Inode) {
+        let now = self.now();
+        dir.mtime = now;
+        dir.ctime = now;
+    }
+
+    fn attr_of(&self, i: &Inode) -> Attr {
+        Attr {
+            ino: i.ino,
+            kind: i.kind,
+            perm: i.perm(),
+            nlink: u32::from(i.links_count),
+            uid: i.uid,
+            gid: i.gid,
+            size: i.size,
+            blocks: i.blocks,
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+            rdev: i.rdev(),
+            generation: i.generation,
+            blksize: self.block_size(),
+        }
+    }
+
+    /// mknod/create: a regular file, device, fifo or socket.
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u16,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        check_new_name(name)?;
+        let kind = kind_of_mode(mode).ok_or(Error::Invalid("bad file type"))?;
+        if matches!(kind, FileKind::Directory | FileKind::Symlink) {
+            return Err(Error::Invalid("create of a directory or symlink"));
+        }
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let mut inode = self.new_inode(&mut txn, &dir, mode, uid, gid)?;
+        if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
+            inode.flags &= !EXT4_EXTENTS_FL;
+            set_rdev(&mut inode.i_block, rdev);
+        }
+        self.dir_add(&mut txn, &mut dir, name, inode.ino, kind)?;
+        self.touch_dir(&mut dir);
+        let attr = self.attr_of(&inode);
+        txn.put_inode(inode);
+        txn.put_inode(dir);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
+        check_new_name(name)?;
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        if self.dir_link_max(&dir) {
+            return Err(Error::TooManyLinks);
+        }
+        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let mut inode = self.new_inode(&mut txn, &dir, S_IFDIR | (perm & 0o7777), uid, gid)?;
+        inode.links_count = 2;
+        let ctx = self.dir_ctx(&inode);
+        let block = init_dir_block(&ctx, inode.ino, dir.ino);
+        {
+            let mut d = TxnDir::new(&mut txn, &mut inode);
+            let l = d.append()?;
+            d.write(l, &block)?;
+        }
+        self.dir_add(&mut txn, &mut dir, name, inode.ino, FileKind::Directory)?;
+        self.inc_count(&mut txn, &mut dir);
+        self.touch_dir(&mut dir);
+        let attr = self.attr_of(&inode);
+        txn.put_inode(inode);
+        txn.put_inode(dir);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        check_new_name(name)?;
+        let bs = self.block_size() as usize;
+        if target.is_empty() {
+            return Err(Error::NotFound);
+        }
+        if target.len() + 1 > bs {
+            return Err(Error::NameTooLong);
+        }
+        if target.contains(&0) {
+            return Err(Error::Invalid("symlink target with NUL"));
+        }
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let mut inode = self.new_inode(&mut txn, &dir, S_IFLNK | 0o777, uid, gid)?;
+        if target.len() < I_BLOCK_SIZE {
+            // Fast symlink: the target in i_block, no extent header.
+            inode.flags &= !EXT4_EXTENTS_FL;
+            inode.i_block = [0; I_BLOCK_SIZE];
+            inode.i_block[..target.len()].copy_from_slice(target);
+        } else {
+            let runs = self.map_alloc(&mut txn, &mut inode, 0, 1, false)?;
+            let pblk = runs.first().map(|r| r.1).ok_or(Error::NoSpace)?;
+            let b = txn.block_new(pblk)?;
+            b[..target.len()].copy_from_slice(target);
+        }
+        inode.size = target.len() as u64;
+        self.dir_add(&mut txn, &mut dir, name, inode.ino, FileKind::Symlink)?;
+        self.touch_dir(&mut dir);
+        let attr = self.attr_of(&inode);
+        txn.put_inode(inode);
+        txn.put_inode(dir);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    pub fn link(&self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        check_new_name(name)?;
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        let mut inode = txn.inode(ino)?;
+        if inode.kind == FileKind::Directory {
+            return Err(Error::NotPermitted);
+        }
+        if inode.links_count == 0 {
+            return Err(Error::NotFound);
+        }
+        if inode.links_count >= EXT4_LINK_MAX {
+            return Err(Error::TooManyLinks);
+        }
+        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        self.dir_add(&mut txn, &mut dir, name, ino, inode.kind)?;
+        inode.links_count += 1;
+        inode.ctime = self.now();
+        self.touch_dir(&mut dir);
+        let attr = self.attr_of(&inode);
+        txn.put_inode(inode);
+        txn.put_inode(dir);
+        txn.commit()?;
+        Ok(attr)
+    }
+
+    /// Removes `name` (not a directory). Returns the inode when its last
+    /// link went: it is then on the orphan list, and the caller frees it
+    /// with `release_inode` at its last close (or at once if not open).
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
+        if name.len() > EXT4_NAME_LEN {
+            return Err(Error::NameTooLong);
+        }
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        let (ino, _) = self
+            .dir_find(&mut txn, &mut dir, name)?
+            .ok_or(Error::NotFound)?;
+        let mut inode = txn.inode(ino)?;
+        if inode.kind == FileKind::Directory {
+            return Err(Error::IsDir);
+        }
+        self.dir_remove(&mut txn, &mut dir, name)?;
+        self.touch_dir(&mut dir);
+        inode.links_count = inode.links_count.saturating_sub(1);
+        inode.ctime = dir.ctime;
+        let gone = inode.links_count == 0;
+        txn.put_inode(inode);
+        txn.put_inode(dir);
+        if gone {
+            txn.orphan_add(ino)?;
+        }
+        txn.commit()?;
+        Ok(gone.then_some(ino))
+    }
+
+    /// Frees a directory that lost its last link, in `txn` (its blocks,
+    /// xattrs and the inode).
+    fn free_dir_now(&self, txn: &mut Txn<'_>, ino: Ino) -> Result<()> {
+        let mut inode = txn.inode(ino)?;
+        self.xattr_release(txn, &mut inode)?;
+        self.free_file_blocks(txn, &mut inode)?;
+        inode.links_count = 0;
+        inode.size = 0;
+        inode.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
+        txn.put_inode(inode);
+        txn.free_inode(ino, true)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name.len() > EXT4_NAME_LEN {
+            return Err(Error::NameTooLong);
+        }
+        if name == b"." {
+            return Err(Error::Invalid("rmdir of '.'"));
+        }
+        if name == b".." {
+            return Err(Error::NotEmpty);
+        }
+        let mut txn = self.begin()?;
+        let mut dir = self.txn_dir(&mut txn, parent)?;
+        let (ino, _) = self
+            .dir_find(&mut txn, &mut dir, name)?
+            .ok_or(Error::NotFound)?;
+        let mut victim = txn.inode(ino)?;
+        if victim.kind != FileKind::Directory {
+            return Err(Error::NotDir);
+        }
+        if !self.dir_is_empty(&mut txn, &mut victim)? {
+            return Err(Error::NotEmpty);
+        }
+        self.dir_remove(&mut txn, &mut dir, name)?;
+        Self::dec_count(&mut dir);
+        self.touch_dir(&mut dir);
+        txn.put_inode(dir);
+        self.free_dir_now(&mut txn, ino)?;
+        txn.commit()
+    }
+
+    /// Whether `ancestor` is `dir` or one of its ancestors (".." walk).
+    fn is_ancestor(&self, txn: &mut Txn<'_>, ancestor: Ino, mut dir: Ino) -> Result<bool> {
+        for _ in 0..MAX_ANCESTRY {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            let mut d = self.txn_dir(txn, dir)?;
+            let (up, _) = self
+                .dir_find(txn, &mut d, b"..")?
+                .ok_or_else(|| Error::corrupt(format!("directory {dir}: no '..'"), 0))?;
+            if up == dir {
+                return Ok(false);
+            }
+            dir = up;
+        }
+        Err(Error::corrupt("directory tree deeper than 65536 levels", 0))
+    }
+
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<Option<Ino>> {
+        if name.len() > EXT4_NAME_LEN {
+            return Err(Error::NameTooLong);
+        }
+        check_new_name(newname).map_err(|e| match e {
+            Error::Exists => Error::Invalid("rename to '.' or '..'"),
+            e => e,
+        })?;
+        if name == b"." || name == b".." || name.is_empty() {
+            return Err(Error::Invalid("rename of '.' or '..'"));
+        }
+        if flags.exchange && (flags.noreplace || flags.whiteout) {
+            return Err(Error::Invalid("RENAME_EXCHANGE with other flags"));
+        }
+        let mut txn = self.begin()?;
+        let same = parent == newparent;
+        let mut old_dir = self.txn_dir(&mut txn, parent)?;
+        let mut new_dir_own = if same {
+            None
+        } else {
+            Some(self.txn_dir(&mut txn, newparent)?)
+        };
+        let (src, _) = self
+            .dir_find(&mut txn, &mut old_dir, name)?
+            .ok_or(Error::NotFound)?;
+        let tgt = {
+            let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+            self.dir_find(&mut txn, nd, newname)?.map(|t| t.0)
+        };
+        if flags.noreplace && tgt.is_some() {
+            return Err(Error::Exists);
+        }
+        if flags.exchange && tgt.is_none() {
+            return Err(Error::NotFound);
+        }
+        if tgt == Some(src) {
+            // Two names of one inode: nothing to do (POSIX).
+            return Ok(None);
+        }
+        let mut src_inode = txn.inode(src)?;
+        let src_dir = src_inode.kind == FileKind::Directory;
+        let mut tgt_inode = match tgt {
+            Some(t) => Some(txn.inode(t)?),
+            None => None,
+        };
+        let tgt_dir = tgt_inode
+            .as_ref()
+            .is_some_and(|t| t.kind == FileKind::Directory);
+        if !same {
+            if src_dir && self.is_ancestor(&mut txn, src, newparent)? {
+                return Err(Error::Invalid("rename of a directory into itself"));
+            }
+            if flags.exchange && tgt_dir && self.is_ancestor(&mut txn, tgt.unwrap_or(0), parent)? {
+                return Err(Error::Invalid("rename of a directory into itself"));
+            }
+        }
+        let now = self.now();
+        if flags.exchange {
+            let Some(mut t) = tgt_inode else {
+                return Err(Error::NotFound);
+            };
+            if let Some(nd) = new_dir_own.as_ref() {
+                if src_dir && !tgt_dir && self.dir_link_max(nd) {
+                    return Err(Error::TooManyLinks);
+                }
+                if tgt_dir && !src_dir && self.dir_link_max(&old_dir) {
+                    return Err(Error::TooManyLinks);
+                }
+            }
+            self.dir_set(&mut txn, &mut old_dir, name, t.ino, t.kind)?;
+            {
+                let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+                self.dir_set(&mut txn, nd, newname, src, src_inode.kind)?;
+            }
+            if !same {
+                if src_dir {
+                    self.dir_set(
+                        &mut txn,
+                        &mut src_inode,
+                        b"..",
+                        newparent,
+                        FileKind::Directory,
+                    )?;
+                }
+                if tgt_dir {
+                    self.dir_set(&mut txn, &mut t, b"..", parent, FileKind::Directory)?;
+                }
+                if let Some(nd) = new_dir_own.as_mut() {
+                    if src_dir && !tgt_dir {
+                        Self::dec_count(&mut old_dir);
+                        self.inc_count(&mut txn, nd);
+                    }
+                    if tgt_dir && !src_dir {
+                        Self::dec_count(nd);
+                        self.inc_count(&mut txn, &mut old_dir);
+                    }
+                }
+            }
+            src_inode.ctime = now;
+            t.ctime = now;
+            old_dir.mtime = now;
+            old_dir.ctime = now;
+            if let Some(nd) = new_dir_own.as_mut() {
+                nd.mtime = now;
+                nd.ctime = now;
+            }
+            txn.put_inode(src_inode);
+            txn.put_inode(t);
+            txn.put_inode(old_dir);
+            if let Some(nd) = new_dir_own {
+                txn.put_inode(nd);
+            }
+            txn.commit()?;
+            return Ok(None);
+        }
+        if let Some(t) = tgt_inode.as_mut() {
+            if src_dir && !tgt_dir {
+                return Err(Error::NotDir);
+            }
+            if !src_dir && tgt_dir {
+                return Err(Error::IsDir);
+            }
+            if tgt_dir && !self.dir_is_empty(&mut txn, t)? {
+                return Err(Error::NotEmpty);
+            }
+        } else if src_dir && !same {
+            let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+            if self.dir_link_max(nd) {
+                return Err(Error::TooManyLinks);
+            }
+        }
+        // The whiteout is made first so a full inode table fails cleanly.
+        let whiteout = if flags.whiteout {
+            let mut w = self.new_inode(&mut txn, &old_dir, S_IFCHR, 0, 0)?;
+            w.flags &= !EXT4_EXTENTS_FL;
+            set_rdev(&mut w.i_block, 0);
+            Some(w)
+        } else {
+            None
+        };
+        {
+            let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+            if tgt.is_some() {
+                self.dir_set(&mut txn, nd, newname, src, src_inode.kind)?;
+            } else {
+                self.dir_add(&mut txn, nd, newname, src, src_inode.kind)?;
+            }
+        }
+        match &whiteout {
+            Some(w) => self.dir_set(&mut txn, &mut old_dir, name, w.ino, FileKind::CharDevice)?,
+            None => {
+                self.dir_remove(&mut txn, &mut old_dir, name)?;
+            }
+        }
+        let mut released = None;
+        if let Some(mut t) = tgt_inode {
+            Self::dec_count(&mut t);
+            t.ctime = now;
+            if tgt_dir {
+                t.links_count = 0;
+            }
+            if t.links_count == 0 {
+                released = Some(t.ino);
+            }
+            txn.put_inode(t);
+        }
+        if src_dir {
+            if !same {
+                self.dir_set(
+                    &mut txn,
+                    &mut src_inode,
+                    b"..",
+                    newparent,
+                    FileKind::Directory,
+                )?;
+            }
+            Self::dec_count(&mut old_dir);
+            if tgt.is_none() {
+                let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+                self.inc_count(&mut txn, nd);
+            }
+        }
+        src_inode.ctime = now;
+        old_dir.mtime = now;
+        old_dir.ctime = now;
+        if let Some(nd) = new_dir_own.as_mut() {
+            nd.mtime = now;
+            nd.ctime = now;
+        }
+        txn.put_inode(src_inode);
+        txn.put_inode(old_dir);
+        if let Some(nd) = new_dir_own {
+            txn.put_inode(nd);
+        }
+        if let Some(w) = whiteout {
+            txn.put_inode(w);
+        }
+        if let Some(r) = released {
+            if tgt_dir {
+                self.free_dir_now(&mut txn, r)?;
+                released = None;
+            } else {
+                txn.orphan_add(r)?;
+            }
+        }
+        txn.commit()?;
+        Ok(released)
+    }
+}
+
+/// The file type bits of `mode` as a dirent type (for callers outside).
+pub(crate) fn ft_of_mode(mode: u16) -> u8 {
+    match mode & S_IFMT {
+        S_IFDIR => EXT4_FT_DIR,
+        S_IFCHR => EXT4_FT_CHRDEV,
+        m => kind_of_mode(m).map_or(0, file_type_of),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4::alloc::tests::{RwImage, fsck};
+    use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::types::{SetAttr, TimeSet, Timestamp, XattrFlags};
+
+    fn exercise(fs: &Ext4, many: u32) {
+        let root = ROOT_INO;
+        let a = fs.create(root, b"file", 0o100644, 0, 1000, 1000).unwrap();
+        assert!(matches!(
+            fs.create(root, b"file", 0o100644, 0, 0, 0),
+            Err(Error::Exists)
+        ));
+        assert!(matches!(
+            fs.create(root, &[b'x'; 256], 0o100644, 0, 0, 0),
+            Err(Error::NameTooLong)
+        ));
+        assert!(matches!(
+            fs.create(root, b"a/b", 0o100644, 0, 0, 0),
+            Err(Error::Invalid(_))
+        ));
+        fs.create(root, b"cdev", 0o020600, (4 << 8) | 7, 0, 0)
+            .unwrap();
+        let big = (259 << 8) | (70000 & 0xff) | ((70000 & !0xff) << 12);
+        let b = fs.create(root, b"bdev", 0o060600, big, 0, 0).unwrap();
+        assert_eq!(fs.getattr(b.ino).unwrap().rdev, big);
+        fs.create(root, b"fifo", 0o010644, 0, 0, 0).unwrap();
+        fs.create(root, b"sock", 0o140644, 0, 0, 0).unwrap();
+        let d = fs.mkdir(root, b"dir", 0o755, 0, 0).unwrap();
+        let mut deep = d.ino;
+        for i in 0..200 {
+            deep = fs
+                .mkdir(deep, format!("l{i}").as_bytes(), 0o755, 0, 0)
+                .unwrap()
+                .ino;
+        }
+        fs.symlink(d.ino, b"fast", b"target", 0, 0).unwrap();
+        let long = vec![b'y'; 300];
+        let s = fs.symlink(d.ino, b"slow", &long, 0, 0).unwrap();
+        assert_eq!(fs.readlink(s.ino).unwrap(), long);
+        assert_eq!(
+            fs.readlink(fs.lookup_ino(d.ino, b"fast").unwrap()).unwrap(),
+            b"target"
+        );
+        let l = fs.link(a.ino, d.ino, b"hard").unwrap();
+        assert_eq!(l.nlink, 2);
+        let big_dir = fs.mkdir(root, b"big", 0o755, 0, 0).unwrap().ino;
+        for i in 0..many {
+            fs.create(
+                big_dir,
+                format!("entry-number-{i:06}").as_bytes(),
+                0o100600,
+                0,
+                0,
+                0,
+            )
+            .unwrap();
+        }
+        for i in (0..many).step_by(3) {
+            assert!(
+                fs.unlink(big_dir, format!("entry-number-{i:06}").as_bytes())
+                    .unwrap()
+                    .is_some_and(|ino| fs.release_inode(ino).is_ok())
+            );
+        }
+        for i in 0..many {
+            let r = fs.lookup_ino(big_dir, format!("entry-number-{i:06}").as_bytes());
+            assert_eq!(r.is_ok(), i % 3 != 0, "{i}");
+        }
+        // rename: plain, over a file, into another dir, NOREPLACE, EXCHANGE,
+        // WHITEOUT, dir into own subtree.
+        fs.create(root, b"r1", 0o100644, 0, 0, 0).unwrap();
+        fs.create(root, b"r2", 0o100644, 0, 0, 0).unwrap();
+        let n = RenameFlags::default();
+        let nr = RenameFlags {
+            noreplace: true,
+            ..n
+        };
+        assert!(matches!(
+            fs.rename(root, b"r1", root, b"r2", nr),
+            Err(Error::Exists)
+        ));
+        let gone = fs.rename(root, b"r1", root, b"r2", n).unwrap();
+        fs.release_inode(gone.unwrap()).unwrap();
+        fs.rename(root, b"r2", d.ino, b"moved", n).unwrap();
+        fs.mkdir(root, b"x1", 0o755, 0, 0).unwrap();
+        let ex = RenameFlags {
+            exchange: true,
+            ..n
+        };
+        fs.rename(root, b"x1", d.ino, b"moved", ex).unwrap();
+        assert_eq!(
+            fs.getattr(fs.lookup_ino(root, b"x1").unwrap())
+                .unwrap()
+                .kind,
+            FileKind::RegularFile
+        );
+        let x1dir = fs.lookup_ino(d.ino, b"moved").unwrap();
+        assert_eq!(fs.lookup_ino(x1dir, b"..").unwrap(), d.ino);
+        assert!(matches!(
+            fs.rename(root, b"dir", deep, b"loop", n),
+            Err(Error::Invalid(_))
+        ));
+        let wo = RenameFlags {
+            whiteout: true,
+            ..n
+        };
+        fs.rename(root, b"x1", root, b"x2", wo).unwrap();
+        assert_eq!(
+            fs.getattr(fs.lookup_ino(root, b"x1").unwrap())
+                .unwrap()
+                .kind,
+            FileKind::CharDevice
+        );
+        fs.mkdir(root, b"e", 0o755, 0, 0).unwrap();
+        fs.rename(d.ino, b"moved", root, b"e", n).unwrap();
+        assert!(matches!(fs.rmdir(root, b"dir"), Err(Error::NotEmpty)));
+        fs.rmdir(root, b"e").unwrap();
+        // xattrs: small (inode), 1 KiB (block), ACL.
+        fs.setxattr(a.ino, b"user.small", b"v", XattrFlags::default())
+            .unwrap();
+        fs.setxattr(a.ino, b"user.kib", &[7u8; 700], XattrFlags::default())
+            .unwrap();
+        assert!(matches!(
+            fs.setxattr(
+                a.ino,
+                b"user.small",
+                b"w",
+                XattrFlags {
+                    create: true,
+                    replace: false
+                }
+            ),
+            Err(Error::Exists)
+        ));
+        assert!(matches!(
+            fs.setxattr(
+                a.ino,
+                b"user.none",
+                b"w",
+                XattrFlags {
+                    create: false,
+                    replace: true
+                }
+            ),
+            Err(Error::NoAttribute)
+        ));
+        assert_eq!(fs.getxattr(a.ino, b"user.kib").unwrap(), vec![7u8; 700]);
+        let acl: Vec<u8> = [
+            2u32.to_le_bytes().to_vec(),
+            [1u16.to_le_bytes(), 6u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [2u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            1000u32.to_le_bytes().to_vec(),
+            [4u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [0x10u16.to_le_bytes(), 4u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+            [0x20u16.to_le_bytes(), 0u16.to_le_bytes()].concat(),
+            u32::MAX.to_le_bytes().to_vec(),
+        ]
+        .concat();
+        fs.setxattr(
+            a.ino,
+            b"system.posix_acl_access",
+            &acl,
+            XattrFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(fs.getxattr(a.ino, b"system.posix_acl_access").unwrap(), acl);
+        fs.removexattr(a.ino, b"user.small").unwrap();
+        let t = Timestamp {
+            secs: 1_234_567_890,
+            nsecs: 123_456_789,
+        };
+        let at = fs
+            .setattr(
+                a.ino,
+                SetAttr {
+                    mode: Some(0o4755),
+                    uid: Some(5),
+                    mtime: Some(TimeSet::At(t)),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        assert_eq!((at.perm, at.uid, at.mtime), (0o4755, 5, t));
+    }
+
+    #[test]
+    fn names_and_attrs_fsck_clean() {
+        if !have_mkfs() {
+            return;
+        }
+        for (tag, args, many) in [
+            ("def", &[][..], 3000u32),
+            ("nocsum", &["-O", "^metadata_csum"][..], 500),
+            ("1k", &["-b", "1024"][..], 3000),
+            ("ext2", &["-t", "ext2"][..], 300),
+            ("ext3", &["-t", "ext3", "-b", "1024"][..], 300),
+            ("nodx", &["-O", "^dir_index"][..], 300),
+        ] {
+            let im = RwImage::new(tag, args);
+            let fs = im.open();
+            exercise(&fs, many);
+            fs.shutdown().unwrap();
+            drop(fs);
+            let (code, out) = fsck(im.save());
+            assert_eq!(code, 0, "{tag}: {out}");
+        }
+    }
+}
