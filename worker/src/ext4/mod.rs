@@ -918,8 +918,31 @@ mod tests {
         ));
         assert!(with(0x60, sbf::INCOMPAT_JOURNAL_DEV, true).is_err());
         assert!(with(0x64, 1 << 30, true).is_ok());
-        let e = with(0x64, 1 << 30, false).err().unwrap().to_string();
-        assert!(e.contains("ro_compat") && e.contains("FEATURE_R30"), "{e}");
+        // Unknown RO_COMPAT: a read-write request is served read-only.
+        let fs = with(0x64, 1 << 30, false).unwrap();
+        assert!(fs.info().read_only && fs.is_read_only());
+        assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
+        // Known features this engine cannot write: read-only as well.
+        for (off, bit) in [
+            (0x64, sbf::RO_COMPAT_BIGALLOC),
+            (0x64, sbf::RO_COMPAT_QUOTA),
+            (0x60, sbf::INCOMPAT_CASEFOLD),
+            (0x60, sbf::INCOMPAT_ENCRYPT),
+        ] {
+            assert!(txn::rw_refusal(&{
+                let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
+                if off == 0x64 {
+                    sb.s_feature_ro_compat |= bit;
+                } else {
+                    sb.s_feature_incompat |= bit;
+                }
+                sb
+            })
+            .is_some());
+        }
+        // Plain ext4 without those: read-write.
+        let fs = with(0x64, 0, false).unwrap();
+        assert!(!fs.info().read_only);
     }
 
     #[test]
