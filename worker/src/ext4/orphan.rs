@@ -85,40 +85,26 @@ impl Ext4 {
         }
     }
 
-    /// Frees an unlinked inode (links_count 0) at its last close: its data
-    /// blocks, its xattr block, the inode itself, and its orphan entry.
-    /// Directories, device nodes, fifos, sockets and fast symlinks have
-    /// nothing else to free here.
+    /// Frees an unlinked inode (links_count 0) at its last close, like the
+    /// kernel's ext4_evict_inode: its blocks (`free_file_blocks`), its
+    /// xattr block reference (`xattr_release`), its orphan entry, then the
+    /// inode itself (i_dtime set, size 0, bitmap bit cleared), in one
+    /// transaction that may use the reserved pool.
     pub(crate) fn release_inode(&self, ino: Ino) -> Result<()> {
         let mut txn = self.begin()?;
-        let mut inode = txn.inode(ino)?;
+        let inode = txn.inode(ino)?;
         if inode.links_count != 0 {
             return Err(Error::Invalid("release of an inode that still has links"));
         }
         txn.use_reserved_pool();
-        let xattr_blocks = if inode.file_acl != 0 {
-            u64::from(self.block_size >> 9)
-        } else {
-            0
-        };
-        if inode.blocks > xattr_blocks {
-            // W2's free_file_blocks plugs in here.
-            return Err(Error::Unsupported(
-                "freeing the data blocks of an unlinked file".into(),
-            ));
-        }
-        if inode.file_acl != 0 {
-            // W3's xattr_release plugs in here.
-            return Err(Error::Unsupported(
-                "releasing the extended attribute block of an unlinked file".into(),
-            ));
-        }
-        txn.orphan_remove(ino)?;
-        let mut inode2 = txn.inode(ino)?;
-        inode2.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
-        inode2.size = 0;
         let was_dir = inode.kind == FileKind::Directory;
-        inode = inode2;
+        txn.orphan_remove(ino)?;
+        // orphan_remove may have changed i_dtime: read the txn's copy.
+        let mut inode = txn.inode(ino)?;
+        self.free_file_blocks(&mut txn, &mut inode)?;
+        self.xattr_release(&mut txn, &mut inode)?;
+        inode.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
+        inode.size = 0;
         txn.put_inode(inode);
         txn.free_inode(ino, was_dir)?;
         txn.commit()
@@ -204,5 +190,105 @@ impl Txn<'_> {
     /// statistics).
     pub(crate) fn orphan_slots(&self) -> usize {
         ob::slots(self.fs().block_size as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
+    use super::super::ondisk::inode::S_IFREG;
+    use super::super::testutil::*;
+    use super::super::{Ext4, OpenOptions, ROOT_INO};
+    use super::*;
+    use crate::io::BlockDevice;
+
+    fn free(fs: &Ext4) -> (u64, u32) {
+        let s = fs.rw.live_sb();
+        (s.sb.s_free_blocks_count, s.sb.s_free_inodes_count)
+    }
+
+    /// Unlinked-but-open files: recorded in the orphan file (or the list
+    /// without it), released at last close with every block and the
+    /// inode freed; e2fsck clean, counters back where they were.
+    #[test]
+    fn unlink_then_release() {
+        if !have_mkfs() {
+            return;
+        }
+        for args in [
+            &["-b", "4096", "-g", "4096"][..],
+            &["-b", "4096", "-g", "4096", "-O", "^orphan_file"],
+            &["-t", "ext2", "-b", "1024"],
+            &["-t", "ext3", "-O", "^metadata_csum"],
+        ] {
+            let im = RwImage::new("orphan", args);
+            let fs = im.open();
+            let has_file = fs.sb().has_compat(sbf::COMPAT_ORPHAN_FILE);
+            let before = free(&fs);
+            let mut inos = Vec::new();
+            for k in 0..3u8 {
+                let name = [b'f', b'0' + k];
+                let a = fs
+                    .create(ROOT_INO, &name, S_IFREG | 0o644, 0, 0, 0)
+                    .unwrap();
+                fs.write(a.ino, 0, &pattern(70_000, u64::from(k))).unwrap();
+                assert_eq!(fs.unlink(ROOT_INO, &name).unwrap(), Some(a.ino));
+                inos.push(a.ino);
+            }
+            if has_file {
+                assert!(!fs.orphan_file_empty().unwrap(), "{args:?}");
+                assert_eq!(fs.rw.live_sb().sb.s_last_orphan, 0);
+            } else {
+                // The list runs newest first through i_dtime.
+                assert_eq!(fs.rw.live_sb().sb.s_last_orphan, inos[2], "{args:?}");
+                assert_eq!(fs.inode_any(inos[2]).unwrap().dtime, inos[1]);
+                assert_eq!(fs.inode_any(inos[1]).unwrap().dtime, inos[0]);
+                assert_eq!(fs.inode_any(inos[0]).unwrap().dtime, 0);
+            }
+            // Release the middle one first (list: unlink from the middle).
+            for &i in &[inos[1], inos[2], inos[0]] {
+                fs.release_inode(i).unwrap();
+            }
+            assert!(fs.orphan_file_empty().unwrap());
+            assert_eq!(fs.rw.live_sb().sb.s_last_orphan, 0);
+            assert_eq!(free(&fs), before, "{args:?}: everything freed");
+            assert!(matches!(fs.release_inode(ROOT_INO), Err(Error::Invalid(_))));
+            fs.shutdown().unwrap();
+            let img = im.save();
+            assert_fsck_clean(img, &format!("unlink+release on {args:?}"));
+            assert_eq!(dumpe2fs_field(img, "Filesystem state"), "clean");
+        }
+    }
+
+    /// Orphans left behind (a crash, or a worker that never released):
+    /// the next read-write open serves read-only and says why.
+    #[test]
+    fn pending_orphans_make_rw_read_only() {
+        if !have_mkfs() {
+            return;
+        }
+        for args in [
+            &["-b", "4096", "-g", "4096"][..],
+            &["-b", "4096", "-O", "^orphan_file"],
+        ] {
+            let im = RwImage::new("orphan-left", args);
+            let fs = im.open();
+            let a = fs.create(ROOT_INO, b"x", S_IFREG | 0o600, 0, 0, 0).unwrap();
+            fs.unlink(ROOT_INO, b"x").unwrap();
+            // Simulate a crash: no release, no shutdown.
+            drop(fs);
+            let fs2 = Ext4::open(
+                Arc::new(crate::io::MemDevice::new(im.dev.contents())) as Arc<dyn BlockDevice>,
+                OpenOptions { read_only: false },
+            )
+            .unwrap();
+            assert!(fs2.info().read_only, "{args:?}");
+            assert!(fs2.orphans_pending().unwrap().is_some());
+            let _ = a;
+        }
     }
 }
