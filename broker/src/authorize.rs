@@ -234,6 +234,7 @@ mod tests {
     fn no_polkit() -> Authorizer {
         Authorizer::new(Polkit::with_address(
             "unix:path=/nonexistent/safemount-test-bus",
+            std::time::Duration::from_secs(5),
         ))
     }
 

@@ -61,11 +61,22 @@ const ALLOW_USER_INTERACTION: u32 = 1;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A (lazily connected) polkit client.
-#[derive(Default)]
 pub struct Polkit {
     conn: Mutex<Option<zbus::blocking::Connection>>,
     /// A bus address instead of the system bus (tests).
     address: Option<String>,
+    /// How long one check may take.
+    timeout: Duration,
+}
+
+impl Default for Polkit {
+    fn default() -> Self {
+        Self {
+            conn: Mutex::default(),
+            address: None,
+            timeout: CHECK_TIMEOUT,
+        }
+    }
 }
 
 impl std::fmt::Debug for Polkit {
@@ -79,11 +90,13 @@ impl Polkit {
         Self::default()
     }
 
-    /// A client for the bus at `address` rather than the system bus.
-    pub fn with_address(address: &str) -> Self {
+    /// A client for the bus at `address` rather than the system bus, whose
+    /// checks give up after `timeout` (tests).
+    pub fn with_address(address: &str, timeout: Duration) -> Self {
         Self {
             conn: Mutex::default(),
             address: Some(address.to_owned()),
+            timeout,
         }
     }
 
@@ -96,7 +109,7 @@ impl Polkit {
             Some(a) => zbus::blocking::connection::Builder::address(a.as_str())?,
             None => zbus::blocking::connection::Builder::system()?,
         };
-        let c = builder.method_timeout(CHECK_TIMEOUT).build()?;
+        let c = builder.method_timeout(self.timeout).build()?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -196,7 +209,10 @@ mod tests {
 
     #[test]
     fn no_bus_means_unavailable() {
-        let p = Polkit::with_address("unix:path=/nonexistent/safemount-test-bus");
+        let p = Polkit::with_address(
+            "unix:path=/nonexistent/safemount-test-bus",
+            Duration::from_secs(5),
+        );
         let me = Caller {
             uid: 1000,
             gid: 1000,

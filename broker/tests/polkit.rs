@@ -1,0 +1,546 @@
+//! Authorization through a real polkitd: each test starts a private system
+//! bus (dbus-daemon with a system-bus-like config on a socket in a temp
+//! dir) and polkitd on it, installs safemount's policy and a test rule,
+//! and points safemountd at the bus with DBUS_SYSTEM_BUS_ADDRESS.
+//!
+//! Needs root (mounts, users, the system polkit directories), /dev/fuse,
+//! the fake worker (`cargo build -p safemount-broker --examples`),
+//! dbus-daemon (package dbus-daemon) and polkitd (package polkitd); without
+//! them each test prints why and returns. The tests share
+//! /etc/polkit-1/rules.d and /usr/share/polkit-1/actions, so they run one
+//! at a time.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use safemount_broker::authorize::Caller;
+use safemount_broker::polkit::{Action, Decision, Polkit};
+
+const DBUS_DAEMON: &str = "/usr/bin/dbus-daemon";
+const POLKITD: &str = "/usr/lib/polkit-1/polkitd";
+const ACTIONS_DIR: &str = "/usr/share/polkit-1/actions";
+const RULES_DIR: &str = "/etc/polkit-1/rules.d";
+const POLICY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../packaging/polkit/org.safemount.policy"
+);
+
+/// The users the rule below knows: A and B may mount images, C may also
+/// unmount and list others' mounts; `nobody` is denied everything.
+const USER_A: &str = "smtest-a";
+const USER_B: &str = "smtest-b";
+const USER_C: &str = "smtest-c";
+
+const RULES: &str = r#"// safemount test rule (broker/tests/polkit.rs); removed after the test.
+polkit.addRule(function(action, subject) {
+    if (action.id.indexOf("org.safemount.") != 0) return polkit.Result.NOT_HANDLED;
+    var u = subject.user;
+    if (action.id == "org.safemount.mount-image" &&
+        (u == "smtest-a" || u == "smtest-b" || u == "smtest-c")) return polkit.Result.YES;
+    if (action.id == "org.safemount.unmount-others" && u == "smtest-c") return polkit.Result.YES;
+    return polkit.Result.NO;
+});
+"#;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    for p in ["/dev/fuse", DBUS_DAEMON, POLKITD, "/usr/bin/setpriv"] {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing"));
+        }
+    }
+    if !Path::new(POLICY).exists() {
+        return Some(format!("{POLICY} is missing"));
+    }
+    if fake_worker().is_none() {
+        return Some("fake worker not built (cargo build -p safemount-broker --examples)".into());
+    }
+    None
+}
+
+fn fake_worker() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_safemountd"))
+        .parent()?
+        .join("examples/fake_worker");
+    p.exists().then_some(p)
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A test user: (uid, gid); created (and removed again on drop) if absent.
+struct TestUser {
+    name: &'static str,
+    uid: u32,
+    gid: u32,
+    created: bool,
+}
+
+impl TestUser {
+    fn get(name: &'static str) -> Self {
+        let lookup = || nix::unistd::User::from_name(name).unwrap();
+        let mut created = false;
+        if lookup().is_none() {
+            let st = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--user-group",
+                    name,
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success(), "useradd {name} failed");
+            created = true;
+        }
+        let u = lookup().unwrap();
+        Self {
+            name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            created,
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("userdel").arg(self.name).status();
+            let _ = Command::new("groupdel").arg(self.name).status();
+        }
+    }
+}
+
+/// A private system bus with polkitd, the policy and the test rule.
+struct Polkitd {
+    dir: PathBuf,
+    address: String,
+    bus: Child,
+    polkitd: Option<Child>,
+    rules: PathBuf,
+    installed_policy: Option<PathBuf>,
+}
+
+impl Polkitd {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("system_bus_socket");
+        let config = dir.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+  <policy user="root"><allow own="*"/></policy>
+  <policy user="polkitd"><allow own="org.freedesktop.PolicyKit1"/></policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut bus = Command::new(DBUS_DAEMON)
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile", "--print-address"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line.trim().to_owned();
+        assert!(address.starts_with("unix:"), "dbus-daemon said {line:?}");
+
+        // The policy (unless a package installed it already) and the rule.
+        let policy = Path::new(ACTIONS_DIR).join("org.safemount.policy");
+        let installed_policy = if policy.exists() {
+            None
+        } else {
+            std::fs::copy(POLICY, &policy).unwrap();
+            Some(policy)
+        };
+        let rules =
+            Path::new(RULES_DIR).join(format!("49-safemount-test-{}.rules", std::process::id()));
+        std::fs::write(&rules, RULES).unwrap();
+        std::fs::set_permissions(&rules, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let polkitd = Command::new(POLKITD)
+            .arg("--no-debug")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("polkitd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut me = Self {
+            dir: dir.to_owned(),
+            address,
+            bus,
+            polkitd: Some(polkitd),
+            rules,
+            installed_policy,
+        };
+        // Ready once it answers (nobody is denied by the rule).
+        let pk = Polkit::with_address(&me.address, Duration::from_secs(5));
+        let nobody = Caller {
+            uid: 65534,
+            gid: 65534,
+            pid: std::process::id() as i32,
+        };
+        let ready = wait_until(Duration::from_secs(20), || {
+            pk.check(&nobody, Action::Mount) == Decision::Denied
+        });
+        if !ready {
+            let log = std::fs::read_to_string(me.dir.join("polkitd.log")).unwrap_or_default();
+            me.stop_polkitd();
+            panic!("polkitd did not come up on {}; log:\n{log}", me.address);
+        }
+        me
+    }
+
+    fn stop_polkitd(&mut self) {
+        if let Some(mut c) = self.polkitd.take() {
+            kill_child(&mut c);
+        }
+    }
+}
+
+impl Drop for Polkitd {
+    fn drop(&mut self) {
+        self.stop_polkitd();
+        kill_child(&mut self.bus);
+        let _ = std::fs::remove_file(&self.rules);
+        if let Some(p) = &self.installed_policy {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Scratch dir (0755) removed on drop, after detaching mounts inside.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("sm-polkit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(p)
+    }
+
+    /// An image readable by everyone and a mount point owned by `user`.
+    fn image_and_mountpoint(&self, name: &str, user: (u32, u32)) -> (PathBuf, PathBuf) {
+        let img = self.0.join(format!("{name}.img"));
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mp = self.0.join(format!("mnt-{name}"));
+        std::fs::create_dir(&mp).unwrap();
+        nix::unistd::chown(
+            &mp,
+            Some(nix::unistd::Uid::from_raw(user.0)),
+            Some(nix::unistd::Gid::from_raw(user.1)),
+        )
+        .unwrap();
+        (img, mp)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for m in mounts() {
+            if m.starts_with(&self.0) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mounts() -> Vec<PathBuf> {
+    safemount_broker::mountpoint::read_mountinfo()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.fstype == "fuse.safemount")
+        .map(|e| e.mount_point)
+        .collect()
+}
+
+struct Broker {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path, bus_address: &str) -> Self {
+        let socket = dir.join("run/socket");
+        let log = dir.join("broker.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--worker")
+            .arg(fake_worker().unwrap())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
+            .env("SAFEMOUNT_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let b = Self { child, socket, log };
+        assert!(
+            wait_until(Duration::from_secs(10), || b
+                .run(None, &["list", "--json"])
+                .status
+                .success()),
+            "broker does not answer; log:\n{}",
+            b.log()
+        );
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the client, as root (None) or as (uid, gid).
+    fn run(&self, user: Option<(u32, u32)>, args: &[&str]) -> Output {
+        let mut cmd = match user {
+            None => Command::new(env!("CARGO_BIN_EXE_safemount")),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    &uid.to_string(),
+                    "--regid",
+                    &gid.to_string(),
+                    "--clear-groups",
+                ])
+                .arg(env!("CARGO_BIN_EXE_safemount"));
+                c
+            }
+        };
+        cmd.args(args)
+            .env("SAFEMOUNT_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    fn list(&self, user: Option<(u32, u32)>) -> Vec<serde_json::Value> {
+        let out = self.run(user, &["list", "--json"]);
+        assert!(out.status.success(), "list: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_child(&mut self.child);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn polkit_decides_who_mounts_unmounts_and_lists() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let scratch = Scratch::new("rules");
+    let users = [
+        TestUser::get(USER_A),
+        TestUser::get(USER_B),
+        TestUser::get(USER_C),
+    ];
+    let [a, b, c] = [&users[0], &users[1], &users[2]].map(|u| Some((u.uid, u.gid)));
+    let nobody = Some((65534, 65534));
+    let mut pk = Polkitd::start(&scratch.0.join("bus").tap_mkdir());
+    let broker = Broker::start(&scratch.0, &pk.address);
+
+    // Allowed users mount images they opened themselves.
+    let (img_a, mp_a) = scratch.image_and_mountpoint("a", (users[0].uid, users[0].gid));
+    let out = broker.run(a, &["mount", s(&img_a), s(&mp_a)]);
+    assert!(
+        out.status.success(),
+        "A mount: {}\n{}",
+        stderr(&out),
+        broker.log()
+    );
+    let (img_b, mp_b) = scratch.image_and_mountpoint("b", (users[1].uid, users[1].gid));
+    let out = broker.run(b, &["mount", s(&img_b), s(&mp_b)]);
+    assert!(
+        out.status.success(),
+        "B mount: {}\n{}",
+        stderr(&out),
+        broker.log()
+    );
+    assert!(mounts().contains(&mp_a) && mounts().contains(&mp_b));
+
+    // A denied user gets one clear line and exit code 4.
+    let (img_n, mp_n) = scratch.image_and_mountpoint("n", (65534, 65534));
+    let out = broker.run(nobody, &["mount", s(&img_n), s(&mp_n)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "safemount: not authorized: polkit denied org.safemount.mount-image for uid 65534"
+    );
+    assert!(!mounts().contains(&mp_n));
+
+    // A sees only A's mount, and may not unmount B's.
+    let list = broker.list(a);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["mountpoint"], s(&mp_a));
+    let out = broker.run(a, &["unmount", s(&mp_b)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was mounted by another user"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(mounts().contains(&mp_b));
+    assert!(broker.list(nobody).is_empty());
+
+    // C, whom polkit allows unmount-others, and root see both.
+    assert_eq!(broker.list(c).len(), 2);
+    assert_eq!(broker.list(None).len(), 2);
+
+    // C unmounts B's mount; root unmounts A's.
+    let out = broker.run(c, &["unmount", s(&mp_b)]);
+    assert!(
+        out.status.success(),
+        "C unmount: {}\n{}",
+        stderr(&out),
+        broker.log()
+    );
+    let out = broker.run(None, &["unmount", s(&mp_a)]);
+    assert!(out.status.success(), "root unmount: {}", stderr(&out));
+    assert!(broker.list(None).is_empty());
+
+    // polkitd gone: only root may mount, others are told why.
+    pk.stop_polkitd();
+    let out = broker.run(a, &["mount", s(&img_a), s(&mp_a)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "safemount: not authorized: polkit is not available"
+    );
+    let out = broker.run(None, &["mount", s(&img_a), s(&mp_a)]);
+    assert!(out.status.success(), "root mount: {}", stderr(&out));
+    let out = broker.run(None, &["unmount", s(&mp_a)]);
+    assert!(out.status.success(), "root unmount: {}", stderr(&out));
+}
+
+#[test]
+fn without_a_system_bus_only_root_mounts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let scratch = Scratch::new("nobus");
+    let broker = Broker::start(&scratch.0, "unix:path=/nonexistent/safemount-no-bus");
+    let (img, mp) = scratch.image_and_mountpoint("x", (65534, 65534));
+    let out = broker.run(Some((65534, 65534)), &["mount", s(&img), s(&mp)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "safemount: not authorized: polkit is not available"
+    );
+    let out = broker.run(None, &["mount", s(&img), s(&mp)]);
+    assert!(
+        out.status.success(),
+        "root mount: {}\n{}",
+        stderr(&out),
+        broker.log()
+    );
+    // Another user neither sees nor unmounts root's mount.
+    assert!(broker.list(Some((65534, 65534))).is_empty());
+    let out = broker.run(Some((65534, 65534)), &["unmount", s(&mp)]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = broker.run(None, &["unmount", s(&mp)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        std::fs::set_permissions(&self, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+}
