@@ -579,6 +579,10 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>) -> Result<(), Errno> {
     }
 }
 
+/// Called with (entry id, how the worker ended) when an adopted worker
+/// exits.
+type OnExit = Arc<dyn Fn(u64, &str) + Send + Sync>;
+
 /// What [`State::restore`] did at startup.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Restored {
@@ -698,7 +702,7 @@ impl State {
         self: &Arc<Self>,
         record: Record,
         pidfd: OwnedFd,
-        on_exit: Arc<dyn Fn(u64, &str) + Send + Sync>,
+        on_exit: OnExit,
     ) {
         let id = record.id;
         let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
