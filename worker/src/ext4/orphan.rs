@@ -220,7 +220,16 @@ mod tests {
             return;
         }
         for args in [
-            &["-b", "4096", "-g", "4096"][..],
+            &["-b", "4096", "-g", "4096", "-O", "orphan_file"][..],
+            &["-b", "1024", "-O", "orphan_file,metadata_csum_seed"],
+            &[
+                "-b",
+                "4096",
+                "-g",
+                "4096",
+                "-O",
+                "orphan_file,^metadata_csum",
+            ],
             &["-b", "4096", "-g", "4096", "-O", "^orphan_file"],
             &["-t", "ext2", "-b", "1024"],
             &["-t", "ext3", "-O", "^metadata_csum"],
@@ -239,6 +248,11 @@ mod tests {
                 assert_eq!(fs.unlink(ROOT_INO, &name).unwrap(), Some(a.ino));
                 inos.push(a.ino);
             }
+            assert_eq!(
+                has_file,
+                args.iter().any(|a| a.starts_with("orphan_file")),
+                "{args:?}"
+            );
             if has_file {
                 assert!(!fs.orphan_file_empty().unwrap(), "{args:?}");
                 assert_eq!(fs.rw.live_sb().sb.s_last_orphan, 0);
@@ -272,7 +286,7 @@ mod tests {
             return;
         }
         for args in [
-            &["-b", "4096", "-g", "4096"][..],
+            &["-b", "4096", "-g", "4096", "-O", "orphan_file"][..],
             &["-b", "4096", "-O", "^orphan_file"],
         ] {
             let im = RwImage::new("orphan-left", args);

@@ -754,3 +754,141 @@ fn add_signed(v: u64, d: i64) -> u64 {
         v.saturating_sub(d.unsigned_abs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
+    use super::super::testutil::*;
+    use super::super::{FileKind, ROOT_INO};
+    use super::*;
+
+    /// While mounted read-write the superblock is not clean and the mount
+    /// count went up; shutdown marks it clean with s_wtime and
+    /// s_kbytes_written; ORPHAN_PRESENT is set while mounted with the
+    /// orphan file and cleared at unmount.
+    #[test]
+    fn mount_state() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new(
+            "state",
+            &[
+                "-b",
+                "4096",
+                "-g",
+                "4096",
+                "-O",
+                "orphan_file,metadata_csum_seed",
+            ],
+        );
+        let mnt0: u32 = dumpe2fs_field(&im.img, "Mount count").parse().unwrap();
+        let fs = im.open();
+        let img = im.save().to_path_buf();
+        assert_eq!(dumpe2fs_field(&img, "Filesystem state"), "not clean");
+        let mnt1: u32 = dumpe2fs_field(&img, "Mount count").parse().unwrap();
+        assert_eq!(mnt1, mnt0 + 1);
+        assert!(dumpe2fs_field(&img, "Filesystem features").contains("orphan_present"));
+        let mut txn = fs.begin().unwrap();
+        let (b, n) = txn.alloc_blocks(0, 256, false).unwrap();
+        txn.commit().unwrap();
+        fs.write_data(b, 0, &vec![7u8; n as usize * 4096]).unwrap();
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(b, n).unwrap();
+        txn.commit().unwrap();
+        fs.flush().unwrap();
+        fs.shutdown().unwrap();
+        fs.shutdown().unwrap(); // idempotent
+        assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
+        assert!(matches!(fs.write_data(b, 0, &[1]), Err(Error::ReadOnly)));
+        let img = im.save();
+        assert_eq!(dumpe2fs_field(img, "Filesystem state"), "clean");
+        assert!(!dumpe2fs_field(img, "Filesystem features").contains("orphan_present"));
+        let kb: u64 = dumpe2fs_field(img, "Lifetime writes")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or(0);
+        assert!(kb > 0);
+        assert_fsck_clean(img, "mount/unmount");
+    }
+
+    /// block_mut/block_new/inode/put_inode: changes are invisible to
+    /// readers until commit, dropped with the transaction, and the caches
+    /// see the new contents after commit.
+    #[test]
+    fn isolation_and_caches() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("iso", &["-b", "4096", "-g", "4096"]);
+        let fs = im.open();
+        let ino = ino_of(&im.img, "a");
+        let orig = fs.inode(ino).unwrap();
+        {
+            let mut txn = fs.begin().unwrap();
+            let mut i = txn.inode(ino).unwrap();
+            i.uid = 4242;
+            txn.put_inode(i);
+            assert_eq!(txn.inode(ino).unwrap().uid, 4242, "txn sees its copy");
+            assert_eq!(fs.inode(ino).unwrap().uid, orig.uid, "readers don't");
+        }
+        assert_eq!(fs.inode(ino).unwrap().uid, orig.uid, "dropped");
+        let mut txn = fs.begin().unwrap();
+        let mut i = txn.inode(ino).unwrap();
+        i.uid = 4242;
+        i.mtime = Timestamp {
+            secs: 1_700_000_000,
+            nsecs: 123_456_789,
+        };
+        txn.put_inode(i);
+        let (blk, _) = txn.alloc_blocks(0, 1, false).unwrap();
+        txn.block_new(blk).unwrap()[..4].copy_from_slice(b"abcd");
+        assert_eq!(&txn.block(blk).unwrap()[..4], b"abcd");
+        assert_eq!(
+            txn.dirty_blocks().iter().filter(|(b, _)| *b == blk).count(),
+            1
+        );
+        txn.commit().unwrap();
+        let now = fs.inode(ino).unwrap();
+        assert_eq!((now.uid, now.mtime.nsecs), (4242, 123_456_789));
+        assert_eq!(&fs.read_block(blk).unwrap()[..4], b"abcd");
+        // Free it again; it was "metadata" without an owner.
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(blk, 1).unwrap();
+        txn.commit().unwrap();
+        fs.shutdown().unwrap();
+        let img = im.save();
+        assert_fsck_clean(img, "inode update");
+        let st = debugfs_out(img, &format!("stat <{ino}>"));
+        assert!(st.contains("User:  4242"), "{st}");
+    }
+
+    /// Corruption on a write path turns the mount read-only: a double
+    /// free is refused, the transaction changes nothing, and the
+    /// superblock keeps the error state at unmount.
+    #[test]
+    fn double_free_goes_read_only() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("dfree", &["-b", "4096", "-g", "4096"]);
+        let fs = im.open();
+        let mut txn = fs.begin().unwrap();
+        let ino = txn.alloc_inode(ROOT_INO, FileKind::RegularFile).unwrap();
+        txn.free_inode(ino, false).unwrap();
+        assert!(matches!(
+            txn.free_inode(ino, false),
+            Err(Error::Corrupt { .. })
+        ));
+        drop(txn);
+        assert!(fs.is_read_only());
+        assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
+        fs.shutdown().unwrap();
+        let img = im.save();
+        assert!(dumpe2fs_field(img, "Filesystem state").contains("with errors"));
+    }
+}
