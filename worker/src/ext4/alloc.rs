@@ -460,30 +460,24 @@ impl Txn<'_> {
         let ngroups = fs.groups_count32();
         let ipg = fs.sb.s_inodes_per_group.max(1);
         let pgroup = (parent.saturating_sub(1) / ipg).min(ngroups.saturating_sub(1));
-        let mut descs = Vec::with_capacity(ngroups as usize);
-        for g in 0..ngroups {
-            descs.push(self.desc(g)?);
-        }
         if kind == FileKind::Directory && parent == ROOT_INO {
-            let total: u64 = descs
-                .iter()
-                .map(|d| u64::from(d.bg_free_blocks_count))
-                .sum();
+            let mut total = 0u64;
+            for g in 0..ngroups {
+                total = total.saturating_add(u64::from(self.desc(g)?.bg_free_blocks_count));
+            }
             let avg = total / u64::from(ngroups.max(1));
-            let best = descs
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| {
-                    d.bg_free_inodes_count > 0 && u64::from(d.bg_free_blocks_count) >= avg
-                })
-                .max_by(|(ia, a), (ib, b)| {
-                    a.bg_free_inodes_count
-                        .cmp(&b.bg_free_inodes_count)
-                        .then(ib.cmp(ia))
-                })
-                .map(|(i, _)| i as u32);
-            if best.is_some() {
-                return Ok(best);
+            let mut best: Option<(u32, u32)> = None;
+            for g in 0..ngroups {
+                let d = self.desc(g)?;
+                if d.bg_free_inodes_count > 0
+                    && u64::from(d.bg_free_blocks_count) >= avg
+                    && best.is_none_or(|(_, f)| d.bg_free_inodes_count > f)
+                {
+                    best = Some((g, d.bg_free_inodes_count));
+                }
+            }
+            if let Some((g, _)) = best {
+                return Ok(Some(g));
             }
         }
         let flex = 1u32 << fs.flex_bits();
@@ -496,9 +490,7 @@ impl Txn<'_> {
         for need_blocks in [true, false] {
             for i in 0..ngroups {
                 let g = (start + i) % ngroups;
-                let Some(d) = descs.get(g as usize) else {
-                    continue;
-                };
+                let d = self.desc(g)?;
                 if d.bg_free_inodes_count > 0 && (!need_blocks || d.bg_free_blocks_count > 0) {
                     return Ok(Some(g));
                 }

@@ -328,6 +328,10 @@ impl Ext4 {
     /// while mounted, s_mnt_count + 1, s_mtime, ORPHAN_PRESENT with the
     /// orphan file; orphans left by a crash make the mount read-only.
     pub(super) fn start_rw(&self) -> Result<()> {
+        if self.is_read_only() {
+            // Descriptor checksums failed while loading: nothing is written.
+            return Ok(());
+        }
         if self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL) {
             tracing::warn!(
                 "writing in place without the journal: crash safety needs journaling, \
@@ -865,6 +869,26 @@ mod tests {
         assert_fsck_clean(img, "inode update");
         let st = debugfs_out(img, &format!("stat <{ino}>"));
         assert!(st.contains("User:  4242"), "{st}");
+    }
+
+    /// A bad group descriptor checksum: a read-write open serves the
+    /// filesystem read-only and writes nothing.
+    #[test]
+    fn bad_descriptor_checksum_serves_read_only() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("badgd", &["-b", "4096", "-g", "4096"]);
+        let mut d = im.dev.contents();
+        d[4096 + 64 + 0x10] ^= 1; // group 1's used_dirs_count
+        let fs = Ext4::open(
+            std::sync::Arc::new(crate::io::MemDevice::new(d.clone())),
+            super::super::OpenOptions { read_only: false },
+        )
+        .unwrap();
+        assert!(fs.info().read_only);
+        assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
+        fs.shutdown().unwrap();
     }
 
     /// Corruption on a write path turns the mount read-only: a double

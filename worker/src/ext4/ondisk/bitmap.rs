@@ -31,7 +31,7 @@ pub(crate) fn clear(b: &mut [u8], bit: usize) {
 pub(crate) fn mark_end(b: &mut [u8], from: usize) {
     let end = b.len().saturating_mul(8);
     let mut i = from;
-    while i < end && i % 8 != 0 {
+    while i < end && !i.is_multiple_of(8) {
         set(b, i);
         i += 1;
     }
@@ -45,7 +45,7 @@ pub(crate) fn find_zero(b: &[u8], start: usize, end: usize) -> Option<usize> {
     let end = end.min(b.len().saturating_mul(8));
     let mut i = start;
     while i < end {
-        if i % 8 == 0 && b.get(i / 8) == Some(&0xFF) {
+        if i.is_multiple_of(8) && b.get(i / 8) == Some(&0xFF) {
             i += 8;
             continue;
         }
@@ -63,7 +63,7 @@ pub(crate) fn zero_run(b: &[u8], start: usize, end: usize, max: usize) -> usize 
     let end = end.min(b.len().saturating_mul(8));
     let mut i = start;
     while i < end && i - start < max {
-        if i % 8 == 0 && i - start + 8 <= max && i + 8 <= end && b.get(i / 8) == Some(&0) {
+        if i.is_multiple_of(8) && i - start + 8 <= max && i + 8 <= end && b.get(i / 8) == Some(&0) {
             i += 8;
             continue;
         }
