@@ -452,10 +452,14 @@ impl Ext4 {
             out.push(gd);
         }
         if bad_csums > 0 && !self.read_only {
-            return Err(Error::corrupt(
-                format!("{bad_csums} group descriptor checksum(s) failed"),
-                0,
-            ));
+            // The kernel refuses a read-write mount here; serving it
+            // read-only is the friendlier equivalent (nothing is written).
+            tracing::warn!(
+                "serving read-only: {bad_csums} group descriptor checksum(s) failed; run e2fsck"
+            );
+            self.rw
+                .read_only
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(out)
     }
