@@ -6,6 +6,8 @@
 //! - contains `die-after-probe`: replies Probed, then SIGKILLs itself;
 //! - contains `die-before-serving`: replies Probed, exits 3 on Serve;
 //! - contains `hang-probe`: never answers Start;
+//! - contains `slow-probe`: answers Start after 1 s (time for a client to
+//!   hang up mid-mount);
 //! - contains `hang-serve`: replies Probed, never answers Serve (so the
 //!   mount exists but its FUSE INIT is never answered);
 //! - otherwise: replies Probed (with a hostile label), then Serving on
@@ -46,6 +48,9 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
+    }
+    if source_name.contains("slow-probe") {
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
     if source_name.contains("refuse") {
         let _ = send(

@@ -837,15 +837,16 @@ fn client_still_there(client: Option<BorrowedFd<'_>>) -> Result<(), Failure> {
     let Some(fd) = client else {
         return Ok(());
     };
-    // nix has no POLLRDHUP constant; the kernel's value is in libc.
-    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-    let mut fds = [PollFd::new(fd, rdhup)];
+    // No events asked for: POLLHUP and POLLERR are always reported, and a
+    // unix SOCK_SEQPACKET socket whose peer closed says POLLHUP. (Asking
+    // for POLLRDHUP would not help: nix drops revents it has no flag for.)
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
     match poll(&mut fds, PollTimeout::ZERO) {
         Ok(n)
             if n > 0
-                && fds[0].revents().is_some_and(|r| {
-                    r.intersects(PollFlags::POLLHUP | rdhup | PollFlags::POLLERR)
-                }) =>
+                && fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)) =>
         {
             Err(Failure::new(
                 ErrorKind::Internal,

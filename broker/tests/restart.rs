@@ -516,3 +516,61 @@ fn a_wrong_passed_socket_is_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_mount_leaves_nothing() {
+    use safemount_proto::{ClientRequest, MountSource, PROTOCOL_VERSION};
+    use std::os::fd::AsFd;
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("hangup");
+    let b = Broker::start(&s, &worker, &[], "broker.log");
+    let img = s.blank_image("slow-probe.img");
+    let mp = s.dir("mnt");
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    nix::sys::socket::connect(sock.as_raw_fd(), &UnixAddr::new(&b.socket).unwrap()).unwrap();
+    safemount_proto::send(
+        sock.as_fd(),
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        &[],
+    )
+    .unwrap();
+    let _ = safemount_proto::recv::<safemount_proto::BrokerReply>(sock.as_fd(), 0).unwrap();
+    let image = std::fs::File::open(&img).unwrap();
+    safemount_proto::send(
+        sock.as_fd(),
+        &ClientRequest::Mount {
+            source: MountSource::Fd {
+                display_name: "slow-probe.img".into(),
+            },
+            mountpoint: Some(mp.clone()),
+            options: String::new(),
+        },
+        &[image.as_fd()],
+    )
+    .unwrap();
+    // Hang up while the worker probes.
+    drop(sock);
+    assert!(
+        wait_until(Duration::from_secs(10), || b
+            .log()
+            .contains("the client disconnected during the mount")),
+        "{}",
+        b.log()
+    );
+    assert!(wait_until(Duration::from_secs(5), || b
+        .list_json()
+        .is_empty()));
+    assert!(!is_mounted(&mp));
+    assert!(s.records().is_empty());
+    // And the broker keeps serving.
+    mount(&b, &s.blank_image("disk.img"), &mp);
+}
