@@ -683,6 +683,8 @@ impl State {
                         }
                         mountinfo = crate::mountpoint::read_mountinfo().unwrap_or_default();
                     }
+                    // An automatic mount point (/run/media/USER/x) goes too.
+                    crate::mountpoint::remove_auto_dir(&record.mountpoint);
                     tracing::warn!(
                         id,
                         source = %crate::sanitize::display(record.source.as_bytes()),
