@@ -85,6 +85,41 @@ impl std::fmt::Debug for Polkit {
     }
 }
 
+/// The caller's start time, after checking that its pid still names a
+/// process of the caller's uid: the client may have exited since it
+/// connected and its pid gone to another user's process, whose session
+/// polkit would then judge. The start time is read before and after the
+/// uid, so both readings are of the same process; polkitd in turn checks
+/// that pid and start time still match.
+fn caller_start_time(caller: &Caller) -> Result<u64, String> {
+    let before = crate::authorize::process_start_time(caller.pid)
+        .map_err(|e| format!("cannot read the caller's start time: {e}"))?;
+    let uid = real_uid(caller.pid).map_err(|e| format!("cannot read the caller's uid: {e}"))?;
+    let after = crate::authorize::process_start_time(caller.pid)
+        .map_err(|e| format!("cannot read the caller's start time: {e}"))?;
+    if before != after || uid != caller.uid {
+        return Err("the caller's pid now names another process".to_owned());
+    }
+    Ok(before)
+}
+
+/// The real uid of process `pid` (first number of the `Uid:` line of
+/// /proc/PID/status).
+fn real_uid(pid: i32) -> std::io::Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no Uid line in /proc/{pid}/status"),
+            )
+        })
+}
+
 impl Polkit {
     pub fn new() -> Self {
         Self::default()
@@ -118,22 +153,28 @@ impl Polkit {
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Asks polkitd whether `caller` may do `action`. One retry with a
-    /// fresh connection if the first attempt fails (the bus or polkitd may
-    /// have restarted since the connection was made).
-    pub fn check(&self, caller: &Caller, action: Action) -> Decision {
-        let start = match crate::authorize::process_start_time(caller.pid) {
+    /// Asks polkitd whether `caller` may do `action`; `interactive` lets an
+    /// authentication agent ask for a password. One retry with a fresh
+    /// connection if the first attempt fails (the bus or polkitd may have
+    /// restarted since the connection was made).
+    pub fn check(&self, caller: &Caller, action: Action, interactive: bool) -> Decision {
+        let start = match caller_start_time(caller) {
             Ok(t) => t,
-            // The caller is gone (or its pid is unreadable): nobody to ask
-            // about; deny rather than ask about a pid that may be recycled.
-            Err(e) => {
-                tracing::warn!(pid = caller.pid, error = %e, "cannot read the caller's start time");
+            // The caller is gone, or its pid now names someone else's
+            // process: deny rather than ask about a stranger.
+            Err(why) => {
+                tracing::warn!(pid = caller.pid, uid = caller.uid, "{why}; denied");
                 return Decision::Denied;
             }
         };
+        let flags = if interactive {
+            ALLOW_USER_INTERACTION
+        } else {
+            0
+        };
         let mut last = String::new();
         for attempt in 0..2 {
-            match self.ask(caller, start, action) {
+            match self.ask(caller, start, action, flags) {
                 Ok(true) => return Decision::Allowed,
                 Ok(false) => return Decision::Denied,
                 Err(e) => {
@@ -146,7 +187,13 @@ impl Polkit {
         Decision::Unavailable(crate::sanitize::display(last.as_bytes()))
     }
 
-    fn ask(&self, caller: &Caller, start_time: u64, action: Action) -> Result<bool, zbus::Error> {
+    fn ask(
+        &self,
+        caller: &Caller,
+        start_time: u64,
+        action: Action,
+        flags: u32,
+    ) -> Result<bool, zbus::Error> {
         let conn = self.connection()?;
         let pid = u32::try_from(caller.pid)
             .map_err(|_| zbus::Error::Failure(format!("bad caller pid {}", caller.pid)))?;
@@ -164,7 +211,7 @@ impl Polkit {
             POLKIT_PATH,
             Some(POLKIT_INTERFACE),
             "CheckAuthorization",
-            &(subject, action.id(), details, ALLOW_USER_INTERACTION, ""),
+            &(subject, action.id(), details, flags, ""),
         )?;
         let (is_authorized, is_challenge, _details): (bool, bool, HashMap<String, String>) =
             reply.body().deserialize()?;
@@ -218,15 +265,25 @@ mod tests {
             gid: 1000,
             pid: std::process::id() as i32,
         };
+        let me = Caller {
+            uid: nix::unistd::getuid().as_raw(),
+            ..me
+        };
         assert!(matches!(
-            p.check(&me, Action::Mount),
+            p.check(&me, Action::Mount, true),
             Decision::Unavailable(_)
         ));
+        // Our pid with another uid: not the caller any more, denied.
+        let stranger = Caller {
+            uid: me.uid.wrapping_add(1),
+            ..me
+        };
+        assert_eq!(p.check(&stranger, Action::Mount, true), Decision::Denied);
         // A caller that is gone is denied without asking.
         let gone = Caller {
             pid: i32::MAX,
             ..me
         };
-        assert_eq!(p.check(&gone, Action::Mount), Decision::Denied);
+        assert_eq!(p.check(&gone, Action::Mount, false), Decision::Denied);
     }
 }

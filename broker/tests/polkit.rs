@@ -229,15 +229,18 @@ impl Polkitd {
             rules,
             installed_policy,
         };
-        // Ready once it answers (nobody is denied by the rule).
+        // Ready once it answers at all (about root, whom polkit allows).
         let pk = Polkit::with_address(&me.address, Duration::from_secs(5));
-        let nobody = Caller {
-            uid: 65534,
-            gid: 65534,
+        let this = Caller {
+            uid: 0,
+            gid: 0,
             pid: std::process::id() as i32,
         };
         let ready = wait_until(Duration::from_secs(20), || {
-            pk.check(&nobody, Action::Mount) == Decision::Denied
+            !matches!(
+                pk.check(&this, Action::Mount, false),
+                Decision::Unavailable(_)
+            )
         });
         if !ready {
             let log = std::fs::read_to_string(me.dir.join("polkitd.log")).unwrap_or_default();
