@@ -29,10 +29,24 @@ use safemount_broker::{
     DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, mount, server, state, supervise,
 };
 
+const LONG_ABOUT: &str = "\
+safemount's privileged broker: mounts ext2/3/4 through a sandboxed worker.
+
+Socket activated by systemd (LISTEN_FDS), it serves the socket it was \
+given and reports READY=1 and STOPPING=1 (NOTIFY_SOCKET); otherwise it \
+binds --socket itself. Mounts are recorded under --state-dir; a restarted \
+broker adopts the mounts whose worker still runs and cleans the others.
+
+On SIGTERM/SIGINT: under systemd, or with --keep-mounts, finished mounts \
+stay (served by their workers, adopted by the next broker; the unit needs \
+KillMode=process) and only mounts still being set up are undone. In the \
+foreground it detaches every mount, kills its workers and exits 0.";
+
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "safemount's privileged broker: mounts ext2/3/4 through a sandboxed worker"
+    about = "safemount's privileged broker: mounts ext2/3/4 through a sandboxed worker",
+    long_about = LONG_ABOUT
 )]
 struct Args {
     /// Socket to listen on (ignored when systemd passes one).
