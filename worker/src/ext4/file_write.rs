@@ -654,8 +654,333 @@ impl Ext4 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Arc;
+
     use super::*;
+    use crate::ext4::OpenOptions;
+    use crate::ext4::testutil::*;
+
+    pub(crate) fn open_rw(img: &Path) -> Ext4 {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img)
+            .unwrap();
+        let dev = crate::io::FdDevice::new(f.into()).unwrap();
+        Ext4::open(Arc::new(dev), OpenOptions { read_only: false }).unwrap()
+    }
+
+    pub(crate) fn fsck_clean(img: &Path) {
+        let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+        assert!(
+            out.status.success(),
+            "e2fsck -fn {}: {}\n{}",
+            img.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Reads files through the kernel (loop, ro, noload); None if this
+    /// process cannot mount.
+    pub(crate) fn kernel_files(img: &Path, names: &[&str]) -> Option<Vec<Vec<u8>>> {
+        let mnt = img.with_extension("mnt");
+        let _ = std::fs::create_dir_all(&mnt);
+        let ok = Command::new("mount")
+            .args(["-o", "loop,ro,noload"])
+            .arg(img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping kernel comparison: cannot loop-mount (not root?)");
+            return None;
+        }
+        let r = names
+            .iter()
+            .map(|n| std::fs::read(mnt.join(n)).unwrap())
+            .collect();
+        let _ = Command::new("umount").arg(&mnt).status();
+        Some(r)
+    }
+
+    /// Kernel SEEK_DATA/SEEK_HOLE transitions of a file (offsets where
+    /// data or holes start), None if it cannot mount.
+    fn kernel_seeks(img: &Path, name: &str) -> Option<Vec<u64>> {
+        let mnt = img.with_extension("mnt");
+        let _ = std::fs::create_dir_all(&mnt);
+        let ok = Command::new("mount")
+            .args(["-o", "loop,ro,noload"])
+            .arg(img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let f = std::fs::File::open(mnt.join(name)).unwrap();
+        let mut out = Vec::new();
+        let mut off = 0i64;
+        for i in 0..100_000 {
+            let whence = if i % 2 == 0 {
+                nix::unistd::Whence::SeekData
+            } else {
+                nix::unistd::Whence::SeekHole
+            };
+            let Ok(r) = nix::unistd::lseek(&f, off, whence) else {
+                break;
+            };
+            out.push(r as u64);
+            off = r;
+        }
+        drop(f);
+        let _ = Command::new("umount").arg(&mnt).status();
+        Some(out)
+    }
+
+    fn engine_seeks(fs: &Ext4, ino: Ino) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut off = 0u64;
+        for i in 0..100_000 {
+            let w = if i % 2 == 0 {
+                crate::ext4::Whence::Data
+            } else {
+                crate::ext4::Whence::Hole
+            };
+            match fs.seek(ino, off, w) {
+                Ok(r) => {
+                    out.push(r);
+                    off = r;
+                }
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// A file model: what the file must read as.
+    struct Model(Vec<u8>);
+    impl Model {
+        fn write(&mut self, off: u64, d: &[u8]) {
+            let end = off as usize + d.len();
+            if self.0.len() < end {
+                self.0.resize(end, 0);
+            }
+            self.0[off as usize..end].copy_from_slice(d);
+        }
+        fn truncate(&mut self, n: u64) {
+            self.0.resize(n as usize, 0);
+        }
+        fn zero(&mut self, off: u64, len: u64) {
+            let s = (off as usize).min(self.0.len());
+            let e = ((off + len) as usize).min(self.0.len());
+            self.0[s..e].fill(0);
+        }
+    }
+
+    fn truncate(fs: &Ext4, ino: Ino, size: u64) {
+        let mut txn = fs.begin().unwrap();
+        let mut inode = txn.inode(ino).unwrap();
+        fs.truncate_in(&mut txn, &mut inode, size).unwrap();
+        txn.put_inode(inode);
+        txn.commit().unwrap();
+    }
+
+    fn read_all(fs: &Ext4, ino: Ino) -> Vec<u8> {
+        let size = fs.getattr(ino).unwrap().size as usize;
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            let n = fs.read(ino, done as u64, &mut buf[done..]).unwrap();
+            assert!(n > 0);
+            done += n;
+        }
+        buf
+    }
+
+    fn src_tree(sc: &Scratch) -> PathBuf {
+        let src = sc.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("seq"), b"").unwrap();
+        std::fs::write(src.join("rnd"), pattern(70_000, 3)).unwrap();
+        std::fs::write(src.join("frag"), b"").unwrap();
+        std::fs::write(src.join("sparse"), b"x").unwrap();
+        std::fs::write(src.join("falloc"), b"").unwrap();
+        std::fs::write(src.join("small"), b"tiny file").unwrap();
+        src
+    }
+
+    /// Writes, truncates, fallocates and punches through the engine on
+    /// every mkfs variant; then e2fsck -fn is clean and the engine
+    /// (reopened) and the kernel read exactly the model's bytes.
+    #[test]
+    fn content_ops_across_features() {
+        if !have_mkfs() {
+            return;
+        }
+        let variants: &[&[&str]] = &[
+            &["-b", "4096"],
+            &["-b", "4096", "-O", "^metadata_csum"],
+            &["-b", "1024"],
+            &["-t", "ext2", "-b", "4096"],
+            &["-t", "ext3", "-b", "1024"],
+            &["-b", "4096", "-O", "inline_data"],
+        ];
+        for args in variants {
+            eprintln!("variant {args:?}");
+            let sc = Scratch::new("fwrite");
+            let src = src_tree(&sc);
+            let img = mkfs(&sc, &src, args, 64 * 1024);
+            let names = ["seq", "rnd", "frag", "sparse", "falloc", "small"];
+            let inos: Vec<Ino> = names.iter().map(|n| ino_of(&img, n)).collect();
+            let mut models: Vec<Model> = vec![
+                Model(vec![]),
+                Model(pattern(70_000, 3)),
+                Model(vec![]),
+                Model(b"x".to_vec()),
+                Model(vec![]),
+                Model(b"tiny file".to_vec()),
+            ];
+            let ext2 = args.contains(&"ext2") || args.contains(&"ext3");
+            let fs = open_rw(&img);
+            let bs = u64::from(fs.block_size());
+            // Sequential 20 MiB in 1 MiB chunks.
+            let seq = pattern(20 << 20, 7);
+            for (i, c) in seq.chunks(1 << 20).enumerate() {
+                assert_eq!(fs.write(inos[0], (i << 20) as u64, c).unwrap(), c.len());
+            }
+            models[0].write(0, &seq);
+            // Random overwrites and extensions.
+            let mut x = 99u64;
+            let mut rnd = |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m
+            };
+            for i in 0..200 {
+                let off = rnd(300_000);
+                let len = 1 + rnd(if i % 10 == 0 { 70_000 } else { 5000 }) as usize;
+                let d = pattern(len, i);
+                assert_eq!(fs.write(inos[1], off, &d).unwrap(), len);
+                models[1].write(off, &d);
+            }
+            truncate(&fs, inos[1], 123_457);
+            models[1].truncate(123_457);
+            truncate(&fs, inos[1], 200_000);
+            models[1].truncate(200_000);
+            // Every other block of a large range: many extents, depth 2
+            // on 1 KiB blocks.
+            for i in 0..1500u64 {
+                let d = pattern(bs as usize, 1000 + i);
+                fs.write(inos[2], 2 * i * bs, &d).unwrap();
+                models[2].write(2 * i * bs, &d);
+            }
+            // Punch inside, then write into the middle of holes.
+            fs.fallocate(
+                inos[2],
+                100 * bs + 17,
+                300 * bs,
+                FallocMode {
+                    keep_size: true,
+                    punch_hole: true,
+                    zero_range: false,
+                },
+            )
+            .unwrap();
+            models[2].zero(100 * bs + 17, 300 * bs);
+            let d = pattern(3 * bs as usize + 5, 5);
+            fs.write(inos[2], 1001 * bs - 3, &d).unwrap();
+            models[2].write(1001 * bs - 3, &d);
+            // Sparse: far offset (6 GiB with extents; indirect files reach
+            // that too with 4 KiB blocks).
+            let far = if bs == 1024 && ext2 {
+                3u64 << 30
+            } else {
+                6u64 << 30
+            };
+            fs.write(inos[3], far, b"far away").unwrap();
+            models[3].write(far, b"far away");
+            fs.write(inos[3], 40960, b"near").unwrap();
+            models[3].write(40960, b"near");
+            // fallocate modes.
+            let fa = inos[4];
+            let r = fs.fallocate(fa, 0, 1 << 20, FallocMode::default());
+            if ext2 {
+                assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+                fs.write(fa, 0, &pattern(1 << 20, 9)).unwrap();
+                models[4].write(0, &pattern(1 << 20, 9));
+            } else {
+                r.unwrap();
+                models[4].truncate(1 << 20);
+                assert_eq!(fs.getattr(fa).unwrap().size, 1 << 20);
+                fs.write(fa, 5000, &pattern(10_000, 9)).unwrap();
+                models[4].write(5000, &pattern(10_000, 9));
+                let keep = FallocMode {
+                    keep_size: true,
+                    ..Default::default()
+                };
+                fs.fallocate(fa, 1 << 20, 1 << 20, keep).unwrap();
+                assert_eq!(fs.getattr(fa).unwrap().size, 1 << 20);
+                let zr = FallocMode {
+                    zero_range: true,
+                    ..Default::default()
+                };
+                fs.write(fa, 200_000, &pattern(100_000, 11)).unwrap();
+                models[4].write(200_000, &pattern(100_000, 11));
+                fs.fallocate(fa, 210_001, 50_000, zr).unwrap();
+                models[4].zero(210_001, 50_000);
+                fs.fallocate(fa, (1 << 20) - 100, 5000, zr).unwrap();
+                models[4].truncate((1 << 20) - 100 + 5000);
+            }
+            let e = fs.fallocate(
+                fa,
+                0,
+                10,
+                FallocMode {
+                    punch_hole: true,
+                    ..Default::default()
+                },
+            );
+            assert!(matches!(e, Err(Error::Unsupported(_))));
+            // The small file: within the inode when inline, then past it.
+            fs.write(inos[5], 4, b" bigger file, still inline? maybe")
+                .unwrap();
+            models[5].write(4, b" bigger file, still inline? maybe");
+            fs.write(inos[5], 150, &pattern(300, 1)).unwrap();
+            models[5].write(150, &pattern(300, 1));
+            for (k, &ino) in inos.iter().enumerate() {
+                assert!(read_all(&fs, ino) == models[k].0, "{args:?} {}", names[k]);
+            }
+            fs.shutdown().unwrap();
+            drop(fs);
+            fsck_clean(&img);
+            let fs = open_image(&img).unwrap();
+            for (k, &ino) in inos.iter().enumerate() {
+                assert!(
+                    read_all(&fs, ino) == models[k].0,
+                    "{args:?} {} after reopen",
+                    names[k]
+                );
+            }
+            if !ext2 && bs == 1024 {
+                let i = fs.inode(inos[2]).unwrap();
+                assert_eq!(crate::ext4::ondisk::extent::header_depth(&i.i_block), 2);
+            }
+            if let Some(k) = kernel_files(&img, &names) {
+                for (i, data) in k.iter().enumerate() {
+                    assert!(*data == models[i].0, "{args:?} kernel read {}", names[i]);
+                }
+                for (i, n) in names.iter().enumerate() {
+                    let ks = kernel_seeks(&img, n).unwrap();
+                    assert_eq!(ks, engine_seeks(&fs, inos[i]), "{args:?} seeks in {n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn max_sizes_match_the_kernel() {
