@@ -491,17 +491,17 @@ impl Generator {
                 mode: self.below(0o10000) as u32,
             },
             10..=11 => {
+                // Majors 240-254 are reserved for local/experimental use: no
+                // real device, even if a node were ever opened.
+                let major = 240 + self.below(15) as u32;
                 let (kind, rdev) = match self.below(4) {
                     0 => (libc::S_IFIFO, 0),
                     1 => (libc::S_IFSOCK, 0),
                     2 => (
                         libc::S_IFCHR,
-                        libc::makedev(1 + self.below(300) as u32, self.below(1 << 20) as u32),
+                        libc::makedev(major, self.below(1 << 20) as u32),
                     ),
-                    _ => (
-                        libc::S_IFBLK,
-                        libc::makedev(self.below(4096) as u32, self.below(256) as u32),
-                    ),
+                    _ => (libc::S_IFBLK, libc::makedev(major, self.below(256) as u32)),
                 };
                 Op::Mknod {
                     path: self.new_path(),
@@ -694,7 +694,8 @@ impl Drop for Fd {
 fn open(root: &Path, rel: &str, flags: libc::c_int, mode: u32) -> std::result::Result<Fd, String> {
     let c = cpath(root, rel);
     // SAFETY: `c` is NUL-terminated and outlives the call.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    // O_NONBLOCK: a FIFO must not block the test (ENXIO without a reader).
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NONBLOCK, mode) };
     if fd < 0 { Err(last_err()) } else { Ok(Fd(fd)) }
 }
 
@@ -1091,7 +1092,9 @@ fn setxattr(root: &Path, path: &str, name: &str, value: &[u8], flags: i32) -> Ou
 }
 
 /// A kernel ext4 read-write loop mount (`noatime`, so reads change
-/// nothing the comparison sees); unmounted and detached on drop.
+/// nothing the comparison sees; `nodev`, so the device nodes the test
+/// makes can never be opened, as on safemount); unmounted and detached on
+/// drop.
 pub struct KernelRw {
     mnt: PathBuf,
     loopdev: String,
@@ -1126,7 +1129,7 @@ impl KernelRw {
                 "-t".as_ref(),
                 "ext4".as_ref(),
                 "-o".as_ref(),
-                "rw,noatime".as_ref(),
+                "rw,noatime,nodev,nosuid".as_ref(),
                 me.loopdev.as_ref(),
                 mnt.as_os_str(),
             ],

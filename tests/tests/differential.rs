@@ -227,7 +227,18 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         d.len(),
         d.iter().take(25).cloned().collect::<Vec<_>>().join("\n  ")
     );
-    let live_vs_disk = compare(&live_a, &snap_a, false);
+    // Hole maps are left out here: the kernel's SEEK_DATA reports
+    // unwritten extents with cached pages as data until they leave the
+    // page cache (a live kernel mount and a fresh one disagree too).
+    let (mut live_nomap, mut disk_nomap) = (live_a.clone(), snap_a.clone());
+    for e in live_nomap
+        .entries
+        .values_mut()
+        .chain(disk_nomap.entries.values_mut())
+    {
+        e.data_map = None;
+    }
+    let live_vs_disk = compare(&live_nomap, &disk_nomap, false);
     assert!(
         live_vs_disk.is_empty(),
         "[{name}] seed {seed}: the kernel does not see what the mount showed:\n  {}",

@@ -10,23 +10,34 @@
 //!
 //! Lookup counts: the engine reads inodes by number and keeps no per-inode
 //! state for the kernel, so `forget` has nothing to release.
+//!
+//! Open counts: the adapter counts open handles per inode. An inode whose
+//! last name goes away (unlink, or rename over it) while it is open stays
+//! on the orphan list until its last handle is released; then (or at once
+//! when it was not open) the engine frees it (`release_inode`). At
+//! unmount (`destroy`) every such inode is freed and the engine shuts down
+//! (everything written, superblock marked clean).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
-use crate::ext4::types::{Attr, FileKind, Ino, ROOT_INO, Timestamp, Whence};
+use crate::ext4::file_write::FallocMode;
+use crate::ext4::types::{
+    Attr, FileKind, Ino, ROOT_INO, RenameFlags, SetAttr, TimeSet, Timestamp, Whence, XattrFlags,
+};
 
 /// FUSE inode number standing for ext4 inode 1 (bad blocks): outside the
 /// 32-bit ext4 range, so it aliases nothing.
@@ -45,6 +56,16 @@ const TTL_READ_ONLY: Duration = Duration::from_secs(3600);
 /// On read-write mounts every change goes through this worker and the
 /// kernel updates its caches itself; a short TTL bounds any mistake.
 const TTL_READ_WRITE: Duration = Duration::from_secs(1);
+
+/// fallocate(2) mode bits (linux/falloc.h) the engine implements; any
+/// other bit is EOPNOTSUPP, as on a kernel ext4 without that feature.
+const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
+const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
+const FALLOC_FL_ZERO_RANGE: i32 = 0x10;
+
+/// setxattr(2) flags.
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
 
 /// How many distinct corrupt objects are logged before logging stops
 /// (a hostile image could otherwise flood the journal).
@@ -124,6 +145,51 @@ fn system_time(t: Timestamp) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
+/// SystemTime -> engine timestamp (before the epoch: negative seconds and
+/// non-negative nanoseconds, as ext4 stores them); clamped, never panics.
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nsecs: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if d.subsec_nanos() == 0 {
+                Timestamp {
+                    secs: -secs,
+                    nsecs: 0,
+                }
+            } else {
+                Timestamp {
+                    secs: (-secs).saturating_sub(1),
+                    nsecs: 1_000_000_000 - d.subsec_nanos(),
+                }
+            }
+        }
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(timestamp(t)),
+    }
+}
+
+/// fallocate mode bits -> engine mode; None for bits it does not do.
+pub fn falloc_mode(mode: i32) -> Option<FallocMode> {
+    if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) != 0 {
+        return None;
+    }
+    Some(FallocMode {
+        keep_size: mode & FALLOC_FL_KEEP_SIZE != 0,
+        punch_hole: mode & FALLOC_FL_PUNCH_HOLE != 0,
+        zero_range: mode & FALLOC_FL_ZERO_RANGE != 0,
+    })
+}
+
 pub fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: fuse_ino(a.ino),
@@ -168,12 +234,23 @@ pub fn access_allowed(attr: &Attr, uid: u32, gid: u32, mask: AccessFlags) -> boo
     class & want == want
 }
 
+/// Per-inode open state (see the module documentation).
+#[derive(Debug, Default, Clone, Copy)]
+struct OpenState {
+    handles: u64,
+    /// The last name is gone: free the inode at the last release.
+    unlinked: bool,
+}
+
 /// The fuser filesystem over the engine.
 pub struct Adapter {
     fs: Ext4,
     read_only: bool,
     ttl: Duration,
     corrupt_logged: Mutex<HashSet<(String, u64)>>,
+    /// Inodes with open handles or pending release; entries are removed
+    /// when both are done.
+    open: Mutex<HashMap<Ino, OpenState>>,
 }
 
 impl Adapter {
@@ -187,6 +264,66 @@ impl Adapter {
                 TTL_READ_WRITE
             },
             corrupt_logged: Mutex::new(HashSet::new()),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A handle to `ino` was opened.
+    fn opened(&self, ino: Ino) {
+        if let Ok(mut open) = self.open.lock() {
+            let st = open.entry(ino).or_default();
+            st.handles = st.handles.saturating_add(1);
+        }
+    }
+
+    /// A handle to `ino` was released: frees the inode if it was its last
+    /// handle and its last name is gone.
+    fn closed(&self, ino: Ino) {
+        let free = match self.open.lock() {
+            Ok(mut open) => match open.get_mut(&ino) {
+                Some(st) => {
+                    st.handles = st.handles.saturating_sub(1);
+                    let done = st.handles == 0;
+                    let unlinked = st.unlinked;
+                    if done {
+                        open.remove(&ino);
+                    }
+                    done && unlinked
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if free {
+            self.free_inode(ino);
+        }
+    }
+
+    /// The engine reports that `ino` lost its last name: free it now if
+    /// it is not open, else at its last release.
+    fn unlinked(&self, ino: Ino) {
+        let now = match self.open.lock() {
+            Ok(mut open) => match open.get_mut(&ino) {
+                Some(st) if st.handles > 0 => {
+                    st.unlinked = true;
+                    false
+                }
+                _ => true,
+            },
+            // A poisoned map: leave the inode on the orphan list, where
+            // the next mount (or e2fsck) frees it.
+            Err(_) => false,
+        };
+        if now {
+            self.free_inode(ino);
+        }
+    }
+
+    fn free_inode(&self, ino: Ino) {
+        if let Err(e) = self.fs.release_inode(ino) {
+            // It stays on the orphan list: the next mount or e2fsck frees it.
+            let _ = self.fail("release of unlinked inode", ino, &e);
+            tracing::warn!("inode {ino}: freeing at last close failed: {e}");
         }
     }
 
@@ -240,6 +377,19 @@ macro_rules! ino_or_reply {
     };
 }
 
+/// Refuses a modifying request on a read-only mount.
+macro_rules! writable_or_reply {
+    ($self:expr, $reply:expr) => {
+        if $self.read_only {
+            return $reply.error(Errno::EROFS);
+        }
+    };
+}
+
+fn name_bytes(name: &OsStr) -> &[u8] {
+    name.as_bytes()
+}
+
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(nearest) = config.set_max_readahead(MAX_IO) {
@@ -250,8 +400,7 @@ impl Filesystem for Adapter {
         }
         // Each asked for separately: a kernel lacking one still gets the
         // others. Deliberately not requested: HANDLE_KILLPRIV_V2 and
-        // SETXATTR_EXT (fuser 0.18.0 mishandles both), WRITEBACK_CACHE,
-        // EXPORT_SUPPORT.
+        // SETXATTR_EXT (fuser 0.18.0 mishandles both), EXPORT_SUPPORT.
         let mut wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
@@ -266,6 +415,13 @@ impl Filesystem for Adapter {
             // Read-write mounts need the engine to apply default ACLs on
             // create first (with this flag the kernel stops applying umask).
             wanted |= InitFlags::FUSE_POSIX_ACL;
+        } else {
+            // The kernel caches written pages and sends them in large
+            // writes; it keeps i_size and mtime itself and tells us with
+            // setattr. POSIX_ACL stays off: the engine does not yet apply
+            // default ACLs on create, so the kernel must keep applying the
+            // umask (ACL xattrs are stored as given).
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
@@ -315,7 +471,10 @@ impl Filesystem for Adapter {
         // a vanished or corrupt inode fail here rather than on first read.
         match self.fs.getattr(ino) {
             Ok(a) if a.kind == FileKind::Directory => reply.error(Errno::EISDIR),
-            Ok(_) => reply.opened(FileHandle(0), open_flags),
+            Ok(_) => {
+                self.opened(ino);
+                reply.opened(FileHandle(0), open_flags)
+            }
             Err(e) => reply.error(self.fail("open", ino, &e)),
         }
     }
@@ -354,14 +513,17 @@ impl Filesystem for Adapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let ino = ino_or_reply!(ino, reply);
+        // Answer first: nothing the kernel waits for depends on freeing.
         reply.ok();
+        self.closed(ino);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -487,6 +649,360 @@ impl Filesystem for Adapter {
             Ok(a) if access_allowed(&a, req.uid(), req.gid(), mask) => reply.ok(),
             Ok(_) => reply.error(Errno::EACCES),
             Err(e) => reply.error(self.fail("access", ino, &e)),
+        }
+    }
+
+    fn destroy(&mut self) {
+        if self.read_only {
+            return;
+        }
+        // Unlinked inodes still open at unmount (a lazy unmount, or a
+        // connection abort): free them now rather than leave orphans.
+        let pending: Vec<Ino> = match self.open.lock() {
+            Ok(mut open) => open
+                .drain()
+                .filter(|(_, st)| st.unlinked)
+                .map(|(ino, _)| ino)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for ino in pending {
+            self.free_inode(ino);
+        }
+        match self.fs.shutdown() {
+            Ok(()) => tracing::info!("filesystem written and marked clean"),
+            Err(e) => tracing::error!("unmount: could not write the filesystem clean: {e}"),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        writable_or_reply!(self, reply);
+        let set = SetAttr {
+            // The type bits are the inode's own; only permission bits change.
+            mode: mode.map(|m| (m & 0o7777) as u16),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(|t| TimeSet::At(timestamp(t))),
+        };
+        match self.fs.setattr(ino, set) {
+            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Err(e) => reply.error(self.fail("setattr", ino, &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        // Without FUSE_POSIX_ACL the kernel has applied the umask to mode.
+        let Ok(mode) = u16::try_from(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self
+            .fs
+            .create(parent, name_bytes(name), mode, rdev, req.uid(), req.gid())
+        {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Err(e) => reply.error(self.fail("mknod", parent, &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        let Ok(mode) = u16::try_from(mode) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self
+            .fs
+            .create(parent, name_bytes(name), mode, 0, req.uid(), req.gid())
+        {
+            Ok(a) => {
+                self.opened(a.ino);
+                reply.created(
+                    &self.ttl,
+                    &file_attr(&a),
+                    Generation(a.generation.into()),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(self.fail("create", parent, &e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        let perm = (mode & 0o7777) as u16;
+        match self
+            .fs
+            .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid())
+        {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Err(e) => reply.error(self.fail("mkdir", parent, &e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        match self.fs.symlink(
+            parent,
+            name_bytes(link_name),
+            target.as_os_str().as_bytes(),
+            req.uid(),
+            req.gid(),
+        ) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Err(e) => reply.error(self.fail("symlink", parent, &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        let newparent = ino_or_reply!(newparent, reply);
+        writable_or_reply!(self, reply);
+        match self.fs.link(ino, newparent, name_bytes(newname)) {
+            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Err(e) => reply.error(self.fail("link", ino, &e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        match self.fs.unlink(parent, name_bytes(name)) {
+            Ok(gone) => {
+                reply.ok();
+                if let Some(ino) = gone {
+                    self.unlinked(ino);
+                }
+            }
+            Err(e) => reply.error(self.fail("unlink", parent, &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let parent = ino_or_reply!(parent, reply);
+        writable_or_reply!(self, reply);
+        match self.fs.rmdir(parent, name_bytes(name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("rmdir", parent, &e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let parent = ino_or_reply!(parent, reply);
+        let newparent = ino_or_reply!(newparent, reply);
+        writable_or_reply!(self, reply);
+        let known = fuser::RenameFlags::RENAME_NOREPLACE
+            | fuser::RenameFlags::RENAME_EXCHANGE
+            | fuser::RenameFlags::RENAME_WHITEOUT;
+        if !known.contains(flags) {
+            return reply.error(Errno::EINVAL);
+        }
+        let flags = RenameFlags {
+            noreplace: flags.contains(fuser::RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(fuser::RenameFlags::RENAME_EXCHANGE),
+            whiteout: flags.contains(fuser::RenameFlags::RENAME_WHITEOUT),
+        };
+        match self.fs.rename(
+            parent,
+            name_bytes(name),
+            newparent,
+            name_bytes(newname),
+            flags,
+        ) {
+            Ok(gone) => {
+                reply.ok();
+                if let Some(ino) = gone {
+                    self.unlinked(ino);
+                }
+            }
+            Err(e) => reply.error(self.fail("rename", parent, &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        writable_or_reply!(self, reply);
+        // Root may use the reserved blocks, as on ext4. Page-cache
+        // writeback arrives as the kernel (uid 0): it was accepted by the
+        // page cache already.
+        match self.fs.write_as(ino, offset, data, req.uid() == 0) {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(self.fail("write", ino, &e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        // Every change is written when its request completes: fsync is a
+        // device flush.
+        match self.fs.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("fsync", ino, &e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        match self.fs.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("fsyncdir", ino, &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        writable_or_reply!(self, reply);
+        if position != 0 || flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
+            return reply.error(Errno::EINVAL);
+        }
+        let flags = XattrFlags {
+            create: flags & XATTR_CREATE != 0,
+            replace: flags & XATTR_REPLACE != 0,
+        };
+        match self.fs.setxattr(ino, name_bytes(name), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("setxattr", ino, &e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let ino = ino_or_reply!(ino, reply);
+        writable_or_reply!(self, reply);
+        match self.fs.removexattr(ino, name_bytes(name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("removexattr", ino, &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        writable_or_reply!(self, reply);
+        let Some(mode) = falloc_mode(mode) else {
+            return reply.error(Errno::EOPNOTSUPP);
+        };
+        match self
+            .fs
+            .fallocate_as(ino, offset, length, mode, req.uid() == 0)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("fallocate", ino, &e)),
         }
     }
 
