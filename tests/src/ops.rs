@@ -974,16 +974,24 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             Ok(String::new())
         }
         Op::OrphanWrite { path, len, seed } => {
+            let step = |what: &'static str| move |e: String| format!("{what}: {e}");
             let fd = open(root, path, libc::O_RDWR | libc::O_NOFOLLOW, 0)?;
             let c = cpath(root, path);
             // SAFETY: `c` is NUL-terminated.
-            check(unsafe { libc::unlink(c.as_ptr()) })?;
+            check(unsafe { libc::unlink(c.as_ptr()) }).map_err(step("unlink"))?;
             let buf = data(*len, *seed);
-            let n = pwrite_all(&fd, &buf, Some(0))?;
+            let n = pwrite_all(&fd, &buf, Some(0)).map_err(step("write"))?;
             // SAFETY: an fd we own.
-            check(unsafe { libc::fsync(fd.0) })?;
-            let d = pread_digest(&fd, 0, *len + 10)?;
-            Ok(format!("wrote={n} read={d}"))
+            check(unsafe { libc::fsync(fd.0) }).map_err(step("fsync"))?;
+            let d = pread_digest(&fd, 0, *len + 10).map_err(step("read"))?;
+            // SAFETY: an all-zero stat is a valid value; fstat of our fd.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is writable.
+            check(unsafe { libc::fstat(fd.0, &mut st) }).map_err(step("fstat"))?;
+            Ok(format!(
+                "wrote={n} read={d} nlink={} size={}",
+                st.st_nlink, st.st_size
+            ))
         }
         Op::Stat { path } => Ok(stat_summary(&lstat(root, path)?)),
         Op::Read { path, offset, len } => {

@@ -8,7 +8,9 @@
 //!
 //! Environment: `SAFEMOUNT_DIFF_SEED` (a number), `SAFEMOUNT_DIFF_OPS`
 //! (default 3000), `SAFEMOUNT_DIFF_SUT=kernel` (both sides kernel: checks
-//! the harness itself).
+//! the harness itself), `SAFEMOUNT_DIFF_SKIP=SetAcl,Rename` (generate but
+//! do not apply those kinds of operation: to look past a known divergence
+//! while debugging; the sequence stays the same).
 
 #![allow(
     clippy::unwrap_used,
@@ -149,11 +151,33 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     );
     let mut divergence = None;
     let mut failed_ops = 0usize;
+    let skip: Vec<String> = std::env::var("SAFEMOUNT_DIFF_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut skipped = 0usize;
+    // The last operations, for the failure message.
+    let mut recent: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     for index in 0..n_ops {
         let op = generator.next_op();
+        let kind = format!("{op:?}");
+        let kind = kind.split([' ', '{']).next().unwrap_or_default();
+        if skip.iter().any(|s| s == kind) {
+            skipped += 1;
+            continue;
+        }
         let sut_out = ops::apply(&mnt_a, &op);
         let kernel_out = ops::apply(&mnt_b, &op);
         if sut_out != kernel_out {
+            if let Op::OrphanWrite { path, .. } | Op::Write { path, .. } = &op {
+                recent.push_back(format!(
+                    "(after) stat {path}: safemount {:?}, kernel {:?}",
+                    ops::apply(&mnt_a, &Op::Stat { path: path.clone() }),
+                    ops::apply(&mnt_b, &Op::Stat { path: path.clone() })
+                ));
+            }
             divergence = Some(Divergence {
                 index,
                 op,
@@ -165,6 +189,10 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         if kernel_out.is_err() {
             failed_ops += 1;
         }
+        if recent.len() >= 12 {
+            recent.pop_front();
+        }
+        recent.push_back(format!("#{index} {} -> {kernel_out:?}", ops::describe(&op)));
         // The kernel's outcome drives the model: the oracle decides which
         // paths exist (and so which symlinks are never walked through).
         generator.observe(&op, &kernel_out);
@@ -173,15 +201,17 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         let log = sut.log_tail();
         let _ = sut.unmount(&mnt_a);
         panic!(
-            "[{name}] seed {seed}: first divergence at operation {}:\n  op: {}\n  safemount: {:?}\n  kernel:    {:?}\nworker log:\n{log}",
+            "[{name}] seed {seed}: first divergence at operation {}:\n  op: {}\n  safemount: {:?}\n  kernel:    {:?}\nbefore it (kernel outcomes, equal on both):\n  {}\nworker log:\n{log}",
             d.index,
             ops::describe(&d.op),
             d.sut,
-            d.kernel
+            d.kernel,
+            recent.iter().cloned().collect::<Vec<_>>().join("\n  ")
         );
     }
     println!(
-        "[{name}] {n_ops} operations agree ({failed_ops} failed the same way on both), {} paths in the model",
+        "[{name}] {} operations agree ({failed_ops} failed the same way on both, {skipped} skipped), {} paths in the model",
+        n_ops - skipped,
         generator.model.len()
     );
 

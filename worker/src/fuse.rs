@@ -306,6 +306,9 @@ impl Adapter {
             Ok(mut open) => match open.get_mut(&ino) {
                 Some(st) if st.handles > 0 => {
                     st.unlinked = true;
+                    // Still readable and writable by number until the
+                    // last release.
+                    self.fs.hold_orphan(ino);
                     false
                 }
                 _ => true,
@@ -834,10 +837,12 @@ impl Filesystem for Adapter {
         writable_or_reply!(self, reply);
         match self.fs.unlink(parent, name_bytes(name)) {
             Ok(gone) => {
-                reply.ok();
+                // Before the reply: the caller's next request on an open
+                // handle must find the inode held.
                 if let Some(ino) = gone {
                     self.unlinked(ino);
                 }
+                reply.ok();
             }
             Err(e) => reply.error(self.fail("unlink", parent, &e)),
         }
@@ -884,10 +889,12 @@ impl Filesystem for Adapter {
             flags,
         ) {
             Ok(gone) => {
-                reply.ok();
+                // Before the reply: the caller's next request on an open
+                // handle must find the inode held.
                 if let Some(ino) = gone {
                     self.unlinked(ino);
                 }
+                reply.ok();
             }
             Err(e) => reply.error(self.fail("rename", parent, &e)),
         }

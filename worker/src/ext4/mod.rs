@@ -237,7 +237,7 @@ impl Ext4 {
             ));
         }
         let inode = self.inode_any(ino)?;
-        if inode.links_count == 0 {
+        if inode.links_count == 0 && !self.is_held_orphan(ino) {
             return Err(Error::NotFound);
         }
         Ok(inode)

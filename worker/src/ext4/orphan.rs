@@ -107,7 +107,11 @@ impl Ext4 {
         inode.size = 0;
         txn.put_inode(inode);
         txn.free_inode(ino, was_dir)?;
-        txn.commit()
+        txn.commit()?;
+        if let Ok(mut h) = self.rw.held_orphans.lock() {
+            h.remove(&ino);
+        }
+        Ok(())
     }
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct RwState {
     pub(super) errors: AtomicBool,
     /// Next inode generation.
     generation: AtomicU32,
+    /// Unlinked inodes (links_count 0) still open through FUSE: readable
+    /// and writable by number until `release_inode` (W4's adapter).
+    pub(super) held_orphans: Mutex<BTreeSet<Ino>>,
     /// Bytes written to the device since the mount (s_kbytes_written).
     written: AtomicU64,
 }
@@ -90,6 +93,7 @@ impl RwState {
             read_only: AtomicBool::new(false),
             errors: AtomicBool::new(false),
             generation: AtomicU32::new(hashed),
+            held_orphans: Mutex::new(BTreeSet::new()),
             written: AtomicU64::new(0),
         }
     }
@@ -223,6 +227,22 @@ impl Ext4 {
             sb: None,
             use_reserved_pool: false,
         })
+    }
+
+    /// Keeps unlinked inode `ino` usable by number (getattr, read, write,
+    /// setattr, xattrs) while it is open; `release_inode` ends that.
+    pub fn hold_orphan(&self, ino: Ino) {
+        if let Ok(mut h) = self.rw.held_orphans.lock() {
+            h.insert(ino);
+        }
+    }
+
+    /// Whether `ino` is an unlinked inode still held open.
+    pub(crate) fn is_held_orphan(&self, ino: Ino) -> bool {
+        self.rw
+            .held_orphans
+            .lock()
+            .is_ok_and(|h| h.contains(&ino))
     }
 
     /// Whether writes are refused (opened read-only, or turned read-only
