@@ -145,36 +145,27 @@ fn system_time(t: Timestamp) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// SystemTime -> engine timestamp (before the epoch: negative seconds and
-/// non-negative nanoseconds, as ext4 stores them); clamped, never panics.
-pub fn timestamp(t: SystemTime) -> Timestamp {
+/// A time in a SETATTR request -> engine timestamp. fuser 0.18.0 decodes
+/// the kernel's (secs < 0, nsecs) as `UNIX_EPOCH - (-secs s + nsecs ns)`
+/// (its own TODO), so before the epoch the duration's seconds and
+/// nanoseconds are the kernel's fields as they were. Never panics.
+pub fn request_timestamp(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Timestamp {
             secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nsecs: d.subsec_nanos(),
         },
-        Err(e) => {
-            let d = e.duration();
-            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            if d.subsec_nanos() == 0 {
-                Timestamp {
-                    secs: -secs,
-                    nsecs: 0,
-                }
-            } else {
-                Timestamp {
-                    secs: (-secs).saturating_sub(1),
-                    nsecs: 1_000_000_000 - d.subsec_nanos(),
-                }
-            }
-        }
+        Err(e) => Timestamp {
+            secs: i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+            nsecs: e.duration().subsec_nanos(),
+        },
     }
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(timestamp(t)),
+        TimeOrNow::SpecificTime(t) => TimeSet::At(request_timestamp(t)),
     }
 }
 
@@ -706,7 +697,7 @@ impl Filesystem for Adapter {
             size,
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
-            ctime: ctime.map(|t| TimeSet::At(timestamp(t))),
+            ctime: ctime.map(|t| TimeSet::At(request_timestamp(t))),
         };
         match self.fs.setattr(ino, set) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
@@ -985,6 +976,11 @@ impl Filesystem for Adapter {
         writable_or_reply!(self, reply);
         match self.fs.removexattr(ino, name_bytes(name)) {
             Ok(()) => reply.ok(),
+            // As on ext4 (ext4_set_acl with no ACL), removing an absent
+            // POSIX ACL succeeds.
+            Err(Error::NoAttribute) if name_bytes(name).starts_with(b"system.posix_acl_") => {
+                reply.ok()
+            }
             Err(e) => reply.error(self.fail("removexattr", ino, &e)),
         }
     }
@@ -1135,6 +1131,27 @@ mod tests {
             secs: i64::MAX,
             nsecs: u32::MAX,
         });
+    }
+
+    #[test]
+    fn request_times_undo_fusers_pre_epoch_decoding() {
+        // What fuser 0.18.0 makes of the kernel's (-527968956, 605150818).
+        let t = UNIX_EPOCH - Duration::new(527_968_956, 605_150_818);
+        assert_eq!(
+            request_timestamp(t),
+            Timestamp {
+                secs: -527_968_956,
+                nsecs: 605_150_818
+            }
+        );
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 42);
+        assert_eq!(
+            request_timestamp(t),
+            Timestamp {
+                secs: 1_700_000_000,
+                nsecs: 42
+            }
+        );
     }
 
     #[test]

@@ -298,6 +298,19 @@ impl Ext4 {
         gid: u32,
     ) -> Result<Inode> {
         let kind = kind_of_mode(mode).ok_or(Error::Invalid("bad file type"))?;
+        // inode_init_owner: a setgid directory gives its group to new
+        // entries, and its setgid bit to new directories. (The VFS has
+        // already stripped S_ISGID from files the caller may not have.)
+        let (mode, gid) = if dir.mode & 0o2000 != 0 {
+            let mode = if kind == FileKind::Directory {
+                mode | 0o2000
+            } else {
+                mode
+            };
+            (mode, dir.gid)
+        } else {
+            (mode, gid)
+        };
         let ino = txn.alloc_inode(dir.ino, kind)?;
         let now = self.now();
         let mut inode = Inode::new(self, ino, mode, uid, gid, now);
