@@ -10,7 +10,8 @@
 //! (default 3000), `SAFEMOUNT_DIFF_SUT=kernel` (both sides kernel: checks
 //! the harness itself), `SAFEMOUNT_DIFF_SKIP=SetAcl,Rename` (generate but
 //! do not apply those kinds of operation: to look past a known divergence
-//! while debugging; the sequence stays the same).
+//! while debugging; the sequence stays the same), `SAFEMOUNT_DIFF_LAX_BLOCKS=1`
+//! (report i_blocks differences without failing).
 
 #![allow(
     clippy::unwrap_used,
@@ -220,7 +221,16 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     let walk = WalkOpts::default();
     let live_a = snapshot::snapshot(&mnt_a, &walk);
     let live_b = snapshot::snapshot(&mnt_b, &walk);
-    let live_diff = compare(&live_b, &live_a, false);
+    // Hole maps only on disk (below): a live kernel reports unwritten
+    // extents whose pages are cached as data.
+    let strip = |s: &Snapshot| {
+        let mut s = s.clone();
+        for e in s.entries.values_mut() {
+            e.data_map = None;
+        }
+        s
+    };
+    let live_diff = compare(&strip(&live_b), &strip(&live_a), false);
 
     let unmounted = sut.unmount(&mnt_a);
     kernel.unmount().unwrap();
@@ -250,25 +260,26 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     let stat_b = snapshot::statvfs(&mnt_b).unwrap();
     disk_a.unmount().unwrap();
     disk_b.unmount().unwrap();
-    let d = compare(&snap_b, &snap_a, true);
+    // SAFEMOUNT_DIFF_LAX_BLOCKS=1: print i_blocks differences (extent
+    // tree or xattr block layout) but do not fail on them.
+    let lax = std::env::var("SAFEMOUNT_DIFF_LAX_BLOCKS").is_ok_and(|v| v == "1");
+    let d: Vec<String> = compare(&snap_b, &snap_a, true)
+        .into_iter()
+        .filter(|l| {
+            let only_blocks = l.contains(": blocks expected");
+            if lax && only_blocks {
+                println!("[{name}] (lax) {l}");
+            }
+            !(lax && only_blocks)
+        })
+        .collect();
     assert!(
         d.is_empty(),
         "[{name}] seed {seed}: kernel mounts of the two images differ ({} differences):\n  {}",
         d.len(),
         d.iter().take(25).cloned().collect::<Vec<_>>().join("\n  ")
     );
-    // Hole maps are left out here: the kernel's SEEK_DATA reports
-    // unwritten extents with cached pages as data until they leave the
-    // page cache (a live kernel mount and a fresh one disagree too).
-    let (mut live_nomap, mut disk_nomap) = (live_a.clone(), snap_a.clone());
-    for e in live_nomap
-        .entries
-        .values_mut()
-        .chain(disk_nomap.entries.values_mut())
-    {
-        e.data_map = None;
-    }
-    let live_vs_disk = compare(&live_nomap, &disk_nomap, false);
+    let live_vs_disk = compare(&strip(&live_a), &strip(&snap_a), false);
     assert!(
         live_vs_disk.is_empty(),
         "[{name}] seed {seed}: the kernel does not see what the mount showed:\n  {}",
