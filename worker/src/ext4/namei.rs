@@ -9,10 +9,9 @@
 //! 1 with the dir_nlink feature; directories never drop below 2 through a
 //! child's removal.
 //!
-//! Inline-data directories are converted to a block directory before
-//! their first change (a valid layout the kernel also produces when an
-//! inline directory outgrows the inode); new directories are block
-//! directories.
+//! Inline-data directories (see `inline_dir`): new directories on an
+//! inline_data filesystem start inline, entries go inline until the
+//! inode is full, then the directory becomes a block directory.
 
 use std::collections::HashMap;
 
@@ -23,8 +22,8 @@ use crate::ext4::ondisk::dir_entry::{
     DirentFormat, EXT4_FT_CHRDEV, EXT4_FT_DIR, EXT4_NAME_LEN, file_type_of,
 };
 use crate::ext4::ondisk::inode::{
-    EXT4_EXTENTS_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode, S_IFCHR, S_IFDIR,
-    S_IFLNK, S_IFMT, inherited_flags, kind_of_mode,
+    EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT,
+    inherited_flags, kind_of_mode,
 };
 use crate::ext4::ondisk::superblock::{
     COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR, RO_COMPAT_DIR_NLINK,
@@ -202,11 +201,8 @@ impl Ext4 {
         if dir.has_flag(crate::ext4::ondisk::inode::EXT4_ENCRYPT_FL) {
             return Err(Error::Unsupported("encrypted directory".into()));
         }
-        if dir.has_flag(EXT4_INLINE_DATA_FL) {
-            return Err(Error::Unsupported(
-                "changing an inline-data directory".into(),
-            ));
-        }
+        // Refuses an inline flag without the feature (corrupt).
+        self.idir_is_inline(&dir)?;
         Ok(dir)
     }
 
@@ -216,6 +212,9 @@ impl Ext4 {
         dir: &mut Inode,
         name: &[u8],
     ) -> Result<Option<(Ino, u8)>> {
+        if self.idir_is_inline(dir)? {
+            return self.idir_find(dir, name);
+        }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
         Ok(dir_write::find_entry(&mut d, &ctx, name)?.map(|(_, f)| (f.inode, f.file_type)))
@@ -229,12 +228,21 @@ impl Ext4 {
         ino: Ino,
         kind: FileKind,
     ) -> Result<()> {
+        if self.idir_is_inline(dir)? {
+            if self.idir_add(txn, dir, name, ino, file_type_of(kind))? {
+                return Ok(());
+            }
+            self.idir_convert(txn, dir)?;
+        }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
         dir_write::add_entry(&mut d, &ctx, name, ino, file_type_of(kind))
     }
 
     fn dir_remove(&self, txn: &mut Txn<'_>, dir: &mut Inode, name: &[u8]) -> Result<Found> {
+        if self.idir_is_inline(dir)? {
+            return self.idir_remove(txn, dir, name);
+        }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
         dir_write::remove_entry(&mut d, &ctx, name)
@@ -248,12 +256,18 @@ impl Ext4 {
         ino: Ino,
         kind: FileKind,
     ) -> Result<()> {
+        if self.idir_is_inline(dir)? {
+            return self.idir_set(txn, dir, name, ino, file_type_of(kind));
+        }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
         dir_write::set_entry(&mut d, &ctx, name, ino, file_type_of(kind))
     }
 
     fn dir_is_empty(&self, txn: &mut Txn<'_>, dir: &mut Inode) -> Result<bool> {
+        if self.idir_is_inline(dir)? {
+            return Ok(!self.idir_has_entries(dir)?);
+        }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
         Ok(!dir_write::dir_has_entries(&mut d, &ctx)?)
@@ -390,9 +404,9 @@ impl Ext4 {
         }
         let mut inode = self.new_inode(&mut txn, &dir, S_IFDIR | (perm & 0o7777), uid, gid)?;
         inode.links_count = 2;
-        let ctx = self.dir_ctx(&inode);
-        let block = init_dir_block(&ctx, inode.ino, dir.ino);
-        {
+        if !self.idir_init(&mut inode, dir.ino)? {
+            let ctx = self.dir_ctx(&inode);
+            let block = init_dir_block(&ctx, inode.ino, dir.ino);
             let mut d = TxnDir::new(&mut txn, &mut inode);
             let l = d.append()?;
             d.write(l, &block)?;
@@ -989,6 +1003,184 @@ mod tests {
             )
             .unwrap();
         assert_eq!((at.perm, at.uid, at.mtime), (0o4755, 5, t));
+    }
+
+    /// Runs `f` on the image mounted by the kernel (loop, ro, noload);
+    /// None if this process cannot mount.
+    pub(crate) fn with_kernel_mount<T>(
+        img: &std::path::Path,
+        f: impl FnOnce(&std::path::Path) -> T,
+    ) -> Option<T> {
+        use std::process::Command;
+        let mnt = img.with_extension("kmnt");
+        let _ = std::fs::create_dir_all(&mnt);
+        let ok = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,ro,noload"])
+            .arg(img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping kernel comparison: cannot loop-mount (not root?)");
+            return None;
+        }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
+        let _ = Command::new("umount").arg(&mnt).status();
+        match r {
+            Ok(v) => Some(v),
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// Sorted names in a directory through the engine (without . and ..).
+    fn engine_names(fs: &Ext4, dir: Ino) -> Vec<String> {
+        let mut v = Vec::new();
+        fs.readdir(dir, 0, &mut |e| {
+            if e.name != b"." && e.name != b".." {
+                v.push(String::from_utf8(e.name).unwrap());
+            }
+            true
+        })
+        .unwrap();
+        v.sort();
+        v
+    }
+
+    fn kernel_names(p: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn is_inline(fs: &Ext4, ino: Ino) -> bool {
+        fs.inode(ino)
+            .unwrap()
+            .has_flag(crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL)
+    }
+
+    #[test]
+    fn inline_directories() {
+        if !have_mkfs() {
+            return;
+        }
+        let n = RenameFlags::default();
+        for (tag, args) in [
+            ("inl", &["-O", "inline_data"][..]),
+            (
+                "inl1k",
+                &["-O", "inline_data", "-b", "1024", "-I", "512"][..],
+            ),
+            ("inlnocsum", &["-O", "inline_data,^metadata_csum"][..]),
+            (
+                "inlnoext",
+                &["-O", "inline_data,^extent,^64bit", "-I", "1024"][..],
+            ),
+        ] {
+            let im = RwImage::new(tag, args);
+            let fs = im.open();
+            let root = ROOT_INO;
+            let big = fs.mkdir(root, b"big", 0o755, 0, 0).unwrap();
+            let inl = true;
+            assert_eq!(is_inline(&fs, big.ino), inl, "{tag}");
+            if inl {
+                assert_eq!(big.size, 60, "{tag}");
+                assert_eq!(big.blocks, 0, "{tag}");
+            }
+            // Grow: i_block, then system.data, then a block, then htree.
+            let mut sizes = Vec::new();
+            for i in 0..800u32 {
+                fs.create(big.ino, format!("f{i}").as_bytes(), 0o100644, 0, 0, 0)
+                    .unwrap();
+                let a = fs.getattr(big.ino).unwrap();
+                if sizes.last() != Some(&a.size) {
+                    sizes.push(a.size);
+                }
+                assert_eq!(
+                    fs.lookup_ino(big.ino, format!("f{i}").as_bytes()).is_ok(),
+                    true
+                );
+            }
+            assert!(!is_inline(&fs, big.ino));
+            if inl {
+                assert_eq!(sizes[0], 60, "{tag}: {sizes:?}");
+                assert!(sizes[1] > 60 && sizes[1] < 1024, "{tag}: {sizes:?}");
+            }
+            assert!(
+                fs.inode(big.ino)
+                    .unwrap()
+                    .has_flag(crate::ext4::ondisk::inode::EXT4_INDEX_FL),
+                "{tag}"
+            );
+            for i in (0..800u32).step_by(3) {
+                let g = fs.unlink(big.ino, format!("f{i}").as_bytes()).unwrap();
+                fs.release_inode(g.unwrap()).unwrap();
+            }
+            // Two small inline dirs, renames in, out and between them.
+            let a = fs.mkdir(root, b"ia", 0o755, 0, 0).unwrap().ino;
+            let b = fs.mkdir(root, b"ib", 0o755, 0, 0).unwrap().ino;
+            for i in 0..3 {
+                fs.create(a, format!("x{i}").as_bytes(), 0o100644, 0, 0, 0)
+                    .unwrap();
+            }
+            let sub = fs.mkdir(a, b"sub", 0o700, 0, 0).unwrap().ino;
+            fs.create(sub, b"deep", 0o100644, 0, 0, 0).unwrap();
+            assert_eq!(is_inline(&fs, a), inl);
+            // Within an inline dir, over an existing name.
+            let gone = fs.rename(a, b"x0", a, b"x1", n).unwrap();
+            fs.release_inode(gone.unwrap()).unwrap();
+            // Inline -> inline, a directory: '..' follows.
+            fs.rename(a, b"sub", b, b"sub2", n).unwrap();
+            assert_eq!(fs.lookup_ino(sub, b"..").unwrap(), b);
+            assert_eq!(fs.getattr(a).unwrap().nlink, 2);
+            assert_eq!(fs.getattr(b).unwrap().nlink, 3);
+            // Inline dir -> block dir and back.
+            fs.rename(b, b"sub2", big.ino, b"sub3", n).unwrap();
+            assert_eq!(fs.lookup_ino(sub, b"..").unwrap(), big.ino);
+            fs.rename(big.ino, b"f1", a, b"from-big", n).unwrap();
+            fs.rename(a, b"x2", big.ino, b"from-a", n).unwrap();
+            fs.rename(big.ino, b"sub3", a, b"sub", n).unwrap();
+            assert_eq!(fs.lookup_ino(sub, b"..").unwrap(), a);
+            // Exchange an inline dir and a file across inline dirs.
+            fs.create(b, b"y", 0o100644, 0, 0, 0).unwrap();
+            let ex = RenameFlags {
+                exchange: true,
+                ..n
+            };
+            fs.rename(a, b"sub", b, b"y", ex).unwrap();
+            assert_eq!(fs.lookup_ino(sub, b"..").unwrap(), b);
+            // rmdir: non-empty inline fails, empty inline works.
+            assert!(matches!(fs.rmdir(b, b"y"), Err(Error::NotEmpty)));
+            fs.unlink(sub, b"deep")
+                .unwrap()
+                .map(|i| fs.release_inode(i).unwrap());
+            fs.rmdir(b, b"y").unwrap();
+            let e = fs.mkdir(b, b"empty", 0o755, 0, 0).unwrap().ino;
+            assert_eq!(is_inline(&fs, e), inl);
+            assert!(matches!(fs.lookup_ino(b, b"y"), Err(Error::NotFound)));
+            // Symlink and device in an inline dir.
+            fs.symlink(a, b"ln", b"target", 0, 0).unwrap();
+            fs.create(a, b"dev", 0o020644, 0x0105, 0, 0).unwrap();
+            let want: Vec<(String, Vec<String>)> =
+                [("big", big.ino), ("ia", a), ("ib", b), ("ib/empty", e)]
+                    .iter()
+                    .map(|(p, i)| (p.to_string(), engine_names(&fs, *i)))
+                    .collect();
+            assert_eq!(want[1].1, ["dev", "from-big", "ln", "sub", "x1"], "{tag}");
+            assert_eq!(want[2].1, ["empty"], "{tag}");
+            assert_eq!(want[0].1.len(), 800 - 267 - 1 + 1, "{tag}");
+            fs.shutdown().unwrap();
+            drop(fs);
+            let (code, out) = fsck(im.save());
+            assert_eq!(code, 0, "{tag}: {out}");
+            with_kernel_mount(&im.img, |m| {
+                for (p, names) in &want {
+                    assert_eq!(&kernel_names(&m.join(p)), names, "{tag}: {p}");
+                }
+            });
+        }
     }
 
     #[test]
