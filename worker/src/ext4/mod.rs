@@ -27,6 +27,7 @@ pub(crate) mod file_write;
 pub(crate) mod hash;
 pub(crate) mod htree_write;
 pub(crate) mod indirect_write;
+pub(crate) mod inline_dir;
 pub(crate) mod inline_write;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
