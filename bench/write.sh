@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Write benchmark: safemount (rw) vs fuse2fs vs the kernel's ext4, each on
+# a fresh copy of the same empty 4 GiB image (mkfs.ext4 defaults):
+#
+#   (a) sequential write of 1 GiB with fsync (dd bs=1M conv=fsync)
+#   (b) create + lstat + unlink of 10,000 files in one directory (one
+#       process, then syncfs)
+#   (c) unpacking a tarball of a real source tree (/usr/include) and
+#       removing it again, each followed by syncfs
+#
+# Run as root from the repository root after `cargo build --release
+# --workspace`. See bench/README.md.
+set -euo pipefail
+
+die() { echo "write.sh: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
+WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
+FILES=${FILES:-10000}
+SEQ_MIB=${SEQ_MIB:-1024}
+TREE=${TREE:-/usr/include}
+SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}
+REPEAT=${REPEAT:-3}
+
+for b in safemountd safemount safemount-worker; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
+done
+command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
+[[ -d $TREE ]] || die "$TREE missing: set TREE to a source tree"
+
+mkdir -p "$WORK"
+MNT=$WORK/wmnt
+mkdir -p "$MNT"
+SOCK=$WORK/safemountd-w.sock
+PRISTINE=$WORK/write-empty.img
+IMG=$WORK/write.img
+TAR=$WORK/tree.tar
+BROKER_PID=
+
+cleanup() {
+    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
+    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    rm -f "$IMG"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+syncfs() { sync -f "$MNT"; }
+
+if [[ ! -f $PRISTINE ]]; then
+    truncate -s 4G "$PRISTINE"
+    mkfs.ext4 -q -F "$PRISTINE"
+fi
+if [[ ! -f $TAR ]]; then
+    echo "making $TAR from $TREE..." >&2
+    tar -cf "$TAR" -C "$(dirname "$TREE")" "$(basename "$TREE")"
+fi
+TAR_FILES=$(tar -tf "$TAR" | wc -l)
+
+start_broker() {
+    [[ -n $BROKER_PID ]] && return
+    rm -f "$SOCK"
+    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd-w.log" &
+    BROKER_PID=$!
+    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
+    die "safemountd did not start; see $WORK/safemountd-w.log"
+}
+
+do_mount() {
+    cp --sparse=always "$PRISTINE" "$IMG"
+    case $1 in
+        kernel) mount -t ext4 -o rw,loop "$IMG" "$MNT" ;;
+        fuse2fs) fuse2fs -o rw,fakeroot "$IMG" "$MNT" >/dev/null ;;
+        safemount) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
+    esac
+}
+
+do_unmount() {
+    case $1 in
+        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
+        *) umount "$MNT" ;;
+    esac
+    for _ in $(seq 100); do mountpoint -q "$MNT" || break; sleep 0.1; done
+    # Every system must leave a clean filesystem.
+    e2fsck -fn "$IMG" >/dev/null 2>&1 || echo "   WARNING: $1 left $IMG not clean (e2fsck -fn)" >&2
+}
+
+meta() {
+    python3 - "$MNT/meta" "$FILES" <<'EOF'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.mkdir(d)
+names = [os.path.join(d, "file-%06d" % i) for i in range(n)]
+for p in names:
+    os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+for p in names:
+    os.lstat(p)
+for p in names:
+    os.unlink(p)
+os.rmdir(d)
+EOF
+}
+
+declare -A SEQ META UNTAR RM
+for sys in $SYSTEMS; do
+    echo "== $sys" >&2
+    seqs=() metas=() untars=() rms=()
+    for run in $(seq "$REPEAT"); do
+        do_mount "$sys"
+        t0=$(now)
+        dd if=/dev/zero of="$MNT/big.bin" bs=1M count="$SEQ_MIB" conv=fsync status=none
+        t1=$(now)
+        seqs+=("$(calc "$SEQ_MIB * 1048576 / 1000000 / $(elapsed "$t0" "$t1")")")
+        rm -f "$MNT/big.bin"; syncfs
+
+        t0=$(now); meta; syncfs; t1=$(now)
+        metas+=("$(elapsed "$t0" "$t1")")
+
+        mkdir "$MNT/tree"
+        t0=$(now); tar -xf "$TAR" -C "$MNT/tree"; syncfs; t1=$(now)
+        untars+=("$(elapsed "$t0" "$t1")")
+        n=$(find "$MNT/tree" | wc -l)
+        [[ $n -eq $((TAR_FILES + 1)) ]] || echo "   WARNING: $sys: $n entries after untar, tar has $TAR_FILES" >&2
+        t0=$(now); rm -rf "$MNT/tree"; syncfs; t1=$(now)
+        rms+=("$(elapsed "$t0" "$t1")")
+        do_unmount "$sys"
+        printf '   run %d: write %.0f MB/s, meta %.3f s, untar %.3f s, rm %.3f s\n' "$run" \
+            "${seqs[-1]}" "${metas[-1]}" "${untars[-1]}" "${rms[-1]}" >&2
+    done
+    SEQ[$sys]=$(median "${seqs[@]}")
+    META[$sys]=$(median "${metas[@]}")
+    UNTAR[$sys]=$(median "${untars[@]}")
+    RM[$sys]=$(median "${rms[@]}")
+done
+
+ratio() { # $1 table, $2 sys, $3 ref: "-" when ref not measured
+    local -n t=$1
+    [[ -n ${t[$3]:-} ]] || { echo "-"; return; }
+    printf '%.2fx' "$(calc "${t[$2]} / ${t[$3]}")"
+}
+
+printf '\n%-10s %10s %10s %10s %10s\n' system "write MB/s" "meta s" "untar s" "rm s"
+for sys in $SYSTEMS; do
+    printf '%-10s %10.0f %10.3f %10.3f %10.3f\n' "$sys" "${SEQ[$sys]}" "${META[$sys]}" "${UNTAR[$sys]}" "${RM[$sys]}"
+done
+for ref in kernel fuse2fs; do
+    [[ " $SYSTEMS " == *" $ref "* ]] || continue
+    printf '\nratios system / %s (write: higher is better; times: lower is better)\n' "$ref"
+    printf '%-10s %10s %10s %10s %10s\n' system write meta untar rm
+    for sys in $SYSTEMS; do
+        printf '%-10s %10s %10s %10s %10s\n' "$sys" "$(ratio SEQ "$sys" "$ref")" "$(ratio META "$sys" "$ref")" \
+            "$(ratio UNTAR "$sys" "$ref")" "$(ratio RM "$sys" "$ref")"
+    done
+done
+echo "(median of $REPEAT runs; $FILES files for meta; $TAR_FILES entries in the tarball of $TREE)"
