@@ -6,9 +6,15 @@
 #                                     build them first if any is missing
 #   packaging/build-deb.sh --build    run `cargo build --release --workspace
 #                                     --bins` first in any case
+#   packaging/build-deb.sh --out DIR  stage and write the package in DIR
+#                                     (default packaging/out)
 #
-# Output: packaging/out/safemount_<version>_<arch>.deb (path printed last).
-# Needs: dpkg-deb, gzip, objdump (binutils; for the libc6 version); no root
+# Environment: SAFEMOUNT_RELEASE_DIR=DIR takes the binaries from DIR
+# instead of target/release (it is never built into: missing binaries are
+# an error there).
+#
+# Output: OUT/safemount_<version>_<arch>.deb (path printed last).
+# Needs: dpkg-deb, gzip, strip and objdump (binutils); no root
 # (file ownership is set with dpkg-deb --root-owner-group).
 set -eu
 
@@ -20,13 +26,15 @@ pkg=$here
 out=$here/out
 
 build=no
-for arg in "$@"; do
-    case $arg in
-        --build) build=yes ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-        *) die "unknown argument: $arg" ;;
+while [ $# -gt 0 ]; do
+    case $1 in
+        --build) build=yes; shift ;;
+        --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
     esac
 done
+case $out in /*) ;; *) out=$(pwd)/$out ;; esac
 
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg)"
 
@@ -37,11 +45,15 @@ arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
 target=${CARGO_TARGET_DIR:-$repo/target}
 case $target in /*) ;; *) target=$repo/$target ;; esac
-rel=$target/release
+rel=${SAFEMOUNT_RELEASE_DIR:-$target/release}
 
-need="safemountd safemount safemount-worker"
+# Cargo names: mount.safemount is built as mount_safemount (no "." allowed).
+need="safemountd safemount safemount-worker mount_safemount safemount-auto"
 missing=
 for b in $need; do [ -x "$rel/$b" ] || missing="$missing $b"; done
+if [ -n "${SAFEMOUNT_RELEASE_DIR:-}" ] && [ -n "$missing" ]; then
+    die "missing in SAFEMOUNT_RELEASE_DIR=$rel:$missing"
+fi
 if [ "$build" = yes ] || [ -n "$missing" ]; then
     if [ -n "$missing" ]; then echo "build-deb: missing release binaries:$missing; building" >&2; fi
     (cd "$repo" && cargo build --release --workspace --bins) || die "cargo build failed"
@@ -56,31 +68,31 @@ inst() { # inst MODE SRC DEST (DEST relative to the package root)
     install -D -m "$1" "$2" "$stage/$3"
 }
 
-# Binaries. Paths are fixed by the code: DEFAULT_WORKER in broker/src/lib.rs,
-# ExecStart= in the units.
+# Binaries. Paths are fixed by the code (DEFAULT_WORKER in
+# broker/src/lib.rs), by the units' ExecStart=/ExecStop= and by mount(8):
+# it runs /sbin/mount.TYPE (also /sbin/fs.d, /sbin/fs) for `mount -t TYPE`
+# and fstab lines. Debian 12 and later are merged-/usr (/sbin -> usr/sbin)
+# and packages ship under /usr (DEP17), so /usr/sbin/mount.safemount is
+# found as /sbin/mount.safemount. The automount helper is internal
+# (started only by safemount-auto@.service): libexec.
 inst 0755 "$rel/safemountd"        usr/sbin/safemountd
 inst 0755 "$rel/safemount"         usr/bin/safemount
 inst 0755 "$rel/safemount-worker"  usr/libexec/safemount/safemount-worker
-bins="usr/sbin/safemountd usr/bin/safemount usr/libexec/safemount/safemount-worker"
-if [ -x "$rel/mount.safemount" ]; then
-    inst 0755 "$rel/mount.safemount" usr/sbin/mount.safemount
-    bins="$bins usr/sbin/mount.safemount"
-    with_mount_helper=yes
+inst 0755 "$rel/mount_safemount"   usr/sbin/mount.safemount
+inst 0755 "$rel/safemount-auto"    usr/libexec/safemount/safemount-auto
+bins="usr/sbin/safemountd usr/bin/safemount usr/libexec/safemount/safemount-worker usr/sbin/mount.safemount usr/libexec/safemount/safemount-auto"
+# Stripped like dh_strip does (the release profile keeps symbols): a
+# fraction of the size, and dpkg-deb compresses it in seconds.
+if command -v strip >/dev/null; then
+    for b in $bins; do strip --strip-unneeded --remove-section=.comment "$stage/$b" || die "strip $b failed"; done
 else
-    echo "build-deb: note: no mount.safemount binary yet; packaging it and its man page is skipped" >&2
-    with_mount_helper=no
+    echo "build-deb: note: strip not found (binutils); binaries are packaged unstripped" >&2
 fi
-# Automount (udev rule + safemount-auto@.service) only with its helper:
-# without it the rule would start a unit that cannot run *and* switch off
-# udisks2's automount for the device (UDISKS_AUTO=0).
-if [ -x "$rel/safemount-auto" ]; then
-    inst 0755 "$rel/safemount-auto" usr/libexec/safemount/safemount-auto
-    bins="$bins usr/libexec/safemount/safemount-auto"
-    inst 0644 "$pkg/systemd/safemount-auto@.service" usr/lib/systemd/system/safemount-auto@.service
-    inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemount.rules
-else
-    echo "build-deb: note: no safemount-auto binary yet; the udev rule and safemount-auto@.service are left out" >&2
-fi
+
+# Automount: the udev rule hands removable ext2/3/4 partitions to
+# safemount-auto@<kernel name>.service (and sets UDISKS_AUTO=0 for them).
+inst 0644 "$pkg/systemd/safemount-auto@.service" usr/lib/systemd/system/safemount-auto@.service
+inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemount.rules
 
 # systemd, polkit, sysusers, tmpfiles.
 inst 0644 "$pkg/systemd/safemountd.socket"       usr/lib/systemd/system/safemountd.socket
@@ -98,7 +110,7 @@ add_man() { # add_man FILE SECTION
 add_man safemount.1 1
 add_man safemountd.8 8
 add_man safemount-worker.8 8
-if [ "$with_mount_helper" = yes ]; then add_man mount.safemount.8 8; fi
+add_man mount.safemount.8 8
 
 # Documentation.
 mkdir -p "$stage/usr/share/doc/safemount"
@@ -153,7 +165,7 @@ Architecture: $arch
 Maintainer: ${DEB_MAINTAINER:-safemount maintainers <safemount@localhost>}
 Installed-Size: $installed_size
 Depends: $depends
-Recommends: polkitd
+Recommends: polkitd, systemd
 Suggests: udisks2
 Section: admin
 Priority: optional
@@ -164,6 +176,10 @@ Description: mount untrusted ext2/3/4 filesystems without a privileged parser
  empty root, no capabilities, Landlock and a seccomp allowlist, and served
  to the kernel over FUSE; the broker, safemountd, authorizes (polkit),
  opens the device and mounts, but never reads filesystem metadata.
+ .
+ Includes mount.safemount for fstab entries of type safemount, and an
+ automount of removable media for the user of the active seat (udev rule,
+ safemount-auto@.service; needs systemd's logind and loginctl).
  .
  Needs the kernel's fuse module. Without polkit only root may mount.
 EOF
@@ -220,9 +236,24 @@ cat > "$stage/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
 set -e
 root=${DPKG_ROOT:-}
-# On removal only (not upgrade): stop accepting requests, then stop the
-# broker, which detaches every safemount mount and stops its workers.
+# On removal only (not upgrade, where mounts stay and the next broker
+# adopts them): stop accepting requests, unmount every safemount mount
+# (each worker flushes and exits; the broker removes the mount points),
+# then stop the broker. Stopping alone would leave the mounts served by
+# their workers (KillMode=process, for adoption across restarts).
 if [ "$1" = remove ] && [ -z "$root" ] && [ -d /run/systemd/system ]; then
+    if command -v deb-systemd-invoke >/dev/null 2>&1; then
+        deb-systemd-invoke stop safemountd.socket >/dev/null || true
+    else
+        systemctl stop safemountd.socket >/dev/null || true
+    fi
+    umount -a -t fuse.safemount >/dev/null 2>&1 || true
+    # Give the broker a moment to reap the workers and remove mount points.
+    i=0
+    while [ $i -lt 10 ] && grep -q ' fuse\.safemount ' /proc/self/mountinfo 2>/dev/null; do
+        sleep 1; i=$((i + 1))
+    done
+    sleep 1
     if command -v deb-systemd-invoke >/dev/null 2>&1; then
         deb-systemd-invoke stop safemountd.socket safemountd.service >/dev/null || true
     else
