@@ -47,6 +47,9 @@ pub const BAD_BLOCKS_FUSE_INO: u64 = 1 << 32 | 1;
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
 pub const MAX_READ: u32 = 1 << 20;
 
+/// The kernel's page size on the platforms served (x86-64, arm64 with 4K).
+const PAGE_SIZE: u32 = 4096;
+
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = 1 << 20;
 
@@ -415,7 +418,14 @@ impl Filesystem for Adapter {
             // setattr. POSIX_ACL stays off: the engine does not yet apply
             // default ACLs on create, so the kernel must keep applying the
             // umask (ACL xattrs are stored as given).
-            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+            //
+            // Not below page-sized blocks: the kernel writes cached pages
+            // back whole, so a 1 KiB write into a hole would allocate the
+            // page's other three blocks with zeros, where ext4 leaves
+            // holes.
+            if self.fs.block_size() >= PAGE_SIZE {
+                wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+            }
         }
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
