@@ -1,12 +1,33 @@
 #!/usr/bin/env bash
-# Debian packages the build, the tests and the demo need.
-#   e2fsprogs   mkfs.ext4 -d, e2fsck, debugfs: image builders and oracles
-#   util-linux  losetup, mount: the kernel-driver oracle
-#   attr, acl   setfattr/getfattr, setfacl/getfacl for xattr and ACL trees
-#   gzip, bzip2 unpack the hostile-image corpus
-#   kmod        modprobe fuse/loop where they are modules
+# Debian packages the build, the tests (`cargo test --release --workspace`)
+# and the demo need on a fresh Debian 12+ machine. Idempotent and quiet:
+# installs only what `dpkg -s` does not find, and says nothing otherwise.
+# The Rust toolchain itself (cargo, rustc) is not a Debian package here.
 set -euo pipefail
-need=(e2fsprogs util-linux attr acl gzip bzip2 kmod)
+need=(
+  gcc libc6-dev      # cargo links with cc against glibc
+  e2fsprogs          # mkfs.ext4 -d, e2fsck, debugfs, dumpe2fs, tune2fs: image builders and oracles
+  util-linux         # unshare, setpriv, blkid: namespaces and dropping to a test user
+  mount              # losetup, mount, umount: the kernel-driver oracle and e2e checks
+  coreutils          # stat, mknod, dd, truncate, timeout used by tests and scripts
+  attr acl           # setfattr/getfattr, setfacl/getfacl for xattr and ACL trees
+  gzip bzip2         # unpack the hostile-image corpus; zcat of man pages
+  kmod               # modprobe fuse/loop where they are modules (below)
+  passwd             # useradd/userdel/groupdel: test users and the worker's user
+  python3            # broker/tests/policy.rs takes OFD/POSIX locks with python3's fcntl; install test plays systemd
+  dbus-daemon        # broker/tests/polkit.rs starts a private system bus
+  polkitd            # broker/tests/polkit.rs runs its own polkitd; policyconfig-1.dtd for the install test
+  dpkg               # dpkg-deb and dpkg --root: packaging/build-deb.sh and the install test
+  binutils           # strip and objdump: build-deb.sh strips binaries and reads their GLIBC versions
+  init-system-helpers # deb-systemd-helper: the package's postinst/postrm enable and purge the socket
+  systemd            # systemd-analyze verify, systemd-sysusers, systemd-tmpfiles in the install test; loginctl
+  libxml2-utils      # xmllint validates the polkit policy in the install test
+  groff-base         # groff -ww: man pages must render without warnings
+  man-db             # man(1), so systemd-analyze verify finds the units' Documentation= pages
+)
+# Not udev: packaging/tests/udev-rule-test.sh skips without udevadm, and
+# udev must match the installed systemd's exact version (installing it can
+# upgrade systemd itself).
 missing=()
 for p in "${need[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -14,7 +35,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # /dev/fuse and loop devices must exist for the end-to-end tests.
 [ -e /dev/fuse ] || modprobe fuse || true
