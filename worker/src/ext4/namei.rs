@@ -816,7 +816,7 @@ pub(crate) fn ft_of_mode(mode: u16) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ext4::alloc::tests::{RwImage, fsck};
     use crate::ext4::testutil::have_mkfs;

@@ -11,20 +11,23 @@
 //! kernel's VFS updates the mode bits for an access ACL and sends them as
 //! a separate setattr, so the engine stores only the ACL.
 //!
-//! Not implemented: values in an ea_inode (values that fit neither the
-//! inode nor the block get ENOSPC, as on a filesystem without ea_inode),
-//! and sharing identical blocks between inodes (mbcache).
+//! With ea_inode, large values live in EA inodes (see `xattr_set_in`);
+//! without it a value that fits neither the inode nor the block gets
+//! ENOSPC, as in the kernel. Not implemented: sharing identical blocks
+//! or EA inodes between inodes (the kernel's mbcache); blocks and EA
+//! inodes shared by other writers are handled.
 
+use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::acl;
-use crate::ext4::ondisk::inode::Inode;
+use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
 use crate::ext4::ondisk::superblock::GOOD_OLD_INODE_SIZE;
 use crate::ext4::ondisk::xattr::{
     self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, NewXattr, NewXattrValue,
     XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, XattrLimits, sort_for_block, space_needed,
     split_name,
 };
-use crate::ext4::types::{Ino, XattrFlags};
+use crate::ext4::types::{FileKind, Ino, Timestamp, XattrFlags};
 use crate::ext4::{Ext4, Txn};
 
 /// XATTR_NAME_MAX.
@@ -160,8 +163,122 @@ impl Ext4 {
         Ok(())
     }
 
+    /// EXT4_XATTR_MIN_LARGE_EA_SIZE: with ea_inode, values whose padded
+    /// size passes this go to an EA inode at once.
+    fn xw_min_large_ea(&self) -> usize {
+        (self.block_size() as usize)
+            .saturating_sub(xattr::entry_len(3))
+            .saturating_sub(XATTR_BLOCK_HEADER_LEN)
+            .saturating_sub(4)
+    }
+
+    /// What an EA value adds to the i_blocks (512-byte units) of each
+    /// inode that references it: its size rounded up to whole clusters
+    /// (ext4_xattr_inode_alloc_quota charges the parent; e2fsck counts
+    /// it in the parent's i_blocks).
+    fn xw_ea_charge(&self, size: u32) -> u64 {
+        let cluster = u64::from(self.block_size()) << self.sb().cluster_bits().min(20);
+        u64::from(size)
+            .div_ceil(cluster.max(1))
+            .saturating_mul(cluster)
+            / 512
+    }
+
+    /// An EA inode's reference count: i_ctime seconds (high 32 bits) and
+    /// the raw i_version (low 32), as ext4_xattr_inode_get_ref reads it.
+    fn xw_ea_get_ref(ea: &Inode) -> u64 {
+        ((ea.ctime.secs as u64 & 0xFFFF_FFFF) << 32) | (ea.version & 0xFFFF_FFFF)
+    }
+
+    fn xw_ea_set_ref(ea: &mut Inode, r: u64) {
+        ea.ctime.secs = (r >> 32) as i64;
+        ea.version = (ea.version & !0xFFFF_FFFF) | (r & 0xFFFF_FFFF);
+    }
+
+    /// Creates an EA inode holding `value` (ext4_xattr_inode_create):
+    /// a regular file owned like `owner`, EXT4_EA_INODE_FL, the value as
+    /// its data, reference count 1, and the crc32c of the value (the
+    /// filesystem checksum seed) in i_atime. Returns (inode, hash).
+    fn xw_ea_create(&self, txn: &mut Txn<'_>, owner: &Inode, value: &[u8]) -> Result<(u32, u32)> {
+        let size = u32::try_from(value.len()).map_err(|_| Error::TooBig)?;
+        let ino = txn.alloc_inode(owner.ino, FileKind::RegularFile)?;
+        let now = self.now();
+        let mut ea = Inode::new(self, ino, S_IFREG | 0o600, owner.uid, owner.gid, now);
+        ea.flags |= EXT4_EA_INODE_FL;
+        let bs = self.block_size() as usize;
+        let nblocks = value.len().div_ceil(bs.max(1));
+        if nblocks > 0 {
+            let count = u32::try_from(nblocks).map_err(|_| Error::TooBig)?;
+            let runs = self.map_alloc(txn, &mut ea, 0, count, false)?;
+            for (lblk, pblk, n) in runs {
+                let from = usize::try_from(lblk)
+                    .ok()
+                    .and_then(|l| l.checked_mul(bs))
+                    .ok_or(Error::TooBig)?;
+                let to = from
+                    .saturating_add((n as usize).saturating_mul(bs))
+                    .min(value.len());
+                let Some(part) = value.get(from..to) else {
+                    continue;
+                };
+                // Whole blocks: the tail of the last one is zeroed.
+                let mut buf = part.to_vec();
+                buf.resize(part.len().div_ceil(bs).saturating_mul(bs), 0);
+                self.write_data(pblk, 0, &buf)?;
+            }
+        }
+        ea.size = u64::from(size);
+        let hash = crc32c(self.csum_seed(), value);
+        ea.atime = Timestamp {
+            secs: i64::from(hash),
+            nsecs: 0,
+        };
+        Self::xw_ea_set_ref(&mut ea, 1);
+        ea.links_count = 1;
+        txn.put_inode(ea);
+        Ok((ino, hash))
+    }
+
+    /// Changes an EA inode's reference count by `delta` (+1 or -1),
+    /// freeing it when no reference is left (ext4_xattr_inode_update_ref
+    /// and the eviction that follows).
+    fn xw_ea_ref(&self, txn: &mut Txn<'_>, inum: u32, delta: i64) -> Result<()> {
+        let mut ea = txn.inode(inum)?;
+        if !ea.has_flag(EXT4_EA_INODE_FL) || ea.links_count == 0 {
+            return Err(Error::corrupt(
+                format!("xattr value inode {inum} is not a live EA inode"),
+                0,
+            ));
+        }
+        let r = Self::xw_ea_get_ref(&ea);
+        let Some(r) = r.checked_add_signed(delta) else {
+            return Err(Error::corrupt(
+                format!("EA inode {inum}: reference count underflow"),
+                0,
+            ));
+        };
+        Self::xw_ea_set_ref(&mut ea, r);
+        if r > 0 {
+            txn.put_inode(ea);
+            return Ok(());
+        }
+        self.free_file_blocks(txn, &mut ea)?;
+        ea.links_count = 0;
+        ea.size = 0;
+        ea.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
+        txn.put_inode(ea);
+        txn.free_inode(inum, false)
+    }
+
     /// Sets (`Some`) or removes (`None`) one attribute in `inode`, in
     /// `txn`. The inode is changed in place; the caller stores it.
+    ///
+    /// Placement follows ext4_xattr_set_handle: the inode body first,
+    /// then the block; with ea_inode, a value too big for both (or bigger
+    /// than EXT4_XATTR_MIN_LARGE_EA_SIZE) goes to a new EA inode whose
+    /// entry is placed the same way. EA inode references: one per entry,
+    /// a shared block's entries counting once; a copied shared block takes
+    /// a reference for each of its EA entries.
     pub(crate) fn xattr_set_in(
         &self,
         txn: &mut Txn<'_>,
@@ -183,50 +300,78 @@ impl Ext4 {
         if (flags.replace || value.is_none()) && !exists {
             return Err(Error::NoAttribute);
         }
-        if let Some(EntryValue::EaInode) = in_ibody
-            .and_then(|i| ibody.get(i))
-            .or_else(|| in_block.and_then(|i| block.get(i)))
-            .map(entry_kind)
-        {
-            return Err(Error::Unsupported(
-                "changing an attribute stored in an ea_inode".into(),
-            ));
-        }
+        // EA inodes whose reference goes with the old value, and the
+        // charge for an EA value the inode no longer sees.
+        let mut dropped = Vec::new();
+        let mut uncharge = 0u64;
         let ibody_pos = in_ibody;
         if let Some(i) = in_ibody {
-            ibody.remove(i);
+            let old = ibody.remove(i);
+            if let NewXattrValue::EaInode { inum, size, .. } = old.value {
+                dropped.push(inum);
+                uncharge = self.xw_ea_charge(size);
+            }
         }
         let block_had = in_block.is_some();
         if let Some(i) = in_block {
-            block.remove(i);
+            let old = block.remove(i);
+            if let NewXattrValue::EaInode { inum, size, .. } = old.value {
+                uncharge = self.xw_ea_charge(size);
+                // A shared block keeps its entry (and the reference).
+                if refcount <= 1 {
+                    dropped.push(inum);
+                }
+            }
         }
         let area_len = inode.raw.len().saturating_sub(Self::xw_ibody_start(inode));
+        let has_ibody = area_len >= XATTR_IBODY_HEADER_LEN;
         let mut block_changed = block_had;
+        let mut created = None;
         if let Some(v) = value {
-            let new = NewXattr {
-                name_index: index,
-                name: suffix.to_vec(),
-                value: NewXattrValue::Inline(v.to_vec()),
-            };
-            let mut try_ibody = ibody.clone();
-            match ibody_pos {
-                Some(p) if p <= try_ibody.len() => try_ibody.insert(p, new.clone()),
-                _ => try_ibody.push(new.clone()),
-            }
-            if area_len >= XATTR_IBODY_HEADER_LEN
-                && XATTR_IBODY_HEADER_LEN + space_needed(&try_ibody) <= area_len
-            {
-                ibody = try_ibody;
-            } else {
+            let ea_feature = self.xw_xlimits().ea_inode_feature;
+            let mut in_inode = ea_feature && xattr::value_len(v.len()) > self.xw_min_large_ea();
+            let bs = self.block_size() as usize;
+            // At most two rounds: in the inode's value area, then in an
+            // EA inode.
+            for _ in 0..2 {
+                let new_value = if in_inode {
+                    let (inum, hash) = self.xw_ea_create(txn, inode, v)?;
+                    created = Some(inum);
+                    NewXattrValue::EaInode {
+                        inum,
+                        size: u32::try_from(v.len()).map_err(|_| Error::TooBig)?,
+                        hash,
+                    }
+                } else {
+                    NewXattrValue::Inline(v.to_vec())
+                };
+                let new = NewXattr {
+                    name_index: index,
+                    name: suffix.to_vec(),
+                    value: new_value,
+                };
+                let mut try_ibody = ibody.clone();
+                match ibody_pos {
+                    Some(p) if p <= try_ibody.len() => try_ibody.insert(p, new.clone()),
+                    _ => try_ibody.push(new.clone()),
+                }
+                if has_ibody && XATTR_IBODY_HEADER_LEN + space_needed(&try_ibody) <= area_len {
+                    ibody = try_ibody;
+                    break;
+                }
                 block.push(new);
-                let bs = self.block_size() as usize;
-                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) > bs {
+                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) <= bs {
+                    block_changed = true;
+                    break;
+                }
+                block.pop();
+                if in_inode || !ea_feature || v.is_empty() {
                     return Err(Error::NoSpace);
                 }
-                block_changed = true;
+                in_inode = true;
             }
         }
-        if area_len >= XATTR_IBODY_HEADER_LEN {
+        if has_ibody {
             let start = Self::xw_ibody_start(inode);
             let area = inode
                 .raw
@@ -237,8 +382,28 @@ impl Ext4 {
             }
         }
         if block_changed {
+            if refcount > 1 && inode.file_acl != 0 {
+                // Copy on write: the copy's EA entries are new references.
+                for x in &block {
+                    if let NewXattrValue::EaInode { inum, .. } = x.value
+                        && Some(inum) != created
+                    {
+                        self.xw_ea_ref(txn, inum, 1)?;
+                    }
+                }
+            }
             self.xw_store_xattr_block(txn, inode, refcount, block)?;
         }
+        for inum in dropped {
+            self.xw_ea_ref(txn, inum, -1)?;
+        }
+        if let Some(v) = value
+            && created.is_some()
+        {
+            let size = u32::try_from(v.len()).map_err(|_| Error::TooBig)?;
+            inode.blocks = inode.blocks.saturating_add(self.xw_ea_charge(size));
+        }
+        inode.blocks = inode.blocks.saturating_sub(uncharge);
         inode.ctime = self.now();
         Ok(())
     }
@@ -316,25 +481,184 @@ impl Ext4 {
         txn.commit()
     }
 
-    /// Drops an inode's xattr block reference (freeing the block when it
-    /// was the last), for an inode being freed.
+    /// Drops an inode's xattrs for an inode being freed: the EA inodes
+    /// its in-inode entries reference, and its xattr block reference (the
+    /// block and its EA inode references go when it was the last).
     pub(crate) fn xattr_release(&self, txn: &mut Txn<'_>, inode: &mut Inode) -> Result<()> {
-        if inode.file_acl == 0 {
-            return Ok(());
+        let mut dropped = Vec::new();
+        if self.xw_xlimits().ea_inode_feature {
+            for x in self.xw_ibody_entries(txn, inode)? {
+                if let NewXattrValue::EaInode { inum, .. } = x.value {
+                    dropped.push(inum);
+                }
+            }
         }
-        let (refcount, _) = self.xw_block_entries(txn, inode)?;
-        self.xw_drop_xattr_block(txn, inode, refcount)
+        if inode.file_acl != 0 {
+            let (refcount, entries) = self.xw_block_entries(txn, inode)?;
+            if refcount <= 1 {
+                for x in entries {
+                    if let NewXattrValue::EaInode { inum, .. } = x.value {
+                        dropped.push(inum);
+                    }
+                }
+            }
+            self.xw_drop_xattr_block(txn, inode, refcount)?;
+        }
+        for inum in dropped {
+            self.xw_ea_ref(txn, inum, -1)?;
+        }
+        Ok(())
     }
 }
 
-enum EntryValue {
-    Inline,
-    EaInode,
-}
+#[cfg(test)]
+mod tests {
+    use crate::ext4::Ext4;
+    use crate::ext4::alloc::tests::{RwImage, fsck};
+    use crate::ext4::error::Error;
+    use crate::ext4::namei::tests::with_kernel_mount;
+    use crate::ext4::ondisk::inode::EXT4_EA_INODE_FL;
+    use crate::ext4::ondisk::xattr::{self, XattrValue};
+    use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::types::{Ino, ROOT_INO, XattrFlags};
 
-fn entry_kind(x: &NewXattr) -> EntryValue {
-    match x.value {
-        NewXattrValue::Inline(_) => EntryValue::Inline,
-        NewXattrValue::EaInode { .. } => EntryValue::EaInode,
+    fn val(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u32).wrapping_mul(31).wrapping_add(u32::from(seed)) as u8)
+            .collect()
+    }
+
+    /// The EA inodes `ino`'s entries reference.
+    fn ea_inodes(fs: &Ext4, ino: Ino) -> Vec<u32> {
+        let inode = fs.inode(ino).unwrap();
+        let limits = fs.xw_xlimits();
+        let mut out = Vec::new();
+        for e in xattr::parse_ibody(inode.inline_xattr_area(), &limits).unwrap() {
+            if let XattrValue::EaInode { inum, .. } = e.value {
+                out.push(inum);
+            }
+        }
+        if inode.file_acl != 0 {
+            let b = fs.read_block(inode.file_acl).unwrap();
+            let seed = fs.has_metadata_csum().then(|| fs.csum_seed());
+            let (_, es) = xattr::parse_block(&b, inode.file_acl, seed, &limits).unwrap();
+            for e in es {
+                if let XattrValue::EaInode { inum, .. } = e.value {
+                    out.push(inum);
+                }
+            }
+        }
+        out
+    }
+
+    fn kernel_value(path: &std::path::Path, name: &str) -> Vec<u8> {
+        let out = std::process::Command::new("getfattr")
+            .args(["--absolute-names", "--only-values", "-n", name])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "getfattr {name} {path:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    #[test]
+    fn ea_inode_values() {
+        if !have_mkfs() {
+            return;
+        }
+        let d = XattrFlags::default();
+        for (tag, args) in [
+            ("ea", &["-O", "ea_inode"][..]),
+            ("ea4k", &["-O", "ea_inode", "-b", "4096"][..]),
+            (
+                "eanocsum",
+                &["-O", "ea_inode,^metadata_csum", "-b", "4096"][..],
+            ),
+        ] {
+            let im = RwImage::new(tag, args);
+            let fs = im.open();
+            let f = fs.create(ROOT_INO, b"f", 0o100644, 0, 7, 8).unwrap().ino;
+            let v10 = val(10 * 1024, 1);
+            let v60 = val(60 * 1024, 2);
+            fs.setxattr(f, b"user.ten", &v10, d).unwrap();
+            fs.setxattr(f, b"user.sixty", &v60, d).unwrap();
+            fs.setxattr(f, b"user.small", b"s", d).unwrap();
+            let eas = ea_inodes(&fs, f);
+            assert_eq!(eas.len(), 2, "{tag}");
+            for &e in &eas {
+                let ea = fs.inode(e).unwrap();
+                assert!(ea.has_flag(EXT4_EA_INODE_FL));
+                assert_eq!((ea.uid, ea.gid, ea.links_count), (7, 8, 1));
+            }
+            assert_eq!(fs.getxattr(f, b"user.ten").unwrap(), v10);
+            assert_eq!(fs.getxattr(f, b"user.sixty").unwrap(), v60);
+            assert!(matches!(
+                fs.setxattr(f, b"user.big", &val(65 * 1024, 3), d),
+                Err(Error::TooBig)
+            ));
+            // Replace: big -> other big (old EA inode freed), big -> small.
+            let v10b = val(10 * 1024 + 3, 4);
+            fs.setxattr(f, b"user.ten", &v10b, d).unwrap();
+            // The old EA inode is freed (reads as deleted).
+            assert!(!ea_inodes(&fs, f).contains(&eas[0]), "{tag}");
+            assert!(matches!(fs.inode(eas[0]), Err(Error::NotFound)), "{tag}");
+            assert_eq!(fs.getxattr(f, b"user.ten").unwrap(), v10b);
+            fs.setxattr(f, b"user.sixty", b"now small", d).unwrap();
+            assert_eq!(ea_inodes(&fs, f).len(), 1, "{tag}");
+            fs.setxattr(f, b"user.sixty", &v60, d).unwrap();
+            // Remove one.
+            fs.setxattr(f, b"user.gone", &val(5000, 5), d).unwrap();
+            fs.removexattr(f, b"user.gone").unwrap();
+            assert!(matches!(
+                fs.getxattr(f, b"user.gone"),
+                Err(Error::NoAttribute)
+            ));
+            // A file whose EA inodes go with it.
+            let before = fs.statfs().unwrap();
+            let g = fs.create(ROOT_INO, b"g", 0o100644, 0, 0, 0).unwrap().ino;
+            for i in 0..4u8 {
+                fs.setxattr(g, format!("user.v{i}").as_bytes(), &val(9000, i), d)
+                    .unwrap();
+            }
+            let g_eas = ea_inodes(&fs, g);
+            assert_eq!(g_eas.len(), 4);
+            let gone = fs.unlink(ROOT_INO, b"g").unwrap().unwrap();
+            fs.release_inode(gone).unwrap();
+            // Everything g had is free again.
+            let after = fs.statfs().unwrap();
+            assert_eq!(
+                (after.bfree, after.ffree),
+                (before.bfree, before.ffree),
+                "{tag}"
+            );
+            let h = fs.create(ROOT_INO, b"h", 0o100644, 0, 0, 0).unwrap().ino;
+            fs.setxattr(h, b"user.keep", &val(3000, 9), d).unwrap();
+            // 3000 bytes fit a 4 KiB xattr block, not a 1 KiB one.
+            let bs = fs.block_size();
+            assert_eq!(ea_inodes(&fs, h).len(), usize::from(bs == 1024), "{tag}");
+            fs.shutdown().unwrap();
+            drop(fs);
+            let (code, out) = fsck(im.save());
+            assert_eq!(code, 0, "{tag}: {out}");
+            let want = [
+                ("f", "user.ten", v10b.clone()),
+                ("f", "user.sixty", v60.clone()),
+                ("f", "user.small", b"s".to_vec()),
+                ("h", "user.keep", val(3000, 9)),
+            ];
+            with_kernel_mount(&im.img, |m| {
+                for (file, name, v) in &want {
+                    assert!(
+                        kernel_value(&m.join(file), name) == *v,
+                        "{tag}: {file} {name}"
+                    );
+                }
+                assert!(!m.join("g").exists());
+            });
+        }
     }
 }
