@@ -539,7 +539,12 @@ impl Filesystem for Adapter {
         };
         match self.fs.getattr(ino) {
             Ok(a) if a.kind != FileKind::Directory => reply.error(Errno::ENOTDIR),
-            Ok(_) => reply.opened(FileHandle(0), open_flags),
+            Ok(_) => {
+                // Counted like files: an open directory removed by rmdir
+                // is freed at its last releasedir.
+                self.opened(ino);
+                reply.opened(FileHandle(0), open_flags);
+            }
             Err(e) => reply.error(self.fail("opendir", ino, &e)),
         }
     }
@@ -604,12 +609,14 @@ impl Filesystem for Adapter {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let ino = ino_or_reply!(ino, reply);
         reply.ok();
+        self.closed(ino);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -853,7 +860,12 @@ impl Filesystem for Adapter {
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         match self.fs.rmdir(parent, name_bytes(name)) {
-            Ok(()) => reply.ok(),
+            Ok(gone) => {
+                reply.ok();
+                if let Some(ino) = gone {
+                    self.unlinked(ino);
+                }
+            }
             Err(e) => reply.error(self.fail("rmdir", parent, &e)),
         }
     }

@@ -525,20 +525,11 @@ impl Ext4 {
         Ok(gone.then_some(ino))
     }
 
-    /// Frees a directory that lost its last link, in `txn` (its blocks,
-    /// xattrs and the inode).
-    fn free_dir_now(&self, txn: &mut Txn<'_>, ino: Ino) -> Result<()> {
-        let mut inode = txn.inode(ino)?;
-        self.xattr_release(txn, &mut inode)?;
-        self.free_file_blocks(txn, &mut inode)?;
-        inode.links_count = 0;
-        inode.size = 0;
-        inode.dtime = u32::try_from(self.now().secs.max(0)).unwrap_or(u32::MAX);
-        txn.put_inode(inode);
-        txn.free_inode(ino, true)
-    }
-
-    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+    /// Removes the empty directory `name`. Returns its inode, which is
+    /// then on the orphan list with no links: the caller frees it with
+    /// `release_inode` at its last close (or at once if not open), as
+    /// after `unlink`.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
         if name.len() > EXT4_NAME_LEN {
             return Err(Error::NameTooLong);
         }
@@ -563,9 +554,16 @@ impl Ext4 {
         self.dir_remove(&mut txn, &mut dir, name)?;
         Self::dec_count(&mut dir);
         self.touch_dir(&mut dir);
+        // Like ext4_rmdir: no links, size 0, on the orphan list until the
+        // last close (a directory may still be open).
+        victim.links_count = 0;
+        victim.size = 0;
+        victim.ctime = dir.ctime;
+        txn.put_inode(victim);
         txn.put_inode(dir);
-        self.free_dir_now(&mut txn, ino)?;
-        txn.commit()
+        txn.orphan_add(ino)?;
+        txn.commit()?;
+        Ok(Some(ino))
     }
 
     /// Whether `ancestor` is `dir` or one of its ancestors (".." walk).
@@ -756,6 +754,7 @@ impl Ext4 {
             t.ctime = now;
             if tgt_dir {
                 t.links_count = 0;
+                t.size = 0;
             }
             if t.links_count == 0 {
                 released = Some(t.ino);
@@ -794,12 +793,7 @@ impl Ext4 {
             txn.put_inode(w);
         }
         if let Some(r) = released {
-            if tgt_dir {
-                self.free_dir_now(&mut txn, r)?;
-                released = None;
-            } else {
-                txn.orphan_add(r)?;
-            }
+            txn.orphan_add(r)?;
         }
         txn.commit()?;
         Ok(released)
@@ -931,9 +925,25 @@ pub(crate) mod tests {
             FileKind::CharDevice
         );
         fs.mkdir(root, b"e", 0o755, 0, 0).unwrap();
-        fs.rename(d.ino, b"moved", root, b"e", n).unwrap();
+        let over = fs.rename(d.ino, b"moved", root, b"e", n).unwrap();
+        fs.release_inode(over.unwrap()).unwrap();
         assert!(matches!(fs.rmdir(root, b"dir"), Err(Error::NotEmpty)));
-        fs.rmdir(root, b"e").unwrap();
+        let gone = fs.rmdir(root, b"e").unwrap().unwrap();
+        // Held like an open directory: readable, empty, until released.
+        fs.hold_orphan(gone);
+        assert_eq!(fs.getattr(gone).unwrap().nlink, 0);
+        let mut listed = 0;
+        fs.readdir(gone, 0, &mut |_| {
+            listed += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(listed, 0);
+        assert!(matches!(
+            fs.create(gone, b"late", 0o100644, 0, 0, 0),
+            Err(Error::NotFound)
+        ));
+        fs.release_inode(gone).unwrap();
         // xattrs: small (inode), 1 KiB (block), ACL.
         fs.setxattr(a.ino, b"user.small", b"v", XattrFlags::default())
             .unwrap();
@@ -1156,7 +1166,8 @@ pub(crate) mod tests {
             fs.unlink(sub, b"deep")
                 .unwrap()
                 .map(|i| fs.release_inode(i).unwrap());
-            fs.rmdir(b, b"y").unwrap();
+            let y = fs.rmdir(b, b"y").unwrap().unwrap();
+            fs.release_inode(y).unwrap();
             let e = fs.mkdir(b, b"empty", 0o755, 0, 0).unwrap().ino;
             assert_eq!(is_inline(&fs, e), inl);
             assert!(matches!(fs.lookup_ino(b, b"y"), Err(Error::NotFound)));
