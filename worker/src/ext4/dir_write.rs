@@ -398,10 +398,12 @@ fn is_index_block(d: &dyn DirBlocks, lblk: u64, b: &[u8]) -> bool {
 /// The logical blocks that may hold `name`: the hash-chosen leaves of an
 /// indexed directory, else every block.
 fn candidate_blocks(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<Vec<u64>> {
-    if d.is_indexed() && name != b"." && name != b".." {
-        if let Some(v) = crate::ext4::htree_write::dx_leaves_for(d, ctx, name)? {
-            return Ok(v);
-        }
+    if d.is_indexed()
+        && name != b"."
+        && name != b".."
+        && let Some(v) = crate::ext4::htree_write::dx_leaves_for(d, ctx, name)?
+    {
+        return Ok(v);
     }
     Ok((0..d.nblocks()).collect())
 }

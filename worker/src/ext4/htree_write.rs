@@ -443,6 +443,10 @@ mod tests {
         .unwrap();
         let mut leaves = 0;
         let mut names = 0;
+        #[expect(
+            clippy::too_many_arguments,
+            reason = "recursive test walker carrying its bounds and counters"
+        )]
         fn walk(
             d: &crate::ext4::dir_write::tests::MemDir,
             c: &DirCtx,

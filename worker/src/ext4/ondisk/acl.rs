@@ -134,7 +134,7 @@ pub(crate) fn from_xattr(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
         return Err(AclProblem::BadVersion(version));
     }
     let body = value.len() - HEADER_LEN;
-    if body % LONG_LEN != 0 {
+    if !body.is_multiple_of(LONG_LEN) {
         return Err(AclProblem::BadSize(value.len()));
     }
     let mut out = Vec::with_capacity(body / LONG_LEN);

@@ -533,7 +533,7 @@ mod tests {
                 let limit = root_limit(bs, csum);
                 let entries: Vec<DxEntry> = (0..5u32)
                     .map(|i| DxEntry {
-                        hash: if i == 0 { 0 } else { i * 0x100 | (i & 1) },
+                        hash: if i == 0 { 0 } else { (i * 0x100) | (i & 1) },
                         block: i + 1,
                     })
                     .collect();
