@@ -1098,4 +1098,120 @@ pub(crate) mod tests {
         drop(fs);
         fsck_clean(&img);
     }
+
+    /// Filling the filesystem: short writes then NoSpace, never a broken
+    /// tree; freeing everything gives every block back.
+    #[test]
+    fn enospc_and_free() {
+        if !have_mkfs() {
+            return;
+        }
+        for args in [&["-b", "1024"][..], &["-t", "ext2", "-b", "1024"][..]] {
+            let sc = Scratch::new("fwfull");
+            let src = src_tree(&sc);
+            let img = mkfs(&sc, &src, args, 8 * 1024);
+            let ino = ino_of(&img, "seq");
+            let frag = ino_of(&img, "frag");
+            let fs = open_rw(&img);
+            let free0 = fs.statfs().unwrap().bfree;
+            let mut model = Model(vec![], None);
+            // A fragmented neighbour first, so the big file's tree splits.
+            for i in 0..400u64 {
+                fs.write(frag, 2048 * i, &[1u8; 1024]).unwrap();
+            }
+            let chunk = pattern(300_000, 4);
+            let mut off = 0u64;
+            let mut saw_short = false;
+            loop {
+                match fs.write(ino, off, &chunk) {
+                    Ok(n) => {
+                        model.write(off, &chunk[..n]);
+                        off += n as u64;
+                        if n < chunk.len() {
+                            saw_short = true;
+                        }
+                    }
+                    Err(Error::NoSpace) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            eprintln!("{args:?}: filled {off} bytes, short write seen: {saw_short}");
+            assert!(saw_short || off % chunk.len() as u64 == 0);
+            assert_eq!(fs.getattr(ino).unwrap().size, off);
+            assert!(read_all(&fs, ino) == model.0);
+            // Freeing the neighbour gives room again.
+            let mut txn = fs.begin().unwrap();
+            let mut inode = txn.inode(frag).unwrap();
+            fs.free_file_blocks(&mut txn, &mut inode).unwrap();
+            inode.size = 0;
+            assert_eq!(inode.blocks, 0);
+            txn.put_inode(inode);
+            txn.commit().unwrap();
+            assert_eq!(fs.write(ino, off, &chunk[..1000]).unwrap(), 1000);
+            model.write(off, &chunk[..1000]);
+            fs.shutdown().unwrap();
+            drop(fs);
+            fsck_clean(&img);
+            if let Some((k, _)) = kernel_view(&img, &["seq"], &[]) {
+                assert!(k[0].0.as_deref() == Some(&model.0[..]), "{args:?}");
+            }
+            let fs = open_rw(&img);
+            truncate(&fs, ino, 0);
+            assert_eq!(fs.getattr(ino).unwrap().blocks, 0);
+            assert_eq!(fs.statfs().unwrap().bfree, free0);
+            fs.shutdown().unwrap();
+            drop(fs);
+            fsck_clean(&img);
+        }
+    }
+
+    /// Inline files: grow and shrink inside the inode, then outgrow it.
+    #[test]
+    fn inline_grow_shrink_convert() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("fwinline");
+        let src = src_tree(&sc);
+        std::fs::write(src.join("other"), b"0123456789").unwrap();
+        let img = mkfs(&sc, &src, &["-b", "4096", "-O", "inline_data"], 16 * 1024);
+        let ino = ino_of(&img, "small");
+        let other = ino_of(&img, "other");
+        let fs = open_rw(&img);
+        let inline = |fs: &Ext4, i: Ino| {
+            fs.inode(i)
+                .unwrap()
+                .has_flag(crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL)
+        };
+        assert!(inline(&fs, ino));
+        let mut m = Model(b"tiny file".to_vec(), None);
+        let d = pattern(100, 8);
+        fs.write(ino, 3, &d).unwrap();
+        m.write(3, &d);
+        assert!(inline(&fs, ino), "103 bytes fit in a 256-byte inode");
+        truncate(&fs, ino, 30);
+        m.truncate(30);
+        truncate(&fs, ino, 90);
+        m.truncate(90);
+        assert!(inline(&fs, ino));
+        assert!(read_all(&fs, ino) == m.0);
+        // Outgrow by truncate on the other file, by write on this one.
+        truncate(&fs, other, 5000);
+        assert!(!inline(&fs, other));
+        let d = pattern(6000, 9);
+        fs.write(ino, 50, &d).unwrap();
+        m.write(50, &d);
+        assert!(!inline(&fs, ino));
+        assert!(read_all(&fs, ino) == m.0);
+        let mut o = b"0123456789".to_vec();
+        o.resize(5000, 0);
+        assert!(read_all(&fs, other) == o);
+        fs.shutdown().unwrap();
+        drop(fs);
+        fsck_clean(&img);
+        if let Some((k, _)) = kernel_view(&img, &["small", "other"], &[]) {
+            assert!(k[0].0.as_deref() == Some(&m.0[..]));
+            assert!(k[1].0.as_deref() == Some(&o[..]));
+        }
+    }
 }
