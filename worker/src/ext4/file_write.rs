@@ -119,7 +119,7 @@ impl Ext4 {
         let ipg = u64::from(self.sb().s_inodes_per_group.max(1));
         let mut group = u64::from(ino.saturating_sub(1)) / ipg;
         let log_flex = u32::from(self.sb().s_log_groups_per_flex);
-        if self.sb().has_incompat(sbf::INCOMPAT_FLEX_BG) && log_flex >= 2 && log_flex < 32 {
+        if self.sb().has_incompat(sbf::INCOMPAT_FLEX_BG) && (2..32).contains(&log_flex) {
             group &= !((1u64 << log_flex) - 1);
             if kind == FileKind::RegularFile {
                 group += 1;
@@ -502,7 +502,7 @@ impl Ext4 {
         if new_size <= inode.size {
             let keep = new_size.div_ceil(bs);
             self.remove_blocks(txn, inode, keep, u64::MAX)?;
-            if new_size % bs != 0 {
+            if !new_size.is_multiple_of(bs) {
                 self.zero_in_block(txn, inode, new_size, keep * bs)?;
             }
         }
@@ -1136,7 +1136,7 @@ pub(crate) mod tests {
                 }
             }
             eprintln!("{args:?}: filled {off} bytes, short write seen: {saw_short}");
-            assert!(saw_short || off % chunk.len() as u64 == 0);
+            assert!(saw_short || off.is_multiple_of(chunk.len() as u64));
             assert_eq!(fs.getattr(ino).unwrap().size, off);
             assert!(read_all(&fs, ino) == model.0);
             // Freeing the neighbour gives room again.

@@ -196,10 +196,12 @@ impl Ext4 {
         ] {
             let span = indirect::span(level, per);
             let p = u64::from(le32(c.i_block, slot * 4));
-            if p != 0 && base < end && base.saturating_add(span) > start {
-                if self.prune(txn, c.ino, p, level, base, start, end, &mut f)? {
-                    set_ptr(txn, c.i_block, Slot::Inode(slot), 0)?;
-                }
+            if p != 0
+                && base < end
+                && base.saturating_add(span) > start
+                && self.prune(txn, c.ino, p, level, base, start, end, &mut f)?
+            {
+                set_ptr(txn, c.i_block, Slot::Inode(slot), 0)?;
             }
             base = base.saturating_add(span);
         }
