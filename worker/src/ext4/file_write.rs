@@ -1214,4 +1214,100 @@ pub(crate) mod tests {
             assert!(k[1].0.as_deref() == Some(&o[..]));
         }
     }
+
+    /// A deep tree shrunk to one block keeps its depth (like the kernel);
+    /// e2fsck accepts it. Then the file grows again through the old tree.
+    #[test]
+    fn deep_tree_shrinks_and_regrows() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("fwdeep");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &["-b", "1024"], 16 * 1024);
+        let ino = ino_of(&img, "frag");
+        let fs = open_rw(&img);
+        let mut m = Model(vec![], None);
+        for i in 0..1200u64 {
+            let d = pattern(1024, i);
+            fs.write(ino, 2048 * i, &d).unwrap();
+            m.write(2048 * i, &d);
+        }
+        assert_eq!(
+            crate::ext4::ondisk::extent::header_depth(&fs.inode(ino).unwrap().i_block),
+            2
+        );
+        truncate(&fs, ino, 1500);
+        m.truncate(1500);
+        let d = pattern(50_000, 77);
+        fs.write(ino, 100_000, &d).unwrap();
+        m.write(100_000, &d);
+        assert!(read_all(&fs, ino) == m.0);
+        fs.shutdown().unwrap();
+        drop(fs);
+        let out = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&img)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        fsck_clean(&img);
+        if let Some((k, _)) = kernel_view(&img, &["frag"], &[]) {
+            assert!(k[0].0.as_deref() == Some(&m.0[..]));
+        }
+    }
+
+    /// A damaged extent block or indirect pointer: writes, truncates and
+    /// fallocate fail with Corrupt (no panic, nothing half-done).
+    #[test]
+    fn corrupt_maps_fail_cleanly() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("fwbad");
+        let src = src_tree(&sc);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(src.join("frag")).unwrap();
+            for i in 0..200u64 {
+                f.write_all_at(&[1u8; 1024], i * 2048).unwrap();
+            }
+        }
+        for (args, ext2) in [
+            (&["-b", "1024"][..], false),
+            (&["-t", "ext2", "-b", "1024"][..], true),
+        ] {
+            let img = mkfs(&sc, &src, args, 8 * 1024);
+            let ino = ino_of(&img, "frag");
+            let fs = open_image(&img).unwrap();
+            let inode = fs.inode(ino).unwrap();
+            // Extent files: the leaf block the root points at; indirect:
+            // the single-indirect block.
+            let victim = if ext2 {
+                u64::from(crate::ext4::util::le32(&inode.i_block, 12 * 4))
+            } else {
+                u64::from(crate::ext4::util::le32(&inode.i_block, 16))
+            };
+            drop(fs);
+            let mut data = std::fs::read(&img).unwrap();
+            let at = (victim * 1024) as usize;
+            if ext2 {
+                data[at + 8..at + 12].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+            } else {
+                data[at + 20] ^= 0x40;
+            }
+            std::fs::write(&img, &data).unwrap();
+            let fs = open_rw(&img);
+            let e = fs.write(ino, 14 * 1024, b"hello");
+            assert!(matches!(e, Err(Error::Corrupt { .. })), "{args:?} {e:?}");
+            if !ext2 {
+                let e = fs.fallocate(ino, 0, 1 << 20, FallocMode::default());
+                assert!(
+                    matches!(e, Err(Error::Corrupt { .. }) | Err(Error::ReadOnly)),
+                    "{e:?}"
+                );
+            }
+            drop(fs);
+        }
+    }
 }
