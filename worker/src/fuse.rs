@@ -88,6 +88,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::NoAttribute => Errno::ENODATA,
         Error::TooManyLinks => Errno::EMLINK,
         Error::NotPermitted => Errno::EPERM,
+        Error::AccessDenied => Errno::EACCES,
         Error::Range => Errno::ERANGE,
         Error::TooBig => Errno::E2BIG,
         Error::Invalid(_) => Errno::EINVAL,

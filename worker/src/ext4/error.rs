@@ -30,6 +30,9 @@ pub enum Error {
     TooManyLinks,
     #[error("operation not permitted")]
     NotPermitted,
+    /// EACCES: e.g. a default ACL on a non-directory.
+    #[error("permission denied")]
+    AccessDenied,
     /// ERANGE: an attribute name too long.
     #[error("result out of range")]
     Range,

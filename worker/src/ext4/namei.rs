@@ -383,6 +383,7 @@ impl Ext4 {
             inode.flags &= !EXT4_EXTENTS_FL;
             set_rdev(&mut inode.i_block, rdev);
         }
+        self.acl_inherit(&mut txn, &dir, &mut inode)?;
         self.dir_add(&mut txn, &mut dir, name, inode.ino, kind)?;
         self.touch_dir(&mut dir);
         let attr = self.attr_of(&inode);
@@ -404,6 +405,7 @@ impl Ext4 {
         }
         let mut inode = self.new_inode(&mut txn, &dir, S_IFDIR | (perm & 0o7777), uid, gid)?;
         inode.links_count = 2;
+        self.acl_inherit(&mut txn, &dir, &mut inode)?;
         if !self.idir_init(&mut inode, dir.ino)? {
             let ctx = self.dir_ctx(&inode);
             let block = init_dir_block(&ctx, inode.ino, dir.ino);
