@@ -1310,4 +1310,168 @@ pub(crate) mod tests {
             drop(fs);
         }
     }
+
+    /// Differential: one seeded sequence of writes, truncates and
+    /// fallocates applied through the engine and through the kernel (a loop
+    /// mount of a copy of the same image); every result (errno included)
+    /// and the final contents must agree, both images e2fsck-clean.
+    /// Needs root; skipped otherwise.
+    #[test]
+    fn differential_against_kernel() {
+        use nix::fcntl::FallocateFlags as F;
+        use std::os::unix::fs::FileExt;
+        if !have_mkfs() {
+            return;
+        }
+        for args in [
+            &["-b", "4096"][..],
+            &["-b", "1024", "-O", "^metadata_csum"][..],
+            &["-t", "ext3", "-b", "1024"][..],
+        ] {
+            let sc = Scratch::new("fwdiff");
+            let src = src_tree(&sc);
+            let img = mkfs(&sc, &src, args, 32 * 1024);
+            let kimg = sc.path().join("kernel.img");
+            std::fs::copy(&img, &kimg).unwrap();
+            let kmnt = sc.path().join("kmnt");
+            std::fs::create_dir_all(&kmnt).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop"])
+                .arg(&kimg)
+                .arg(&kmnt)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("skipping differential: cannot loop-mount (not root?)");
+                return;
+            }
+            let names = ["seq", "rnd", "frag", "falloc"];
+            let inos: Vec<Ino> = names.iter().map(|n| ino_of(&img, n)).collect();
+            let kf: Vec<std::fs::File> = names
+                .iter()
+                .map(|n| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(kmnt.join(n))
+                        .unwrap()
+                })
+                .collect();
+            let fs = open_rw(&img);
+            let bs = u64::from(fs.block_size());
+            let mut x = 0x5eed_u64 ^ bs;
+            let mut rnd = |m: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % m.max(1)
+            };
+            let mut log = Vec::new();
+            let mut oks = 0u32;
+            for step in 0..1500u64 {
+                let f = rnd(names.len() as u64) as usize;
+                let off = match rnd(4) {
+                    0 => rnd(64) * bs,
+                    1 => rnd(2_000_000),
+                    2 => rnd(64) * bs + rnd(bs),
+                    _ => rnd(8 << 20),
+                };
+                let len = 1 + match rnd(3) {
+                    0 => rnd(bs * 3),
+                    1 => rnd(300_000),
+                    _ => rnd(16) * bs,
+                };
+                let op = rnd(10);
+                let (ours, theirs): (Result<()>, std::io::Result<()>) = match op {
+                    0..=4 => {
+                        let d = pattern(len as usize, step);
+                        (
+                            fs.write(inos[f], off, &d).map(|n| assert_eq!(n, d.len())),
+                            kf[f].write_all_at(&d, off),
+                        )
+                    }
+                    5 | 6 => {
+                        let size = rnd(3_000_000);
+                        let mut txn = fs.begin().unwrap();
+                        let mut inode = txn.inode(inos[f]).unwrap();
+                        let r = fs.truncate_in(&mut txn, &mut inode, size);
+                        txn.put_inode(inode);
+                        txn.commit().unwrap();
+                        (r, kf[f].set_len(size))
+                    }
+                    _ => {
+                        let (m, fl) = match rnd(4) {
+                            0 => (FallocMode::default(), F::empty()),
+                            1 => (
+                                FallocMode {
+                                    keep_size: true,
+                                    ..Default::default()
+                                },
+                                F::FALLOC_FL_KEEP_SIZE,
+                            ),
+                            2 => (
+                                FallocMode {
+                                    keep_size: true,
+                                    punch_hole: true,
+                                    ..Default::default()
+                                },
+                                F::FALLOC_FL_KEEP_SIZE | F::FALLOC_FL_PUNCH_HOLE,
+                            ),
+                            _ => (
+                                FallocMode {
+                                    zero_range: true,
+                                    ..Default::default()
+                                },
+                                F::FALLOC_FL_ZERO_RANGE,
+                            ),
+                        };
+                        (
+                            fs.fallocate(inos[f], off, len, m),
+                            nix::fcntl::fallocate(&kf[f], fl, off as i64, len as i64)
+                                .map_err(std::io::Error::from),
+                        )
+                    }
+                };
+                log.push(format!(
+                    "{step}: op {op} file {} off {off} len {len}",
+                    names[f]
+                ));
+                let o = ours.as_ref().err().map(|e| crate::fuse::errno(e).code());
+                let t = theirs.as_ref().err().and_then(|e| e.raw_os_error());
+                assert_eq!(o, t, "{args:?} {}: {ours:?} vs {theirs:?}", log.join("\n"));
+                oks += u32::from(o.is_none());
+                let ksize = kf[f].metadata().unwrap().len();
+                assert_eq!(
+                    fs.getattr(inos[f]).unwrap().size,
+                    ksize,
+                    "{args:?} {}",
+                    log.join("\n")
+                );
+            }
+            drop(kf);
+            let _ = Command::new("umount").arg(&kmnt).status();
+            fs.shutdown().unwrap();
+            drop(fs);
+            fsck_clean(&img);
+            fsck_clean(&kimg);
+            let ours = open_image(&img).unwrap();
+            let theirs = open_image(&kimg).unwrap();
+            let (mut same_seeks, mut diff_seeks) = (0, 0);
+            for (i, n) in names.iter().enumerate() {
+                let ki = ino_of(&kimg, n);
+                assert!(
+                    read_all(&ours, inos[i]) == read_all(&theirs, ki),
+                    "{args:?} {n}"
+                );
+                if engine_seeks(&ours, inos[i]) == engine_seeks(&theirs, ki) {
+                    same_seeks += 1;
+                } else {
+                    diff_seeks += 1;
+                }
+            }
+            eprintln!(
+                "{args:?}: {oks}/1500 operations succeeded on both; contents equal; seek maps equal for {same_seeks} files, differ for {diff_seeks}"
+            );
+        }
+    }
 }
