@@ -12,7 +12,7 @@ use crate::ext4::dir_write::{
     DirBlocks, DirCtx, edit_corrupt, empty_leaf, insert_in_buf, live_entries, pack_entries,
 };
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::dir_entry::{DirentIter, dir_rec_len};
+use crate::ext4::ondisk::dir_entry::DirentIter;
 use crate::ext4::ondisk::htree::{
     self, DX_HASH_CONTINUATION, DxEntries, DxEntry, NODE_ENTRIES, ROOT_ENTRIES, init_node,
     is_index_node, node_limit, parse_entries, parse_root_info, root_limit, set_dx_csum,
@@ -248,6 +248,9 @@ fn split_leaf(
             e.name.to_vec(),
             e.inode,
             e.file_type.unwrap_or(0),
+            // dx_make_map sizes entries by their record length, slack
+            // included: the split point follows it.
+            e.rec_len.get(),
         ));
     }
     let count = map.len();
@@ -260,7 +263,7 @@ fn split_leaf(
     let mut moved = 0usize;
     let mut broke_at = None;
     for i in (0..count).rev() {
-        let s = map.get(i).map_or(0, |m| dir_rec_len(m.2.len()));
+        let s = map.get(i).map_or(0, |m| m.5);
         if size + s / 2 > half {
             broke_at = Some(i);
             break;

@@ -1193,6 +1193,113 @@ pub(crate) mod tests {
         }
     }
 
+    /// The kernel's and the engine's inline directories grow alike: the
+    /// same sizes, block counts and inline state after the same creates
+    /// and removals.
+    #[test]
+    fn inline_dir_growth_matches_kernel() {
+        if !have_mkfs() {
+            return;
+        }
+        for args in [&[][..], &["-O", "inline_data"][..]] {
+            growth_vs_kernel(args);
+        }
+    }
+
+    fn growth_vs_kernel(args: &[&str]) {
+        use crate::ext4::OpenOptions;
+        use crate::io::{BlockDevice, MemDevice};
+        use std::process::Command;
+        use std::sync::Arc;
+        // Same UUID and hash seed on both sides: same hashes, same splits.
+        let mut args = args.to_vec();
+        args.extend([
+            "-U",
+            "6f1c0d2e-8a4b-4c3d-9e5f-0a1b2c3d4e5f",
+            "-E",
+            "hash_seed=3b2a1908-7766-4554-8332-110099887766",
+        ]);
+        let args = &args[..];
+        let counts = [1usize, 2, 3, 5, 8, 12, 40, 150, 1000, 3000];
+        let name = |i: usize| format!("file-{i:03}");
+        // Kernel side.
+        let k = RwImage::new("inlk", args);
+        let mnt = k.img.with_extension("rwmnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&k.img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot loop-mount read-write (not root?)");
+            return;
+        }
+        for &n in &counts {
+            let d = mnt.join(format!("d{n}"));
+            std::fs::create_dir(&d).unwrap();
+            for i in 0..n {
+                std::fs::write(d.join(name(i)), b"").unwrap();
+            }
+            for i in (0..n).step_by(2) {
+                std::fs::remove_file(d.join(name(i))).unwrap();
+            }
+            for i in n..n + n / 2 + 1 {
+                std::fs::write(d.join(format!("again-{i}")), b"").unwrap();
+            }
+        }
+        assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+        let kfs = Ext4::open(
+            Arc::new(MemDevice::new(std::fs::read(&k.img).unwrap())) as Arc<dyn BlockDevice>,
+            OpenOptions { read_only: true },
+        )
+        .unwrap();
+        // Engine side.
+        let e = RwImage::new("inle", args);
+        let fs = e.open();
+        for &n in &counts {
+            let d = fs
+                .mkdir(ROOT_INO, format!("d{n}").as_bytes(), 0o755, 0, 0)
+                .unwrap()
+                .ino;
+            for i in 0..n {
+                fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0).unwrap();
+            }
+            for i in (0..n).step_by(2) {
+                let g = fs.unlink(d, name(i).as_bytes()).unwrap().unwrap();
+                fs.release_inode(g).unwrap();
+            }
+            for i in n..n + n / 2 + 1 {
+                fs.create(d, format!("again-{i}").as_bytes(), 0o100644, 0, 0, 0)
+                    .unwrap();
+            }
+        }
+        for &n in &counts {
+            let dn = format!("d{n}");
+            let kd = kfs
+                .getattr(kfs.lookup_ino(ROOT_INO, dn.as_bytes()).unwrap())
+                .unwrap();
+            let ed = fs
+                .getattr(fs.lookup_ino(ROOT_INO, dn.as_bytes()).unwrap())
+                .unwrap();
+            assert_eq!(
+                (ed.size, ed.blocks, is_inline(&fs, ed.ino)),
+                (kd.size, kd.blocks, is_inline(&kfs, kd.ino)),
+                "{dn}"
+            );
+            assert_eq!(
+                engine_names(&fs, ed.ino),
+                engine_names(&kfs, kd.ino),
+                "{dn}"
+            );
+        }
+        fs.shutdown().unwrap();
+        drop(fs);
+        let (code, out) = fsck(e.save());
+        assert_eq!(code, 0, "{out}");
+    }
+
     #[test]
     fn names_and_attrs_fsck_clean() {
         if !have_mkfs() {
