@@ -25,21 +25,25 @@ impl Ext4 {
         };
         let parsed = ox::parse_ibody(inode.inline_xattr_area(), &limits)
             .map_err(|p| Error::corrupt(format!("inode {}: in-inode xattrs: {p}", inode.ino), 0))?;
-        Ok(parsed
+        parsed
             .into_iter()
-            .map(|e| NewXattr {
-                name_index: e.name_index,
-                name: e.name.to_vec(),
-                value: match e.value {
-                    XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
-                    XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
-                        inum,
-                        size,
-                        hash: e.hash,
+            .map(|e| {
+                Ok(NewXattr {
+                    name_index: e.name_index,
+                    name: e.name.to_vec(),
+                    value: match e.value {
+                        XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
+                        // The value hash the EA inode keeps (W3b), not
+                        // e_hash: the serializer derives e_hash from it.
+                        XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
+                            inum,
+                            size,
+                            hash: self.ea_inode_value_hash(inum)?,
+                        },
                     },
-                },
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Bytes of content an inline inode can hold: 60 plus the largest
