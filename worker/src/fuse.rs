@@ -33,6 +33,7 @@ use fuser::{
 };
 
 use crate::ext4::Ext4;
+use crate::ext4::acl::Caller;
 use crate::ext4::error::Error;
 use crate::ext4::file_write::FallocMode;
 use crate::ext4::types::{
@@ -405,20 +406,22 @@ impl Filesystem for Adapter {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
+        // The kernel enforces POSIX ACLs in its permission checks (reading
+        // them with getxattr, which the engine answers in the generic xattr
+        // format), as it does on ext4.
+        wanted |= InitFlags::FUSE_POSIX_ACL;
         if self.read_only {
             // Symlink targets never change on a read-only mount.
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
-            // The kernel enforces POSIX ACLs (read with getxattr, which the
-            // engine answers in the generic xattr format), as ext4 does.
-            // Read-write mounts need the engine to apply default ACLs on
-            // create first (with this flag the kernel stops applying umask).
-            wanted |= InitFlags::FUSE_POSIX_ACL;
         } else {
+            // With POSIX_ACL the kernel leaves the umask to the server
+            // (DONT_MASK makes that explicit): the engine applies it only
+            // where the parent has no default ACL, and does every ACL mode
+            // update itself (see ext4::acl).
+            wanted |= InitFlags::FUSE_DONT_MASK;
             // The kernel caches written pages and sends them in large
             // writes; it keeps i_size and mtime itself and tells us with
-            // setattr. POSIX_ACL stays off: the engine does not yet apply
-            // default ACLs on create, so the kernel must keep applying the
-            // umask (ACL xattrs are stored as given).
+            // setattr.
             //
             // Not below page-sized blocks: the kernel writes cached pages
             // back whole, so a 1 KiB write into a hole would allocate the
@@ -729,20 +732,26 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
-        // Without FUSE_POSIX_ACL the kernel has applied the umask to mode.
+        // With DONT_MASK the mode comes unmasked; the engine applies the
+        // umask or the parent's default ACL.
         let Ok(mode) = u16::try_from(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        match self
-            .fs
-            .create(parent, name_bytes(name), mode, rdev, req.uid(), req.gid())
-        {
+        match self.fs.create(
+            parent,
+            name_bytes(name),
+            mode,
+            rdev,
+            req.uid(),
+            req.gid(),
+            umask,
+        ) {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
             Err(e) => reply.error(self.fail("mknod", parent, &e)),
         }
@@ -754,7 +763,7 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
@@ -763,10 +772,15 @@ impl Filesystem for Adapter {
         let Ok(mode) = u16::try_from(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        match self
-            .fs
-            .create(parent, name_bytes(name), mode, 0, req.uid(), req.gid())
-        {
+        match self.fs.create(
+            parent,
+            name_bytes(name),
+            mode,
+            0,
+            req.uid(),
+            req.gid(),
+            umask,
+        ) {
             Ok(a) => {
                 self.opened(a.ino);
                 reply.created(
@@ -787,7 +801,7 @@ impl Filesystem for Adapter {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let parent = ino_or_reply!(parent, reply);
@@ -795,7 +809,7 @@ impl Filesystem for Adapter {
         let perm = (mode & 0o7777) as u16;
         match self
             .fs
-            .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid())
+            .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid(), umask)
         {
             Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
             Err(e) => reply.error(self.fail("mkdir", parent, &e)),
@@ -971,7 +985,7 @@ impl Filesystem for Adapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -988,7 +1002,16 @@ impl Filesystem for Adapter {
             create: flags & XATTR_CREATE != 0,
             replace: flags & XATTR_REPLACE != 0,
         };
-        match self.fs.setxattr(ino, name_bytes(name), value, flags) {
+        // The caller's ids decide whether an access ACL clears S_ISGID
+        // (the kernel's FUSE_SETXATTR_ACL_KILL_SGID needs SETXATTR_EXT).
+        let caller = Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        match self
+            .fs
+            .setxattr_as(ino, name_bytes(name), value, flags, caller)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("setxattr", ino, &e)),
         }

@@ -35,6 +35,8 @@ impl Ext4 {
         }
         if let Some(mode) = set.mode {
             inode.mode = (inode.mode & S_IFMT) | (mode & 0o7777);
+            // ext4_setattr -> posix_acl_chmod: an access ACL follows.
+            self.acl_chmod(&mut txn, &mut inode)?;
         }
         if let Some(uid) = set.uid {
             inode.uid = uid;

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod types;
 
+pub(crate) mod acl;
 pub(crate) mod alloc;
 pub(crate) mod attr;
 pub(crate) mod cache;

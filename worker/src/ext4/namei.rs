@@ -359,6 +359,13 @@ impl Ext4 {
     }
 
     /// mknod/create: a regular file, device, fifo or socket.
+    /// `mode` is the requested type and permissions before the umask:
+    /// `umask` applies only when `parent` has no default ACL (see
+    /// `acl::acl_init`).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mknod(2)'s arguments plus the caller's ids and umask"
+    )]
     pub fn create(
         &self,
         parent: Ino,
@@ -367,6 +374,7 @@ impl Ext4 {
         rdev: u32,
         uid: u32,
         gid: u32,
+        umask: u32,
     ) -> Result<Attr> {
         check_new_name(name)?;
         let kind = kind_of_mode(mode).ok_or(Error::Invalid("bad file type"))?;
@@ -383,7 +391,7 @@ impl Ext4 {
             inode.flags &= !EXT4_EXTENTS_FL;
             set_rdev(&mut inode.i_block, rdev);
         }
-        self.acl_inherit(&mut txn, &dir, &mut inode)?;
+        self.acl_init(&mut txn, &dir, &mut inode, umask)?;
         self.dir_add(&mut txn, &mut dir, name, inode.ino, kind)?;
         self.touch_dir(&mut dir);
         let attr = self.attr_of(&inode);
@@ -393,7 +401,17 @@ impl Ext4 {
         Ok(attr)
     }
 
-    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u16, uid: u32, gid: u32) -> Result<Attr> {
+    /// `perm` is the requested permissions before the umask (see
+    /// `create`).
+    pub fn mkdir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u16,
+        uid: u32,
+        gid: u32,
+        umask: u32,
+    ) -> Result<Attr> {
         check_new_name(name)?;
         let mut txn = self.begin()?;
         let mut dir = self.txn_dir(&mut txn, parent)?;
@@ -405,7 +423,7 @@ impl Ext4 {
         }
         let mut inode = self.new_inode(&mut txn, &dir, S_IFDIR | (perm & 0o7777), uid, gid)?;
         inode.links_count = 2;
-        self.acl_inherit(&mut txn, &dir, &mut inode)?;
+        self.acl_init(&mut txn, &dir, &mut inode, umask)?;
         if !self.idir_init(&mut inode, dir.ino)? {
             let ctx = self.dir_ctx(&inode);
             let block = init_dir_block(&ctx, inode.ino, dir.ino);
@@ -820,31 +838,31 @@ pub(crate) mod tests {
 
     fn exercise(fs: &Ext4, many: u32) {
         let root = ROOT_INO;
-        let a = fs.create(root, b"file", 0o100644, 0, 1000, 1000).unwrap();
+        let a = fs.create(root, b"file", 0o100644, 0, 1000, 1000, 0).unwrap();
         assert!(matches!(
-            fs.create(root, b"file", 0o100644, 0, 0, 0),
+            fs.create(root, b"file", 0o100644, 0, 0, 0, 0),
             Err(Error::Exists)
         ));
         assert!(matches!(
-            fs.create(root, &[b'x'; 256], 0o100644, 0, 0, 0),
+            fs.create(root, &[b'x'; 256], 0o100644, 0, 0, 0, 0),
             Err(Error::NameTooLong)
         ));
         assert!(matches!(
-            fs.create(root, b"a/b", 0o100644, 0, 0, 0),
+            fs.create(root, b"a/b", 0o100644, 0, 0, 0, 0),
             Err(Error::Invalid(_))
         ));
-        fs.create(root, b"cdev", 0o020600, (4 << 8) | 7, 0, 0)
+        fs.create(root, b"cdev", 0o020600, (4 << 8) | 7, 0, 0, 0)
             .unwrap();
         let big = (259 << 8) | (70000 & 0xff) | ((70000 & !0xff) << 12);
-        let b = fs.create(root, b"bdev", 0o060600, big, 0, 0).unwrap();
+        let b = fs.create(root, b"bdev", 0o060600, big, 0, 0, 0).unwrap();
         assert_eq!(fs.getattr(b.ino).unwrap().rdev, big);
-        fs.create(root, b"fifo", 0o010644, 0, 0, 0).unwrap();
-        fs.create(root, b"sock", 0o140644, 0, 0, 0).unwrap();
-        let d = fs.mkdir(root, b"dir", 0o755, 0, 0).unwrap();
+        fs.create(root, b"fifo", 0o010644, 0, 0, 0, 0).unwrap();
+        fs.create(root, b"sock", 0o140644, 0, 0, 0, 0).unwrap();
+        let d = fs.mkdir(root, b"dir", 0o755, 0, 0, 0).unwrap();
         let mut deep = d.ino;
         for i in 0..200 {
             deep = fs
-                .mkdir(deep, format!("l{i}").as_bytes(), 0o755, 0, 0)
+                .mkdir(deep, format!("l{i}").as_bytes(), 0o755, 0, 0, 0)
                 .unwrap()
                 .ino;
         }
@@ -858,7 +876,7 @@ pub(crate) mod tests {
         );
         let l = fs.link(a.ino, d.ino, b"hard").unwrap();
         assert_eq!(l.nlink, 2);
-        let big_dir = fs.mkdir(root, b"big", 0o755, 0, 0).unwrap().ino;
+        let big_dir = fs.mkdir(root, b"big", 0o755, 0, 0, 0).unwrap().ino;
         for i in 0..many {
             fs.create(
                 big_dir,
@@ -866,7 +884,7 @@ pub(crate) mod tests {
                 0o100600,
                 0,
                 0,
-                0,
+                0, 0,
             )
             .unwrap();
         }
@@ -883,8 +901,8 @@ pub(crate) mod tests {
         }
         // rename: plain, over a file, into another dir, NOREPLACE, EXCHANGE,
         // WHITEOUT, dir into own subtree.
-        fs.create(root, b"r1", 0o100644, 0, 0, 0).unwrap();
-        fs.create(root, b"r2", 0o100644, 0, 0, 0).unwrap();
+        fs.create(root, b"r1", 0o100644, 0, 0, 0, 0).unwrap();
+        fs.create(root, b"r2", 0o100644, 0, 0, 0, 0).unwrap();
         let n = RenameFlags::default();
         let nr = RenameFlags {
             noreplace: true,
@@ -897,7 +915,7 @@ pub(crate) mod tests {
         let gone = fs.rename(root, b"r1", root, b"r2", n).unwrap();
         fs.release_inode(gone.unwrap()).unwrap();
         fs.rename(root, b"r2", d.ino, b"moved", n).unwrap();
-        fs.mkdir(root, b"x1", 0o755, 0, 0).unwrap();
+        fs.mkdir(root, b"x1", 0o755, 0, 0, 0).unwrap();
         let ex = RenameFlags {
             exchange: true,
             ..n
@@ -926,7 +944,7 @@ pub(crate) mod tests {
                 .kind,
             FileKind::CharDevice
         );
-        fs.mkdir(root, b"e", 0o755, 0, 0).unwrap();
+        fs.mkdir(root, b"e", 0o755, 0, 0, 0).unwrap();
         let over = fs.rename(d.ino, b"moved", root, b"e", n).unwrap();
         fs.release_inode(over.unwrap()).unwrap();
         assert!(matches!(fs.rmdir(root, b"dir"), Err(Error::NotEmpty)));
@@ -942,7 +960,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(listed, 0);
         assert!(matches!(
-            fs.create(gone, b"late", 0o100644, 0, 0, 0),
+            fs.create(gone, b"late", 0o100644, 0, 0, 0, 0),
             Err(Error::NotFound)
         ));
         fs.release_inode(gone).unwrap();
@@ -1094,7 +1112,7 @@ pub(crate) mod tests {
             let im = RwImage::new(tag, args);
             let fs = im.open();
             let root = ROOT_INO;
-            let big = fs.mkdir(root, b"big", 0o755, 0, 0).unwrap();
+            let big = fs.mkdir(root, b"big", 0o755, 0, 0, 0).unwrap();
             let inl = true;
             assert_eq!(is_inline(&fs, big.ino), inl, "{tag}");
             if inl {
@@ -1104,7 +1122,7 @@ pub(crate) mod tests {
             // Grow: i_block, then system.data, then a block, then htree.
             let mut sizes = Vec::new();
             for i in 0..800u32 {
-                fs.create(big.ino, format!("f{i}").as_bytes(), 0o100644, 0, 0, 0)
+                fs.create(big.ino, format!("f{i}").as_bytes(), 0o100644, 0, 0, 0, 0)
                     .unwrap();
                 let a = fs.getattr(big.ino).unwrap();
                 if sizes.last() != Some(&a.size) {
@@ -1128,14 +1146,14 @@ pub(crate) mod tests {
                 fs.release_inode(g.unwrap()).unwrap();
             }
             // Two small inline dirs, renames in, out and between them.
-            let a = fs.mkdir(root, b"ia", 0o755, 0, 0).unwrap().ino;
-            let b = fs.mkdir(root, b"ib", 0o755, 0, 0).unwrap().ino;
+            let a = fs.mkdir(root, b"ia", 0o755, 0, 0, 0).unwrap().ino;
+            let b = fs.mkdir(root, b"ib", 0o755, 0, 0, 0).unwrap().ino;
             for i in 0..3 {
-                fs.create(a, format!("x{i}").as_bytes(), 0o100644, 0, 0, 0)
+                fs.create(a, format!("x{i}").as_bytes(), 0o100644, 0, 0, 0, 0)
                     .unwrap();
             }
-            let sub = fs.mkdir(a, b"sub", 0o700, 0, 0).unwrap().ino;
-            fs.create(sub, b"deep", 0o100644, 0, 0, 0).unwrap();
+            let sub = fs.mkdir(a, b"sub", 0o700, 0, 0, 0).unwrap().ino;
+            fs.create(sub, b"deep", 0o100644, 0, 0, 0, 0).unwrap();
             assert_eq!(is_inline(&fs, a), inl);
             // Within an inline dir, over an existing name.
             let gone = fs.rename(a, b"x0", a, b"x1", n).unwrap();
@@ -1153,7 +1171,7 @@ pub(crate) mod tests {
             fs.rename(big.ino, b"sub3", a, b"sub", n).unwrap();
             assert_eq!(fs.lookup_ino(sub, b"..").unwrap(), a);
             // Exchange an inline dir and a file across inline dirs.
-            fs.create(b, b"y", 0o100644, 0, 0, 0).unwrap();
+            fs.create(b, b"y", 0o100644, 0, 0, 0, 0).unwrap();
             let ex = RenameFlags {
                 exchange: true,
                 ..n
@@ -1167,12 +1185,12 @@ pub(crate) mod tests {
             }
             let y = fs.rmdir(b, b"y").unwrap().unwrap();
             fs.release_inode(y).unwrap();
-            let e = fs.mkdir(b, b"empty", 0o755, 0, 0).unwrap().ino;
+            let e = fs.mkdir(b, b"empty", 0o755, 0, 0, 0).unwrap().ino;
             assert_eq!(is_inline(&fs, e), inl);
             assert!(matches!(fs.lookup_ino(b, b"y"), Err(Error::NotFound)));
             // Symlink and device in an inline dir.
             fs.symlink(a, b"ln", b"target", 0, 0).unwrap();
-            fs.create(a, b"dev", 0o020644, 0x0105, 0, 0).unwrap();
+            fs.create(a, b"dev", 0o020644, 0x0105, 0, 0, 0).unwrap();
             let want: Vec<(String, Vec<String>)> =
                 [("big", big.ino), ("ia", a), ("ib", b), ("ib/empty", e)]
                     .iter()
@@ -1260,18 +1278,18 @@ pub(crate) mod tests {
         let fs = e.open();
         for &n in &counts {
             let d = fs
-                .mkdir(ROOT_INO, format!("d{n}").as_bytes(), 0o755, 0, 0)
+                .mkdir(ROOT_INO, format!("d{n}").as_bytes(), 0o755, 0, 0, 0)
                 .unwrap()
                 .ino;
             for i in 0..n {
-                fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0).unwrap();
+                fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
             }
             for i in (0..n).step_by(2) {
                 let g = fs.unlink(d, name(i).as_bytes()).unwrap().unwrap();
                 fs.release_inode(g).unwrap();
             }
             for i in n..n + n / 2 + 1 {
-                fs.create(d, format!("again-{i}").as_bytes(), 0o100644, 0, 0, 0)
+                fs.create(d, format!("again-{i}").as_bytes(), 0o100644, 0, 0, 0, 0)
                     .unwrap();
             }
         }

@@ -246,7 +246,7 @@ mod tests {
             for k in 0..3u8 {
                 let name = [b'f', b'0' + k];
                 let a = fs
-                    .create(ROOT_INO, &name, S_IFREG | 0o644, 0, 0, 0)
+                    .create(ROOT_INO, &name, S_IFREG | 0o644, 0, 0, 0, 0)
                     .unwrap();
                 fs.write(a.ino, 0, &pattern(70_000, u64::from(k))).unwrap();
                 assert_eq!(fs.unlink(ROOT_INO, &name).unwrap(), Some(a.ino));
@@ -295,7 +295,7 @@ mod tests {
         ] {
             let im = RwImage::new("orphan-left", args);
             let fs = im.open();
-            let a = fs.create(ROOT_INO, b"x", S_IFREG | 0o600, 0, 0, 0).unwrap();
+            let a = fs.create(ROOT_INO, b"x", S_IFREG | 0o600, 0, 0, 0, 0).unwrap();
             fs.unlink(ROOT_INO, b"x").unwrap();
             // Simulate a crash: no release, no shutdown.
             drop(fs);

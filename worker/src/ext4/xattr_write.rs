@@ -7,9 +7,8 @@
 //! compute them, values packed from the end, 4-byte aligned).
 //!
 //! POSIX ACLs arrive in the generic xattr format and are stored in ext4's
-//! compact format (an empty ACL removes the attribute). With FUSE the
-//! kernel's VFS updates the mode bits for an access ACL and sends them as
-//! a separate setattr, so the engine stores only the ACL.
+//! compact format; their rules (mode updates, removal of an ACL the mode
+//! says all of, validity) are `acl.rs`'s.
 //!
 //! With ea_inode, large values live in EA inodes (see `xattr_set_in`);
 //! without it a value that fits neither the inode nor the block gets
@@ -19,7 +18,7 @@
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::acl::{self, AclEntry};
+use crate::ext4::acl::Caller;
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
 use crate::ext4::ondisk::superblock::GOOD_OLD_INODE_SIZE;
 use crate::ext4::ondisk::xattr::{
@@ -414,8 +413,9 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Resolves a full attribute name, converting ACL values to the disk
-    /// format. Returns (index, suffix, value to store or None to remove).
+    /// Resolves a full attribute name. Returns (index, suffix, value to
+    /// store or None to remove); POSIX ACL values are still in the
+    /// generic format here (`acl::plan_set` converts them).
     fn xw_xattr_prepare(
         name: &[u8],
         value: Option<&[u8]>,
@@ -435,20 +435,23 @@ impl Ext4 {
         if v.len() > XATTR_SIZE_MAX {
             return Err(Error::TooBig);
         }
-        if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
-            let entries = acl::from_xattr(v).map_err(|_| Error::Invalid("malformed ACL"))?;
-            if entries.is_empty() {
-                return Ok((index, suffix.to_vec(), None));
-            }
-            if !acl::is_valid(&entries) {
-                return Err(Error::Invalid("invalid ACL"));
-            }
-            return Ok((index, suffix.to_vec(), Some(acl::to_disk(&entries))));
-        }
         Ok((index, suffix.to_vec(), Some(v.to_vec())))
     }
 
     pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
+        self.setxattr_as(ino, name, value, flags, Caller::ROOT)
+    }
+
+    /// setxattr on behalf of `caller` (whose group decides whether an
+    /// access ACL clears S_ISGID). POSIX ACLs follow `acl::plan_set`.
+    pub fn setxattr_as(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+        caller: Caller,
+    ) -> Result<()> {
         let (index, suffix, mut stored) = Self::xw_xattr_prepare(name, Some(value))?;
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
@@ -459,31 +462,11 @@ impl Ext4 {
         let mut flags = flags;
         let mut mode_changed = false;
         if is_acl {
-            // set_posix_acl ignores XATTR_CREATE / XATTR_REPLACE.
+            let plan = crate::ext4::acl::plan_set(&inode, index, value, caller)?;
             flags = XattrFlags::default();
-            if index == INDEX_POSIX_ACL_DEFAULT && inode.kind != FileKind::Directory {
-                // __ext4_set_acl: EACCES with an ACL, nothing without.
-                return match stored {
-                    Some(_) => Err(Error::AccessDenied),
-                    None => Ok(()),
-                };
-            }
-            if index == INDEX_POSIX_ACL_ACCESS
-                && let Some(disk) = &stored
-            {
-                // ext4_set_acl + posix_acl_update_mode: the ACL's base
-                // entries become the mode bits; an ACL the mode says all
-                // of is not stored. (Clearing S_ISGID for a caller outside
-                // the group needs the caller's groups: the VFS's job.)
-                let entries = acl::parse(disk).map_err(|_| Error::Invalid("malformed ACL"))?;
-                let (bits, extended) = acl_equiv_mode(&entries);
-                let mode = (inode.mode & !0o777) | bits;
-                mode_changed = mode != inode.mode;
-                inode.mode = mode;
-                if !extended {
-                    stored = None;
-                }
-            }
+            stored = plan.value;
+            mode_changed = plan.mode != inode.mode;
+            inode.mode = plan.mode;
         }
         match self.xattr_set_in(
             &mut txn,
@@ -531,62 +514,6 @@ impl Ext4 {
         txn.commit()
     }
 
-    /// The default ACL of directory `dir` (None without one).
-    fn xw_default_acl(&self, txn: &mut Txn<'_>, dir: &Inode) -> Result<Option<Vec<AclEntry>>> {
-        let mut all = self.xw_ibody_entries(txn, dir)?;
-        all.extend(self.xw_block_entries(txn, dir)?.1);
-        let Some(x) = all
-            .into_iter()
-            .find(|x| x.name_index == INDEX_POSIX_ACL_DEFAULT && x.name.is_empty())
-        else {
-            return Ok(None);
-        };
-        let NewXattrValue::Inline(v) = x.value else {
-            // A default ACL large enough for an EA inode: not inherited.
-            tracing::warn!(
-                "directory {}: default ACL in an EA inode is not inherited",
-                dir.ino
-            );
-            return Ok(None);
-        };
-        let entries =
-            acl::parse(&v).map_err(|p| xcorrupt(dir.ino, format!("default ACL: {p}"), 0))?;
-        Ok((!entries.is_empty()).then_some(entries))
-    }
-
-    /// ext4_init_acl / posix_acl_create for the new inode `inode` in
-    /// `dir`: with a default ACL on `dir`, the new inode's mode is masked
-    /// by it, a directory inherits it as its own default ACL, and the
-    /// masked copy becomes the access ACL unless the mode says all of it.
-    /// Symlinks take no ACLs.
-    pub(crate) fn acl_inherit(
-        &self,
-        txn: &mut Txn<'_>,
-        dir: &Inode,
-        inode: &mut Inode,
-    ) -> Result<()> {
-        if inode.kind == FileKind::Symlink {
-            return Ok(());
-        }
-        let Some(default) = self.xw_default_acl(txn, dir)? else {
-            return Ok(());
-        };
-        let mut access = default.clone();
-        let mut mode = inode.mode;
-        let extended = acl_create_masq(&mut access, &mut mode);
-        inode.mode = mode;
-        let d = XattrFlags::default();
-        if inode.kind == FileKind::Directory {
-            let v = acl::to_disk(&default);
-            self.xattr_set_in(txn, inode, INDEX_POSIX_ACL_DEFAULT, b"", Some(&v), d)?;
-        }
-        if extended {
-            let v = acl::to_disk(&access);
-            self.xattr_set_in(txn, inode, INDEX_POSIX_ACL_ACCESS, b"", Some(&v), d)?;
-        }
-        Ok(())
-    }
-
     /// Drops an inode's xattrs for an inode being freed: the EA inodes
     /// its in-inode entries reference, and its xattr block reference (the
     /// block and its EA inode references go when it was the last).
@@ -615,67 +542,6 @@ impl Ext4 {
         }
         Ok(())
     }
-}
-
-/// posix_acl_equiv_mode: the permission bits the ACL's base entries
-/// give (the mask standing for the group), and whether the ACL says more
-/// than those bits (named users or groups, or a mask).
-pub(crate) fn acl_equiv_mode(entries: &[AclEntry]) -> (u16, bool) {
-    let mut mode = 0u16;
-    let mut extended = false;
-    let mut mask = None;
-    for e in entries {
-        let p = e.perm & 0o7;
-        match e.tag {
-            acl::ACL_USER_OBJ => mode |= p << 6,
-            acl::ACL_GROUP_OBJ => mode |= p << 3,
-            acl::ACL_OTHER => mode |= p,
-            acl::ACL_MASK => {
-                mask = Some(p);
-                extended = true;
-            }
-            _ => extended = true,
-        }
-    }
-    if let Some(m) = mask {
-        mode = (mode & !0o070) | (m << 3);
-    }
-    (mode, extended)
-}
-
-/// posix_acl_create_masq: masks a copy of a default ACL by the new
-/// inode's requested `mode` and the mode by the ACL; returns whether the
-/// result says more than the mode.
-pub(crate) fn acl_create_masq(entries: &mut [AclEntry], mode: &mut u16) -> bool {
-    let mut m = *mode & 0o777;
-    let mut extended = false;
-    let mut group_obj = None;
-    let mut mask_obj = None;
-    for (i, e) in entries.iter_mut().enumerate() {
-        match e.tag {
-            acl::ACL_USER_OBJ => {
-                e.perm &= (m >> 6) | !0o7;
-                m &= (e.perm << 6) | !0o700;
-            }
-            acl::ACL_USER | acl::ACL_GROUP => extended = true,
-            acl::ACL_GROUP_OBJ => group_obj = Some(i),
-            acl::ACL_OTHER => {
-                e.perm &= m | !0o7;
-                m &= e.perm | !0o007;
-            }
-            acl::ACL_MASK => {
-                mask_obj = Some(i);
-                extended = true;
-            }
-            _ => {}
-        }
-    }
-    if let Some(e) = mask_obj.or(group_obj).and_then(|i| entries.get_mut(i)) {
-        e.perm &= (m >> 3) | !0o7;
-        m &= (e.perm << 3) | !0o070;
-    }
-    *mode = (*mode & !0o777) | (m & 0o777);
-    extended
 }
 
 #[cfg(test)]
@@ -749,7 +615,7 @@ mod tests {
         ] {
             let im = RwImage::new(tag, args);
             let fs = im.open();
-            let f = fs.create(ROOT_INO, b"f", 0o100644, 0, 7, 8).unwrap().ino;
+            let f = fs.create(ROOT_INO, b"f", 0o100644, 0, 7, 8, 0).unwrap().ino;
             let v10 = val(10 * 1024, 1);
             let v60 = val(60 * 1024, 2);
             fs.setxattr(f, b"user.ten", &v10, d).unwrap();
@@ -799,7 +665,7 @@ mod tests {
             ));
             // A file whose EA inodes go with it.
             let before = fs.statfs().unwrap();
-            let g = fs.create(ROOT_INO, b"g", 0o100644, 0, 0, 0).unwrap().ino;
+            let g = fs.create(ROOT_INO, b"g", 0o100644, 0, 0, 0, 0).unwrap().ino;
             for i in 0..4u8 {
                 fs.setxattr(g, format!("user.v{i}").as_bytes(), &val(9000, i), d)
                     .unwrap();
@@ -815,7 +681,7 @@ mod tests {
                 (before.bfree, before.ffree),
                 "{tag}"
             );
-            let h = fs.create(ROOT_INO, b"h", 0o100644, 0, 0, 0).unwrap().ino;
+            let h = fs.create(ROOT_INO, b"h", 0o100644, 0, 0, 0, 0).unwrap().ino;
             fs.setxattr(h, b"user.keep", &val(3000, 9), d).unwrap();
             // 3000 bytes fit a 4 KiB xattr block, not a 1 KiB one.
             let bs = fs.block_size();
@@ -840,123 +706,6 @@ mod tests {
                 assert!(!m.join("g").exists());
                 assert_eq!(std::fs::read(m.join("d/b")).unwrap(), b"b world");
                 assert!(kernel_value(&m.join("d/b"), "user.ea") == v10, "{tag}");
-            });
-        }
-    }
-
-    /// A generic-format ACL from (tag, perm, id) triples.
-    fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = 2u32.to_le_bytes().to_vec();
-        for &(tag, perm, id) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn acl_mode_and_inheritance() {
-        if !have_mkfs() {
-            return;
-        }
-        const U: u32 = u32::MAX;
-        let d = XattrFlags::default();
-        for (tag, args) in [("acl", &[][..]), ("aclinl", &["-O", "inline_data"][..])] {
-            let im = RwImage::new(tag, args);
-            let fs = im.open();
-            let f = fs.create(ROOT_INO, b"f", 0o100644, 0, 0, 0).unwrap().ino;
-            // Extended access ACL: stored, the mode follows (mask = group).
-            let ext = acl_value(&[
-                (1, 7, U),
-                (2, 2, 1000),
-                (4, 3, U),
-                (0x10, 1, U),
-                (0x20, 2, U),
-            ]);
-            fs.setxattr(f, b"system.posix_acl_access", &ext, d).unwrap();
-            assert_eq!(fs.getattr(f).unwrap().perm, 0o712, "{tag}");
-            assert_eq!(fs.getxattr(f, b"system.posix_acl_access").unwrap(), ext);
-            // An ACL the mode says all of: mode set, attribute removed.
-            let base = acl_value(&[(1, 6, U), (4, 4, U), (0x20, 0, U)]);
-            fs.setxattr(f, b"system.posix_acl_access", &base, d)
-                .unwrap();
-            assert_eq!(fs.getattr(f).unwrap().perm, 0o640, "{tag}");
-            assert!(matches!(
-                fs.getxattr(f, b"system.posix_acl_access"),
-                Err(Error::NoAttribute)
-            ));
-            fs.removexattr(f, b"system.posix_acl_access").unwrap();
-            assert!(matches!(
-                fs.setxattr(f, b"system.posix_acl_default", &ext, d),
-                Err(Error::AccessDenied)
-            ));
-            // Inheritance.
-            let dir = fs.mkdir(ROOT_INO, b"dir", 0o755, 0, 0).unwrap().ino;
-            let dflt = acl_value(&[
-                (1, 7, U),
-                (2, 5, 1000),
-                (4, 5, U),
-                (0x10, 7, U),
-                (0x20, 4, U),
-            ]);
-            fs.setxattr(dir, b"system.posix_acl_default", &dflt, d)
-                .unwrap();
-            let g = fs.create(dir, b"g", 0o100666, 0, 0, 0).unwrap();
-            assert_eq!(g.perm, 0o664, "{tag}");
-            let want_g = acl_value(&[
-                (1, 6, U),
-                (2, 5, 1000),
-                (4, 5, U),
-                (0x10, 6, U),
-                (0x20, 4, U),
-            ]);
-            assert_eq!(
-                fs.getxattr(g.ino, b"system.posix_acl_access").unwrap(),
-                want_g
-            );
-            let sub = fs.mkdir(dir, b"sub", 0o750, 0, 0).unwrap();
-            assert_eq!(sub.perm, 0o750, "{tag}");
-            assert_eq!(
-                fs.getxattr(sub.ino, b"system.posix_acl_default").unwrap(),
-                dflt
-            );
-            let want_sub = acl_value(&[
-                (1, 7, U),
-                (2, 5, 1000),
-                (4, 5, U),
-                (0x10, 5, U),
-                (0x20, 0, U),
-            ]);
-            assert_eq!(
-                fs.getxattr(sub.ino, b"system.posix_acl_access").unwrap(),
-                want_sub
-            );
-            // Children of the inheriting subdirectory inherit again.
-            let h = fs.create(sub.ino, b"h", 0o100600, 0, 0, 0).unwrap();
-            assert_eq!(h.perm, 0o600, "{tag}");
-            fs.shutdown().unwrap();
-            drop(fs);
-            let (code, out) = fsck(im.save());
-            assert_eq!(code, 0, "{tag}: {out}");
-            with_kernel_mount(&im.img, |m| {
-                use std::os::unix::fs::PermissionsExt;
-                let mode =
-                    |p: &str| std::fs::metadata(m.join(p)).unwrap().permissions().mode() & 0o7777;
-                assert_eq!(mode("f"), 0o640);
-                assert_eq!(mode("dir/g"), 0o664);
-                assert_eq!(
-                    kernel_value(&m.join("dir/g"), "system.posix_acl_access"),
-                    want_g
-                );
-                assert_eq!(
-                    kernel_value(&m.join("dir/sub"), "system.posix_acl_default"),
-                    dflt
-                );
-                assert_eq!(
-                    kernel_value(&m.join("dir/sub"), "system.posix_acl_access"),
-                    want_sub
-                );
             });
         }
     }
