@@ -9,13 +9,13 @@
 //! Without polkit only root may mount.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
 
 use nix::errno::Errno;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::sys::stat::SFlag;
 use safemount_proto::{ErrorKind, MountSource};
 
+use crate::device::SysPaths;
 use crate::polkit::{Action, Decision, Polkit};
 
 /// The peer of a connection, as the kernel recorded it at connect().
@@ -169,7 +169,10 @@ pub fn mount_action(
     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     if fmt == SFlag::S_IFBLK {
         let rdev = st.st_rdev;
-        let action = if is_removable(nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)) {
+        let (major, minor) = crate::device::split_dev(rdev);
+        let removable = crate::device::DeviceInfo::lookup(&SysPaths::default(), major, minor)
+            .is_some_and(|dev| crate::device::is_removable(&dev));
+        let action = if removable {
             Action::Mount
         } else {
             Action::MountSystem
@@ -202,24 +205,6 @@ pub fn same_device(
         }
         _ => Err(AuthError::DeviceChanged(name.to_owned())),
     }
-}
-
-/// Removable media: sysfs `removable` of the device or, for a partition,
-/// of its disk is 1, or udev says the device sits on USB (`ID_BUS=usb`;
-/// USB disks often report removable 0).
-pub fn is_removable(major: u64, minor: u64) -> bool {
-    let sys = format!("/sys/dev/block/{major}:{minor}");
-    let flag =
-        |dir: &Path| std::fs::read_to_string(dir.join("removable")).is_ok_and(|s| s.trim() == "1");
-    let dev = Path::new(&sys);
-    if flag(dev) {
-        return true;
-    }
-    if dev.join("partition").exists() && flag(&dev.join("..")) {
-        return true;
-    }
-    let udev = format!("/run/udev/data/b{major}:{minor}");
-    std::fs::read_to_string(udev).is_ok_and(|s| s.lines().any(|l| l.trim() == "E:ID_BUS=usb"))
 }
 
 #[cfg(test)]
