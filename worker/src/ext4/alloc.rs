@@ -146,29 +146,54 @@ impl Ext4 {
         b
     }
 
-    /// Whether `[first, first+count)` overlaps the superblock/descriptor
-    /// area, a bitmap or an inode table of any group (the kernel's system
-    /// zone check on free).
-    fn in_system_zone(&self, first: u64, count: u64) -> bool {
-        let end = first.saturating_add(count);
-        let overlaps = |s: u64, l: u64| s < end && first < s.saturating_add(l);
-        if first <= u64::from(self.sb.s_first_data_block) {
-            return true;
-        }
+    /// The system zone (the kernel's ext4_setup_system_zone): every
+    /// group's superblock/descriptor area, bitmaps and inode table, as
+    /// sorted, merged `[start, end)` ranges. Built once at open.
+    pub(crate) fn build_system_zone(&self) -> Vec<(u64, u64)> {
         let itb = self.itb_per_group();
-        let g0 = self.block_group(first);
-        let g1 = self.block_group(end.saturating_sub(1));
-        for g in g0..=g1.min(self.groups_count32().saturating_sub(1)) {
+        let first_data = u64::from(self.sb.s_first_data_block);
+        // Everything up to and including s_first_data_block (boot block,
+        // and the superblock with 1 KiB blocks).
+        let mut zones: Vec<(u64, u64)> = vec![(0, first_data.saturating_add(1))];
+        for g in 0..self.groups_count32() {
             let base = self.base_meta_blocks(u64::from(g));
-            if base > 0 && overlaps(self.group_first_block(u64::from(g)), base) {
-                return true;
+            if base > 0 {
+                let start = self.group_first_block(u64::from(g));
+                zones.push((start, start.saturating_add(base)));
             }
         }
-        self.groups.iter().any(|gd| {
-            overlaps(gd.bg_block_bitmap, 1)
-                || overlaps(gd.bg_inode_bitmap, 1)
-                || overlaps(gd.bg_inode_table, itb)
-        })
+        for gd in &self.groups {
+            for (s, l) in [
+                (gd.bg_block_bitmap, 1),
+                (gd.bg_inode_bitmap, 1),
+                (gd.bg_inode_table, itb),
+            ] {
+                zones.push((s, s.saturating_add(l)));
+            }
+        }
+        zones.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(zones.len());
+        for (s, e) in zones {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
+    }
+
+    /// Whether `[first, first+count)` overlaps the superblock/descriptor
+    /// area, a bitmap or an inode table of any group (the kernel's system
+    /// zone check on alloc and free): a binary search in the zone built at
+    /// open.
+    fn in_system_zone(&self, first: u64, count: u64) -> bool {
+        let end = first.saturating_add(count);
+        // The first range starting at or after `end` and every later one
+        // cannot overlap; the one before it is the only candidate.
+        let idx = self.system_zone.partition_point(|&(s, _)| s < end);
+        idx.checked_sub(1)
+            .and_then(|i| self.system_zone.get(i))
+            .is_some_and(|&(_, e)| e > first)
     }
 }
 

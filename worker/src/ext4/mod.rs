@@ -97,6 +97,9 @@ pub struct Ext4 {
     inodes: Lru<Arc<Inode>>,
     /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
     overhead_clusters: u64,
+    /// Metadata block ranges `[start, end)`, sorted and merged (see
+    /// `alloc::build_system_zone`).
+    system_zone: Vec<(u64, u64)>,
 }
 
 /// Inodes below s_first_ino other than the root are reserved (journal,
@@ -140,8 +143,10 @@ impl Ext4 {
             blocks: Lru::new(DEFAULT_BLOCK_CACHE_BYTES),
             inodes: Lru::new(DEFAULT_INODE_CACHE_ENTRIES),
             overhead_clusters: 0,
+            system_zone: Vec::new(),
         };
         fs.groups = fs.load_group_descs()?;
+        fs.system_zone = fs.build_system_zone();
         if fs.sb.has_incompat(sbf::INCOMPAT_MMP) {
             fs.check_mmp()?;
         }
@@ -205,6 +210,10 @@ impl Ext4 {
             return Ok(b);
         }
         let bs = self.block_size as usize;
+        if let Some(b) = self.writeback_block(block) {
+            self.blocks.insert(block, b.clone(), bs);
+            return Ok(b);
+        }
         let offset = block
             .checked_mul(u64::from(self.block_size))
             .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
@@ -222,7 +231,9 @@ impl Ext4 {
             .checked_mul(u64::from(self.block_size))
             .and_then(|o| o.checked_add(skip))
             .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
-        self.dev.read_at(buf, offset).map_err(io_err(offset))
+        self.dev.read_at(buf, offset).map_err(io_err(offset))?;
+        self.overlay_writeback(block, skip, buf);
+        Ok(())
     }
 
     /// Inode `ino`, parsed, checksum-verified and cached. 0 is NotFound;

@@ -295,9 +295,13 @@ mod tests {
         ] {
             let im = RwImage::new("orphan-left", args);
             let fs = im.open();
-            let a = fs.create(ROOT_INO, b"x", S_IFREG | 0o600, 0, 0, 0, 0).unwrap();
+            let a = fs
+                .create(ROOT_INO, b"x", S_IFREG | 0o600, 0, 0, 0, 0)
+                .unwrap();
             fs.unlink(ROOT_INO, b"x").unwrap();
-            // Simulate a crash: no release, no shutdown.
+            // Simulate a crash after a periodic write-back: no release,
+            // no shutdown.
+            fs.writeback().unwrap();
             drop(fs);
             let fs2 = Ext4::open(
                 Arc::new(crate::io::MemDevice::new(im.dev.contents())) as Arc<dyn BlockDevice>,

@@ -21,12 +21,25 @@
 //! or the caches before `commit`; dropping a `Txn` discards everything,
 //! allocations included (they are edits of the bitmap copies).
 //!
-//! Until journaling lands, `commit` writes the dirty blocks in place in
-//! block order ([`Txn::dirty_blocks`] is the set a journal would log), then
-//! the superblock when the transaction changed it (orphan list head,
-//! feature bits). Free counters in the superblock are kept exact in memory
-//! and written by `flush` and `shutdown`, as the kernel writes them at
-//! superblock commit.
+//! # Write-back
+//! `commit` does not write to the device: it moves the dirty blocks
+//! ([`Txn::dirty_blocks`] is the set a journal would log) into the
+//! filesystem's write-back set and the block cache, and marks the
+//! superblock dirty. The write-back set is authoritative for reads the
+//! cache misses (`Ext4::read_block`, `Ext4::read_blocks_direct`) until the
+//! blocks are on the device. [`Ext4::writeback`] writes it in block order,
+//! adjacent blocks coalesced, then the superblock; it runs on fsync and
+//! fsyncdir (`Ext4::flush`), at unmount (`shutdown`), when the set exceeds
+//! [`WRITEBACK_LIMIT`] at commit, and from the FUSE adapter's periodic
+//! flusher (like the kernel's dirty_writeback interval). File data is
+//! written directly by `write_data`, so data always reaches the device
+//! before the metadata pointing at it. Without a journal, a crash loses
+//! the metadata of the last few seconds (e2fsck then repairs the
+//! filesystem); every fsync'd byte and its metadata are on the device.
+//!
+//! Lock order for write-back: the transaction lock (when a commit flushes)
+//! -> `RwState::flush_gate` (write for a flush, read for a data write) ->
+//! the superblock mutex -> `RwState::wb` (held briefly, never across I/O).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -57,7 +70,48 @@ pub(crate) struct RwState {
     pub(super) held_orphans: Mutex<BTreeSet<Ino>>,
     /// Bytes written to the device since the mount (s_kbytes_written).
     written: AtomicU64,
+    /// Committed metadata blocks not yet on the device.
+    pub(super) wb: Mutex<WriteBack>,
+    /// Held for writing while a write-back writes to the device, for
+    /// reading by `write_data`: a flush never writes a snapshot of a freed
+    /// metadata block over file data written after it was freed, and two
+    /// flushes never reorder versions of a block.
+    flush_gate: RwLock<()>,
 }
+
+/// Committed metadata not yet on the device (see the module docs).
+#[derive(Default)]
+pub(crate) struct WriteBack {
+    pub(super) blocks: BTreeMap<u64, Arc<[u8]>>,
+    /// Bytes held in `blocks`.
+    bytes: usize,
+    /// The live superblock changed since it was last written.
+    sb_dirty: bool,
+}
+
+impl WriteBack {
+    /// Drops every pending block in `[first, end)` (freed blocks, or
+    /// blocks file data is about to overwrite).
+    fn discard(&mut self, first: u64, end: u64) {
+        let dead: Vec<u64> = self.blocks.range(first..end).map(|(k, _)| *k).collect();
+        for k in dead {
+            if let Some(d) = self.blocks.remove(&k) {
+                self.bytes = self.bytes.saturating_sub(d.len());
+            }
+        }
+    }
+
+    fn insert(&mut self, block: u64, data: Arc<[u8]>) {
+        self.bytes = self.bytes.saturating_add(data.len());
+        if let Some(old) = self.blocks.insert(block, data) {
+            self.bytes = self.bytes.saturating_sub(old.len());
+        }
+    }
+}
+
+/// Dirty metadata held in memory before a commit writes it back itself
+/// (the kernel's dirty_background bytes, in spirit).
+pub(crate) const WRITEBACK_LIMIT: usize = 64 << 20;
 
 /// The live superblock and its 1024 on-disk bytes (reserved areas kept).
 pub(crate) struct LiveSb {
@@ -95,6 +149,8 @@ impl RwState {
             generation: AtomicU32::new(hashed),
             held_orphans: Mutex::new(BTreeSet::new()),
             written: AtomicU64::new(0),
+            wb: Mutex::new(WriteBack::default()),
+            flush_gate: RwLock::new(()),
         }
     }
 
@@ -113,6 +169,10 @@ impl RwState {
 
     pub(super) fn live_sb(&self) -> MutexGuard<'_, LiveSb> {
         self.sb.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn wb(&self) -> MutexGuard<'_, WriteBack> {
+        self.wb.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -239,10 +299,7 @@ impl Ext4 {
 
     /// Whether `ino` is an unlinked inode still held open.
     pub(crate) fn is_held_orphan(&self, ino: Ino) -> bool {
-        self.rw
-            .held_orphans
-            .lock()
-            .is_ok_and(|h| h.contains(&ino))
+        self.rw.held_orphans.lock().is_ok_and(|h| h.contains(&ino))
     }
 
     /// Whether writes are refused (opened read-only, or turned read-only
@@ -284,6 +341,10 @@ impl Ext4 {
             .checked_mul(bs)
             .and_then(|o| o.checked_add(skip))
             .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
+        // No flush may be writing a snapshot of these blocks (freed
+        // metadata) while and after the data lands.
+        let _gate = self.rw.flush_gate.read().unwrap_or_else(|e| e.into_inner());
+        self.rw.wb().discard(block, block.saturating_add(end));
         if let Err(source) = self.dev.write_at(buf, offset) {
             self.write_failed("data write");
             return Err(Error::Io { offset, source });
@@ -295,18 +356,135 @@ impl Ext4 {
         Ok(())
     }
 
-    /// fsync: writes the superblock counters and flushes the device.
+    /// fsync: writes back every committed metadata block and the
+    /// superblock (counters), then flushes the device.
     pub(crate) fn flush(&self) -> Result<()> {
         if self.is_read_only() {
             return Ok(());
         }
+        self.write_back_blocks()?;
         {
             let mut live = self.rw.live_sb();
+            self.rw.wb().sb_dirty = false;
             self.write_super(&mut live)?;
         }
         self.dev
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })
+    }
+
+    /// Periodic write-back (the FUSE adapter's flusher thread): writes the
+    /// committed metadata blocks and, if it changed, the superblock,
+    /// without a device flush. Nothing to do on a read-only mount.
+    pub fn writeback(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        self.write_back_blocks()?;
+        let mut live = self.rw.live_sb();
+        let dirty = std::mem::take(&mut self.rw.wb().sb_dirty);
+        if dirty {
+            self.write_super(&mut live)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of committed metadata not yet on the device.
+    pub(crate) fn writeback_pending(&self) -> usize {
+        self.rw.wb().bytes
+    }
+
+    /// Writes a snapshot of the write-back set in block order, adjacent
+    /// blocks coalesced, then drops from the set every block no commit
+    /// replaced meanwhile. A failed write turns the mount read-only; the
+    /// blocks stay in the set (reads keep seeing them).
+    fn write_back_blocks(&self) -> Result<()> {
+        let _gate = self
+            .rw
+            .flush_gate
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let snapshot: Vec<(u64, Arc<[u8]>)> = self
+            .rw
+            .wb()
+            .blocks
+            .iter()
+            .map(|(b, d)| (*b, d.clone()))
+            .collect();
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let bs = u64::from(self.block_size);
+        let write = |start: u64, data: &[u8]| -> Result<()> {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let offset = start.saturating_mul(bs);
+            self.dev.write_at(data, offset).map_err(|source| {
+                self.write_failed("metadata write");
+                Error::Io { offset, source }
+            })?;
+            self.rw
+                .written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            Ok(())
+        };
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        let mut next = u64::MAX;
+        for (b, data) in &snapshot {
+            if *b != next || run.len() >= MAX_WRITE_RUN {
+                write(run_start, &run)?;
+                run.clear();
+                run_start = *b;
+            }
+            run.extend_from_slice(data);
+            next = b.saturating_add(1);
+        }
+        write(run_start, &run)?;
+        let mut wb = self.rw.wb();
+        for (b, data) in snapshot {
+            if wb.blocks.get(&b).is_some_and(|d| Arc::ptr_eq(d, &data)) {
+                wb.blocks.remove(&b);
+                wb.bytes = wb.bytes.saturating_sub(data.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed-but-unwritten copy of `block`, if any.
+    pub(crate) fn writeback_block(&self, block: u64) -> Option<Arc<[u8]>> {
+        self.rw.wb().blocks.get(&block).cloned()
+    }
+
+    /// Copies the committed-but-unwritten blocks overlapping the device
+    /// range starting at byte `skip` of `block` into `buf` (data read
+    /// straight from the device may be older than them).
+    pub(crate) fn overlay_writeback(&self, block: u64, skip: u64, buf: &mut [u8]) {
+        let bs = u64::from(self.block_size);
+        let Some(start) = block.checked_mul(bs).and_then(|o| o.checked_add(skip)) else {
+            return;
+        };
+        let Some(end) = start.checked_add(buf.len() as u64) else {
+            return;
+        };
+        let wb = self.rw.wb();
+        if wb.blocks.is_empty() {
+            return;
+        }
+        for (b, data) in wb.blocks.range(start / bs..end.div_ceil(bs)) {
+            let bstart = b.saturating_mul(bs);
+            let bend = bstart.saturating_add(data.len() as u64);
+            let (from, to) = (bstart.max(start), bend.min(end));
+            if from >= to {
+                continue;
+            }
+            let src = data.get((from - bstart) as usize..(to - bstart) as usize);
+            let dst = buf.get_mut((from - start) as usize..(to - start) as usize);
+            if let (Some(src), Some(dst)) = (src, dst) {
+                dst.copy_from_slice(src);
+            }
+        }
     }
 
     /// Unmount: waits for the running transaction, marks the superblock
@@ -325,7 +503,13 @@ impl Ext4 {
             return Ok(());
         }
         let orphans_empty = self.orphan_file_empty().unwrap_or(false);
+        if let Err(e) = self.write_back_blocks() {
+            // write_failed marked the error; the superblock stays not-clean.
+            tracing::error!("unmount: metadata write-back failed: {e}");
+            return Err(e);
+        }
         let mut live = self.rw.live_sb();
+        self.rw.wb().sb_dirty = false;
         let mut state = live.state_at_mount;
         if self.rw.errors.load(Ordering::Acquire) {
             state |= sbf::STATE_ERROR_FS;
@@ -590,11 +774,11 @@ impl<'fs> Txn<'fs> {
             .collect()
     }
 
-    /// Writes every dirty block (inodes serialized into their table
-    /// blocks, bitmaps with their checksums in the descriptors, descriptors
-    /// with theirs) in block order, then the superblock if this
-    /// transaction changed it, then updates the caches and live counters.
-    /// A failed write turns the mount read-only.
+    /// Folds inodes, bitmap checksums and descriptors into the dirty
+    /// blocks, moves them into the write-back set and the caches, and
+    /// updates the live superblock and counters. Writes back at once when
+    /// the write-back set exceeds [`WRITEBACK_LIMIT`]; a failed write turns
+    /// the mount read-only.
     pub(crate) fn commit(mut self) -> Result<()> {
         match self.prepare() {
             Ok(()) => {}
@@ -606,17 +790,26 @@ impl<'fs> Txn<'fs> {
             }
         }
         let fs = self.fs;
-        self.write_out()?;
-        // Caches: only after the device has every block.
-        for (b, len) in &self.freed {
-            for x in *b..b.saturating_add(u64::from(*len)) {
-                fs.blocks.remove(x);
-            }
-        }
+        // Into the write-back set and the caches; the device gets the
+        // blocks at the next write-back (see the module documentation).
         let bs = fs.block_size as usize;
-        for (b, data) in std::mem::take(&mut self.blocks) {
-            fs.blocks.insert(b, Arc::from(data), bs);
-        }
+        let pending = {
+            let mut wb = fs.rw.wb();
+            for (b, len) in &self.freed {
+                let end = b.saturating_add(u64::from(*len));
+                wb.discard(*b, end);
+                for x in *b..end {
+                    fs.blocks.remove(x);
+                }
+            }
+            for (b, data) in std::mem::take(&mut self.blocks) {
+                let data: Arc<[u8]> = Arc::from(data);
+                wb.insert(b, data.clone());
+                fs.blocks.insert(b, data, bs);
+            }
+            wb.sb_dirty = true;
+            wb.bytes
+        };
         for (ino, inode) in std::mem::take(&mut self.inodes) {
             fs.inodes.insert(u64::from(ino), Arc::new(inode), 1);
         }
@@ -630,17 +823,16 @@ impl<'fs> Txn<'fs> {
         }
         let mut live = fs.rw.live_sb();
         let (fb, fi) = (live.sb.s_free_blocks_count, live.sb.s_free_inodes_count);
-        let changed_sb = self.sb.take();
-        let write_sb = changed_sb.is_some();
-        if let Some(s) = changed_sb {
+        if let Some(s) = self.sb.take() {
             live.sb = s;
         }
         let cbits = fs.sb.cluster_bits();
         live.sb.s_free_blocks_count = add_signed(fb, self.free_blocks_delta << cbits);
         live.sb.s_free_inodes_count =
             u32::try_from(add_signed(u64::from(fi), self.free_inodes_delta)).unwrap_or(u32::MAX);
-        if write_sb {
-            fs.write_super(&mut live)?;
+        drop(live);
+        if pending > WRITEBACK_LIMIT {
+            fs.writeback()?;
         }
         Ok(())
     }
@@ -708,39 +900,6 @@ impl<'fs> Txn<'fs> {
         }
         self.groups = groups;
         Ok(())
-    }
-
-    /// Writes the dirty blocks in block order, adjacent ones coalesced.
-    fn write_out(&self) -> Result<()> {
-        let fs = self.fs;
-        let bs = u64::from(fs.block_size);
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u64;
-        let mut next = u64::MAX;
-        let flush = |start: u64, data: &[u8]| -> Result<()> {
-            if data.is_empty() {
-                return Ok(());
-            }
-            let offset = start.saturating_mul(bs);
-            fs.dev.write_at(data, offset).map_err(|source| {
-                fs.write_failed("metadata write");
-                Error::Io { offset, source }
-            })?;
-            fs.rw
-                .written
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            Ok(())
-        };
-        for (&b, data) in &self.blocks {
-            if b != next || run.len() >= MAX_WRITE_RUN {
-                flush(run_start, &run)?;
-                run.clear();
-                run_start = b;
-            }
-            run.extend_from_slice(data);
-            next = b.saturating_add(1);
-        }
-        flush(run_start, &run)
     }
 
     /// The group descriptor as this transaction sees it.
@@ -889,6 +1048,58 @@ mod tests {
         assert_fsck_clean(img, "inode update");
         let st = debugfs_out(img, &format!("stat <{ino}>"));
         assert!(st.contains("User:  4242"), "{st}");
+    }
+
+    /// Write-back: a commit reaches the caches and the write-back set, not
+    /// the device; reads that miss the cache see the write-back copy;
+    /// `writeback` writes it; a freed metadata block reused for file data
+    /// is never overwritten by its stale metadata; shutdown leaves a clean
+    /// filesystem.
+    #[test]
+    fn write_back_set() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("wb", &["-b", "4096", "-g", "4096"]);
+        let fs = im.open();
+        let at = |blk: u64| {
+            let d = im.dev.contents();
+            d[blk as usize * 4096..blk as usize * 4096 + 4].to_vec()
+        };
+        let mut txn = fs.begin().unwrap();
+        let (blk, _) = txn.alloc_blocks(0, 1, false).unwrap();
+        txn.block_new(blk).unwrap()[..4].copy_from_slice(b"meta");
+        txn.commit().unwrap();
+        assert_eq!(at(blk), [0; 4], "not on the device before write-back");
+        assert!(fs.writeback_pending() >= 4096);
+        fs.blocks.remove(blk);
+        assert_eq!(&fs.read_block(blk).unwrap()[..4], b"meta", "cache miss");
+        let mut direct = [0u8; 8];
+        fs.read_blocks_direct(blk, 0, &mut direct).unwrap();
+        assert_eq!(&direct[..4], b"meta", "direct reads see it too");
+        fs.writeback().unwrap();
+        assert_eq!(at(blk), *b"meta");
+        assert_eq!(fs.writeback_pending(), 0);
+        // Dirty again, then freed and reused for data before any flush.
+        let mut txn = fs.begin().unwrap();
+        txn.block_mut(blk).unwrap()[..4].copy_from_slice(b"newm");
+        txn.commit().unwrap();
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(blk, 1).unwrap();
+        txn.commit().unwrap();
+        let mut txn = fs.begin().unwrap();
+        let (again, _) = txn.alloc_blocks(blk, 1, false).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(again, blk);
+        fs.write_data(blk, 0, b"data").unwrap();
+        fs.flush().unwrap();
+        assert_eq!(at(blk), *b"data");
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(blk, 1).unwrap();
+        txn.commit().unwrap();
+        fs.shutdown().unwrap();
+        assert_eq!(fs.writeback_pending(), 0);
+        assert_fsck_clean(im.save(), "write-back");
     }
 
     /// A bad group descriptor checksum: a read-write open serves the
