@@ -750,6 +750,9 @@ impl Ext4 {
             let mut w = self.new_inode(&mut txn, &old_dir, S_IFCHR, 0, 0)?;
             w.flags &= !EXT4_EXTENTS_FL;
             set_rdev(&mut w.i_block, 0);
+            // __ext4_new_inode -> ext4_init_acl: a default ACL on the
+            // directory gives the whiteout an access ACL too.
+            self.acl_init(&mut txn, &old_dir, &mut w, 0)?;
             Some(w)
         } else {
             None
@@ -838,7 +841,9 @@ pub(crate) mod tests {
 
     fn exercise(fs: &Ext4, many: u32) {
         let root = ROOT_INO;
-        let a = fs.create(root, b"file", 0o100644, 0, 1000, 1000, 0).unwrap();
+        let a = fs
+            .create(root, b"file", 0o100644, 0, 1000, 1000, 0)
+            .unwrap();
         assert!(matches!(
             fs.create(root, b"file", 0o100644, 0, 0, 0, 0),
             Err(Error::Exists)
@@ -884,7 +889,8 @@ pub(crate) mod tests {
                 0o100600,
                 0,
                 0,
-                0, 0,
+                0,
+                0,
             )
             .unwrap();
         }
@@ -1282,7 +1288,8 @@ pub(crate) mod tests {
                 .unwrap()
                 .ino;
             for i in 0..n {
-                fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
+                fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0, 0)
+                    .unwrap();
             }
             for i in (0..n).step_by(2) {
                 let g = fs.unlink(d, name(i).as_bytes()).unwrap().unwrap();
