@@ -8,21 +8,34 @@
 //! name it), which becomes [`BAD_BLOCKS_FUSE_INO`] so that it cannot alias
 //! the root. FUSE inode 2 is never handed out and is answered ESTALE.
 //!
-//! Lookup counts: the engine reads inodes by number and keeps no per-inode
-//! state for the kernel, so `forget` has nothing to release.
+//! Lookup and open counts (the FORGET contract): every reply that hands
+//! the kernel an inode (lookup, create, mknod, mkdir, symlink, link, and
+//! each readdirplus entry but `.` and `..`) adds one to its lookup count;
+//! forget (and batch_forget, through fuser's default) takes the kernel's
+//! count off (saturating). The adapter also counts open handles. An inode
+//! whose last name goes away (unlink, rmdir, or rename over it) stays on
+//! the orphan list, readable
+//! and writable by number (`hold_orphan`), while the kernel still knows it
+//! (lookup count) or has it open (handles): the kernel may still send
+//! setattr, write or flush for it (e.g. cached times at syncfs). When both
+//! counts reach zero (or at once, when neither was held) the engine frees
+//! it (`release_inode`). At unmount (`destroy`) every such inode is freed
+//! and the engine shuts down (everything written, superblock marked
+//! clean); the kernel does not promise forgets at unmount.
 //!
-//! Open counts: the adapter counts open handles per inode. An inode whose
-//! last name goes away (unlink, or rename over it) while it is open stays
-//! on the orphan list until its last handle is released; then (or at once
-//! when it was not open) the engine frees it (`release_inode`). At
-//! unmount (`destroy`) every such inode is freed and the engine shuts down
-//! (everything written, superblock marked clean).
+//! Write-back: the engine keeps committed metadata in memory. Besides
+//! fsync, fsyncdir and unmount, a flusher thread started at `init` writes
+//! it back every [`WRITEBACK_INTERVAL`] (the kernel's dirty_writeback
+//! interval). syncfs(2) does not reach a FUSE server (the kernel sends
+//! FUSE_SYNCFS to virtiofs only): fsync a file or directory for
+//! durability.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -54,12 +67,17 @@ const PAGE_SIZE: u32 = 4096;
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = 1 << 20;
 
-/// Attribute and entry lifetime on read-only mounts: nothing changes
-/// under the kernel's caches, so they can live long.
-const TTL_READ_ONLY: Duration = Duration::from_secs(3600);
-/// On read-write mounts every change goes through this worker and the
-/// kernel updates its caches itself; a short TTL bounds any mistake.
-const TTL_READ_WRITE: Duration = Duration::from_secs(1);
+/// Attribute and entry lifetime. Read-only: nothing changes under the
+/// kernel's caches. Read-write: every change goes through this worker, by
+/// a request of the kernel, which updates or invalidates its own caches
+/// (and with the writeback cache trusts its own sizes and times): nothing
+/// changes behind its back either, so the same long lifetime holds.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// How often the flusher thread writes committed metadata back.
+const WRITEBACK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the flusher thread checks whether the mount is ending.
+const WRITEBACK_TICK: Duration = Duration::from_millis(200);
 
 /// fallocate(2) mode bits (linux/falloc.h) the engine implements; any
 /// other bit is EOPNOTSUPP, as on a kernel ext4 without that feature.
@@ -230,37 +248,107 @@ pub fn access_allowed(attr: &Attr, uid: u32, gid: u32, mask: AccessFlags) -> boo
     class & want == want
 }
 
-/// Per-inode open state (see the module documentation).
+/// Per-inode kernel references (see the module documentation).
 #[derive(Debug, Default, Clone, Copy)]
 struct OpenState {
     handles: u64,
-    /// The last name is gone: free the inode at the last release.
+    /// The kernel's lookup count (nlookup).
+    lookups: u64,
+    /// The last name is gone: free the inode when both counts are zero.
     unlinked: bool,
+}
+
+impl OpenState {
+    fn idle(&self) -> bool {
+        self.handles == 0 && self.lookups == 0
+    }
 }
 
 /// The fuser filesystem over the engine.
 pub struct Adapter {
-    fs: Ext4,
+    fs: Arc<Ext4>,
     read_only: bool,
     ttl: Duration,
     corrupt_logged: Mutex<HashSet<(String, u64)>>,
-    /// Inodes with open handles or pending release; entries are removed
-    /// when both are done.
+    /// Inodes the kernel holds (lookups or open handles); entries are
+    /// removed when both counts are zero.
     open: Mutex<HashMap<Ino, OpenState>>,
+    /// Tells the flusher thread to stop (set at destroy).
+    stop_flusher: Arc<AtomicBool>,
 }
 
 impl Adapter {
     pub fn new(fs: Ext4, read_only: bool) -> Self {
         Adapter {
-            fs,
+            fs: Arc::new(fs),
             read_only,
-            ttl: if read_only {
-                TTL_READ_ONLY
-            } else {
-                TTL_READ_WRITE
-            },
+            ttl: TTL,
             corrupt_logged: Mutex::new(HashSet::new()),
             open: Mutex::new(HashMap::new()),
+            stop_flusher: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Starts the periodic write-back thread (read-write mounts; after the
+    /// sandbox, which is in force before the FUSE session starts).
+    fn start_flusher(&self) {
+        let fs = Arc::clone(&self.fs);
+        let stop = Arc::clone(&self.stop_flusher);
+        let spawned = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                let mut waited = Duration::ZERO;
+                let mut failed = false;
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(WRITEBACK_TICK);
+                    waited = waited.saturating_add(WRITEBACK_TICK);
+                    if waited < WRITEBACK_INTERVAL {
+                        continue;
+                    }
+                    waited = Duration::ZERO;
+                    if let Err(e) = fs.writeback() {
+                        if !failed {
+                            tracing::error!("periodic metadata write-back failed: {e}");
+                        }
+                        failed = true;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "no write-back thread ({e}): metadata reaches the device at fsync and unmount"
+            );
+        }
+    }
+
+    /// The kernel got a reference to `ino` (an entry reply).
+    fn looked_up(&self, ino: Ino) {
+        if let Ok(mut open) = self.open.lock() {
+            let st = open.entry(ino).or_default();
+            st.lookups = st.lookups.saturating_add(1);
+        }
+    }
+
+    /// The kernel dropped `n` references to `ino`: frees the inode if it
+    /// was the last reference and its last name is gone.
+    fn forgotten(&self, ino: Ino, n: u64) {
+        let free = match self.open.lock() {
+            Ok(mut open) => match open.get_mut(&ino) {
+                Some(st) => {
+                    st.lookups = st.lookups.saturating_sub(n);
+                    let idle = st.idle();
+                    let unlinked = st.unlinked;
+                    if idle {
+                        open.remove(&ino);
+                    }
+                    idle && unlinked
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if free {
+            self.free_inode(ino);
         }
     }
 
@@ -279,7 +367,7 @@ impl Adapter {
             Ok(mut open) => match open.get_mut(&ino) {
                 Some(st) => {
                     st.handles = st.handles.saturating_sub(1);
-                    let done = st.handles == 0;
+                    let done = st.idle();
                     let unlinked = st.unlinked;
                     if done {
                         open.remove(&ino);
@@ -296,14 +384,14 @@ impl Adapter {
     }
 
     /// The engine reports that `ino` lost its last name: free it now if
-    /// it is not open, else at its last release.
+    /// the kernel holds no reference, else when the last one goes.
     fn unlinked(&self, ino: Ino) {
         let now = match self.open.lock() {
             Ok(mut open) => match open.get_mut(&ino) {
-                Some(st) if st.handles > 0 => {
+                Some(st) if !st.idle() => {
                     st.unlinked = true;
                     // Still readable and writable by number until the
-                    // last release.
+                    // last release or forget.
                     self.fs.hold_orphan(ino);
                     false
                 }
@@ -436,13 +524,28 @@ impl Filesystem for Adapter {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
             }
         }
+        if !self.read_only {
+            self.start_flusher();
+        }
         Ok(())
     }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Ok(ino) = ext4_ino(ino) {
+            self.forgotten(ino, nlookup);
+        }
+    }
+
+    // batch_forget: fuser's default calls `forget` for each node (fuser
+    // 0.18.0 does not export ForgetOne, so it cannot be overridden).
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = ino_or_reply!(parent, reply);
         match self.fs.lookup(parent, name.as_bytes()) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
             Err(e) => reply.error(self.fail("lookup", parent, &e)),
         }
     }
@@ -595,14 +698,20 @@ impl Filesystem for Adapter {
                     (Self::placeholder_attr(e.ino, e.kind), Duration::ZERO, 0)
                 }
             };
-            !reply.add(
+            let full = reply.add(
                 fuse_ino(e.ino),
                 e.next_offset,
                 OsStr::from_bytes(&e.name),
                 &ttl,
                 &attr,
                 Generation(generation.into()),
-            )
+            );
+            // The kernel takes a lookup reference on every entry it
+            // receives but `.` and `..` (fuse_direntplus_link).
+            if !full && e.name != b"." && e.name != b".." {
+                self.looked_up(e.ino);
+            }
+            !full
         });
         match result {
             Ok(()) => reply.ok(),
@@ -668,6 +777,7 @@ impl Filesystem for Adapter {
     }
 
     fn destroy(&mut self) {
+        self.stop_flusher.store(true, Ordering::Release);
         if self.read_only {
             return;
         }
@@ -752,7 +862,10 @@ impl Filesystem for Adapter {
             req.gid(),
             umask,
         ) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
             Err(e) => reply.error(self.fail("mknod", parent, &e)),
         }
     }
@@ -782,6 +895,7 @@ impl Filesystem for Adapter {
             umask,
         ) {
             Ok(a) => {
+                self.looked_up(a.ino);
                 self.opened(a.ino);
                 reply.created(
                     &self.ttl,
@@ -811,7 +925,10 @@ impl Filesystem for Adapter {
             .fs
             .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid(), umask)
         {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
             Err(e) => reply.error(self.fail("mkdir", parent, &e)),
         }
     }
@@ -833,7 +950,10 @@ impl Filesystem for Adapter {
             req.uid(),
             req.gid(),
         ) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
             Err(e) => reply.error(self.fail("symlink", parent, &e)),
         }
     }
@@ -850,7 +970,10 @@ impl Filesystem for Adapter {
         let newparent = ino_or_reply!(newparent, reply);
         writable_or_reply!(self, reply);
         match self.fs.link(ino, newparent, name_bytes(newname)) {
-            Ok(a) => reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into())),
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
             Err(e) => reply.error(self.fail("link", ino, &e)),
         }
     }
@@ -960,8 +1083,8 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let ino = ino_or_reply!(ino, reply);
-        // Every change is written when its request completes: fsync is a
-        // device flush.
+        // Data is written when its request completes; fsync writes the
+        // committed metadata back and flushes the device.
         match self.fs.flush() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("fsync", ino, &e)),
