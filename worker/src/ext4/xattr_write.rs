@@ -16,9 +16,9 @@
 //! or EA inodes between inodes (the kernel's mbcache); blocks and EA
 //! inodes shared by other writers are handled.
 
+use crate::ext4::acl::Caller;
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::acl::Caller;
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
 use crate::ext4::ondisk::superblock::GOOD_OLD_INODE_SIZE;
 use crate::ext4::ondisk::xattr::{
