@@ -216,7 +216,10 @@ impl Ext4 {
 
     /// Frees the part of the subtree under indirect block `ptr` (covering
     /// logical blocks from `base`, `level` levels above the data) that lies
-    /// in [start, end). True when the whole subtree (and `ptr`) was freed.
+    /// in [start, end). True when the whole subtree (and `ptr`) was freed:
+    /// it lay inside the range, or it held the range's start, only holes
+    /// before it, and the range ran past its end (left empty, as the
+    /// kernel frees it).
     #[expect(clippy::too_many_arguments, reason = "recursive walk state")]
     fn prune(
         &self,
@@ -260,6 +263,21 @@ impl Ext4 {
         if whole {
             f.meta(ptr);
             return Ok(true);
+        }
+        // The kernel (ext4_find_shared on the start of the range) detaches
+        // an indirect block that holds the range's start when everything
+        // before the start is a hole and the range runs past its end: it
+        // would be left empty. A block holding the range's end, or both
+        // ends, stays even when emptied.
+        let holds_start = base < start;
+        let runs_past = base.saturating_add(span) <= end;
+        if holds_start && runs_past {
+            let empty_after =
+                (0..per as usize).all(|i| changed.contains(&i) || le32(&table, i * 4) == 0);
+            if empty_after {
+                f.meta(ptr);
+                return Ok(true);
+            }
         }
         if !changed.is_empty() {
             let b = txn.block_mut(ptr)?;
