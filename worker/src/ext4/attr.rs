@@ -51,23 +51,7 @@ impl Ext4 {
             inode.mtime = pick(t);
         }
         inode.ctime = set.ctime.map_or(now, pick);
-        let attr = Attr {
-            ino: inode.ino,
-            kind: inode.kind,
-            perm: inode.perm(),
-            nlink: u32::from(inode.links_count),
-            uid: inode.uid,
-            gid: inode.gid,
-            size: inode.size,
-            blocks: inode.blocks,
-            atime: inode.atime,
-            mtime: inode.mtime,
-            ctime: inode.ctime,
-            crtime: inode.crtime,
-            rdev: inode.rdev(),
-            generation: inode.generation,
-            blksize: self.block_size(),
-        };
+        let attr = self.attr_of(&inode);
         txn.put_inode(inode);
         txn.commit()?;
         Ok(attr)

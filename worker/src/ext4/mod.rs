@@ -314,9 +314,14 @@ impl Ext4 {
 
     /// stat(2) for `ino`.
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        let i = self.inode(ino)?;
-        Ok(Attr {
-            ino,
+        Ok(self.attr_of(&*self.inode(ino)?))
+    }
+
+    /// What stat(2) shows for an inode: the one conversion from `Inode` to
+    /// `Attr`, for getattr and for every operation that replies with one.
+    pub(crate) fn attr_of(&self, i: &Inode) -> Attr {
+        Attr {
+            ino: i.ino,
             kind: i.kind,
             perm: i.perm(),
             nlink: u32::from(i.links_count),
@@ -340,7 +345,7 @@ impl Ext4 {
             rdev: i.rdev(),
             generation: i.generation,
             blksize: self.block_size,
-        })
+        }
     }
 
     /// statfs(2) as the kernel's ext4_statfs computes it.

@@ -338,26 +338,6 @@ impl Ext4 {
         dir.ctime = now;
     }
 
-    fn attr_of(&self, i: &Inode) -> Attr {
-        Attr {
-            ino: i.ino,
-            kind: i.kind,
-            perm: i.perm(),
-            nlink: u32::from(i.links_count),
-            uid: i.uid,
-            gid: i.gid,
-            size: i.size,
-            blocks: i.blocks,
-            atime: i.atime,
-            mtime: i.mtime,
-            ctime: i.ctime,
-            crtime: i.crtime,
-            rdev: i.rdev(),
-            generation: i.generation,
-            blksize: self.block_size(),
-        }
-    }
-
     /// mknod/create: a regular file, device, fifo or socket.
     /// `mode` is the requested type and permissions before the umask:
     /// `umask` applies only when `parent` has no default ACL (see
