@@ -664,6 +664,7 @@ pub(crate) fn map_alloc(
             }
             Err(e) => return Err(e),
         }
+        merge_up(store, ctx, root)?;
         *root.blocks = root
             .blocks
             .saturating_add(u64::from(got).saturating_mul(ctx.sectors()));
@@ -776,7 +777,39 @@ pub(crate) fn set_state(
     let end = end.min(LBLK_LIMIT);
     for_each_leaf(store, ctx, root, start, end, |_, exts, s, t| {
         Ok(leaf_set_state(exts, s, t, uninit))
-    })
+    })?;
+    merge_up(store, ctx, root)
+}
+
+/// ext4_ext_try_to_merge_up, run by the kernel after every extent
+/// insertion or conversion (not after removals): a depth-1 tree whose
+/// only leaf fits in the inode goes back into i_block and the leaf block
+/// is freed.
+pub(crate) fn merge_up(
+    store: &mut dyn TreeStore,
+    ctx: &TreeCtx,
+    root: &mut Root<'_>,
+) -> Result<()> {
+    if extent::header_depth(&root.i_block[..]) != 1 {
+        return Ok(());
+    }
+    let path = load_path(store, ctx, root.i_block, 0)?;
+    let [top, leaf] = path.levels.as_slice() else {
+        return Ok(());
+    };
+    let (Some(blk), ExtentNode::Index(idx), ExtentNode::Leaf(exts)) =
+        (leaf.block, &top.node, &leaf.node)
+    else {
+        return Ok(());
+    };
+    if idx.len() != 1 || exts.len() > extent::ROOT_MAX_ENTRIES {
+        return Ok(());
+    }
+    let node = ExtentNode::Leaf(exts.clone());
+    write_node(&mut root.i_block[..], true, 0, &node, None)?;
+    store.free(blk, 1)?;
+    *root.blocks = root.blocks.saturating_sub(ctx.sectors());
+    Ok(())
 }
 
 /// Every extent of the tree in order (tests and whole-file walks).

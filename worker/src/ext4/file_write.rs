@@ -1582,4 +1582,44 @@ pub(crate) mod tests {
         drop(fs);
         fsck_clean(&img);
     }
+    /// ext4_ext_try_to_merge_up: after an insertion, a depth-1 tree whose
+    /// one leaf fits in the inode moves back into i_block; a removal alone
+    /// keeps the leaf. Kernel 6.18, 4 KiB blocks: blocks 0,2,4,6,8 (48
+    /// sectors), punch 6..9 (32: leaf kept), write block 10 (32: 4 data
+    /// blocks, root at depth 0). inline_data differential seed
+    /// 7841805380503437334: a one-extent file kept its leaf block.
+    #[test]
+    fn insertion_merges_a_small_leaf_back_into_the_inode() {
+        if !have_mkfs() {
+            return;
+        }
+        let sc = Scratch::new("mergeup");
+        let src = src_tree(&sc);
+        let img = mkfs(&sc, &src, &["-b", "4096"], 32 * 1024);
+        let fs = open_rw(&img);
+        let ino = ino_of(&img, "frag");
+        let depth = |fs: &Ext4| {
+            let mut txn = fs.begin().unwrap();
+            let i = txn.inode(ino).unwrap();
+            crate::ext4::ondisk::extent::header_depth(&i.i_block)
+        };
+        for b in [0u64, 2, 4, 6, 8] {
+            fs.write(ino, b * 4096, &pattern(4096, b)).unwrap();
+        }
+        assert_eq!(fs.getattr(ino).unwrap().blocks, 48);
+        assert_eq!(depth(&fs), 1);
+        punch(&fs, ino, 6 * 4096, 3 * 4096);
+        assert_eq!(fs.getattr(ino).unwrap().blocks, 32);
+        assert_eq!(depth(&fs), 1);
+        fs.write(ino, 10 * 4096, &pattern(4096, 10)).unwrap();
+        assert_eq!(fs.getattr(ino).unwrap().blocks, 32);
+        assert_eq!(depth(&fs), 0);
+        fs.shutdown().unwrap();
+        drop(fs);
+        fsck_clean(&img);
+        let fs = open_image(&img).unwrap();
+        let mut b = vec![0u8; 4096];
+        fs.read(ino, 10 * 4096, &mut b).unwrap();
+        assert!(b == pattern(4096, 10));
+    }
 }
