@@ -50,10 +50,13 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-# Global sync: syncfs(2) on safemount after unlinking a just-written file
-# fails with ENOENT (the kernel flushes cached times of an inode the
-# worker already freed; see the report), and sync ignores such errors.
-syncfs() { sync; }
+# Durability point before the clock stops: sync, then fsync of the mount's
+# root directory (`sync FILE` fsyncs FILE). syncfs(2) does not reach a FUSE
+# server (the kernel sends FUSE_SYNCFS to virtiofs only), and safemount
+# keeps committed metadata in memory until fsync/fsyncdir, its 5 s flusher
+# or unmount; fuse2fs likewise flushes its cache on fsync. On the kernel
+# the fsync after sync costs next to nothing.
+syncfs() { sync; sync "$MNT"; }
 
 if [[ ! -f $PRISTINE ]]; then
     truncate -s 4G "$PRISTINE"
