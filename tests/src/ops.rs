@@ -1118,6 +1118,12 @@ pub struct KernelRw {
 
 impl KernelRw {
     pub fn mount(image: &Path, mnt: &Path) -> Result<Self> {
+        Self::mount_with(image, mnt, "")
+    }
+
+    /// [`KernelRw::mount`] with extra mount options (comma-separated,
+    /// appended to the defaults), e.g. "nombcache".
+    pub fn mount_with(image: &Path, mnt: &Path, extra: &str) -> Result<Self> {
         let mut loopdev = None;
         let mut last = String::new();
         for _ in 0..10 {
@@ -1138,13 +1144,18 @@ impl KernelRw {
             loopdev,
             mounted: false,
         };
+        let opts = if extra.is_empty() {
+            "rw,noatime,nodev,nosuid".to_owned()
+        } else {
+            format!("rw,noatime,nodev,nosuid,{extra}")
+        };
         let out = run(
             "mount",
             [
                 "-t".as_ref(),
                 "ext4".as_ref(),
                 "-o".as_ref(),
-                "rw,noatime,nodev,nosuid".as_ref(),
+                opts.as_ref(),
                 me.loopdev.as_ref(),
                 mnt.as_os_str(),
             ],
