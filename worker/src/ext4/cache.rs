@@ -4,6 +4,7 @@
 //! never across I/O, so FUSE threads rarely contend.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const SHARDS: usize = 16;
@@ -73,9 +74,18 @@ impl<V: Clone> Shard<V> {
 }
 
 /// A sharded LRU map from u64 keys to cheaply clonable values.
+///
+/// Two kinds of insert: writers (a commit, a data write) `insert`/`remove`
+/// the truth; readers that missed `fill` with what they read from the
+/// device. A reader's copy may already be stale when it arrives (a commit
+/// ran meanwhile), so every writer bumps `generation` first, and a fill
+/// only lands if no writer ran since the reader took its `fill_ticket`
+/// (checked under the shard lock, so a fill can never overwrite newer
+/// contents).
 pub(crate) struct Lru<V> {
     shards: Vec<Mutex<Shard<V>>>,
     budget_per_shard: usize,
+    generation: AtomicU64,
 }
 
 impl<V: Clone> Lru<V> {
@@ -84,6 +94,7 @@ impl<V: Clone> Lru<V> {
         Lru {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::new())).collect(),
             budget_per_shard: (budget / SHARDS).max(1),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -100,15 +111,34 @@ impl<V: Clone> Lru<V> {
         self.shard(key)?.touch(key)
     }
 
+    /// Stores the current contents of `key` (a writer's insert).
     pub(crate) fn insert(&self, key: u64, value: V, cost: usize) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(mut s) = self.shard(key) {
             s.insert(key, value, cost, self.budget_per_shard);
         }
     }
 
+    /// Drops `key` (a writer's invalidation).
     pub(crate) fn remove(&self, key: u64) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(mut s) = self.shard(key) {
             s.remove(key);
+        }
+    }
+
+    /// Taken by a reader before it reads what it will `fill`.
+    pub(crate) fn fill_ticket(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A reader's insert: lands only if no writer inserted or removed
+    /// anything since `ticket` was taken.
+    pub(crate) fn fill(&self, key: u64, value: V, cost: usize, ticket: u64) {
+        if let Some(mut s) = self.shard(key)
+            && self.generation.load(Ordering::SeqCst) == ticket
+        {
+            s.insert(key, value, cost, self.budget_per_shard);
         }
     }
 
@@ -127,6 +157,26 @@ pub(crate) type BlockCache = Lru<Arc<[u8]>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_fill_never_overwrites_a_writer() {
+        let c: Lru<u32> = Lru::new(1 << 20);
+        // A reader takes its ticket, a commit stores new contents, then the
+        // reader's (stale) copy arrives: the commit's contents stay.
+        let t = c.fill_ticket();
+        c.insert(7, 2, 1);
+        c.fill(7, 1, 1, t);
+        assert_eq!(c.get(7), Some(2));
+        // Same after an invalidation: the stale copy is not cached.
+        let t = c.fill_ticket();
+        c.remove(7);
+        c.fill(7, 1, 1, t);
+        assert_eq!(c.get(7), None);
+        // With no writer in between, a fill lands.
+        let t = c.fill_ticket();
+        c.fill(7, 3, 1, t);
+        assert_eq!(c.get(7), Some(3));
+    }
 
     #[test]
     fn evicts_least_recently_used() {

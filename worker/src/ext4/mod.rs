@@ -209,9 +209,10 @@ impl Ext4 {
         if let Some(b) = self.blocks.get(block) {
             return Ok(b);
         }
+        let ticket = self.blocks.fill_ticket();
         let bs = self.block_size as usize;
         if let Some(b) = self.writeback_block(block) {
-            self.blocks.insert(block, b.clone(), bs);
+            self.blocks.fill(block, b.clone(), bs, ticket);
             return Ok(b);
         }
         let offset = block
@@ -220,7 +221,7 @@ impl Ext4 {
         let mut buf = vec![0u8; bs];
         self.dev.read_at(&mut buf, offset).map_err(io_err(offset))?;
         let data: Arc<[u8]> = Arc::from(buf);
-        self.blocks.insert(block, data.clone(), bs);
+        self.blocks.fill(block, data.clone(), bs, ticket);
         Ok(data)
     }
 
@@ -268,6 +269,7 @@ impl Ext4 {
         if let Some(i) = self.inodes.get(u64::from(ino)) {
             return Ok(i);
         }
+        let ticket = self.inodes.fill_ticket();
         let ipg = self.sb.s_inodes_per_group;
         let group = (ino - 1) / ipg;
         let index = (ino - 1) % ipg;
@@ -297,7 +299,7 @@ impl Ext4 {
             ));
         }
         let inode = Arc::new(inode);
-        self.inodes.insert(u64::from(ino), inode.clone(), 1);
+        self.inodes.fill(u64::from(ino), inode.clone(), 1, ticket);
         Ok(inode)
     }
 
