@@ -365,7 +365,15 @@ impl Ext4 {
                     break;
                 }
                 block.push(new);
-                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) <= bs {
+                // With ea_inode, an inline value may not push the block's
+                // values below EXT4_XATTR_BLOCK_RESERVE (min(bs/8, 1024)
+                // bytes kept for entries and names): it goes to an EA
+                // inode instead (ext4_xattr_set_entry).
+                let reserve_kept = !ea_feature
+                    || in_inode
+                    || v.is_empty()
+                    || bs.saturating_sub(inline_values_len(&block)) >= (bs / 8).min(1024);
+                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) <= bs && reserve_kept {
                     block_changed = true;
                     break;
                 }
@@ -542,6 +550,17 @@ impl Ext4 {
         }
         Ok(())
     }
+}
+
+/// Bytes the inline values of `entries` take in a block (each padded).
+fn inline_values_len(entries: &[NewXattr]) -> usize {
+    entries
+        .iter()
+        .map(|e| match &e.value {
+            NewXattrValue::Inline(v) => xattr::value_len(v.len()),
+            NewXattrValue::EaInode { .. } => 0,
+        })
+        .fold(0usize, usize::saturating_add)
 }
 
 #[cfg(test)]
