@@ -1054,6 +1054,16 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             // allocations of indirect-mapped files as data.
             // SAFETY: an fd we own.
             check(unsafe { libc::fsync(fd.0) })?;
+            // Then the (now clean) cached pages dropped: a live kernel
+            // reports an unwritten extent as data where a cached page
+            // covers it (page granularity, e.g. the tail of a page whose
+            // first 1 KiB blocks were written); the extent map is the
+            // defined answer, the one a fresh mount gives.
+            // SAFETY: an fd we own; no memory is touched.
+            let rc = unsafe { libc::posix_fadvise(fd.0, 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc != 0 {
+                return Err(errno_name(rc));
+            }
             let st = lstat(root, path)?;
             let mut v = Vec::new();
             let mut off: i64 = 0;
