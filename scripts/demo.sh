@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: build safemount, make a small ext4 demo image, and mount it
-# read-only through the real broker and sandboxed worker. Run as root.
+# Quick start: build safemount, make a small ext4 demo image, mount it
+# read-only through the real broker and sandboxed worker, then read-write,
+# and check the result with e2fsck. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,4 +45,13 @@ du -h --apparent-size "$work/mnt/sparse.bin"; du -h "$work/mnt/sparse.bin"
 grep " $work/mnt " /proc/self/mountinfo
 echo "== safemount unmount"
 "$bin/safemount" --socket "$sock" unmount "$work/mnt"
+
+echo "== read-write: write through the worker, then let e2fsck judge"
+"$bin/safemount" --socket "$sock" mount "$work/demo.img" "$work/mnt" -o rw
+mkdir "$work/mnt/new-dir"
+echo "written by safemount" > "$work/mnt/new-dir/file.txt"
+mv "$work/mnt/hello.txt" "$work/mnt/new-dir/"
+ls -la "$work/mnt/new-dir"
+"$bin/safemount" --socket "$sock" unmount "$work/mnt"
+e2fsck -fn "$work/demo.img"
 echo "demo: done"
