@@ -749,12 +749,18 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let ino = ino_or_reply!(ino, reply);
         match self.fs.listxattr(ino) {
             Ok(names) => {
                 let mut list = Vec::new();
+                // Like ext4_xattr_trusted_list: trusted.* names are shown
+                // only to CAP_SYS_ADMIN, which over FUSE means root.
+                let show_trusted = req.uid() == 0;
                 for name in names {
+                    if !show_trusted && name.starts_with(b"trusted.") {
+                        continue;
+                    }
                     list.extend_from_slice(&name);
                     list.push(0);
                 }

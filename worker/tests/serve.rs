@@ -87,6 +87,12 @@ fn make_tree(src: &Path) {
         .status()
         .expect("setfattr");
     assert!(status.success());
+    let status = Command::new("setfattr")
+        .args(["-n", "trusted.admin", "-v", "hidden"])
+        .arg(src.join("hello.txt"))
+        .status()
+        .expect("setfattr trusted");
+    assert!(status.success());
     std::fs::create_dir(src.join("sub")).expect("mkdir");
     symlink("../hello.txt", src.join("sub/link")).expect("symlink");
     // A sparse file: a hole, 8 KiB of data at 1 MiB, a hole to 2 MiB.
@@ -328,6 +334,27 @@ fn serves_an_image_read_only_and_exits_on_unmount() {
         String::from_utf8_lossy(&out.stdout).contains("user.test=\"value1\""),
         "{out:?}"
     );
+    // trusted.* names are listed to root only, as ext4 does.
+    let list_as = |uid: &str| {
+        let out = Command::new("setpriv")
+            .args(["--reuid", uid, "--regid", uid, "--clear-groups"])
+            .args(["getfattr", "-d", "-m", "-", "--absolute-names"])
+            .arg(mnt.join("hello.txt"))
+            .output()
+            .expect("setpriv getfattr");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(
+        list_as("0").contains("trusted.admin"),
+        "root sees trusted.*"
+    );
+    let user_view = list_as("1001");
+    assert!(user_view.contains("user.test"), "{user_view}");
+    assert!(!user_view.contains("trusted."), "{user_view}");
     // The kernel enforces the ACL: uid 1000 is denied, uid 1001 ("other")
     // may read.
     let cat_as = |uid: &str| {
