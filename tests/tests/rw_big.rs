@@ -368,7 +368,18 @@ fn fill_to_enospc_and_recover() {
         fs::remove_file(rw.p(&format!("fill{i}"))).unwrap();
     }
     let _ = fs::remove_dir(rw.p("after-full"));
-    let after = snapshot::statvfs(&rw.mnt).unwrap();
+    // A deleted file's space returns when the kernel's FORGET for it is
+    // served (the worker frees an unlinked inode once the kernel drops its
+    // last reference). FORGET has no reply and may be handled by another
+    // worker thread just after unlink(2) returned, so give it a moment.
+    let mut after = snapshot::statvfs(&rw.mnt).unwrap();
+    for _ in 0..50 {
+        if (after.bfree, after.ffree) == (before.bfree, before.ffree) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after = snapshot::statvfs(&rw.mnt).unwrap();
+    }
     assert_eq!(
         (after.bfree, after.ffree),
         (before.bfree, before.ffree),
