@@ -4,7 +4,10 @@
 //! touching the callers.
 //!
 //! # Lock order
-//! 1. per-inode locks (the FUSE adapter's), lower inode number first;
+//! 1. per-inode locks, lower inode number first (reserved: none exist
+//!    today, because every mutation, data writes included, runs inside
+//!    one transaction and so under the transaction lock; readers never
+//!    block);
 //! 2. the transaction lock (`RwState::txn_lock`, one per filesystem: the
 //!    "journal" lock), taken by [`Ext4::begin`] and held until the `Txn`
 //!    commits or drops;
