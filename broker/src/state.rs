@@ -700,12 +700,7 @@ impl State {
     }
 
     /// Takes over a live mount from a previous broker.
-    fn adopt(
-        self: &Arc<Self>,
-        record: Record,
-        pidfd: OwnedFd,
-        on_exit: OnExit,
-    ) {
+    fn adopt(self: &Arc<Self>, record: Record, pidfd: OwnedFd, on_exit: OnExit) {
         let id = record.id;
         let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
         {

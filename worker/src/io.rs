@@ -59,7 +59,10 @@ impl FdDevice {
     /// underlying filesystem refuses it.
     pub fn enable_direct_io(&self) -> io::Result<()> {
         let flags = OFlag::from_bits_truncate(fcntl(self.file.as_fd(), FcntlArg::F_GETFL)?);
-        fcntl(self.file.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_DIRECT))?;
+        fcntl(
+            self.file.as_fd(),
+            FcntlArg::F_SETFL(flags | OFlag::O_DIRECT),
+        )?;
         self.direct.store(true, Ordering::Release);
         Ok(())
     }
@@ -257,7 +260,11 @@ mod tests {
     fn direct_io_on_a_file_round_trips_unaligned() {
         let path = std::env::temp_dir().join(format!("safemount-io-{}", std::process::id()));
         std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
         let dev = FdDevice::new(f.into()).unwrap();
         // tmpfs refuses O_DIRECT; then this test only checks buffered mode.
         let direct = dev.enable_direct_io().is_ok();
