@@ -13,10 +13,8 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -26,270 +24,22 @@ use safemount_proto::{
     BrokerReply, ClientRequest, ErrorKind, MountSource, PROTOCOL_VERSION, ProtoError, recv, send,
 };
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+mod harness;
+
+use harness::*;
 
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (mounts for real)");
-            return;
-        }
-        if !Path::new("/dev/fuse").exists() {
-            eprintln!("skipped: no /dev/fuse");
+        if !have_root_and_fuse() {
             return;
         }
     };
 }
 
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_safemountd"))
-        .parent()
-        .expect("binary has a parent dir")
-        .to_owned()
-}
-
-fn client_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_safemount"))
-}
-
-/// The fake worker, or None (with a message) if it was not built.
-fn fake_worker() -> Option<PathBuf> {
-    let p = bin_dir().join("examples/fake_worker");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not built (cargo build -p safemount-broker --examples)",
-            p.display()
-        );
-        None
-    }
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A scratch directory (0755, so a non-root client can reach the socket),
-/// removed on drop after detaching anything still mounted inside.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("sm-e2e-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(p)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn dir(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-    /// A 4 MiB image of zeros (the fake worker reads nothing).
-    fn blank_image(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        let f = std::fs::File::create(&p).unwrap();
-        f.set_len(4 << 20).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for m in safemount_mounts() {
-            if m.starts_with(&self.0) {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Mount points of every `fuse.safemount` mount.
-fn safemount_mounts() -> Vec<PathBuf> {
-    safemount_broker::mountpoint::read_mountinfo()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.fstype == "fuse.safemount")
-        .map(|e| e.mount_point)
-        .collect()
-}
-
+/// Mounted at `p`, comparing canonical paths.
 fn is_mounted(p: &Path) -> bool {
     let p = p.canonicalize().unwrap_or(p.to_owned());
     safemount_mounts().contains(&p)
-}
-
-/// Pids whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        if ppid == pid {
-            out.push(child);
-        }
-    }
-    out
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-/// The fd count once it has not changed for 300 ms (connection threads
-/// close their fds a moment after the client sees its reply).
-fn settled_fd_count(pid: u32) -> usize {
-    let mut last = fd_count(pid);
-    let mut stable = 0;
-    for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = fd_count(pid);
-        if now == last {
-            stable += 1;
-            if stable >= 6 {
-                break;
-            }
-        } else {
-            stable = 0;
-            last = now;
-        }
-    }
-    last
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A running safemountd, stopped with SIGTERM on drop.
-struct Broker {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Broker {
-    fn start(scratch: &Scratch, worker: &Path) -> Self {
-        Self::start_with(scratch, worker, &[])
-    }
-
-    fn start_with(scratch: &Scratch, worker: &Path, extra: &[&str]) -> Self {
-        let socket = scratch.path("run/socket");
-        let log = scratch.path("broker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--worker")
-            .arg(worker)
-            .args(extra)
-            .env("SAFEMOUNT_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let b = Self {
-            child: Some(child),
-            socket,
-            log,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || b
-                .client(&["list", "--json"])
-                .status
-                .success()),
-            "broker does not answer on its socket; log:\n{}",
-            b.log()
-        );
-        b
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn client(&self, args: &[&str]) -> Output {
-        Command::new(client_bin())
-            .args(args)
-            .env("SAFEMOUNT_SOCKET", &self.socket)
-            .output()
-            .unwrap()
-    }
-
-    fn list_json(&self) -> Vec<serde_json::Value> {
-        let out = self.client(&["list", "--json"]);
-        assert!(out.status.success(), "list failed: {out:?}");
-        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
-    }
-
-    /// Stops the broker with SIGTERM; returns its exit code.
-    fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Nothing of this broker's is left: no safemount mount under `scratch`,

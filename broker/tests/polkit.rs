@@ -18,10 +18,13 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod harness;
+
+use harness::*;
 use safemount_broker::authorize::Caller;
 use safemount_broker::polkit::{Action, Decision, Polkit};
 
@@ -69,26 +72,6 @@ fn missing_prerequisite() -> Option<String> {
         return Some("fake worker not built (cargo build -p safemount-broker --examples)".into());
     }
     None
-}
-
-fn fake_worker() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_safemountd"))
-        .parent()?
-        .join("examples/fake_worker");
-    p.exists().then_some(p)
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn kill_child(child: &mut Child) {
@@ -268,146 +251,31 @@ impl Drop for Polkitd {
     }
 }
 
-/// Scratch dir (0755) removed on drop, after detaching mounts inside.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("sm-polkit-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(p)
-    }
-
-    /// An image readable by everyone and a mount point owned by `user`.
-    fn image_and_mountpoint(&self, name: &str, user: (u32, u32)) -> (PathBuf, PathBuf) {
-        let img = self.0.join(format!("{name}.img"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
-        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mp = self.0.join(format!("mnt-{name}"));
-        std::fs::create_dir(&mp).unwrap();
-        nix::unistd::chown(
-            &mp,
-            Some(nix::unistd::Uid::from_raw(user.0)),
-            Some(nix::unistd::Gid::from_raw(user.1)),
-        )
-        .unwrap();
-        (img, mp)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for m in mounts() {
-            if m.starts_with(&self.0) {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn mounts() -> Vec<PathBuf> {
-    safemount_broker::mountpoint::read_mountinfo()
+/// An image readable by everyone and a mount point owned by `user`.
+fn image_and_mountpoint(scratch: &Scratch, name: &str, user: (u32, u32)) -> (PathBuf, PathBuf) {
+    let img = scratch.0.join(format!("{name}.img"));
+    std::fs::File::create(&img)
         .unwrap()
-        .into_iter()
-        .filter(|e| e.fstype == "fuse.safemount")
-        .map(|e| e.mount_point)
-        .collect()
+        .set_len(4 << 20)
+        .unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mp = scratch.0.join(format!("mnt-{name}"));
+    std::fs::create_dir(&mp).unwrap();
+    nix::unistd::chown(
+        &mp,
+        Some(nix::unistd::Uid::from_raw(user.0)),
+        Some(nix::unistd::Gid::from_raw(user.1)),
+    )
+    .unwrap();
+    (img, mp)
 }
 
-struct Broker {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Broker {
-    fn start(dir: &Path, bus_address: &str) -> Self {
-        let socket = dir.join("run/socket");
-        let log = dir.join("broker.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--worker")
-            .arg(fake_worker().unwrap())
-            .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
-            .env("SAFEMOUNT_LOG", "debug")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let b = Self { child, socket, log };
-        assert!(
-            wait_until(Duration::from_secs(10), || b
-                .run(None, &["list", "--json"])
-                .status
-                .success()),
-            "broker does not answer; log:\n{}",
-            b.log()
-        );
-        b
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Runs the client, as root (None) or as (uid, gid).
-    fn run(&self, user: Option<(u32, u32)>, args: &[&str]) -> Output {
-        let mut cmd = match user {
-            None => Command::new(env!("CARGO_BIN_EXE_safemount")),
-            Some((uid, gid)) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--reuid",
-                    &uid.to_string(),
-                    "--regid",
-                    &gid.to_string(),
-                    "--clear-groups",
-                ])
-                .arg(env!("CARGO_BIN_EXE_safemount"));
-                c
-            }
-        };
-        cmd.args(args)
-            .env("SAFEMOUNT_SOCKET", &self.socket)
-            .output()
-            .unwrap()
-    }
-
-    fn list(&self, user: Option<(u32, u32)>) -> Vec<serde_json::Value> {
-        let out = self.run(user, &["list", "--json"]);
-        assert!(out.status.success(), "list: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        kill_child(&mut self.child);
-    }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// safemountd with the fake worker, on the bus at `bus_address`.
+fn start_broker(scratch: &Scratch, bus_address: &str) -> Broker {
+    Broker::builder(scratch, &fake_worker().unwrap())
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
+        .env_remove("NOTIFY_SOCKET")
+        .start()
 }
 
 fn s(p: &Path) -> &str {
@@ -430,78 +298,78 @@ fn polkit_decides_who_mounts_unmounts_and_lists() {
     let [a, b, c] = [&users[0], &users[1], &users[2]].map(|u| Some((u.uid, u.gid)));
     let nobody = Some((65534, 65534));
     let mut pk = Polkitd::start(&scratch.0.join("bus").tap_mkdir());
-    let broker = Broker::start(&scratch.0, &pk.address);
+    let broker = start_broker(&scratch, &pk.address);
 
     // Allowed users mount images they opened themselves.
-    let (img_a, mp_a) = scratch.image_and_mountpoint("a", (users[0].uid, users[0].gid));
-    let out = broker.run(a, &["mount", s(&img_a), s(&mp_a)]);
+    let (img_a, mp_a) = image_and_mountpoint(&scratch, "a", (users[0].uid, users[0].gid));
+    let out = broker.client_as(a, &["mount", s(&img_a), s(&mp_a)]);
     assert!(
         out.status.success(),
         "A mount: {}\n{}",
         stderr(&out),
         broker.log()
     );
-    let (img_b, mp_b) = scratch.image_and_mountpoint("b", (users[1].uid, users[1].gid));
-    let out = broker.run(b, &["mount", s(&img_b), s(&mp_b)]);
+    let (img_b, mp_b) = image_and_mountpoint(&scratch, "b", (users[1].uid, users[1].gid));
+    let out = broker.client_as(b, &["mount", s(&img_b), s(&mp_b)]);
     assert!(
         out.status.success(),
         "B mount: {}\n{}",
         stderr(&out),
         broker.log()
     );
-    assert!(mounts().contains(&mp_a) && mounts().contains(&mp_b));
+    assert!(safemount_mounts().contains(&mp_a) && safemount_mounts().contains(&mp_b));
 
     // A denied user gets one clear line and exit code 4.
-    let (img_n, mp_n) = scratch.image_and_mountpoint("n", (65534, 65534));
-    let out = broker.run(nobody, &["mount", s(&img_n), s(&mp_n)]);
+    let (img_n, mp_n) = image_and_mountpoint(&scratch, "n", (65534, 65534));
+    let out = broker.client_as(nobody, &["mount", s(&img_n), s(&mp_n)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
         "safemount: not authorized: polkit denied org.safemount.mount-image for uid 65534"
     );
-    assert!(!mounts().contains(&mp_n));
+    assert!(!safemount_mounts().contains(&mp_n));
 
     // A sees only A's mount, and may not unmount B's.
-    let list = broker.list(a);
+    let list = broker.list_json_as(a);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["mountpoint"], s(&mp_a));
-    let out = broker.run(a, &["unmount", s(&mp_b)]);
+    let out = broker.client_as(a, &["unmount", s(&mp_b)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("was mounted by another user"),
         "{}",
         stderr(&out)
     );
-    assert!(mounts().contains(&mp_b));
-    assert!(broker.list(nobody).is_empty());
+    assert!(safemount_mounts().contains(&mp_b));
+    assert!(broker.list_json_as(nobody).is_empty());
 
     // C, whom polkit allows unmount-others, and root see both.
-    assert_eq!(broker.list(c).len(), 2);
-    assert_eq!(broker.list(None).len(), 2);
+    assert_eq!(broker.list_json_as(c).len(), 2);
+    assert_eq!(broker.list_json_as(None).len(), 2);
 
     // C unmounts B's mount; root unmounts A's.
-    let out = broker.run(c, &["unmount", s(&mp_b)]);
+    let out = broker.client_as(c, &["unmount", s(&mp_b)]);
     assert!(
         out.status.success(),
         "C unmount: {}\n{}",
         stderr(&out),
         broker.log()
     );
-    let out = broker.run(None, &["unmount", s(&mp_a)]);
+    let out = broker.client_as(None, &["unmount", s(&mp_a)]);
     assert!(out.status.success(), "root unmount: {}", stderr(&out));
-    assert!(broker.list(None).is_empty());
+    assert!(broker.list_json_as(None).is_empty());
 
     // polkitd gone: only root may mount, others are told why.
     pk.stop_polkitd();
-    let out = broker.run(a, &["mount", s(&img_a), s(&mp_a)]);
+    let out = broker.client_as(a, &["mount", s(&img_a), s(&mp_a)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
         "safemount: not authorized: polkit is not available"
     );
-    let out = broker.run(None, &["mount", s(&img_a), s(&mp_a)]);
+    let out = broker.client_as(None, &["mount", s(&img_a), s(&mp_a)]);
     assert!(out.status.success(), "root mount: {}", stderr(&out));
-    let out = broker.run(None, &["unmount", s(&mp_a)]);
+    let out = broker.client_as(None, &["unmount", s(&mp_a)]);
     assert!(out.status.success(), "root unmount: {}", stderr(&out));
 }
 
@@ -513,15 +381,15 @@ fn without_a_system_bus_only_root_mounts() {
         return;
     }
     let scratch = Scratch::new("nobus");
-    let broker = Broker::start(&scratch.0, "unix:path=/nonexistent/safemount-no-bus");
-    let (img, mp) = scratch.image_and_mountpoint("x", (65534, 65534));
-    let out = broker.run(Some((65534, 65534)), &["mount", s(&img), s(&mp)]);
+    let broker = start_broker(&scratch, "unix:path=/nonexistent/safemount-no-bus");
+    let (img, mp) = image_and_mountpoint(&scratch, "x", (65534, 65534));
+    let out = broker.client_as(Some((65534, 65534)), &["mount", s(&img), s(&mp)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
         "safemount: not authorized: polkit is not available"
     );
-    let out = broker.run(None, &["mount", s(&img), s(&mp)]);
+    let out = broker.client_as(None, &["mount", s(&img), s(&mp)]);
     assert!(
         out.status.success(),
         "root mount: {}\n{}",
@@ -529,10 +397,10 @@ fn without_a_system_bus_only_root_mounts() {
         broker.log()
     );
     // Another user neither sees nor unmounts root's mount.
-    assert!(broker.list(Some((65534, 65534))).is_empty());
-    let out = broker.run(Some((65534, 65534)), &["unmount", s(&mp)]);
+    assert!(broker.list_json_as(Some((65534, 65534))).is_empty());
+    let out = broker.client_as(Some((65534, 65534)), &["unmount", s(&mp)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    let out = broker.run(None, &["unmount", s(&mp)]);
+    let out = broker.client_as(None, &["unmount", s(&mp)]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

@@ -12,10 +12,9 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{
@@ -23,105 +22,26 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
+mod harness;
+
+use harness::*;
+
 macro_rules! require_root {
     () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root (mounts for real)");
-            return;
-        }
-        if !Path::new("/dev/fuse").exists() {
-            eprintln!("skipped: no /dev/fuse");
+        if !have_root_and_fuse() {
             return;
         }
     };
 }
 
-fn fake_worker() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_safemountd"))
-        .parent()
-        .unwrap()
-        .join("examples/fake_worker");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "skipped: {} not built (cargo build -p safemount-broker --examples)",
-            p.display()
-        );
-        None
-    }
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("sm-restart-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(p)
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-    fn dir(&self, rel: &str) -> PathBuf {
-        let p = self.path(rel);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-    fn blank_image(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        let f = std::fs::File::create(&p).unwrap();
-        f.set_len(4 << 20).unwrap();
-        p
-    }
-    fn records(&self) -> Vec<PathBuf> {
-        match std::fs::read_dir(self.path("run/mounts")) {
-            Ok(d) => d.flatten().map(|e| e.path()).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for m in safemount_mounts() {
-            if m.starts_with(&self.0) {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn safemount_mounts() -> Vec<PathBuf> {
-    safemount_broker::mountpoint::read_mountinfo()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.fstype == "fuse.safemount")
-        .map(|e| e.mount_point)
-        .collect()
-}
-
-fn is_mounted(p: &Path) -> bool {
-    safemount_mounts().iter().any(|m| m == p)
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A broker with `extra` arguments, logging to `log_name`, that does not
+/// inherit NOTIFY_SOCKET.
+fn start_broker(s: &Scratch, worker: &Path, extra: &[&str], log_name: &str) -> Broker {
+    Broker::builder(s, worker)
+        .args(extra)
+        .env_remove("NOTIFY_SOCKET")
+        .log_name(s, log_name)
+        .start()
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -130,95 +50,6 @@ fn pid_alive(pid: i32) -> bool {
         s.rsplit_once(')')
             .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
     })
-}
-
-struct Broker {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Broker {
-    fn start(s: &Scratch, worker: &Path, extra: &[&str], log_name: &str) -> Self {
-        let socket = s.path("run/socket");
-        let log = s.path(log_name);
-        let child = Command::new(env!("CARGO_BIN_EXE_safemountd"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--worker")
-            .arg(worker)
-            .args(extra)
-            .env("SAFEMOUNT_LOG", "debug")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let b = Self {
-            child: Some(child),
-            socket,
-            log,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || b
-                .client(&["list", "--json"])
-                .status
-                .success()),
-            "broker does not answer; log:\n{}",
-            b.log()
-        );
-        b
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn client(&self, args: &[&str]) -> Output {
-        client(&self.socket, args)
-    }
-
-    fn list_json(&self) -> Vec<serde_json::Value> {
-        let out = self.client(&["list", "--json"]);
-        assert!(out.status.success(), "list failed: {out:?}");
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn signal_and_wait(&mut self, sig: Signal) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), sig);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.signal_and_wait(Signal::SIGTERM);
-    }
-}
-
-fn client(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_safemount"))
-        .args(args)
-        .env("SAFEMOUNT_SOCKET", socket)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn mount(b: &Broker, img: &Path, mp: &Path) -> i32 {
@@ -237,7 +68,7 @@ fn restarted_broker_adopts_live_mounts_and_cleans_dead_ones() {
     require_root!();
     let Some(worker) = fake_worker() else { return };
     let s = Scratch::new("adopt");
-    let mut b1 = Broker::start(&s, &worker, &[], "b1.log");
+    let mut b1 = start_broker(&s, &worker, &[], "b1.log");
     let live_mp = s.dir("live");
     let dead_mp = s.dir("dead");
     let live_pid = mount(&b1, &s.blank_image("live.img"), &live_mp);
@@ -262,7 +93,7 @@ fn restarted_broker_adopts_live_mounts_and_cleans_dead_ones() {
     });
     std::fs::write(s.path("run/mounts/9999.json"), stale.to_string()).unwrap();
 
-    let mut b2 = Broker::start(&s, &worker, &[], "b2.log");
+    let mut b2 = start_broker(&s, &worker, &[], "b2.log");
     let list = b2.list_json();
     assert_eq!(list.len(), 1, "{list:?}\n{}", b2.log());
     assert_eq!(list[0]["mountpoint"], live_mp.to_str().unwrap());
@@ -299,7 +130,7 @@ fn keep_mounts_survives_sigterm_and_adopted_mount_unmounts() {
     require_root!();
     let Some(worker) = fake_worker() else { return };
     let s = Scratch::new("keep");
-    let mut b1 = Broker::start(&s, &worker, &["--keep-mounts"], "b1.log");
+    let mut b1 = start_broker(&s, &worker, &["--keep-mounts"], "b1.log");
     let mp = s.dir("mnt");
     let pid = mount(&b1, &s.blank_image("disk.img"), &mp);
     assert!(b1.signal_and_wait(Signal::SIGTERM).unwrap().success());
@@ -310,7 +141,7 @@ fn keep_mounts_survives_sigterm_and_adopted_mount_unmounts() {
     // A second broker on the same state directory is refused while the
     // first runs; after a restart the mount is adopted and unmounts
     // normally (the broker waits for the adopted worker through its pidfd).
-    let b2 = Broker::start(&s, &worker, &[], "b2.log");
+    let b2 = start_broker(&s, &worker, &[], "b2.log");
     let clash = Command::new(env!("CARGO_BIN_EXE_safemountd"))
         .arg("--socket")
         .arg(s.path("run/other-socket"))
@@ -410,11 +241,7 @@ fn socket_activation_and_notify() {
     }
     let child = cmd.spawn().unwrap();
     drop(listen_fd);
-    let mut b = Broker {
-        child: Some(child),
-        socket: sock_path.clone(),
-        log: log.clone(),
-    };
+    let mut b = Broker::from_child(child, sock_path.clone(), log.clone());
 
     let mut buf = [0u8; 256];
     let n = recv(
@@ -441,7 +268,7 @@ fn socket_activation_and_notify() {
 
     // Under activation SIGTERM says STOPPING=1 and keeps the mount (and
     // leaves systemd's socket alone).
-    let pid = b.child.as_ref().unwrap().id();
+    let pid = b.pid();
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
     let n = recv(
         notify.as_raw_fd(),
@@ -463,7 +290,7 @@ fn socket_activation_and_notify() {
     // Clean up: a foreground broker on the same state dir adopts the mount
     // and unmounts it on SIGTERM.
     std::fs::remove_file(&sock_path).unwrap();
-    let mut b2 = Broker::start(
+    let mut b2 = start_broker(
         &s,
         &worker,
         &["--state-dir", s.path("state").to_str().unwrap()],
@@ -524,7 +351,7 @@ fn a_client_that_hangs_up_mid_mount_leaves_nothing() {
     require_root!();
     let Some(worker) = fake_worker() else { return };
     let s = Scratch::new("hangup");
-    let b = Broker::start(&s, &worker, &[], "broker.log");
+    let b = start_broker(&s, &worker, &[], "broker.log");
     let img = s.blank_image("slow-probe.img");
     let mp = s.dir("mnt");
     let sock = socket(

@@ -1,5 +1,5 @@
 //! Shared fixtures for the broker's integration tests (policy, load,
-//! fstab): a scratch directory, a running safemountd, ext4 images, and
+//! fstab, e2e, restart, polkit): a scratch directory, a running safemountd, ext4 images, and
 //! the checks that nothing was left behind. Real mounts: root and
 //! /dev/fuse are needed; without them each test prints why and returns.
 
@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,13 @@ impl Scratch {
         f.set_len(4 << 20).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         p
+    }
+    /// The broker's per-mount state records (`run/mounts/*`), if any.
+    pub fn records(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.path("run/mounts")) {
+            Ok(d) => d.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
     }
     /// An 8 MiB ext4 image with `label` (raw bytes) and one file,
     /// `hello.txt`.
@@ -227,32 +234,33 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(scratch: &Scratch, worker: &Path) -> Self {
-        let socket = scratch.path("run/socket");
-        let log = scratch.path("broker.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safemountd"));
-        cmd.arg("--socket").arg(&socket).arg("--worker").arg(worker);
-        // State records go beside the socket (safemountd's default).
-        let child = cmd
-            .env("SAFEMOUNT_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let b = Self {
+        Self::builder(scratch, worker).start()
+    }
+
+    /// `start` with extra command-line arguments for safemountd.
+    pub fn start_with(scratch: &Scratch, worker: &Path, extra: &[&str]) -> Self {
+        Self::builder(scratch, worker).args(extra).start()
+    }
+
+    /// A broker with more options (arguments, environment, log name).
+    pub fn builder(scratch: &Scratch, worker: &Path) -> BrokerBuilder {
+        BrokerBuilder {
+            socket: scratch.path("run/socket"),
+            log: scratch.path("broker.log"),
+            worker: worker.to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+        }
+    }
+
+    /// Wraps a safemountd the test spawned itself (e.g. socket-activated).
+    pub fn from_child(child: Child, socket: PathBuf, log: PathBuf) -> Self {
+        Self {
             child: Some(child),
             socket,
             log,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || b
-                .client(&["list", "--json"])
-                .status
-                .success()),
-            "broker does not answer on its socket; log:\n{}",
-            b.log()
-        );
-        b
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -269,6 +277,37 @@ impl Broker {
             .env("SAFEMOUNT_SOCKET", &self.socket)
             .output()
             .unwrap()
+    }
+
+    /// Runs the client as root (None) or, through setpriv, as (uid, gid)
+    /// with no supplementary groups.
+    pub fn client_as(&self, user: Option<(u32, u32)>, args: &[&str]) -> Output {
+        let mut cmd = match user {
+            None => Command::new(client_bin()),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    &uid.to_string(),
+                    "--regid",
+                    &gid.to_string(),
+                    "--clear-groups",
+                ])
+                .arg(client_bin());
+                c
+            }
+        };
+        cmd.args(args)
+            .env("SAFEMOUNT_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    /// `list --json` as `user` (see `client_as`).
+    pub fn list_json_as(&self, user: Option<(u32, u32)>) -> Vec<serde_json::Value> {
+        let out = self.client_as(user, &["list", "--json"]);
+        assert!(out.status.success(), "list: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Runs `program` with the broker's socket in the environment.
@@ -306,13 +345,21 @@ impl Broker {
         );
     }
 
+    /// Stops the broker with SIGTERM; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
+        self.signal_and_wait(Signal::SIGTERM)
+            .and_then(|status| status.code())
+    }
+
+    /// Sends `sig` and waits up to 15 s for the broker to exit (then kills
+    /// it and returns None).
+    pub fn signal_and_wait(&mut self, sig: Signal) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(child.id() as i32), sig);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -321,6 +368,80 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Options for a broker started by `Broker::builder`.
+pub struct BrokerBuilder {
+    socket: PathBuf,
+    log: PathBuf,
+    worker: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    env_remove: Vec<String>,
+}
+
+impl BrokerBuilder {
+    /// Extra command-line arguments for safemountd.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self
+    }
+    /// An environment variable for safemountd.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+    /// An environment variable safemountd must not inherit.
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.env_remove.push(key.to_owned());
+        self
+    }
+    /// The log file's name in the scratch dir (default `broker.log`).
+    pub fn log_name(mut self, scratch: &Scratch, name: &str) -> Self {
+        self.log = scratch.path(name);
+        self
+    }
+
+    pub fn start(self) -> Broker {
+        let Self {
+            socket,
+            log,
+            worker,
+            args,
+            env,
+            env_remove,
+        } = self;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safemountd"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--worker")
+            .arg(&worker);
+        cmd.args(&args);
+        // State records go beside the socket (safemountd's default).
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.env("SAFEMOUNT_LOG", "debug");
+        for k in &env_remove {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let b = Broker::from_child(child, socket, log);
+        assert!(
+            wait_until(Duration::from_secs(10), || b
+                .client(&["list", "--json"])
+                .status
+                .success()),
+            "broker does not answer on its socket; log:\n{}",
+            b.log()
+        );
+        b
     }
 }
 
