@@ -1,5 +1,6 @@
-//! The oracle: the kernel's own ext4 on a read-only loop device, mounted
-//! `ro,noload` so the kernel never writes the image (no journal replay).
+//! The oracle: the kernel's own ext4 on a loop device. Read-only tests
+//! mount `ro,noload` so the kernel never writes the image (no journal
+//! replay); the differential tests mount a twin image read-write.
 
 use std::path::{Path, PathBuf};
 
@@ -15,20 +16,34 @@ pub struct KernelMount {
 }
 
 impl KernelMount {
+    /// The read-only oracle: a read-only loop device mounted `ro,noload`.
     pub fn mount(image: &Path, mnt: &Path) -> Result<Self> {
+        Self::attach(image, mnt, true, "ro,noload")
+    }
+
+    /// The read-write oracle of the differential tests:
+    /// `rw,noatime,nodev,nosuid` plus `extra` (comma-separated, may be
+    /// empty), e.g. "nombcache". nodev: the random ops make device nodes.
+    pub fn mount_rw(image: &Path, mnt: &Path, extra: &str) -> Result<Self> {
+        let opts = if extra.is_empty() {
+            "rw,noatime,nodev,nosuid".to_owned()
+        } else {
+            format!("rw,noatime,nodev,nosuid,{extra}")
+        };
+        Self::attach(image, mnt, false, &opts)
+    }
+
+    fn attach(image: &Path, mnt: &Path, read_only: bool, opts: &str) -> Result<Self> {
         // Loop device setup races with other tests creating loops: retry.
         let mut last = String::new();
         let mut loopdev = None;
         for _ in 0..10 {
-            let out = run(
-                "losetup",
-                [
-                    "-r".as_ref(),
-                    "-f".as_ref(),
-                    "--show".as_ref(),
-                    image.as_os_str(),
-                ],
-            )?;
+            let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+            if read_only {
+                args.push("-r".as_ref());
+            }
+            args.extend(["-f".as_ref(), "--show".as_ref(), image.as_os_str()]);
+            let out = run("losetup", args)?;
             if out.status.success() {
                 loopdev = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
                 break;
@@ -49,14 +64,14 @@ impl KernelMount {
                 "-t".as_ref(),
                 "ext4".as_ref(),
                 "-o".as_ref(),
-                "ro,noload".as_ref(),
+                opts.as_ref(),
                 me.loopdev.as_ref(),
                 mnt.as_os_str(),
             ],
         )?;
         if !out.status.success() {
             bail!(
-                "kernel mount of {} failed: {}",
+                "kernel mount ({opts}) of {} failed: {}",
                 image.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );

@@ -13,12 +13,12 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{Digest, Rng, errno_name, run, run_ok};
+use crate::util::{Digest, Rng, errno_name};
 
 /// FALLOC_FL_* bits (linux/falloc.h).
 pub const FALLOC_KEEP_SIZE: i32 = 0x01;
@@ -1114,98 +1114,6 @@ fn setxattr(root: &Path, path: &str, name: &str, value: &[u8], flags: i32) -> Ou
     })?;
     let st = lstat(root, path)?;
     Ok(stat_summary(&st))
-}
-
-/// A kernel ext4 read-write loop mount (`noatime`, so reads change
-/// nothing the comparison sees; `nodev`, so the device nodes the test
-/// makes can never be opened, as on safemount); unmounted and detached on
-/// drop.
-pub struct KernelRw {
-    mnt: PathBuf,
-    loopdev: String,
-    mounted: bool,
-}
-
-impl KernelRw {
-    pub fn mount(image: &Path, mnt: &Path) -> Result<Self> {
-        Self::mount_with(image, mnt, "")
-    }
-
-    /// [`KernelRw::mount`] with extra mount options (comma-separated,
-    /// appended to the defaults), e.g. "nombcache".
-    pub fn mount_with(image: &Path, mnt: &Path, extra: &str) -> Result<Self> {
-        let mut loopdev = None;
-        let mut last = String::new();
-        for _ in 0..10 {
-            let out = run(
-                "losetup",
-                ["-f".as_ref(), "--show".as_ref(), image.as_os_str()],
-            )?;
-            if out.status.success() {
-                loopdev = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
-                break;
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let loopdev = loopdev.with_context(|| format!("losetup {}: {last}", image.display()))?;
-        let mut me = Self {
-            mnt: mnt.to_path_buf(),
-            loopdev,
-            mounted: false,
-        };
-        let opts = if extra.is_empty() {
-            "rw,noatime,nodev,nosuid".to_owned()
-        } else {
-            format!("rw,noatime,nodev,nosuid,{extra}")
-        };
-        let out = run(
-            "mount",
-            [
-                "-t".as_ref(),
-                "ext4".as_ref(),
-                "-o".as_ref(),
-                opts.as_ref(),
-                me.loopdev.as_ref(),
-                mnt.as_os_str(),
-            ],
-        )?;
-        if !out.status.success() {
-            bail!(
-                "kernel rw mount of {} failed: {}",
-                image.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        me.mounted = true;
-        Ok(me)
-    }
-
-    pub fn unmount(mut self) -> Result<()> {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> Result<()> {
-        let mut res = Ok(());
-        if self.mounted {
-            self.mounted = false;
-            if let Err(e) = run_ok("umount", [&self.mnt]) {
-                let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
-                res = Err(e);
-            }
-        }
-        if !self.loopdev.is_empty() {
-            let _ = run("losetup", ["-d", &self.loopdev]);
-            self.loopdev.clear();
-        }
-        res
-    }
-}
-
-impl Drop for KernelRw {
-    fn drop(&mut self) {
-        let _ = self.teardown();
-    }
 }
 
 /// The fixed UUID (also the htree hash seed) of differential images, so

@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safemount_tests::broker::Broker;
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
-use safemount_tests::ops::{self, GenOpts, Generator, KernelRw, Op, Outcome};
+use safemount_tests::ops::{self, GenOpts, Generator, Op, Outcome};
 use safemount_tests::snapshot::{self, Against, Snapshot, WalkOpts};
 use safemount_tests::util::{TempDir, require_root};
 
@@ -346,13 +346,13 @@ impl Drop for Watchdog {
 /// The system under test, mounted read-write.
 enum Sut {
     Safemount(Broker),
-    Kernel(KernelRw),
+    Kernel(KernelMount),
 }
 
 impl Sut {
     fn mount(img: &Path, mnt: &Path) -> Sut {
         if std::env::var("SAFEMOUNT_DIFF_SUT").is_ok_and(|v| v == "kernel") {
-            return Sut::Kernel(KernelRw::mount_with(img, mnt, REFERENCE_OPTS).unwrap());
+            return Sut::Kernel(KernelMount::mount_rw(img, mnt, REFERENCE_OPTS).unwrap());
         }
         let broker = Broker::start().unwrap();
         if let Err(e) = broker.mount(img, mnt, "rw,noatime") {
@@ -409,7 +409,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     std::fs::create_dir(&mnt_a).unwrap();
     std::fs::create_dir(&mnt_b).unwrap();
 
-    let kernel = KernelRw::mount_with(&img_b, &mnt_b, REFERENCE_OPTS).unwrap();
+    let kernel = KernelMount::mount_rw(&img_b, &mnt_b, REFERENCE_OPTS).unwrap();
     let sut = Sut::mount(&img_a, &mnt_a);
     let _watchdog = Watchdog::start(name, &mnt_a);
 

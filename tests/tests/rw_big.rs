@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use safemount_tests::broker::Broker;
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
-use safemount_tests::ops::{self, KernelRw};
+use safemount_tests::ops;
 use safemount_tests::snapshot::{self, Against, WalkOpts, assert_same};
 use safemount_tests::util::{TempDir, errno_name, require_root};
 
@@ -257,7 +257,7 @@ fn xattr_sizes(tag: &str, mkfs_args: &[&str]) {
     ops::make_empty_image(&kimg, mkfs_args, 64 << 20).unwrap();
     let kmnt = tmp.join("mnt");
     fs::create_dir(&kmnt).unwrap();
-    let kernel = KernelRw::mount(&kimg, &kmnt).unwrap();
+    let kernel = KernelMount::mount_rw(&kimg, &kmnt, "").unwrap();
     let sizes = [
         0usize, 1, 16, 60, 100, 200, 400, 1000, 2000, 3000, 4000, 4050, 4096, 5000, 16384, 65536,
         65537,
