@@ -321,6 +321,19 @@ impl Adapter {
         }
     }
 
+    /// Replies to a request that hands the kernel a new reference to an
+    /// inode (lookup, mknod, mkdir, symlink, link): the reply counts as one
+    /// lookup, undone by a later FORGET.
+    fn reply_entry(&self, reply: ReplyEntry, op: &str, ino: Ino, res: Result<Attr, Error>) {
+        match res {
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+            }
+            Err(e) => reply.error(self.fail(op, ino, &e)),
+        }
+    }
+
     /// The kernel got a reference to `ino` (an entry reply).
     fn looked_up(&self, ino: Ino) {
         if let Ok(mut open) = self.open.lock() {
@@ -541,13 +554,8 @@ impl Filesystem for Adapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = ino_or_reply!(parent, reply);
-        match self.fs.lookup(parent, name.as_bytes()) {
-            Ok(a) => {
-                self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
-            }
-            Err(e) => reply.error(self.fail("lookup", parent, &e)),
-        }
+        let res = self.fs.lookup(parent, name.as_bytes());
+        self.reply_entry(reply, "lookup", parent, res);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -859,7 +867,7 @@ impl Filesystem for Adapter {
         let Ok(mode) = u16::try_from(mode) else {
             return reply.error(Errno::EINVAL);
         };
-        match self.fs.create(
+        let res = self.fs.create(
             parent,
             name_bytes(name),
             mode,
@@ -867,13 +875,8 @@ impl Filesystem for Adapter {
             req.uid(),
             req.gid(),
             umask,
-        ) {
-            Ok(a) => {
-                self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
-            }
-            Err(e) => reply.error(self.fail("mknod", parent, &e)),
-        }
+        );
+        self.reply_entry(reply, "mknod", parent, res);
     }
 
     fn create(
@@ -927,16 +930,10 @@ impl Filesystem for Adapter {
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         let perm = (mode & 0o7777) as u16;
-        match self
+        let res = self
             .fs
-            .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid(), umask)
-        {
-            Ok(a) => {
-                self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
-            }
-            Err(e) => reply.error(self.fail("mkdir", parent, &e)),
-        }
+            .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid(), umask);
+        self.reply_entry(reply, "mkdir", parent, res);
     }
 
     fn symlink(
@@ -949,19 +946,14 @@ impl Filesystem for Adapter {
     ) {
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
-        match self.fs.symlink(
+        let res = self.fs.symlink(
             parent,
             name_bytes(link_name),
             target.as_os_str().as_bytes(),
             req.uid(),
             req.gid(),
-        ) {
-            Ok(a) => {
-                self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
-            }
-            Err(e) => reply.error(self.fail("symlink", parent, &e)),
-        }
+        );
+        self.reply_entry(reply, "symlink", parent, res);
     }
 
     fn link(
@@ -975,13 +967,8 @@ impl Filesystem for Adapter {
         let ino = ino_or_reply!(ino, reply);
         let newparent = ino_or_reply!(newparent, reply);
         writable_or_reply!(self, reply);
-        match self.fs.link(ino, newparent, name_bytes(newname)) {
-            Ok(a) => {
-                self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
-            }
-            Err(e) => reply.error(self.fail("link", ino, &e)),
-        }
+        let res = self.fs.link(ino, newparent, name_bytes(newname));
+        self.reply_entry(reply, "link", ino, res);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
