@@ -555,7 +555,11 @@ impl Broker {
                 let name = mountpoint::label_name(&report.label, &report.uuid, &source.name);
                 let (pinned, created) =
                     mountpoint::create_auto(Path::new(mountpoint::MEDIA_ROOT), owner, &name)?;
+                let state = self.state.clone();
                 undo.push("remove mount point", move || {
+                    // The record first (see worker_gone); "forget mount"
+                    // then finds nothing left to do.
+                    state.remove(id);
                     if let Err(e) = created.remove() {
                         tracing::warn!(error = %e, mountpoint = %created.path().display(), "cannot remove mount point");
                     }
@@ -800,8 +804,11 @@ pub fn worker_gone(state: &State, id: u64, why: &str) {
                     let _ = mount::detach(&mountpoint, fuse_dev);
                 }
             }
-            mountpoint::remove_auto_dir(&mountpoint);
+            // Forget the record before the directory goes: once the
+            // directory is gone, a new mount may create the same name, and
+            // the record must not still claim it.
             state.remove(id);
+            mountpoint::remove_auto_dir(&mountpoint);
         }
     }
 }
