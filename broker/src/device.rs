@@ -629,6 +629,7 @@ mod tests {
     fn entry(dev: (u32, u32), at: &str) -> crate::mountpoint::MountEntry {
         crate::mountpoint::MountEntry {
             mount_id: 1,
+            parent_id: 0,
             dev,
             mount_point: PathBuf::from(at),
             fstype: "ext4".into(),

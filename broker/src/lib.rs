@@ -15,6 +15,7 @@ pub mod client;
 pub mod device;
 pub mod lock;
 pub mod mount;
+pub mod mounted;
 pub mod mountpoint;
 pub mod polkit;
 pub mod sanitize;

@@ -4,7 +4,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use safemount_proto::ErrorKind;
 
 use crate::lock::Locking;
@@ -234,20 +234,7 @@ pub fn mount_fuse(
     )
 }
 
-/// Plain unmount: fails with EBUSY while files are open on it.
-pub fn unmount(path: &Path) -> Result<(), Errno> {
-    nix::mount::umount2(path, MntFlags::UMOUNT_NOFOLLOW)
-}
-
-/// Lazy unmount after aborting the FUSE connection `fuse_dev` (the mount's
-/// st_dev, whose minor names the connection in fusectl) so that nothing
-/// blocks on a dead worker.
-pub fn detach(path: &Path, fuse_dev: Option<(u32, u32)>) -> Result<(), Errno> {
-    if let Some((_, minor)) = fuse_dev {
-        abort_connection(minor);
-    }
-    nix::mount::umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
-}
+// Unmounting and detaching go through `mounted::MountRef`, never a path.
 
 const FUSECTL: &str = "/sys/fs/fuse/connections";
 

@@ -502,6 +502,8 @@ fn remove_auto_dir_in(media_root: &Path, path: &Path) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
     pub mount_id: u64,
+    /// The id of the mount this one is mounted on.
+    pub parent_id: u64,
     /// st_dev of the mounted filesystem (major, minor).
     pub dev: (u32, u32),
     pub mount_point: PathBuf,
@@ -531,7 +533,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     // 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
     let mut fields = line.split(|&b| b == b' ');
     let mount_id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
-    let _parent = fields.next()?;
+    let parent_id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
     let dev = std::str::from_utf8(fields.next()?).ok()?;
     let (major, minor) = dev.split_once(':')?;
     let dev = (major.parse().ok()?, minor.parse().ok()?);
@@ -548,6 +550,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let source = String::from_utf8_lossy(&unescape(fields.next()?)).into_owned();
     Some(MountEntry {
         mount_id,
+        parent_id,
         dev,
         mount_point: PathBuf::from(std::ffi::OsString::from_vec(mount_point)),
         fstype,
@@ -592,6 +595,7 @@ garbage line\n";
         let e = parse_mountinfo(text);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].mount_id, 36);
+        assert_eq!(e[0].parent_id, 35);
         assert_eq!(e[0].dev, (98, 0));
         assert_eq!(e[0].mount_point, Path::new("/mnt2"));
         assert_eq!(e[0].fstype, "ext3");

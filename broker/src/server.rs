@@ -24,6 +24,7 @@ use crate::authorize::{self, Caller};
 use crate::device;
 use crate::lock;
 use crate::mount;
+use crate::mounted::{MountRef, MountRefError, UnmountError};
 use crate::mountpoint;
 use crate::sanitize;
 use crate::state::{AfterExit, State};
@@ -583,22 +584,19 @@ impl Broker {
         )
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("mount failed: {e}")))?;
         let mounted_at = target.path().to_owned();
-        let fuse_dev = match mountpoint::find_mount(&mounted_at, None) {
-            Ok(Some(entry)) => Some(entry.dev),
-            Ok(None) => {
-                tracing::warn!("new mount not found in /proc/self/mountinfo");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read /proc/self/mountinfo");
-                None
-            }
-        };
-        self.state.set_fuse_dev(id, fuse_dev);
-        let path = mounted_at.clone();
+        // From here on the mount is known by its identity, never by path.
+        let mounted = MountRef::after_mount(target.fd(), mount::FSTYPE).map_err(|e| {
+            tracing::error!(error = %e, mountpoint = %mounted_at.display(), "cannot identify the new mount; it is left to its (killed) worker");
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot identify the new mount: {e}"),
+            )
+        })?;
+        let mounted = Arc::new(mounted);
+        self.state.set_mounted(id, mounted.clone());
         undo.push("detach mount", move || {
-            if let Err(e) = mount::detach(&path, fuse_dev) {
-                tracing::error!(error = %e, mountpoint = %path.display(), "cannot detach mount");
+            if let Err(e) = mounted.detach() {
+                tracing::error!(error = %e, mount = %mounted, "cannot detach mount");
             }
         });
 
@@ -634,26 +632,29 @@ impl Broker {
             }
             _ => false,
         };
-        let crate::state::Unmounting { id, worker } =
+        let crate::state::Unmounting { id, worker, mount } =
             self.state.begin_unmount(path, caller, others_allowed)?;
-        if let Err(e) = mount::unmount(path) {
-            match e {
-                // Already gone (someone unmounted it behind our back): go on
-                // and stop the worker.
-                Errno::EINVAL | Errno::ENOENT => {
-                    tracing::warn!(mountpoint = %path.display(), "mount already gone");
-                }
-                Errno::EBUSY => {
-                    self.state.abort_unmount(id);
-                    return Err(Failure::new(ErrorKind::Busy, "target is busy"));
-                }
-                e => {
-                    self.state.abort_unmount(id);
-                    return Err(Failure::new(
-                        ErrorKind::Internal,
-                        format!("cannot unmount {}: {e}", path.display()),
-                    ));
-                }
+        let unmounted = match &mount {
+            Some(m) => m.unmount(),
+            None => Err(MountRefError::Gone.into()),
+        };
+        match unmounted {
+            Ok(()) => {}
+            // Already gone (someone unmounted it behind our back): go on
+            // and stop the worker.
+            Err(UnmountError::Identity(MountRefError::Gone)) => {
+                tracing::warn!(mountpoint = %path.display(), "mount already gone");
+            }
+            Err(UnmountError::Umount(Errno::EBUSY)) => {
+                self.state.abort_unmount(id);
+                return Err(Failure::new(ErrorKind::Busy, "target is busy"));
+            }
+            Err(e) => {
+                self.state.abort_unmount(id);
+                return Err(Failure::new(
+                    ErrorKind::Internal,
+                    format!("cannot unmount {}: {e}", path.display()),
+                ));
             }
         }
         if let Some(worker) = worker {
@@ -678,7 +679,8 @@ impl Broker {
         tracing::info!(mounts = all.len(), "shutting down: detaching every mount");
         for t in &all {
             if t.state != MountState::Starting
-                && let Err(e) = mount::detach(&t.mountpoint, t.fuse_dev)
+                && let Some(m) = &t.mount
+                && let Err(e) = m.detach()
             {
                 tracing::warn!(error = %e, mountpoint = %t.mountpoint.display(), "detach failed");
             }
@@ -782,26 +784,28 @@ pub fn worker_gone(state: &State, id: u64, why: &str) {
         AfterExit::Nothing => {}
         AfterExit::Detach {
             mountpoint,
-            fuse_dev,
+            mount,
             state: mstate,
             source,
         } => {
-            match mountpoint::find_mount(&mountpoint, fuse_dev) {
-                Ok(Some(_)) => {
-                    if let Err(e) = mount::detach(&mountpoint, fuse_dev) {
-                        tracing::error!(error = %e, mountpoint = %mountpoint.display(), "cannot detach mount");
-                    }
+            let detached = match &mount {
+                Some(m) => m.detach(),
+                None => Err(MountRefError::Gone.into()),
+            };
+            match detached {
+                Ok(()) => {
                     tracing::warn!(%source, mountpoint = %mountpoint.display(), "worker {why}; mount detached");
                 }
-                Ok(None) if mstate == MountState::Unmounting => {
+                Err(UnmountError::Identity(MountRefError::Gone))
+                    if mstate == MountState::Unmounting =>
+                {
                     tracing::info!(%source, mountpoint = %mountpoint.display(), "worker {why} after unmount");
                 }
-                Ok(None) => {
+                Err(UnmountError::Identity(MountRefError::Gone)) => {
                     tracing::warn!(%source, mountpoint = %mountpoint.display(), "worker {why}; mount was already gone");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read mountinfo; detaching blindly");
-                    let _ = mount::detach(&mountpoint, fuse_dev);
+                    tracing::error!(error = %e, %source, mountpoint = %mountpoint.display(), "worker {why}; cannot detach mount");
                 }
             }
             // Forget the record before the directory goes: once the

@@ -24,6 +24,7 @@ use safemount_proto::{ErrorKind, MountInfo, MountState};
 use serde::{Deserialize, Serialize};
 
 use crate::authorize::{AuthError, Caller};
+use crate::mounted::{MountRef, MountRefError};
 use crate::supervise::WorkerHandle;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,14 +65,12 @@ pub struct Entry {
     pub read_only: bool,
     pub state: MountState,
     pub worker: Option<Arc<WorkerHandle>>,
-    /// st_dev of the FUSE mount, once mounted.
-    pub fuse_dev: Option<(u32, u32)>,
+    /// The mount, once made: the only handle to unmount or detach it.
+    pub mount: Option<Arc<MountRef>>,
     /// The reaper saw the worker exit.
     pub worker_exited: bool,
     /// The worker's start time (field 22 of /proc/PID/stat).
     pub worker_start_time: u64,
-    /// The mount's id in /proc/self/mountinfo, once mounted.
-    pub mount_id: Option<u64>,
 }
 
 impl Entry {
@@ -89,7 +88,7 @@ impl Entry {
 }
 
 /// What the reaper should do once a worker has exited.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum AfterExit {
     /// Setup is still running and its undo stack cleans up.
     SetupCleansUp,
@@ -98,7 +97,7 @@ pub enum AfterExit {
     /// Detach this mount (if still there) and remove the entry.
     Detach {
         mountpoint: PathBuf,
-        fuse_dev: Option<(u32, u32)>,
+        mount: Option<Arc<MountRef>>,
         state: MountState,
         source: String,
     },
@@ -109,6 +108,7 @@ pub enum AfterExit {
 pub struct Unmounting {
     pub id: u64,
     pub worker: Option<Arc<WorkerHandle>>,
+    pub mount: Option<Arc<MountRef>>,
 }
 
 /// A mount to tear down at shutdown.
@@ -116,7 +116,7 @@ pub struct Unmounting {
 pub struct Teardown {
     pub id: u64,
     pub mountpoint: PathBuf,
-    pub fuse_dev: Option<(u32, u32)>,
+    pub mount: Option<Arc<MountRef>>,
     pub state: MountState,
     pub worker: Option<Arc<WorkerHandle>>,
 }
@@ -152,6 +152,10 @@ pub struct Record {
     /// st_dev of the FUSE mount (major, minor).
     pub fuse_dev: Option<(u32, u32)>,
     pub mount_id: Option<u64>,
+    /// The mount's unique id (STATX_MNT_ID_UNIQUE): what identifies it.
+    /// Records of older brokers have none (see `MountRef::find`).
+    #[serde(default)]
+    pub mount_unique_id: Option<u64>,
 }
 
 /// Records larger than this are not records.
@@ -182,8 +186,9 @@ impl Entry {
             state: self.state,
             worker_pid: worker.pid(),
             worker_start_time: self.worker_start_time,
-            fuse_dev: self.fuse_dev,
-            mount_id: self.mount_id,
+            fuse_dev: self.mount.as_ref().map(|m| m.dev()),
+            mount_id: self.mount.as_ref().map(|m| m.mount_id()),
+            mount_unique_id: self.mount.as_ref().map(|m| m.unique_id()),
         })
     }
 }
@@ -290,10 +295,9 @@ impl State {
             read_only,
             state: MountState::Starting,
             worker: None,
-            fuse_dev: None,
+            mount: None,
             worker_exited: false,
             worker_start_time: 0,
-            mount_id: None,
         });
         Ok(id)
     }
@@ -346,19 +350,9 @@ impl State {
         self.persist(id);
     }
 
-    /// The mount exists, with st_dev `dev`: recorded with its mount id.
-    pub fn set_fuse_dev(&self, id: u64, dev: Option<(u32, u32)>) {
-        let Some(mountpoint) = self.with_entry(id, |e| e.mountpoint.clone()) else {
-            return;
-        };
-        let mount_id = match (dev, crate::mountpoint::find_mount(&mountpoint, dev)) {
-            (Some(_), Ok(Some(m))) => Some(m.mount_id),
-            _ => None,
-        };
-        self.with_entry(id, |e| {
-            e.fuse_dev = dev;
-            e.mount_id = mount_id;
-        });
+    /// The mount exists: recorded with its identity.
+    pub fn set_mounted(&self, id: u64, mount: Arc<MountRef>) {
+        self.with_entry(id, |e| e.mount = Some(mount));
         self.persist(id);
     }
 
@@ -397,7 +391,7 @@ impl State {
             } else {
                 AfterExit::Detach {
                     mountpoint: e.mountpoint.clone(),
-                    fuse_dev: e.fuse_dev,
+                    mount: e.mount.clone(),
                     state: e.state,
                     source: e.source.clone(),
                 }
@@ -440,6 +434,7 @@ impl State {
         Ok(Unmounting {
             id: entry.id,
             worker: entry.worker.clone(),
+            mount: entry.mount.clone(),
         })
     }
 
@@ -478,7 +473,7 @@ impl State {
             .map(|e| Teardown {
                 id: e.id,
                 mountpoint: e.mountpoint.clone(),
-                fuse_dev: e.fuse_dev,
+                mount: e.mount.clone(),
                 state: e.state,
                 worker: e.worker.clone(),
             })
@@ -627,10 +622,6 @@ impl State {
         }
         let on_exit = Arc::new(on_exit);
         let mut done = Restored::default();
-        let mut mountinfo = crate::mountpoint::read_mountinfo().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read /proc/self/mountinfo");
-            Vec::new()
-        });
         for path in files {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             let Some(name) = name else { continue };
@@ -656,32 +647,40 @@ impl State {
                     continue;
                 }
             };
-            let mounted = mountinfo.iter().any(|m| {
-                m.mount_point == record.mountpoint
-                    && m.fstype == crate::mount::FSTYPE
-                    && record.fuse_dev.is_none_or(|d| d == m.dev)
-                    && record.mount_id.is_none_or(|i| i == m.mount_id)
-            });
+            // Found by its mount id and device, never by the recorded path.
+            let mounted = match (record.mount_id, record.fuse_dev) {
+                (Some(mount_id), Some(dev)) => {
+                    let unique_id = record.mount_unique_id;
+                    match MountRef::find(unique_id, mount_id, dev, crate::mount::FSTYPE) {
+                        Ok(m) => Some(m),
+                        Err(MountRefError::Gone) => None,
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "cannot reach a recorded mount");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
             let worker = live_worker(&record);
-            match worker {
-                Ok(pidfd) if mounted && record.state != MountState::Starting => {
-                    self.adopt(record, pidfd, on_exit.clone());
+            match (worker, mounted) {
+                (Ok(pidfd), Some(mount)) if record.state != MountState::Starting => {
+                    self.adopt(record, pidfd, mount, on_exit.clone());
                     done.adopted += 1;
                 }
-                other => {
+                (other, mounted) => {
                     let why = match &other {
-                        Ok(_) if !mounted => "mount is gone".to_owned(),
+                        Ok(_) if mounted.is_none() => "mount is gone".to_owned(),
                         Ok(_) => "setup never finished".to_owned(),
                         Err(e) => e.clone(),
                     };
                     if let Ok(pidfd) = other {
                         let _ = pidfd_send_signal(pidfd.as_fd(), Signal::SIGKILL);
                     }
-                    if mounted {
-                        if let Err(e) = crate::mount::detach(&record.mountpoint, record.fuse_dev) {
-                            tracing::error!(error = %e, mountpoint = %record.mountpoint.display(), "cannot detach mount");
-                        }
-                        mountinfo = crate::mountpoint::read_mountinfo().unwrap_or_default();
+                    if let Some(mount) = mounted
+                        && let Err(e) = mount.detach()
+                    {
+                        tracing::error!(error = %e, mount = %mount, "cannot detach mount");
                     }
                     // An automatic mount point (/run/media/USER/x) goes too.
                     crate::mountpoint::remove_auto_dir(&record.mountpoint);
@@ -700,7 +699,7 @@ impl State {
     }
 
     /// Takes over a live mount from a previous broker.
-    fn adopt(self: &Arc<Self>, record: Record, pidfd: OwnedFd, on_exit: OnExit) {
+    fn adopt(self: &Arc<Self>, record: Record, pidfd: OwnedFd, mount: MountRef, on_exit: OnExit) {
         let id = record.id;
         let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
         {
@@ -715,10 +714,9 @@ impl State {
                 read_only: record.read_only,
                 state: MountState::Mounted,
                 worker: Some(handle.clone()),
-                fuse_dev: record.fuse_dev,
+                mount: Some(Arc::new(mount)),
                 worker_exited: false,
                 worker_start_time: record.worker_start_time,
-                mount_id: record.mount_id,
             });
         }
         tracing::info!(id, pid = record.worker_pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker");
@@ -790,7 +788,7 @@ mod tests {
         assert!(matches!(s.worker_exited(id), AfterExit::Detach { .. }));
         s.remove(id);
         assert!(s.is_empty());
-        assert_eq!(s.worker_exited(id), AfterExit::Nothing);
+        assert!(matches!(s.worker_exited(id), AfterExit::Nothing));
         assert!(matches!(
             s.begin_unmount(&mp, &ROOT, true),
             Err(StateError::NotMounted(_))
@@ -801,7 +799,7 @@ mod tests {
     fn worker_death_during_setup_blocks_mark_mounted() {
         let s = State::new();
         let id = s.reserve("x".into(), "/m".into(), 0, true).unwrap();
-        assert_eq!(s.worker_exited(id), AfterExit::SetupCleansUp);
+        assert!(matches!(s.worker_exited(id), AfterExit::SetupCleansUp));
         assert_eq!(s.mark_mounted(id), Err(StateError::WorkerExited));
     }
 
@@ -836,6 +834,7 @@ mod tests {
             worker_start_time: start,
             fuse_dev: Some((0, 4242)),
             mount_id: Some(99999),
+            mount_unique_id: Some(1 << 40),
         }
     }
 

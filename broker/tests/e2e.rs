@@ -669,3 +669,109 @@ fn real_worker_mount_read_unmount() {
     assert!(std::fs::read_dir(&mp).unwrap().next().is_none());
     let _ = std::io::stderr().flush();
 }
+
+/// A tmpfs mounted at `p` (created), standing for someone else's mount.
+fn victim_mount(p: &Path) {
+    std::fs::create_dir_all(p).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        p,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+fn tmpfs_at(p: &Path) -> bool {
+    safemount_broker::mountpoint::read_mountinfo()
+        .unwrap()
+        .iter()
+        .any(|e| e.mount_point == p && e.fstype == "tmpfs")
+}
+
+/// Moves `dir` aside to `<dir>.moved` and plants `dir -> target`: what the
+/// owner of a directory above a mount point can do.
+fn swap_for_symlink(dir: &Path, target: &Path) -> std::path::PathBuf {
+    let moved = dir.with_extension("moved");
+    std::fs::rename(dir, &moved).unwrap();
+    std::os::unix::fs::symlink(target, dir).unwrap();
+    moved
+}
+
+/// Security review, high: the owner of `x` above the mount point `x/m`
+/// renames `x` and plants `x -> victim` where another mount sits at
+/// `victim/m`, then sends a raw Unmount for `x/m`. The broker unmounts its
+/// own mount (now at `x.moved/m`), never the victim.
+#[test]
+fn unmount_request_cannot_be_redirected_by_a_planted_symlink() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("swap");
+    let b = Broker::start(&s, &worker);
+    let img = s.blank_image("disk.img");
+    let root = s.0.canonicalize().unwrap();
+    let mp = root.join("x/m");
+    std::fs::create_dir_all(&mp).unwrap();
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    assert!(is_mounted(&mp));
+    let victim = root.join("victim/m");
+    victim_mount(&victim);
+    let moved = swap_for_symlink(&root.join("x"), &root.join("victim"));
+
+    let sock = raw_connect(&b.socket);
+    hello(&sock);
+    send(
+        sock.as_fd(),
+        &ClientRequest::Unmount {
+            mountpoint: mp.clone(),
+        },
+        &[],
+    )
+    .unwrap();
+    let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
+    let victim_survived = tmpfs_at(&victim);
+    let _ = nix::mount::umount2(&victim, nix::mount::MntFlags::MNT_DETACH);
+    assert!(victim_survived, "the broker unmounted the victim's mount");
+    assert_eq!(reply, BrokerReply::Unmounted, "{}", b.log());
+    assert!(
+        !is_mounted(&moved.join("m")),
+        "the broker's own mount is still there"
+    );
+    assert_nothing_left(&b, &s);
+}
+
+/// The same swap while a mount is being set up: the undo (here after the
+/// worker never answers Serve) detaches the broker's own mount, not the
+/// victim.
+#[test]
+fn setup_undo_cannot_be_redirected_by_a_planted_symlink() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("swap-undo");
+    let b = Broker::start_with(&s, &worker, &["--worker-timeout", "3"]);
+    let img = s.blank_image("hang-serve.img");
+    let root = s.0.canonicalize().unwrap();
+    let mp = root.join("x/m");
+    std::fs::create_dir_all(&mp).unwrap();
+    let victim = root.join("victim/m");
+    victim_mount(&victim);
+    let client = b.client_child(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(
+        wait_until(Duration::from_secs(30), || is_mounted(&mp)),
+        "the mount never appeared: {}",
+        b.log()
+    );
+    let moved = swap_for_symlink(&root.join("x"), &root.join("victim"));
+    let out = client.wait_with_output().unwrap();
+    let victim_survived = tmpfs_at(&victim);
+    let _ = nix::mount::umount2(&victim, nix::mount::MntFlags::MNT_DETACH);
+    assert!(victim_survived, "the undo detached the victim's mount");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !is_mounted(&moved.join("m")),
+        "the broker's own mount is still there"
+    );
+    assert_nothing_left(&b, &s);
+}

@@ -303,6 +303,17 @@ impl Broker {
             .unwrap()
     }
 
+    /// The client as root, started and left running (output piped).
+    pub fn client_child(&self, args: &[&str]) -> Child {
+        Command::new(client_bin())
+            .args(args)
+            .env("SAFEMOUNT_SOCKET", &self.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `list --json` as `user` (see `client_as`).
     pub fn list_json_as(&self, user: Option<(u32, u32)>) -> Vec<serde_json::Value> {
         let out = self.client_as(user, &["list", "--json"]);
