@@ -518,6 +518,15 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
             tracing::warn!(device = %name, "device is write-protected, mounting read-only");
         }
     }
+    // A read-only mount never hands the worker a writable fd.
+    let fd = if ro && access == OFlag::O_RDWR {
+        reopen_read_only(&fd).map_err(|errno| DeviceError::Stat {
+            name: name.clone(),
+            errno,
+        })?
+    } else {
+        fd
+    };
     Ok(Source {
         fd,
         name,
@@ -525,6 +534,22 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
         kind,
         device,
     })
+}
+
+/// The file `fd` names, opened again read-only through /proc/self/fd (the
+/// magic link names the open file, not a path anyone can swap), checked
+/// to be the same file.
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    let again = nix::fcntl::open(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )?;
+    let (a, b) = (fstat(fd)?, fstat(&again)?);
+    if (a.st_dev, a.st_ino, a.st_rdev) != (b.st_dev, b.st_ino, b.st_rdev) {
+        return Err(Errno::ESTALE);
+    }
+    Ok(again)
 }
 
 #[cfg(test)]
@@ -563,6 +588,17 @@ mod tests {
         let rw = accept_fd(open_as(&p, OFlag::O_RDWR), "a\nb.img", false).unwrap();
         assert!(!rw.read_only);
         assert_eq!(rw.name, "ab.img");
+        let access = |fd: &OwnedFd| {
+            OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).unwrap()) & OFlag::O_ACCMODE
+        };
+        assert_eq!(access(&rw.fd), OFlag::O_RDWR);
+        // Security review, low: a writable fd with -o ro reaches the worker
+        // read-only, still naming the same file.
+        let ro = accept_fd(open_as(&p, OFlag::O_RDWR), "a.img", true).unwrap();
+        assert!(ro.read_only);
+        assert_eq!(access(&ro.fd), OFlag::O_RDONLY);
+        assert_eq!(fstat(&ro.fd).unwrap().st_ino, fstat(&rw.fd).unwrap().st_ino);
+        assert!(nix::unistd::write(&ro.fd, b"x").is_err());
         std::fs::remove_file(&p).unwrap();
     }
 
