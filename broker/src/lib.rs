@@ -13,6 +13,7 @@ pub mod activation;
 pub mod authorize;
 pub mod client;
 pub mod device;
+pub mod limits;
 pub mod lock;
 pub mod mount;
 pub mod mounted;

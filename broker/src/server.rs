@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
@@ -22,6 +22,7 @@ use safemount_proto::{
 
 use crate::authorize::{self, Caller};
 use crate::device;
+use crate::limits::{Connections, Limits};
 use crate::lock;
 use crate::mount;
 use crate::mounted::{MountRef, MountRefError, UnmountError};
@@ -98,25 +99,17 @@ pub struct Broker {
     pub identity: WorkerIdentity,
     /// How long a worker may take to probe, and to start serving.
     pub worker_timeout: Duration,
-    /// Open client connections (each has a thread).
-    connections: AtomicUsize,
+    /// Open client connections (each has a thread), by uid.
+    connections: Connections,
+    /// What one user may take.
+    pub limits: Limits,
     /// Root, or polkit.
     pub authorizer: authorize::Authorizer,
 }
 
-/// At most this many client connections at once; more are told "busy".
-const MAX_CONNECTIONS: usize = 256;
-/// A connection that sends nothing for this long is closed.
+/// A connection that sends nothing for this long after its first real
+/// request is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Counts one open connection while alive.
-struct ConnectionSlot<'a>(&'a AtomicUsize);
-
-impl Drop for ConnectionSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Creates the parent directory (0755) if needed, replaces a stale socket,
 /// binds a SOCK_SEQPACKET socket, makes it 0666 (anyone may connect;
@@ -217,7 +210,8 @@ impl Broker {
             worker_path,
             identity,
             worker_timeout,
-            connections: AtomicUsize::new(0),
+            connections: Connections::default(),
+            limits: Limits::default(),
             authorizer: authorize::Authorizer::default(),
         }
     }
@@ -247,24 +241,6 @@ impl Broker {
 
     /// Serves one client connection until it closes.
     pub fn connection(&self, conn: OwnedFd) {
-        let open = self.connections.fetch_add(1, Ordering::SeqCst);
-        let _slot = ConnectionSlot(&self.connections);
-        if open >= MAX_CONNECTIONS {
-            tracing::warn!("too many connections; refusing one");
-            reply_error(
-                conn.as_fd(),
-                ErrorKind::Busy,
-                "too many connections to safemountd",
-            );
-            return;
-        }
-        if let Err(e) = nix::sys::socket::setsockopt(
-            &conn,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(IDLE_TIMEOUT.as_secs() as _, 0),
-        ) {
-            tracing::warn!(error = %e, "cannot set connection timeout");
-        }
         let caller = match authorize::peer(&conn) {
             Ok(c) => c,
             Err(e) => {
@@ -274,14 +250,38 @@ impl Broker {
         };
         let span = tracing::info_span!("conn", uid = caller.uid, pid = caller.pid);
         let _enter = span.enter();
+        let _slot = match self
+            .connections
+            .admit(caller.uid, self.limits.connections_per_user)
+        {
+            Ok(slot) => slot,
+            Err(refused) => {
+                tracing::warn!("refusing a connection: {refused}");
+                reply_error(conn.as_fd(), ErrorKind::Busy, &refused.to_string());
+                return;
+            }
+        };
+        // Until the first real request only a short wait is allowed (a
+        // Hello does not count); after it, the idle timeout.
+        let first_request_by = Instant::now() + self.limits.first_request_within;
+        let mut served = false;
         let mut greeted = false;
         loop {
+            let wait = if served {
+                IDLE_TIMEOUT
+            } else {
+                first_request_by.saturating_duration_since(Instant::now())
+            };
+            if wait.is_zero() || !set_receive_timeout(conn.as_fd(), wait) {
+                tracing::info!("no request in time; connection closed");
+                return;
+            }
             let (request, fds) = match safemount_proto::recv_upto::<ClientRequest>(conn.as_fd(), 1)
             {
                 Ok(r) => r,
                 Err(ProtoError::Closed) => return,
                 Err(ProtoError::Io(Errno::EAGAIN)) => {
-                    tracing::debug!("idle connection closed");
+                    tracing::info!("no request in time; connection closed");
                     return;
                 }
                 Err(ProtoError::Io(e)) => {
@@ -296,6 +296,7 @@ impl Broker {
                     return;
                 }
             };
+            served |= !matches!(request, ClientRequest::Hello { .. });
             let reply = match request {
                 ClientRequest::Hello { version } => {
                     if !fds.is_empty() {
@@ -494,9 +495,13 @@ impl Broker {
                 PENDING.fetch_add(1, Ordering::SeqCst)
             )),
         };
-        let id = self
-            .state
-            .reserve(source.name.clone(), reserved_path, owner.uid, read_only)?;
+        let id = self.state.reserve(
+            source.name.clone(),
+            reserved_path,
+            owner.uid,
+            read_only,
+            self.limits.mounts_per_user,
+        )?;
         let state = self.state.clone();
         undo.push("forget mount", move || state.remove(id));
 
@@ -813,6 +818,21 @@ pub fn worker_gone(state: &State, id: u64, why: &str) {
             // the record must not still claim it.
             state.remove(id);
             mountpoint::remove_auto_dir(&mountpoint);
+        }
+    }
+}
+
+/// SO_RCVTIMEO: a receive waiting longer fails with EAGAIN. False (and
+/// logged) if it cannot be set: the connection is then closed.
+fn set_receive_timeout(conn: BorrowedFd<'_>, wait: Duration) -> bool {
+    // At least a millisecond: a zero timeout would mean "wait forever".
+    let micros = wait.as_micros().clamp(1000, i64::MAX as u128) as i64;
+    let tv = nix::sys::time::TimeVal::new(micros / 1_000_000, micros % 1_000_000);
+    match nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &tv) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set connection timeout");
+            false
         }
     }
 }

@@ -39,6 +39,8 @@ pub enum StateError {
     ShuttingDown,
     #[error("worker exited during setup")]
     WorkerExited,
+    #[error("uid {uid} already has {max} mounts, the most allowed")]
+    TooManyMounts { uid: u32, max: usize },
     #[error(transparent)]
     Auth(#[from] AuthError),
 }
@@ -46,7 +48,9 @@ pub enum StateError {
 impl StateError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::MountpointTaken(_) | Self::InTransition(_) => ErrorKind::Busy,
+            Self::MountpointTaken(_) | Self::InTransition(_) | Self::TooManyMounts { .. } => {
+                ErrorKind::Busy
+            }
             Self::NotMounted(_) => ErrorKind::NotFound,
             Self::ShuttingDown | Self::WorkerExited => ErrorKind::Internal,
             Self::Auth(e) => e.kind(),
@@ -269,17 +273,30 @@ impl State {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a mount being set up; fails if the mount point is taken.
+    /// Records a mount being set up; fails if the mount point is taken
+    /// or a non-root owner already has `max_per_owner` mounts.
     pub fn reserve(
         &self,
         source: String,
         mountpoint: PathBuf,
         owner_uid: u32,
         read_only: bool,
+        max_per_owner: usize,
     ) -> Result<u64, StateError> {
         let mut inner = self.lock();
         if inner.shutting_down {
             return Err(StateError::ShuttingDown);
+        }
+        let owned = inner
+            .entries
+            .iter()
+            .filter(|e| e.owner_uid == owner_uid)
+            .count();
+        if owner_uid != 0 && owned >= max_per_owner {
+            return Err(StateError::TooManyMounts {
+                uid: owner_uid,
+                max: max_per_owner,
+            });
         }
         if inner.entries.iter().any(|e| e.mountpoint == mountpoint) {
             return Err(StateError::MountpointTaken(shown(&mountpoint)));
@@ -755,12 +772,28 @@ mod tests {
     };
 
     #[test]
+    fn mounts_per_owner_are_capped_except_for_root() {
+        let s = State::new();
+        for n in 0..3 {
+            s.reserve("i".into(), format!("/u{n}").into(), 1000, true, 3)
+                .unwrap();
+            s.reserve("i".into(), format!("/r{n}").into(), 0, true, 1)
+                .unwrap();
+        }
+        assert_eq!(
+            s.reserve("i".into(), "/u3".into(), 1000, true, 3),
+            Err(StateError::TooManyMounts { uid: 1000, max: 3 })
+        );
+        assert!(s.reserve("i".into(), "/v".into(), 1001, true, 3).is_ok());
+    }
+
+    #[test]
     fn lifecycle() {
         let s = State::new();
         let mp = PathBuf::from("/mnt/a");
-        let id = s.reserve("img".into(), mp.clone(), 1000, true).unwrap();
+        let id = s.reserve("img".into(), mp.clone(), 1000, true, 8).unwrap();
         assert_eq!(
-            s.reserve("img".into(), mp.clone(), 1000, true),
+            s.reserve("img".into(), mp.clone(), 1000, true, 8),
             Err(StateError::MountpointTaken("/mnt/a".into()))
         );
         // Not yet mounted: cannot unmount.
@@ -798,7 +831,7 @@ mod tests {
     #[test]
     fn worker_death_during_setup_blocks_mark_mounted() {
         let s = State::new();
-        let id = s.reserve("x".into(), "/m".into(), 0, true).unwrap();
+        let id = s.reserve("x".into(), "/m".into(), 0, true, 8).unwrap();
         assert!(matches!(s.worker_exited(id), AfterExit::SetupCleansUp));
         assert_eq!(s.mark_mounted(id), Err(StateError::WorkerExited));
     }
@@ -806,11 +839,11 @@ mod tests {
     #[test]
     fn shutdown_refuses_new_work() {
         let s = State::new();
-        let id = s.reserve("x".into(), "/m".into(), 0, true).unwrap();
+        let id = s.reserve("x".into(), "/m".into(), 0, true, 8).unwrap();
         assert_eq!(s.begin_shutdown().len(), 1);
         assert_eq!(s.mark_mounted(id), Err(StateError::ShuttingDown));
         assert_eq!(
-            s.reserve("y".into(), "/n".into(), 0, true),
+            s.reserve("y".into(), "/n".into(), 0, true, 8),
             Err(StateError::ShuttingDown)
         );
     }

@@ -775,3 +775,121 @@ fn setup_undo_cannot_be_redirected_by_a_planted_symlink() {
     );
     assert_nothing_left(&b, &s);
 }
+
+/// Opens `n` connections to `socket` as uid/gid 65534 and holds them:
+/// prints how many the broker refused at once (it answers those with an
+/// error), then, after `hold` seconds, how many it has closed since.
+const HOLD_CONNECTIONS: &str = r#"
+import os, select, socket, sys, time
+path, n, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    socks.append(s)
+time.sleep(1.0)
+refused = [s for s in socks if select.select([s], [], [], 0)[0]]
+print("refused", len(refused), flush=True)
+sys.stdin.readline()
+time.sleep(hold)
+held = [s for s in socks if s not in refused]
+closed = 0
+for s in held:
+    if select.select([s], [], [], 0)[0] and s.recv(65536) == b"":
+        closed += 1
+print("closed", closed, "of", len(held), flush=True)
+"#;
+
+/// Security review, medium: one user's 300 idle connections lock nobody
+/// else out. The user gets its cap, root's requests still work, and the
+/// held connections are closed when no request comes in time.
+#[test]
+fn one_user_cannot_lock_others_out() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("conncap");
+    let b = Broker::start_with(
+        &s,
+        &worker,
+        &[
+            "--max-connections-per-user",
+            "8",
+            "--first-request-timeout",
+            "3",
+        ],
+    );
+    let mut hog = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        // Debian's python3 (install-deps), which any user may run.
+        .args(["/usr/bin/python3", "-c", HOLD_CONNECTIONS])
+        .arg(&b.socket)
+        .args(["300", "5"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(hog.stdout.take().unwrap()));
+    let refused = lines.next().unwrap().unwrap();
+    assert_eq!(refused, "refused 292", "{}", b.log());
+    // While they are held, root (and any other user) is served.
+    let out = b.client(&["list", "--json"]);
+    assert!(out.status.success(), "root locked out: {}", stderr(&out));
+    let out = b.client_as(Some((4242, 4242)), &["list", "--json"]);
+    assert!(
+        out.status.success(),
+        "another user locked out: {}",
+        stderr(&out)
+    );
+    writeln!(hog.stdin.take().unwrap()).unwrap();
+    let closed = lines.next().unwrap().unwrap();
+    assert_eq!(closed, "closed 8 of 8", "{}", b.log());
+    assert!(hog.wait().unwrap().success());
+    assert!(
+        b.log().contains("too many connections from uid 65534"),
+        "{}",
+        b.log()
+    );
+}
+
+/// A connection that only ever says Hello is closed once the first
+/// request is due: Hello does not keep it open.
+#[test]
+fn hello_does_not_keep_a_connection_open() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("hellos");
+    let b = Broker::start_with(&s, &worker, &["--first-request-timeout", "2"]);
+    let sock = raw_connect(&b.socket);
+    let t = Instant::now();
+    let closed_after = loop {
+        let sent = send(
+            sock.as_fd(),
+            &ClientRequest::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            &[],
+        );
+        if sent.is_err() || recv::<BrokerReply>(sock.as_fd(), 0).is_err() {
+            break t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Hellos kept the connection open"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        closed_after >= Duration::from_millis(1900),
+        "{closed_after:?}"
+    );
+    // A real request in time keeps the connection (the idle timeout applies).
+    let sock = raw_connect(&b.socket);
+    hello(&sock);
+    send(sock.as_fd(), &ClientRequest::List, &[]).unwrap();
+    let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
+    assert_eq!(reply, BrokerReply::Mounts(vec![]));
+    std::thread::sleep(Duration::from_secs(3));
+    send(sock.as_fd(), &ClientRequest::List, &[]).unwrap();
+    let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
+    assert_eq!(reply, BrokerReply::Mounts(vec![]));
+}

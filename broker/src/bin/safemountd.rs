@@ -26,7 +26,8 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use safemount_broker::{
-    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, mount, server, state, supervise,
+    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, limits::Limits, mount, server,
+    state, supervise,
 };
 
 const LONG_ABOUT: &str = "\
@@ -70,6 +71,16 @@ struct Args {
     /// start serving, before it is killed and the mount undone.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     worker_timeout: u64,
+    /// Open connections one non-root user may have at once (root has
+    /// places of its own).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=224))]
+    max_connections_per_user: u64,
+    /// Seconds from connecting to the first request other than Hello.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    first_request_timeout: u64,
+    /// Mounts one non-root user may have at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_mounts_per_user: u64,
 }
 
 fn main() {
@@ -139,12 +150,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             "mounts left by a previous broker"
         );
     }
-    let broker = Arc::new(server::Broker::new(
+    let mut broker = server::Broker::new(
         state,
         args.worker.clone(),
         identity,
         std::time::Duration::from_secs(args.worker_timeout),
-    ));
+    );
+    broker.limits = Limits {
+        connections_per_user: usize::try_from(args.max_connections_per_user)?,
+        first_request_within: std::time::Duration::from_secs(args.first_request_timeout),
+        mounts_per_user: usize::try_from(args.max_mounts_per_user)?,
+    };
+    let broker = Arc::new(broker);
     tracing::info!(
         socket = %if activated { "(from systemd)".into() } else { args.socket.display().to_string() },
         worker = %args.worker.display(),
