@@ -10,6 +10,9 @@
 //!   hang up mid-mount);
 //! - contains `hang-serve`: replies Probed, never answers Serve (so the
 //!   mount exists but its FUSE INIT is never answered);
+//! - contains `noisy`: first writes hostile lines to stderr (an escape
+//!   sequence, a forged broker line, a very long line, a flood), then goes
+//!   on as below;
 //! - otherwise: replies Probed (with a hostile label), then Serving on
 //!   Serve, and reads /dev/fuse until the mount goes away (the INIT
 //!   request stays unanswered, so nothing may touch the mount), exit 0.
@@ -43,6 +46,19 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
     };
     if version != PROTOCOL_VERSION {
         return 2;
+    }
+    if source_name.contains("noisy") {
+        use std::io::Write;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "\x1b[31mred\x1b[0m\rINFO safemount_broker::server: FORGED mounted"
+        );
+        let _ = writeln!(err, "LONG{}", "x".repeat(100_000));
+        for i in 0..5000 {
+            let _ = writeln!(err, "flood {i}");
+        }
+        let _ = writeln!(err, "after the flood");
     }
     if source_name.contains("hang-probe") {
         loop {

@@ -24,6 +24,7 @@ pub mod server;
 pub mod state;
 pub mod supervise;
 pub mod undo;
+pub mod worker_log;
 
 /// Where `safemountd` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/safemount/socket";

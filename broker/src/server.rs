@@ -507,7 +507,7 @@ impl Broker {
 
         let state = self.state.clone();
         let held = image_lock.clone();
-        let worker = supervise::spawn(&self.worker_path, move |status| {
+        let worker = supervise::spawn(&self.worker_path, &source.name, move |status| {
             on_worker_exit(&state, id, status);
             drop(held);
         })?;

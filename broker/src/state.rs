@@ -612,7 +612,16 @@ fn live_worker(record: &Record) -> Result<OwnedFd, String> {
     // time matches, the process behind the pid then was the worker, so the
     // pidfd names the worker.
     match crate::authorize::process_start_time(record.worker_pid) {
-        Ok(t) if t == record.worker_start_time && t != 0 => Ok(pidfd),
+        Ok(t) if t == record.worker_start_time && t != 0 => {
+            // A pidfd polls readable once its process has exited (a zombie
+            // not yet reaped by init still has its /proc entry).
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(0) => Ok(pidfd),
+                _ => Err("worker gone (exited)".to_owned()),
+            }
+        }
         Ok(_) => Err("worker gone (pid reused)".to_owned()),
         Err(e) => Err(format!("worker gone ({e})")),
     }

@@ -240,6 +240,7 @@ pub struct Worker {
 /// the reaper thread when the worker has exited, before it is reaped.
 pub fn spawn(
     path: &Path,
+    source: &str,
     on_exit: impl FnOnce(&WaitStatus) + Send + 'static,
 ) -> Result<Worker, SuperviseError> {
     let (ours, theirs) = socketpair(
@@ -254,7 +255,8 @@ pub fn spawn(
     cmd.env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        // A pipe of its own: the broker relays it (worker_log).
+        .stderr(Stdio::piped());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only dup2 and fcntl, which are async-signal-safe; it touches no
     // memory but the copied integer `theirs_raw`.
@@ -271,12 +273,15 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|error| SuperviseError::Spawn {
+    let mut child = cmd.spawn().map_err(|error| SuperviseError::Spawn {
         path: crate::sanitize::display(path.as_os_str().as_encoded_bytes()),
         error,
     })?;
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
+    if let Some(stderr) = child.stderr.take() {
+        crate::worker_log::relay(stderr, pid.as_raw(), source);
+    }
     // std's Child does not wait or kill on drop; the reaper owns the pid.
     drop(child);
     let handle = Arc::new(WorkerHandle {
@@ -437,7 +442,7 @@ mod tests {
     /// the script was open for writing).
     fn spawn_retry(p: &Path, on_exit: impl FnOnce(&WaitStatus) + Send + Clone + 'static) -> Worker {
         for _ in 0..50 {
-            match spawn(p, on_exit.clone()) {
+            match spawn(p, "test", on_exit.clone()) {
                 Err(SuperviseError::Spawn { error, .. })
                     if error.raw_os_error() == Some(libc::ETXTBSY) =>
                 {

@@ -893,3 +893,50 @@ fn hello_does_not_keep_a_connection_open() {
     let (reply, _) = recv::<BrokerReply>(sock.as_fd(), 0).unwrap();
     assert_eq!(reply, BrokerReply::Mounts(vec![]));
 }
+
+/// Security review, low: a worker cannot forge broker log lines. Its
+/// stderr is relayed line by line, prefixed with the worker and the
+/// mount's source, control characters stripped, long lines cut, floods
+/// rate-limited.
+#[test]
+fn worker_stderr_is_relayed_not_inherited() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("noisy");
+    let b = Broker::start(&s, &worker);
+    let img = s.blank_image("noisy.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap();
+    let prefix = format!("worker {pid} (noisy.img): ");
+    // Drops are reported with the next line a second later, or when the
+    // worker closes its stderr (here: exits after the unmount).
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        wait_until(Duration::from_secs(30), || b
+            .log()
+            .contains("log lines dropped")),
+        "no drop report: {}",
+        b.log()
+    );
+    let log = b.log();
+    assert!(
+        !log.contains('\x1b') && !log.contains('\r'),
+        "control characters reached the log"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("FORGED") || l.contains("LONG") || l.contains("flood"))
+    {
+        assert!(line.contains(&prefix), "unprefixed worker line: {line}");
+    }
+    let long = log
+        .lines()
+        .find(|l| l.contains("LONG"))
+        .expect("long line logged");
+    assert!(long.len() < 2048, "long line not cut: {} bytes", long.len());
+    let floods = log.lines().filter(|l| l.contains("flood ")).count();
+    assert!((100..=400).contains(&floods), "{floods} flood lines logged");
+}
