@@ -11,6 +11,7 @@
 
 pub mod activation;
 pub mod authorize;
+pub mod cgroup;
 pub mod client;
 pub mod device;
 pub mod limits;

@@ -21,6 +21,7 @@ use safemount_proto::{
 };
 
 use crate::authorize::{self, Caller};
+use crate::cgroup::WorkerCgroups;
 use crate::device;
 use crate::limits::{Connections, Limits};
 use crate::lock;
@@ -103,6 +104,8 @@ pub struct Broker {
     connections: Connections,
     /// What one user may take.
     pub limits: Limits,
+    /// Where each worker gets a cgroup of its own (None: nowhere).
+    pub cgroups: Option<WorkerCgroups>,
     /// Root, or polkit.
     pub authorizer: authorize::Authorizer,
 }
@@ -212,6 +215,7 @@ impl Broker {
             worker_timeout,
             connections: Connections::default(),
             limits: Limits::default(),
+            cgroups: None,
             authorizer: authorize::Authorizer::default(),
         }
     }
@@ -507,14 +511,34 @@ impl Broker {
 
         let state = self.state.clone();
         let held = image_lock.clone();
+        let cgroup = Arc::new(std::sync::Mutex::new(None));
+        let worker_cgroup = cgroup.clone();
+        let cgroups = self.cgroups.clone();
         let worker = supervise::spawn(&self.worker_path, &source.name, move |status| {
             on_worker_exit(&state, id, status);
             drop(held);
+            // The worker has exited: its cgroup can go.
+            drop(worker_cgroup.lock().map(|mut c| c.take()));
+            if let Some(c) = cgroups {
+                c.sweep();
+            }
         })?;
         let handle = worker.handle.clone();
         undo.push("stop worker", move || {
             handle.kill_and_reap(KILL_WAIT);
         });
+        if let Some(cgroups) = &self.cgroups {
+            // Before the worker reads a byte: it is waiting for Start.
+            let placed = cgroups.place(worker.pid()).map_err(|e| {
+                Failure::new(
+                    ErrorKind::Internal,
+                    format!("cannot put the worker in its cgroup: {e}"),
+                )
+            })?;
+            if let Ok(mut slot) = cgroup.lock() {
+                *slot = Some(placed);
+            }
+        }
         self.state.set_worker(id, worker.handle.clone());
         tracing::info!(pid = worker.pid(), "worker started");
 

@@ -940,3 +940,77 @@ fn worker_stderr_is_relayed_not_inherited() {
     let floods = log.lines().filter(|l| l.contains("flood ")).count();
     assert!((100..=400).contains(&floods), "{floods} flood lines logged");
 }
+
+/// Security review, low: each worker runs in a cgroup of its own with
+/// the memory and task limits given to the broker; the cgroup goes with it.
+#[test]
+fn each_worker_gets_a_limited_cgroup() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("cgroup");
+    let b = Broker::start_with(
+        &s,
+        &worker,
+        &[
+            "--worker-memory-max",
+            "268435456",
+            "--worker-tasks-max",
+            "32",
+        ],
+    );
+    if let Some(why) = b
+        .log()
+        .lines()
+        .find(|l| l.contains("workers get no cgroup"))
+    {
+        if why.contains("holds other processes") {
+            eprintln!("skipped: cgroup v2 shared with the test runner: {why}");
+            return;
+        }
+        panic!("no worker cgroups: {why}");
+    }
+    let img = s.blank_image("disk.img");
+    let mp = s.dir("mnt");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
+    let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let own = |controller: &str| -> Option<std::path::PathBuf> {
+        cgroups.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+            let hit = if controller.is_empty() {
+                list.is_empty()
+            } else {
+                list.split(',').any(|c| c == controller)
+            };
+            hit.then(|| std::path::PathBuf::from(path.trim_start_matches('/')))
+        })
+    };
+    let leaf = format!("safemount-workers/{pid}");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).unwrap().trim().to_owned();
+    let dirs: Vec<std::path::PathBuf> =
+        if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+            let mem = Path::new("/sys/fs/cgroup/memory").join(own("memory").unwrap());
+            let pids = Path::new("/sys/fs/cgroup/pids").join(own("pids").unwrap());
+            assert!(mem.ends_with(&leaf) && pids.ends_with(&leaf), "{cgroups}");
+            assert_eq!(read(mem.join("memory.limit_in_bytes")), "268435456");
+            assert_eq!(read(pids.join("pids.max")), "32");
+            vec![mem, pids]
+        } else {
+            let dir = Path::new("/sys/fs/cgroup").join(own("").unwrap());
+            assert!(dir.ends_with(&leaf), "{cgroups}");
+            assert_eq!(read(dir.join("memory.max")), "268435456");
+            assert_eq!(read(dir.join("pids.max")), "32");
+            vec![dir]
+        };
+    let out = b.client(&["unmount", mp.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for d in &dirs {
+        assert!(
+            wait_until(Duration::from_secs(10), || !d.exists()),
+            "{} left behind",
+            d.display()
+        );
+    }
+}

@@ -26,8 +26,8 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use safemount_broker::{
-    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, limits::Limits, mount, server,
-    state, supervise,
+    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, cgroup, limits::Limits, mount,
+    server, state, supervise,
 };
 
 const LONG_ABOUT: &str = "\
@@ -81,6 +81,12 @@ struct Args {
     /// Mounts one non-root user may have at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     max_mounts_per_user: u64,
+    /// Memory (bytes) each worker's own cgroup may use.
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range((16 << 20)..))]
+    worker_memory_max: u64,
+    /// Tasks (threads) each worker's own cgroup may hold.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=4096))]
+    worker_tasks_max: u64,
 }
 
 fn main() {
@@ -160,6 +166,25 @@ fn run(args: Args) -> anyhow::Result<()> {
         connections_per_user: usize::try_from(args.max_connections_per_user)?,
         first_request_within: std::time::Duration::from_secs(args.first_request_timeout),
         mounts_per_user: usize::try_from(args.max_mounts_per_user)?,
+    };
+    let worker_limits = cgroup::WorkerLimits {
+        memory_max: args.worker_memory_max,
+        tasks_max: args.worker_tasks_max,
+    };
+    broker.cgroups = match cgroup::WorkerCgroups::discover(worker_limits) {
+        Ok(c) => {
+            c.sweep();
+            tracing::info!(
+                memory_max = worker_limits.memory_max,
+                tasks_max = worker_limits.tasks_max,
+                "each worker gets a cgroup of its own"
+            );
+            Some(c)
+        }
+        Err(e) => {
+            tracing::warn!("workers get no cgroup of their own: {e}");
+            None
+        }
     };
     let broker = Arc::new(broker);
     tracing::info!(
