@@ -2,18 +2,19 @@
 //! worker driven by a hostile disk cannot take the machine's memory or
 //! fork-bomb it (its sandbox forbids fork, but threads count too).
 //!
-//! Where they go, `<base>/safemount-workers/<pid>`:
+//! Where they go, `<base>/<pid>`:
 //! - cgroup v1 (memory and pids hierarchies mounted under
-//!   /sys/fs/cgroup/{memory,pids}): under the broker's own cgroup in each;
-//! - cgroup v2 (unified at /sys/fs/cgroup): under the broker's own cgroup,
-//!   which must be the broker's alone (systemd's `Delegate=yes`): the
-//!   broker moves itself to a `supervisor` leaf and enables the memory and
-//!   pids controllers for its children (v2 lets only leaves hold tasks).
+//!   /sys/fs/cgroup/{memory,pids}): `<base>` is `safemount-workers` under
+//!   the broker's own cgroup in each (v1 lets any cgroup have children);
+//! - cgroup v2: `<base>` is a directory the administrator delegates with
+//!   `--worker-cgroup` (v2 lets only leaves hold tasks, and a cgroup not
+//!   delegated to the broker, such as its systemd service's, is not the
+//!   broker's to split); the broker enables the memory and pids
+//!   controllers for its children.
 //!
-//! When neither works (no such controllers; a v2 cgroup shared with other
-//! processes, as for a broker started from a shell) the broker logs why
-//! and workers run without a cgroup of their own, under whatever limits
-//! their parent's cgroup has.
+//! Otherwise (no such controllers, or v2 without `--worker-cgroup`) the
+//! broker logs why and workers run without a cgroup of their own, under
+//! the limits of the broker's (the unit's MemoryMax= and TasksMax=).
 
 use std::path::{Path, PathBuf};
 
@@ -39,8 +40,8 @@ impl Default for WorkerLimits {
 pub enum CgroupError {
     #[error("no memory and pids cgroup controllers found")]
     NoControllers,
-    #[error("the broker's cgroup v2 {0} holds other processes too (run it with Delegate=yes)")]
-    Shared(String),
+    #[error("cgroup v2 needs a delegated directory (--worker-cgroup)")]
+    NotDelegated,
     #[error("{what} {path}: {error}")]
     Io {
         what: &'static str,
@@ -89,8 +90,9 @@ fn own_path(proc_cgroup: &str, controller: &str) -> Option<String> {
 
 impl WorkerCgroups {
     /// Finds (and prepares) where worker cgroups go; see the module
-    /// documentation.
-    pub fn discover(limits: WorkerLimits) -> Result<Self, CgroupError> {
+    /// documentation. `delegated`: the v2 directory given by the
+    /// administrator.
+    pub fn discover(limits: WorkerLimits, delegated: Option<&Path>) -> Result<Self, CgroupError> {
         let root = Path::new("/sys/fs/cgroup");
         let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
             .map_err(io("cannot read", Path::new("/proc/self/cgroup")))?;
@@ -113,36 +115,29 @@ impl WorkerCgroups {
                 });
             }
         }
-        if hierarchies.len() == 2 {
+        if hierarchies.len() == 2 && delegated.is_none() {
             for h in &hierarchies {
                 make_dir(&h.base)?;
             }
             return Ok(Self { hierarchies });
         }
-        // v2: the unified hierarchy at the root.
-        let controllers =
-            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
-        let Some(own) = own_path(&proc_cgroup, "") else {
-            return Err(CgroupError::NoControllers);
+        // v2: only in a directory delegated to the broker.
+        let Some(base) = delegated else {
+            let v2 = root.join("cgroup.controllers").exists();
+            return Err(if v2 {
+                CgroupError::NotDelegated
+            } else {
+                CgroupError::NoControllers
+            });
         };
+        let controllers = std::fs::read_to_string(base.join("cgroup.controllers"))
+            .map_err(io("cannot read", &base.join("cgroup.controllers")))?;
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
         if !(has("memory") && has("pids")) {
             return Err(CgroupError::NoControllers);
         }
-        let own = root.join(own);
-        let procs = std::fs::read_to_string(own.join("cgroup.procs"))
-            .map_err(io("cannot read", &own.join("cgroup.procs")))?;
-        let me = std::process::id().to_string();
-        if procs.lines().any(|p| p.trim() != me) {
-            return Err(CgroupError::Shared(own.display().to_string()));
-        }
-        let supervisor = own.join("supervisor");
-        make_dir(&supervisor)?;
-        write(&supervisor.join("cgroup.procs"), &me)?;
-        write(&own.join("cgroup.subtree_control"), "+memory +pids")?;
-        let base = own.join(WORKERS);
-        make_dir(&base)?;
         write(&base.join("cgroup.subtree_control"), "+memory +pids")?;
+        let base = base.to_owned();
         Ok(Self {
             hierarchies: vec![Hierarchy {
                 base,

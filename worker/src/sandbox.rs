@@ -6,7 +6,9 @@
 //! 1. refuse to run with more than one thread (seccomp and Landlock below
 //!    only bind the calling thread);
 //! 2. close every fd but the ones the caller keeps, clear the environment;
-//! 3. while still root: unshare mount, network, IPC and UTS namespaces,
+//! 3. while still root: unshare mount, network, IPC, UTS and cgroup
+//!    namespaces (the cgroup one after the broker has put the worker in
+//!    its own cgroup, which it does before sending Start),
 //!    make `/` private, mount an empty read-only tmpfs, `pivot_root` into it
 //!    and detach the old root;
 //! 4. `setrlimit`: no core dumps, few fds;
@@ -67,7 +69,7 @@ pub enum SandboxError {
     RootIds { uid: u32, gid: u32 },
     #[error("sandbox: closing inherited fds failed: {0}")]
     CloseFds(Errno),
-    #[error("sandbox: unshare(mount, net, ipc, uts) failed: {0}")]
+    #[error("sandbox: unshare(mount, net, ipc, uts, cgroup) failed: {0}")]
     Unshare(Errno),
     #[error("sandbox: making / private failed: {0}")]
     MakePrivate(Errno),
@@ -210,7 +212,8 @@ fn enter_empty_root() -> Result<(), SandboxError> {
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWNET
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS,
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
     )
     .map_err(SandboxError::Unshare)?;
     nix::mount::mount(

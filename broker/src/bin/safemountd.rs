@@ -84,6 +84,11 @@ struct Args {
     /// Memory (bytes) each worker's own cgroup may use.
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::value_parser!(u64).range((16 << 20)..))]
     worker_memory_max: u64,
+    /// cgroup v2: a directory delegated to the broker (memory and pids
+    /// controllers available, no processes in it) where each worker gets
+    /// a cgroup of its own. With cgroup v1 the broker needs none.
+    #[arg(long)]
+    worker_cgroup: Option<PathBuf>,
     /// Tasks (threads) each worker's own cgroup may hold.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=4096))]
     worker_tasks_max: u64,
@@ -171,21 +176,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         memory_max: args.worker_memory_max,
         tasks_max: args.worker_tasks_max,
     };
-    broker.cgroups = match cgroup::WorkerCgroups::discover(worker_limits) {
-        Ok(c) => {
-            c.sweep();
-            tracing::info!(
-                memory_max = worker_limits.memory_max,
-                tasks_max = worker_limits.tasks_max,
-                "each worker gets a cgroup of its own"
-            );
-            Some(c)
-        }
-        Err(e) => {
-            tracing::warn!("workers get no cgroup of their own: {e}");
-            None
-        }
-    };
+    broker.cgroups =
+        match cgroup::WorkerCgroups::discover(worker_limits, args.worker_cgroup.as_deref()) {
+            Ok(c) => {
+                c.sweep();
+                tracing::info!(
+                    memory_max = worker_limits.memory_max,
+                    tasks_max = worker_limits.tasks_max,
+                    "each worker gets a cgroup of its own"
+                );
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("workers get no cgroup of their own: {e}");
+                None
+            }
+        };
     let broker = Arc::new(broker);
     tracing::info!(
         socket = %if activated { "(from systemd)".into() } else { args.socket.display().to_string() },
