@@ -1,0 +1,1 @@
+//! Whole-image replay tests (kernel-made journals).
