@@ -126,6 +126,7 @@ mod tests {
             nr_replays: 1,
             nr_revokes: 0,
             nr_revoke_hits: 0,
+            log_wrapped: false,
             pre_superblock: vec![],
         };
         let mut ov = Overlay::new(dev.clone(), bs, &replay);

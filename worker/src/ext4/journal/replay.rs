@@ -74,6 +74,8 @@ pub(crate) struct Replay {
     pub(crate) nr_replays: u64,
     pub(crate) nr_revokes: u64,
     pub(crate) nr_revoke_hits: u64,
+    /// Whether the replayed log crosses the end of the journal.
+    pub(crate) log_wrapped: bool,
     /// The ext4 superblock before replay (its error fields are kept).
     pub(crate) pre_superblock: Vec<u8>,
 }
@@ -102,6 +104,7 @@ struct State {
     nr_revoke_hits: u64,
     /// First bad data-block checksum seen in the replay pass.
     bad_block: Option<Error>,
+    log_wrapped: bool,
 }
 
 /// A position in the circular log, with the number of reads left: no
@@ -112,6 +115,7 @@ struct Cursor<'a> {
     next: u32,
     tid: u32,
     budget: u64,
+    wrapped: bool,
 }
 
 impl<'a> Cursor<'a> {
@@ -131,6 +135,7 @@ impl<'a> Cursor<'a> {
             next: start,
             tid: j.jsb.s_sequence,
             budget: u64::from(j.last - j.first) + 1,
+            wrapped: false,
         })
     }
 
@@ -152,6 +157,7 @@ impl<'a> Cursor<'a> {
         self.next = cur.saturating_add(1);
         if self.next >= self.j.last {
             self.next = self.j.first;
+            self.wrapped = true;
         }
         Ok(cur)
     }
@@ -181,6 +187,7 @@ pub(crate) fn replay(j: &Journal, pre_superblock: Vec<u8>) -> Result<Replay> {
         nr_revokes: 0,
         nr_revoke_hits: 0,
         bad_block: None,
+        log_wrapped: false,
     };
     if j.jsb.s_start == 0 {
         st.end = Some(j.jsb.s_sequence);
@@ -206,6 +213,7 @@ pub(crate) fn replay(j: &Journal, pre_superblock: Vec<u8>) -> Result<Replay> {
         nr_replays: st.nr_replays,
         nr_revokes: st.nr_revokes,
         nr_revoke_hits: st.nr_revoke_hits,
+        log_wrapped: st.log_wrapped,
         pre_superblock,
     })
 }
@@ -329,6 +337,9 @@ fn one_pass(j: &Journal, pass: Pass, st: &mut State) -> Result<()> {
             }
             _ => break,
         }
+    }
+    if pass == Pass::Replay {
+        st.log_wrapped = cur.wrapped;
     }
     if scan {
         st.end.get_or_insert(cur.tid);
