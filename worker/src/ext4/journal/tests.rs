@@ -134,32 +134,36 @@ fn mixed(m: &Path) {
     fsync_dir(m);
 }
 
+/// One create/delete round of [`churn`].
+fn churn_round(m: &Path, r: u64) {
+    let dir = m.join(format!("r{r}"));
+    std::fs::create_dir(&dir).unwrap();
+    for f in 0..40u64 {
+        write_synced(
+            &dir.join(format!("file-with-a-long-name-{f:04}")),
+            &pattern(300, r * 1000 + f),
+        );
+    }
+    // A fragmented file: many extents, so an extent index block.
+    let frag = dir.join("frag");
+    let fh = File::create(&frag).unwrap();
+    for i in 0..40u64 {
+        std::os::unix::fs::FileExt::write_at(&fh, &pattern(1024, i), i * 8192).unwrap();
+    }
+    fh.sync_all().unwrap();
+    fsync_dir(&dir);
+    if r > 0 {
+        std::fs::remove_dir_all(m.join(format!("r{}", r - 1))).unwrap();
+        fsync_dir(m);
+    }
+}
+
 /// Create/delete cycles: directories with many entries and files with
 /// extent blocks are created, fsync'd, then removed, so freed metadata
 /// blocks get revoke records; `rounds` rounds (many wrap a small journal).
 fn churn(m: &Path, rounds: u64) {
     for r in 0..rounds {
-        let dir = m.join(format!("r{r}"));
-        std::fs::create_dir(&dir).unwrap();
-        for f in 0..40u64 {
-            write_synced(
-                &dir.join(format!("file-with-a-long-name-{f:04}")),
-                &pattern(300, r * 1000 + f),
-            );
-        }
-        // A fragmented file: many extents, so an extent index block.
-        let frag = dir.join("frag");
-        let fh = File::create(&frag).unwrap();
-        for i in 0..40u64 {
-            std::os::unix::fs::FileExt::write_at(&fh, &pattern(1024, i), i * 8192).unwrap();
-        }
-        fh.sync_all().unwrap();
-        fsync_dir(&dir);
-        if r > 0 {
-            let old = m.join(format!("r{}", r - 1));
-            std::fs::remove_dir_all(&old).unwrap();
-            fsync_dir(m);
-        }
+        churn_round(m, r);
     }
     write_synced(&m.join("last"), b"the end");
     fsync_dir(m);
@@ -425,6 +429,48 @@ fn churn8(m: &Path) {
 
 fn churn40(m: &Path) {
     churn(m, 40)
+}
+
+/// A 1024-block journal churned until a copy's live log crosses the end
+/// of the journal (the log area wraps): the copy is checked like the rest.
+#[test]
+fn kernel_journal_whose_log_wraps() {
+    if !can_loop_mount() {
+        return;
+    }
+    let sc = Scratch::new("jwrap");
+    let img = sc.path().join("wrap.live");
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-J",
+            "size=1",
+            img.to_str().unwrap(),
+            "64M",
+        ],
+    );
+    let copy_path = sc.path().join("small_wrap.img");
+    let mut wrapped_at = None;
+    {
+        let lp = Loop::mount(&img, &sc.path().join("wrap.mnt"), "rw");
+        for r in 0..400 {
+            churn_round(&lp.mnt, r);
+            copy(&img, &copy_path);
+            let (_, j) = journal_of(&copy_path);
+            if j.jsb.s_start != 0 && super::replay::replay(&j, vec![]).unwrap().log_wrapped {
+                wrapped_at = Some(r);
+                break;
+            }
+        }
+    }
+    let r = wrapped_at.expect("no copy with a wrapping log in 400 rounds");
+    eprintln!("log wraps after round {r}");
+    let (n, _) = check_image(&sc, &copy_path);
+    assert!(n > 0);
 }
 
 #[test]
