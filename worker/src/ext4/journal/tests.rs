@@ -479,7 +479,9 @@ fn kernel_journals_replay_like_e2fsck_and_the_kernel() {
         return;
     }
     let sc = Scratch::new("jreplay");
-    let cases: &[(&str, &[&str], &str, fn(&Path))] = &[
+    // (name, mkfs.ext4 options, mount options, workload)
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, fn(&Path));
+    let cases: &[Case] = &[
         ("csum3_mixed", &[], "rw", mixed),
         ("csum3_churn", &[], "rw", churn8),
         (
