@@ -24,6 +24,37 @@ pub(crate) mod replay;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn journal_extents_merge_and_map() {
+        let runs = [
+            Run {
+                lblk: 0,
+                pblk: 100,
+                len: 10,
+            },
+            Run {
+                lblk: 10,
+                pblk: 50,
+                len: 5,
+            },
+            Run {
+                lblk: 15,
+                pblk: 105,
+                len: 10,
+            },
+        ];
+        assert_eq!(merged_extents(&runs), vec![(50, 55), (100, 115)]);
+        assert_eq!(pblk_of(&runs, 0), Some(100));
+        assert_eq!(pblk_of(&runs, 12), Some(52));
+        assert_eq!(pblk_of(&runs, 24), Some(114));
+        assert_eq!(pblk_of(&runs, 25), None);
+    }
+}
+
 use std::sync::Arc;
 
 pub(crate) use replay::Replay;
@@ -56,6 +87,8 @@ pub(crate) struct Journal {
     pub(crate) fmt: Format,
     block_size: u64,
     runs: Vec<Run>,
+    /// The filesystem blocks of the journal as sorted, merged `[start, end)`.
+    extents: Vec<(u64, u64)>,
     /// The log area is `[first, last)` (fast-commit blocks follow it).
     pub(crate) first: u32,
     pub(crate) last: u32,
@@ -81,10 +114,13 @@ impl Journal {
             return Err(corrupt(format!("inode {ino} is not a valid journal"), 0));
         }
         let bs = u64::from(fs.block_size());
-        let nblocks = u32::try_from(ji.size / bs).unwrap_or(u32::MAX);
-        let runs = map_journal(fs, &ji, nblocks)?;
-        let raw = read_mapped(&*fs.dev, &runs, bs, 0, nblocks)?;
-        let jsb = JournalSuperblock::parse(&raw, pblk_of(&runs, 0).unwrap_or(0))?;
+        // A journal is no larger than its filesystem; and only the blocks
+        // the superblock claims are mapped, so a hostile size or block map
+        // costs no more than the journal's own length.
+        let nblocks = u32::try_from((ji.size / bs).min(sb.s_blocks_count)).unwrap_or(u32::MAX);
+        let head = map_journal(fs, &ji, nblocks.min(1))?;
+        let raw = read_mapped(&*fs.dev, &head, bs, 0, nblocks)?;
+        let jsb = JournalSuperblock::parse(&raw, pblk_of(&head, 0).unwrap_or(0))?;
         if u64::from(jsb.s_blocksize) != bs {
             return Err(corrupt(
                 format!(
@@ -103,6 +139,7 @@ impl Journal {
                 0,
             ));
         }
+        let runs = map_journal(fs, &ji, jsb.s_maxlen)?;
         let last = jsb
             .s_maxlen
             .checked_sub(jsb.fast_commit_blocks())
@@ -124,6 +161,7 @@ impl Journal {
             last,
             jsb,
             block_size: bs,
+            extents: merged_extents(&runs),
             runs,
             fs_blocks: sb.s_blocks_count,
         })
@@ -141,9 +179,10 @@ impl Journal {
 
     /// Whether filesystem block `b` holds part of the journal.
     fn contains_fs_block(&self, b: u64) -> bool {
-        self.runs
-            .iter()
-            .any(|r| b >= r.pblk && b - r.pblk < u64::from(r.len))
+        let i = self.extents.partition_point(|&(start, _)| start <= b);
+        i.checked_sub(1)
+            .and_then(|i| self.extents.get(i))
+            .is_some_and(|&(_, end)| b < end)
     }
 
     /// Writes a replay in place, in the kernel's order: the replayed
@@ -246,6 +285,23 @@ fn read_mapped(
     dev.read_at(&mut buf, offset)
         .map_err(|source| Error::Io { offset, source })?;
     Ok(buf)
+}
+
+/// The filesystem blocks `runs` cover, as sorted, merged `[start, end)`.
+fn merged_extents(runs: &[Run]) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = runs
+        .iter()
+        .map(|r| (r.pblk, r.pblk.saturating_add(u64::from(r.len))))
+        .collect();
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// The journal inode's blocks `[0, nblocks)` as runs, each checked to lie
