@@ -30,6 +30,7 @@ pub(crate) mod htree_write;
 pub(crate) mod indirect_write;
 pub(crate) mod inline_dir;
 pub(crate) mod inline_write;
+pub(crate) mod journal;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
 pub(crate) mod orphan;
@@ -102,6 +103,15 @@ pub struct Ext4 {
     system_zone: Vec<(u64, u64)>,
 }
 
+/// How far `Ext4::open_stage` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenStage {
+    /// Only what reading the journal needs (needs_recovery allowed).
+    Journal,
+    /// The whole open; `unrecovered`: needs_recovery allowed (noload).
+    Full { unrecovered: bool },
+}
+
 /// Inodes below s_first_ino other than the root are reserved (journal,
 /// resize, quota...): a directory entry naming one is corrupt.
 fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
@@ -114,13 +124,41 @@ impl Ext4 {
     /// read-write when the write-side policy allows it (`txn::rw_refusal`),
     /// else read-only with a log line saying why (see `info().read_only`);
     /// a read-write mount marks the superblock not-clean until `shutdown`.
+    ///
+    /// A journal that needs recovery is replayed first (`journal`): in
+    /// memory on a read-only mount, in place on a read-write one; the
+    /// result is then opened and checked as on a fresh open.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
+        let (dev, _) = journal::recover_at_open(dev, &opts, true)?;
+        Self::open_stage(dev, opts, OpenStage::Full { unrecovered: false })
+    }
+
+    /// `-o noload`: like [`Ext4::open`] without journal replay, read-only
+    /// only when the journal needs recovery (the unrecovered state shows).
+    pub fn open_noload(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
+        let (dev, unrecovered) = journal::recover_at_open(dev, &opts, false)?;
+        Self::open_stage(dev, opts, OpenStage::Full { unrecovered })
+    }
+
+    /// Opens read-only as far as reading the journal needs: superblock,
+    /// feature policy, group descriptors, MMP (no root check, no replay).
+    pub(crate) fn open_for_journal(dev: Arc<dyn BlockDevice>) -> Result<Ext4> {
+        Self::open_stage(dev, OpenOptions { read_only: true }, OpenStage::Journal)
+    }
+
+    fn open_stage(dev: Arc<dyn BlockDevice>, opts: OpenOptions, stage: OpenStage) -> Result<Ext4> {
         let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
         dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
             .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
         let sb = Superblock::parse(&raw, dev.size())?;
         check_features(&sb, true)?;
-        let mut read_only = opts.read_only;
+        if sb.has_incompat(sbf::INCOMPAT_RECOVER)
+            && stage == (OpenStage::Full { unrecovered: false })
+        {
+            // Replay cleared it; only a journal that changed under us gets here.
+            return Err(Error::NeedsRecovery);
+        }
+        let mut read_only = opts.read_only || stage == OpenStage::Journal;
         if !read_only && let Some(why) = txn::rw_refusal(&sb) {
             tracing::warn!("serving read-only: {why}");
             read_only = true;
@@ -149,6 +187,9 @@ impl Ext4 {
         fs.system_zone = fs.build_system_zone();
         if fs.sb.has_incompat(sbf::INCOMPAT_MMP) {
             fs.check_mmp()?;
+        }
+        if stage == OpenStage::Journal {
+            return Ok(fs);
         }
         let root = fs.inode(ROOT_INO).map_err(|e| match e {
             Error::NotFound => Error::corrupt("root inode is unallocated", 0),
@@ -629,9 +670,9 @@ impl Ext4 {
     }
 }
 
-/// The feature policy: unknown INCOMPAT refuses, naming the bits; needs
-/// recovery refuses; an external journal device is not a filesystem;
-/// unknown RO_COMPAT allows read-only only.
+/// The feature policy: unknown INCOMPAT refuses, naming the bits; an
+/// external journal device is not a filesystem; unknown RO_COMPAT allows
+/// read-only only. (needs_recovery: see `journal::recover_at_open`.)
 fn check_features(sb: &Superblock, read_only: bool) -> Result<()> {
     use sbf::{FeatureKind, feature_names};
     if sb.has_incompat(sbf::INCOMPAT_JOURNAL_DEV) {
@@ -645,9 +686,6 @@ fn check_features(sb: &Superblock, read_only: bool) -> Result<()> {
             "unsupported incompat feature(s): {unknown:#x} ({})",
             feature_names(FeatureKind::Incompat, unknown).join(", ")
         )));
-    }
-    if sb.has_incompat(sbf::INCOMPAT_RECOVER) {
-        return Err(Error::NeedsRecovery);
     }
     if !read_only {
         let unknown = sb.s_feature_ro_compat & !sbf::RO_COMPAT_SUPPORTED;
@@ -942,10 +980,9 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("(dirdata)"), "{e}");
-        assert!(matches!(
-            with(0x60, sbf::INCOMPAT_RECOVER, true),
-            Err(Error::NeedsRecovery)
-        ));
+        // needs_recovery over an empty journal (s_start 0): nothing to
+        // replay; the flag is cleared in the read-only overlay only.
+        assert!(with(0x60, sbf::INCOMPAT_RECOVER, true).is_ok());
         assert!(with(0x60, sbf::INCOMPAT_JOURNAL_DEV, true).is_err());
         assert!(with(0x64, 1 << 30, true).is_ok());
         // Unknown RO_COMPAT: a read-write request is served read-only.
