@@ -31,6 +31,8 @@ pub struct MountOptions {
     pub errors: Option<Errors>,
     /// `locking=` for image files.
     pub locking: Locking,
+    /// `noload`: mount without replaying the journal (read-only only).
+    pub noload: bool,
 }
 
 impl Default for MountOptions {
@@ -41,6 +43,7 @@ impl Default for MountOptions {
             atime: Atime::Default,
             errors: None,
             locking: Locking::Auto,
+            noload: false,
         }
     }
 }
@@ -75,7 +78,7 @@ impl Errors {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
     #[error(
-        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, errors=, locking=, defaults)"
+        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, noload, errors=, locking=, defaults)"
     )]
     Unknown(String),
     #[error("bad value for mount option \"{0}\"")]
@@ -86,6 +89,8 @@ pub enum OptionsError {
     ControlCharacter(String),
     #[error("mount options are too long ({0} bytes, at most 4096)")]
     TooLong(usize),
+    #[error("mount option \"noload\" needs a read-only mount (add ro)")]
+    NoloadNeedsReadOnly,
 }
 
 impl OptionsError {
@@ -163,14 +168,19 @@ pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
             ("exec", None) => opts.exec = true,
             ("noexec", None) => opts.exec = false,
             ("noatime", None) => opts.atime = Atime::NoAtime,
+            ("noload" | "norecovery", None) => opts.noload = true,
             ("relatime", None) => opts.atime = Atime::Relatime,
             (
                 "defaults" | "nofail" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
-                | "nosuid" | "nodev" | "ro" | "rw" | "exec" | "noexec" | "noatime" | "relatime",
+                | "nosuid" | "nodev" | "ro" | "rw" | "exec" | "noexec" | "noatime" | "relatime"
+                | "noload" | "norecovery",
                 Some(_),
             ) => return Err(OptionsError::UnexpectedValue(named(key))),
             _ => return Err(OptionsError::Unknown(named(item))),
         }
+    }
+    if opts.noload && !opts.read_only {
+        return Err(OptionsError::NoloadNeedsReadOnly);
     }
     Ok(opts)
 }
@@ -331,6 +341,20 @@ mod tests {
         assert_eq!(
             parse_options("nofail=yes").unwrap_err().to_string(),
             "mount option \"nofail\" takes no value"
+        );
+    }
+
+    #[test]
+    fn noload_is_read_only_only() {
+        assert!(parse_options("ro,noload").unwrap().noload);
+        assert!(parse_options("norecovery").unwrap().noload);
+        assert_eq!(
+            parse_options("rw,noload").unwrap_err(),
+            OptionsError::NoloadNeedsReadOnly
+        );
+        assert_eq!(
+            parse_options("noload=1").unwrap_err(),
+            OptionsError::UnexpectedValue("noload".into())
         );
     }
 

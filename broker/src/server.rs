@@ -546,6 +546,7 @@ impl Broker {
             &WorkerRequest::Start {
                 version: PROTOCOL_VERSION,
                 read_only,
+                noload: opts.noload,
                 uid: self.identity.uid,
                 gid: self.identity.gid,
                 source_name: source.name.clone(),

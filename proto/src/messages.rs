@@ -104,6 +104,8 @@ pub enum WorkerRequest {
     Start {
         version: u32,
         read_only: bool,
+        /// `-o noload`: do not replay the journal (read-only only).
+        noload: bool,
         uid: u32,
         gid: u32,
         /// Device path or image name, for log lines only.

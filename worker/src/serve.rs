@@ -110,6 +110,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeE
     let WorkerRequest::Start {
         version,
         read_only,
+        noload,
         uid,
         gid,
         source_name,
@@ -136,7 +137,13 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeE
 
     // 3. Probe.
     let device = Arc::new(FdDevice::new(device).map_err(ServeError::Device)?);
-    let fs = Ext4::open(device, OpenOptions { read_only }).map_err(ServeError::Filesystem)?;
+    let opts = OpenOptions { read_only };
+    let fs = if noload {
+        Ext4::open_noload(device, opts)
+    } else {
+        Ext4::open(device, opts)
+    }
+    .map_err(ServeError::Filesystem)?;
     let info = fs.info();
     let fs_read_only = info.read_only;
     tracing::info!(

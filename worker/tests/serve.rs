@@ -204,6 +204,7 @@ fn start_worker(device: OwnedFd, read_only: bool, version: u32) -> (Broker, Work
         &WorkerRequest::Start {
             version,
             read_only,
+            noload: false,
             uid,
             gid,
             source_name: "test image".into(),
