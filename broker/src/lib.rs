@@ -23,6 +23,11 @@ pub mod state;
 pub mod supervise;
 pub mod undo;
 
+/// Skips and test knobs, shared with every test crate (see the file).
+#[cfg(test)]
+#[path = "../../tests/src/skip.rs"]
+pub(crate) mod test_skip;
+
 /// Where `safemountd` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/safemount/socket";
 
