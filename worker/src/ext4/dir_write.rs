@@ -685,7 +685,9 @@ pub(crate) mod tests {
             live.insert(name(i));
         }
         for i in (0..600).filter(|i| i % 4 != 1) {
-            fs.unlink(d, name(i).as_bytes()).unwrap();
+            if let Some(ino) = fs.unlink(d, name(i).as_bytes()).unwrap() {
+                fs.release_inode(ino).unwrap();
+            }
             live.remove(&name(i));
         }
         for i in 600..900 {

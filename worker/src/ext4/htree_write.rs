@@ -708,7 +708,9 @@ mod tests {
             fs.create(d, n.as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
         }
         for n in names.iter().step_by(3) {
-            fs.unlink(d, n.as_bytes()).unwrap();
+            if let Some(ino) = fs.unlink(d, n.as_bytes()).unwrap() {
+                fs.release_inode(ino).unwrap();
+            }
         }
         fs.shutdown().unwrap();
         drop(fs);
