@@ -165,7 +165,7 @@ pub fn safemount_mounts() -> Vec<PathBuf> {
 /// resolved: a dead FUSE mount cannot be stat'ed.
 pub fn is_mounted(p: &Path) -> bool {
     let p = canonical(p);
-    safemount_mounts().iter().any(|m| *m == p)
+    safemount_mounts().contains(&p)
 }
 
 /// `p` with its parent directory canonicalized (the last component as is).
