@@ -37,6 +37,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# /dev/fuse and loop devices must exist for the end-to-end tests.
+# /dev/fuse and loop devices must exist for the end-to-end tests: without
+# them the suite could only skip, so say so and stop here.
 [ -e /dev/fuse ] || modprobe fuse || true
 [ -e /dev/loop-control ] || modprobe loop || true
+fail=0
+if [ ! -c /dev/fuse ]; then
+  echo "install-deps: /dev/fuse is missing (modprobe fuse failed; in a container, pass --device /dev/fuse)" >&2
+  fail=1
+fi
+if [ ! -c /dev/loop-control ] || ! loop=$(losetup -f 2>/dev/null) || [ -z "$loop" ]; then
+  echo "install-deps: no free loop device (modprobe loop failed; in a container, run privileged)" >&2
+  fail=1
+fi
+if [ "$fail" -ne 0 ]; then
+  echo "install-deps: the end-to-end tests need root, /dev/fuse and loop devices" >&2
+  exit 1
+fi

@@ -27,6 +27,11 @@ pub mod supervise;
 pub mod undo;
 pub mod worker_log;
 
+/// Skips and test knobs, shared with every test crate (see the file).
+#[cfg(test)]
+#[path = "../../tests/src/skip.rs"]
+pub(crate) mod test_skip;
+
 /// Where `safemountd` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/safemount/socket";
 

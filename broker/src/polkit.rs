@@ -237,7 +237,7 @@ mod tests {
             "/../packaging/polkit/org.safemount.policy"
         ));
         let Ok(policy) = policy else {
-            eprintln!("skipped: packaging/polkit/org.safemount.policy not found");
+            crate::test_skip::skip("packaging/polkit/org.safemount.policy not found");
             return;
         };
         for a in [

@@ -145,10 +145,12 @@ fn killed_worker_takes_its_mount_within_a_second() {
     let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
     assert!(out.status.success(), "mount: {}", stderr(&out));
     let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap() as i32;
+    // Seen mounted first: otherwise "gone" below proves nothing.
+    assert!(is_mounted(&mp), "{} not in the mount table", mp.display());
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     assert!(
-        wait_until(Duration::from_secs(1), || !is_mounted(&mp)),
-        "mount still there 1 s after the worker died"
+        wait_until(SETTLE, || !is_mounted(&mp)),
+        "mount still there {SETTLE:?} after the worker died"
     );
     assert_nothing_left(&b, &s);
     assert!(b.log().contains("killed by signal SIGKILL"), "{}", b.log());
@@ -486,7 +488,7 @@ fn malformed_messages_get_errors_and_the_broker_keeps_serving() {
     drop(c);
     assert!(b.list_json().is_empty());
     assert!(
-        wait_until(Duration::from_secs(2), || fd_count(b.pid()) == fds_before),
+        wait_until(SETTLE, || fd_count(b.pid()) == fds_before),
         "broker fds: {} before, {} after",
         fds_before,
         fd_count(b.pid())
@@ -524,7 +526,7 @@ fn real_worker_block_device() {
     require_root!();
     let worker = bin_dir().join("safemount-worker");
     if !worker.exists() {
-        eprintln!("skipped: {} not built", worker.display());
+        skip(&format!("{} not built", worker.display()));
         return;
     }
     let s = Scratch::new("loop");
@@ -545,7 +547,7 @@ fn real_worker_block_device() {
         .output()
         .unwrap();
     if !losetup.status.success() {
-        eprintln!("skipped: losetup failed: {}", stderr(&losetup));
+        skip(&format!("losetup failed: {}", stderr(&losetup)));
         return;
     }
     let dev = stdout(&losetup).trim().to_owned();
@@ -585,10 +587,10 @@ fn real_worker_mount_read_unmount() {
     require_root!();
     let worker = bin_dir().join("safemount-worker");
     if !worker.exists() {
-        eprintln!(
-            "skipped: {} not built (cargo build -p safemount-worker)",
+        skip(&format!(
+            "{} not built (cargo build -p safemount-worker)",
             worker.display()
-        );
+        ));
         return;
     }
     let s = Scratch::new("real");
@@ -662,8 +664,12 @@ fn real_worker_mount_read_unmount() {
     let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
     assert!(out.status.success(), "mount: {}", stderr(&out));
     let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap() as i32;
+    assert!(is_mounted(&mp), "{} not in the mount table", mp.display());
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    assert!(wait_until(Duration::from_secs(1), || !is_mounted(&mp)));
+    assert!(
+        wait_until(SETTLE, || !is_mounted(&mp)),
+        "mount still there {SETTLE:?} after the worker died"
+    );
     assert_nothing_left(&b, &s);
     // The mount point is usable again, not a dead endpoint.
     assert!(std::fs::read_dir(&mp).unwrap().next().is_none());

@@ -208,7 +208,7 @@ fn image_locking() {
 
     // Another program holding a lock.
     let Some(foreign) = ForeignLock::new(&img) else {
-        eprintln!("skipped the foreign-lock part: python3 cannot lock");
+        skip("the foreign-lock part: python3 cannot lock");
         return;
     };
     for opts in ["ro", "rw", "ro,locking=posix", "ro,locking=on"] {
@@ -263,7 +263,7 @@ fn device_policy() {
             stderr(&out)
         );
     } else {
-        eprintln!("no node for the root disk; that part skipped");
+        skip("the root-disk part: no node for the root disk");
     }
 
     // A loop device mounted by the kernel.
@@ -344,8 +344,8 @@ fn device_policy() {
     // Without udev there may be no /dev node for the partition: make one.
     let sys_dev = format!("/sys/block/{0}/{0}p1/dev", lo.name());
     if !wait_until(Duration::from_secs(2), || Path::new(&sys_dev).exists()) {
-        eprintln!(
-            "this kernel made no partition from an MBR; whole-disk part skipped (unit tests cover it)"
+        skip(
+            "the whole-disk part: this kernel made no partition from an MBR (unit tests cover it)",
         );
         return;
     }

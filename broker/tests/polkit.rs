@@ -57,7 +57,7 @@ polkit.addRule(function(action, subject) {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !skip::is_root() {
         return Some("needs root".into());
     }
     for p in ["/dev/fuse", DBUS_DAEMON, POLKITD, "/usr/bin/setpriv"] {
@@ -286,7 +286,7 @@ fn s(p: &Path) -> &str {
 fn polkit_decides_who_mounts_unmounts_and_lists() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+        skip(&why);
         return;
     }
     let scratch = Scratch::new("rules");
@@ -377,7 +377,7 @@ fn polkit_decides_who_mounts_unmounts_and_lists() {
 fn without_a_system_bus_only_root_mounts() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipped: {why}");
+        skip(&why);
         return;
     }
     let scratch = Scratch::new("nobus");

@@ -104,16 +104,15 @@ fn restarted_broker_adopts_live_mounts_and_cleans_dead_ones() {
     assert!(b2.log().contains("adopted a mount"), "{}", b2.log());
 
     // The adopted worker is not broker #2's child, yet its death still
-    // takes the mount within a second.
+    // takes the mount (polled: a busy machine may take a while).
+    assert!(is_mounted(&live_mp), "adopted mount not in the mount table");
     kill(Pid::from_raw(live_pid), Signal::SIGKILL).unwrap();
     assert!(
-        wait_until(Duration::from_secs(1), || !is_mounted(&live_mp)),
-        "adopted mount still there 1 s after its worker died\n{}",
+        wait_until(SETTLE, || !is_mounted(&live_mp)),
+        "adopted mount still there {SETTLE:?} after its worker died\n{}",
         b2.log()
     );
-    assert!(wait_until(Duration::from_secs(2), || b2
-        .list_json()
-        .is_empty()));
+    assert!(wait_until(SETTLE, || b2.list_json().is_empty()));
     assert!(s.records().is_empty());
 
     // A new mount after the restart gets a fresh id (no record clash).
@@ -166,10 +165,8 @@ fn keep_mounts_survives_sigterm_and_adopted_mount_unmounts() {
         b2.log()
     );
     assert!(!is_mounted(&mp));
-    assert!(wait_until(Duration::from_secs(2), || !pid_alive(pid)));
-    assert!(wait_until(Duration::from_secs(2), || b2
-        .list_json()
-        .is_empty()));
+    assert!(wait_until(SETTLE, || !pid_alive(pid)));
+    assert!(wait_until(SETTLE, || b2.list_json().is_empty()));
     assert!(s.records().is_empty());
 }
 

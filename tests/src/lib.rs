@@ -3,13 +3,15 @@
 //! and their comparison, and /proc readers.
 //!
 //! Everything here runs as root against real mounts; tests call
-//! [`util::require_root`] first and skip (with one line) otherwise.
+//! [`util::require_root`] first and skip (with one line on stderr, or a
+//! failure under `SAFEMOUNT_TEST_STRICT=1`: see [`skip`]) otherwise.
 
 pub mod broker;
 pub mod image;
 pub mod kernel;
 pub mod ops;
 pub mod procfs;
+pub mod skip;
 pub mod snapshot;
 pub mod tree;
 pub mod util;

@@ -64,9 +64,23 @@ pub fn mount_points() -> Vec<PathBuf> {
     mounts().into_iter().map(|m| m.mount_point).collect()
 }
 
-/// The mount (if any) whose mount point is exactly `p`.
+/// The mount (if any) whose mount point is `p`, compared as the mount
+/// table writes it: `p` with its directory resolved (a symlinked TMPDIR
+/// would otherwise make every "gone" check pass). The last component is
+/// not resolved: a dead FUSE mount cannot be stat'ed.
 pub fn mount_at(p: &Path) -> Option<MountLine> {
+    let p = canonical(p);
     mounts().into_iter().rev().find(|m| m.mount_point == p)
+}
+
+/// `p` with its parent directory canonicalized (the last component as is).
+pub fn canonical(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => d
+            .canonicalize()
+            .map_or_else(|_| p.to_owned(), |d| d.join(n)),
+        _ => p.to_owned(),
+    }
 }
 
 pub fn is_mounted(p: &Path) -> bool {

@@ -10,16 +10,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// True when the tests can mount for real. Otherwise prints the one allowed
-/// skip line and returns false.
+/// True when the tests can mount for real. Otherwise skips (one line on
+/// stderr; a failure under `SAFEMOUNT_TEST_STRICT=1`) and returns false.
+#[track_caller]
 pub fn require_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        println!("skipped: needs root");
-        false
+    if !crate::skip::require_root("mounting for real") {
+        return false;
     }
+    if !Path::new("/dev/fuse").exists() {
+        crate::skip::skip("no /dev/fuse");
+        return false;
+    }
+    true
 }
+
+/// How long a test waits for something the system does on its own (a
+/// killed worker's mount to vanish, a worker to be reaped): polled, so a
+/// fast machine does not wait, and generous, so a busy 2-core machine
+/// running other builds does not fail.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// A directory under /tmp that is removed (after detaching any mount left
 /// inside it) on drop.

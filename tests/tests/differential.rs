@@ -25,7 +25,13 @@
 //! while debugging; the sequence stays the same), `SAFEMOUNT_DIFF_LAX_BLOCKS=1`
 //! (report data-block differences without failing), `SAFEMOUNT_DIFF_TRACE=TEXT`
 //! (print the operations whose description contains TEXT),
-//! `SAFEMOUNT_DIFF_TIMEOUT` (seconds per config, default 150).
+//! `SAFEMOUNT_DIFF_TIMEOUT` (seconds per config, default 150). Every one of
+//! them but TRACE weakens or redirects the test, so each is refused unless
+//! `SAFEMOUNT_TEST_ALLOW_WEAK=1`; the effective settings are printed first.
+//!
+//! Each operation also records, on both sides, which of the touched paths
+//! (those it names and their parents) had their mtime or ctime changed;
+//! those must agree too.
 
 #![allow(
     clippy::unwrap_used,
@@ -43,6 +49,7 @@ use safemount_tests::broker::Broker;
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops::{self, GenOpts, Generator, Op, Outcome};
+use safemount_tests::skip;
 use safemount_tests::snapshot::{self, Against, Snapshot, WalkOpts};
 use safemount_tests::util::{TempDir, require_root};
 
@@ -51,8 +58,110 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const IMAGE_SIZE: u64 = 512 << 20;
 
+/// A knob's number (refused without `SAFEMOUNT_TEST_ALLOW_WEAK=1`: see
+/// `safemount_tests::skip::knob`).
 fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+    skip::knob(name).map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+    })
+}
+
+/// The paths whose mtime and ctime an operation may change: the ones it
+/// names and their parent directories.
+fn watched_paths(op: &Op) -> Vec<String> {
+    let named: Vec<&String> = match op {
+        Op::Link { from, to } | Op::Rename { from, to, .. } => vec![from, to],
+        Op::Create { path, .. }
+        | Op::Mknod { path, .. }
+        | Op::Mkdir { path, .. }
+        | Op::Symlink { path, .. }
+        | Op::Unlink { path }
+        | Op::Rmdir { path }
+        | Op::Write { path, .. }
+        | Op::Truncate { path, .. }
+        | Op::Fallocate { path, .. }
+        | Op::Chmod { path, .. }
+        | Op::Chown { path, .. }
+        | Op::Utimens { path, .. }
+        | Op::SetXattr { path, .. }
+        | Op::SetAcl { path, .. }
+        | Op::RemoveXattr { path, .. }
+        | Op::Fsync { path }
+        | Op::OrphanWrite { path, .. }
+        | Op::Stat { path }
+        | Op::Read { path, .. }
+        | Op::ReadDir { path }
+        | Op::GetXattrs { path }
+        | Op::SeekMap { path } => vec![path],
+    };
+    let mut out: Vec<String> = Vec::new();
+    for p in named {
+        let parent = Path::new(p)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for q in [p.clone(), parent] {
+            if !out.contains(&q) {
+                out.push(q);
+            }
+        }
+    }
+    out
+}
+
+/// (mtime, ctime) in nanoseconds of each path (lstat), None when absent.
+fn times(root: &Path, paths: &[String]) -> Vec<Option<(i128, i128)>> {
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::symlink_metadata(root.join(p))
+                .ok()
+                .map(|m| (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec())))
+        })
+        .collect()
+}
+
+/// "path: mtime ctime" for each watched path whose times changed (or that
+/// appeared or vanished), the same words on both sides when they agree.
+fn time_changes(
+    paths: &[String],
+    before: &[Option<(i128, i128)>],
+    after: &[Option<(i128, i128)>],
+) -> String {
+    let mut out = Vec::new();
+    for ((p, b), a) in paths.iter().zip(before).zip(after) {
+        let what = match (b, a) {
+            (None, None) => continue,
+            (None, Some(_)) => "appeared".to_owned(),
+            (Some(_), None) => "vanished".to_owned(),
+            (Some((bm, bc)), Some((am, ac))) => {
+                let mut w = Vec::new();
+                if am != bm {
+                    w.push("mtime changed");
+                }
+                if ac != bc {
+                    w.push("ctime changed");
+                }
+                if w.is_empty() {
+                    continue;
+                }
+                w.join(" and ")
+            }
+        };
+        let p = if p.is_empty() { "/" } else { p.as_str() };
+        out.push(format!("{p}: {what}"));
+    }
+    out.join("; ")
+}
+
+/// An outcome with its time changes appended (for the divergence report).
+fn with_changes(out: &Outcome, changes: &str) -> Outcome {
+    match out {
+        Ok(s) => Ok(format!("{s} [{changes}]")),
+        Err(e) => Err(format!("{e} [{changes}]")),
+    }
 }
 
 fn default_seed(name: &str) -> u64 {
@@ -351,7 +460,7 @@ enum Sut {
 
 impl Sut {
     fn mount(img: &Path, mnt: &Path) -> Sut {
-        if std::env::var("SAFEMOUNT_DIFF_SUT").is_ok_and(|v| v == "kernel") {
+        if skip::knob("SAFEMOUNT_DIFF_SUT").is_some_and(|v| v == "kernel") {
             return Sut::Kernel(KernelMount::mount_rw(img, mnt, REFERENCE_OPTS).unwrap());
         }
         let broker = Broker::start().unwrap();
@@ -397,9 +506,41 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let seed = env_u64("SAFEMOUNT_DIFF_SEED").unwrap_or_else(|| default_seed(name));
-    let n_ops = env_u64("SAFEMOUNT_DIFF_OPS").unwrap_or(3000) as usize;
-    println!("[{name}] seed {seed}, {n_ops} operations (SAFEMOUNT_DIFF_SEED={seed} to replay)");
+    let seed_knob = env_u64("SAFEMOUNT_DIFF_SEED");
+    let ops_knob = env_u64("SAFEMOUNT_DIFF_OPS");
+    let seed = seed_knob.unwrap_or_else(|| default_seed(name));
+    let n_ops = ops_knob.unwrap_or(3000) as usize;
+    assert!(n_ops > 0, "[{name}] SAFEMOUNT_DIFF_OPS=0 tests nothing");
+    let timeout_knob = env_u64("SAFEMOUNT_DIFF_TIMEOUT");
+    let knob_set = |k: &str| std::env::var_os(k).is_some();
+    skip::print_settings(
+        name,
+        &[
+            ("SAFEMOUNT_DIFF_SEED", seed.to_string(), seed_knob.is_some()),
+            ("SAFEMOUNT_DIFF_OPS", n_ops.to_string(), ops_knob.is_some()),
+            (
+                "SAFEMOUNT_DIFF_TIMEOUT",
+                format!("{}s", timeout_knob.unwrap_or(150)),
+                timeout_knob.is_some(),
+            ),
+            (
+                "SAFEMOUNT_DIFF_SUT",
+                skip::knob("SAFEMOUNT_DIFF_SUT").unwrap_or_else(|| "safemount".into()),
+                knob_set("SAFEMOUNT_DIFF_SUT"),
+            ),
+            (
+                "SAFEMOUNT_DIFF_SKIP",
+                skip::knob("SAFEMOUNT_DIFF_SKIP").unwrap_or_default(),
+                knob_set("SAFEMOUNT_DIFF_SKIP"),
+            ),
+            (
+                "SAFEMOUNT_DIFF_LAX_BLOCKS",
+                skip::knob("SAFEMOUNT_DIFF_LAX_BLOCKS").unwrap_or_else(|| "0".into()),
+                knob_set("SAFEMOUNT_DIFF_LAX_BLOCKS"),
+            ),
+        ],
+    );
+    eprintln!("[{name}] seed {seed}, {n_ops} operations (SAFEMOUNT_DIFF_SEED={seed} to replay)");
 
     let tmp = TempDir::new(&format!("diff-{name}")).unwrap();
     let (img_a, img_b) = (tmp.join("sut.img"), tmp.join("kernel.img"));
@@ -422,7 +563,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     );
     let mut divergence = None;
     let mut failed_ops = 0usize;
-    let skip: Vec<String> = std::env::var("SAFEMOUNT_DIFF_SKIP")
+    let skip: Vec<String> = skip::knob("SAFEMOUNT_DIFF_SKIP")
         .unwrap_or_default()
         .split(',')
         .filter(|s| !s.is_empty())
@@ -442,9 +583,19 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
             skipped += 1;
             continue;
         }
-        let sut_out = ops::apply(&mnt_a, &op);
+        // Which of mtime and ctime each operation changed, on both sides:
+        // the trees compared at the end cannot show a missing update
+        // (times within a day of now are not compared there, and a later
+        // utimens would hide it anyway).
+        let watched = watched_paths(&op);
+        let (before_a, before_b) = (times(&mnt_a, &watched), times(&mnt_b, &watched));
+        let sut_raw = ops::apply(&mnt_a, &op);
         let kernel_out = ops::apply(&mnt_b, &op);
-        if sut_out != kernel_out {
+        let sut_changes = time_changes(&watched, &before_a, &times(&mnt_a, &watched));
+        let kernel_changes = time_changes(&watched, &before_b, &times(&mnt_b, &watched));
+        let sut_out = with_changes(&sut_raw, &sut_changes);
+        if sut_raw != kernel_out || sut_changes != kernel_changes {
+            let kernel_out = with_changes(&kernel_out, &kernel_changes);
             if let Op::OrphanWrite { path, .. } | Op::Write { path, .. } = &op {
                 recent.push_back(format!(
                     "(after) stat {path}: safemount {:?}, kernel {:?}",
@@ -468,7 +619,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         }
         let line = format!("#{index} {} -> {kernel_out:?}", ops::describe(&op));
         if trace.as_deref().is_some_and(|t| line.contains(t)) {
-            println!("[{name}] trace {line}");
+            eprintln!("[{name}] trace {line}");
         }
         recent.push_back(line);
         // The kernel's outcome drives the model: the oracle decides which
@@ -487,7 +638,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
             recent.iter().cloned().collect::<Vec<_>>().join("\n  ")
         );
     }
-    println!(
+    eprintln!(
         "[{name}] {} operations agree ({failed_ops} failed the same way on both, {skipped} skipped), {} paths in the model",
         n_ops - skipped,
         generator.model.len()
@@ -581,16 +732,16 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         .unwrap_or_else(|e| panic!("[{name}] safemount image: {e}"));
     let total_b = to_data_blocks(&mut snap_b, trees_b, sectors_per_block)
         .unwrap_or_else(|e| panic!("[{name}] kernel image: {e}"));
-    println!(
+    eprintln!(
         "[{name}] {} files differ only in extent-tree or empty indirect blocks (allowed: allocation timing and placement); tree blocks in total: kernel {total_b}, safemount {total_a}",
         tree_only.len()
     );
     for l in tree_only.iter().take(20) {
-        println!("[{name}]   {l}");
+        eprintln!("[{name}]   {l}");
     }
     // Not an allowance (statfs below is exact about it): visible so that
     // xattr block sharing, which neither side does, stays in view.
-    println!(
+    eprintln!(
         "[{name}] kernel ({REFERENCE_OPTS}): {}; safemount: {}",
         layout_b.xattr_summary(),
         layout_a.xattr_summary()
@@ -598,13 +749,13 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
 
     // SAFEMOUNT_DIFF_LAX_BLOCKS=1: print data-block differences but do
     // not fail on them (debugging only).
-    let lax = std::env::var("SAFEMOUNT_DIFF_LAX_BLOCKS").is_ok_and(|v| v == "1");
+    let lax = skip::knob("SAFEMOUNT_DIFF_LAX_BLOCKS").is_some_and(|v| v == "1");
     let d: Vec<String> = compare(&snap_b, &snap_a, true)
         .into_iter()
         .filter(|l| {
             let only_blocks = l.contains(": blocks expected");
             if lax && only_blocks {
-                println!("[{name}] (lax) {l}");
+                eprintln!("[{name}] (lax) {l}");
             }
             !(lax && only_blocks)
         })
@@ -641,7 +792,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
         adjusted_a, stat_b,
         "[{name}] seed {seed}: statfs of safemount's image (bfree/bavail adjusted by the tree-block difference {total_a} - {total_b}; raw {stat_a:?}) differs from the kernel's image"
     );
-    println!(
+    eprintln!(
         "[{name}] seed {seed}: {} entries agree on disk, e2fsck clean",
         snap_a.entries.len()
     );

@@ -67,6 +67,12 @@ fn run_config(name: &str) {
             broker.log_tail(20)
         );
     }
+    // Seen mounted: the "still mounted" check after unmount is then real.
+    assert!(
+        procfs::is_mounted(&mnt),
+        "[{name}] {} not in the mount table after mounting",
+        mnt.display()
+    );
     let ssnap = snapshot::snapshot(&mnt, &opts);
     let sstat = snapshot::statvfs(&mnt);
     kernel.unmount().unwrap();

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use safemount_tests::skip;
+
 /// The script normally takes about 10 s; this is its hard limit.
 const TIMEOUT: Duration = Duration::from_secs(150);
 
@@ -60,12 +62,11 @@ fn read_all(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 
 #[test]
 fn install_test_script_passes() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: needs root (dpkg --root install, broker run as nobody)");
+    if !skip::require_root("the install test (dpkg --root install, broker run as nobody)") {
         return;
     }
     if !on_path("dpkg-deb") {
-        println!("skipped: dpkg-deb not found (apt-get install dpkg)");
+        skip::skip("dpkg-deb not found (apt-get install dpkg)");
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -23,7 +23,7 @@ use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops;
 use safemount_tests::procfs;
-use safemount_tests::util::{Rng, TempDir, require_root, run, wait_until};
+use safemount_tests::util::{Rng, TempDir, require_root, run, run_ok, wait_until};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -109,7 +109,7 @@ fn syncfs_after_unlink_of_written_files() {
     if let Err(e) = fsck_clean(&img) {
         panic!("image not clean after unmount: {e:#}");
     }
-    let out = run("dumpe2fs", ["-h", img.to_str().unwrap()]).unwrap();
+    let out = run_ok("dumpe2fs", ["-h", img.to_str().unwrap()]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let free_inodes = |t: &str| {
         t.lines()
@@ -118,12 +118,16 @@ fn syncfs_after_unlink_of_written_files() {
     };
     let fresh = tmp.join("fresh.img");
     ops::make_empty_image(&fresh, &[], 256 * MIB).unwrap();
-    let out2 = run("dumpe2fs", ["-h", fresh.to_str().unwrap()]).unwrap();
-    assert_eq!(
+    let out2 = run_ok("dumpe2fs", ["-h", fresh.to_str().unwrap()]).unwrap();
+    let (ours, fresh) = (
         free_inodes(&text),
         free_inodes(&String::from_utf8_lossy(&out2.stdout)),
-        "every deleted inode was freed"
     );
+    assert!(
+        ours.is_some(),
+        "no 'Free inodes:' line in dumpe2fs -h: {text}"
+    );
+    assert_eq!(ours, fresh, "every deleted inode was freed");
 }
 
 /// Write + fsync, more changes without fsync, then SIGKILL of the worker:

@@ -9,3 +9,8 @@ pub mod fuse;
 pub mod io;
 pub mod sandbox;
 pub mod serve;
+
+/// Skips and test knobs, shared with every test crate (see the file).
+#[cfg(test)]
+#[path = "../../tests/src/skip.rs"]
+pub(crate) mod test_skip;

@@ -11,13 +11,12 @@ use std::process::{Command, Output, Stdio};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_safemount-worker");
 
+/// Skips and test knobs, shared with every test crate (see the file).
+#[path = "../../tests/src/skip.rs"]
+mod skip;
+
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipped: the sandbox tests need root");
-        false
-    }
+    skip::require_root("the sandbox tests")
 }
 
 /// The `safemount` user if it exists, else nobody (65534).
@@ -278,5 +277,71 @@ fn proc_shows_the_sandbox() {
         "{limits}"
     );
     assert_ne!(netns, our_netns, "network namespace not unshared");
-    assert!(seen.contains("landlock "), "{seen}");
+    assert_landlock_enforced(&seen);
+}
+
+/// The Landlock ABI version the running kernel offers (0: none), from
+/// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`.
+fn kernel_landlock_abi() -> i64 {
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag
+    // the call only returns a number; it touches no memory.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
+}
+
+/// The newest Landlock ABI the worker asks for (landlock::ABI::V9 in
+/// sandbox.rs): on a kernel at least that new, "full" is the only answer.
+const NEWEST_REQUESTED_ABI: i64 = 9;
+
+/// Where the kernel has Landlock, the worker's report must say it is in
+/// force with every right this kernel knows: "full", or "partial" only
+/// because the worker asks for rights of a newer ABI than the kernel's,
+/// with the effective ABI equal to the kernel's.
+fn assert_landlock_enforced(seen: &str) {
+    let kernel = kernel_landlock_abi();
+    let line = seen
+        .lines()
+        .find(|l| l.contains("sandbox entered: landlock "))
+        .unwrap_or_else(|| panic!("no landlock report: {seen}"));
+    let report = line
+        .split("landlock ")
+        .nth(1)
+        .and_then(|r| r.split(", seccomp").next())
+        .unwrap_or_default();
+    eprintln!("kernel Landlock ABI {kernel}; worker reports: landlock {report}");
+    if kernel == 0 {
+        crate::skip::skip("this kernel has no Landlock: only the report is checked");
+        return;
+    }
+    let effective: i64 = report
+        .split("(ABI ")
+        .nth(1)
+        .and_then(|r| {
+            r.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no effective ABI in {report:?}"));
+    assert_eq!(
+        effective,
+        kernel.min(NEWEST_REQUESTED_ABI),
+        "Landlock enforced at another ABI than the kernel's: {report}"
+    );
+    if kernel >= NEWEST_REQUESTED_ABI {
+        assert!(report.starts_with("full"), "{report}");
+    } else {
+        assert!(
+            report.starts_with("full") || report.starts_with("partial"),
+            "Landlock not in force: {report}"
+        );
+    }
 }

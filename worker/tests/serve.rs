@@ -17,17 +17,20 @@ use safemount_proto::{PROTOCOL_VERSION, ProbeReport, WorkerReply, WorkerRequest}
 
 const WORKER: &str = env!("CARGO_BIN_EXE_safemount-worker");
 
+/// Skips and test knobs, shared with every test crate (see the file).
+#[path = "../../tests/src/skip.rs"]
+mod skip;
+
 fn can_run() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+    if !skip::require_root("serving a real mount") {
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: no /dev/fuse");
+        skip::skip("no /dev/fuse");
         return false;
     }
     if Command::new("mkfs.ext4").arg("-V").output().is_err() {
-        eprintln!("skipped: no mkfs.ext4");
+        skip::skip("no mkfs.ext4");
         return false;
     }
     true

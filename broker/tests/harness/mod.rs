@@ -14,13 +14,25 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Skips and test knobs, shared with every test crate (see the file).
+#[path = "../../../tests/src/skip.rs"]
+pub mod skip;
+
+pub use skip::skip;
+
+/// How long a test waits for something the system does on its own (a
+/// killed worker's mount to vanish, a worker to be reaped): polled, so a
+/// fast machine does not wait, and generous, so a busy 2-core machine
+/// running other builds does not fail.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+#[track_caller]
 pub fn have_root_and_fuse() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root (mounts for real)");
+    if !skip::require_root("mounting for real") {
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipped: no /dev/fuse");
+        skip("no /dev/fuse");
         return false;
     }
     true
@@ -43,10 +55,10 @@ pub fn real_worker() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "skipped: {} not built (cargo build -p safemount-worker)",
+        skip(&format!(
+            "{} not built (cargo build -p safemount-worker)",
             p.display()
-        );
+        ));
         None
     }
 }
@@ -57,10 +69,10 @@ pub fn fake_worker() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "skipped: {} not built (cargo build -p safemount-broker --examples)",
+        skip(&format!(
+            "{} not built (cargo build -p safemount-broker --examples)",
             p.display()
-        );
+        ));
         None
     }
 }
@@ -147,8 +159,23 @@ pub fn safemount_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Whether a safemount mount sits at `p`, compared as the mount table
+/// writes it: `p` with its directory resolved (a symlinked TMPDIR would
+/// otherwise make every "gone" check pass). The last component is not
+/// resolved: a dead FUSE mount cannot be stat'ed.
 pub fn is_mounted(p: &Path) -> bool {
-    safemount_mounts().iter().any(|m| m == p)
+    let p = canonical(p);
+    safemount_mounts().contains(&p)
+}
+
+/// `p` with its parent directory canonicalized (the last component as is).
+pub fn canonical(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => d
+            .canonicalize()
+            .map_or_else(|_| p.to_owned(), |d| d.join(n)),
+        _ => p.to_owned(),
+    }
 }
 
 /// Pids whose parent is `pid`.
@@ -474,7 +501,7 @@ impl Loop {
         }
         let out = cmd.arg(image).output().ok()?;
         if !out.status.success() {
-            eprintln!("skipped: losetup failed: {}", stderr(&out));
+            skip(&format!("losetup failed: {}", stderr(&out)));
             return None;
         }
         Some(Self(PathBuf::from(stdout(&out).trim())))

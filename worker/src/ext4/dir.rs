@@ -614,7 +614,7 @@ pub(crate) mod testimg {
                 .unwrap_or(false)
         });
         if !ok {
-            eprintln!("SKIPPED: needs {tools:?} installed");
+            crate::test_skip::skip(&format!("needs {tools:?} installed"));
         }
         ok
     }
@@ -877,13 +877,7 @@ mod tests {
         );
         let mnt = s.path("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !mounted {
-            eprintln!("SKIPPED: cannot loop-mount (needs root and loop devices)");
+        if !crate::ext4::testutil::kernel_mount(&img, &mnt, &["-o", "loop"]) {
             return;
         }
         let n = |i: usize| format!("{i:06}-{}", "L".repeat(243));
@@ -1187,7 +1181,7 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            eprintln!("SKIPPED: no corpus at {}", dir.display());
+            crate::test_skip::skip(&format!("no corpus at {}", dir.display()));
             return;
         };
         let mut images = 0;

@@ -661,4 +661,66 @@ pub(crate) mod tests {
         }
         assert!(dir_has_entries(&mut d, &c).unwrap());
     }
+
+    /// Oracle (e2fsck, the kernel): a linear directory (no dir_index)
+    /// grown through the engine to many blocks, thinned out and refilled
+    /// (entries reuse freed space, records merge and split) is what
+    /// e2fsck -fn finds clean and what the kernel lists and looks up.
+    #[test]
+    fn engine_linear_dir_checked_by_e2fsck_and_kernel() {
+        use crate::ext4::ROOT_INO;
+        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::have_mkfs;
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("linear-oracle", &["-b", "1024", "-O", "^dir_index"]);
+        let fs = im.open();
+        let d = fs.mkdir(ROOT_INO, b"lin", 0o755, 0, 0, 0).unwrap().ino;
+        let name = |i: usize| format!("entry-{i:04}{}", "x".repeat(i % 37));
+        let mut live = std::collections::BTreeSet::new();
+        for i in 0..600 {
+            fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0, 0)
+                .unwrap();
+            live.insert(name(i));
+        }
+        for i in (0..600).filter(|i| i % 4 != 1) {
+            if let Some(ino) = fs.unlink(d, name(i).as_bytes()).unwrap() {
+                fs.release_inode(ino).unwrap();
+            }
+            live.remove(&name(i));
+        }
+        for i in 600..900 {
+            fs.create(d, name(i).as_bytes(), 0o100644, 0, 0, 0, 0)
+                .unwrap();
+            live.insert(name(i));
+        }
+        fs.shutdown().unwrap();
+        drop(fs);
+        let img = im.save();
+        assert_fsck_clean(img, "linear directory edits through the engine");
+        let live: Vec<String> = live.into_iter().collect();
+        let Some((listed, found)) =
+            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+                let dir = mnt.join("lin");
+                let mut listed: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                listed.sort();
+                let found = live
+                    .iter()
+                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+                    .count();
+                (listed, found)
+            })
+        else {
+            return;
+        };
+        assert_eq!(
+            listed, live,
+            "the kernel's readdir of the engine's directory"
+        );
+        assert_eq!(found, live.len(), "the kernel's lookups");
+    }
 }

@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn matches_debugfs() {
         if debugfs_hash("half_md4", "01234567-89ab-cdef-0123-456789abcdef", "x").is_none() {
-            eprintln!("SKIPPED: debugfs not installed");
+            crate::test_skip::skip("debugfs not installed");
             return;
         }
         let seeds = [

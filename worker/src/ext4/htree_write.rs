@@ -583,33 +583,174 @@ mod tests {
             .indirect_levels
     }
 
+    /// Two names whose half_md4 hashes (seed [1, 2, 3, 4], the test
+    /// context's) really collide: found by hashing c000000..c149999 with
+    /// debugfs, checked below with the engine's hash and with debugfs.
+    const COLLIDING: [&str; 2] = ["c001895", "c107877"];
+    const COLLIDING_HASH: u32 = 0x5e96_403c;
+
+    /// debugfs's own dx_hash of `name` with the test context's seed (the
+    /// four seed words as a UUID's little-endian bytes); None without
+    /// debugfs.
+    fn debugfs_major(name: &str) -> Option<u32> {
+        let out = std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!(
+                "dx_hash -h half_md4 -s 01000000-0200-0000-0300-000004000000 {name}"
+            ))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text.rsplit(" is 0x").next()?.split(' ').next()?;
+        u32::from_str_radix(hex, 16).ok()
+    }
+
+    #[test]
+    fn colliding_names_collide() {
+        let c = ctx(1024, false, true, false);
+        for n in COLLIDING {
+            assert_eq!(c.hash(1, n.as_bytes()), Some(COLLIDING_HASH), "{n}");
+        }
+        let Some(d) = debugfs_major(COLLIDING[0]) else {
+            crate::test_skip::skip("debugfs not installed: the dx_hash oracle");
+            return;
+        };
+        assert_eq!(d, COLLIDING_HASH, "debugfs dx_hash of {}", COLLIDING[0]);
+        assert_eq!(debugfs_major(COLLIDING[1]), Some(COLLIDING_HASH));
+    }
+
+    /// A leaf split whose split point falls between two entries of the
+    /// same hash: the new block's hash equals the last one kept, so the
+    /// split must say "continued" (the index entry's low bit), and the two
+    /// colliding names end up one on each side. Names of one length around
+    /// a real collision (COLLIDING); the number of names above the
+    /// collision is varied until the split point lands on it, which it
+    /// must for some count.
     #[test]
     fn leaf_split_by_hash() {
-        // Legacy hash version 0 with a constant-hash trick is hard; use the
-        // split directly: a block full of one hash splits with continued.
         let c = ctx(1024, false, true, false);
-        let mut old = empty_leaf(&c);
-        let names: Vec<String> = (0..40).map(|i| format!("n{i:03}")).collect();
-        for (i, n) in names.iter().enumerate() {
-            insert_in_buf(
-                &mut old,
-                0,
-                c.leaf_end(),
-                &c.fmt,
-                n.as_bytes(),
-                10 + i as u32,
-                1,
-            )
-            .unwrap()
-            .unwrap();
+        let hash = |n: &str| c.hash(1, n.as_bytes()).unwrap();
+        let pool: Vec<String> = (200_000..200_400).map(|i| format!("c{i:06}")).collect();
+        let below: Vec<&String> = pool.iter().filter(|n| hash(n) < COLLIDING_HASH).collect();
+        let above: Vec<&String> = pool.iter().filter(|n| hash(n) > COLLIDING_HASH).collect();
+        let mut landed = 0;
+        for n_above in 1..=20usize {
+            let n_below = 38 - n_above;
+            let mut names: Vec<&str> = below[..n_below].iter().map(|s| s.as_str()).collect();
+            names.extend(COLLIDING);
+            names.extend(above[..n_above].iter().map(|s| s.as_str()));
+            let mut old = empty_leaf(&c);
+            for (i, n) in names.iter().enumerate() {
+                insert_in_buf(
+                    &mut old,
+                    0,
+                    c.leaf_end(),
+                    &c.fmt,
+                    n.as_bytes(),
+                    10 + i as u32,
+                    1,
+                )
+                .unwrap()
+                .unwrap();
+            }
+            let mut new = vec![0u8; 1024];
+            let (h2, cont) = split_leaf(12, 1, &mut old, &mut new, &c, 1).unwrap();
+            let left = live_entries(&old, 0, c.leaf_end(), &c.fmt).unwrap();
+            let right = live_entries(&new, 0, c.leaf_end(), &c.fmt).unwrap();
+            assert_eq!(left.len() + right.len(), 40);
+            assert!(left.iter().all(|e| c.hash(1, &e.0).unwrap() <= h2));
+            assert!(right.iter().all(|e| c.hash(1, &e.0).unwrap() >= h2));
+            let max_left = left.iter().map(|e| c.hash(1, &e.0).unwrap()).max();
+            assert_eq!(
+                cont,
+                max_left == Some(h2),
+                "continued must be set exactly when the hash runs on across the split"
+            );
+            if cont {
+                landed += 1;
+                assert_eq!(h2, COLLIDING_HASH);
+                let side = |n: &str| left.iter().any(|e| e.0 == n.as_bytes());
+                assert_ne!(
+                    side(COLLIDING[0]),
+                    side(COLLIDING[1]),
+                    "the colliding pair must straddle the split"
+                );
+            }
         }
-        let mut new = vec![0u8; 1024];
-        let (h2, cont) = split_leaf(12, 1, &mut old, &mut new, &c, 1).unwrap();
-        let left = live_entries(&old, 0, c.leaf_end(), &c.fmt).unwrap();
-        let right = live_entries(&new, 0, c.leaf_end(), &c.fmt).unwrap();
-        assert_eq!(left.len() + right.len(), 40);
-        assert!(!cont);
-        assert!(left.iter().all(|e| c.hash(1, &e.0).unwrap() < h2));
-        assert!(right.iter().all(|e| c.hash(1, &e.0).unwrap() >= h2));
+        assert!(
+            landed > 0,
+            "no split point fell inside the collision: continued never exercised"
+        );
+    }
+
+    /// Oracle (e2fsck, debugfs, the kernel): leaf splits and a second
+    /// index level made through the engine on a real image (1 KiB blocks,
+    /// 200-byte names: four entries a leaf, so 3,000 names need more
+    /// leaves than the root can index), then every third name removed.
+    /// e2fsck -fn checks every htree block (hash order, limits, counts),
+    /// debugfs shows the second level, and the kernel lists exactly the
+    /// names left and finds each by lookup (which walks the index).
+    #[test]
+    fn engine_htree_checked_by_e2fsck_and_kernel() {
+        use crate::ext4::ROOT_INO;
+        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::{debugfs_out, have_mkfs};
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("htree-oracle", &["-b", "1024", "-O", "dir_index"]);
+        let fs = im.open();
+        let d = fs.mkdir(ROOT_INO, b"big", 0o755, 0, 0, 0).unwrap().ino;
+        let names: Vec<String> = (0..3000)
+            .map(|i| format!("{i:05}-{}", "h".repeat(200)))
+            .collect();
+        for n in &names {
+            fs.create(d, n.as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
+        }
+        for n in names.iter().step_by(3) {
+            if let Some(ino) = fs.unlink(d, n.as_bytes()).unwrap() {
+                fs.release_inode(ino).unwrap();
+            }
+        }
+        fs.shutdown().unwrap();
+        drop(fs);
+        let img = im.save();
+        assert_fsck_clean(img, "htree splits through the engine");
+        let dump = debugfs_out(img, "htree_dump /big");
+        assert!(
+            dump.contains("Indirect levels: 1"),
+            "debugfs does not see a two-level index:\n{}",
+            dump.lines().take(12).collect::<Vec<_>>().join("\n")
+        );
+        let mut left: Vec<String> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, n)| n.clone())
+            .collect();
+        left.sort();
+        let Some((listed, found)) =
+            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+                let dir = mnt.join("big");
+                let mut listed: Vec<String> = std::fs::read_dir(&dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                listed.sort();
+                let found = left
+                    .iter()
+                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+                    .count();
+                (listed, found)
+            })
+        else {
+            return;
+        };
+        assert_eq!(listed, left, "the kernel's readdir of the engine's htree");
+        assert_eq!(
+            found,
+            left.len(),
+            "the kernel's lookups in the engine's htree"
+        );
     }
 }

@@ -750,14 +750,7 @@ mod tests {
                 "{} {} {} {} {} {}",
                 st.frsize, st.blocks, st.bfree, st.bavail, st.files, st.ffree
             );
-            let ok = Command::new("mount")
-                .args(["-o", "loop,ro"])
-                .arg(&img)
-                .arg(&mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!("skipping kernel comparison: cannot loop-mount (not root?)");
+            if !kernel_mount(&img, &mnt, &["-o", "loop,ro"]) {
                 return;
             }
             let out = Command::new("stat")
@@ -839,7 +832,7 @@ mod tests {
             assert_eq!(b.kind, FileKind::BlockDevice);
             assert_eq!(b.rdev, ondisk::inode::new_encode_dev(259, 70000));
         } else {
-            eprintln!("mknod not permitted: skipping the large device number check");
+            skip("mknod not permitted: the large device number check");
         }
         let root = fs.getattr(ROOT_INO).unwrap();
         assert_eq!(root.kind, FileKind::Directory);
@@ -1069,7 +1062,7 @@ mod corpus {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            eprintln!("skipping: {} not present", dir.display());
+            crate::test_skip::skip(&format!("{} not present", dir.display()));
             return;
         };
         let (mut opened, mut refused) = (0, 0);

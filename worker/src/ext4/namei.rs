@@ -1030,14 +1030,8 @@ pub(crate) mod tests {
         use std::process::Command;
         let mnt = img.with_extension("kmnt");
         let _ = std::fs::create_dir_all(&mnt);
-        let ok = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop,ro,noload"])
-            .arg(img)
-            .arg(&mnt)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipping kernel comparison: cannot loop-mount (not root?)");
+        if !crate::ext4::testutil::kernel_mount(img, &mnt, &["-t", "ext4", "-o", "loop,ro,noload"])
+        {
             return None;
         }
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
@@ -1230,14 +1224,7 @@ pub(crate) mod tests {
         let k = RwImage::new("inlk", args);
         let mnt = k.img.with_extension("rwmnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "ext4", "-o", "loop"])
-            .arg(&k.img)
-            .arg(&mnt)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipping: cannot loop-mount read-write (not root?)");
+        if !crate::ext4::testutil::kernel_mount(&k.img, &mnt, &["-t", "ext4", "-o", "loop"]) {
             return;
         }
         for &n in &counts {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{Ext4, OpenOptions};
 use crate::io::MemDevice;
+pub(crate) use crate::test_skip::skip;
 
 /// A scratch directory removed on drop.
 pub(crate) struct Scratch(pub(crate) PathBuf);
@@ -34,13 +35,51 @@ impl Drop for Scratch {
     }
 }
 
-/// Whether mkfs.ext4 is available; prints why a test is skipped if not.
+/// Whether mkfs.ext4 is available; skips (see [`skip`]) if not.
 pub(crate) fn have_mkfs() -> bool {
     let ok = Command::new("mkfs.ext4").arg("-V").output().is_ok();
     if !ok {
-        eprintln!("skipping: mkfs.ext4 not found");
+        skip("mkfs.ext4 not found (apt-get install e2fsprogs)");
     }
     ok
+}
+
+/// Loop-mounts `img` at `mnt` with the kernel (`mount ARGS img mnt`).
+/// Returns false, after a skip line, only when this process is not root; a
+/// mount the kernel refuses fails the test, since that means the image is
+/// wrong (or loop devices are missing, which CI must not hide either).
+#[track_caller]
+pub(crate) fn kernel_mount(img: &Path, mnt: &Path, args: &[&str]) -> bool {
+    if !crate::test_skip::require_root("the kernel comparison (loop mount)") {
+        return false;
+    }
+    let out = Command::new("mount")
+        .args(args)
+        .arg(img)
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the kernel refused to mount {} ({args:?}): {}{}",
+        img.display(),
+        String::from_utf8_lossy(&out.stderr),
+        dmesg_tail()
+    );
+    true
+}
+
+/// The last lines of the kernel log (why a mount was refused).
+fn dmesg_tail() -> String {
+    Command::new("dmesg")
+        .output()
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout).into_owned();
+            let lines: Vec<&str> = s.lines().collect();
+            let from = lines.len().saturating_sub(5);
+            format!("\nkernel log:\n{}", lines[from..].join("\n"))
+        })
+        .unwrap_or_default()
 }
 
 /// Runs mkfs.ext4 `-q -F [args] -d src image size_kib` and returns the image path.
