@@ -305,8 +305,7 @@ mod tests {
 
     impl Tree {
         fn new(tag: &str) -> Option<Self> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("skipped: mounts tmpfs, needs root");
+            if !crate::test_skip::require_root("mounting tmpfs") {
                 return None;
             }
             let p = std::env::temp_dir()

@@ -144,7 +144,7 @@ fn worker_is_sandboxed() {
         Ok(_) => {}
         Err(e) => problems.push(format!("cannot stat /proc/{pid}/root: {e}")),
     }
-    for ns in ["mnt", "net", "ipc", "uts"] {
+    for ns in ["mnt", "net", "ipc", "uts", "cgroup"] {
         let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let its = std::fs::read_link(format!("/proc/{pid}/ns/{ns}"));
         match its {

@@ -580,7 +580,12 @@ impl Ext4 {
                 self.max_file_size(&inode).saturating_sub(bs)
             };
             if offset >= inode.size || offset >= max_end {
-                return Ok(());
+                // Nothing to free, yet ext4_punch_hole (6.18) stamps the
+                // times all the same.
+                inode.mtime = now;
+                inode.ctime = now;
+                txn.put_inode(inode);
+                return txn.commit();
             }
             let mut end = end;
             if end > inode.size {
@@ -642,19 +647,17 @@ impl Ext4 {
                 self.zero_in_block(&mut txn, &mut inode, e * bs, end)?;
             }
         }
+        // ext4_do_fallocate stamps both, whatever it allocated.
+        inode.mtime = now;
         inode.ctime = now;
         if !mode.keep_size {
             let new_end = end.min(mapped_end * bs).max(inode.size);
             if new_end > inode.size {
                 inode.size = new_end;
-                inode.mtime = now;
                 if new_end > i32::MAX as u64 {
                     txn.set_ro_compat(sbf::RO_COMPAT_LARGE_FILE);
                 }
             }
-        }
-        if mode.zero_range {
-            inode.mtime = now;
         }
         txn.put_inode(inode);
         txn.commit()?;

@@ -709,21 +709,33 @@ impl Ext4 {
             txn.commit()?;
             return Ok(None);
         }
-        if let Some(t) = tgt_inode.as_mut() {
+        if tgt_inode.is_some() {
             if src_dir && !tgt_dir {
                 return Err(Error::NotDir);
             }
             if !src_dir && tgt_dir {
                 return Err(Error::IsDir);
             }
-            if tgt_dir && !self.dir_is_empty(&mut txn, t)? {
-                return Err(Error::NotEmpty);
+        }
+        let refused = match tgt_inode.as_mut() {
+            Some(t) => (tgt_dir && !self.dir_is_empty(&mut txn, t)?).then_some(Error::NotEmpty),
+            None if src_dir && !same => {
+                let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
+                self.dir_link_max(nd).then_some(Error::TooManyLinks)
             }
-        } else if src_dir && !same {
-            let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
-            if self.dir_link_max(nd) {
-                return Err(Error::TooManyLinks);
+            None => None,
+        };
+        if let Some(e) = refused {
+            if flags.whiteout {
+                // ext4_rename has put the whiteout in place before these
+                // checks; undoing it (ext4_resetent -> ext4_setent) stamps
+                // the old directory.
+                old_dir.mtime = now;
+                old_dir.ctime = now;
+                txn.put_inode(old_dir);
+                txn.commit()?;
             }
+            return Err(e);
         }
         // The whiteout is made first so a full inode table fails cleanly.
         let whiteout = if flags.whiteout {

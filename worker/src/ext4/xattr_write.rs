@@ -305,6 +305,16 @@ impl Ext4 {
         if (flags.replace || value.is_none()) && !exists {
             return Err(Error::NoAttribute);
         }
+        // ext4_xattr_set_handle (ext4_xattr_value_same): a value in the
+        // block set again unchanged is left alone; nothing is written and
+        // ctime stays.
+        if let (None, Some(i), Some(v)) = (in_ibody, in_block, value)
+            && block
+                .get(i)
+                .is_some_and(|x| matches!(&x.value, NewXattrValue::Inline(old) if old == v))
+        {
+            return Ok(());
+        }
         // EA inodes whose reference goes with the old value, and the
         // charge for an EA value the inode no longer sees.
         let mut dropped = Vec::new();
@@ -492,6 +502,9 @@ impl Ext4 {
                 inode.ctime = self.now();
             }
             r => r?,
+        }
+        if mode_changed {
+            inode.ctime = self.now();
         }
         txn.put_inode(inode);
         txn.commit()
