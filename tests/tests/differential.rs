@@ -131,6 +131,9 @@ fn watched_paths(op: &Op, done: bool) -> Vec<(String, String)> {
     out
 }
 
+/// (mtime, ctime) in nanoseconds of each watched path, None when absent.
+type Times = [Option<(i128, i128)>];
+
 /// (mtime, ctime) in nanoseconds of each path (lstat), None when absent.
 fn times<'a>(root: &Path, paths: impl Iterator<Item = &'a String>) -> Vec<Option<(i128, i128)>> {
     let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
@@ -163,8 +166,8 @@ fn wall_clock_ns() -> i128 {
 /// of [`COARSE_TICK_NS`] applied; also how many fields it excused.
 fn coarse_adjusted(
     start_ns: i128,
-    sut: (&[Option<(i128, i128)>], &[Option<(i128, i128)>]),
-    kernel: (&[Option<(i128, i128)>], &[Option<(i128, i128)>]),
+    sut: (&Times, &Times),
+    kernel: (&Times, &Times),
 ) -> (Vec<Option<(i128, i128)>>, usize) {
     let mut excused = 0;
     let adjusted = sut
@@ -207,12 +210,13 @@ fn coarse_adjusted(
 ///   attributes, so the stamp ext4 (and the engine) give the old directory
 ///   when a RENAME_WHITEOUT fails after the whiteout was put in place
 ///   (ext4_resetent) is not seen: the kernel's change is copied over.
+///
 /// Returns how many fields were excused.
 fn fuse_stamped(
     op: &Op,
     outcomes: (&Outcome, &Outcome),
-    sut: (&[Option<(i128, i128)>], &mut [Option<(i128, i128)>]),
-    kernel: (&[Option<(i128, i128)>], &[Option<(i128, i128)>]),
+    sut: (&Times, &mut Times),
+    kernel: (&Times, &Times),
 ) -> usize {
     let (sut_before, sut_after) = sut;
     match op {
