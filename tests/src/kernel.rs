@@ -95,7 +95,16 @@ impl KernelMount {
     fn teardown(&mut self) -> Result<()> {
         let mut err = None;
         if self.mounted {
-            let out = run("umount", [&self.mnt])?;
+            // "target is busy" can be a passing reference (a concurrent
+            // test's walk of /tmp, a page-cache flush): retry a little.
+            let mut out = run("umount", [&self.mnt])?;
+            for _ in 0..20 {
+                if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("busy") {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                out = run("umount", [&self.mnt])?;
+            }
             if out.status.success() {
                 self.mounted = false;
             } else {
