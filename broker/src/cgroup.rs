@@ -177,13 +177,16 @@ impl WorkerCgroups {
                 continue;
             };
             for e in entries.flatten() {
-                if e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.parse::<u32>().is_ok())
-                {
-                    // Fails (EBUSY) while a worker lives in it.
-                    let _ = std::fs::remove_dir(e.path());
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                // A live pid's cgroup may be in the middle of being set
+                // up (empty until the worker is moved in): leave it.
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
                 }
+                // Fails (EBUSY) while a task lives in it.
+                let _ = std::fs::remove_dir(e.path());
             }
         }
     }
