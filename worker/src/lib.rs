@@ -9,3 +9,5 @@ pub mod fuse;
 pub mod io;
 pub mod sandbox;
 pub mod serve;
+#[cfg(test)]
+pub(crate) mod testdev;

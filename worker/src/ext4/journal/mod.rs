@@ -19,6 +19,9 @@
 //! Lock order: replay runs inside `Ext4::open`, before the filesystem is
 //! shared; it takes no lock.
 
+pub(crate) mod log;
+#[cfg(test)]
+mod log_tests;
 pub(crate) mod overlay;
 pub(crate) mod replay;
 #[cfg(test)]
