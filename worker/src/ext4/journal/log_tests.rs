@@ -236,6 +236,17 @@ fn set_needs_recovery(dev: &dyn BlockDevice) {
     dev.flush().unwrap();
 }
 
+/// Clears needs_recovery (the caller's job after `Log::finish`).
+fn clear_needs_recovery(dev: &dyn BlockDevice) {
+    let mut raw = vec![0u8; 1024];
+    dev.read_at(&mut raw, 1024).unwrap();
+    let mut sb = Superblock::parse(&raw, dev.size()).unwrap();
+    sb.s_feature_incompat &= !sbf::INCOMPAT_RECOVER;
+    sb.write(&mut raw);
+    dev.write_at(&raw, 1024).unwrap();
+    dev.flush().unwrap();
+}
+
 /// A log on `dev` as a read-write mount starts it.
 fn open_log(dev: Arc<dyn BlockDevice>) -> Log {
     let fs = Ext4::open_for_journal(dev).unwrap();
@@ -540,6 +551,18 @@ fn small_journal_wraps_with_checkpoints() {
     assert!(log.commit(&[], &[]).is_err());
     let done = mem.contents();
     assert_eq!(fx.which_state(&done), Ok(n));
+    // The caller then clears needs_recovery: e2fsck finds it clean with
+    // nothing to recover, and the next mount starts a log again.
+    clear_needs_recovery(&*mem);
+    let p = fx.path("finished.img");
+    std::fs::write(&p, mem.contents()).unwrap();
+    fsck_clean(&p);
+    let hdr =
+        String::from_utf8_lossy(&run("dumpe2fs", &["-h", p.to_str().unwrap()]).stdout).into_owned();
+    assert!(hdr.contains("Journal start:            0"), "{hdr}");
+    assert!(!hdr.contains("needs_recovery"), "{hdr}");
+    let again = open_log(mem.clone());
+    assert_eq!(again.stats().next_seq, log.stats().next_seq);
     eprintln!(
         "wrap: {} commits, {logged} blocks logged, the log wrapped {wraps} times",
         fx.diffs.len()
@@ -564,25 +587,36 @@ fn power_loss_during_commits() {
     let sc = Scratch::new("jlog-host");
     let host = host_files(sc.path());
     let h = host.display();
-    let mut steps = vec!["ssv volume_name p0\nmkdir d1\n".to_string()];
-    for k in 1..10 {
-        let mut data = pattern(9000, 200 + k);
-        if k % 3 == 0 {
-            data[..4].copy_from_slice(&JBD2_MAGIC_NUMBER.to_be_bytes());
-        }
-        std::fs::write(host.join(format!("p{k}")), data).unwrap();
-        steps.push(format!(
-            "ssv volume_name p{k}\nwrite {h}/p{k} d1/g{k}\n{}",
-            if k > 3 {
-                format!("rm d1/g{}\n", k - 3)
-            } else {
-                String::new()
-            }
-        ));
-    }
     let (mut points_total, mut fsck_total) = (0usize, 0usize);
     for (tag, args) in configs {
-        let fx = fixture(tag, args, "32M", &steps);
+        // A minimal journal (1024 blocks) and files of up to 150 blocks, so the
+        // log fills and commits checkpoint on their own.
+        let big = args.contains(&"4096");
+        let (jsize, blk) = if big {
+            ("size=4", 4096)
+        } else {
+            ("size=1", 1024)
+        };
+        let mut steps = vec!["ssv volume_name p0\nmkdir d1\n".to_string()];
+        for k in 1..18 {
+            let len = if k % 2 == 0 { 150 * blk } else { 9 * blk };
+            let mut data = pattern(len, 200 + k as u64);
+            if k % 3 == 0 {
+                data[..4].copy_from_slice(&JBD2_MAGIC_NUMBER.to_be_bytes());
+            }
+            std::fs::write(host.join(format!("p{k}")), data).unwrap();
+            steps.push(format!(
+                "ssv volume_name p{k}\nwrite {h}/p{k} d1/g{k}\n{}",
+                if k > 3 {
+                    format!("rm d1/g{}\n", k - 3)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        let mut a = args.to_vec();
+        a.extend(["-J", jsize]);
+        let fx = fixture(tag, &a, "32M", &steps);
         let mem = MemDevice::new(fx.states[0].clone());
         set_needs_recovery(&mem);
         let dev = Arc::new(PowerLoss::new(mem.contents()));
@@ -590,11 +624,16 @@ fn power_loss_during_commits() {
         // Operation count when each commit started and returned.
         let mut started = Vec::new();
         let mut done = Vec::new();
+        let mut wraps = 0;
         for k in 0..fx.diffs.len() {
             started.push(dev.ops());
             let blocks = fx.blocks(k);
+            let head = log.stats().head;
             let seq = log.commit(&blocks, &[]).unwrap();
             done.push(dev.ops());
+            if log.stats().head < head {
+                wraps += 1;
+            }
             if k % 2 == 1 {
                 let mine: Vec<(u64, u32)> = blocks
                     .iter()
@@ -610,13 +649,14 @@ fn power_loss_during_commits() {
                 log.checkpoint().unwrap();
             }
         }
+        assert!(wraps >= 1, "{tag}: the log never wrapped");
         let total = dev.ops();
         let points: Vec<usize> = if long {
             (0..=total).collect()
         } else {
-            let mut p: BTreeSet<usize> = (0..=total).step_by((total / 12).max(1)).collect();
-            for &d in &done {
-                p.extend([d.saturating_sub(1), d, (d + 1).min(total)]);
+            let mut p: BTreeSet<usize> = (0..=total).step_by((total / 6).max(1)).collect();
+            for &d in done.iter().step_by(3) {
+                p.extend([d.saturating_sub(1), d]);
             }
             p.into_iter().collect()
         };
@@ -633,8 +673,8 @@ fn power_loss_during_commits() {
                 s >= durable && s <= begun,
                 "{tag}: crash at {p}: state {s}, durable {durable}, begun {begun}"
             );
-            // e2fsck on every third point (and every point in the long run).
-            if long || i % 3 == 0 {
+            // e2fsck on every third point (every tenth in the long run).
+            if i % if long { 10 } else { 3 } == 0 {
                 let fsck = e2fsck_replay(&fx, &img, "fsck.img");
                 assert_eq!(
                     fx.which_state_fsck(&fsck),
@@ -649,7 +689,8 @@ fn power_loss_during_commits() {
             points_total += 1;
         }
         eprintln!(
-            "{tag}: {} commits, {total} device operations, {} crash points checked",
+            "{tag}: {} commits, log wrapped {wraps} times, {total} device operations, {} crash \
+             points checked",
             fx.diffs.len(),
             points.len()
         );
