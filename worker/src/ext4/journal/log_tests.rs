@@ -697,3 +697,47 @@ fn power_loss_during_commits() {
     }
     eprintln!("power loss: {points_total} crash images replayed, {fsck_total} also by e2fsck");
 }
+
+/// What the writer refuses: a transaction larger than the log, a block
+/// twice, a block of the journal itself or past the filesystem, a short
+/// block; none of these aborts the log. Needs only mkfs.
+#[test]
+fn refuses_bad_transactions() {
+    if !crate::ext4::testutil::have_mkfs() {
+        return;
+    }
+    let sc = Scratch::new("jlog-bad");
+    let img = sc.path().join("a.img");
+    mkfs(&img, &["-b", "1024", "-J", "size=1"], "16M");
+    let mem = Arc::new(MemDevice::new(std::fs::read(&img).unwrap()));
+    let log = open_log(mem.clone());
+    let fs = Ext4::open_for_journal(mem.clone()).unwrap();
+    let j = Journal::load(&fs).unwrap();
+    let jblock = j.pblk(5).unwrap();
+    let d = vec![7u8; 1024];
+    let many: Vec<(u64, &[u8])> = (0..1100u64).map(|b| (3000 + b, &d[..])).collect();
+    assert!(matches!(
+        log.commit(&many, &[]),
+        Err(crate::ext4::Error::NoSpace)
+    ));
+    assert!(log.commit(&[(3000, &d), (3000, &d)], &[]).is_err());
+    assert!(log.commit(&[(jblock, &d)], &[]).is_err());
+    assert!(log.commit(&[(1 << 40, &d)], &[]).is_err());
+    assert!(log.commit(&[(3000, &d[..100])], &[]).is_err());
+    // Still usable; a transaction of a quarter of the log fits.
+    let n = log.max_transaction() as usize - 8;
+    let quarter: Vec<(u64, &[u8])> = (0..n as u64).map(|b| (3000 + b, &d[..])).collect();
+    assert!(log.blocks_needed(n, 0) <= u64::from(log.max_transaction()));
+    for _ in 0..9 {
+        // Nine quarters: commits checkpoint on their own.
+        log.commit(&quarter, &[]).unwrap();
+        assert!(log.stats().used < 1024);
+    }
+    assert_eq!(log.stats().next_seq, j.jsb.s_sequence.wrapping_add(9));
+    log.checkpoint().unwrap();
+    assert_eq!(log.stats().live_transactions, 0);
+    assert!(log.space_left() >= 1020);
+    let mut b = vec![0u8; 1024];
+    mem.read_at(&mut b, 3001 * 1024).unwrap();
+    assert_eq!(b, d);
+}
