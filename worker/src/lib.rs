@@ -9,6 +9,8 @@ pub mod fuse;
 pub mod io;
 pub mod sandbox;
 pub mod serve;
+#[cfg(test)]
+pub(crate) mod testdev;
 
 /// Skips and test knobs, shared with every test crate (see the file).
 #[cfg(test)]

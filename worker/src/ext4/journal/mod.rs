@@ -1,5 +1,6 @@
 //! The jbd2 journal of an ext3/ext4 filesystem: replay at mount (this
-//! part), as the kernel's fs/jbd2/recovery.c and e2fsck's recovery.c do it.
+//! file and `replay`), as the kernel's fs/jbd2/recovery.c and e2fsck's
+//! recovery.c do it, and the log writer (`log`).
 //!
 //! - [`Journal::load`] maps the journal inode (every journal block to a
 //!   filesystem block, checked against the filesystem) and checks the
@@ -12,6 +13,9 @@
 //!   under the block cache; the device is never written.
 //!   Read-write mount: [`Journal::write_back`] writes the blocks in place,
 //!   flushes, marks the journal empty, clears needs_recovery, flushes.
+//! - Writing: [`log::Log`] commits transactions to the log and
+//!   checkpoints them (see its module for the contract). It is a
+//!   self-contained component; the transaction path does not call it yet.
 //!
 //! Work is bounded by the journal's length: every pass reads at most
 //! s_maxlen blocks, so a hostile log cannot loop.
@@ -19,6 +23,9 @@
 //! Lock order: replay runs inside `Ext4::open`, before the filesystem is
 //! shared; it takes no lock.
 
+pub(crate) mod log;
+#[cfg(test)]
+mod log_tests;
 pub(crate) mod overlay;
 pub(crate) mod replay;
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::ext4::testutil::{Scratch, pattern};
 use crate::ext4::{Ext4, FileKind, Ino, OpenOptions, ROOT_INO};
 use crate::io::{BlockDevice, FdDevice, MemDevice};
 
-fn can_loop_mount() -> bool {
+pub(super) fn can_loop_mount() -> bool {
     let ok = nix::unistd::geteuid().is_root()
         && Command::new("mkfs.ext4").arg("-V").output().is_ok()
         && Command::new("debugfs").arg("-V").output().is_ok()
@@ -43,7 +43,7 @@ fn can_loop_mount() -> bool {
     ok
 }
 
-fn run(cmd: &str, args: &[&str]) -> std::process::Output {
+pub(super) fn run(cmd: &str, args: &[&str]) -> std::process::Output {
     let out = Command::new(cmd).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -55,13 +55,13 @@ fn run(cmd: &str, args: &[&str]) -> std::process::Output {
 
 /// A loop device with the image mounted on it; unmounted and detached on
 /// drop.
-struct Loop {
+pub(super) struct Loop {
     dev: String,
     mnt: PathBuf,
 }
 
 impl Loop {
-    fn mount(img: &Path, mnt: &Path, opts: &str) -> Loop {
+    pub(super) fn mount(img: &Path, mnt: &Path, opts: &str) -> Loop {
         std::fs::create_dir_all(mnt).unwrap();
         let dev =
             String::from_utf8(run("losetup", &["-f", "--show", img.to_str().unwrap()]).stdout)
