@@ -46,12 +46,12 @@ use fuser::{
 };
 
 use crate::ext4::Ext4;
-use crate::ext4::acl::Caller;
 use crate::ext4::error::Error;
-use crate::ext4::file_write::FallocMode;
+use crate::ext4::file::write::FallocMode;
 use crate::ext4::types::{
     Attr, FileKind, Ino, ROOT_INO, RenameFlags, SetAttr, TimeSet, Timestamp, Whence, XattrFlags,
 };
+use crate::ext4::xattr::acl::Caller;
 
 /// FUSE inode number standing for ext4 inode 1 (bad blocks): outside the
 /// 32-bit ext4 range, so it aliases nothing.
@@ -518,7 +518,7 @@ impl Filesystem for Adapter {
             // With POSIX_ACL the kernel leaves the umask to the server
             // (DONT_MASK makes that explicit): the engine applies it only
             // where the parent has no default ACL, and does every ACL mode
-            // update itself (see ext4::acl).
+            // update itself (see ext4::xattr::acl).
             wanted |= InitFlags::FUSE_DONT_MASK;
             // The kernel caches written pages and sends them in large
             // writes; it keeps i_size and mtime itself and tells us with

@@ -15,21 +15,12 @@
 pub mod error;
 pub mod types;
 
-pub(crate) mod acl;
 pub(crate) mod alloc;
 pub(crate) mod attr;
 pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod dir;
-pub(crate) mod dir_write;
-pub(crate) mod extent_write;
 pub(crate) mod file;
-pub(crate) mod file_write;
-pub(crate) mod hash;
-pub(crate) mod htree_write;
-pub(crate) mod indirect_write;
-pub(crate) mod inline_dir;
-pub(crate) mod inline_write;
 pub(crate) mod journal;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
@@ -38,7 +29,6 @@ pub(crate) mod symlink;
 pub(crate) mod txn;
 pub(crate) mod util;
 pub(crate) mod xattr;
-pub(crate) mod xattr_write;
 
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -48,7 +38,7 @@ use std::sync::Arc;
 use crate::io::BlockDevice;
 
 pub use error::{Error, Result};
-pub use file_write::FallocMode;
+pub use file::write::FallocMode;
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 
 use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, Lru};

@@ -9,13 +9,13 @@
 //! 1 with the dir_nlink feature; directories never drop below 2 through a
 //! child's removal.
 //!
-//! Inline-data directories (see `inline_dir`): new directories on an
+//! Inline-data directories (see `dir::inline`): new directories on an
 //! inline_data filesystem start inline, entries go inline until the
 //! inode is full, then the directory becomes a block directory.
 
 use std::collections::HashMap;
 
-use crate::ext4::dir_write::{self, DirBlocks, DirCtx, Found, init_dir_block};
+use crate::ext4::dir::block::{self as dir_block, DirBlocks, DirCtx, Found, init_dir_block};
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
 use crate::ext4::ondisk::dir_entry::{
@@ -217,7 +217,7 @@ impl Ext4 {
         }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
-        Ok(dir_write::find_entry(&mut d, &ctx, name)?.map(|(_, f)| (f.inode, f.file_type)))
+        Ok(dir_block::find_entry(&mut d, &ctx, name)?.map(|(_, f)| (f.inode, f.file_type)))
     }
 
     fn dir_add(
@@ -236,7 +236,7 @@ impl Ext4 {
         }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
-        dir_write::add_entry(&mut d, &ctx, name, ino, file_type_of(kind))
+        dir_block::add_entry(&mut d, &ctx, name, ino, file_type_of(kind))
     }
 
     fn dir_remove(&self, txn: &mut Txn<'_>, dir: &mut Inode, name: &[u8]) -> Result<Found> {
@@ -245,7 +245,7 @@ impl Ext4 {
         }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
-        dir_write::remove_entry(&mut d, &ctx, name)
+        dir_block::remove_entry(&mut d, &ctx, name)
     }
 
     fn dir_set(
@@ -261,7 +261,7 @@ impl Ext4 {
         }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
-        dir_write::set_entry(&mut d, &ctx, name, ino, file_type_of(kind))
+        dir_block::set_entry(&mut d, &ctx, name, ino, file_type_of(kind))
     }
 
     fn dir_is_empty(&self, txn: &mut Txn<'_>, dir: &mut Inode) -> Result<bool> {
@@ -270,7 +270,7 @@ impl Ext4 {
         }
         let ctx = self.dir_ctx(dir);
         let mut d = TxnDir::new(txn, dir);
-        Ok(!dir_write::dir_has_entries(&mut d, &ctx)?)
+        Ok(!dir_block::dir_has_entries(&mut d, &ctx)?)
     }
 
     fn is_dx_inode(&self, dir: &Inode) -> bool {

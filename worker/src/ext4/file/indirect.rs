@@ -4,12 +4,12 @@
 //! release), including indirect blocks whose whole subtree went away.
 //! Indirect blocks carry no checksum.
 
-use super::extent_write::{Run, RunKind};
-use super::ondisk::indirect::{self, DIRECT_BLOCKS};
-use super::ondisk::inode::I_BLOCK_SIZE;
-use super::txn::Txn;
-use super::util::le32;
-use super::{Error, Ext4, Ino, Result};
+use super::extent::{Run, RunKind};
+use crate::ext4::ondisk::indirect::{self, DIRECT_BLOCKS};
+use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
+use crate::ext4::txn::Txn;
+use crate::ext4::util::le32;
+use crate::ext4::{Error, Ext4, Ino, Result};
 
 /// Where one block pointer lives.
 #[derive(Debug, Clone, Copy)]

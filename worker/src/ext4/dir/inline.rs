@@ -23,7 +23,7 @@
 //! `inline_write` (i_block plus the system.data value); the conversion
 //! drops the inline state with its `inline_to_blocks`.
 
-use crate::ext4::dir_write::{
+use crate::ext4::dir::block::{
     DirBlocks, EditError, Found, find_in_buf, has_entries, insert_in_buf, live_entries,
     pack_entries, remove_in_buf, set_in_buf,
 };

@@ -11,12 +11,12 @@
 //! Setuid/setgid clearing on write (the kernel's file_remove_privs) is the
 //! FUSE adapter's: it knows the caller and calls `setattr`.
 
-use super::extent_write::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
-use super::indirect_write::IndCtx;
-use super::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
-use super::ondisk::superblock::{self as sbf};
-use super::txn::Txn;
-use super::{Error, Ext4, FileKind, Ino, Result};
+use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
+use super::indirect::IndCtx;
+use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
+use crate::ext4::ondisk::superblock::{self as sbf};
+use crate::ext4::txn::Txn;
+use crate::ext4::{Error, Ext4, FileKind, Ino, Result};
 
 /// fallocate(2) mode bits the engine understands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -396,10 +396,10 @@ impl Ext4 {
             // Indirect maps change only inside this transaction's blocks:
             // walk them through the transaction.
             let per = u64::from(self.block_size() / 4);
-            let Some(path) = super::ondisk::indirect::path(lblk, per) else {
+            let Some(path) = crate::ext4::ondisk::indirect::path(lblk, per) else {
                 return Ok(None);
             };
-            let mut ptr = u64::from(super::util::le32(&inode.i_block, path.slot * 4));
+            let mut ptr = u64::from(crate::ext4::util::le32(&inode.i_block, path.slot * 4));
             for &off in &path.offsets {
                 if ptr == 0 {
                     return Ok(None);
@@ -414,7 +414,7 @@ impl Ext4 {
                     ));
                 }
                 let t = txn.block(ptr)?;
-                ptr = u64::from(super::util::le32(&t, off as usize * 4));
+                ptr = u64::from(crate::ext4::util::le32(&t, off as usize * 4));
             }
             Ok((ptr != 0 && self.blocks_valid(ptr, 1)).then_some(ptr))
         }
@@ -1059,7 +1059,7 @@ pub(crate) mod tests {
     /// Throughput of sequential 1 MiB writes and random 4 KiB overwrites
     /// through the engine API; prints MiB/s and ops/s (run it as
     /// bench/README.md says: `cargo test --release -p safemount-worker
-    /// --lib ext4::file_write::tests::bench -- --ignored --nocapture`).
+    /// --lib ext4::file::write::tests::bench -- --ignored --nocapture`).
     /// Its correctness part (e2fsck clean) is covered by the write tests.
     #[test]
     #[ignore = "benchmark: writes 256 MiB into a 1 GiB image; prints MiB/s, checks nothing new"]

@@ -8,7 +8,7 @@
 //! large_dir; beyond that ENOSPC like the kernel's "Directory index
 //! full"). Every index block written gets its dx_tail checksum.
 
-use crate::ext4::dir_write::{
+use crate::ext4::dir::block::{
     DirBlocks, DirCtx, edit_corrupt, empty_leaf, insert_in_buf, live_entries, pack_entries,
 };
 use crate::ext4::error::{Error, Result};
@@ -425,14 +425,14 @@ fn split_node(d: &mut dyn DirBlocks, ctx: &DirCtx, frames: &mut [Frame], lvl: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext4::dir_write::tests::{ctx, new_dir};
-    use crate::ext4::dir_write::{add_entry, find_entry, remove_entry};
+    use crate::ext4::dir::block::tests::{ctx, new_dir};
+    use crate::ext4::dir::block::{add_entry, find_entry, remove_entry};
     use crate::ext4::ondisk::dir_entry::verify_dirent_tail;
     use crate::ext4::ondisk::htree::verify_dx_tail;
 
     /// Walks the whole index checking every leaf's hashes lie in its
     /// range; returns (levels, leaf count, names).
-    fn check(d: &mut crate::ext4::dir_write::tests::MemDir, c: &DirCtx) -> (u8, usize, usize) {
+    fn check(d: &mut crate::ext4::dir::block::tests::MemDir, c: &DirCtx) -> (u8, usize, usize) {
         let root = d.blocks[0].clone();
         let info = parse_root_info(&root, c.max_levels).unwrap();
         if let Some(s) = c.csum_seed {
@@ -451,7 +451,7 @@ mod tests {
             reason = "recursive test walker carrying its bounds and counters"
         )]
         fn walk(
-            d: &crate::ext4::dir_write::tests::MemDir,
+            d: &crate::ext4::dir::block::tests::MemDir,
             c: &DirCtx,
             e: &[DxEntry],
             lo: u32,
@@ -574,7 +574,7 @@ mod tests {
         assert_eq!(check(&mut d2, &c2).0, 1);
     }
 
-    fn check_levels(d: &crate::ext4::dir_write::tests::MemDir, c: &DirCtx) -> u8 {
+    fn check_levels(d: &crate::ext4::dir::block::tests::MemDir, c: &DirCtx) -> u8 {
         if !d.indexed {
             return 0;
         }

@@ -13,11 +13,11 @@
 //! The tree talks to storage through [`TreeStore`] (the transaction in the
 //! engine, a map in the unit tests).
 
-use super::ondisk::extent::{
+use crate::ext4::ondisk::extent::{
     self, EXT_INIT_MAX_LEN, Extent, ExtentIndex, ExtentNode, NodeCtx, node_capacity, write_node,
 };
-use super::ondisk::inode::I_BLOCK_SIZE;
-use super::{Error, Ino, Result};
+use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
+use crate::ext4::{Error, Ino, Result};
 
 /// Longest initialized extent.
 pub(crate) const MAX_INIT_LEN: u32 = EXT_INIT_MAX_LEN as u32;

@@ -5,14 +5,14 @@
 //! block, extents when the filesystem has them), removing system.data's
 //! value (the empty entry goes too, as after the kernel's conversion).
 
-use super::extent_write::{self as ew};
-use super::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
-use super::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
-use super::ondisk::xattr::{
+use super::extent::{self as ew};
+use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
+use crate::ext4::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
+use crate::ext4::ondisk::xattr::{
     self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, XattrLimits, XattrValue,
 };
-use super::txn::Txn;
-use super::{Error, Ext4, Result};
+use crate::ext4::txn::Txn;
+use crate::ext4::{Error, Ext4, Result};
 
 const DATA_NAME: &[u8] = b"data";
 

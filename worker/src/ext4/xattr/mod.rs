@@ -9,9 +9,12 @@
 //! kernel hides trusted.* from callers without CAP_SYS_ADMIN; the engine
 //! does not know the caller, so that filter belongs to the FUSE adapter.
 
+pub(crate) mod acl;
+pub(crate) mod write;
+
 use crate::ext4::Ext4;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::acl;
+use crate::ext4::ondisk;
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE;
 use crate::ext4::ondisk::xattr::{
@@ -145,12 +148,12 @@ impl Ext4 {
             .ok_or(Error::NoAttribute)?;
         let value = self.xattr_value(ino, found)?;
         if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
-            let entries = acl::parse(&value)
+            let entries = ondisk::acl::parse(&value)
                 .map_err(|p| Error::corrupt(format!("ACL of inode {ino}: {p}"), 0))?;
             if entries.is_empty() {
                 return Err(Error::NoAttribute);
             }
-            return Ok(acl::to_xattr(&entries));
+            return Ok(ondisk::acl::to_xattr(&entries));
         }
         Ok(value)
     }

@@ -15,19 +15,23 @@
 //! or ASCII-case-insensitively when both names are ASCII (full Unicode
 //! casefolding is not implemented). Encrypted directories are refused.
 
+pub(crate) mod block;
+pub(crate) mod hash;
+pub(crate) mod htree;
+pub(crate) mod inline;
+
 use std::sync::Arc;
 
 use crate::ext4::Ext4;
+use crate::ext4::dir::hash::{DX_HASH_SIPHASH, dx_hash, effective_version};
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
-use crate::ext4::hash::{DX_HASH_SIPHASH, dx_hash, effective_version};
+use crate::ext4::ondisk;
 use crate::ext4::ondisk::dir_entry::{
     DirentFormat, DirentIter, DirentProblem, EXT4_NAME_LEN, RawDirEntry, kind_from_file_type,
     verify_dirent_tail,
 };
-use crate::ext4::ondisk::htree::{
-    self, DxEntries, DxProblem, NODE_ENTRIES, ROOT_ENTRIES, is_index_node,
-};
+use crate::ext4::ondisk::htree::{DxEntries, DxProblem, NODE_ENTRIES, ROOT_ENTRIES, is_index_node};
 use crate::ext4::ondisk::inode::{
     EXT4_CASEFOLD_FL, EXT4_ENCRYPT_FL, EXT4_INDEX_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode,
     inode_csum_seed,
@@ -244,7 +248,7 @@ impl Ext4 {
         }
         if self.has_metadata_csum() {
             let seed = inode_csum_seed(self.csum_seed(), dir.ino, dir.generation);
-            htree::verify_dx_tail(&block, seed).map_err(|p| {
+            ondisk::htree::verify_dx_tail(&block, seed).map_err(|p| {
                 DxFail::Err(dir_corrupt(
                     dir.ino,
                     format!("logical block {lblk}: {p}"),
@@ -267,7 +271,7 @@ impl Ext4 {
             2
         };
         let root = self.dx_index_block(dir, 0)?;
-        let info = htree::parse_root_info(&root, max_levels).map_err(DxFail::Fallback)?;
+        let info = ondisk::htree::parse_root_info(&root, max_levels).map_err(DxFail::Fallback)?;
         if info.hash_version == DX_HASH_SIPHASH {
             // Only valid in casefolded+encrypted directories.
             return Err(DxFail::Fallback(DxProblem::UnknownHashVersion(
@@ -282,8 +286,9 @@ impl Ext4 {
                 info.hash_version,
             )))?
             .major;
-        let root_entries = htree::parse_entries(&root, ROOT_ENTRIES, htree::root_limit(bs, csum))
-            .map_err(DxFail::Fallback)?;
+        let root_entries =
+            ondisk::htree::parse_entries(&root, ROOT_ENTRIES, ondisk::htree::root_limit(bs, csum))
+                .map_err(DxFail::Fallback)?;
 
         // The path from the root to the current leaf: entries of each level
         // and the chosen index at each.
@@ -298,8 +303,12 @@ impl Ext4 {
             }
             visited.push(blk);
             let node = self.dx_index_block(dir, u64::from(blk))?;
-            let entries = htree::parse_entries(&node, NODE_ENTRIES, htree::node_limit(bs, csum))
-                .map_err(DxFail::Fallback)?;
+            let entries = ondisk::htree::parse_entries(
+                &node,
+                NODE_ENTRIES,
+                ondisk::htree::node_limit(bs, csum),
+            )
+            .map_err(DxFail::Fallback)?;
             let at = entries.find(hash);
             path.push((entries, at));
         }
@@ -373,15 +382,19 @@ impl Ext4 {
             .and_then(|(e, at)| e.entries.get(*at))
             .map(|e| e.hash)
             .unwrap_or(0);
-        if next_hash & !htree::DX_HASH_CONTINUATION != hash {
+        if next_hash & !ondisk::htree::DX_HASH_CONTINUATION != hash {
             return Ok(false);
         }
         // Re-descend along the first entries below.
         for l in level.saturating_add(1)..path.len() {
             let blk = path.get(..l).map(current_block).unwrap_or(0);
             let node = self.dx_index_block(dir, u64::from(blk))?;
-            let entries = htree::parse_entries(&node, NODE_ENTRIES, htree::node_limit(bs, csum))
-                .map_err(DxFail::Fallback)?;
+            let entries = ondisk::htree::parse_entries(
+                &node,
+                NODE_ENTRIES,
+                ondisk::htree::node_limit(bs, csum),
+            )
+            .map_err(DxFail::Fallback)?;
             if let Some(slot) = path.get_mut(l) {
                 *slot = (entries, 0);
             }
@@ -1144,7 +1157,7 @@ mod tests {
         mkfs(&s.path("src"), &img, &[], "8M", false);
         let fs = open(&img);
         let root = fs.inode(ROOT_INO_FOR_TESTS).unwrap();
-        let e = |hash, block| htree::DxEntry { hash, block };
+        let e = |hash, block| ondisk::htree::DxEntry { hash, block };
         let entries = DxEntries {
             entries: vec![e(0, 1), e(0x100 | 1, 2), e(0x100 | 1, 3), e(0x200, 4)],
         };

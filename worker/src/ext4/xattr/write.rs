@@ -16,7 +16,6 @@
 //! or EA inodes between inodes (the kernel's mbcache); blocks and EA
 //! inodes shared by other writers are handled.
 
-use crate::ext4::acl::Caller;
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
@@ -27,6 +26,7 @@ use crate::ext4::ondisk::xattr::{
     split_name,
 };
 use crate::ext4::types::{FileKind, Ino, Timestamp, XattrFlags};
+use crate::ext4::xattr::acl::Caller;
 use crate::ext4::{Ext4, Txn};
 
 /// XATTR_NAME_MAX.
@@ -480,7 +480,7 @@ impl Ext4 {
         let mut flags = flags;
         let mut mode_changed = false;
         if is_acl {
-            let plan = crate::ext4::acl::plan_set(&inode, index, value, caller)?;
+            let plan = crate::ext4::xattr::acl::plan_set(&inode, index, value, caller)?;
             flags = XattrFlags::default();
             stored = plan.value;
             mode_changed = plan.mode != inode.mode;

@@ -1,7 +1,7 @@
 //! Directory editing: inserting and removing entries in a directory block
 //! (or inline-data region), initializing new blocks, and the linear
 //! directory's add path (the kernel's ext4_add_entry without the index;
-//! the index lives in `htree_write`).
+//! the index lives in `dir::htree`).
 //!
 //! Buffer functions work on `buf[start..end]`, where `end` excludes a
 //! leaf's checksum tail. They follow the kernel: a new entry goes into the
@@ -12,8 +12,8 @@
 //! its bytes are wiped. Directories never shrink: an emptied block stays,
 //! as in the kernel.
 
+use crate::ext4::dir::hash::{dx_hash, effective_version};
 use crate::ext4::error::{Error, Result};
-use crate::ext4::hash::{dx_hash, effective_version};
 use crate::ext4::ondisk::dir_entry::{
     DIRENT_TAIL_LEN, DirentFormat, DirentIter, DirentProblem, NewDirEntry, dir_rec_len,
     init_dirent_tail, set_dirent_csum, set_entry_file_type, set_entry_inode, set_rec_len,
@@ -359,7 +359,7 @@ pub(crate) fn add_entry(
     file_type: u8,
 ) -> Result<()> {
     if d.is_indexed() {
-        return crate::ext4::htree_write::dx_add_entry(d, ctx, name, ino, file_type);
+        return crate::ext4::dir::htree::dx_add_entry(d, ctx, name, ino, file_type);
     }
     let n = d.nblocks();
     for lblk in 0..n {
@@ -373,8 +373,8 @@ pub(crate) fn add_entry(
             Err(e) => return Err(edit_corrupt(d.ino(), lblk, e)),
         }
         if n == 1 && ctx.dir_index && ctx.hash(ctx.def_hash_version, name).is_some() {
-            crate::ext4::htree_write::make_indexed(d, ctx, &b)?;
-            return crate::ext4::htree_write::dx_add_entry(d, ctx, name, ino, file_type);
+            crate::ext4::dir::htree::make_indexed(d, ctx, &b)?;
+            return crate::ext4::dir::htree::dx_add_entry(d, ctx, name, ino, file_type);
         }
     }
     let lblk = d.append()?;
@@ -401,7 +401,7 @@ fn candidate_blocks(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<
     if d.is_indexed()
         && name != b"."
         && name != b".."
-        && let Some(v) = crate::ext4::htree_write::dx_leaves_for(d, ctx, name)?
+        && let Some(v) = crate::ext4::dir::htree::dx_leaves_for(d, ctx, name)?
     {
         return Ok(v);
     }

@@ -6,10 +6,15 @@
 //! The last extent found is remembered in the inode, so sequential reads do
 //! not walk the tree again.
 
+pub(crate) mod extent;
+pub(crate) mod indirect;
+pub(crate) mod inline;
+pub(crate) mod write;
+
 use std::sync::Arc;
 
-use super::ondisk::extent::{self, Extent, ExtentNode, LeafHint, NodeCtx};
-use super::ondisk::indirect;
+use super::ondisk;
+use super::ondisk::extent::{Extent, ExtentNode, LeafHint, NodeCtx};
 use super::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
 use super::util::le32;
 use super::{Error, Ext4, FileKind, Ino, Result, Whence};
@@ -84,8 +89,8 @@ impl Ext4 {
         lblk: u64,
     ) -> Result<((Option<Extent>, Option<u64>), Option<LeafHint>)> {
         let root = &inode.i_block[..];
-        let depth = extent::header_depth(root);
-        if depth > extent::MAX_DEPTH {
+        let depth = ondisk::extent::header_depth(root);
+        if depth > ondisk::extent::MAX_DEPTH {
             return Err(Error::corrupt(
                 format!("inode {}: extent tree depth {depth} too large", inode.ino),
                 0,
@@ -104,12 +109,12 @@ impl Ext4 {
             csum_seed: seed,
         };
         let mut holder: Arc<[u8]>;
-        let mut node = extent::parse_node(root, &ctx)?;
+        let mut node = ondisk::extent::parse_node(root, &ctx)?;
         let mut start: u64 = 0;
         let mut bound: Option<u64> = None;
         // Depth strictly decreases per level (parse_node checks it), so this
         // loop runs at most MAX_DEPTH + 1 times.
-        for _ in 0..=extent::MAX_DEPTH {
+        for _ in 0..=ondisk::extent::MAX_DEPTH {
             match node {
                 ExtentNode::Leaf(exts) => {
                     let leaf = LeafHint {
@@ -139,7 +144,7 @@ impl Ext4 {
                     ctx.block = Some(child.leaf);
                     ctx.depth = ctx.depth.saturating_sub(1);
                     ctx.parent_lblk = Some(child.lblk);
-                    node = extent::parse_node(&holder, &ctx)?;
+                    node = ondisk::extent::parse_node(&holder, &ctx)?;
                 }
             }
         }
@@ -151,7 +156,7 @@ impl Ext4 {
 
     fn map_indirect(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
         let per_block = u64::from(self.block_size() / 4);
-        let Some(path) = indirect::path(lblk, per_block) else {
+        let Some(path) = ondisk::indirect::path(lblk, per_block) else {
             return Ok(Mapping::Hole { len: u64::MAX });
         };
         let bad =
@@ -168,7 +173,7 @@ impl Ext4 {
             if ptr == 0 {
                 // The whole subtree under this pointer is a hole; skip to its
                 // end (measured from lblk's position inside it).
-                let below = indirect::span(levels - level, per_block);
+                let below = ondisk::indirect::span(levels - level, per_block);
                 let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
                 return Ok(Mapping::Hole {
                     len: below.saturating_sub(pos_in).max(1),
@@ -186,7 +191,7 @@ impl Ext4 {
         }
         // Scan the data pointers from `index` for a contiguous run or hole.
         let end = if direct {
-            indirect::DIRECT_BLOCKS
+            ondisk::indirect::DIRECT_BLOCKS
         } else {
             per_block
         };
@@ -530,7 +535,7 @@ mod tests {
         let ino = ino_of(&img, "frag");
         let inode = fs.inode(ino).unwrap();
         assert!(inode.has_flag(EXT4_EXTENTS_FL));
-        assert!(extent::header_depth(&inode.i_block) >= 1);
+        assert!(ondisk::extent::header_depth(&inode.i_block) >= 1);
         assert_eq!(fs.info().fs_type, "ext4");
         assert!(fs.info().features.iter().any(|f| f == "metadata_csum"));
     }
@@ -542,7 +547,7 @@ mod tests {
         };
         let inode = fs.inode(ino_of(&img, "frag")).unwrap();
         assert_eq!(
-            extent::header_depth(&inode.i_block),
+            ondisk::extent::header_depth(&inode.i_block),
             2,
             "2400 extents in 1k blocks need depth 2"
         );
