@@ -48,6 +48,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::journal::Journal;
+use super::journal::log::Log;
 use super::ondisk::group_desc::GroupDesc;
 use super::ondisk::superblock::{self as sbf, Superblock};
 use super::{Error, Ext4, Ino, Inode, Result, Timestamp};
@@ -80,6 +82,8 @@ pub(crate) struct RwState {
     /// metadata block over file data written after it was freed, and two
     /// flushes never reorder versions of a block.
     flush_gate: RwLock<()>,
+    /// The journal's log on a journaled filesystem, from `start_rw` on.
+    journal: std::sync::OnceLock<Log>,
 }
 
 /// Committed metadata not yet on the device (see the module docs).
@@ -154,6 +158,7 @@ impl RwState {
             written: AtomicU64::new(0),
             wb: Mutex::new(WriteBack::default()),
             flush_gate: RwLock::new(()),
+            journal: std::sync::OnceLock::new(),
         }
     }
 
@@ -365,12 +370,8 @@ impl Ext4 {
         if self.is_read_only() {
             return Ok(());
         }
-        self.write_back_blocks()?;
-        {
-            let mut live = self.rw.live_sb();
-            self.rw.wb().sb_dirty = false;
-            self.write_super(&mut live)?;
-        }
+        self.rw.wb().sb_dirty = false;
+        self.write_back(true)?;
         self.dev
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })
@@ -383,13 +384,67 @@ impl Ext4 {
         if self.is_read_only() {
             return Ok(());
         }
-        self.write_back_blocks()?;
-        let mut live = self.rw.live_sb();
         let dirty = std::mem::take(&mut self.rw.wb().sb_dirty);
-        if dirty {
-            self.write_super(&mut live)?;
+        self.write_back(dirty)
+    }
+
+    /// Writes the write-back set and, with `with_sb`, the live superblock.
+    /// On a journaled filesystem as one jbd2 transaction first (ordered
+    /// mode: the commit's first flush makes the file data written so far
+    /// durable before its commit block), then in place, then a checkpoint
+    /// that empties the log: the log never holds a copy of a block older
+    /// than the device's, so a freed metadata block reused for file data
+    /// is never replayed over it (no revoke records are needed). Without a
+    /// journal, in place as before.
+    fn write_back(&self, with_sb: bool) -> Result<()> {
+        let Some(log) = self.rw.journal.get() else {
+            self.write_back_blocks(None)?;
+            if with_sb {
+                let mut live = self.rw.live_sb();
+                self.write_super(&mut live)?;
+            }
+            return Ok(());
+        };
+        let sb_block = if with_sb {
+            Some(self.superblock_block()?)
+        } else {
+            None
+        };
+        self.write_back_blocks(Some((log, sb_block)))
+    }
+
+    /// The block holding the superblock with the live superblock in it
+    /// (s_wtime and s_kbytes_written brought up to date), to be logged.
+    fn superblock_block(&self) -> Result<(u64, Arc<[u8]>)> {
+        let bs = u64::from(self.block_size);
+        let block = sbf::SUPERBLOCK_OFFSET / bs;
+        let at = (sbf::SUPERBLOCK_OFFSET % bs) as usize;
+        let mut data = vec![0u8; bs as usize];
+        let offset = block * bs;
+        self.dev
+            .read_at(&mut data, offset)
+            .map_err(|source| Error::Io { offset, source })?;
+        let mut live = self.rw.live_sb();
+        self.refresh_super(&mut live);
+        if let Some(dst) = data.get_mut(at..at + live.raw.len()) {
+            dst.copy_from_slice(&live.raw);
         }
-        Ok(())
+        Ok((block, Arc::from(data)))
+    }
+
+    /// Bytes of committed metadata that trigger a write-back at commit:
+    /// [`WRITEBACK_LIMIT`], or with a journal a quarter of the log (less
+    /// room for descriptor blocks), as jbd2 commits at a quarter.
+    fn writeback_limit(&self) -> usize {
+        match self.rw.journal.get() {
+            Some(log) => {
+                let blocks = log.max_transaction() as usize;
+                (blocks - blocks / 8)
+                    .saturating_mul(self.block_size as usize)
+                    .min(WRITEBACK_LIMIT)
+            }
+            None => WRITEBACK_LIMIT,
+        }
     }
 
     /// Bytes of committed metadata not yet on the device.
@@ -401,21 +456,50 @@ impl Ext4 {
     /// blocks coalesced, then drops from the set every block no commit
     /// replaced meanwhile. A failed write turns the mount read-only; the
     /// blocks stay in the set (reads keep seeing them).
-    fn write_back_blocks(&self) -> Result<()> {
+    ///
+    /// With `journal` (the log and maybe the superblock's block), the
+    /// snapshot is committed to the log first and checkpointed after.
+    fn write_back_blocks(&self, journal: Option<(&Log, Option<(u64, Arc<[u8]>)>)>) -> Result<()> {
         let _gate = self
             .rw
             .flush_gate
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let snapshot: Vec<(u64, Arc<[u8]>)> = self
+        let mut snapshot: Vec<(u64, Arc<[u8]>)> = self
             .rw
             .wb()
             .blocks
             .iter()
             .map(|(b, d)| (*b, d.clone()))
             .collect();
+        let pending = snapshot.len();
+        let mut log = None;
+        if let Some((l, sb_block)) = journal {
+            if let Some((b, data)) = sb_block {
+                match snapshot.binary_search_by_key(&b, |(x, _)| *x) {
+                    Ok(i) => snapshot[i] = (b, data),
+                    Err(i) => snapshot.insert(i, (b, data)),
+                }
+            }
+            log = Some(l);
+        }
         if snapshot.is_empty() {
             return Ok(());
+        }
+        let mut seq = None;
+        if let Some(l) = log {
+            let blocks: Vec<(u64, &[u8])> = snapshot.iter().map(|(b, d)| (*b, &d[..])).collect();
+            match l.commit(&blocks, &[]) {
+                Ok(s) => seq = Some(s),
+                Err(Error::NoSpace) => tracing::warn!(
+                    "{} metadata blocks do not fit in the journal: written in place without it",
+                    blocks.len()
+                ),
+                Err(e) => {
+                    self.write_failed("journal commit");
+                    return Err(e);
+                }
+            }
         }
         let bs = u64::from(self.block_size);
         let write = |start: u64, data: &[u8]| -> Result<()> {
@@ -445,6 +529,20 @@ impl Ext4 {
             next = b.saturating_add(1);
         }
         write(run_start, &run)?;
+        if let (Some(l), Some(seq)) = (log, seq) {
+            // The superblock's cached block is stale now.
+            self.blocks
+                .remove(sbf::SUPERBLOCK_OFFSET / u64::from(self.block_size));
+            let in_place: Vec<(u64, u32)> = snapshot.iter().map(|(b, _)| (*b, seq)).collect();
+            l.mark_in_place(&in_place);
+            if let Err(e) = l.checkpoint() {
+                self.write_failed("journal checkpoint");
+                return Err(e);
+            }
+        }
+        if pending == 0 {
+            return Ok(());
+        }
         let mut wb = self.rw.wb();
         for (b, data) in snapshot {
             if wb.blocks.get(&b).is_some_and(|d| Arc::ptr_eq(d, &data)) {
@@ -506,20 +604,33 @@ impl Ext4 {
             return Ok(());
         }
         let orphans_empty = self.orphan_file_empty().unwrap_or(false);
-        if let Err(e) = self.write_back_blocks() {
+        {
+            let mut live = self.rw.live_sb();
+            let mut state = live.state_at_mount;
+            if self.rw.errors.load(Ordering::Acquire) {
+                state |= sbf::STATE_ERROR_FS;
+            }
+            live.sb.s_state = state;
+            if orphans_empty && live.sb.s_last_orphan == 0 {
+                live.sb.s_feature_ro_compat &= !sbf::RO_COMPAT_ORPHAN_PRESENT;
+            }
+        }
+        self.rw.wb().sb_dirty = false;
+        // The last transaction, with the clean superblock (still marked
+        // needs_recovery while the log may hold it).
+        if let Err(e) = self.write_back(true) {
             // write_failed marked the error; the superblock stays not-clean.
             tracing::error!("unmount: metadata write-back failed: {e}");
             return Err(e);
         }
         let mut live = self.rw.live_sb();
-        self.rw.wb().sb_dirty = false;
-        let mut state = live.state_at_mount;
-        if self.rw.errors.load(Ordering::Acquire) {
-            state |= sbf::STATE_ERROR_FS;
-        }
-        live.sb.s_state = state;
-        if orphans_empty && live.sb.s_last_orphan == 0 {
-            live.sb.s_feature_ro_compat &= !sbf::RO_COMPAT_ORPHAN_PRESENT;
+        if let Some(log) = self.rw.journal.get() {
+            // Final checkpoint, empty log: no recovery needed any more.
+            if let Err(e) = log.finish() {
+                self.write_failed("journal finish");
+                return Err(e);
+            }
+            live.sb.s_feature_incompat &= !sbf::INCOMPAT_RECOVER;
         }
         self.write_super(&mut live)?;
         drop(live);
@@ -538,12 +649,6 @@ impl Ext4 {
         if self.is_read_only() {
             // Descriptor checksums failed while loading: nothing is written.
             return Ok(());
-        }
-        if self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL) {
-            tracing::warn!(
-                "writing in place without the journal: crash safety needs journaling, \
-                 which this engine does not do yet"
-            );
         }
         if let Some(why) = self.orphans_pending()? {
             tracing::warn!(
@@ -573,8 +678,24 @@ impl Ext4 {
         if self.sb.has_compat(sbf::COMPAT_ORPHAN_FILE) {
             s.s_feature_ro_compat |= sbf::RO_COMPAT_ORPHAN_PRESENT;
         }
+        let journaled = self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL);
+        if journaled {
+            // Set for the whole read-write mount, as the kernel does; the
+            // log is empty (replay ran at open), so a crash before the
+            // first commit replays nothing.
+            s.s_feature_incompat |= sbf::INCOMPAT_RECOVER;
+        }
+        let sb = s.clone();
         self.write_super(&mut live)?;
         drop(live);
+        if journaled {
+            let log = Log::open(Journal::load(self)?, &sb)?;
+            tracing::info!(
+                "journaling metadata (jbd2, {} blocks per transaction at most)",
+                log.max_transaction()
+            );
+            let _ = self.rw.journal.set(log);
+        }
         self.dev
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })?;
@@ -585,11 +706,8 @@ impl Ext4 {
     /// s_kbytes_written updated, checksum recomputed. The cached copy of
     /// the block holding it is dropped.
     pub(super) fn write_super(&self, live: &mut LiveSb) -> Result<()> {
-        let written = self.rw.written.load(Ordering::Relaxed);
-        live.sb.s_wtime = now().secs;
-        live.sb.s_kbytes_written = live.kbytes_at_mount.saturating_add(written >> 10);
-        let LiveSb { sb, raw, .. } = live;
-        sb.write(raw);
+        self.refresh_super(live);
+        let raw = &live.raw;
         if let Err(source) = self.dev.write_at(raw, sbf::SUPERBLOCK_OFFSET) {
             self.write_failed("superblock write");
             return Err(Error::Io {
@@ -600,6 +718,16 @@ impl Ext4 {
         self.blocks
             .remove(sbf::SUPERBLOCK_OFFSET / u64::from(self.block_size));
         Ok(())
+    }
+
+    /// Brings s_wtime and s_kbytes_written up to date and serializes the
+    /// live superblock (checksum included) into its 1024 bytes.
+    fn refresh_super(&self, live: &mut LiveSb) {
+        let written = self.rw.written.load(Ordering::Relaxed);
+        live.sb.s_wtime = now().secs;
+        live.sb.s_kbytes_written = live.kbytes_at_mount.saturating_add(written >> 10);
+        let LiveSb { sb, raw, .. } = live;
+        sb.write(raw);
     }
 
     /// A device write failed: the mount turns read-only and the superblock
@@ -834,7 +962,7 @@ impl<'fs> Txn<'fs> {
         live.sb.s_free_inodes_count =
             u32::try_from(add_signed(u64::from(fi), self.free_inodes_delta)).unwrap_or(u32::MAX);
         drop(live);
-        if pending > WRITEBACK_LIMIT {
+        if pending > fs.writeback_limit() {
             fs.writeback()?;
         }
         Ok(())
