@@ -86,6 +86,9 @@ pub(crate) struct RwState {
     journal: std::sync::OnceLock<Log>,
 }
 
+/// A block number and its contents.
+type BlockCopy = (u64, Arc<[u8]>);
+
 /// Committed metadata not yet on the device (see the module docs).
 #[derive(Default)]
 pub(crate) struct WriteBack {
@@ -415,7 +418,7 @@ impl Ext4 {
 
     /// The block holding the superblock with the live superblock in it
     /// (s_wtime and s_kbytes_written brought up to date), to be logged.
-    fn superblock_block(&self) -> Result<(u64, Arc<[u8]>)> {
+    fn superblock_block(&self) -> Result<BlockCopy> {
         let bs = u64::from(self.block_size);
         let block = sbf::SUPERBLOCK_OFFSET / bs;
         let at = (sbf::SUPERBLOCK_OFFSET % bs) as usize;
@@ -459,7 +462,7 @@ impl Ext4 {
     ///
     /// With `journal` (the log and maybe the superblock's block), the
     /// snapshot is committed to the log first and checkpointed after.
-    fn write_back_blocks(&self, journal: Option<(&Log, Option<(u64, Arc<[u8]>)>)>) -> Result<()> {
+    fn write_back_blocks(&self, journal: Option<(&Log, Option<BlockCopy>)>) -> Result<()> {
         let _gate = self
             .rw
             .flush_gate
