@@ -35,16 +35,14 @@ use crate::ext4::ondisk::inode::{
 };
 use crate::ext4::ondisk::superblock::{GOOD_OLD_INODE_SIZE, INCOMPAT_INLINE_DATA};
 use crate::ext4::ondisk::xattr::{
-    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, XATTR_IBODY_HEADER_LEN,
+    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XATTR_IBODY_HEADER_LEN,
 };
 use crate::ext4::types::Ino;
 use crate::ext4::util::le32;
 use crate::ext4::{Ext4, Txn};
 
 /// EXT4_INLINE_DOTDOT_SIZE: the parent's inode number in i_block.
-pub(crate) const INLINE_DOTDOT_SIZE: usize = 4;
-/// The name of the xattr ("system." + this) holding more inline bytes.
-const DATA_NAME: &[u8] = b"data";
+pub(super) const INLINE_DOTDOT_SIZE: usize = 4;
 
 /// An inline directory's two entry regions.
 struct InlineDir {
@@ -350,7 +348,7 @@ impl Ext4 {
             0,
             NewXattr {
                 name_index: INDEX_SYSTEM,
-                name: DATA_NAME.to_vec(),
+                name: SYSTEM_DATA.to_vec(),
                 value: NewXattrValue::Inline(Vec::new()),
             },
         );

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::ext4::Ext4;
 use crate::ext4::dir::hash::{DX_HASH_SIPHASH, dx_hash, effective_version};
+use crate::ext4::dir::inline::INLINE_DOTDOT_SIZE;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
 use crate::ext4::ondisk;
@@ -42,8 +43,6 @@ use crate::ext4::ondisk::superblock::{
 use crate::ext4::types::{Attr, DirEntry, FileKind, Ino};
 use crate::ext4::util::le32;
 
-/// Bytes at the start of an inline directory holding the parent inode.
-const INLINE_DOTDOT_SIZE: usize = 4;
 /// Cookies of the synthesized "." and ".." of inline directories.
 const INLINE_DOT_COOKIE: u64 = 1;
 const INLINE_DOTDOT_COOKIE: u64 = 2;

@@ -9,12 +9,10 @@ use super::extent::{self as ew};
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
 use crate::ext4::ondisk::xattr::{
-    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, XattrLimits, XattrValue,
+    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XattrLimits, XattrValue,
 };
 use crate::ext4::txn::Txn;
 use crate::ext4::{Error, Ext4, Result};
-
-const DATA_NAME: &[u8] = b"data";
 
 impl Ext4 {
     /// The in-inode xattrs as owned entries, in their on-disk order.
@@ -56,10 +54,10 @@ impl Ext4 {
         let others: Vec<NewXattr> = self
             .inline_ibody_entries(inode)?
             .into_iter()
-            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == DATA_NAME))
+            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == SYSTEM_DATA))
             .collect();
         // Header (4), the others, our entry, the table terminator.
-        let used = 4 + ox::space_needed(&others) + ox::entry_len(DATA_NAME.len());
+        let used = 4 + ox::space_needed(&others) + ox::entry_len(SYSTEM_DATA.len());
         let free = area.saturating_sub(used) & !3;
         Ok(I_BLOCK_SIZE as u64 + free as u64)
     }
@@ -79,14 +77,14 @@ impl Ext4 {
         let value = NewXattrValue::Inline(tail.to_vec());
         match entries
             .iter_mut()
-            .find(|x| x.name_index == INDEX_SYSTEM && x.name == DATA_NAME)
+            .find(|x| x.name_index == INDEX_SYSTEM && x.name == SYSTEM_DATA)
         {
             Some(x) => x.value = value,
             None => entries.insert(
                 0,
                 NewXattr {
                     name_index: INDEX_SYSTEM,
-                    name: DATA_NAME.to_vec(),
+                    name: SYSTEM_DATA.to_vec(),
                     value,
                 },
             ),
@@ -160,7 +158,7 @@ impl Ext4 {
         let entries: Vec<NewXattr> = self
             .inline_ibody_entries(inode)?
             .into_iter()
-            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == DATA_NAME))
+            .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == SYSTEM_DATA))
             .collect();
         self.store_ibody(inode, &entries)?;
         inode.flags &= !EXT4_INLINE_DATA_FL;

@@ -31,9 +31,6 @@ pub(crate) enum Mapping {
 /// Most mapping runs one seek walks.
 const SEEK_MAX_STEPS: u32 = 1 << 24;
 
-/// Largest logical block an extent can address (+1).
-const EXTENT_LBLK_LIMIT: u64 = 1 << 32;
-
 impl Ext4 {
     /// Maps logical block `lblk` of `inode` (not inline) to a run.
     pub(crate) fn map_block(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
@@ -45,7 +42,7 @@ impl Ext4 {
     }
 
     fn map_extent(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
-        if lblk >= EXTENT_LBLK_LIMIT {
+        if lblk >= extent::LBLK_LIMIT {
             return Ok(Mapping::Hole { len: u64::MAX });
         }
         let (found, next) = self.find_extent(inode, lblk)?;

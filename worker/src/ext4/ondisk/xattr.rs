@@ -50,6 +50,10 @@ pub(crate) const INDEX_RICHACL: u8 = 8;
 pub(crate) const INDEX_ENCRYPTION: u8 = 9;
 pub(crate) const INDEX_HURD: u8 = 10;
 
+/// The name (index INDEX_SYSTEM, "system." + this) of the xattr holding
+/// the inline-data bytes past i_block (EXT4_XATTR_SYSTEM_DATA).
+pub(crate) const SYSTEM_DATA: &[u8] = b"data";
+
 /// The prefix of each name index, as the kernel's attributes.rst lists it.
 /// Index 2 and 3 are whole names (their suffix is empty).
 pub(crate) fn index_prefix(index: u8) -> Option<&'static [u8]> {

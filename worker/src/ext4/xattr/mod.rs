@@ -18,8 +18,8 @@ use crate::ext4::ondisk;
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE;
 use crate::ext4::ondisk::xattr::{
-    self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, INDEX_SYSTEM, XattrEntry, XattrLimits,
-    XattrValue, index_is_listed, index_prefix, split_name,
+    self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, INDEX_SYSTEM, SYSTEM_DATA, XattrEntry,
+    XattrLimits, XattrValue, index_is_listed, index_prefix, split_name,
 };
 use crate::ext4::types::Ino;
 
@@ -185,7 +185,7 @@ impl Ext4 {
         let system_data = self
             .ibody_xattrs(inode)?
             .into_iter()
-            .find(|x| x.index == INDEX_SYSTEM && x.name == b"data")
+            .find(|x| x.index == INDEX_SYSTEM && x.name == SYSTEM_DATA)
             .ok_or_else(|| {
                 Error::corrupt(
                     format!("inode {}: inline data without system.data", inode.ino),

@@ -26,11 +26,10 @@ use crate::ext4::ondisk::xattr::{
     split_name,
 };
 use crate::ext4::types::{FileKind, Ino, Timestamp, XattrFlags};
+use crate::ext4::xattr::XATTR_NAME_MAX;
 use crate::ext4::xattr::acl::Caller;
 use crate::ext4::{Ext4, Txn};
 
-/// XATTR_NAME_MAX.
-const XATTR_NAME_MAX: usize = 255;
 /// XATTR_SIZE_MAX: the VFS's largest value.
 const XATTR_SIZE_MAX: usize = 65536;
 
