@@ -7,6 +7,12 @@
 #       process, then syncfs)
 #   (c) unpacking a tarball of a real source tree (/usr/include) and
 #       removing it again, each followed by sync
+#   (d) 1,000 x (4 KiB write at the end of a file + fsync): latency of
+#       each, median and 99th percentile
+#
+# Systems: kernel, fuse2fs, safemount (journaled, the default mkfs), and
+# safemount-nojournal (the same image made with -O ^has_journal: what the
+# journal costs).
 #
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
@@ -21,7 +27,8 @@ WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 FILES=${FILES:-10000}
 SEQ_MIB=${SEQ_MIB:-1024}
 TREE=${TREE:-/usr/include}
-SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}
+SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount safemount-nojournal"}
+FSYNCS=${FSYNCS:-1000}
 REPEAT=${REPEAT:-3}
 
 for b in safemountd safemount safemount-worker; do
@@ -35,6 +42,7 @@ MNT=$WORK/wmnt
 mkdir -p "$MNT"
 SOCK=$WORK/safemountd-w.sock
 PRISTINE=$WORK/write-empty.img
+PRISTINE_NJ=$WORK/write-empty-nojournal.img
 IMG=$WORK/write.img
 TAR=$WORK/tree.tar
 BROKER_PID=
@@ -62,6 +70,10 @@ if [[ ! -f $PRISTINE ]]; then
     truncate -s 4G "$PRISTINE"
     mkfs.ext4 -q -F "$PRISTINE"
 fi
+if [[ ! -f $PRISTINE_NJ ]]; then
+    truncate -s 4G "$PRISTINE_NJ"
+    mkfs.ext4 -q -F -O ^has_journal "$PRISTINE_NJ"
+fi
 if [[ ! -f $TAR ]]; then
     echo "making $TAR from $TREE..." >&2
     tar -cf "$TAR" -C "$(dirname "$TREE")" "$(basename "$TREE")"
@@ -78,17 +90,20 @@ start_broker() {
 }
 
 do_mount() {
-    cp --sparse=always "$PRISTINE" "$IMG"
+    case $1 in
+        safemount-nojournal) cp --sparse=always "$PRISTINE_NJ" "$IMG" ;;
+        *) cp --sparse=always "$PRISTINE" "$IMG" ;;
+    esac
     case $1 in
         kernel) mount -t ext4 -o rw,loop "$IMG" "$MNT" ;;
         fuse2fs) fuse2fs -o rw,fakeroot "$IMG" "$MNT" >/dev/null ;;
-        safemount) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
+        safemount*) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
     esac
 }
 
 do_unmount() {
     case $1 in
-        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
+        safemount*) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
         *) umount "$MNT" ;;
     esac
     for _ in $(seq 100); do mountpoint -q "$MNT" || break; sleep 0.1; done
@@ -112,10 +127,30 @@ os.rmdir(d)
 EOF
 }
 
-declare -A SEQ META UNTAR RM
+# Prints "median p99" in milliseconds of FSYNCS x (4 KiB append + fsync).
+fsync_latency() {
+    python3 - "$MNT/fsync.bin" "$FSYNCS" <<'EOF'
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+block = os.urandom(4096)
+times = []
+for _ in range(n):
+    t = time.perf_counter()
+    os.write(fd, block)
+    os.fsync(fd)
+    times.append((time.perf_counter() - t) * 1000)
+os.close(fd)
+os.unlink(path)
+times.sort()
+print("%.3f %.3f" % (times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]))
+EOF
+}
+
+declare -A SEQ META UNTAR RM FS50 FS99
 for sys in $SYSTEMS; do
     echo "== $sys" >&2
-    seqs=() metas=() untars=() rms=()
+    seqs=() metas=() untars=() rms=() f50s=() f99s=()
     for run in $(seq "$REPEAT"); do
         do_mount "$sys"
         t0=$(now)
@@ -134,10 +169,14 @@ for sys in $SYSTEMS; do
         [[ $n -eq $((TAR_FILES + 1)) ]] || echo "   WARNING: $sys: $n entries after untar, tar has $TAR_FILES" >&2
         t0=$(now); rm -rf "$MNT/tree"; syncfs; t1=$(now)
         rms+=("$(elapsed "$t0" "$t1")")
+        read -r f50 f99 < <(fsync_latency)
+        f50s+=("$f50"); f99s+=("$f99")
         do_unmount "$sys"
-        printf '   run %d: write %.0f MB/s, meta %.3f s, untar %.3f s, rm %.3f s\n' "$run" \
-            "${seqs[-1]}" "${metas[-1]}" "${untars[-1]}" "${rms[-1]}" >&2
+        printf '   run %d: write %.0f MB/s, meta %.3f s, untar %.3f s, rm %.3f s, fsync %.3f/%.3f ms\n' "$run" \
+            "${seqs[-1]}" "${metas[-1]}" "${untars[-1]}" "${rms[-1]}" "$f50" "$f99" >&2
     done
+    FS50[$sys]=$(median "${f50s[@]}")
+    FS99[$sys]=$(median "${f99s[@]}")
     SEQ[$sys]=$(median "${seqs[@]}")
     META[$sys]=$(median "${metas[@]}")
     UNTAR[$sys]=$(median "${untars[@]}")
@@ -150,17 +189,18 @@ ratio() { # $1 table, $2 sys, $3 ref: "-" when ref not measured
     printf '%.2fx' "$(calc "${t[$2]} / ${t[$3]}")"
 }
 
-printf '\n%-10s %10s %10s %10s %10s\n' system "write MB/s" "meta s" "untar s" "rm s"
+printf '\n%-20s %10s %10s %10s %10s %12s %12s\n' system "write MB/s" "meta s" "untar s" "rm s" "fsync p50 ms" "fsync p99 ms"
 for sys in $SYSTEMS; do
-    printf '%-10s %10.0f %10.3f %10.3f %10.3f\n' "$sys" "${SEQ[$sys]}" "${META[$sys]}" "${UNTAR[$sys]}" "${RM[$sys]}"
+    printf '%-20s %10.0f %10.3f %10.3f %10.3f %12.3f %12.3f\n' "$sys" "${SEQ[$sys]}" "${META[$sys]}" "${UNTAR[$sys]}" "${RM[$sys]}" \
+        "${FS50[$sys]}" "${FS99[$sys]}"
 done
-for ref in kernel fuse2fs; do
+for ref in kernel fuse2fs safemount-nojournal; do
     [[ " $SYSTEMS " == *" $ref "* ]] || continue
     printf '\nratios system / %s (write: higher is better; times: lower is better)\n' "$ref"
-    printf '%-10s %10s %10s %10s %10s\n' system write meta untar rm
+    printf '%-20s %10s %10s %10s %10s %12s\n' system write meta untar rm "fsync p50"
     for sys in $SYSTEMS; do
-        printf '%-10s %10s %10s %10s %10s\n' "$sys" "$(ratio SEQ "$sys" "$ref")" "$(ratio META "$sys" "$ref")" \
-            "$(ratio UNTAR "$sys" "$ref")" "$(ratio RM "$sys" "$ref")"
+        printf '%-20s %10s %10s %10s %10s %12s\n' "$sys" "$(ratio SEQ "$sys" "$ref")" "$(ratio META "$sys" "$ref")" \
+            "$(ratio UNTAR "$sys" "$ref")" "$(ratio RM "$sys" "$ref")" "$(ratio FS50 "$sys" "$ref")"
     done
 done
 echo "(median of $REPEAT runs; $FILES files for meta; $TAR_FILES entries in the tarball of $TREE)"
