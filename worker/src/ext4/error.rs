@@ -62,7 +62,9 @@ pub enum Error {
     /// data after the offset (ENXIO).
     #[error("no data or hole at or after the requested offset")]
     Nxio,
-    #[error("the journal still needs recovery after replay (it changed while being replayed, or its log is not empty); mount read-only with -o noload to look")]
+    #[error(
+        "the journal still needs recovery after replay (it changed while being replayed, or its log is not empty); mount read-only with -o noload to look"
+    )]
     NeedsRecovery,
 }
 

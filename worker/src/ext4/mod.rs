@@ -22,12 +22,14 @@ pub(crate) mod checksum;
 pub(crate) mod dir;
 pub(crate) mod file;
 pub(crate) mod journal;
+pub(crate) mod mount;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
 pub(crate) mod orphan;
 pub(crate) mod symlink;
 pub(crate) mod txn;
 pub(crate) mod util;
+pub(crate) mod writeback;
 pub(crate) mod xattr;
 
 #[cfg(test)]
@@ -83,7 +85,7 @@ pub struct Ext4 {
     /// read-write mount read-only later: see `is_read_only`).
     read_only: bool,
     /// Write-side state: transaction lock, live descriptors and superblock.
-    rw: txn::RwState,
+    rw: mount::RwState,
     blocks: BlockCache,
     inodes: Lru<Arc<Inode>>,
     /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
@@ -111,7 +113,7 @@ fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
 impl Ext4 {
     /// Opens the filesystem on `dev`: superblock, feature policy, group
     /// descriptors, MMP, root inode. A read-write request is served
-    /// read-write when the write-side policy allows it (`txn::rw_refusal`),
+    /// read-write when the write-side policy allows it (`mount::rw_refusal`),
     /// else read-only with a log line saying why (see `info().read_only`);
     /// a read-write mount marks the superblock not-clean until `shutdown`.
     ///
@@ -141,7 +143,7 @@ impl Ext4 {
         dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
             .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
         let sb = Superblock::parse(&raw, dev.size())?;
-        check_features(&sb, true)?;
+        mount::check_features(&sb, true)?;
         if sb.has_incompat(sbf::INCOMPAT_RECOVER)
             && stage == (OpenStage::Full { unrecovered: false })
         {
@@ -149,7 +151,7 @@ impl Ext4 {
             return Err(Error::NeedsRecovery);
         }
         let mut read_only = opts.read_only || stage == OpenStage::Journal;
-        if !read_only && let Some(why) = txn::rw_refusal(&sb) {
+        if !read_only && let Some(why) = mount::rw_refusal(&sb) {
             tracing::warn!("serving read-only: {why}");
             read_only = true;
         }
@@ -159,7 +161,7 @@ impl Ext4 {
         } else {
             crc32c(!0, &sb.s_uuid)
         };
-        let rw = txn::RwState::new(&sb, raw);
+        let rw = mount::RwState::new(&sb, raw);
         let mut fs = Ext4 {
             dev,
             sb,
@@ -660,40 +662,6 @@ impl Ext4 {
     }
 }
 
-/// The feature policy: unknown INCOMPAT refuses, naming the bits; an
-/// external journal device is not a filesystem; unknown RO_COMPAT allows
-/// read-only only. (needs_recovery: see `journal::recover_at_open`.)
-fn check_features(sb: &Superblock, read_only: bool) -> Result<()> {
-    use sbf::{FeatureKind, feature_names};
-    if sb.has_incompat(sbf::INCOMPAT_JOURNAL_DEV) {
-        return Err(Error::Incompatible(
-            "this is an external ext3/ext4 journal device, not a filesystem".into(),
-        ));
-    }
-    let unknown = sb.s_feature_incompat & !sbf::INCOMPAT_SUPPORTED;
-    if unknown != 0 {
-        return Err(Error::Incompatible(format!(
-            "unsupported incompat feature(s): {unknown:#x} ({})",
-            feature_names(FeatureKind::Incompat, unknown).join(", ")
-        )));
-    }
-    if !read_only {
-        let unknown = sb.s_feature_ro_compat & !sbf::RO_COMPAT_SUPPORTED;
-        if unknown != 0 {
-            return Err(Error::Incompatible(format!(
-                "unsupported ro_compat feature(s) {unknown:#x} ({}): mount read-only",
-                feature_names(FeatureKind::RoCompat, unknown).join(", ")
-            )));
-        }
-        if sb.has_compat(sbf::COMPAT_HAS_JOURNAL) && sb.s_journal_inum == 0 {
-            return Err(Error::Incompatible(
-                "the filesystem uses an external journal device: mount read-only".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -980,7 +948,7 @@ mod tests {
             (0x60, sbf::INCOMPAT_ENCRYPT),
         ] {
             assert!(
-                txn::rw_refusal(&{
+                mount::rw_refusal(&{
                     let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
                     if off == 0x64 {
                         sb.s_feature_ro_compat |= bit;

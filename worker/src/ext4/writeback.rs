@@ -1,0 +1,339 @@
+//! Write-back: committed metadata on its way to the device, and file data
+//! writes.
+//!
+//! `commit` does not write to the device: it moves the dirty blocks
+//! ([`Txn::dirty_blocks`](super::Txn::dirty_blocks)) into the filesystem's
+//! write-back set and the block cache, and marks the superblock dirty. The
+//! write-back set is authoritative for reads the cache misses
+//! (`Ext4::read_block`, `Ext4::read_blocks_direct`) until the blocks are on
+//! the device. A write-back runs on fsync and fsyncdir (`Ext4::flush`), at
+//! unmount (`shutdown`), when the set exceeds [`Ext4::writeback_limit`] at
+//! commit (a quarter of the journal, or [`WRITEBACK_LIMIT`]), and from the
+//! FUSE adapter's periodic flusher (every 5 s, as jbd2's commit interval).
+//!
+//! With a journal, each write-back is one jbd2 transaction: the set and the
+//! superblock's block are logged (the log's first flush makes the file data
+//! written so far durable: ordered mode), the commit block is flushed, the
+//! blocks are written in place (coalesced, in block order), and the log is
+//! checkpointed empty. A crash at any point leaves either the old state or,
+//! after replay, the new one. Without a journal the blocks are written in
+//! place only, and a crash loses the metadata of the last few seconds
+//! (e2fsck then repairs the filesystem). Either way file data is written
+//! directly by `write_data`, before the metadata pointing at it, and every
+//! fsync'd byte and its metadata are on the device when fsync returns.
+//!
+//! Lock order for write-back: the transaction lock (when a commit flushes)
+//! -> `RwState::flush_gate` (write for a flush, read for a data write) ->
+//! the superblock mutex -> `RwState::wb` (held briefly, never across I/O).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::journal::log::Log;
+use super::ondisk::superblock as sbf;
+use super::{Error, Ext4, Result};
+
+/// A block number and its contents.
+type BlockCopy = (u64, Arc<[u8]>);
+
+/// Committed metadata not yet on the device (see the module docs).
+#[derive(Default)]
+pub(crate) struct WriteBack {
+    pub(super) blocks: BTreeMap<u64, Arc<[u8]>>,
+    /// Bytes held in `blocks`.
+    pub(super) bytes: usize,
+    /// The live superblock changed since it was last written.
+    pub(super) sb_dirty: bool,
+}
+
+impl WriteBack {
+    /// Drops every pending block in `[first, end)` (freed blocks, or
+    /// blocks file data is about to overwrite).
+    pub(super) fn discard(&mut self, first: u64, end: u64) {
+        let dead: Vec<u64> = self.blocks.range(first..end).map(|(k, _)| *k).collect();
+        for k in dead {
+            if let Some(d) = self.blocks.remove(&k) {
+                self.bytes = self.bytes.saturating_sub(d.len());
+            }
+        }
+    }
+
+    pub(super) fn insert(&mut self, block: u64, data: Arc<[u8]>) {
+        self.bytes = self.bytes.saturating_add(data.len());
+        if let Some(old) = self.blocks.insert(block, data) {
+            self.bytes = self.bytes.saturating_sub(old.len());
+        }
+    }
+}
+
+/// Dirty metadata held in memory before a commit writes it back itself
+/// (the kernel's dirty_background bytes, in spirit).
+pub(crate) const WRITEBACK_LIMIT: usize = 64 << 20;
+
+/// Largest number of bytes one coalesced device write carries at commit.
+const MAX_WRITE_RUN: usize = 1 << 20;
+
+impl Ext4 {
+    /// Writes file data straight to the device: `buf` at byte `skip` of
+    /// block `block` (it may span following blocks). Not through the
+    /// metadata cache; any cached copy of those blocks is dropped.
+    pub(crate) fn write_data(&self, block: u64, skip: u64, buf: &[u8]) -> Result<()> {
+        if self.is_read_only() {
+            return Err(Error::ReadOnly);
+        }
+        let bs = u64::from(self.block_size);
+        let len = buf.len() as u64;
+        let end = skip.checked_add(len).map(|e| e.div_ceil(bs)).unwrap_or(0);
+        if len == 0 {
+            return Ok(());
+        }
+        if end == 0 || !self.blocks_valid(block, end) {
+            return Err(Error::corrupt(
+                format!("data write to blocks {block}+{end} outside the filesystem"),
+                block,
+            ));
+        }
+        let offset = block
+            .checked_mul(bs)
+            .and_then(|o| o.checked_add(skip))
+            .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
+        // No flush may be writing a snapshot of these blocks (freed
+        // metadata) while and after the data lands.
+        let _gate = self.rw.flush_gate.read().unwrap_or_else(|e| e.into_inner());
+        self.rw.wb().discard(block, block.saturating_add(end));
+        if let Err(source) = self.dev.write_at(buf, offset) {
+            self.write_failed("data write");
+            return Err(Error::Io { offset, source });
+        }
+        self.rw.written.fetch_add(len, Ordering::Relaxed);
+        for b in block..block.saturating_add(end) {
+            self.blocks.remove(b);
+        }
+        Ok(())
+    }
+
+    /// fsync: writes back every committed metadata block and the
+    /// superblock (counters), then flushes the device.
+    pub(crate) fn flush(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        self.rw.wb().sb_dirty = false;
+        self.write_back(true)?;
+        self.dev
+            .flush()
+            .map_err(|source| Error::Io { offset: 0, source })
+    }
+
+    /// Periodic write-back (the FUSE adapter's flusher thread): writes the
+    /// committed metadata blocks and, if it changed, the superblock,
+    /// without a device flush. Nothing to do on a read-only mount.
+    pub fn writeback(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut self.rw.wb().sb_dirty);
+        self.write_back(dirty)
+    }
+
+    /// Writes the write-back set and, with `with_sb`, the live superblock.
+    /// On a journaled filesystem as one jbd2 transaction first (ordered
+    /// mode: the commit's first flush makes the file data written so far
+    /// durable before its commit block), then in place, then a checkpoint
+    /// that empties the log: the log never holds a copy of a block older
+    /// than the device's, so a freed metadata block reused for file data
+    /// is never replayed over it (no revoke records are needed). Without a
+    /// journal, in place as before.
+    pub(super) fn write_back(&self, with_sb: bool) -> Result<()> {
+        let Some(log) = self.rw.journal.get() else {
+            self.write_back_blocks(None)?;
+            if with_sb {
+                let mut live = self.rw.live_sb();
+                self.write_super(&mut live)?;
+            }
+            return Ok(());
+        };
+        let sb_block = if with_sb {
+            Some(self.superblock_block()?)
+        } else {
+            None
+        };
+        self.write_back_blocks(Some((log, sb_block)))
+    }
+
+    /// The block holding the superblock with the live superblock in it
+    /// (s_wtime and s_kbytes_written brought up to date), to be logged.
+    fn superblock_block(&self) -> Result<BlockCopy> {
+        let bs = u64::from(self.block_size);
+        let block = sbf::SUPERBLOCK_OFFSET / bs;
+        let at = (sbf::SUPERBLOCK_OFFSET % bs) as usize;
+        let mut data = vec![0u8; bs as usize];
+        let offset = block * bs;
+        self.dev
+            .read_at(&mut data, offset)
+            .map_err(|source| Error::Io { offset, source })?;
+        let mut live = self.rw.live_sb();
+        self.refresh_super(&mut live);
+        if let Some(dst) = data.get_mut(at..at + live.raw.len()) {
+            dst.copy_from_slice(&live.raw);
+        }
+        Ok((block, Arc::from(data)))
+    }
+
+    /// Bytes of committed metadata that trigger a write-back at commit:
+    /// [`WRITEBACK_LIMIT`], or with a journal a quarter of the log (less
+    /// room for descriptor blocks), as jbd2 commits at a quarter.
+    pub(super) fn writeback_limit(&self) -> usize {
+        match self.rw.journal.get() {
+            Some(log) => {
+                let blocks = log.max_transaction() as usize;
+                (blocks - blocks / 8)
+                    .saturating_mul(self.block_size as usize)
+                    .min(WRITEBACK_LIMIT)
+            }
+            None => WRITEBACK_LIMIT,
+        }
+    }
+
+    /// Bytes of committed metadata not yet on the device.
+    pub(crate) fn writeback_pending(&self) -> usize {
+        self.rw.wb().bytes
+    }
+
+    /// Writes a snapshot of the write-back set in block order, adjacent
+    /// blocks coalesced, then drops from the set every block no commit
+    /// replaced meanwhile. A failed write turns the mount read-only; the
+    /// blocks stay in the set (reads keep seeing them).
+    ///
+    /// With `journal` (the log and maybe the superblock's block), the
+    /// snapshot is committed to the log first and checkpointed after.
+    fn write_back_blocks(&self, journal: Option<(&Log, Option<BlockCopy>)>) -> Result<()> {
+        let _gate = self
+            .rw
+            .flush_gate
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut snapshot: Vec<BlockCopy> = self
+            .rw
+            .wb()
+            .blocks
+            .iter()
+            .map(|(b, d)| (*b, d.clone()))
+            .collect();
+        let pending = snapshot.len();
+        let mut log = None;
+        if let Some((l, sb_block)) = journal {
+            if let Some((b, data)) = sb_block {
+                match snapshot.binary_search_by_key(&b, |(x, _)| *x) {
+                    Ok(i) => snapshot[i] = (b, data),
+                    Err(i) => snapshot.insert(i, (b, data)),
+                }
+            }
+            log = Some(l);
+        }
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let mut seq = None;
+        if let Some(l) = log {
+            let blocks: Vec<(u64, &[u8])> = snapshot.iter().map(|(b, d)| (*b, &d[..])).collect();
+            match l.commit(&blocks, &[]) {
+                Ok(s) => seq = Some(s),
+                Err(Error::NoSpace) => tracing::warn!(
+                    "{} metadata blocks do not fit in the journal: written in place without it",
+                    blocks.len()
+                ),
+                Err(e) => {
+                    self.write_failed("journal commit");
+                    return Err(e);
+                }
+            }
+        }
+        let bs = u64::from(self.block_size);
+        let write = |start: u64, data: &[u8]| -> Result<()> {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let offset = start.saturating_mul(bs);
+            self.dev.write_at(data, offset).map_err(|source| {
+                self.write_failed("metadata write");
+                Error::Io { offset, source }
+            })?;
+            self.rw
+                .written
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            Ok(())
+        };
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start = 0u64;
+        let mut next = u64::MAX;
+        for (b, data) in &snapshot {
+            if *b != next || run.len() >= MAX_WRITE_RUN {
+                write(run_start, &run)?;
+                run.clear();
+                run_start = *b;
+            }
+            run.extend_from_slice(data);
+            next = b.saturating_add(1);
+        }
+        write(run_start, &run)?;
+        if let (Some(l), Some(seq)) = (log, seq) {
+            // The superblock's cached block is stale now.
+            self.blocks
+                .remove(sbf::SUPERBLOCK_OFFSET / u64::from(self.block_size));
+            let in_place: Vec<(u64, u32)> = snapshot.iter().map(|(b, _)| (*b, seq)).collect();
+            l.mark_in_place(&in_place);
+            if let Err(e) = l.checkpoint() {
+                self.write_failed("journal checkpoint");
+                return Err(e);
+            }
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        let mut wb = self.rw.wb();
+        for (b, data) in snapshot {
+            if wb.blocks.get(&b).is_some_and(|d| Arc::ptr_eq(d, &data)) {
+                wb.blocks.remove(&b);
+                wb.bytes = wb.bytes.saturating_sub(data.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed-but-unwritten copy of `block`, if any.
+    pub(crate) fn writeback_block(&self, block: u64) -> Option<Arc<[u8]>> {
+        self.rw.wb().blocks.get(&block).cloned()
+    }
+
+    /// Copies the committed-but-unwritten blocks overlapping the device
+    /// range starting at byte `skip` of `block` into `buf` (data read
+    /// straight from the device may be older than them).
+    pub(crate) fn overlay_writeback(&self, block: u64, skip: u64, buf: &mut [u8]) {
+        let bs = u64::from(self.block_size);
+        let Some(start) = block.checked_mul(bs).and_then(|o| o.checked_add(skip)) else {
+            return;
+        };
+        let Some(end) = start.checked_add(buf.len() as u64) else {
+            return;
+        };
+        let wb = self.rw.wb();
+        if wb.blocks.is_empty() {
+            return;
+        }
+        for (b, data) in wb.blocks.range(start / bs..end.div_ceil(bs)) {
+            let bstart = b.saturating_mul(bs);
+            let bend = bstart.saturating_add(data.len() as u64);
+            let (from, to) = (bstart.max(start), bend.min(end));
+            if from >= to {
+                continue;
+            }
+            let src = data.get((from - bstart) as usize..(to - bstart) as usize);
+            let dst = buf.get_mut((from - start) as usize..(to - start) as usize);
+            if let (Some(src), Some(dst)) = (src, dst) {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+}
