@@ -895,7 +895,8 @@ pub(crate) mod tests {
         let idx = (d - 1) % fs.sb().s_inodes_per_group + 1;
         assert!(fs.sb().s_inodes_per_group - after.bg_itable_unused >= idx);
         assert_eq!(after.bg_flags & super::BG_INODE_UNINIT, 0);
-        // A directory inode with "." and ".." would be W3's; free it.
+        // Only the allocation is under test: free the inode again
+        // (it has no "." and "..").
         txn.free_inode(d, true).unwrap();
         assert_eq!(
             txn.desc(g).unwrap().bg_used_dirs_count,

@@ -33,7 +33,8 @@ pub(crate) struct RwState {
     /// Next inode generation.
     pub(super) generation: AtomicU32,
     /// Unlinked inodes (links_count 0) still open through FUSE: readable
-    /// and writable by number until `release_inode` (W4's adapter).
+    /// and writable by number until `release_inode` (the FUSE adapter
+    /// calls it at the last forget or release).
     pub(super) held_orphans: Mutex<BTreeSet<Ino>>,
     /// Bytes written to the device since the mount (s_kbytes_written).
     pub(super) written: AtomicU64,

@@ -31,7 +31,7 @@ impl Ext4 {
                     name: e.name.to_vec(),
                     value: match e.value {
                         XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
-                        // The value hash the EA inode keeps (W3b), not
+                        // The value hash the EA inode keeps (i_atime), not
                         // e_hash: the serializer derives e_hash from it.
                         XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
                             inum,
