@@ -25,6 +25,7 @@ use super::{Error, Ext4, FileKind, Ino, ROOT_INO, Result, Txn};
 
 /// EXT4_FLEX_SIZE_DIR_ALLOC_SCHEME: with flex groups at least this big,
 /// regular files start in the second group of the flex group.
+#[cfg(test)]
 const FLEX_SIZE_DIR_ALLOC_SCHEME: u64 = 4;
 
 impl Ext4 {
@@ -67,6 +68,7 @@ impl Ext4 {
     /// (ext4_inode_to_goal_block): the first block of its group, or with
     /// flex groups of 4 or more, of its flex group (the second group of
     /// it for regular files).
+    #[cfg(test)]
     pub(crate) fn inode_goal(&self, ino: Ino, kind: FileKind) -> u64 {
         let ipg = self.sb.s_inodes_per_group.max(1);
         let mut g = u64::from(ino.saturating_sub(1) / ipg);

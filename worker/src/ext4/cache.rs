@@ -143,6 +143,7 @@ impl<V: Clone> Lru<V> {
     }
 
     /// Total cost currently held (for tests and statistics).
+    #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.shards
             .iter()

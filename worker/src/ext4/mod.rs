@@ -8,9 +8,6 @@
 //! engine shows.
 
 #![forbid(unsafe_code)]
-// Constants and accessors mirror the on-disk format in full; not all are
-// used by the read path yet.
-#![allow(dead_code)]
 
 pub mod error;
 pub mod types;

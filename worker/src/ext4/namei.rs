@@ -18,11 +18,9 @@ use std::collections::HashMap;
 use crate::ext4::dir::block::{self as dir_block, DirBlocks, DirCtx, Found, init_dir_block};
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
-use crate::ext4::ondisk::dir_entry::{
-    DirentFormat, EXT4_FT_CHRDEV, EXT4_FT_DIR, EXT4_NAME_LEN, file_type_of,
-};
+use crate::ext4::ondisk::dir_entry::{DirentFormat, EXT4_NAME_LEN, file_type_of};
 use crate::ext4::ondisk::inode::{
-    EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT,
+    EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFCHR, S_IFDIR, S_IFLNK,
     inherited_flags, kind_of_mode,
 };
 use crate::ext4::ondisk::superblock::{
@@ -812,15 +810,6 @@ impl Ext4 {
         }
         txn.commit()?;
         Ok(released)
-    }
-}
-
-/// The file type bits of `mode` as a dirent type (for callers outside).
-pub(crate) fn ft_of_mode(mode: u16) -> u8 {
-    match mode & S_IFMT {
-        S_IFDIR => EXT4_FT_DIR,
-        S_IFCHR => EXT4_FT_CHRDEV,
-        m => kind_of_mode(m).map_or(0, file_type_of),
     }
 }
 

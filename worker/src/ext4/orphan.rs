@@ -10,7 +10,7 @@
 //! with the kernel), which frees them.
 
 use super::ondisk::inode::inode_csum_seed;
-use super::ondisk::orphan::{self as ob, OrphanBlock};
+use super::ondisk::orphan::OrphanBlock;
 use super::ondisk::superblock as sbf;
 use super::{Error, Ext4, FileKind, Ino, Result, Txn};
 
@@ -188,12 +188,6 @@ impl Txn<'_> {
             cur = c.dtime;
         }
         Err(Error::corrupt("orphan list loops", 0))
-    }
-
-    /// Number of orphan slots per orphan-file block (for tests and
-    /// statistics).
-    pub(crate) fn orphan_slots(&self) -> usize {
-        ob::slots(self.fs().block_size as usize)
     }
 }
 

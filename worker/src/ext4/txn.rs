@@ -250,6 +250,7 @@ impl<'fs> Txn<'fs> {
     /// The dirty set as a journal would log it: (block, contents) in block
     /// order. Complete only inside `commit` (inodes, descriptors and
     /// bitmap checksums are folded in there).
+    #[cfg(test)]
     pub(crate) fn dirty_blocks(&self) -> Vec<(u64, &[u8])> {
         self.blocks
             .iter()

@@ -2,7 +2,7 @@
 //! writes.
 //!
 //! `commit` does not write to the device: it moves the dirty blocks
-//! ([`Txn::dirty_blocks`](super::Txn::dirty_blocks)) into the filesystem's
+//! (`Txn::dirty_blocks`) into the filesystem's
 //! write-back set and the block cache, and marks the superblock dirty. The
 //! write-back set is authoritative for reads the cache misses
 //! (`Ext4::read_block`, `Ext4::read_blocks_direct`) until the blocks are on
@@ -197,6 +197,7 @@ impl Ext4 {
     }
 
     /// Bytes of committed metadata not yet on the device.
+    #[cfg(test)]
     pub(crate) fn writeback_pending(&self) -> usize {
         self.rw.wb().bytes
     }

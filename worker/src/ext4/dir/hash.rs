@@ -19,6 +19,7 @@ pub(crate) const DX_HASH_TEA_UNSIGNED: u8 = 5;
 pub(crate) const DX_HASH_SIPHASH: u8 = 6;
 
 /// `s_flags` bits.
+#[cfg(test)]
 pub(crate) const EXT2_FLAGS_SIGNED_HASH: u32 = 0x1;
 pub(crate) const EXT2_FLAGS_UNSIGNED_HASH: u32 = 0x2;
 

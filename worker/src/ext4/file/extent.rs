@@ -813,6 +813,7 @@ pub(crate) fn merge_up(
 }
 
 /// Every extent of the tree in order (tests and whole-file walks).
+#[cfg(test)]
 pub(crate) fn all_extents(
     store: &mut dyn TreeStore,
     ctx: &TreeCtx,
@@ -926,7 +927,6 @@ mod tests {
 
     /// A fake filesystem: blocks in a map, a bitmap as a set.
     pub(crate) struct MemStore {
-        pub(crate) bs: usize,
         pub(crate) blocks: HashMap<u64, Vec<u8>>,
         pub(crate) used: BTreeSet<u64>,
         pub(crate) total: u64,
@@ -935,9 +935,8 @@ mod tests {
     }
 
     impl MemStore {
-        pub(crate) fn new(bs: usize, total: u64) -> Self {
+        pub(crate) fn new(_bs: usize, total: u64) -> Self {
             MemStore {
-                bs,
                 blocks: HashMap::new(),
                 used: BTreeSet::new(),
                 total,

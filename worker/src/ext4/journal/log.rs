@@ -79,8 +79,6 @@ struct Copy {
 #[derive(Debug, Clone, Copy)]
 struct Live {
     seq: Seq,
-    /// Journal blocks it uses (revoke, descriptor, data, commit).
-    len: u32,
 }
 
 struct State {
@@ -110,7 +108,8 @@ pub(crate) struct Log {
     state: Mutex<State>,
 }
 
-/// Statistics for tests and logs.
+/// Statistics for tests.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogStats {
     pub(crate) head: u32,
@@ -219,12 +218,14 @@ impl Log {
     /// Journal blocks a commit of `nblocks` blocks and `nrevokes` revoke
     /// records uses (an upper bound: revokes of blocks no live transaction
     /// logged are dropped).
+    #[cfg(test)]
     pub(crate) fn blocks_needed(&self, nblocks: usize, nrevokes: usize) -> u64 {
         let fmt = self.lock().fmt;
         blocks_needed(&fmt, nblocks, nrevokes)
     }
 
     /// Journal blocks free before the log would have to checkpoint.
+    #[cfg(test)]
     pub(crate) fn space_left(&self) -> u32 {
         let st = self.lock();
         self.free(&st)
@@ -236,6 +237,7 @@ impl Log {
         self.log_len().saturating_sub(st.used).saturating_sub(1)
     }
 
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> LogStats {
         let st = self.lock();
         LogStats {
@@ -447,7 +449,7 @@ impl Log {
         }
         st.head = pos;
         st.used = start_used.saturating_add(written);
-        st.live.push(Live { seq, len: written });
+        st.live.push(Live { seq });
         st.next_seq = seq.wrapping_add(1);
         Ok(seq)
     }

@@ -72,9 +72,17 @@ pub(crate) struct Replay {
     /// A transaction whose commit checksum failed (the log ended before it).
     pub(crate) failed_commit: Option<u32>,
     pub(crate) nr_replays: u64,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "replay statistic read by tests")
+    )]
     pub(crate) nr_revokes: u64,
     pub(crate) nr_revoke_hits: u64,
     /// Whether the replayed log crosses the end of the journal.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "replay statistic read by tests")
+    )]
     pub(crate) log_wrapped: bool,
     /// The ext4 superblock before replay (its error fields are kept).
     pub(crate) pre_superblock: Vec<u8>,

@@ -172,6 +172,7 @@ pub(crate) fn to_disk(entries: &[AclEntry]) -> Vec<u8> {
 /// `posix_acl_valid` checks it: exactly one USER_OBJ, GROUP_OBJ and
 /// OTHER, a MASK when there are named entries, permissions within rwx,
 /// in tag order.
+#[cfg(test)]
 pub(crate) fn is_valid(entries: &[AclEntry]) -> bool {
     let mut last = 0u16;
     let (mut uo, mut go, mut other, mut mask, mut named) = (0, 0, 0, 0, 0);

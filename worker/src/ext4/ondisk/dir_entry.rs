@@ -38,6 +38,7 @@ const DET_CHECKSUM: usize = 8;
 pub(crate) const EXT4_FT_DIR_CSUM: u8 = 0xDE;
 
 /// `file_type` values.
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const EXT4_FT_UNKNOWN: u8 = 0;
 pub(crate) const EXT4_FT_REG_FILE: u8 = 1;
 pub(crate) const EXT4_FT_DIR: u8 = 2;

@@ -273,12 +273,6 @@ pub(crate) const TAIL_SIZE: usize = 4;
 /// Entries the root node in i_block holds (the kernel's ext4_ext_space_root).
 pub(crate) const ROOT_MAX_ENTRIES: usize = 4;
 
-/// Byte offset of the checksum tail in a tree block of `len` bytes:
-/// right after the last possible entry (the kernel's EXT_MAX_INDEX + 1).
-pub(crate) fn tail_offset(len: usize) -> usize {
-    HEADER_SIZE + ENTRY_SIZE * max_entries(len.saturating_sub(TAIL_SIZE))
-}
-
 /// Entries a node of `len` bytes holds: 4 in i_block (60 bytes), else
 /// (block size - header) / entry size, leaving room for the checksum tail.
 pub(crate) fn node_capacity(len: usize, in_inode: bool) -> usize {

@@ -16,6 +16,7 @@ const BG_CHECKSUM_END: usize = 0x20;
 // bg_flags
 pub(crate) const BG_INODE_UNINIT: u16 = 0x0001;
 pub(crate) const BG_BLOCK_UNINIT: u16 = 0x0002;
+#[cfg(test)]
 pub(crate) const BG_INODE_ZEROED: u16 = 0x0004;
 
 /// One group descriptor with lo/hi halves combined.

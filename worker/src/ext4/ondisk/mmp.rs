@@ -11,6 +11,7 @@ pub(crate) const EXT4_MMP_SEQ_CLEAN: u32 = 0xFF4D_4D50;
 /// e2fsck is running.
 pub(crate) const EXT4_MMP_SEQ_FSCK: u32 = 0xE24D_4D50;
 /// Largest sequence number a live node writes.
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const EXT4_MMP_SEQ_MAX: u32 = 0xE24D_4D4F;
 /// Offset of `mmp_checksum`; the checksum covers the bytes before it.
 const MMP_CHECKSUM_OFFSET: usize = 1020;

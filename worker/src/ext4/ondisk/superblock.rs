@@ -27,11 +27,15 @@ pub(crate) const MAX_DESC_SIZE: u16 = 1024;
 // s_state
 pub(crate) const STATE_VALID_FS: u16 = 0x0001;
 pub(crate) const STATE_ERROR_FS: u16 = 0x0002;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const STATE_ORPHAN_FS: u16 = 0x0004;
 
 // s_flags
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const FLAGS_SIGNED_HASH: u32 = 0x0001;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const FLAGS_UNSIGNED_HASH: u32 = 0x0002;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const FLAGS_TEST_FILESYS: u32 = 0x0004;
 
 // Compatible features.

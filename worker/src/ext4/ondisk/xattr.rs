@@ -47,6 +47,7 @@ pub(crate) const INDEX_LUSTRE: u8 = 5;
 pub(crate) const INDEX_SECURITY: u8 = 6;
 pub(crate) const INDEX_SYSTEM: u8 = 7;
 pub(crate) const INDEX_RICHACL: u8 = 8;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const INDEX_ENCRYPTION: u8 = 9;
 pub(crate) const INDEX_HURD: u8 = 10;
 
@@ -559,6 +560,7 @@ pub(crate) fn set_block_refcount(
 }
 
 /// The block header's h_hash.
+#[cfg(test)]
 pub(crate) fn block_header_hash(block: &[u8]) -> u32 {
     le32(block, H_HASH)
 }

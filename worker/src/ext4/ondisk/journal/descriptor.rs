@@ -15,6 +15,7 @@ pub(crate) const JBD2_FLAG_ESCAPE: u32 = 1;
 /// The tag has no UUID after it (same as the previous tag's).
 pub(crate) const JBD2_FLAG_SAME_UUID: u32 = 2;
 /// Block deleted by this transaction (unused by jbd2).
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const JBD2_FLAG_DELETED: u32 = 4;
 /// Last tag of the descriptor block.
 pub(crate) const JBD2_FLAG_LAST_TAG: u32 = 8;

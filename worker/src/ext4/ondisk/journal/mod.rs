@@ -49,7 +49,9 @@ pub(crate) const JBD2_KNOWN_INCOMPAT: u32 = JBD2_FEATURE_INCOMPAT_REVOKE
 
 /// Checksum types (s_checksum_type, h_chksum_type).
 pub(crate) const JBD2_CRC32_CHKSUM: u8 = 1;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const JBD2_MD5_CHKSUM: u8 = 2;
+#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const JBD2_SHA1_CHKSUM: u8 = 3;
 pub(crate) const JBD2_CRC32C_CHKSUM: u8 = 4;
 pub(crate) const JBD2_CRC32_CHKSUM_SIZE: u8 = 4;
