@@ -101,8 +101,7 @@ enum OpenStage {
     Full { unrecovered: bool },
 }
 
-/// Inodes below s_first_ino other than the root are reserved (journal,
-/// resize, quota...): a directory entry naming one is corrupt.
+/// Maps a failed device access at byte `offset` to `Error::Io`.
 fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { offset, source }
 }
