@@ -36,25 +36,6 @@ impl Ext4 {
             || self.sb.has_ro_compat(sbf::RO_COMPAT_GDT_CSUM)
     }
 
-    fn groups_count32(&self) -> u32 {
-        u32::try_from(self.sb.groups_count()).unwrap_or(u32::MAX)
-    }
-
-    /// Group holding block `block` (which must be a data-area block).
-    pub(crate) fn block_group(&self, block: u64) -> u32 {
-        let rel = block.saturating_sub(u64::from(self.sb.s_first_data_block));
-        u32::try_from(rel / u64::from(self.sb.s_blocks_per_group.max(1))).unwrap_or(u32::MAX)
-    }
-
-    /// Blocks in group `g` (the last group may be short).
-    pub(crate) fn blocks_in_group(&self, g: u32) -> u64 {
-        let first = self.group_first_block(u64::from(g));
-        self.sb
-            .s_blocks_count
-            .saturating_sub(first)
-            .min(u64::from(self.sb.s_blocks_per_group))
-    }
-
     /// log2 of the flex group size, 0 without flex_bg.
     fn flex_bits(&self) -> u32 {
         if self.sb.has_incompat(sbf::INCOMPAT_FLEX_BG) {

@@ -18,6 +18,7 @@ pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod dir;
 pub(crate) mod file;
+pub(crate) mod geometry;
 pub(crate) mod journal;
 pub(crate) mod mount;
 pub(crate) mod namei;
@@ -221,7 +222,7 @@ impl Ext4 {
     /// Whether `[block, block+count)` lies inside the filesystem's data
     /// area (past s_first_data_block, before s_blocks_count).
     pub(crate) fn blocks_valid(&self, block: u64, count: u64) -> bool {
-        block >= u64::from(self.sb.s_first_data_block).max(1)
+        block >= self.first_data_block()
             && block
                 .checked_add(count)
                 .is_some_and(|e| e <= self.sb.s_blocks_count)
@@ -404,59 +405,6 @@ impl Ext4 {
             ffree: free_inodes,
             namelen: 255,
         })
-    }
-
-    /// Group descriptor `group`.
-    pub(crate) fn group(&self, group: u32) -> Result<&GroupDesc> {
-        self.groups
-            .get(group as usize)
-            .ok_or_else(|| Error::corrupt(format!("group {group} out of range"), 0))
-    }
-
-    /// Number of group-descriptor blocks in group `group` (ext4_bg_num_gdb).
-    fn bg_num_gdb(&self, group: u64) -> u64 {
-        let dpb = u64::from(self.sb.desc_per_block().max(1));
-        let metagroup = group / dpb;
-        if self.sb.has_incompat(sbf::INCOMPAT_META_BG)
-            && metagroup >= u64::from(self.sb.s_first_meta_bg)
-        {
-            let first = metagroup * dpb;
-            let last = first + dpb - 1;
-            return u64::from(group == first || group == first + 1 || group == last);
-        }
-        if !self.sb.bg_has_super(group) {
-            return 0;
-        }
-        if self.sb.has_incompat(sbf::INCOMPAT_META_BG) {
-            u64::from(self.sb.s_first_meta_bg)
-        } else {
-            self.sb.groups_count().div_ceil(dpb)
-        }
-    }
-
-    /// Block number of descriptor block `nr` (the kernel's descriptor_loc).
-    fn descriptor_loc(&self, nr: u64) -> u64 {
-        let logical_sb_block = 1024 / u64::from(self.block_size);
-        if !self.sb.has_incompat(sbf::INCOMPAT_META_BG) || nr < u64::from(self.sb.s_first_meta_bg) {
-            return logical_sb_block + nr + 1;
-        }
-        let bg = u64::from(self.sb.desc_per_block()) * nr;
-        let mut has_super = u64::from(self.sb.bg_has_super(bg));
-        if self.block_size == 1024 && nr == 0 && self.sb.s_first_data_block == 0 {
-            has_super += 1;
-        }
-        has_super + self.group_first_block(bg)
-    }
-
-    fn group_first_block(&self, group: u64) -> u64 {
-        group
-            .saturating_mul(u64::from(self.sb.s_blocks_per_group))
-            .saturating_add(u64::from(self.sb.s_first_data_block))
-    }
-
-    fn itb_per_group(&self) -> u64 {
-        (u64::from(self.sb.s_inodes_per_group) * u64::from(self.sb.s_inode_size))
-            .div_ceil(u64::from(self.block_size))
     }
 
     /// Reads and checks every group descriptor like ext4_check_descriptors:

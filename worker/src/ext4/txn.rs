@@ -103,28 +103,6 @@ impl Ext4 {
     pub(crate) fn next_generation(&self) -> u32 {
         self.rw.generation.fetch_add(0x9E37_79B9, Ordering::Relaxed)
     }
-
-    /// Block number and byte offset of inode `ino` in its inode table.
-    pub(crate) fn inode_location(&self, ino: Ino) -> Result<(u64, usize)> {
-        if ino == 0 || ino > self.sb.s_inodes_count {
-            return Err(Error::corrupt(
-                format!("inode number {ino} out of range"),
-                0,
-            ));
-        }
-        let ipg = self.sb.s_inodes_per_group;
-        let group = (ino - 1) / ipg;
-        let index = (ino - 1) % ipg;
-        let gd = self.group(group)?;
-        let isz = u64::from(self.sb.s_inode_size);
-        let byte = u64::from(index) * isz;
-        let bs = u64::from(self.block_size);
-        let block = gd
-            .bg_inode_table
-            .checked_add(byte / bs)
-            .ok_or_else(|| Error::corrupt(format!("inode {ino}: inode table overflows"), 0))?;
-        Ok((block, (byte % bs) as usize))
-    }
 }
 
 /// A metadata transaction. See the module documentation.

@@ -101,7 +101,7 @@ impl Ext4 {
             block: None,
             depth,
             parent_lblk: None,
-            first_block: u64::from(self.sb().s_first_data_block).max(1),
+            first_block: self.first_data_block(),
             end_block: self.sb().s_blocks_count,
             csum_seed: seed,
         };

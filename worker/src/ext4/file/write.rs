@@ -128,9 +128,7 @@ impl Ext4 {
         if group >= self.sb().groups_count() {
             group = 0;
         }
-        group
-            .saturating_mul(u64::from(self.sb().s_blocks_per_group))
-            .saturating_add(u64::from(self.sb().s_first_data_block))
+        self.group_first_block(group)
     }
 
     pub(crate) fn tree_ctx(&self, inode: &Inode) -> TreeCtx {
@@ -140,7 +138,7 @@ impl Ext4 {
             csum_seed: self
                 .has_metadata_csum()
                 .then(|| self.inode_csum_seed(inode)),
-            first_block: u64::from(self.sb().s_first_data_block).max(1),
+            first_block: self.first_data_block(),
             end_block: self.sb().s_blocks_count,
             default_goal: self.data_goal(inode.ino, inode.kind),
         }
