@@ -259,7 +259,7 @@ impl<'fs> Txn<'fs> {
             let mut wb = fs.rw.wb();
             for (b, len) in &self.freed {
                 let end = b.saturating_add(u64::from(*len));
-                wb.discard(*b, end);
+                wb.freed(*b, end);
                 for x in *b..end {
                     fs.blocks.remove(x);
                 }

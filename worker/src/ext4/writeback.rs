@@ -45,12 +45,54 @@ pub(crate) struct WriteBack {
     pub(super) bytes: usize,
     /// The live superblock changed since it was last written.
     pub(super) sb_dirty: bool,
+    /// Blocks freed by committed transactions since the last write-back
+    /// took its snapshot, as disjoint `[first, end)` ranges: until a
+    /// journal commit makes the free durable, the device's metadata may
+    /// still point at them, so file data must not be written there first
+    /// (see `Ext4::write_data`).
+    freed: BTreeMap<u64, u64>,
 }
 
 impl WriteBack {
     /// Drops every pending block in `[first, end)` (freed blocks, or
     /// blocks file data is about to overwrite).
     pub(super) fn discard(&mut self, first: u64, end: u64) {
+        self.discard_pending(first, end);
+    }
+
+    /// Records `[first, end)` as freed by a committed transaction: its
+    /// pending copies go, and the range is remembered (merged) until the
+    /// next write-back.
+    pub(super) fn freed(&mut self, first: u64, end: u64) {
+        self.discard_pending(first, end);
+        let (mut first, mut end) = (first, end);
+        if let Some((&s, &e)) = self.freed.range(..=first).next_back()
+            && e >= first
+        {
+            first = s;
+            end = end.max(e);
+            self.freed.remove(&s);
+        }
+        while let Some((&s, &e)) = self.freed.range(first..).next()
+            && s <= end
+        {
+            end = end.max(e);
+            self.freed.remove(&s);
+        }
+        self.freed.insert(first, end);
+    }
+
+    /// Whether any block of `[first, end)` was freed since the last
+    /// write-back's snapshot (the ranges are disjoint: only the last one
+    /// starting before `end` can overlap).
+    fn was_freed(&self, first: u64, end: u64) -> bool {
+        self.freed
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &e)| e > first)
+    }
+
+    fn discard_pending(&mut self, first: u64, end: u64) {
         let dead: Vec<u64> = self.blocks.range(first..end).map(|(k, _)| *k).collect();
         for k in dead {
             if let Some(d) = self.blocks.remove(&k) {
@@ -98,6 +140,14 @@ impl Ext4 {
             .checked_mul(bs)
             .and_then(|o| o.checked_add(skip))
             .ok_or_else(|| Error::corrupt(format!("block number {block} overflows"), block))?;
+        // A block freed by a transaction that is not durable yet may still
+        // be metadata (an extent or indirect block) or another file's data
+        // on the device: commit the free before overwriting it, as jbd2
+        // keeps freed blocks unallocatable until their transaction commits.
+        let freed = self.rw.wb().was_freed(block, block.saturating_add(end));
+        if freed && self.rw.journal.get().is_some() {
+            self.writeback()?;
+        }
         // No flush may be writing a snapshot of these blocks (freed
         // metadata) while and after the data lands.
         let _gate = self.rw.flush_gate.read().unwrap_or_else(|e| e.into_inner());
@@ -215,13 +265,12 @@ impl Ext4 {
             .flush_gate
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let mut snapshot: Vec<BlockCopy> = self
-            .rw
-            .wb()
-            .blocks
-            .iter()
-            .map(|(b, d)| (*b, d.clone()))
-            .collect();
+        let mut snapshot: Vec<BlockCopy> = {
+            let mut wb = self.rw.wb();
+            // Every free committed so far is in this snapshot's bitmaps.
+            wb.freed.clear();
+            wb.blocks.iter().map(|(b, d)| (*b, d.clone())).collect()
+        };
         let pending = snapshot.len();
         let mut log = None;
         if let Some((l, sb_block)) = journal {
