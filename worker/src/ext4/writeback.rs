@@ -246,6 +246,13 @@ impl Ext4 {
         }
     }
 
+    /// The journal log's statistics (None without a journal or before
+    /// the read-write mount started it).
+    #[cfg(test)]
+    pub(crate) fn log_stats(&self) -> Option<super::journal::log::LogStats> {
+        self.rw.journal.get().map(Log::stats)
+    }
+
     /// Bytes of committed metadata not yet on the device.
     #[cfg(test)]
     pub(crate) fn writeback_pending(&self) -> usize {

@@ -23,6 +23,8 @@
 //! Lock order: replay runs inside `Ext4::open`, before the filesystem is
 //! shared; it takes no lock.
 
+#[cfg(test)]
+mod crash_tests;
 pub(crate) mod log;
 #[cfg(test)]
 mod log_tests;

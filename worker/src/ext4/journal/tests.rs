@@ -57,7 +57,7 @@ pub(super) fn run(cmd: &str, args: &[&str]) -> std::process::Output {
 /// drop.
 pub(super) struct Loop {
     dev: String,
-    mnt: PathBuf,
+    pub(super) mnt: PathBuf,
 }
 
 impl Loop {
@@ -194,7 +194,7 @@ fn kernel_image(sc: &Scratch, name: &str, args: &[&str], opts: &str, work: fn(&P
 
 /// The tree as the engine shows it: path -> kind, mode, links, size and
 /// contents (or symlink target).
-fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
+pub(super) fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
     fn walk(fs: &Ext4, ino: Ino, path: &str, out: &mut BTreeMap<String, String>) {
         if path.matches('/').count() > 32 {
             return;
@@ -252,7 +252,7 @@ fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
 }
 
 /// The same description of a tree the kernel has mounted at `root`.
-fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
+pub(super) fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
     use std::os::unix::fs::MetadataExt;
     fn walk(dir: &Path, path: &str, out: &mut BTreeMap<String, String>) {
         for e in std::fs::read_dir(dir).unwrap() {
