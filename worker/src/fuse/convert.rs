@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{AccessFlags, Errno, FileAttr, FileType, INodeNo, TimeOrNow};
+use fuser::{AccessFlags, Errno, FileAttr, FileType, INodeNo, ReplyXattr, TimeOrNow};
 
 use crate::ext4::error::Error;
 use crate::ext4::file::write::FallocMode;
@@ -178,6 +178,44 @@ pub fn access_allowed(attr: &Attr, uid: u32, gid: u32, mask: AccessFlags) -> boo
     } & 0o7;
     let want = u32::try_from(want).unwrap_or(0o7);
     class & want == want
+}
+
+/// An attribute for a readdirplus entry whose inode cannot be read:
+/// shown with TTL 0, so the next access looks it up again and gets the
+/// real error.
+pub(super) fn placeholder_attr(ino: Ino, kind: FileKind) -> FileAttr {
+    file_attr(&Attr {
+        ino,
+        kind,
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        blocks: 0,
+        atime: Timestamp::default(),
+        mtime: Timestamp::default(),
+        ctime: Timestamp::default(),
+        crtime: Timestamp::default(),
+        rdev: 0,
+        generation: 0,
+        blksize: 4096,
+    })
+}
+
+/// getxattr/listxattr reply: size 0 asks for the size; a too-small
+/// buffer gets ERANGE.
+pub(super) fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    let Ok(len) = u32::try_from(value.len()) else {
+        return reply.error(Errno::E2BIG);
+    };
+    if size == 0 {
+        reply.size(len);
+    } else if len > size {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@
 //!
 //! Write-back: the engine keeps committed metadata in memory. Besides
 //! fsync, fsyncdir and unmount, a flusher thread started at `init` writes
-//! it back every [`WRITEBACK_INTERVAL`] (the kernel's dirty_writeback
+//! it back every [`flusher::WRITEBACK_INTERVAL`] (the kernel's dirty_writeback
 //! interval). syncfs(2) does not reach a FUSE server (the kernel sends
 //! FUSE_SYNCFS to virtiofs only): fsync a file or directory for
 //! durability.
 
+mod capabilities;
 mod convert;
+mod flusher;
 mod inodes;
 
 use std::collections::{HashMap, HashSet};
@@ -25,16 +27,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::types::{
-    Attr, FileKind, Ino, ROOT_INO, RenameFlags, SetAttr, TimeSet, Timestamp, Whence, XattrFlags,
+    FileKind, Ino, ROOT_INO, RenameFlags, SetAttr, TimeSet, Whence, XattrFlags,
 };
 use crate::ext4::xattr::acl::Caller;
 
@@ -42,7 +44,7 @@ pub use convert::{
     BAD_BLOCKS_FUSE_INO, access_allowed, errno, ext4_ino, falloc_mode, file_attr, fuse_ino,
     request_timestamp,
 };
-use convert::{file_type, time_set};
+use convert::{file_type, placeholder_attr, reply_xattr, time_set};
 use inodes::OpenState;
 
 /// Largest read served in one request. The kernel never asks for more than
@@ -61,11 +63,6 @@ const MAX_IO: u32 = 1 << 20;
 /// (and with the writeback cache trusts its own sizes and times): nothing
 /// changes behind its back either, so the same long lifetime holds.
 const TTL: Duration = Duration::from_secs(3600);
-
-/// How often the flusher thread writes committed metadata back.
-const WRITEBACK_INTERVAL: Duration = Duration::from_secs(5);
-/// How often the flusher thread checks whether the mount is ending.
-const WRITEBACK_TICK: Duration = Duration::from_millis(200);
 
 /// setxattr(2) flags.
 const XATTR_CREATE: i32 = 1;
@@ -100,38 +97,6 @@ impl Adapter {
         }
     }
 
-    /// Starts the periodic write-back thread (read-write mounts; after the
-    /// sandbox, which is in force before the FUSE session starts).
-    fn start_flusher(&self) {
-        let fs = Arc::clone(&self.fs);
-        let stop = Arc::clone(&self.stop_flusher);
-        let spawned = std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                let mut waited = Duration::ZERO;
-                let mut failed = false;
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(WRITEBACK_TICK);
-                    waited = waited.saturating_add(WRITEBACK_TICK);
-                    if waited < WRITEBACK_INTERVAL {
-                        continue;
-                    }
-                    waited = Duration::ZERO;
-                    if let Err(e) = fs.writeback() {
-                        if !failed {
-                            tracing::error!("periodic metadata write-back failed: {e}");
-                        }
-                        failed = true;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(
-                "no write-back thread ({e}): metadata reaches the device at fsync and unmount"
-            );
-        }
-    }
-
     /// Maps `err`, logging each corrupt object once.
     fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
         match err {
@@ -147,29 +112,6 @@ impl Adapter {
             _ => {}
         }
         errno(err)
-    }
-
-    /// An attribute for a readdirplus entry whose inode cannot be read:
-    /// shown with TTL 0, so the next access looks it up again and gets the
-    /// real error.
-    fn placeholder_attr(ino: Ino, kind: FileKind) -> FileAttr {
-        file_attr(&Attr {
-            ino,
-            kind,
-            perm: 0,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            blocks: 0,
-            atime: Timestamp::default(),
-            mtime: Timestamp::default(),
-            ctime: Timestamp::default(),
-            crtime: Timestamp::default(),
-            rdev: 0,
-            generation: 0,
-            blksize: 4096,
-        })
     }
 }
 
@@ -203,47 +145,14 @@ impl Filesystem for Adapter {
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
         }
-        // Each asked for separately: a kernel lacking one still gets the
-        // others. Deliberately not requested: HANDLE_KILLPRIV_V2 and
-        // SETXATTR_EXT (fuser 0.18.0 mishandles both), EXPORT_SUPPORT.
-        let mut wanted = InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
-        // The kernel enforces POSIX ACLs in its permission checks (reading
-        // them with getxattr, which the engine answers in the generic xattr
-        // format), as it does on ext4.
-        wanted |= InitFlags::FUSE_POSIX_ACL;
-        if self.read_only {
-            // Symlink targets never change on a read-only mount.
-            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
-        } else {
-            // With POSIX_ACL the kernel leaves the umask to the server
-            // (DONT_MASK makes that explicit): the engine applies it only
-            // where the parent has no default ACL, and does every ACL mode
-            // update itself (see ext4::xattr::acl).
-            wanted |= InitFlags::FUSE_DONT_MASK;
-            // The kernel caches written pages and sends them in large
-            // writes; it keeps i_size and mtime itself and tells us with
-            // setattr.
-            //
-            // Not below page-sized blocks: the kernel writes cached pages
-            // back whole, so a 1 KiB write into a hole would allocate the
-            // page's other three blocks with zeros, where ext4 leaves
-            // holes.
-            if self.fs.block_size() >= PAGE_SIZE {
-                wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
-            }
-        }
+        let wanted = capabilities::wanted(self.read_only, self.fs.block_size());
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
             }
         }
         if !self.read_only {
-            self.start_flusher();
+            flusher::start(Arc::clone(&self.fs), Arc::clone(&self.stop_flusher));
         }
         Ok(())
     }
@@ -408,7 +317,7 @@ impl Filesystem for Adapter {
                 Ok(a) => (file_attr(&a), self.ttl, a.generation),
                 Err(err) => {
                     let _ = self.fail("readdirplus", e.ino, &err);
-                    (Self::placeholder_attr(e.ino, e.kind), Duration::ZERO, 0)
+                    (placeholder_attr(e.ino, e.kind), Duration::ZERO, 0)
                 }
             };
             let full = reply.add(
@@ -903,20 +812,5 @@ impl Filesystem for Adapter {
             },
             Err(e) => reply.error(self.fail("lseek", ino, &e)),
         }
-    }
-}
-
-/// getxattr/listxattr reply: size 0 asks for the size; a too-small
-/// buffer gets ERANGE.
-fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
-    let Ok(len) = u32::try_from(value.len()) else {
-        return reply.error(Errno::E2BIG);
-    };
-    if size == 0 {
-        reply.size(len);
-    } else if len > size {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
     }
 }
