@@ -795,6 +795,44 @@ mod tests {
             assert!(dev.contents() == before, "{what}: nothing written");
             assert!(started.elapsed().as_secs() < 10, "{what}");
         }
+        // A valid list on a filesystem marked with errors: left to e2fsck
+        // (the kernel skips the cleanup then), served read-only.
+        let img = copy_img(&clean, "errors");
+        debugfs_w(
+            &img,
+            &[format!("ssv last_orphan {big}"), "ssv state 3".into()],
+        );
+        let before = std::fs::read(&img).unwrap();
+        let ro = engine_rw(&img, |fs| {
+            assert_eq!(fs.pending_orphans().unwrap(), vec![big]);
+        });
+        assert!(ro, "errors");
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "errors: nothing written"
+        );
+        // An orphan whose extent tree is corrupt: the cleanup stops there,
+        // the mount turns read-only, the error is recorded; no panic.
+        let img = copy_img(&clean, "badtree");
+        debugfs_w(
+            &img,
+            &[
+                format!("ssv last_orphan {big}"),
+                format!("sif <{big}> size 5000"),
+                // The first extent's ee_start_lo: past the filesystem.
+                format!("sif <{big}> block[5] 0x7ffffff0"),
+            ],
+        );
+        let ro = engine_rw(&img, |fs| {
+            // The checks passed; the truncate failed and left it listed.
+            assert_eq!(fs.pending_orphans().unwrap(), vec![big], "badtree");
+        });
+        assert!(ro, "badtree: read-only after the failed cleanup");
+        assert_ne!(
+            dumpe2fs_field(&img, "Filesystem state"),
+            "clean",
+            "badtree: the error is recorded"
+        );
     }
 
     /// path -> size and a hash of the contents ("dir" for directories).
