@@ -278,15 +278,30 @@ impl Ext4 {
     /// Read-write mount setup (ext4_setup_super): live descriptors and
     /// superblock counters recomputed from them, s_state without VALID_FS
     /// while mounted, s_mnt_count + 1, s_mtime, ORPHAN_PRESENT with the
-    /// orphan file; orphans left by a crash make the mount read-only.
+    /// orphan file; then orphans left by a crash are cleaned up
+    /// (`cleanup_orphans`; a list that fails its checks serves read-only).
     pub(super) fn start_rw(&self) -> Result<()> {
         if self.is_read_only() {
             // Descriptor checksums failed while loading: nothing is written.
             return Ok(());
         }
-        if let Some(why) = self.orphans_pending()? {
+        // Orphans an unclean unmount left, checked before anything is
+        // written; cleaned up once the mount is started.
+        let orphans = match self.pending_orphans() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(
+                    "serving read-only: orphan inodes cannot be cleaned up: {e}; run e2fsck"
+                );
+                self.rw.read_only.store(true, Ordering::Release);
+                return Ok(());
+            }
+        };
+        if !orphans.is_empty() && self.sb.s_state & sbf::STATE_ERROR_FS != 0 {
+            // The kernel skips the cleanup on a filesystem with errors.
             tracing::warn!(
-                "serving read-only: {why}; run e2fsck or mount with the kernel driver once"
+                "serving read-only: {} orphan inode(s) on a filesystem with errors; run e2fsck",
+                orphans.len()
             );
             self.rw.read_only.store(true, Ordering::Release);
             return Ok(());
@@ -333,6 +348,10 @@ impl Ext4 {
         self.dev
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })?;
+        if !orphans.is_empty() {
+            let (freed, truncated) = self.cleanup_orphans(&orphans);
+            tracing::info!("orphan cleanup: {freed} inode(s) freed, {truncated} truncated");
+        }
         Ok(())
     }
 
