@@ -55,8 +55,10 @@ pub enum Error {
     #[error("{0}")]
     Incompatible(String),
     /// Metadata failed a check. `what` names the structure (and inode, when
-    /// there is one); `block` is where it was read from (0 if not known).
-    #[error("corrupt {what} (block {block})")]
+    /// there is one); `block` is where it was read from, 0 when the fault
+    /// is not in one block (block 0 never holds metadata a check reads:
+    /// it is the boot block, or the superblock's, which names itself).
+    #[error("corrupt {what}{}", at_block(*.block))]
     Corrupt { what: Cow<'static, str>, block: u64 },
     /// lseek SEEK_DATA/SEEK_HOLE at or past the end of the file, or no
     /// data after the offset (ENXIO).
@@ -66,6 +68,15 @@ pub enum Error {
         "the journal still needs recovery after replay (it changed while being replayed, or its log is not empty); mount read-only with -o noload to look"
     )]
     NeedsRecovery,
+}
+
+/// " (block N)", or nothing for block 0.
+fn at_block(block: u64) -> String {
+    if block == 0 {
+        String::new()
+    } else {
+        format!(" (block {block})")
+    }
 }
 
 impl Error {

@@ -937,7 +937,7 @@ mod tests {
                 }
                 std::fs::write(m.0.join("d/new"), pattern(20_000, 7)).unwrap();
                 run_ok("sync", &[]);
-                std::fs::copy(&live, &img).unwrap();
+                crate::ext4::testutil::snapshot_copy(&live, &img);
                 drop(held);
             }
             let reference = copy_img(&img, "ref");

@@ -159,3 +159,28 @@ pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Copies the image of a filesystem the kernel has mounted, as a disk
+/// pulled at one instant would hold it: a copy reads the file from start to
+/// end while the kernel's commit and checkpoint threads may write, so one
+/// copy can mix blocks from before and after a write (a state no crash
+/// produces, on which two correct replays may differ). Copies until two in
+/// a row are identical.
+pub(crate) fn snapshot_copy(from: &Path, to: &Path) {
+    let mut again = to.as_os_str().to_owned();
+    again.push(".again");
+    let again = std::path::PathBuf::from(again);
+    std::fs::copy(from, to).unwrap();
+    for _ in 0..50 {
+        std::fs::copy(from, &again).unwrap();
+        let same = std::fs::read(to).unwrap() == std::fs::read(&again).unwrap();
+        std::fs::rename(&again, to).unwrap();
+        if same {
+            return;
+        }
+    }
+    panic!(
+        "{}: the kernel kept writing while it was copied",
+        from.display()
+    );
+}

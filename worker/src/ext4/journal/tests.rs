@@ -186,7 +186,7 @@ fn kernel_image(sc: &Scratch, name: &str, args: &[&str], opts: &str, work: fn(&P
     {
         let lp = Loop::mount(&img, &sc.path().join(format!("{name}.mnt")), opts);
         work(&lp.mnt);
-        copy(&img, &copy_path);
+        crate::ext4::testutil::snapshot_copy(&img, &copy_path);
     }
     let _ = std::fs::remove_file(&img);
     copy_path
@@ -459,7 +459,7 @@ fn kernel_journal_whose_log_wraps() {
         let lp = Loop::mount(&img, &sc.path().join("wrap.mnt"), "rw");
         for r in 0..400 {
             churn_round(&lp.mnt, r);
-            copy(&img, &copy_path);
+            crate::ext4::testutil::snapshot_copy(&img, &copy_path);
             let (_, j) = journal_of(&copy_path);
             if j.jsb.s_start != 0 && super::replay::replay(&j, vec![]).unwrap().log_wrapped {
                 wrapped_at = Some(r);
