@@ -3,6 +3,7 @@
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
+use crate::ext4::ondisk::bytes_from_mut;
 use crate::ext4::util::{le16, le32, le64, put, put_le16, put_le32, put_le64, take};
 
 /// Byte offset of the primary superblock on the device.
@@ -545,8 +546,11 @@ impl Superblock {
         put_le32(b, 0xE0, self.s_journal_inum);
         put_le32(b, 0xE4, self.s_journal_dev);
         put_le32(b, 0xE8, self.s_last_orphan);
-        for (i, v) in self.s_hash_seed.iter().enumerate() {
-            put_le32(b, 0xEC + 4 * i, *v);
+        for (slot, v) in bytes_from_mut(b, 0xEC)
+            .chunks_exact_mut(4)
+            .zip(&self.s_hash_seed)
+        {
+            put_le32(slot, 0, *v);
         }
         put(b, 0xFC, &[self.s_def_hash_version, self.s_jnl_backup_type]);
         if is64 {
@@ -556,8 +560,11 @@ impl Superblock {
         put_le32(b, 0x104, self.s_first_meta_bg);
         put_le32(b, 0x108, tlo(self.s_mkfs_time));
         put(b, 0x276, &[thi(self.s_mkfs_time)]);
-        for (i, v) in self.s_jnl_blocks.iter().enumerate() {
-            put_le32(b, 0x10C + 4 * i, *v);
+        for (slot, v) in bytes_from_mut(b, 0x10C)
+            .chunks_exact_mut(4)
+            .zip(&self.s_jnl_blocks)
+        {
+            put_le32(slot, 0, *v);
         }
         put_le16(b, 0x15C, self.s_min_extra_isize);
         put_le16(b, 0x15E, self.s_want_extra_isize);
@@ -630,19 +637,19 @@ impl Superblock {
         }
         let block_size = self.block_size();
         if self.has_ro_compat(RO_COMPAT_BIGALLOC) {
-            if self.s_log_cluster_size < self.s_log_block_size {
+            let Some(ratio_bits) = self.s_log_cluster_size.checked_sub(self.s_log_block_size)
+            else {
                 return Err(corrupt(format!(
                     "cluster size (log {}) smaller than block size (log {})",
                     self.s_log_cluster_size, self.s_log_block_size
                 )));
-            }
+            };
             if self.s_log_cluster_size > MAX_CLUSTER_LOG_SIZE - MIN_BLOCK_LOG_SIZE {
                 return Err(corrupt(format!(
                     "invalid log cluster size {}",
                     self.s_log_cluster_size
                 )));
             }
-            let ratio_bits = self.s_log_cluster_size - self.s_log_block_size;
             if self.s_clusters_per_group == 0
                 || self.s_clusters_per_group > block_size.saturating_mul(8)
             {
@@ -687,14 +694,15 @@ impl Superblock {
             if self.s_first_ino < GOOD_OLD_FIRST_INO {
                 return Err(corrupt(format!("invalid first inode {}", self.s_first_ino)));
             }
-            if isz > GOOD_OLD_INODE_SIZE {
-                let max = isz - GOOD_OLD_INODE_SIZE;
-                if self.s_want_extra_isize > max || self.s_min_extra_isize > max {
-                    return Err(corrupt("extra inode size fields larger than the inode"));
-                }
+            if let Some(max) = isz.checked_sub(GOOD_OLD_INODE_SIZE).filter(|&m| m > 0)
+                && (self.s_want_extra_isize > max || self.s_min_extra_isize > max)
+            {
+                return Err(corrupt("extra inode size fields larger than the inode"));
             }
         }
-        let inodes_per_block = block_size / u32::from(self.s_inode_size);
+        let inodes_per_block = block_size
+            .checked_div(u32::from(self.s_inode_size))
+            .ok_or_else(|| corrupt("inode size 0"))?;
         if self.s_inodes_per_group < inodes_per_block
             || self.s_inodes_per_group > block_size.saturating_mul(8)
         {
@@ -735,7 +743,8 @@ impl Superblock {
                 self.s_first_data_block
             )));
         }
-        let dev_blocks = device_size / u64::from(block_size);
+        // block_size() is 1024 << log, never 0.
+        let dev_blocks = device_size.checked_div(u64::from(block_size)).unwrap_or(0);
         if self.s_blocks_count > dev_blocks {
             return Err(corrupt(format!(
                 "block count {} exceeds size of device ({dev_blocks} blocks)",
@@ -805,6 +814,10 @@ impl Superblock {
         data.div_ceil(u64::from(self.s_blocks_per_group.max(1)))
     }
 
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "the divisor is at least MIN_DESC_SIZE (32), never 0"
+    )]
     pub(crate) fn desc_per_block(&self) -> u32 {
         self.block_size() / u32::from(self.s_desc_size.max(MIN_DESC_SIZE))
     }
@@ -884,12 +897,16 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
         if !n.is_multiple_of(base) {
             return false;
         }
-        n /= base;
+        match n.checked_div(base) {
+            Some(q) => n = q,
+            None => return false,
+        }
     }
     n == 1
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
 
