@@ -1,6 +1,8 @@
 //! On-disk structures: one file per structure, each with its parser and
 //! tests. Offsets follow Documentation/filesystems/ext4/ in the Linux tree.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 pub(crate) mod acl;
 pub(crate) mod bitmap;
 pub(crate) mod dir_entry;
