@@ -7,6 +7,7 @@ pub(crate) mod acl;
 pub(crate) mod bitmap;
 pub(crate) mod dir_entry;
 pub(crate) mod extent;
+pub(crate) mod features;
 pub(crate) mod group_desc;
 pub(crate) mod htree;
 pub(crate) mod indirect;
