@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use crate::ext4::ondisk::bytes_from;
 use crate::ext4::util::{le16, le32};
 
 pub(crate) const EXT4_ACL_VERSION: u32 = 1;
@@ -58,7 +59,8 @@ fn acl_count(size: usize) -> Option<usize> {
     let size = size.checked_sub(HEADER_LEN)?;
     match size.checked_sub(4 * SHORT_LEN) {
         None => (size % SHORT_LEN == 0).then_some(size / SHORT_LEN),
-        Some(s) => (s % LONG_LEN == 0).then_some(s / LONG_LEN + 4),
+        Some(s) if s % LONG_LEN == 0 => (s / LONG_LEN).checked_add(4),
+        Some(_) => None,
     }
 }
 
@@ -76,11 +78,15 @@ pub(crate) fn parse(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
     let mut pos = HEADER_LEN;
     let mut out = Vec::with_capacity(count);
     for entry in 0..count {
-        if pos.saturating_add(SHORT_LEN) > value.len() {
-            return Err(AclProblem::TrailingBytes);
-        }
-        let tag = le16(value, pos);
-        let perm = le16(value, pos + 2);
+        let end_of = |len: usize| {
+            pos.checked_add(len)
+                .filter(|&end| end <= value.len())
+                .ok_or(AclProblem::TrailingBytes)
+        };
+        let short_end = end_of(SHORT_LEN)?;
+        let ent = bytes_from(value, pos);
+        let tag = le16(ent, 0);
+        let perm = le16(ent, 2);
         match tag {
             ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_MASK | ACL_OTHER => {
                 out.push(AclEntry {
@@ -88,18 +94,16 @@ pub(crate) fn parse(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
                     perm,
                     id: ACL_UNDEFINED_ID,
                 });
-                pos += SHORT_LEN;
+                pos = short_end;
             }
             ACL_USER | ACL_GROUP => {
-                if pos.saturating_add(LONG_LEN) > value.len() {
-                    return Err(AclProblem::TrailingBytes);
-                }
+                let long_end = end_of(LONG_LEN)?;
                 out.push(AclEntry {
                     tag,
                     perm,
-                    id: le32(value, pos + 4),
+                    id: le32(ent, 4),
                 });
-                pos += LONG_LEN;
+                pos = long_end;
             }
             _ => return Err(AclProblem::BadTag { entry, tag }),
         }
@@ -110,9 +114,14 @@ pub(crate) fn parse(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
     Ok(out)
 }
 
+/// Bytes `n` long entries and a header take (a capacity hint).
+fn xattr_capacity(n: usize) -> usize {
+    n.saturating_mul(LONG_LEN).saturating_add(HEADER_LEN)
+}
+
 /// Encodes entries in the `posix_acl_xattr` format (what getxattr returns).
 pub(crate) fn to_xattr(entries: &[AclEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * LONG_LEN);
+    let mut out = Vec::with_capacity(xattr_capacity(entries.len()));
     out.extend_from_slice(&POSIX_ACL_XATTR_VERSION.to_le_bytes());
     for e in entries {
         out.extend_from_slice(&e.tag.to_le_bytes());
@@ -133,18 +142,17 @@ pub(crate) fn from_xattr(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
     if version != POSIX_ACL_XATTR_VERSION {
         return Err(AclProblem::BadVersion(version));
     }
-    let body = value.len() - HEADER_LEN;
-    if !body.is_multiple_of(LONG_LEN) {
+    let body = value.get(HEADER_LEN..).unwrap_or(&[]);
+    if !body.len().is_multiple_of(LONG_LEN) {
         return Err(AclProblem::BadSize(value.len()));
     }
-    let mut out = Vec::with_capacity(body / LONG_LEN);
-    for entry in 0..body / LONG_LEN {
-        let pos = HEADER_LEN + entry * LONG_LEN;
-        let tag = le16(value, pos);
-        let perm = le16(value, pos + 2);
+    let mut out = Vec::with_capacity(body.len() / LONG_LEN);
+    for (entry, ent) in body.chunks_exact(LONG_LEN).enumerate() {
+        let tag = le16(ent, 0);
+        let perm = le16(ent, 2);
         let id = match tag {
             ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_MASK | ACL_OTHER => ACL_UNDEFINED_ID,
-            ACL_USER | ACL_GROUP => le32(value, pos + 4),
+            ACL_USER | ACL_GROUP => le32(ent, 4),
             _ => return Err(AclProblem::BadTag { entry, tag }),
         };
         out.push(AclEntry { tag, perm, id });
@@ -156,7 +164,7 @@ pub(crate) fn from_xattr(value: &[u8]) -> Result<Vec<AclEntry>, AclProblem> {
 /// version 1 header, short entries for USER_OBJ, GROUP_OBJ, MASK and
 /// OTHER, long ones with the id for USER and GROUP.
 pub(crate) fn to_disk(entries: &[AclEntry]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * LONG_LEN);
+    let mut out = Vec::with_capacity(xattr_capacity(entries.len()));
     out.extend_from_slice(&EXT4_ACL_VERSION.to_le_bytes());
     for e in entries {
         out.extend_from_slice(&e.tag.to_le_bytes());
@@ -173,6 +181,7 @@ pub(crate) fn to_disk(entries: &[AclEntry]) -> Vec<u8> {
 /// OTHER, a MASK when there are named entries, permissions within rwx,
 /// in tag order.
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) fn is_valid(entries: &[AclEntry]) -> bool {
     let mut last = 0u16;
     let (mut uo, mut go, mut other, mut mask, mut named) = (0, 0, 0, 0, 0);
@@ -196,6 +205,7 @@ pub(crate) fn is_valid(entries: &[AclEntry]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

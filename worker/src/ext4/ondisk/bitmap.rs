@@ -4,6 +4,10 @@
 //! bytes), kept in the group descriptor (bg_{block,inode}_bitmap_csum,
 //! low 16 bits only with 32-byte descriptors).
 //! Layout: Documentation/filesystems/ext4/bitmaps.rst and group_descr.rst.
+//!
+//! Bit indices are clamped to `b.len() * 8` before use, so the scans
+//! below step through in-memory positions that cannot overflow; they use
+//! saturating steps only so that no arithmetic can panic.
 
 use crate::ext4::checksum::crc32c;
 
@@ -30,12 +34,12 @@ pub(crate) fn clear(b: &mut [u8], bit: usize) {
 /// inode of a group (the kernel's ext4_mark_bitmap_end).
 pub(crate) fn mark_end(b: &mut [u8], from: usize) {
     let end = b.len().saturating_mul(8);
-    let mut i = from;
-    while i < end && !i.is_multiple_of(8) {
+    // Bits up to the next byte boundary one by one, then whole bytes.
+    let first_byte = from.div_ceil(8);
+    for i in from..first_byte.saturating_mul(8).min(end) {
         set(b, i);
-        i += 1;
     }
-    if let Some(rest) = b.get_mut(i / 8..) {
+    if let Some(rest) = b.get_mut(first_byte..) {
         rest.fill(0xFF);
     }
 }
@@ -46,19 +50,23 @@ pub(crate) fn find_zero(b: &[u8], start: usize, end: usize) -> Option<usize> {
     let mut i = start;
     while i < end {
         if i.is_multiple_of(8) && b.get(i / 8) == Some(&0xFF) {
-            i += 8;
+            i = i.saturating_add(8);
             continue;
         }
         if !test(b, i) {
             return Some(i);
         }
-        i += 1;
+        i = i.saturating_add(1);
     }
     None
 }
 
 /// Number of consecutive clear bits from `start`, at most `max`, before
 /// `end`.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "start <= i < end <= b.len() * 8: the steps and differences stay in range"
+)]
 pub(crate) fn zero_run(b: &[u8], start: usize, end: usize, max: usize) -> usize {
     let end = end.min(b.len().saturating_mul(8));
     let mut i = start;
@@ -84,7 +92,8 @@ pub(crate) fn find_run(b: &[u8], start: usize, end: usize, want: usize) -> Optio
         if n >= want {
             return Some(z);
         }
-        i = z + n;
+        // z + n <= end: the run stops at `end`.
+        i = z.saturating_add(n);
     }
     None
 }
@@ -102,7 +111,7 @@ pub(crate) fn largest_run(b: &[u8], end: usize, cap: usize) -> Option<(usize, us
                 break;
             }
         }
-        i = z + n;
+        i = z.saturating_add(n);
     }
     best
 }
@@ -110,18 +119,16 @@ pub(crate) fn largest_run(b: &[u8], end: usize, cap: usize) -> Option<(usize, us
 /// Number of set bits in `[0, nbits)`.
 pub(crate) fn count_set(b: &[u8], nbits: usize) -> usize {
     let full = (nbits / 8).min(b.len());
-    let mut n: usize = b
+    let whole: usize = b
         .get(..full)
         .unwrap_or(&[])
         .iter()
         .map(|x| x.count_ones() as usize)
         .sum();
-    for i in full * 8..nbits {
-        if test(b, i) && i / 8 < b.len() {
-            n += 1;
-        }
-    }
-    n
+    let partial = (full.saturating_mul(8)..nbits)
+        .filter(|&i| test(b, i) && i / 8 < b.len())
+        .count();
+    whole.saturating_add(partial)
 }
 
 /// The bitmap checksum: crc32c(seed, first `nbytes` bytes). Callers pass

@@ -14,8 +14,9 @@ use std::fmt;
 use std::num::NonZeroUsize;
 
 use crate::ext4::checksum::crc32c;
+use crate::ext4::ondisk::{bytes_from, bytes_from_mut};
 use crate::ext4::types::FileKind;
-use crate::ext4::util::{le16, le32};
+use crate::ext4::util::{le16, le32, put, put_le16, put_le32};
 
 /// Offsets inside an entry (directory.rst, "Linear (Classic) Directories").
 const DE_INODE: usize = 0;
@@ -151,17 +152,18 @@ impl<'a> RawDirEntry<'a> {
         if header_end > buf.len() {
             return Err(DirentProblem::Truncated);
         }
-        let inode = le32(buf, offset + DE_INODE);
-        let rec_len = rec_len_from_disk(le16(buf, offset + DE_REC_LEN), fmt.block_size);
+        let ent = bytes_from(buf, offset);
+        let inode = le32(ent, DE_INODE);
+        let rec_len = rec_len_from_disk(le16(ent, DE_REC_LEN), fmt.block_size);
         // The kernel reads every entry as ext4_dir_entry_2: an 8-bit
         // name_len, and the next byte is the file type with the filetype
         // feature and ignored without it (there it is the high byte of the
         // old 16-bit name_len, always 0 for a valid name, and 0xDE in a
         // checksum tail).
-        let name_len = usize::from(buf.get(offset + DE_NAME_LEN).copied().unwrap_or(0));
+        let name_len = usize::from(ent.get(DE_NAME_LEN).copied().unwrap_or(0));
         let file_type = fmt
             .filetype
-            .then(|| buf.get(offset + DE_FILE_TYPE).copied().unwrap_or(0));
+            .then(|| ent.get(DE_FILE_TYPE).copied().unwrap_or(0));
         if rec_len < DE_MIN_REC_LEN {
             return Err(DirentProblem::RecLenTooSmall(rec_len));
         }
@@ -171,15 +173,16 @@ impl<'a> RawDirEntry<'a> {
         if rec_len < dir_rec_len(name_len) {
             return Err(DirentProblem::RecLenTooSmallForName { rec_len, name_len });
         }
-        let remaining = buf.len() - offset;
-        if rec_len > remaining {
+        // The header fits (checked above), so `ent` is the rest of `buf`.
+        if rec_len > ent.len() {
             return Err(DirentProblem::Overrun { rec_len });
         }
         if inode > fmt.inodes_count {
             return Err(DirentProblem::InodeOutOfBounds(inode));
         }
-        let name = buf
-            .get(header_end..header_end + name_len)
+        let name = ent
+            .get(DE_HEADER_LEN..)
+            .and_then(|n| n.get(..name_len))
             .ok_or(DirentProblem::Overrun { rec_len })?;
         let rec_len = NonZeroUsize::new(rec_len).ok_or(DirentProblem::RecLenTooSmall(0))?;
         Ok(RawDirEntry {
@@ -272,10 +275,11 @@ pub(crate) fn has_dirent_tail(block: &[u8], block_size: u32) -> bool {
     let Some(t) = block.len().checked_sub(DIRENT_TAIL_LEN) else {
         return false;
     };
-    le32(block, t) == 0
-        && rec_len_from_disk(le16(block, t + DET_REC_LEN), block_size) == DIRENT_TAIL_LEN
-        && block.get(t + DET_RESERVED_ZERO2) == Some(&0)
-        && block.get(t + DET_RESERVED_FT) == Some(&EXT4_FT_DIR_CSUM)
+    let tail = bytes_from(block, t);
+    le32(tail, 0) == 0
+        && rec_len_from_disk(le16(tail, DET_REC_LEN), block_size) == DIRENT_TAIL_LEN
+        && tail.get(DET_RESERVED_ZERO2) == Some(&0)
+        && tail.get(DET_RESERVED_FT) == Some(&EXT4_FT_DIR_CSUM)
 }
 
 /// Checks a leaf block's tail checksum: crc32c, seeded with the directory
@@ -285,11 +289,14 @@ pub(crate) fn verify_dirent_tail(
     block_size: u32,
     inode_seed: u32,
 ) -> Result<(), TailProblem> {
-    if !has_dirent_tail(block, block_size) {
+    let Some(t) = block
+        .len()
+        .checked_sub(DIRENT_TAIL_LEN)
+        .filter(|_| has_dirent_tail(block, block_size))
+    else {
         return Err(TailProblem::Missing);
-    }
-    let t = block.len() - DIRENT_TAIL_LEN;
-    let stored = le32(block, t + DET_CHECKSUM);
+    };
+    let stored = le32(bytes_from(block, t), DET_CHECKSUM);
     let computed = crc32c(inode_seed, block.get(..t).unwrap_or(&[]));
     if stored != computed {
         return Err(TailProblem::BadChecksum { stored, computed });
@@ -356,26 +363,30 @@ pub(crate) fn write_entry(
     else {
         return false;
     };
-    rec[DE_INODE..DE_INODE + 4].copy_from_slice(&e.inode.to_le_bytes());
-    rec[DE_REC_LEN..DE_REC_LEN + 2]
-        .copy_from_slice(&rec_len_to_disk(e.rec_len, fmt.block_size).to_le_bytes());
-    rec[DE_NAME_LEN] = name_len;
-    rec[DE_FILE_TYPE] = if fmt.filetype { e.file_type } else { 0 };
-    rec[DE_HEADER_LEN..DE_HEADER_LEN + e.name.len()].copy_from_slice(e.name);
+    // rec_len >= dir_rec_len(name), so the header and name fit in `rec`.
+    put_le32(rec, DE_INODE, e.inode);
+    put_le16(rec, DE_REC_LEN, rec_len_to_disk(e.rec_len, fmt.block_size));
+    put(rec, DE_NAME_LEN, &[name_len]);
+    put(
+        rec,
+        DE_FILE_TYPE,
+        &[if fmt.filetype { e.file_type } else { 0 }],
+    );
+    put(rec, DE_HEADER_LEN, e.name);
     true
 }
 
 /// Rewrites only the record length of the entry at `off`.
 pub(crate) fn set_rec_len(buf: &mut [u8], off: usize, rec_len: usize, block_size: u32) {
-    if let Some(d) = buf.get_mut(off + DE_REC_LEN..off + DE_REC_LEN + 2) {
-        d.copy_from_slice(&rec_len_to_disk(rec_len, block_size).to_le_bytes());
+    if let Some(ent) = buf.get_mut(off..) {
+        put_le16(ent, DE_REC_LEN, rec_len_to_disk(rec_len, block_size));
     }
 }
 
 /// Rewrites only the inode number of the entry at `off`.
 pub(crate) fn set_entry_inode(buf: &mut [u8], off: usize, inode: u32) {
-    if let Some(d) = buf.get_mut(off + DE_INODE..off + DE_INODE + 4) {
-        d.copy_from_slice(&inode.to_le_bytes());
+    if let Some(ent) = buf.get_mut(off..) {
+        put_le32(ent, DE_INODE, inode);
     }
 }
 
@@ -383,9 +394,9 @@ pub(crate) fn set_entry_inode(buf: &mut [u8], off: usize, inode: u32) {
 /// feature only).
 pub(crate) fn set_entry_file_type(buf: &mut [u8], off: usize, ft: u8, fmt: &DirentFormat) {
     if fmt.filetype
-        && let Some(d) = buf.get_mut(off + DE_FILE_TYPE)
+        && let Some(ent) = buf.get_mut(off..)
     {
-        *d = ft;
+        put(ent, DE_FILE_TYPE, &[ft]);
     }
 }
 
@@ -398,9 +409,12 @@ pub(crate) fn init_dirent_tail(block: &mut [u8], block_size: u32) {
     };
     if let Some(tail) = block.get_mut(t..) {
         tail.fill(0);
-        tail[DET_REC_LEN..DET_REC_LEN + 2]
-            .copy_from_slice(&rec_len_to_disk(DIRENT_TAIL_LEN, block_size).to_le_bytes());
-        tail[DET_RESERVED_FT] = EXT4_FT_DIR_CSUM;
+        put_le16(
+            tail,
+            DET_REC_LEN,
+            rec_len_to_disk(DIRENT_TAIL_LEN, block_size),
+        );
+        put(tail, DET_RESERVED_FT, &[EXT4_FT_DIR_CSUM]);
     }
 }
 
@@ -411,12 +425,11 @@ pub(crate) fn set_dirent_csum(block: &mut [u8], inode_seed: u32) {
         return;
     };
     let c = crc32c(inode_seed, block.get(..t).unwrap_or(&[]));
-    if let Some(d) = block.get_mut(t + DET_CHECKSUM..t + DET_CHECKSUM + 4) {
-        d.copy_from_slice(&c.to_le_bytes());
-    }
+    put_le32(bytes_from_mut(block, t), DET_CHECKSUM, c);
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
 

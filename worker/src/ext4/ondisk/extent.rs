@@ -30,6 +30,10 @@ pub(crate) struct Extent {
 
 impl Extent {
     /// One past the last logical block (never overflows u32 after parse).
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "a u32 plus a u16, widened to u64, cannot overflow"
+    )]
     pub(crate) fn end(&self) -> u64 {
         u64::from(self.lblk) + u64::from(self.len)
     }
@@ -114,6 +118,12 @@ pub(crate) fn max_entries(len: usize) -> usize {
     len.saturating_sub(HEADER_SIZE) / ENTRY_SIZE
 }
 
+/// Where the first `n` entries of a node end (the header, then `n`
+/// 12-byte entries); `None` on overflow.
+fn entries_end(n: usize) -> Option<usize> {
+    n.checked_mul(ENTRY_SIZE)?.checked_add(HEADER_SIZE)
+}
+
 /// The header's depth field without validating anything else (used to
 /// learn the tree depth from the root).
 pub(crate) fn header_depth(b: &[u8]) -> u16 {
@@ -156,14 +166,14 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
         return Err(bad(ctx, "empty index node"));
     }
     if let (Some(seed), Some(_)) = (ctx.csum_seed, ctx.block) {
-        let tail = HEADER_SIZE + ENTRY_SIZE * usize::from(eh_max);
-        let covered = b
-            .get(..tail)
-            .ok_or_else(|| bad(ctx, "no room for checksum"))?;
-        if b.len() < tail + 4 {
-            return Err(bad(ctx, "no room for checksum"));
+        let no_room = || bad(ctx, "no room for checksum");
+        let tail = entries_end(usize::from(eh_max)).ok_or_else(no_room)?;
+        let covered = b.get(..tail).ok_or_else(no_room)?;
+        let tail_bytes = b.get(tail..).unwrap_or(&[]);
+        if tail_bytes.len() < TAIL_SIZE {
+            return Err(no_room());
         }
-        let stored = le32(b, tail);
+        let stored = le32(tail_bytes, 0);
         let calc = crc32c(seed, covered);
         if stored != calc {
             return Err(bad(
@@ -174,7 +184,9 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
     }
 
     let entry = |i: usize| {
-        b.get(HEADER_SIZE + i * ENTRY_SIZE..HEADER_SIZE + (i + 1) * ENTRY_SIZE)
+        entries_end(i)
+            .and_then(|at| b.get(at..))
+            .and_then(|e| e.get(..ENTRY_SIZE))
             .unwrap_or(&[])
     };
     let n = usize::from(eh_entries);
@@ -186,10 +198,10 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
             let ee_block = le32(e, 0);
             let ee_len = le16(e, 4);
             let pblk = u64::from(le32(e, 8)) | (u64::from(le16(e, 6)) << 32);
-            let (len, uninit) = if ee_len > EXT_INIT_MAX_LEN {
-                (ee_len - EXT_INIT_MAX_LEN, true)
-            } else {
-                (ee_len, false)
+            // Above 32768 the length is biased by 32768 and marks unwritten.
+            let (len, uninit) = match ee_len.checked_sub(EXT_INIT_MAX_LEN) {
+                Some(biased) if biased > 0 => (biased, true),
+                _ => (ee_len, false),
             };
             if let (0, Some(p)) = (i, ctx.parent_lblk)
                 && p != ee_block
@@ -257,7 +269,7 @@ pub(crate) fn parse_node(b: &[u8], ctx: &NodeCtx) -> Result<ExtentNode> {
                     format_args!("index points outside the filesystem (block {leaf})"),
                 ));
             }
-            cur = u64::from(ei_block) + 1;
+            cur = u64::from(ei_block).saturating_add(1);
             out.push(ExtentIndex {
                 lblk: ei_block,
                 leaf,
@@ -302,59 +314,59 @@ pub(crate) fn write_node(
         ExtentNode::Index(i) => i.len(),
     };
     let too_big = || Error::Invalid("extent node entries exceed its capacity");
-    if n > cap || out.len() < HEADER_SIZE + ENTRY_SIZE * cap {
-        return Err(too_big());
-    }
+    let end = entries_end(cap)
+        .filter(|&end| n <= cap && end <= out.len())
+        .ok_or_else(too_big)?;
     if matches!(node, ExtentNode::Leaf(_)) != (depth == 0) {
         return Err(Error::Invalid("extent node kind does not match its depth"));
     }
     let eh_entries = u16::try_from(n).map_err(|_| too_big())?;
     let eh_max = u16::try_from(cap).map_err(|_| too_big())?;
-    let end = HEADER_SIZE + ENTRY_SIZE * cap;
     let area = out.get_mut(..end).ok_or_else(too_big)?;
     area.fill(0);
     put(area, 0, &EXT4_EXT_MAGIC.to_le_bytes());
     put(area, 2, &eh_entries.to_le_bytes());
     put(area, 4, &eh_max.to_le_bytes());
     put(area, 6, &depth.to_le_bytes());
+    // `area` holds `cap` slots and n <= cap, so every entry has one.
+    let slots = area
+        .get_mut(HEADER_SIZE..)
+        .unwrap_or(&mut [])
+        .chunks_exact_mut(ENTRY_SIZE);
     match node {
         ExtentNode::Leaf(exts) => {
-            for (i, e) in exts.iter().enumerate() {
-                let at = HEADER_SIZE + ENTRY_SIZE * i;
-                let max = if e.uninit {
-                    EXT_INIT_MAX_LEN - 1
-                } else {
-                    EXT_INIT_MAX_LEN
-                };
-                if e.len == 0 || e.len > max || e.pblk >> 48 != 0 {
-                    return Err(Error::Invalid("extent length or start out of range"));
-                }
+            for (e, slot) in exts.iter().zip(slots) {
+                let bad_len = || Error::Invalid("extent length or start out of range");
+                // An unwritten extent's length is stored biased by 32768,
+                // so it holds at most 32767 blocks.
                 let ee_len = if e.uninit {
-                    e.len + EXT_INIT_MAX_LEN
+                    e.len.checked_add(EXT_INIT_MAX_LEN).ok_or_else(bad_len)?
                 } else {
                     e.len
                 };
-                put(area, at, &e.lblk.to_le_bytes());
-                put(area, at + 4, &ee_len.to_le_bytes());
-                put(area, at + 6, &((e.pblk >> 32) as u16).to_le_bytes());
-                put(area, at + 8, &(e.pblk as u32).to_le_bytes());
+                if e.len == 0 || (!e.uninit && e.len > EXT_INIT_MAX_LEN) || e.pblk >> 48 != 0 {
+                    return Err(bad_len());
+                }
+                put(slot, 0, &e.lblk.to_le_bytes());
+                put(slot, 4, &ee_len.to_le_bytes());
+                put(slot, 6, &((e.pblk >> 32) as u16).to_le_bytes());
+                put(slot, 8, &(e.pblk as u32).to_le_bytes());
             }
         }
         ExtentNode::Index(idx) => {
-            for (i, x) in idx.iter().enumerate() {
-                let at = HEADER_SIZE + ENTRY_SIZE * i;
+            for (x, slot) in idx.iter().zip(slots) {
                 if x.leaf >> 48 != 0 {
                     return Err(Error::Invalid("extent index block out of range"));
                 }
-                put(area, at, &x.lblk.to_le_bytes());
-                put(area, at + 4, &(x.leaf as u32).to_le_bytes());
-                put(area, at + 8, &((x.leaf >> 32) as u16).to_le_bytes());
+                put(slot, 0, &x.lblk.to_le_bytes());
+                put(slot, 4, &(x.leaf as u32).to_le_bytes());
+                put(slot, 8, &((x.leaf >> 32) as u16).to_le_bytes());
             }
         }
     }
     if !in_inode && let Some(seed) = csum_seed {
         let c = crc32c(seed, out.get(..end).unwrap_or(&[]));
-        if let Some(t) = out.get_mut(end..end + TAIL_SIZE) {
+        if let Some(t) = out.get_mut(end..).and_then(|t| t.get_mut(..TAIL_SIZE)) {
             t.copy_from_slice(&c.to_le_bytes());
         }
     }
@@ -367,12 +379,13 @@ pub(crate) fn empty_root(i_block: &mut [u8]) -> Result<()> {
 }
 
 fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
-    if let Some(d) = out.get_mut(at..at + bytes.len()) {
+    if let Some(d) = out.get_mut(at..).and_then(|d| d.get_mut(..bytes.len())) {
         d.copy_from_slice(bytes);
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -463,6 +476,45 @@ mod tests {
         cd.depth = 6;
         assert!(err(&node(60, 6, 4, &[leaf(0, 1, 10)]), &cd).contains("too large"));
         assert!(err(&node(60, 1, 4, &[]), &ctx(None, 1, None)).contains("empty index"));
+    }
+
+    #[test]
+    fn lengths_at_the_limits_give_exact_errors() {
+        let mut c = ctx(Some(7), 0, None);
+        c.end_block = 1 << 40;
+        // Ends one block past the 32-bit logical space.
+        match parse_node(&node(60, 0, 4, &[leaf(u32::MAX - 1, 2, 10)]), &c) {
+            Err(Error::Corrupt { what, block }) => {
+                assert_eq!(
+                    what,
+                    "inode 12: extent tree: invalid extent at logical block 4294967294 length 2"
+                );
+                assert_eq!(block, 7);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A raw length of u16::MAX is an unwritten extent of 32767 blocks.
+        assert_eq!(
+            parse_node(&node(60, 0, 4, &[leaf(0, u16::MAX, 10)]), &c).unwrap(),
+            ExtentNode::Leaf(vec![Extent {
+                lblk: 0,
+                len: 32767,
+                pblk: 10,
+                uninit: true
+            }])
+        );
+        // An unwritten extent of 32768 blocks would not fit the biased field.
+        let too_long = Extent {
+            lblk: 0,
+            len: EXT_INIT_MAX_LEN,
+            pblk: 10,
+            uninit: true,
+        };
+        let mut out = [0u8; 60];
+        assert!(matches!(
+            write_node(&mut out, true, 0, &ExtentNode::Leaf(vec![too_long]), None),
+            Err(Error::Invalid("extent length or start out of range"))
+        ));
     }
 
     #[test]

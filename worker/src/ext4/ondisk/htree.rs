@@ -14,8 +14,9 @@
 use std::fmt;
 
 use crate::ext4::checksum::crc32c;
+use crate::ext4::ondisk::bytes_from;
 use crate::ext4::ondisk::dir_entry::{DE_MIN_REC_LEN, rec_len_from_disk, rec_len_to_disk};
-use crate::ext4::util::{le16, le32};
+use crate::ext4::util::{le16, le32, put_le16, put_le32};
 
 /// `dx_root` layout: "." (12 bytes), ".." (12 bytes), then `dx_root_info`.
 const ROOT_INFO: usize = 24;
@@ -119,13 +120,13 @@ pub(crate) struct DxEntries {
 /// `dx_root_limit`: entries that fit in the root block.
 pub(crate) fn root_limit(block_size: usize, csum: bool) -> usize {
     let tail = if csum { DX_TAIL_LEN } else { 0 };
-    block_size.saturating_sub(ROOT_ENTRIES + tail) / DX_ENTRY_LEN
+    block_size.saturating_sub(ROOT_ENTRIES).saturating_sub(tail) / DX_ENTRY_LEN
 }
 
 /// `dx_node_limit`: entries that fit in an interior block.
 pub(crate) fn node_limit(block_size: usize, csum: bool) -> usize {
     let tail = if csum { DX_TAIL_LEN } else { 0 };
-    block_size.saturating_sub(NODE_ENTRIES + tail) / DX_ENTRY_LEN
+    block_size.saturating_sub(NODE_ENTRIES).saturating_sub(tail) / DX_ENTRY_LEN
 }
 
 /// Parses the root block's `dx_root_info` (and checks the fake "." and ".."
@@ -139,7 +140,8 @@ pub(crate) fn parse_root_info(block: &[u8], max_levels: u8) -> Result<DxRootInfo
     let dot_ok = rec_len_from_disk(le16(block, 4), bs) == DE_MIN_REC_LEN
         && block.get(6) == Some(&1)
         && block.get(8) == Some(&b'.');
-    let dotdot_ok = rec_len_from_disk(le16(block, 16), bs) == block.len() - DE_MIN_REC_LEN
+    let dotdot_ok = Some(rec_len_from_disk(le16(block, 16), bs))
+        == block.len().checked_sub(DE_MIN_REC_LEN)
         && block.get(18) == Some(&2)
         && block.get(20..22) == Some(b"..");
     if !dot_ok || !dotdot_ok || le32(block, RI_RESERVED_ZERO) != 0 {
@@ -187,8 +189,7 @@ pub(crate) fn parse_entries(
     at: usize,
     expected_limit: usize,
 ) -> Result<DxEntries, DxProblem> {
-    let limit = le16(block, at);
-    let count = le16(block, at + 2);
+    let (limit, count) = count_limit(block, at);
     if usize::from(limit) != expected_limit {
         return Err(DxProblem::BadLimit {
             limit,
@@ -198,16 +199,22 @@ pub(crate) fn parse_entries(
     if count == 0 || count > limit {
         return Err(DxProblem::BadCount { count, limit });
     }
-    // limit fits the block by construction of expected_limit.
-    let entries = (0..usize::from(count))
-        .map(|i| {
-            let off = at + i * DX_ENTRY_LEN;
-            DxEntry {
-                hash: if i == 0 { 0 } else { le32(block, off) },
-                block: le32(block, off + 4) & DX_BLOCK_MASK,
-            }
+    // limit fits the block by construction of expected_limit; a block too
+    // short for `count` entries is reported as a bad count.
+    let entries: Vec<DxEntry> = block
+        .get(at..)
+        .unwrap_or(&[])
+        .chunks_exact(DX_ENTRY_LEN)
+        .take(usize::from(count))
+        .enumerate()
+        .map(|(i, e)| DxEntry {
+            hash: if i == 0 { 0 } else { le32(e, 0) },
+            block: le32(e, 4) & DX_BLOCK_MASK,
         })
         .collect();
+    if entries.len() != usize::from(count) {
+        return Err(DxProblem::BadCount { count, limit });
+    }
     Ok(DxEntries { entries })
 }
 
@@ -230,8 +237,9 @@ pub(crate) fn count_offset(block: &[u8]) -> Option<usize> {
         return Some(NODE_ENTRIES);
     }
     if rlen == DE_MIN_REC_LEN {
-        let rlen2 = rec_len_from_disk(le16(block, DE_MIN_REC_LEN + 4), bs);
-        if rlen2 != block.len() - DE_MIN_REC_LEN {
+        // The ".." entry's rec_len, after the 12-byte ".".
+        let rlen2 = rec_len_from_disk(le16(block, 16), bs);
+        if Some(rlen2) != block.len().checked_sub(DE_MIN_REC_LEN) {
             return None;
         }
         if le32(block, RI_RESERVED_ZERO) != 0
@@ -249,24 +257,21 @@ pub(crate) fn count_offset(block: &[u8]) -> Option<usize> {
 /// the tail's `dt_reserved`, then four zero bytes for `dt_checksum`.
 pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProblem> {
     let at = count_offset(block).ok_or(DxProblem::NotAnIndexNode)?;
-    let limit = usize::from(le16(block, at));
-    let count = usize::from(le16(block, at + 2));
-    let tail = at
-        .checked_add(limit.saturating_mul(DX_ENTRY_LEN))
+    let (limit, count) = count_limit(block, at);
+    let tail = entries_end(at, limit)
         .filter(|&t| t.saturating_add(DX_TAIL_LEN) <= block.len())
         .ok_or(DxProblem::NoSpaceForTail)?;
     if count > limit {
-        return Err(DxProblem::BadCount {
-            count: count as u16,
-            limit: limit as u16,
-        });
+        return Err(DxProblem::BadCount { count, limit });
     }
-    let size = at + count * DX_ENTRY_LEN;
+    // count <= limit, so the used entries end before the tail.
+    let size = entries_end(at, count).unwrap_or(tail);
     let mut c = crc32c(inode_seed, block.get(..size).unwrap_or(&[]));
-    c = crc32c(c, block.get(tail..tail + 4).unwrap_or(&[]));
+    let (reserved, checksum) = tail_fields(block, tail);
+    c = crc32c(c, &reserved.to_le_bytes());
     // dt_checksum itself counts as zero.
     c = crc32c(c, &[0u8; 4]);
-    let stored = le32(block, tail + 4);
+    let stored = checksum;
     if stored != c {
         return Err(DxProblem::BadChecksum {
             stored,
@@ -274,6 +279,25 @@ pub(crate) fn verify_dx_tail(block: &[u8], inode_seed: u32) -> Result<(), DxProb
         });
     }
     Ok(())
+}
+
+/// The `dx_countlimit` at `at`: (limit, count).
+fn count_limit(block: &[u8], at: usize) -> (u16, u16) {
+    let cl = bytes_from(block, at);
+    (le16(cl, 0), le16(cl, 2))
+}
+
+/// Where `n` entries starting at `at` end, `None` on overflow.
+fn entries_end(at: usize, n: u16) -> Option<usize> {
+    usize::from(n)
+        .checked_mul(DX_ENTRY_LEN)
+        .and_then(|len| len.checked_add(at))
+}
+
+/// The `dx_tail` at `tail`: (`dt_reserved`, `dt_checksum`); zero past the end.
+fn tail_fields(block: &[u8], tail: usize) -> (u32, u32) {
+    let t = bytes_from(block, tail);
+    (le32(t, 0), le32(t, 4))
 }
 
 /// Writes the `dx_root` header of logical block 0: "." (rec_len 12) naming
@@ -340,21 +364,25 @@ pub(crate) fn write_entries(
     let (Ok(limit16), Ok(count16)) = (u16::try_from(limit), u16::try_from(entries.len())) else {
         return false;
     };
-    let end = limit
-        .checked_mul(DX_ENTRY_LEN)
-        .and_then(|n| n.checked_add(at));
+    let end = entries_end(at, limit16);
     if entries.is_empty() || entries.len() > limit || end.is_none_or(|e| e > block.len()) {
         return false;
     }
-    for (i, e) in entries.iter().enumerate() {
-        let off = at + i * DX_ENTRY_LEN;
+    let Some(area) = block.get_mut(at..) else {
+        return false;
+    };
+    for (i, (e, slot)) in entries
+        .iter()
+        .zip(area.chunks_exact_mut(DX_ENTRY_LEN))
+        .enumerate()
+    {
         if i == 0 {
-            block[off..off + 2].copy_from_slice(&limit16.to_le_bytes());
-            block[off + 2..off + 4].copy_from_slice(&count16.to_le_bytes());
+            put_le16(slot, 0, limit16);
+            put_le16(slot, 2, count16);
         } else {
-            block[off..off + 4].copy_from_slice(&e.hash.to_le_bytes());
+            put_le32(slot, 0, e.hash);
         }
-        block[off + 4..off + 8].copy_from_slice(&e.block.to_le_bytes());
+        put_le32(slot, 4, e.block);
     }
     true
 }
@@ -366,21 +394,26 @@ pub(crate) fn set_dx_csum(block: &mut [u8], inode_seed: u32) {
     let Some(at) = count_offset(block) else {
         return;
     };
-    let limit = usize::from(le16(block, at));
-    let count = usize::from(le16(block, at + 2)).min(limit);
-    let tail = at + limit * DX_ENTRY_LEN;
-    if tail + DX_TAIL_LEN > block.len() {
+    let (limit, count) = count_limit(block, at);
+    let count = count.min(limit);
+    let Some(tail) =
+        entries_end(at, limit).filter(|&t| t.saturating_add(DX_TAIL_LEN) <= block.len())
+    else {
         return;
-    }
-    block[tail..tail + 4].fill(0);
-    let size = at + count * DX_ENTRY_LEN;
+    };
+    // count <= limit, so the used entries end before the tail.
+    let size = entries_end(at, count).unwrap_or(tail);
     let mut c = crc32c(inode_seed, block.get(..size).unwrap_or(&[]));
     c = crc32c(c, &[0u8; 4]);
     c = crc32c(c, &[0u8; 4]);
-    block[tail + 4..tail + 8].copy_from_slice(&c.to_le_bytes());
+    if let Some(t) = block.get_mut(tail..) {
+        put_le32(t, 0, 0);
+        put_le32(t, 4, c);
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::ext4::ondisk::dir_entry::tests::put;
@@ -504,6 +537,24 @@ mod tests {
         let mut b = root(true, 3, 0);
         b[ROOT_ENTRIES..ROOT_ENTRIES + 2].copy_from_slice(&124u16.to_le_bytes());
         assert_eq!(verify_dx_tail(&b, 77), Err(DxProblem::NoSpaceForTail));
+    }
+
+    #[test]
+    fn count_at_u16_max_gives_exact_errors() {
+        // limit and count u16::MAX in a 4 KiB node: the entries, and the
+        // tail after them, would run far past the block.
+        let mut b = vec![0u8; 4096];
+        init_node(&mut b);
+        b[NODE_ENTRIES..NODE_ENTRIES + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        b[NODE_ENTRIES + 2..NODE_ENTRIES + 4].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(
+            parse_entries(&b, NODE_ENTRIES, usize::from(u16::MAX)),
+            Err(DxProblem::BadCount {
+                count: u16::MAX,
+                limit: u16::MAX
+            })
+        );
+        assert_eq!(verify_dx_tail(&b, 0), Err(DxProblem::NoSpaceForTail));
     }
 
     #[test]

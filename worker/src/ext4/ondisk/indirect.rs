@@ -28,27 +28,34 @@ pub(crate) fn path(lblk: u64, per_block: u64) -> Option<IndirectPath> {
             offsets: vec![],
         });
     }
-    let mut rest = lblk - DIRECT_BLOCKS;
+    // Each step below subtracts what the previous level addresses, which
+    // the comparison before it shows to be at most `rest`; the divisors
+    // are non-zero (per_block checked above), so no `?` here returns.
+    let rest = lblk.checked_sub(DIRECT_BLOCKS)?;
     if rest < per_block {
         return Some(IndirectPath {
             slot: IND_BLOCK,
             offsets: vec![rest],
         });
     }
-    rest -= per_block;
+    let rest = rest.checked_sub(per_block)?;
     let p2 = per_block.checked_mul(per_block)?;
     if rest < p2 {
         return Some(IndirectPath {
             slot: DIND_BLOCK,
-            offsets: vec![rest / per_block, rest % per_block],
+            offsets: vec![rest.checked_div(per_block)?, rest.checked_rem(per_block)?],
         });
     }
-    rest -= p2;
+    let rest = rest.checked_sub(p2)?;
     let p3 = p2.checked_mul(per_block)?;
     if rest < p3 {
         return Some(IndirectPath {
             slot: TIND_BLOCK,
-            offsets: vec![rest / p2, (rest / per_block) % per_block, rest % per_block],
+            offsets: vec![
+                rest.checked_div(p2)?,
+                rest.checked_div(per_block)?.checked_rem(per_block)?,
+                rest.checked_rem(per_block)?,
+            ],
         });
     }
     None

@@ -105,12 +105,30 @@ fn corrupt(ino: Ino, block: u64, why: impl std::fmt::Display) -> Error {
 /// Whether a field ending at byte `end` lies within `128 + extra_isize`
 /// (the kernel's EXT4_FITS_IN_INODE).
 fn fits(raw_len: usize, extra_isize: u16, end: usize) -> bool {
-    let limit = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(extra_isize);
-    raw_len > usize::from(GOOD_OLD_INODE_SIZE) && end <= limit
+    raw_len > usize::from(GOOD_OLD_INODE_SIZE) && end <= extra_end(extra_isize)
+}
+
+/// Whether the 4-byte field at `off` fits (see [`fits`]).
+fn fits32(raw_len: usize, extra_isize: u16, off: usize) -> bool {
+    off.checked_add(4)
+        .is_some_and(|end| fits(raw_len, extra_isize, end))
+}
+
+/// Where the extra fields end: 128 + `i_extra_isize`.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "128 plus a u16, widened to usize, cannot overflow"
+)]
+fn extra_end(extra_isize: u16) -> usize {
+    usize::from(GOOD_OLD_INODE_SIZE) + usize::from(extra_isize)
 }
 
 /// ext4_decode_extra_time: 32-bit signed seconds, two epoch bits extending
 /// them to 34 bits, 30 bits of nanoseconds.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "an i32 plus at most 3 << 32 fits an i64"
+)]
 fn decode_time(base: u32, extra: Option<u32>) -> Timestamp {
     let mut secs = i64::from(base as i32);
     let mut nsecs = 0;
@@ -195,10 +213,7 @@ impl Inode {
             .ok_or_else(|| corrupt(ino, block, "short read"))?;
         let big = isize > usize::from(GOOD_OLD_INODE_SIZE);
         let extra_isize = if big { le16(raw, I_EXTRA_ISIZE) } else { 0 };
-        if big
-            && (usize::from(GOOD_OLD_INODE_SIZE) + usize::from(extra_isize) > isize
-                || extra_isize & 3 != 0)
-        {
+        if big && (extra_end(extra_isize) > isize || extra_isize & 3 != 0) {
             return Err(corrupt(
                 ino,
                 block,
@@ -248,14 +263,19 @@ impl Inode {
             let b = blocks_lo | (u64::from(le16(raw, 0x74)) << 32);
             if flags & EXT4_HUGE_FILE_FL != 0 {
                 // In filesystem blocks: convert to 512-byte units.
-                b << (sb.s_log_block_size + 1)
+                let shift = sb.s_log_block_size.saturating_add(1);
+                b.checked_shl(shift)
+                    .filter(|_| b.leading_zeros() >= shift)
+                    .ok_or_else(|| {
+                        corrupt(ino, block, format_args!("huge_file i_blocks {b} overflows"))
+                    })?
             } else {
                 b
             }
         } else {
             blocks_lo
         };
-        let extra = |off: usize| fits(isize, extra_isize, off + 4).then(|| le32(raw, off));
+        let extra = |off: usize| fits32(isize, extra_isize, off).then(|| le32(raw, off));
         let crtime = match extra(0x90) {
             Some(base) => decode_time(base, extra(0x94)),
             None => Timestamp::default(),
@@ -297,8 +317,7 @@ impl Inode {
         if self.raw.len() <= usize::from(GOOD_OLD_INODE_SIZE) {
             return &[];
         }
-        let start = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(self.extra_isize);
-        self.raw.get(start..).unwrap_or(&[])
+        self.raw.get(extra_end(self.extra_isize)..).unwrap_or(&[])
     }
 
     pub(crate) fn has_flag(&self, fl: u32) -> bool {
@@ -374,6 +393,10 @@ pub(crate) fn inherited_flags(parent_flags: u32, mode: u16) -> u32 {
 /// ext4_encode_extra_time: the low 32 bits of the seconds, and the extra
 /// word (2 epoch bits, 30 bits of nanoseconds). Seconds outside what the
 /// fields can hold are clamped, as the kernel clamps to s_time_min/max.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "constants and seconds clamped to [i32::MIN, i32::MIN + 2^34), far inside i64"
+)]
 fn encode_time(t: Timestamp, extra: bool) -> (u32, u32) {
     if !extra {
         let secs = t.secs.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
@@ -456,8 +479,11 @@ impl Inode {
             Some(k) => (mode, k),
             None => ((mode & !S_IFMT) | S_IFREG, FileKind::RegularFile),
         };
-        let extra_isize = if isize > usize::from(GOOD_OLD_INODE_SIZE) {
-            let room = (isize - usize::from(GOOD_OLD_INODE_SIZE)) as u16;
+        let room = isize
+            .checked_sub(usize::from(GOOD_OLD_INODE_SIZE))
+            .filter(|&r| r > 0);
+        let extra_isize = if let Some(room) = room {
+            let room = room as u16;
             let mut want = EXT4_DEFAULT_EXTRA_ISIZE;
             if sb.has_ro_compat(RO_COMPAT_EXTRA_ISIZE) {
                 want = want.max(sb.s_want_extra_isize).max(sb.s_min_extra_isize);
@@ -526,7 +552,7 @@ impl Inode {
         }
         let extra_isize = if big { self.extra_isize } else { 0 };
         let len = b.len();
-        let fits_at = |off: usize| fits(len, extra_isize, off + 4);
+        let fits_at = |off: usize| fits32(len, extra_isize, off);
         put_le16(b, 0x0, self.mode);
         put_le16(b, 0x2, (self.uid & 0xFFFF) as u16);
         put_le16(b, 0x78, (self.uid >> 16) as u16);
@@ -661,6 +687,31 @@ mod tests {
         let mut r2 = r.clone();
         r2[0xF0] ^= 1;
         assert!(Inode::parse(&r2, 12, &sb(), 0xabcd, 5).is_err());
+    }
+
+    #[test]
+    fn huge_file_blocks_that_overflow_are_corrupt() {
+        // 48-bit i_blocks in filesystem blocks, with a block-size shift
+        // that would push it past 64 bits (the superblock check keeps a
+        // real one below 7).
+        let mut s = sb();
+        s.s_feature_ro_compat |= RO_COMPAT_HUGE_FILE;
+        s.s_log_block_size = 20;
+        let mut r = sample(12);
+        r[0x1C..0x20].copy_from_slice(&u32::MAX.to_le_bytes());
+        r[0x74..0x76].copy_from_slice(&u16::MAX.to_le_bytes());
+        r[0x20..0x24].copy_from_slice(&EXT4_HUGE_FILE_FL.to_le_bytes());
+        set_inode_csum(&mut r, 12, 0xabcd);
+        match Inode::parse(&r, 12, &s, 0xabcd, 5) {
+            Err(Error::Corrupt { what, block }) => {
+                assert_eq!(
+                    what,
+                    "inode 12: huge_file i_blocks 281474976710655 overflows"
+                );
+                assert_eq!(block, 5);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
+use crate::ext4::ondisk::{bytes_from, bytes_from_mut};
 use crate::ext4::util::{le32, put_le32};
 
 pub(crate) const ORPHAN_BLOCK_MAGIC: u32 = 0x0b10_ca04;
@@ -18,10 +19,14 @@ pub(crate) fn slots(block_size: usize) -> usize {
     block_size.saturating_sub(TAIL_SIZE) / 4
 }
 
+/// Where the tail starts: just after the last whole slot (`slots * 4`).
+fn tail_offset(block_size: usize) -> usize {
+    block_size.saturating_sub(TAIL_SIZE) & !3
+}
+
 fn block_csum(seed: u32, pblk: u64, b: &[u8]) -> u32 {
-    let n = slots(b.len()) * 4;
     let c = crc32c(seed, &pblk.to_le_bytes());
-    crc32c(c, b.get(..n).unwrap_or(&[]))
+    crc32c(c, b.get(..tail_offset(b.len())).unwrap_or(&[]))
 }
 
 /// One orphan file block, parsed.
@@ -39,8 +44,8 @@ impl OrphanBlock {
         if n == 0 {
             return Err(Error::corrupt("orphan file block: too small", pblk));
         }
-        let tail = n * 4;
-        let magic = le32(b, tail);
+        let tail = bytes_from(b, tail_offset(b.len()));
+        let magic = le32(tail, 0);
         if magic != ORPHAN_BLOCK_MAGIC {
             return Err(Error::corrupt(
                 format!("orphan file block: bad magic {magic:#x}"),
@@ -48,7 +53,7 @@ impl OrphanBlock {
             ));
         }
         if let Some(seed) = csum_seed {
-            let stored = le32(b, tail + 4);
+            let stored = le32(tail, 4);
             let calc = block_csum(seed, pblk, b);
             if stored != calc {
                 return Err(Error::corrupt(
@@ -59,22 +64,24 @@ impl OrphanBlock {
                 ));
             }
         }
+        let slots = b.get(..tail_offset(b.len())).unwrap_or(&[]);
         Ok(OrphanBlock {
-            entries: (0..n).map(|i| le32(b, i * 4)).collect(),
+            entries: slots.chunks_exact(4).map(|s| le32(s, 0)).collect(),
         })
     }
 
     /// Serializes into `out` (one block, to be written at `pblk`): the
     /// entries, the magic, and the checksum when `csum_seed` is given.
     pub(crate) fn write(&self, out: &mut [u8], pblk: u64, csum_seed: Option<u32>) {
-        let n = slots(out.len());
-        for i in 0..n {
-            put_le32(out, i * 4, self.entries.get(i).copied().unwrap_or(0));
+        let tail = tail_offset(out.len());
+        let slots = out.get_mut(..tail).unwrap_or(&mut []);
+        for (i, slot) in slots.chunks_exact_mut(4).enumerate() {
+            put_le32(slot, 0, self.entries.get(i).copied().unwrap_or(0));
         }
-        put_le32(out, n * 4, ORPHAN_BLOCK_MAGIC);
+        put_le32(bytes_from_mut(out, tail), 0, ORPHAN_BLOCK_MAGIC);
         if let Some(seed) = csum_seed {
             let c = block_csum(seed, pblk, out);
-            put_le32(out, n * 4 + 4, c);
+            put_le32(bytes_from_mut(out, tail), 4, c);
         }
     }
 }

@@ -14,7 +14,8 @@
 use std::fmt;
 
 use crate::ext4::checksum::crc32c;
-use crate::ext4::util::{le16, le32};
+use crate::ext4::ondisk::{bytes_from, bytes_from_mut};
+use crate::ext4::util::{le16, le32, put, put_le16, put_le32};
 
 pub(crate) const EXT4_XATTR_MAGIC: u32 = 0xEA02_0000;
 /// `ext4_xattr_header` size; the first block entry follows it.
@@ -211,15 +212,15 @@ fn parse_entries<'a>(
         if le32(region, pos) == 0 {
             break;
         }
-        let name_len = usize::from(region.get(pos + E_NAME_LEN).copied().unwrap_or(0));
+        let ent = bytes_from(region, pos);
+        let name_len = usize::from(ent.get(E_NAME_LEN).copied().unwrap_or(0));
         let next = pos
-            .checked_add((XATTR_ENTRY_HEADER_LEN + name_len + 3) & !3)
+            .checked_add(entry_len(name_len))
             .ok_or(XattrProblem::NameOutOfBounds { entry: spans.len() })?;
         if next.saturating_add(4) > end {
             return Err(XattrProblem::NameOutOfBounds { entry: spans.len() });
         }
-        let name = region
-            .get(pos + XATTR_ENTRY_HEADER_LEN..pos + XATTR_ENTRY_HEADER_LEN + name_len)
+        let name = entry_name(ent, name_len)
             .ok_or(XattrProblem::NameOutOfBounds { entry: spans.len() })?;
         if name.contains(&0) {
             return Err(XattrProblem::NulInName { entry: spans.len() });
@@ -231,11 +232,12 @@ fn parse_entries<'a>(
     // Pass 2: values.
     let mut out = Vec::with_capacity(spans.len());
     for (i, (pos, name_len)) in spans.into_iter().enumerate() {
-        let name_index = region.get(pos + E_NAME_INDEX).copied().unwrap_or(0);
-        let offs = usize::from(le16(region, pos + E_VALUE_OFFS));
-        let inum = le32(region, pos + E_VALUE_INUM);
-        let size = le32(region, pos + E_VALUE_SIZE);
-        let hash = le32(region, pos + E_HASH);
+        let ent = bytes_from(region, pos);
+        let name_index = ent.get(E_NAME_INDEX).copied().unwrap_or(0);
+        let offs = usize::from(le16(ent, E_VALUE_OFFS));
+        let inum = le32(ent, E_VALUE_INUM);
+        let size = le32(ent, E_VALUE_SIZE);
+        let hash = le32(ent, E_HASH);
         if inum != 0 && !limits.ea_inode_feature {
             return Err(XattrProblem::EaInodeWithoutFeature { entry: i });
         }
@@ -255,25 +257,26 @@ fn parse_entries<'a>(
         } else {
             let start = value_base
                 .checked_add(offs)
-                .filter(|&s| s <= end)
+                .ok_or(XattrProblem::ValueOutOfBounds { entry: i })?;
+            // Bytes from the value's start to the region's end.
+            let room = end
+                .checked_sub(start)
                 .ok_or(XattrProblem::ValueOutOfBounds { entry: i })?;
             if start < table_end {
                 return Err(XattrProblem::ValueOverlapsEntries { entry: i });
             }
             let size = size as usize;
-            let padded = size.saturating_add(3) & !3;
-            if padded > end - start {
+            if value_len(size) > room {
                 return Err(XattrProblem::ValueOutOfBounds { entry: i });
             }
             XattrValue::Inline(
                 region
-                    .get(start..start + size)
+                    .get(start..)
+                    .and_then(|v| v.get(..size))
                     .ok_or(XattrProblem::ValueOutOfBounds { entry: i })?,
             )
         };
-        let name = region
-            .get(pos + XATTR_ENTRY_HEADER_LEN..pos + XATTR_ENTRY_HEADER_LEN + name_len)
-            .unwrap_or(&[]);
+        let name = entry_name(ent, name_len).unwrap_or(&[]);
         out.push(XattrEntry {
             name_index,
             name,
@@ -374,7 +377,13 @@ const XATTR_PAD: usize = 4;
 
 /// `EXT4_XATTR_LEN`: an entry header plus its name, 4-aligned.
 pub(crate) fn entry_len(name_len: usize) -> usize {
-    (XATTR_ENTRY_HEADER_LEN + name_len + XATTR_PAD - 1) & !(XATTR_PAD - 1)
+    value_len(XATTR_ENTRY_HEADER_LEN.saturating_add(name_len))
+}
+
+/// The `name_len` bytes of name after the entry header at the start of
+/// `ent`, `None` if they run past its end.
+fn entry_name(ent: &[u8], name_len: usize) -> Option<&[u8]> {
+    ent.get(XATTR_ENTRY_HEADER_LEN..)?.get(..name_len)
 }
 
 /// `EXT4_XATTR_SIZE`: a value's size in the region, 4-aligned.
@@ -463,6 +472,8 @@ fn write_entries(region: &mut [u8], first: usize, value_base: usize, entries: &[
         return false;
     };
     body.fill(0);
+    // The space check above bounds every offset below: entries grow up
+    // from `first`, values down from the end, and they do not meet.
     let mut pos = first;
     let mut vend = region.len();
     for e in entries {
@@ -470,22 +481,21 @@ fn write_entries(region: &mut [u8], first: usize, value_base: usize, entries: &[
         let (offs, inum, size) = match &e.value {
             NewXattrValue::Inline(v) if v.is_empty() => (0usize, 0u32, 0u32),
             NewXattrValue::Inline(v) => {
-                vend -= value_len(v.len());
-                region[vend..vend + v.len()].copy_from_slice(v);
-                (vend - value_base, 0, v.len() as u32)
+                vend = vend.saturating_sub(value_len(v.len()));
+                put(region, vend, v);
+                (vend.saturating_sub(value_base), 0, v.len() as u32)
             }
             NewXattrValue::EaInode { inum, size, .. } => (0, *inum, *size),
         };
-        let ent = &mut region[pos..pos + entry_len(e.name.len())];
-        ent[E_NAME_LEN] = e.name.len() as u8;
-        ent[E_NAME_INDEX] = e.name_index;
-        ent[E_VALUE_OFFS..E_VALUE_OFFS + 2]
-            .copy_from_slice(&u16::try_from(offs).unwrap_or(0).to_le_bytes());
-        ent[E_VALUE_INUM..E_VALUE_INUM + 4].copy_from_slice(&inum.to_le_bytes());
-        ent[E_VALUE_SIZE..E_VALUE_SIZE + 4].copy_from_slice(&size.to_le_bytes());
-        ent[E_HASH..E_HASH + 4].copy_from_slice(&hash.to_le_bytes());
-        ent[XATTR_ENTRY_HEADER_LEN..XATTR_ENTRY_HEADER_LEN + e.name.len()].copy_from_slice(&e.name);
-        pos += entry_len(e.name.len());
+        let ent = bytes_from_mut(region, pos);
+        put(ent, E_NAME_LEN, &[e.name.len() as u8]);
+        put(ent, E_NAME_INDEX, &[e.name_index]);
+        put_le16(ent, E_VALUE_OFFS, u16::try_from(offs).unwrap_or(0));
+        put_le32(ent, E_VALUE_INUM, inum);
+        put_le32(ent, E_VALUE_SIZE, size);
+        put_le32(ent, E_HASH, hash);
+        put(ent, XATTR_ENTRY_HEADER_LEN, &e.name);
+        pos = pos.saturating_add(entry_len(e.name.len()));
     }
     true
 }
@@ -585,6 +595,7 @@ impl NewXattr {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
 

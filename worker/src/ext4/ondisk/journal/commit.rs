@@ -5,6 +5,7 @@
 //! commit block itself there.
 
 use super::{Csum, Format, Header, JBD2_COMMIT_BLOCK, csum_with_hole};
+use crate::ext4::ondisk::{bytes_from, bytes_from_mut};
 use crate::ext4::util::{be32, put, put_be32, take};
 
 const H_CHKSUM_TYPE: usize = 0xC;
@@ -29,8 +30,11 @@ impl CommitBlock {
     /// The fields of commit block `b` (a whole journal block).
     pub(crate) fn parse(b: &[u8]) -> CommitBlock {
         let mut h_chksum = [0u32; CHKSUM_WORDS];
-        for (i, w) in h_chksum.iter_mut().enumerate() {
-            *w = be32(b, H_CHKSUM + 4 * i);
+        for (w, word) in h_chksum
+            .iter_mut()
+            .zip(bytes_from(b, H_CHKSUM).chunks_exact(4))
+        {
+            *w = be32(word, 0);
         }
         CommitBlock {
             sequence: be32(b, 8),
@@ -56,8 +60,11 @@ impl CommitBlock {
             H_CHKSUM_TYPE,
             &[self.h_chksum_type, self.h_chksum_size],
         );
-        for (i, w) in self.h_chksum.iter().enumerate() {
-            put_be32(out, H_CHKSUM + 4 * i, *w);
+        for (word, w) in bytes_from_mut(out, H_CHKSUM)
+            .chunks_exact_mut(4)
+            .zip(&self.h_chksum)
+        {
+            put_be32(word, 0, *w);
         }
         put(out, H_COMMIT_SEC, &self.h_commit_sec.to_be_bytes());
         put_be32(out, H_COMMIT_NSEC, self.h_commit_nsec);

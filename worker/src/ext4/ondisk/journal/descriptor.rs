@@ -135,6 +135,7 @@ impl DescriptorBlock {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::super::tests::fmt;
     use super::super::{Header, tail_csum_verify};

@@ -48,11 +48,12 @@ impl RevokeBlock {
 
     /// Records that fit in one revoke block.
     pub(crate) fn capacity(fmt: &Format) -> usize {
-        let len = if fmt.is64 { 8 } else { 4 };
-        fmt.block_size
+        let room = fmt
+            .block_size
             .saturating_sub(fmt.tail_size())
-            .saturating_sub(REVOKE_HEADER_SIZE)
-            / len
+            .saturating_sub(REVOKE_HEADER_SIZE);
+        // Records are 8 bytes with 64-bit block numbers, else 4.
+        if fmt.is64 { room / 8 } else { room / 4 }
     }
 
     /// Serializes into `out` (a whole journal block; the caller keeps the
