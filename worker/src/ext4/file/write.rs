@@ -8,8 +8,9 @@
 //! of the last block past i_size are kept zero on disk (truncate zeroes
 //! them), so growing a file reads zeros there, as with the kernel.
 //!
-//! Setuid/setgid clearing on write (the kernel's file_remove_privs) is the
-//! FUSE adapter's: it knows the caller and calls `setattr`.
+//! Setuid/setgid clearing on write is the kernel's (file_remove_privs):
+//! without FUSE_HANDLE_KILLPRIV the VFS sends a SETATTR with the cleared
+//! mode before the write, which `setattr` stores (see attr.rs).
 
 use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
 use super::indirect::IndCtx;
