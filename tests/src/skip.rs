@@ -34,6 +34,14 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why} ({STRICT_VAR}=1 would make this a failure)");
 }
 
+/// Gives up on a test whose input is optional data kept outside the
+/// repository (the shared hostile-image corpus, `../shared/corpus`, which
+/// a fresh clone does not have: the project's tests must pass without it).
+/// One line on stderr, and never a failure, strict or not.
+pub fn absent_data(why: &str) {
+    eprintln!("SKIPPED (optional data absent, not a failure even with {STRICT_VAR}=1): {why}");
+}
+
 /// Whether this process runs with effective uid 0 (read from
 /// /proc/self/status: no libc call, so the engine's `forbid(unsafe_code)`
 /// holds).

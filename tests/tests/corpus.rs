@@ -226,7 +226,7 @@ fn corpus() {
         return;
     }
     let Some(dir) = corpus_dir() else {
-        safemount_tests::skip::skip("../shared/corpus not found");
+        safemount_tests::skip::absent_data("../shared/corpus not found");
         return;
     };
     let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -964,7 +964,7 @@ mod corpus {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            crate::test_skip::skip(&format!("{} not present", dir.display()));
+            crate::test_skip::absent_data(&format!("{} not present", dir.display()));
             return;
         };
         let (mut opened, mut refused) = (0, 0);

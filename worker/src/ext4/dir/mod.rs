@@ -1193,7 +1193,7 @@ mod tests {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            crate::test_skip::skip(&format!("no corpus at {}", dir.display()));
+            crate::test_skip::absent_data(&format!("no corpus at {}", dir.display()));
             return;
         };
         let mut images = 0;
