@@ -961,10 +961,7 @@ mod corpus {
     /// only as Corrupt/Io/NotFound/... values.
     #[test]
     fn corpus_inode_scan() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            crate::test_skip::absent_data(&format!("{} not present", dir.display()));
+        let Some(entries) = super::testutil::corpus_entries() else {
             return;
         };
         let (mut opened, mut refused) = (0, 0);

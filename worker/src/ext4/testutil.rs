@@ -184,3 +184,16 @@ pub(crate) fn snapshot_copy(from: &Path, to: &Path) {
         from.display()
     );
 }
+
+/// The entries of the shared hostile-image corpus (`../shared/corpus`),
+/// or None after saying it is absent (optional data: never a failure).
+pub(crate) fn corpus_entries() -> Option<std::fs::ReadDir> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => Some(rd),
+        Err(_) => {
+            crate::test_skip::absent_data(&format!("no corpus at {}", dir.display()));
+            None
+        }
+    }
+}

@@ -1190,10 +1190,7 @@ mod tests {
     /// error is fine) without panicking or looping.
     #[test]
     fn hostile_corpus_walk() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            crate::test_skip::absent_data(&format!("no corpus at {}", dir.display()));
+        let Some(entries) = crate::ext4::testutil::corpus_entries() else {
             return;
         };
         let mut images = 0;

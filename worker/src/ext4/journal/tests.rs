@@ -766,9 +766,7 @@ fn corrupted_kernel_journals_are_refused_or_replayed() {
 /// replay) or is refused with one line.
 #[test]
 fn corpus_journals() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/e2fsprogs");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        crate::test_skip::absent_data(&format!("{} is absent", dir.display()));
+    let Some(rd) = crate::ext4::testutil::corpus_entries() else {
         return;
     };
     if Command::new("e2fsck").arg("-V").output().is_err() {
