@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: the broker fixture (the system
 //! under test), the kernel oracle, tree and image builders, tree snapshots
-//! and their comparison, and /proc readers.
+//! and their comparison, /proc readers, and the freezes, stops and
+//! debugger attaches a real machine inflicts on a process.
 //!
 //! Everything here runs as root against real mounts; tests call
 //! [`util::require_root`] first and skip (with one line on stderr, or a
@@ -8,6 +9,7 @@
 
 pub mod broker;
 pub mod image;
+pub mod interrupt;
 pub mod kernel;
 pub mod ops;
 pub mod procfs;

@@ -329,6 +329,12 @@ pub const POLICY: &[Entry] = &[
         "returning from a signal handler",
     ),
     allow(
+        "restart_syscall",
+        libc::SYS_restart_syscall,
+        &[],
+        "the kernel itself makes a thread call it to resume a timed wait (futex with a timeout: condvar wait_timeout; clock_nanosleep) that a freeze, SIGSTOP/SIGCONT or a debugger's attach interrupted; it only resumes the interrupted call, whose own entry allowed it",
+    ),
+    allow(
         "sigaltstack",
         libc::SYS_sigaltstack,
         &[],

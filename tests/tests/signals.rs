@@ -1,0 +1,184 @@
+//! A read-write worker keeps serving across what real machines do to a
+//! process: its cgroup frozen and thawed (system suspend, `systemctl
+//! freeze`), SIGSTOP/SIGCONT, and a debugger attaching to every thread and
+//! detaching. Each interrupts the worker's threads in whatever they were
+//! blocked in (reading /dev/fuse, waiting on a condvar with a timeout,
+//! sleeping); the kernel then restarts those calls, some through
+//! restart_syscall, which the seccomp filter must allow.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use safemount_tests::broker::{Broker, kernel_standin};
+use safemount_tests::image::fsck_clean;
+use safemount_tests::interrupt::{self, Freezer};
+use safemount_tests::ops;
+use safemount_tests::util::{Rng, TempDir, require_root};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Freeze,
+    Stop,
+    Ptrace,
+}
+
+/// What the load wrote: file name under the mount → (seed, length).
+type Written = BTreeMap<String, (u64, usize)>;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// Writes and fsyncs files (each a new transaction: write-back and commits
+/// run all the time), renames some and removes some, until `done` is set
+/// and at least `min_files` exist. Returns what must be on disk.
+fn load(mnt: &Path, done: &AtomicBool, min_files: usize) -> std::io::Result<Written> {
+    let mut written = Written::new();
+    let dir = mnt.join("load");
+    fs::create_dir(&dir)?;
+    let mut i = 0u64;
+    while !done.load(Ordering::Relaxed) || written.len() < min_files {
+        let name = format!("load/f{i}");
+        let len = (32 * 1024 + (i as usize * 40_961) % (768 * 1024)) & !7;
+        let mut f = File::create(mnt.join(&name))?;
+        f.write_all(&pattern(i, len))?;
+        f.sync_all()?;
+        written.insert(name.clone(), (i, len));
+        if i % 7 == 3 {
+            let to = format!("load/r{i}");
+            fs::rename(mnt.join(&name), mnt.join(&to))?;
+            let v = written.remove(&name).unwrap();
+            written.insert(to, v);
+        }
+        if i % 11 == 5 {
+            let victim = format!("load/f{}", i - 1);
+            if written.remove(&victim).is_some() {
+                fs::remove_file(mnt.join(&victim))?;
+            }
+        }
+        if i.is_multiple_of(13) {
+            fs::create_dir(dir.join(format!("d{i}")))?;
+        }
+        i += 1;
+    }
+    Ok(written)
+}
+
+fn check(mnt: &Path, written: &Written) {
+    for (name, (seed, len)) in written {
+        let got = fs::read(mnt.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+        assert!(
+            got == pattern(*seed, *len),
+            "{name}: {} bytes read, {len} written, contents differ",
+            got.len()
+        );
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+}
+
+#[test]
+fn worker_survives_freeze_stop_and_ptrace_under_load() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        safemount_tests::skip::skip("the kernel stand-in has no worker");
+        return;
+    }
+    let tmp = TempDir::new("signals").unwrap();
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &[], 256 * MIB).unwrap();
+    let mnt: PathBuf = tmp.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start().unwrap();
+    broker
+        .mount(&img, &mnt, "rw")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let pid = broker.worker_pid(&mnt).unwrap();
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("signals: event order seed {seed}");
+    let mut rng = Rng::new(seed);
+    let mut events: Vec<Event> = [(Event::Freeze, 20), (Event::Stop, 20), (Event::Ptrace, 10)]
+        .into_iter()
+        .flat_map(|(e, n)| std::iter::repeat_n(e, n))
+        .collect();
+    for i in (1..events.len()).rev() {
+        events.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+
+    let freezer = Freezer::adopt(pid).unwrap();
+    let done = AtomicBool::new(false);
+    let written = std::thread::scope(|s| {
+        let writer = s.spawn(|| load(&mnt, &done, 60));
+        for (n, ev) in events.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(rng.next_u64() % 150));
+            let hold = Duration::from_millis(10 + rng.next_u64() % 300);
+            let r = match ev {
+                Event::Freeze => freezer.freeze().and_then(|()| {
+                    std::thread::sleep(hold);
+                    freezer.thaw()
+                }),
+                Event::Stop => interrupt::stop(pid).and_then(|()| {
+                    std::thread::sleep(hold);
+                    interrupt::cont(pid)
+                }),
+                Event::Ptrace => interrupt::ptrace_pause(pid, hold),
+            };
+            if let Err(e) = r {
+                done.store(true, Ordering::Relaxed);
+                panic!("event {n} ({ev:?}): {e:#}\n{}", broker.log_tail(20));
+            }
+            assert!(
+                alive(pid),
+                "the worker died after event {n} ({ev:?})\n{}",
+                broker.log_tail(20)
+            );
+        }
+        done.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    drop(freezer);
+    let written =
+        written.unwrap_or_else(|e| panic!("the load failed: {e}\n{}", broker.log_tail(20)));
+    assert!(alive(pid), "the worker died\n{}", broker.log_tail(20));
+    assert_eq!(
+        broker.worker_pid(&mnt).unwrap(),
+        pid,
+        "the same worker still serves"
+    );
+    check(&mnt, &written);
+    broker
+        .unmount(&mnt)
+        .unwrap_or_else(|e| panic!("unmount: {e}\n{}", broker.log_tail(20)));
+    if let Err(e) = fsck_clean(&img) {
+        panic!("image not clean after the load: {e:#}");
+    }
+    // What reached the disk, read back by a new worker.
+    broker.mount(&img, &mnt, "ro").unwrap();
+    check(&mnt, &written);
+    broker.unmount(&mnt).unwrap();
+}
