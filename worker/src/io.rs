@@ -1,6 +1,8 @@
 //! The shared-fd IO manager: every byte the engine reads or writes goes
 //! through [`BlockDevice`]. [`FdDevice`] wraps the one device fd the broker
-//! passed; [`MemDevice`] is an in-memory disk for unit tests and fuzzing.
+//! passed; [`MemDevice`] is an in-memory disk for unit tests and fuzzing;
+//! [`Watched`] wraps either and remembers the device's first failure for
+//! the worker's health report.
 //!
 //! Direct-I/O mode (for MMP on block devices, see DESIGN.md) sets O_DIRECT
 //! on the shared fd; from then on every transfer is rounded out to
@@ -11,8 +13,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{OnceLock, RwLock};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
@@ -163,6 +165,76 @@ impl BlockDevice for FdDevice {
 
     fn alignment(&self) -> usize {
         if self.is_direct() { DIRECT_ALIGN } else { 1 }
+    }
+}
+
+/// A device that remembers its first failure and counts them all. The
+/// engine turns each failure into an error for the one object that met it;
+/// this keeps the news for the operator (`safemount list`).
+pub struct Watched<D> {
+    inner: D,
+    first_error: OnceLock<String>,
+    errors: AtomicU64,
+}
+
+impl<D: BlockDevice> Watched<D> {
+    pub fn new(inner: D) -> Self {
+        Watched {
+            inner,
+            first_error: OnceLock::new(),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    /// The first failure, as "read at byte N: error", if any.
+    pub fn first_error(&self) -> Option<&str> {
+        self.first_error.get().map(String::as_str)
+    }
+
+    /// How many calls failed.
+    pub fn error_count(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, what: &str, offset: u64, r: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &r {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .first_error
+                .set(format!("device {what} at byte {offset} failed: {e}"));
+        }
+        r
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for Watched<D> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.note("read", offset, self.inner.read_at(buf, offset))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.note("write", offset, self.inner.write_at(buf, offset))
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let r = self.inner.flush();
+        if let Err(e) = &r {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = self.first_error.set(format!("device flush failed: {e}"));
+        }
+        r
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
     }
 }
 

@@ -1,4 +1,5 @@
-//! A power-loss [`BlockDevice`] for tests: it serves reads from its
+//! Test devices. [`Failing`] fails chosen calls, as a dying disk, a pulled
+//! cable or a full host filesystem do. [`PowerLoss`] serves reads from its
 //! current contents and records every write and flush, so a test can ask
 //! what a disk could hold had the power failed after any operation.
 //!
@@ -12,9 +13,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io;
+use std::ops::Range;
 use std::sync::Mutex;
 
-use crate::io::BlockDevice;
+use crate::io::{BlockDevice, MemDevice};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -193,5 +195,115 @@ mod tests {
         d.write_at(&[2], 0).unwrap();
         let seen: std::collections::BTreeSet<u8> = (0..64).map(|s| d.crash(s)[0]).collect();
         assert_eq!(seen, [0, 1, 2].into_iter().collect());
+    }
+}
+
+/// Which calls a [`Fault`] hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Read,
+    Write,
+    Flush,
+}
+
+/// One failure rule: calls of kind `call` touching a byte in `bytes` fail
+/// with `errno`. With `short`, a write first stores the first half of its
+/// buffer (a transfer cut short), then fails.
+#[derive(Debug, Clone)]
+pub(crate) struct Fault {
+    pub(crate) call: Call,
+    pub(crate) bytes: Range<u64>,
+    pub(crate) errno: i32,
+    pub(crate) short: bool,
+}
+
+impl Fault {
+    pub(crate) fn new(call: Call, bytes: Range<u64>, errno: i32) -> Fault {
+        Fault {
+            call,
+            bytes,
+            errno,
+            short: false,
+        }
+    }
+
+    /// Every call of kind `call`, anywhere.
+    pub(crate) fn everywhere(call: Call, errno: i32) -> Fault {
+        Fault::new(call, 0..u64::MAX, errno)
+    }
+
+    fn hits(&self, call: Call, offset: u64, len: usize) -> bool {
+        let end = offset.saturating_add(len as u64);
+        self.call == call
+            && (call == Call::Flush || (offset < self.bytes.end && self.bytes.start < end))
+    }
+}
+
+/// An in-memory disk that fails the calls its rules name; the rest work.
+pub(crate) struct Failing {
+    mem: MemDevice,
+    rules: Mutex<Vec<Fault>>,
+}
+
+impl Failing {
+    pub(crate) fn new(image: Vec<u8>) -> Failing {
+        Failing {
+            mem: MemDevice::new(image),
+            rules: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn fail(&self, fault: Fault) {
+        self.rules.lock().unwrap().push(fault);
+    }
+
+    /// The disk works again (the cable is back, the host has room).
+    pub(crate) fn heal(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    pub(crate) fn contents(&self) -> Vec<u8> {
+        self.mem.contents()
+    }
+
+    fn fault(&self, call: Call, offset: u64, len: usize) -> Option<Fault> {
+        let rules = self.rules.lock().unwrap();
+        rules.iter().find(|f| f.hits(call, offset, len)).cloned()
+    }
+}
+
+impl BlockDevice for Failing {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self.fault(Call::Read, offset, buf.len()) {
+            Some(f) => Err(io::Error::from_raw_os_error(f.errno)),
+            None => self.mem.read_at(buf, offset),
+        }
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self.fault(Call::Write, offset, buf.len()) {
+            Some(f) => {
+                if f.short {
+                    self.mem.write_at(&buf[..buf.len() / 2], offset)?;
+                }
+                Err(io::Error::from_raw_os_error(f.errno))
+            }
+            None => self.mem.write_at(buf, offset),
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        match self.fault(Call::Flush, 0, 0) {
+            Some(f) => Err(io::Error::from_raw_os_error(f.errno)),
+            None => self.mem.flush(),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+
+    fn alignment(&self) -> usize {
+        1
     }
 }

@@ -64,6 +64,11 @@ pub enum Error {
     /// data after the offset (ENXIO).
     #[error("no data or hole at or after the requested offset")]
     Nxio,
+    /// fsync after a device write or flush failed (EIO).
+    #[error(
+        "an earlier write to the device failed; data written since the last successful sync may be lost"
+    )]
+    WriteLost,
     #[error(
         "the journal still needs recovery after replay (it changed while being replayed, or its log is not empty); mount read-only with -o noload to look"
     )]

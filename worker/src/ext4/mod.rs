@@ -31,6 +31,8 @@ pub(crate) mod writeback;
 pub(crate) mod xattr;
 
 #[cfg(test)]
+mod dying_disk_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 use std::sync::Arc;

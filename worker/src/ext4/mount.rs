@@ -30,6 +30,12 @@ pub(crate) struct RwState {
     pub(super) read_only: AtomicBool,
     /// Whether an error was seen (the superblock is then left not-clean).
     pub(super) errors: AtomicBool,
+    /// Set when a device write or flush failed: every later fsync fails
+    /// with EIO (what was written since the last good one may be lost),
+    /// never a silent success.
+    pub(super) write_lost: AtomicBool,
+    /// Why the mount turned read-only, the first time it did.
+    pub(super) fault: std::sync::OnceLock<String>,
     /// Next inode generation.
     pub(super) generation: AtomicU32,
     /// Unlinked inodes (links_count 0) still open through FUSE: readable
@@ -82,6 +88,8 @@ impl RwState {
             }),
             read_only: AtomicBool::new(false),
             errors: AtomicBool::new(false),
+            write_lost: AtomicBool::new(false),
+            fault: std::sync::OnceLock::new(),
             generation: AtomicU32::new(hashed),
             held_orphans: Mutex::new(BTreeSet::new()),
             written: AtomicU64::new(0),
@@ -261,16 +269,14 @@ impl Ext4 {
         if let Some(log) = self.rw.journal.get() {
             // Final checkpoint, empty log: no recovery needed any more.
             if let Err(e) = log.finish() {
-                self.write_failed("journal finish");
+                self.write_failed("journal finish", &e);
                 return Err(e);
             }
             live.sb.s_feature_incompat &= !sbf::INCOMPAT_RECOVER;
         }
         self.write_super(&mut live)?;
         drop(live);
-        self.dev
-            .flush()
-            .map_err(|source| Error::Io { offset: 0, source })?;
+        self.flush_device()?;
         tracing::info!("filesystem marked clean and flushed");
         Ok(())
     }
@@ -362,7 +368,7 @@ impl Ext4 {
         self.refresh_super(live);
         let raw = &live.raw;
         if let Err(source) = self.dev.write_at(raw, sbf::SUPERBLOCK_OFFSET) {
-            self.write_failed("superblock write");
+            self.write_failed("superblock write", &source);
             return Err(Error::Io {
                 offset: sbf::SUPERBLOCK_OFFSET,
                 source,
@@ -383,19 +389,29 @@ impl Ext4 {
         sb.write(raw);
     }
 
-    /// A device write failed: the mount turns read-only and the superblock
-    /// will not be marked clean.
-    pub(crate) fn write_failed(&self, what: &str) {
-        tracing::error!("{what} failed: the filesystem is now read-only");
-        self.rw.errors.store(true, Ordering::Release);
-        self.rw.read_only.store(true, Ordering::Release);
+    /// A device write or flush failed: the mount turns read-only, the
+    /// superblock will not be marked clean, and every later fsync fails.
+    pub(crate) fn write_failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.rw.write_lost.store(true, Ordering::Release);
+        self.turn_read_only(format!("{what} failed: {error}"));
     }
 
     /// Corruption found on a write path: read-only from now on
     /// (errors=remount-ro), logged once per call.
     pub(crate) fn corrupt_on_write(&self, e: &Error) {
-        tracing::error!("{e}: the filesystem is now read-only");
+        self.turn_read_only(e.to_string());
+    }
+
+    fn turn_read_only(&self, why: String) {
+        tracing::error!("{why}: the filesystem is now read-only");
+        let _ = self.rw.fault.set(why);
         self.rw.errors.store(true, Ordering::Release);
         self.rw.read_only.store(true, Ordering::Release);
+    }
+
+    /// Why a read-write mount turned read-only while serving (a failed
+    /// device write, corruption met on a write path), if it did.
+    pub fn fault(&self) -> Option<&str> {
+        self.rw.fault.get().map(String::as_str)
     }
 }

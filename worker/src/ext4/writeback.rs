@@ -153,7 +153,7 @@ impl Ext4 {
         let _gate = self.rw.flush_gate.read().unwrap_or_else(|e| e.into_inner());
         self.rw.wb().discard(block, block.saturating_add(end));
         if let Err(source) = self.dev.write_at(buf, offset) {
-            self.write_failed("data write");
+            self.write_failed("data write", &source);
             return Err(Error::Io { offset, source });
         }
         self.rw.written.fetch_add(len, Ordering::Relaxed);
@@ -164,16 +164,27 @@ impl Ext4 {
     }
 
     /// fsync: writes back every committed metadata block and the
-    /// superblock (counters), then flushes the device.
+    /// superblock (counters), then flushes the device. Once a device write
+    /// or flush has failed, every fsync fails: what was written since the
+    /// last good one may be lost.
     pub(crate) fn flush(&self) -> Result<()> {
+        if self.rw.write_lost.load(Ordering::Acquire) {
+            return Err(Error::WriteLost);
+        }
         if self.is_read_only() {
             return Ok(());
         }
         self.rw.wb().sb_dirty = false;
         self.write_back(true)?;
-        self.dev
-            .flush()
-            .map_err(|source| Error::Io { offset: 0, source })
+        self.flush_device()
+    }
+
+    /// The device's cache flush; a failure counts as a lost write.
+    pub(super) fn flush_device(&self) -> Result<()> {
+        self.dev.flush().map_err(|source| {
+            self.write_failed("device flush", &source);
+            Error::Io { offset: 0, source }
+        })
     }
 
     /// Periodic write-back (the FUSE adapter's flusher thread): writes the
@@ -302,7 +313,7 @@ impl Ext4 {
                     blocks.len()
                 ),
                 Err(e) => {
-                    self.write_failed("journal commit");
+                    self.write_failed("journal commit", &e);
                     return Err(e);
                 }
             }
@@ -314,7 +325,7 @@ impl Ext4 {
             }
             let offset = start.saturating_mul(bs);
             self.dev.write_at(data, offset).map_err(|source| {
-                self.write_failed("metadata write");
+                self.write_failed("metadata write", &source);
                 Error::Io { offset, source }
             })?;
             self.rw
@@ -342,7 +353,7 @@ impl Ext4 {
             let in_place: Vec<(u64, u32)> = snapshot.iter().map(|(b, _)| (*b, seq)).collect();
             l.mark_in_place(&in_place);
             if let Err(e) = l.checkpoint() {
-                self.write_failed("journal checkpoint");
+                self.write_failed("journal checkpoint", &e);
                 return Err(e);
             }
         }

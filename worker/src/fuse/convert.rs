@@ -52,6 +52,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::Corrupt { .. } => Errno::from_i32(libc::EUCLEAN),
         Error::Nxio => Errno::ENXIO,
         Error::NeedsRecovery => Errno::EIO,
+        Error::WriteLost => Errno::EIO,
     }
 }
 
