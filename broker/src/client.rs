@@ -321,6 +321,7 @@ pub fn format_table(mounts: &[MountInfo], owner_name: impl Fn(u32) -> String) ->
         "OWNER".to_owned(),
         "STATE".to_owned(),
         "PID".to_owned(),
+        "ERROR".to_owned(),
     ]];
     for m in mounts {
         rows.push([
@@ -329,9 +330,13 @@ pub fn format_table(mounts: &[MountInfo], owner_name: impl Fn(u32) -> String) ->
             owner_name(m.owner_uid),
             format!("{:?}{}", m.state, if m.read_only { " (ro)" } else { "" }).to_lowercase(),
             m.worker_pid.to_string(),
+            m.error
+                .as_deref()
+                .map(|e| crate::sanitize::display(e.as_bytes()))
+                .unwrap_or_default(),
         ]);
     }
-    let mut widths = [0usize; 5];
+    let mut widths = [0usize; 6];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -397,13 +402,25 @@ mod tests {
             read_only: true,
             state: MountState::Mounted,
             worker_pid: 42,
+            error: None,
         };
-        let t = format_table(&[m], |_| "root".into());
+        let failed = MountInfo {
+            mountpoint: "/mnt/y".into(),
+            error: Some("device write at byte 4096 failed: I/O error\x1b[31m".into()),
+            ..m.clone()
+        };
+        let t = format_table(&[m, failed], |_| "root".into());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("SOURCE    MOUNTPOINT  OWNER  STATE"));
+        assert!(lines[0].ends_with("PID  ERROR"));
         assert!(lines[1].contains("disk.img") && lines[1].contains("mounted (ro)"));
         assert!(lines[1].ends_with("42"));
+        assert!(
+            lines[2].ends_with("42   device write at byte 4096 failed: I/O error[31m"),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]

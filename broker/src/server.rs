@@ -644,6 +644,8 @@ impl Broker {
         self.state.mark_mounted(id)?;
         undo.commit();
         tracing::info!(mountpoint = %mounted_at.display(), pid = worker.pid(), "mounted");
+        let state = self.state.clone();
+        worker.watch_health(move |read_only, error| state.set_health(id, read_only, error));
         Ok(BrokerReply::Mounted {
             mountpoint: mounted_at,
             label,

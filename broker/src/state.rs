@@ -75,6 +75,8 @@ pub struct Entry {
     pub worker_exited: bool,
     /// The worker's start time (field 22 of /proc/PID/stat).
     pub worker_start_time: u64,
+    /// The first error the worker reported while serving (sanitized).
+    pub error: Option<String>,
 }
 
 impl Entry {
@@ -87,6 +89,7 @@ impl Entry {
             read_only: self.read_only,
             state: self.state,
             worker_pid: self.worker.as_ref().map_or(0, |w| w.pid()),
+            error: self.error.clone(),
         }
     }
 }
@@ -314,6 +317,7 @@ impl State {
             worker: None,
             mount: None,
             worker_exited: false,
+            error: None,
             worker_start_time: 0,
         });
         Ok(id)
@@ -365,6 +369,26 @@ impl State {
             e.read_only = read_only;
         });
         self.persist(id);
+    }
+
+    /// A health report from the serving worker: it turned read-only, or
+    /// met an error. The worker is untrusted: its words are sanitized
+    /// (one line, bounded) before anyone sees them, and a mount never
+    /// turns back from read-only on its word.
+    pub fn set_health(&self, id: u64, read_only: bool, error: Option<String>) {
+        let error = error.map(|e| crate::sanitize::display(e.as_bytes()));
+        self.with_entry(id, |e| {
+            if read_only && !e.read_only {
+                tracing::warn!(mountpoint = %e.mountpoint.display(), "mount turned read-only");
+            }
+            e.read_only |= read_only;
+            if e.error.is_none() {
+                if let Some(msg) = &error {
+                    tracing::warn!(mountpoint = %e.mountpoint.display(), error = %msg, "worker reports an error");
+                }
+                e.error = error;
+            }
+        });
     }
 
     /// The mount exists: recorded with its identity.
@@ -742,6 +766,7 @@ impl State {
                 worker: Some(handle.clone()),
                 mount: Some(Arc::new(mount)),
                 worker_exited: false,
+                error: None,
                 worker_start_time: record.worker_start_time,
             });
         }

@@ -351,6 +351,10 @@ impl Worker {
                 expected: "Probed",
                 got: "Serving",
             }),
+            WorkerReply::Health { .. } => Err(SuperviseError::Unexpected {
+                expected: "Probed",
+                got: "Health",
+            }),
         }
     }
 
@@ -371,6 +375,41 @@ impl Worker {
                 expected: "Serving",
                 got: "Probed",
             }),
+            WorkerReply::Health { .. } => Err(SuperviseError::Unexpected {
+                expected: "Serving",
+                got: "Health",
+            }),
+        }
+    }
+
+    /// Once the worker serves: a thread passes each health report
+    /// (read-only now, first error) to `on_health` until the worker closes
+    /// its socket (it exited). Anything else the worker says is logged and
+    /// ignored.
+    pub fn watch_health(self, mut on_health: impl FnMut(bool, Option<String>) + Send + 'static) {
+        let pid = self.pid();
+        let spawned = std::thread::Builder::new()
+            .name(format!("health-{pid}"))
+            .spawn(move || {
+                loop {
+                    match safemount_proto::recv::<WorkerReply>(self.sock.as_fd(), 0) {
+                        Ok((WorkerReply::Health { read_only, error }, _)) => {
+                            on_health(read_only, error);
+                        }
+                        Ok((other, _)) => {
+                            tracing::warn!(pid, "worker sent {other:?} while serving; ignored");
+                        }
+                        Err(ProtoError::Closed) => return,
+                        Err(ProtoError::Io(Errno::EINTR)) => {}
+                        Err(e) => {
+                            tracing::warn!(pid, error = %e, "worker health channel failed");
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(pid, error = %e, "no health thread: errors will not show in list");
         }
     }
 

@@ -87,6 +87,9 @@ pub struct MountInfo {
     pub read_only: bool,
     pub state: MountState,
     pub worker_pid: i32,
+    /// The first error the worker reported while serving (a device
+    /// failure, a lost write, corruption met on a write path).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +127,12 @@ pub enum WorkerReply {
     Refused { reason: String },
     /// The FUSE INIT handshake is done; requests are being served.
     Serving,
+    /// While serving, whenever it changes: whether the mount now serves
+    /// reads only, and the first error met (one line).
+    Health {
+        read_only: bool,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

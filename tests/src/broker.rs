@@ -59,6 +59,8 @@ pub struct ListEntry {
     pub read_only: Option<bool>,
     pub state: String,
     pub worker_pid: Option<i32>,
+    /// The first error the worker reported while serving.
+    pub error: Option<String>,
     pub raw: serde_json::Value,
 }
 
@@ -164,7 +166,7 @@ impl Broker {
         v[v.len().saturating_sub(lines)..].join("\n")
     }
 
-    fn client(&self, args: &[&std::ffi::OsStr]) -> Result<Output> {
+    pub fn client(&self, args: &[&std::ffi::OsStr]) -> Result<Output> {
         let Mode::Broker { client, .. } = &self.mode else {
             bail!("no client in kernel mode")
         };
@@ -265,6 +267,7 @@ impl Broker {
                     read_only: Some(true),
                     state: "Mounted".into(),
                     worker_pid: None,
+                    error: None,
                     raw: serde_json::Value::Null,
                 })
                 .collect());
@@ -296,6 +299,7 @@ impl Broker {
                     other => other.to_string(),
                 },
                 worker_pid: o["worker_pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
+                error: o["error"].as_str().map(str::to_owned),
                 raw: o.clone(),
             })
             .collect())

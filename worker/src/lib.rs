@@ -2,10 +2,12 @@
 //!
 //! Layers, bottom up: [`io`] (the shared-fd IO manager), [`ext4`] (the
 //! engine, no FUSE and no syscalls of its own), [`fuse`] (the fuser
-//! adapter), and [`sandbox`] (the only module here with `unsafe`).
+//! adapter), and [`sandbox`] (the only module here with `unsafe`);
+//! [`serve`] runs the lifecycle and [`health`] reports to the broker.
 
 pub mod ext4;
 pub mod fuse;
+pub mod health;
 pub mod io;
 pub mod sandbox;
 pub mod serve;

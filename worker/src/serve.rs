@@ -5,7 +5,8 @@
 //! 3. open the filesystem on the device; reply `Probed` (or `Refused`,
 //!    then exit 1);
 //! 4. receive `Serve` with the `/dev/fuse` fd the broker mounted; do the
-//!    FUSE INIT handshake; reply `Serving`; close the socket;
+//!    FUSE INIT handshake; reply `Serving`; hand the socket to the
+//!    health thread ([`crate::health`]);
 //! 5. serve with [`FUSE_THREADS`] threads until the kernel ends the
 //!    session (DESTROY on unmount, or ENODEV when the connection is
 //!    aborted); exit 0.
@@ -21,7 +22,7 @@ use safemount_proto::{PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, Wo
 
 use crate::ext4::{Ext4, OpenOptions};
 use crate::fuse::Adapter;
-use crate::io::FdDevice;
+use crate::io::{FdDevice, Watched};
 use crate::sandbox;
 
 /// The broker's socket, by contract.
@@ -64,8 +65,8 @@ pub fn run() -> ExitCode {
         tracing::error!("{}", ServeError::NoSocket);
         return ExitCode::FAILURE;
     };
-    let session = match start(sock.as_fd()) {
-        Ok(Some(session)) => session,
+    let serving = match start(sock.as_fd()) {
+        Ok(Some(serving)) => serving,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -80,8 +81,13 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Nothing more is said to the broker: it watches the process.
-    drop(sock);
+    let Serving {
+        session,
+        fs,
+        device,
+        read_only,
+    } = serving;
+    crate::health::start(sock, fs, device, read_only);
     // 5. Until unmount: DESTROY or ENODEV end the session with Ok.
     match session.run() {
         Ok(()) => {
@@ -103,8 +109,17 @@ fn one_fd(mut fds: Vec<OwnedFd>) -> Result<OwnedFd, ServeError> {
     }))
 }
 
+/// What step 4 leaves running.
+struct Serving {
+    session: fuser::Session<Adapter>,
+    fs: Arc<Ext4>,
+    device: Arc<Watched<FdDevice>>,
+    /// Served read-only from the start.
+    read_only: bool,
+}
+
 /// Steps 1 to 4; None if the broker cancelled before Serve.
-fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeError> {
+fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
     // 1. Start.
     let (req, fds) = safemount_proto::recv::<WorkerRequest>(sock, 1)?;
     let WorkerRequest::Start {
@@ -136,12 +151,14 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeE
     );
 
     // 3. Probe.
-    let device = Arc::new(FdDevice::new(device).map_err(ServeError::Device)?);
+    let device = Arc::new(Watched::new(
+        FdDevice::new(device).map_err(ServeError::Device)?,
+    ));
     let opts = OpenOptions { read_only };
     let fs = if noload {
-        Ext4::open_noload(device, opts)
+        Ext4::open_noload(device.clone(), opts)
     } else {
-        Ext4::open(device, opts)
+        Ext4::open(device.clone(), opts)
     }
     .map_err(ServeError::Filesystem)?;
     let info = fs.info();
@@ -189,8 +206,9 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeE
     // true would reopen /dev/fuse by path, which the sandbox forbids.
     config.clone_fd = false;
     config.acl = fuser::SessionACL::All;
+    let fs = Arc::new(fs);
     let session = fuser::Session::from_fd(
-        Adapter::new(fs, fs_read_only),
+        Adapter::new(fs.clone(), fs_read_only),
         fuse_fd,
         fuser::SessionACL::All,
         config,
@@ -198,5 +216,10 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<fuser::Session<Adapter>>, ServeE
     .map_err(ServeError::Handshake)?;
     safemount_proto::send(sock, &WorkerReply::Serving, &[])?;
     tracing::info!("{source_name:?}: serving");
-    Ok(Some(session))
+    Ok(Some(Serving {
+        session,
+        fs,
+        device,
+        read_only: fs_read_only,
+    }))
 }

@@ -17,8 +17,9 @@ noexec (unless `-o exec`). Without a mount point, the broker creates \
 (`-o locking=`): a second mount or another program's conflicting lock is \
 refused as busy.
 
-`safemount list` shows SOURCE, MOUNTPOINT, OWNER (user name), STATE and the \
-worker's PID; `--json` prints the same as JSON.
+`safemount list` shows SOURCE, MOUNTPOINT, OWNER (user name), STATE, the \
+worker's PID and the first ERROR it met while serving (a device failure, a \
+lost write: the mount is then read-only); `--json` prints the same as JSON.
 
 Exit status:
   0  success

@@ -86,9 +86,9 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    pub fn new(fs: Ext4, read_only: bool) -> Self {
+    pub fn new(fs: impl Into<Arc<Ext4>>, read_only: bool) -> Self {
         Adapter {
-            fs: Arc::new(fs),
+            fs: fs.into(),
             read_only,
             ttl: TTL,
             corrupt_logged: Mutex::new(HashSet::new()),

@@ -1,0 +1,193 @@
+//! A disk that stops taking writes while mounted read-write: the image's
+//! host filesystem fills up. The failing write or fsync reports an error,
+//! and so does every later fsync (never a silent success); the mount turns
+//! read-only and `safemount list` says why; it still unmounts and its
+//! worker exits; once the host has room again, the next mount recovers
+//! from the journal, every byte fsync'd before the failure is there, and
+//! e2fsck finds nothing to fix.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use safemount_tests::broker::{Broker, kernel_standin};
+use safemount_tests::image::fsck_clean;
+use safemount_tests::ops;
+use safemount_tests::util::{Rng, TempDir, require_root, run_ok, wait_until};
+
+const MIB: u64 = 1 << 20;
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+/// Writes `data` to a new file and fsyncs it.
+fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(p)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// A tmpfs of `size` at `at`, unmounted on drop.
+struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    fn mount(at: &'a Path, size: &str) -> Self {
+        fs::create_dir_all(at).unwrap();
+        run_ok(
+            "mount",
+            [
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                at.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = run_ok("umount", ["-l", self.0.to_str().unwrap()]);
+    }
+}
+
+fn free_bytes(p: &Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(p).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+#[test]
+fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        safemount_tests::skip::skip("the kernel stand-in has no worker to report errors");
+        return;
+    }
+    let tmp = TempDir::new("dying-disk").unwrap();
+    let host_dir = tmp.join("host");
+    let host = Tmpfs::mount(&host_dir, "48m");
+    let img = host_dir.join("fs.img");
+    ops::make_empty_image(&img, &[], 128 * MIB).unwrap();
+    let mnt = tmp.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start().unwrap();
+    broker
+        .mount(&img, &mnt, "rw")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let pid = broker.worker_pid(&mnt).unwrap();
+    write_synced(&mnt.join("kept"), &pattern(1, 3 << 20)).unwrap();
+
+    // Leave the host 2 MiB; then write 1 MiB files until one fails.
+    let room = free_bytes(&host_dir);
+    assert!(room > 8 * MIB, "the host tmpfs has only {room} bytes free");
+    let filler = host_dir.join("filler");
+    fs::write(&filler, vec![0u8; (room - 2 * MIB) as usize]).unwrap();
+    let mut failed = None;
+    let mut synced = Vec::new();
+    for i in 0..32u64 {
+        match write_synced(&mnt.join(format!("f{i}")), &pattern(100 + i, MIB as usize)) {
+            Ok(()) => synced.push(i),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let failed = failed.expect("the host filesystem filled up and no write or fsync failed");
+    assert!(
+        matches!(
+            failed.raw_os_error(),
+            Some(libc::EIO | libc::ENOSPC | libc::EROFS)
+        ),
+        "the failure says so: {failed}"
+    );
+
+    // Every later fsync fails too, on any file.
+    for _ in 0..2 {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(mnt.join("kept"))
+            .unwrap();
+        let e = f
+            .sync_all()
+            .expect_err("an fsync after a lost write must fail");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    assert!(
+        fs::write(mnt.join("after"), b"x").is_err(),
+        "the mount is read-only after a lost write"
+    );
+    assert!(
+        fs::read(mnt.join("kept")).unwrap() == pattern(1, 3 << 20),
+        "reads go on"
+    );
+
+    // The broker knows, and says so in `safemount list`.
+    let mut entry = None;
+    let reported = wait_until(Duration::from_secs(10), || {
+        entry = broker.entry_for(&mnt).unwrap();
+        entry.as_ref().is_some_and(|e| e.error.is_some())
+    });
+    assert!(
+        reported,
+        "list never showed the error: {entry:?}\n{}",
+        broker.log_tail(20)
+    );
+    let entry = entry.unwrap();
+    assert_eq!(entry.read_only, Some(true), "{entry:?}");
+    let error = entry.error.unwrap();
+    eprintln!(
+        "dying disk: {} files fsync'd, then: {failed}; list says: {error}",
+        synced.len()
+    );
+    assert!(error.contains("failed"), "{error}");
+    let out = broker.client(&["list".as_ref()]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("ERROR") && table.contains(&error), "{table}");
+
+    // It still unmounts, and its worker exits.
+    broker
+        .unmount(&mnt)
+        .unwrap_or_else(|e| panic!("unmount of a failed mount: {e}\n{}", broker.log_tail(20)));
+    assert!(
+        wait_until(Duration::from_secs(10), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "the worker is gone"
+    );
+
+    // Room again: the next mount recovers; fsync'd bytes are all there.
+    fs::remove_file(&filler).unwrap();
+    broker
+        .mount(&img, &mnt, "rw")
+        .unwrap_or_else(|e| panic!("mount after the failure: {e}\n{}", broker.log_tail(20)));
+    assert!(fs::read(mnt.join("kept")).unwrap() == pattern(1, 3 << 20));
+    for i in synced {
+        let got = fs::read(mnt.join(format!("f{i}"))).unwrap();
+        assert!(
+            got == pattern(100 + i, MIB as usize),
+            "f{i}, fsync'd before the failure"
+        );
+    }
+    broker.unmount(&mnt).unwrap();
+    if let Err(e) = fsck_clean(&img) {
+        panic!("image not clean after recovery: {e:#}");
+    }
+    drop(host);
+}
