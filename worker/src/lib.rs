@@ -7,6 +7,9 @@
 
 pub mod ext4;
 pub mod fuse;
+/// Entry points of the fuzz targets in fuzz/ (and their regression test).
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod health;
 pub mod io;
 pub mod sandbox;
