@@ -6,6 +6,7 @@
 set -euo pipefail
 need=(
   gcc libc6-dev      # cargo links with cc against glibc
+  g++                # libfuzzer-sys builds libFuzzer (scripts/fuzz.sh)
   e2fsprogs          # mkfs.ext4 -d, e2fsck, debugfs, dumpe2fs, tune2fs: image builders and oracles
   util-linux         # unshare, setpriv, blkid: namespaces and dropping to a test user
   mount              # losetup, mount, umount: the kernel-driver oracle and e2e checks
