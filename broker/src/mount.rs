@@ -1,6 +1,6 @@
-//! Mount options, mount(2) and umount2(2) for `fuse.safemount`.
+//! Mount options and the making of `fuse.safemount` mounts.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -213,35 +213,82 @@ pub fn mount_flags(read_only: bool, exec: bool) -> MsFlags {
     flags
 }
 
-/// The FUSE mount data string. `uid`/`gid` are the caller's: the kernel
-/// gives them the files and, with `default_permissions`, enforces modes.
-pub fn fuse_data(fuse_fd: i32, uid: u32, gid: u32) -> String {
-    format!(
-        "fd={fuse_fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions,allow_other"
-    )
+/// The FUSE mount parameters, as (key, value) for fsconfig(2); a `None`
+/// value is a flag. `uid`/`gid` are the caller's: the kernel gives them the
+/// files and, with `default_permissions`, enforces modes.
+pub fn fuse_params(fuse_fd: i32, uid: u32, gid: u32) -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("subtype", Some(SUBTYPE.to_owned())),
+        ("fd", Some(fuse_fd.to_string())),
+        ("rootmode", Some("40000".to_owned())),
+        ("user_id", Some(uid.to_string())),
+        ("group_id", Some(gid.to_string())),
+        ("default_permissions", None),
+        ("allow_other", None),
+    ]
 }
 
-/// Mounts `fuse.safemount` on the pinned directory `target` (an O_PATH fd),
-/// through `/proc/self/fd/N` so a path swapped after validation cannot
-/// redirect the mount.
-pub fn mount_fuse(
-    target: BorrowedFd<'_>,
+/// The part of [`FSTYPE`] after "fuse.".
+const SUBTYPE: &str = "safemount";
+
+/// Makes a `fuse.safemount` mount that is not attached anywhere yet
+/// (fsopen, fsconfig, fsmount): it exists only as the returned fd until
+/// [`attach`], and dies with that fd. So the broker can record the mount's
+/// identity before any path reaches it: a broker killed between the two
+/// steps leaves either nothing or a mount its record names.
+pub fn create_fuse(
     source: &str,
     fuse: BorrowedFd<'_>,
     flags: MsFlags,
     uid: u32,
     gid: u32,
-) -> Result<(), Errno> {
-    let target_path = format!("/proc/self/fd/{}", target.as_raw_fd());
-    let data = fuse_data(fuse.as_raw_fd(), uid, gid);
-    let source = sanitize::mount_source(source);
-    nix::mount::mount(
-        Some(source.as_str()),
-        target_path.as_str(),
-        Some(FSTYPE),
-        flags,
-        Some(data.as_str()),
+) -> Result<OwnedFd, Errno> {
+    use rustix::mount as m;
+    let errno = |e: rustix::io::Errno| Errno::from_raw(e.raw_os_error());
+    let fs = m::fsopen("fuse", m::FsOpenFlags::FSOPEN_CLOEXEC).map_err(errno)?;
+    m::fsconfig_set_string(&fs, "source", sanitize::mount_source(source)).map_err(errno)?;
+    for (key, value) in fuse_params(fuse.as_raw_fd(), uid, gid) {
+        match value {
+            Some(v) => m::fsconfig_set_string(&fs, key, v),
+            None => m::fsconfig_set_flag(&fs, key),
+        }
+        .map_err(errno)?;
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        m::fsconfig_set_flag(&fs, "ro").map_err(errno)?;
+    }
+    m::fsconfig_create(&fs).map_err(errno)?;
+    m::fsmount(&fs, m::FsMountFlags::FSMOUNT_CLOEXEC, attr_flags(flags)).map_err(errno)
+}
+
+/// The per-mount attributes of `flags` (what mount(2) takes as MS_*).
+fn attr_flags(flags: MsFlags) -> rustix::mount::MountAttrFlags {
+    use rustix::mount::MountAttrFlags as A;
+    [
+        (MsFlags::MS_RDONLY, A::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, A::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, A::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, A::MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_NOATIME, A::MOUNT_ATTR_NOATIME),
+        (MsFlags::MS_RELATIME, A::MOUNT_ATTR_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(ms, _)| flags.contains(*ms))
+    .fold(A::empty(), |acc, (_, attr)| acc | attr)
+}
+
+/// Attaches the detached mount `mount` on the pinned directory `target`
+/// (an O_PATH fd): a path swapped after validation cannot redirect it.
+pub fn attach(mount: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<(), Errno> {
+    use rustix::mount::MoveMountFlags as F;
+    rustix::mount::move_mount(
+        mount,
+        "",
+        target,
+        "",
+        F::MOVE_MOUNT_F_EMPTY_PATH | F::MOVE_MOUNT_T_EMPTY_PATH,
     )
+    .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 // Unmounting and detaching go through `mounted::MountRef`, never a path.
@@ -422,10 +469,31 @@ mod tests {
     }
 
     #[test]
-    fn data_string() {
+    fn fuse_parameters() {
+        let shown: Vec<String> = fuse_params(7, 1000, 100)
+            .into_iter()
+            .map(|(k, v)| v.map_or(k.to_owned(), |v| format!("{k}={v}")))
+            .collect();
         assert_eq!(
-            fuse_data(7, 1000, 100),
-            "fd=7,rootmode=40000,user_id=1000,group_id=100,default_permissions,allow_other"
+            shown.join(","),
+            "subtype=safemount,fd=7,rootmode=40000,user_id=1000,group_id=100,default_permissions,allow_other"
         );
+        assert_eq!(format!("fuse.{SUBTYPE}"), FSTYPE);
+    }
+
+    #[test]
+    fn attributes_follow_the_flags() {
+        use rustix::mount::MountAttrFlags as A;
+        let ro = attr_flags(mount_flags(true, false) | MsFlags::MS_NOATIME);
+        assert_eq!(
+            ro,
+            A::MOUNT_ATTR_RDONLY
+                | A::MOUNT_ATTR_NOSUID
+                | A::MOUNT_ATTR_NODEV
+                | A::MOUNT_ATTR_NOEXEC
+                | A::MOUNT_ATTR_NOATIME
+        );
+        let rw_exec = attr_flags(mount_flags(false, true));
+        assert_eq!(rw_exec, A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV);
     }
 }

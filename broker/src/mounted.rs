@@ -243,12 +243,21 @@ fn entry_by_id(mount_id: u64) -> Result<Option<MountEntry>, MountRefError> {
         .find(|e| e.mount_id == mount_id))
 }
 
-/// What statx says of the mount an fd is on.
+/// What identifies a mount, wherever it is attached (or before it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MountOf {
-    unique_id: u64,
-    mount_id: u64,
-    dev: (u32, u32),
+pub struct MountOf {
+    /// STATX_MNT_ID_UNIQUE: never reused.
+    pub unique_id: u64,
+    /// The recyclable id of /proc/self/mountinfo.
+    pub mount_id: u64,
+    /// st_dev of the mounted filesystem (major, minor).
+    pub dev: (u32, u32),
+}
+
+/// The identity of the mount `mount_fd` is the root of (a detached mount
+/// from fsmount(2) included: it keeps its ids when attached).
+pub fn identity(mount_fd: BorrowedFd<'_>) -> Result<MountOf, MountRefError> {
+    mount_of(mount_fd)
 }
 
 /// statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC) for the unique and

@@ -604,8 +604,7 @@ impl Broker {
             open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
                 Failure::new(ErrorKind::Internal, format!("cannot open /dev/fuse: {e}"))
             })?;
-        mount::mount_fuse(
-            target.fd(),
+        let detached = mount::create_fuse(
             &source.name,
             fuse.as_fd(),
             opts.flags(read_only),
@@ -613,6 +612,16 @@ impl Broker {
             owner.gid,
         )
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("mount failed: {e}")))?;
+        let identity = crate::mounted::identity(detached.as_fd()).map_err(|e| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot identify the new mount: {e}"),
+            )
+        })?;
+        self.state.set_pending_mount(id, identity);
+        mount::attach(detached.as_fd(), target.fd())
+            .map_err(|e| Failure::new(ErrorKind::Internal, format!("mount failed: {e}")))?;
+        drop(detached);
         let mounted_at = target.path().to_owned();
         // From here on the mount is known by its identity, never by path.
         let mounted = MountRef::after_mount(target.fd(), mount::FSTYPE).map_err(|e| {

@@ -71,6 +71,10 @@ pub struct Entry {
     pub worker: Option<Arc<WorkerHandle>>,
     /// The mount, once made: the only handle to unmount or detach it.
     pub mount: Option<Arc<MountRef>>,
+    /// The identity of the mount being made, recorded before it is
+    /// attached (a restarted broker finds it by this if setup never
+    /// finished).
+    pub pending_mount: Option<crate::mounted::MountOf>,
     /// The reaper saw the worker exit.
     pub worker_exited: bool,
     /// The worker's start time (field 22 of /proc/PID/stat).
@@ -193,9 +197,21 @@ impl Entry {
             state: self.state,
             worker_pid: worker.pid(),
             worker_start_time: self.worker_start_time,
-            fuse_dev: self.mount.as_ref().map(|m| m.dev()),
-            mount_id: self.mount.as_ref().map(|m| m.mount_id()),
-            mount_unique_id: self.mount.as_ref().map(|m| m.unique_id()),
+            fuse_dev: self
+                .mount
+                .as_ref()
+                .map(|m| m.dev())
+                .or(self.pending_mount.map(|p| p.dev)),
+            mount_id: self
+                .mount
+                .as_ref()
+                .map(|m| m.mount_id())
+                .or(self.pending_mount.map(|p| p.mount_id)),
+            mount_unique_id: self
+                .mount
+                .as_ref()
+                .map(|m| m.unique_id())
+                .or(self.pending_mount.map(|p| p.unique_id)),
         })
     }
 }
@@ -318,6 +334,7 @@ impl State {
             mount: None,
             worker_exited: false,
             error: None,
+            pending_mount: None,
             worker_start_time: 0,
         });
         Ok(id)
@@ -389,6 +406,14 @@ impl State {
                 e.error = error;
             }
         });
+    }
+
+    /// The mount is made but not attached yet: its identity is recorded
+    /// first, so a broker killed before the mount is known by its place
+    /// leaves a record that still finds it.
+    pub fn set_pending_mount(&self, id: u64, mount: crate::mounted::MountOf) {
+        self.with_entry(id, |e| e.pending_mount = Some(mount));
+        self.persist(id);
     }
 
     /// The mount exists: recorded with its identity.
@@ -767,6 +792,7 @@ impl State {
                 mount: Some(Arc::new(mount)),
                 worker_exited: false,
                 error: None,
+                pending_mount: None,
                 worker_start_time: record.worker_start_time,
             });
         }

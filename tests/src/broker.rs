@@ -65,14 +65,47 @@ pub struct ListEntry {
 }
 
 enum Mode {
-    Broker { child: Child, client: PathBuf },
-    Kernel { mounts: Mutex<Vec<KernelMount>> },
+    /// The daemon behind a lock, so a test can kill and restart it while
+    /// other threads run client commands.
+    Broker {
+        child: Mutex<Child>,
+        client: PathBuf,
+    },
+    Kernel {
+        mounts: Mutex<Vec<KernelMount>>,
+    },
 }
 
 pub struct Broker {
     dir: TempDir,
     socket: PathBuf,
     mode: Mode,
+}
+
+/// Starts safemountd on `socket`, its state next to it in `dir`, logging
+/// (appended) to `dir/safemountd.log`.
+fn spawn_daemon(dir: &TempDir, socket: &Path) -> Result<Child> {
+    let daemon = util::bin("safemountd")?;
+    let worker = util::bin("safemount-worker")?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("safemountd.log"))?;
+    Command::new(&daemon)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--worker")
+        .arg(&worker)
+        // The variable safemountd reads (not RUST_LOG), fixed rather
+        // than inherited: corpus.rs looks for "panicked" and "SIGSYS"
+        // lines, which an ambient setting must not filter out.
+        .env("SAFEMOUNT_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawn {}", daemon.display()))
 }
 
 /// `SAFEMOUNT_E2E_SUT=kernel`: the kernel stands in for safemount (checks
@@ -101,35 +134,53 @@ impl Broker {
                 },
             });
         }
-        let daemon = util::bin("safemountd")?;
-        let worker = util::bin("safemount-worker")?;
         let client = util::bin("safemount")?;
-        let log = File::create(dir.join("safemountd.log"))?;
-        let child = Command::new(&daemon)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--worker")
-            .arg(&worker)
-            // The variable safemountd reads (not RUST_LOG), fixed rather
-            // than inherited: corpus.rs looks for "panicked" and "SIGSYS"
-            // lines, which an ambient setting must not filter out.
-            .env("SAFEMOUNT_LOG", "info")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", daemon.display()))?;
-        let mut b = Self {
+        let child = spawn_daemon(&dir, &socket)?;
+        let b = Self {
             dir,
             socket,
-            mode: Mode::Broker { child, client },
+            mode: Mode::Broker {
+                child: Mutex::new(child),
+                client,
+            },
         };
+        b.wait_up()
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no cleanup at all,
+    /// the workers keep serving. Then a new broker on the same socket and
+    /// state directory, which adopts what is alive (its log follows the
+    /// first one's in the same file).
+    /// Client commands may run meanwhile (they fail while no broker
+    /// listens).
+    pub fn kill_and_restart(&self) -> Result<()> {
+        let Mode::Broker { child, .. } = &self.mode else {
+            bail!("the kernel stand-in has no broker to kill");
+        };
+        {
+            let mut child = child.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            child.kill()?;
+            child.wait()?;
+            let _ = fs::remove_file(&self.socket);
+            *child = spawn_daemon(&self.dir, &self.socket)?;
+        }
+        self.wait_socket()
+    }
+
+    /// Waits until the socket answers.
+    fn wait_up(self) -> Result<Self> {
+        self.wait_socket()?;
+        Ok(self)
+    }
+
+    fn wait_socket(&self) -> Result<()> {
+        let b = self;
         let sock = b.socket.clone();
         let up = wait_until(Duration::from_secs(10), || sock.exists());
         if !up {
             let log = b.log();
-            if let Mode::Broker { child, .. } = &mut b.mode
+            if let Mode::Broker { child, .. } = &b.mode
+                && let Ok(mut child) = child.lock()
                 && let Ok(Some(st)) = child.try_wait()
             {
                 bail!("safemountd exited at start ({st}); log:\n{log}");
@@ -139,7 +190,7 @@ impl Broker {
                 b.socket.display()
             );
         }
-        Ok(b)
+        Ok(())
     }
 
     pub fn socket(&self) -> &Path {
@@ -149,7 +200,9 @@ impl Broker {
     /// Broker pid (None for the kernel stand-in).
     pub fn pid(&self) -> Option<i32> {
         match &self.mode {
-            Mode::Broker { child, .. } => i32::try_from(child.id()).ok(),
+            Mode::Broker { child, .. } => {
+                child.lock().ok().and_then(|c| i32::try_from(c.id()).ok())
+            }
             Mode::Kernel { .. } => None,
         }
     }
@@ -329,6 +382,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         match &mut self.mode {
             Mode::Broker { child, .. } => {
+                let child = child.get_mut().unwrap_or_else(|e| e.into_inner());
                 if let Ok(pid) = i32::try_from(child.id()) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 }
