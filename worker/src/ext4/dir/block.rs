@@ -396,16 +396,21 @@ fn is_index_block(d: &dyn DirBlocks, lblk: u64, b: &[u8]) -> bool {
 }
 
 /// The logical blocks that may hold `name`: the hash-chosen leaves of an
-/// indexed directory, else every block.
-fn candidate_blocks(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<Vec<u64>> {
+/// indexed directory, else every block, lazily (the block count comes from
+/// the inode's size, which a hostile disk sets to anything).
+fn candidate_blocks(
+    d: &mut dyn DirBlocks,
+    ctx: &DirCtx,
+    name: &[u8],
+) -> Result<Box<dyn Iterator<Item = u64>>> {
     if d.is_indexed()
         && name != b"."
         && name != b".."
         && let Some(v) = crate::ext4::dir::htree::dx_leaves_for(d, ctx, name)?
     {
-        return Ok(v);
+        return Ok(Box::new(v.into_iter()));
     }
-    Ok((0..d.nblocks()).collect())
+    Ok(Box::new(0..d.nblocks()))
 }
 
 /// Where `name` is: (logical block, entry). Index blocks are skipped,
