@@ -21,12 +21,14 @@ use super::{Adapter, file_attr};
 use crate::ext4::error::Error;
 use crate::ext4::types::{Attr, Ino};
 
-/// Per-inode kernel references (see the module documentation).
+/// Per-inode kernel references (see the module documentation). Kept
+/// small: a walk of a million files leaves a million of them.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct OpenState {
-    handles: u64,
-    /// The kernel's lookup count (nlookup).
+    /// The kernel's lookup count (nlookup: 64 bits, as the kernel's).
     lookups: u64,
+    /// Open handles (bounded by open files, far below 2^32).
+    handles: u32,
     /// The last name is gone: free the inode when both counts are zero.
     pub(super) unlinked: bool,
 }
