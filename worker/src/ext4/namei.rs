@@ -432,7 +432,7 @@ impl Ext4 {
         if target.is_empty() {
             return Err(Error::NotFound);
         }
-        if target.len() + 1 > bs {
+        if target.len().saturating_add(1) > bs {
             return Err(Error::NameTooLong);
         }
         if target.contains(&0) {
@@ -483,7 +483,7 @@ impl Ext4 {
             return Err(Error::Exists);
         }
         self.dir_add(&mut txn, &mut dir, name, ino, inode.kind)?;
-        inode.links_count += 1;
+        inode.links_count = inode.links_count.saturating_add(1);
         inode.ctime = self.now();
         self.touch_dir(&mut dir);
         let attr = self.attr_of(&inode);

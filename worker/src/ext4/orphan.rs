@@ -37,7 +37,7 @@ impl Ext4 {
         let ino = self.sb.s_orphan_file_inum;
         let inode = self.inode_any(ino)?;
         let bs = u64::from(self.block_size);
-        let n = inode.size / bs;
+        let n = inode.size.checked_div(bs).unwrap_or(0);
         if n > MAX_ORPHAN_FILE_BLOCKS {
             return Err(Error::corrupt(
                 format!("orphan file too big ({} bytes)", inode.size),
@@ -80,9 +80,8 @@ impl Ext4 {
     /// Whether inode `ino` is marked in use in its group's inode bitmap
     /// (with the live descriptor once the read-write mount started).
     fn inode_in_bitmap(&self, ino: Ino) -> Result<bool> {
-        let ipg = self.sb.s_inodes_per_group;
-        let g = (ino - 1) / ipg;
-        let bit = ((ino - 1) % ipg) as usize;
+        let (g, bit) = self.inode_group_index(ino)?;
+        let bit = bit as usize;
         let live = self
             .rw
             .gdt
@@ -99,7 +98,7 @@ impl Ext4 {
         }
         let b = self.read_block(d.bg_inode_bitmap)?;
         if self.has_metadata_csum() {
-            let n = ipg as usize / 8;
+            let n = self.sb.s_inodes_per_group as usize / 8;
             let full = self.sb.s_desc_size >= sbf::MIN_DESC_SIZE_64BIT;
             if !bitmap::csum_ok(self.csum_seed, &b, n, d.bg_inode_bitmap_csum, full) {
                 return Err(Error::corrupt(
@@ -194,9 +193,11 @@ impl Ext4 {
         for &ino in orphans {
             let r = self.inode_any(ino).and_then(|inode| {
                 if inode.links_count == 0 {
-                    self.release_inode(ino).map(|()| freed += 1)
+                    self.release_inode(ino)
+                        .map(|()| freed = usize::saturating_add(freed, 1))
                 } else {
-                    self.truncate_orphan(ino).map(|()| truncated += 1)
+                    self.truncate_orphan(ino)
+                        .map(|()| truncated = usize::saturating_add(truncated, 1))
                 }
             });
             if let Err(e) = r {

@@ -98,13 +98,13 @@ pub(crate) fn insert_in_buf(
     };
     let at = if used > 0 {
         set_rec_len(buf, off, used, fmt.block_size);
-        off + used
+        off.saturating_add(used)
     } else {
         off
     };
     let e = NewDirEntry {
         inode: ino,
-        rec_len: rlen - used,
+        rec_len: rlen.saturating_sub(used),
         name,
         file_type,
     };
@@ -147,14 +147,14 @@ pub(crate) fn remove_in_buf(
     match prev {
         Some((poff, prlen)) => {
             set_rec_len(buf, poff, prlen.saturating_add(rlen), fmt.block_size);
-            if let Some(b) = buf.get_mut(off..off + rlen) {
+            if let Some(b) = buf.get_mut(off..off.saturating_add(rlen)) {
                 b.fill(0);
             }
         }
         None => {
             set_entry_inode(buf, off, 0);
             // Wipe everything after the record length.
-            if let Some(b) = buf.get_mut(off + 6..off + rlen) {
+            if let Some(b) = buf.get_mut(off.saturating_add(6)..off.saturating_add(rlen)) {
                 b.fill(0);
             }
         }
@@ -224,7 +224,7 @@ pub(crate) fn pack_entries(
     if entries.is_empty() {
         let e = NewDirEntry {
             inode: 0,
-            rec_len: end - start,
+            rec_len: end.saturating_sub(start),
             name: b"",
             file_type: 0,
         };
@@ -232,7 +232,7 @@ pub(crate) fn pack_entries(
     }
     let mut pos = start;
     for (i, (name, ino, ft)) in entries.iter().enumerate() {
-        let rec_len = if i + 1 == entries.len() {
+        let rec_len = if i.saturating_add(1) == entries.len() {
             end.saturating_sub(pos)
         } else {
             dir_rec_len(name.len())
@@ -246,7 +246,7 @@ pub(crate) fn pack_entries(
         if !write_entry(buf, pos, &e, fmt) {
             return false;
         }
-        pos += rec_len;
+        pos = pos.saturating_add(rec_len);
     }
     true
 }
@@ -430,7 +430,7 @@ pub(crate) fn find_entry(
                 Found {
                     offset: at,
                     inode: crate::ext4::util::le32(&b, at),
-                    file_type: b.get(at + 7).copied().unwrap_or(0),
+                    file_type: b.get(at.saturating_add(7)).copied().unwrap_or(0),
                 },
             )));
         }

@@ -152,12 +152,12 @@ pub(crate) fn dx_leaves_for(
         let Some(f) = frames.get_mut(level) else {
             break;
         };
-        f.idx += 1;
+        f.idx = f.idx.saturating_add(1);
         let next_hash = f.entries.get(f.idx).map_or(0, |e| e.hash);
         if next_hash & !DX_HASH_CONTINUATION != hash {
             break;
         }
-        frames.truncate(level + 1);
+        frames.truncate(level.saturating_add(1));
         // Re-descend along first entries.
         while frames.len() < total {
             let blk = frames.last().map_or(0, Frame::target);
@@ -264,19 +264,21 @@ fn split_leaf(
     let mut broke_at = None;
     for i in (0..count).rev() {
         let s = map.get(i).map_or(0, |m| m.5);
-        if size + s / 2 > half {
+        if size.saturating_add(s / 2) > half {
             broke_at = Some(i);
             break;
         }
-        size += s;
-        moved += 1;
+        size = size.saturating_add(s);
+        moved = moved.saturating_add(1);
     }
     let split = match broke_at {
-        Some(i) if i > 0 => count - moved,
+        Some(i) if i > 0 => count.saturating_sub(moved),
         _ => count / 2,
     };
     let hash2 = map.get(split).map_or(0, |m| m.0);
-    let continued = split > 0 && map.get(split - 1).map(|m| m.0) == Some(hash2);
+    let continued = split
+        .checked_sub(1)
+        .is_some_and(|i| map.get(i).map(|m| m.0) == Some(hash2));
     let (keep, go) = map.split_at(split);
     let go: Vec<_> = go.iter().map(|m| (m.2.clone(), m.3, m.4)).collect();
     let mut keep: Vec<_> = keep.to_vec();
@@ -314,12 +316,14 @@ pub(crate) fn dx_add_entry(
             Ok(None) => {}
             Err(e) => return Err(edit_corrupt(dir, leaf_blk, e)),
         }
-        let last = frames.len() - 1;
+        let last = frames.len().saturating_sub(1);
         if frames.get(last).is_some_and(Frame::is_full) {
             // The lowest level whose parent has room, or the root.
             let mut lvl = last;
-            while lvl > 0 && frames.get(lvl - 1).is_some_and(Frame::is_full) {
-                lvl -= 1;
+            while let Some(up) = lvl.checked_sub(1)
+                && frames.get(up).is_some_and(Frame::is_full)
+            {
+                lvl = up;
             }
             if lvl == 0 {
                 if frames.len() >= usize::from(ctx.max_levels) {
@@ -338,7 +342,7 @@ pub(crate) fn dx_add_entry(
         let (hash2, continued) = split_leaf(dir, leaf_blk, &mut leaf, &mut new, ctx, hash_version)?;
         if let Some(f) = frames.last_mut() {
             f.entries.insert(
-                f.idx + 1,
+                f.idx.saturating_add(1),
                 DxEntry {
                     hash: hash2 | u32::from(continued),
                     block: new_blk32,
@@ -409,11 +413,11 @@ fn split_node(d: &mut dyn DirBlocks, ctx: &DirCtx, frames: &mut [Frame], lvl: us
     };
     init_node(&mut node.block);
     node.store(d, ctx)?;
-    let Some(parent) = frames.get_mut(lvl - 1) else {
+    let Some(parent) = lvl.checked_sub(1).and_then(|up| frames.get_mut(up)) else {
         return Ok(());
     };
     parent.entries.insert(
-        parent.idx + 1,
+        parent.idx.saturating_add(1),
         DxEntry {
             hash: hash2,
             block: blk32,

@@ -417,7 +417,7 @@ impl Ext4 {
                 search_buf(buf, start, &fmt, name, casefold).map_err(|(off, p)| {
                     dir_corrupt(
                         dir.ino,
-                        format!("inline data offset {}: {p}", base + off),
+                        format!("inline data offset {}: {p}", base.saturating_add(off)),
                         0,
                     )
                 })?
@@ -442,7 +442,7 @@ impl Ext4 {
         let is_dx = self.is_dx(&dir);
         let fmt = self.dirent_format();
         let end = self.dir_blocks(&dir);
-        let mut next = offset / bs;
+        let mut next = offset.checked_div(bs).unwrap_or(0);
         while let Some((lblk, block)) = self.next_dir_block(&dir, next, end)? {
             next = lblk.saturating_add(1);
             self.check_dir_leaf(&dir, lblk, &block, is_dx)?;
@@ -503,11 +503,11 @@ impl Ext4 {
                 let e = e.map_err(|(off, p)| {
                     dir_corrupt(
                         dir.ino,
-                        format!("inline data offset {}: {p}", base + off),
+                        format!("inline data offset {}: {p}", base.saturating_add(off)),
                         0,
                     )
                 })?;
-                let pos = (base + e.offset) as u64;
+                let pos = base.saturating_add(e.offset) as u64;
                 if pos < offset || !e.is_live() {
                     continue;
                 }
@@ -515,7 +515,7 @@ impl Ext4 {
                     ino: e.inode,
                     name: e.name.to_vec(),
                     kind: self.entry_kind(&e),
-                    next_offset: (base + e.end()) as u64,
+                    next_offset: base.saturating_add(e.end()) as u64,
                 };
                 if !sink(entry) {
                     return Ok(());

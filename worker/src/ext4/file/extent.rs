@@ -81,7 +81,7 @@ pub(crate) fn can_merge(a: &Extent, b: &Extent) -> bool {
     a.end() == u64::from(b.lblk)
         && a.pblk.checked_add(u64::from(a.len)) == Some(b.pblk)
         && a.uninit == b.uninit
-        && u32::from(a.len) + u32::from(b.len) <= max_len(a.uninit)
+        && u32::from(a.len).saturating_add(u32::from(b.len)) <= max_len(a.uninit)
 }
 
 /// Inserts `new` (which overlaps no extent) in order, merging it with its
@@ -91,13 +91,13 @@ pub(crate) fn leaf_insert(exts: &mut Vec<Extent>, new: Extent) {
     if let Some(left) = pos.checked_sub(1).and_then(|i| exts.get_mut(i))
         && can_merge(left, &new)
     {
-        left.len += new.len;
+        left.len = left.len.saturating_add(new.len);
         let merged = *left;
         if let Some(right) = exts.get(pos).copied()
             && can_merge(&merged, &right)
         {
-            if let Some(l) = exts.get_mut(pos - 1) {
-                l.len += right.len;
+            if let Some(l) = pos.checked_sub(1).and_then(|i| exts.get_mut(i)) {
+                l.len = l.len.saturating_add(right.len);
             }
             exts.remove(pos);
         }
@@ -108,7 +108,7 @@ pub(crate) fn leaf_insert(exts: &mut Vec<Extent>, new: Extent) {
     {
         right.lblk = new.lblk;
         right.pblk = new.pblk;
-        right.len += new.len;
+        right.len = right.len.saturating_add(new.len);
         return;
     }
     exts.insert(pos, new);
@@ -116,11 +116,11 @@ pub(crate) fn leaf_insert(exts: &mut Vec<Extent>, new: Extent) {
 
 /// Piece of `e` covering logical [start, end) (inside `e`).
 fn piece(e: &Extent, start: u64, end: u64, uninit: bool) -> Extent {
-    let skip = start - u64::from(e.lblk);
+    let skip = start.saturating_sub(u64::from(e.lblk));
     Extent {
         lblk: start as u32,
-        len: (end - start) as u16,
-        pblk: e.pblk + skip,
+        len: end.saturating_sub(start) as u16,
+        pblk: e.pblk.saturating_add(skip),
         uninit,
     }
 }
@@ -132,7 +132,7 @@ pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<(
     if start >= end {
         return freed;
     }
-    let mut out = Vec::with_capacity(exts.len() + 1);
+    let mut out = Vec::with_capacity(exts.len().saturating_add(1));
     for e in exts.iter() {
         let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
         if s >= t {
@@ -163,7 +163,7 @@ pub(crate) fn leaf_set_state(exts: &mut Vec<Extent>, start: u64, end: u64, unini
     {
         return false;
     }
-    let mut out: Vec<Extent> = Vec::with_capacity(exts.len() + 2);
+    let mut out: Vec<Extent> = Vec::with_capacity(exts.len().saturating_add(2));
     for e in exts.iter() {
         let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
         if s >= t || e.uninit == uninit {
@@ -182,7 +182,7 @@ pub(crate) fn leaf_set_state(exts: &mut Vec<Extent>, start: u64, end: u64, unini
     let mut merged: Vec<Extent> = Vec::with_capacity(out.len());
     for e in out {
         match merged.last_mut() {
-            Some(last) if can_merge(last, &e) => last.len += e.len,
+            Some(last) if can_merge(last, &e) => last.len = last.len.saturating_add(e.len),
             _ => merged.push(e),
         }
     }
@@ -322,11 +322,12 @@ pub(crate) fn load_path(
                 let Some(child) = idx.get(pos).copied() else {
                     return Err(corrupt(ctx, "empty index node", block.unwrap_or(0)));
                 };
-                if let Some(n) = idx.get(pos + 1) {
+                let next = pos.saturating_add(1);
+                if let Some(n) = idx.get(next) {
                     let b = u64::from(n.lblk);
                     bound = Some(bound.map_or(b, |x| x.min(b)));
                 }
-                let last = pos + 1 == idx.len();
+                let last = next == idx.len();
                 levels.push(Level {
                     block,
                     depth: cur_depth,
@@ -359,6 +360,10 @@ enum ChildChange {
 }
 
 /// How to cut `n` entries into nodes of at most `cap`.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "n > cap > 0 here, so k >= 2, cap * (k - 1) < n and k > 0"
+)]
 fn chunk_sizes(n: usize, cap: usize, rightmost: bool) -> Vec<usize> {
     if n <= cap || cap == 0 {
         return vec![n];
@@ -380,15 +385,15 @@ fn split_node(node: ExtentNode, sizes: &[usize]) -> Vec<ExtentNode> {
     let mut out = Vec::with_capacity(sizes.len());
     match node {
         ExtentNode::Leaf(mut v) => {
-            for &s in sizes.iter().rev().take(sizes.len() - 1) {
-                let tail = v.split_off(v.len() - s);
+            for &s in sizes.iter().rev().take(sizes.len().saturating_sub(1)) {
+                let tail = v.split_off(v.len().saturating_sub(s));
                 out.push(ExtentNode::Leaf(tail));
             }
             out.push(ExtentNode::Leaf(v));
         }
         ExtentNode::Index(mut v) => {
-            for &s in sizes.iter().rev().take(sizes.len() - 1) {
-                let tail = v.split_off(v.len() - s);
+            for &s in sizes.iter().rev().take(sizes.len().saturating_sub(1)) {
+                let tail = v.split_off(v.len().saturating_sub(s));
                 out.push(ExtentNode::Index(tail));
             }
             out.push(ExtentNode::Index(v));
@@ -419,13 +424,13 @@ pub(crate) fn store_path(
     let mut needed = 0usize;
     let mut extra = 0usize;
     for l in (0..n).rev() {
-        let len = path.levels[l].len() + extra;
+        let len = path.levels[l].len().saturating_add(extra);
         if l > 0 {
             let k = len.div_ceil(block_cap).saturating_sub(1);
-            needed += k;
+            needed = needed.saturating_add(k);
             extra = k;
         } else if len > extent::ROOT_MAX_ENTRIES {
-            needed += 1;
+            needed = needed.saturating_add(1);
         }
     }
     let goal = path
@@ -436,9 +441,11 @@ pub(crate) fn store_path(
         .unwrap_or(ctx.default_goal);
     let mut fresh: Vec<u64> = Vec::with_capacity(needed);
     while fresh.len() < needed {
-        let want = u32::try_from(needed - fresh.len()).unwrap_or(u32::MAX);
+        let want = u32::try_from(needed.saturating_sub(fresh.len())).unwrap_or(u32::MAX);
         match store.alloc(goal, want) {
-            Ok((first, count)) => fresh.extend((0..u64::from(count.min(want))).map(|i| first + i)),
+            Ok((first, count)) => {
+                fresh.extend((0..u64::from(count.min(want))).map(|i| first.saturating_add(i)));
+            }
             Err(e) => {
                 for &b in &fresh {
                     store.free(b, 1)?;
@@ -476,7 +483,7 @@ pub(crate) fn store_path(
                         level.dirty = true;
                     }
                     if !extra.is_empty() {
-                        let at = (level.idx + 1).min(v.len());
+                        let at = level.idx.saturating_add(1).min(v.len());
                         v.splice(at..at, extra);
                         level.dirty = true;
                     }
@@ -550,7 +557,7 @@ pub(crate) fn store_path(
                     lblk: first_of(&node),
                     leaf: nb,
                 }]);
-                level.depth += 1;
+                level.depth = level.depth.saturating_add(1);
                 if level.depth > extent::MAX_DEPTH {
                     return Err(corrupt(ctx, "tree would grow too deep", 0));
                 }
@@ -612,7 +619,7 @@ pub(crate) fn map_alloc(
     let mut cur = lblk;
     let mut steps = 0u64;
     while cur < end {
-        steps += 1;
+        steps = steps.saturating_add(1);
         if steps > MAX_LEAF_VISITS.saturating_mul(4) {
             return Err(corrupt(ctx, "too many steps mapping a range", 0));
         }
@@ -620,12 +627,12 @@ pub(crate) fn map_alloc(
         let (found, next) = path.lookup(cur);
         if let Some(e) = found {
             let stop = e.end().min(end);
-            let len = (stop - cur) as u32;
+            let len = stop.saturating_sub(cur) as u32;
             push_run(
                 &mut runs,
                 Run {
                     lblk: cur,
-                    pblk: e.pblk + (cur - u64::from(e.lblk)),
+                    pblk: e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))),
                     len,
                     kind: if e.uninit {
                         RunKind::Unwritten
@@ -637,13 +644,15 @@ pub(crate) fn map_alloc(
             cur = stop;
             continue;
         }
-        let hole_end = next.map_or(end, |n| n.min(end)).max(cur + 1);
+        let hole_end = next.map_or(end, |n| n.min(end)).max(cur.saturating_add(1));
         let goal = path
             .left_of(cur)
-            .map(|e| e.pblk.saturating_add(cur - u64::from(e.lblk)))
+            .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
             .filter(|&g| g < ctx.end_block)
             .unwrap_or(ctx.default_goal);
-        let want = (hole_end - cur).min(u64::from(max_len(unwritten))) as u32;
+        let want = hole_end
+            .saturating_sub(cur)
+            .min(u64::from(max_len(unwritten))) as u32;
         let (pblk, got) = match store.alloc(goal, want) {
             Ok(r) => r,
             Err(Error::NoSpace) => return Ok((runs, true)),
@@ -677,16 +686,17 @@ pub(crate) fn map_alloc(
                 kind: RunKind::New,
             },
         );
-        cur += u64::from(got);
+        cur = cur.saturating_add(u64::from(got));
     }
     Ok((runs, false))
 }
 
-fn push_run(runs: &mut Vec<Run>, r: Run) {
+/// Appends `r`, extending the last run when `r` continues it.
+pub(crate) fn push_run(runs: &mut Vec<Run>, r: Run) {
     if let Some(last) = runs.last_mut()
         && last.kind == r.kind
-        && last.lblk + u64::from(last.len) == r.lblk
-        && last.pblk + u64::from(last.len) == r.pblk
+        && last.lblk.checked_add(u64::from(last.len)) == Some(r.lblk)
+        && last.pblk.checked_add(u64::from(last.len)) == Some(r.pblk)
         && let Some(len) = last.len.checked_add(r.len)
     {
         last.len = len;
@@ -717,7 +727,7 @@ fn for_each_leaf(
     let mut cur = start;
     let mut visits = 0u64;
     while cur < end {
-        visits += 1;
+        visits = visits.saturating_add(1);
         if visits > MAX_LEAF_VISITS {
             return Err(corrupt(ctx, "too many leaves in one range operation", 0));
         }
@@ -757,7 +767,7 @@ pub(crate) fn remove_range(
     })?;
     for (p, n) in freed_runs {
         store.free(p, n)?;
-        freed_total += u64::from(n);
+        freed_total = freed_total.saturating_add(u64::from(n));
         *root.blocks = root
             .blocks
             .saturating_sub(u64::from(n).saturating_mul(ctx.sectors()));
@@ -823,7 +833,7 @@ pub(crate) fn all_extents(
     let mut cur = 0u64;
     let mut visits = 0u64;
     loop {
-        visits += 1;
+        visits = visits.saturating_add(1);
         if visits > MAX_LEAF_VISITS {
             return Err(corrupt(ctx, "too many leaves", 0));
         }

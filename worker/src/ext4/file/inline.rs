@@ -57,9 +57,11 @@ impl Ext4 {
             .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == SYSTEM_DATA))
             .collect();
         // Header (4), the others, our entry, the table terminator.
-        let used = 4 + ox::space_needed(&others) + ox::entry_len(SYSTEM_DATA.len());
+        let used = ox::space_needed(&others)
+            .saturating_add(ox::entry_len(SYSTEM_DATA.len()))
+            .saturating_add(4);
         let free = area.saturating_sub(used) & !3;
-        Ok(I_BLOCK_SIZE as u64 + free as u64)
+        Ok((I_BLOCK_SIZE as u64).saturating_add(free as u64))
     }
 
     pub(crate) fn inline_write_fits(&self, inode: &Inode, offset: u64, len: u64) -> bool {
@@ -93,7 +95,7 @@ impl Ext4 {
     }
 
     fn store_ibody(&self, inode: &mut Inode, entries: &[NewXattr]) -> Result<()> {
-        let start = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(inode.extra_isize);
+        let start = inode.ibody_start();
         let area = inode
             .raw
             .get_mut(start..)
@@ -120,7 +122,7 @@ impl Ext4 {
         let size = usize::try_from(inode.size).unwrap_or(usize::MAX);
         content.resize(size.max(end).max(content.len()), 0);
         content
-            .get_mut(end - data.len()..end)
+            .get_mut(end.saturating_sub(data.len())..end)
             .ok_or(Error::Invalid("inline write range"))?
             .copy_from_slice(data);
         self.set_inline_content(inode, &content)

@@ -126,7 +126,8 @@ impl Journal {
         // A journal is no larger than its filesystem; and only the blocks
         // the superblock claims are mapped, so a hostile size or block map
         // costs no more than the journal's own length.
-        let nblocks = u32::try_from((ji.size / bs).min(sb.s_blocks_count)).unwrap_or(u32::MAX);
+        let nblocks = u32::try_from(ji.size.checked_div(bs).unwrap_or(0).min(sb.s_blocks_count))
+            .unwrap_or(u32::MAX);
         let head = map_journal(fs, &ji, nblocks.min(1))?;
         let raw = read_mapped(&*fs.dev, &head, bs, 0, nblocks)?;
         let jsb = JournalSuperblock::parse(&raw, pblk_of(&head, 0).unwrap_or(0))?;
@@ -325,7 +326,9 @@ fn map_journal(fs: &Ext4, ji: &Inode, nblocks: u32) -> Result<Vec<Run>> {
                 len,
                 uninit: false,
             } if len > 0 => {
-                let len = u32::try_from(len).unwrap_or(u32::MAX).min(nblocks - lblk);
+                let len = u32::try_from(len)
+                    .unwrap_or(u32::MAX)
+                    .min(nblocks.saturating_sub(lblk));
                 if !fs.blocks_valid(pblk, u64::from(len)) {
                     return Err(corrupt(
                         format!("blocks {lblk}.. map outside the filesystem ({pblk})"),

@@ -198,7 +198,7 @@ impl Ext4 {
                 0,
             ));
         };
-        let mut data = Vec::with_capacity(I_BLOCK_SIZE + extra.len());
+        let mut data = Vec::with_capacity(I_BLOCK_SIZE.saturating_add(extra.len()));
         data.extend_from_slice(&inode.i_block);
         data.extend_from_slice(&extra);
         let len = usize::try_from(inode.size).unwrap_or(usize::MAX);

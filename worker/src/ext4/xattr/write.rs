@@ -19,7 +19,6 @@
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
-use crate::ext4::ondisk::superblock::GOOD_OLD_INODE_SIZE;
 use crate::ext4::ondisk::xattr::{
     self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, NewXattr, NewXattrValue,
     XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, XattrLimits, sort_for_block, space_needed,
@@ -74,11 +73,6 @@ impl Ext4 {
         Ok(out)
     }
 
-    /// Offset of the in-inode xattr area in the raw inode.
-    fn xw_ibody_start(inode: &Inode) -> usize {
-        usize::from(GOOD_OLD_INODE_SIZE) + usize::from(inode.extra_isize)
-    }
-
     fn xw_ibody_entries(&self, txn: &mut Txn<'_>, inode: &Inode) -> Result<Vec<NewXattr>> {
         let parsed = xattr::parse_ibody(inode.inline_xattr_area(), &self.xw_xlimits())
             .map_err(|p| xcorrupt(inode.ino, p, 0))?;
@@ -121,7 +115,7 @@ impl Ext4 {
         if refcount > 1 {
             let seed = self.has_metadata_csum().then(|| self.csum_seed());
             let b = txn.block_mut(blk)?;
-            xattr::set_block_refcount(b, blk, refcount - 1, seed);
+            xattr::set_block_refcount(b, blk, refcount.saturating_sub(1), seed);
         } else {
             txn.free_blocks(blk, 1)?;
         }
@@ -337,7 +331,7 @@ impl Ext4 {
                 }
             }
         }
-        let area_len = inode.raw.len().saturating_sub(Self::xw_ibody_start(inode));
+        let area_len = inode.raw.len().saturating_sub(inode.ibody_start());
         let has_ibody = area_len >= XATTR_IBODY_HEADER_LEN;
         let mut block_changed = block_had;
         let mut created = None;
@@ -369,7 +363,9 @@ impl Ext4 {
                     Some(p) if p <= try_ibody.len() => try_ibody.insert(p, new.clone()),
                     _ => try_ibody.push(new.clone()),
                 }
-                if has_ibody && XATTR_IBODY_HEADER_LEN + space_needed(&try_ibody) <= area_len {
+                if has_ibody
+                    && XATTR_IBODY_HEADER_LEN.saturating_add(space_needed(&try_ibody)) <= area_len
+                {
                     ibody = try_ibody;
                     break;
                 }
@@ -382,7 +378,8 @@ impl Ext4 {
                     || in_inode
                     || v.is_empty()
                     || bs.saturating_sub(inline_values_len(&block)) >= (bs / 8).min(1024);
-                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) <= bs && reserve_kept {
+                if XATTR_BLOCK_HEADER_LEN.saturating_add(space_needed(&block)) <= bs && reserve_kept
+                {
                     block_changed = true;
                     break;
                 }
@@ -394,7 +391,7 @@ impl Ext4 {
             }
         }
         if has_ibody {
-            let start = Self::xw_ibody_start(inode);
+            let start = inode.ibody_start();
             let area = inode
                 .raw
                 .get_mut(start..)
