@@ -630,15 +630,13 @@ impl Txn<'_> {
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-    use std::sync::Arc;
 
     use super::super::ondisk::inode::{EXT4_EXTENTS_FL, S_IFDIR, S_IFREG};
     use super::super::testutil::*;
     use super::super::util::{put_le16, put_le32};
-    use super::super::{Ext4, FileKind, Inode, OpenOptions, ROOT_INO};
-    use crate::io::{BlockDevice, MemDevice};
+    use super::super::{Ext4, FileKind, Inode, ROOT_INO};
 
     /// The mkfs variants every allocator test runs over (64 MiB images,
     /// small groups so there are several, some of them BLOCK_UNINIT).
@@ -659,73 +657,6 @@ pub(crate) mod tests {
             "^metadata_csum,^uninit_bg",
         ],
     ];
-
-    /// An image made by mkfs with a few files, opened read-write on a
-    /// MemDevice.
-    pub(crate) struct RwImage {
-        pub(crate) _sc: Scratch,
-        pub(crate) img: PathBuf,
-        pub(crate) dev: Arc<MemDevice>,
-    }
-
-    impl RwImage {
-        pub(crate) fn new(tag: &str, args: &[&str]) -> RwImage {
-            let sc = Scratch::new(tag);
-            let src = sc.path().join("src");
-            std::fs::create_dir_all(src.join("d")).unwrap();
-            std::fs::write(src.join("a"), pattern(200_000, 1)).unwrap();
-            std::fs::write(src.join("d/b"), b"b").unwrap();
-            let img = mkfs(&sc, &src, args, 64 * 1024);
-            let dev = Arc::new(MemDevice::new(std::fs::read(&img).unwrap()));
-            RwImage { _sc: sc, img, dev }
-        }
-
-        pub(crate) fn open(&self) -> Ext4 {
-            let fs = Ext4::open(
-                self.dev.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false },
-            )
-            .unwrap();
-            assert!(!fs.is_read_only(), "rw refused");
-            fs
-        }
-
-        /// Writes the device contents back to the image file.
-        pub(crate) fn save(&self) -> &Path {
-            std::fs::write(&self.img, self.dev.contents()).unwrap();
-            &self.img
-        }
-    }
-
-    /// `e2fsck -fn`: exit status and output.
-    pub(crate) fn fsck(img: &Path) -> (i32, String) {
-        let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
-    pub(crate) fn assert_fsck_clean(img: &Path, what: &str) {
-        let (code, text) = fsck(img);
-        assert_eq!(code, 0, "e2fsck -fn after {what}:\n{text}");
-    }
-
-    /// dumpe2fs -h field `name` (e.g. "Free blocks").
-    pub(crate) fn dumpe2fs_field(img: &Path, name: &str) -> String {
-        let out = Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(img)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .unwrap_or_else(|| panic!("no {name} in dumpe2fs -h"))
-            .trim()
-            .to_string()
-    }
 
     fn free_counts(img: &Path) -> (u64, u64) {
         (

@@ -341,11 +341,11 @@ mod tests {
 
     use std::sync::Arc;
 
-    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use super::super::ondisk::inode::S_IFREG;
     use super::super::testutil::*;
     use super::super::{Ext4, OpenOptions, ROOT_INO};
     use super::*;
+    use crate::ext4::testutil::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use crate::io::BlockDevice;
 
     fn free(fs: &Ext4) -> (u64, u32) {
@@ -465,7 +465,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use super::super::alloc::tests::fsck;
+    use crate::ext4::testutil::fsck;
     use crate::io::MemDevice;
 
     fn run_ok(cmd: &str, args: &[&str]) -> String {
@@ -837,12 +837,6 @@ mod tests {
     }
 
     /// path -> size and a hash of the contents ("dir" for directories).
-    fn fnv(b: &[u8]) -> u64 {
-        b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-            (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-        })
-    }
-
     fn engine_tree(fs: &Ext4, ino: Ino, path: &str, out: &mut Vec<String>) {
         let mut entries = Vec::new();
         fs.readdir(ino, 0, &mut |e| {
@@ -885,20 +879,6 @@ mod tests {
         }
     }
 
-    /// Unmounts on drop.
-    struct Mounted(PathBuf);
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).output();
-        }
-    }
-
-    fn kernel_mounted(img: &Path, mnt: &Path, opts: &str) -> Option<Mounted> {
-        std::fs::create_dir_all(mnt).unwrap();
-        kernel_mount(img, mnt, &["-t", "ext4", "-o", opts]).then(|| Mounted(mnt.to_owned()))
-    }
-
     /// Orphans the kernel made: files unlinked while this process holds
     /// them open, synced, the image copied while still mounted (so
     /// needs_recovery is set; replay at open brings back the orphan list
@@ -928,7 +908,7 @@ mod tests {
                 };
                 let mut held = Vec::new();
                 for (k, len) in [(0u64, 300_000usize), (1, 5000), (2, 0)] {
-                    let p = m.0.join(format!("gone{k}"));
+                    let p = m.mnt.join(format!("gone{k}"));
                     std::fs::write(&p, pattern(len, 10 + k)).unwrap();
                     let f = std::fs::File::open(&p).unwrap();
                     use std::os::unix::fs::MetadataExt;
@@ -936,7 +916,7 @@ mod tests {
                     std::fs::remove_file(&p).unwrap();
                     held.push(f);
                 }
-                std::fs::write(m.0.join("d/new"), pattern(20_000, 7)).unwrap();
+                std::fs::write(m.mnt.join("d/new"), pattern(20_000, 7)).unwrap();
                 run_ok("sync", &[]);
                 crate::ext4::testutil::snapshot_copy(&live, &img);
                 drop(held);
@@ -963,7 +943,7 @@ mod tests {
             let mut theirs = Vec::new();
             {
                 let m = kernel_mounted(&img, &sc.path().join("mnt2"), "ro").unwrap();
-                kernel_tree(&m.0, "", &mut theirs);
+                kernel_tree(&m.mnt, "", &mut theirs);
             }
             theirs.sort();
             assert_eq!(ours, theirs, "{what}: the kernel sees the engine's tree");

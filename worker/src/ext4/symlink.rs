@@ -87,9 +87,9 @@ impl Ext4 {
 
 #[cfg(test)]
 mod tests {
-    use crate::ext4::dir::testimg::*;
     use crate::ext4::error::Error;
     use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
+    use crate::ext4::testutil::*;
 
     #[test]
     fn symlinks_of_every_kind() {
@@ -112,7 +112,7 @@ mod tests {
         ];
         // A 4000-byte target needs a 4 KiB block: the 1 KiB tree lacks it.
         for tree in ["src", "src1k"] {
-            let src = s.path(tree);
+            let src = s.file(tree);
             std::fs::create_dir_all(&src).unwrap();
             for (name, target) in links {
                 if tree == "src1k" && name == "long" {
@@ -132,10 +132,10 @@ mod tests {
             ("ea_inode", &["-b", "4096", "-O", "ea_inode"]),
         ];
         for (tag, args) in configs {
-            let img = s.path(tag);
+            let img = s.file(tag);
             let tree = if tag == "b1024" { "src1k" } else { "src" };
-            mkfs(&s.path(tree), &img, args, "16M", false);
-            let fs = open(&img);
+            mkfs_img(&s.file(tree), &img, args, "16M", false);
+            let fs = open_image(&img).unwrap();
             for (name, target) in links {
                 if tag == "b1024" && name == "long" {
                     continue;

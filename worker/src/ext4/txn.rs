@@ -406,10 +406,10 @@ fn add_signed(v: u64, d: i64) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use super::super::testutil::*;
     use super::super::{FileKind, ROOT_INO};
     use super::*;
+    use crate::ext4::testutil::{RwImage, assert_fsck_clean, dumpe2fs_field};
 
     /// While mounted read-write the superblock is not clean and the mount
     /// count went up; shutdown marks it clean with s_wtime and

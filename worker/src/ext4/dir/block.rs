@@ -669,8 +669,8 @@ pub(crate) mod tests {
     #[test]
     fn engine_linear_dir_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::have_mkfs;
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         if !have_mkfs() {
             return;
         }
@@ -701,7 +701,7 @@ pub(crate) mod tests {
         assert_fsck_clean(img, "linear directory edits through the engine");
         let live: Vec<String> = live.into_iter().collect();
         let Some((listed, found)) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
                 let dir = mnt.join("lin");
                 let mut listed: Vec<String> = std::fs::read_dir(&dir)
                     .unwrap()

@@ -697,7 +697,7 @@ mod tests {
     #[test]
     fn engine_htree_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::{debugfs_out, have_mkfs};
         if !have_mkfs() {
             return;
@@ -734,7 +734,7 @@ mod tests {
             .collect();
         left.sort();
         let Some((listed, found)) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
                 let dir = mnt.join("big");
                 let mut listed: Vec<String> = std::fs::read_dir(&dir)
                     .unwrap()

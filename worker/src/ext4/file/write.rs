@@ -697,17 +697,6 @@ pub(crate) mod tests {
         Ext4::open(Arc::new(dev), OpenOptions { read_only: false }).unwrap()
     }
 
-    pub(crate) fn fsck_clean(img: &Path) {
-        let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-        assert!(
-            out.status.success(),
-            "e2fsck -fn {}: {}\n{}",
-            img.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// What the kernel (loop, ro, noload) shows: per file its SEEK_DATA/
     /// SEEK_HOLE transitions (taken before any read: reading unwritten
     /// ranges puts uptodate pages in the cache, which iomap then reports

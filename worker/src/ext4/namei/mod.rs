@@ -568,8 +568,8 @@ impl Ext4 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::ext4::alloc::tests::{RwImage, fsck};
-    use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::testutil::{RwImage, fsck};
+    use crate::ext4::testutil::{have_mkfs, with_kernel_mount};
     use crate::ext4::types::{ROOT_INO, RenameFlags, SetAttr, TimeSet, Timestamp, XattrFlags};
 
     fn exercise(fs: &Ext4, many: u32) {
@@ -772,27 +772,6 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!((at.perm, at.uid, at.mtime), (0o4755, 5, t));
-    }
-
-    /// Runs `f` on the image mounted by the kernel (loop, ro, noload);
-    /// None if this process cannot mount.
-    pub(crate) fn with_kernel_mount<T>(
-        img: &std::path::Path,
-        f: impl FnOnce(&std::path::Path) -> T,
-    ) -> Option<T> {
-        use std::process::Command;
-        let mnt = img.with_extension("kmnt");
-        let _ = std::fs::create_dir_all(&mnt);
-        if !crate::ext4::testutil::kernel_mount(img, &mnt, &["-t", "ext4", "-o", "loop,ro,noload"])
-        {
-            return None;
-        }
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mnt)));
-        let _ = Command::new("umount").arg(&mnt).status();
-        match r {
-            Ok(v) => Some(v),
-            Err(p) => std::panic::resume_unwind(p),
-        }
     }
 
     /// Sorted names in a directory through the engine (without . and ..).

@@ -575,12 +575,12 @@ fn inline_values_len(entries: &[NewXattr]) -> usize {
 #[cfg(test)]
 mod tests {
     use crate::ext4::Ext4;
-    use crate::ext4::alloc::tests::{RwImage, fsck};
     use crate::ext4::error::Error;
-    use crate::ext4::namei::tests::with_kernel_mount;
     use crate::ext4::ondisk::inode::EXT4_EA_INODE_FL;
     use crate::ext4::ondisk::xattr::{self, XattrValue};
     use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::testutil::with_kernel_mount;
+    use crate::ext4::testutil::{RwImage, fsck};
     use crate::ext4::types::{Ino, ROOT_INO, XattrFlags};
 
     fn val(n: usize, seed: u8) -> Vec<u8> {

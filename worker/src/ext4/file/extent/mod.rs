@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn engine_extent_tree_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::{debugfs_out, have_mkfs, pattern};
         if !have_mkfs() {
             return;
@@ -709,7 +709,7 @@ mod tests {
             ex.lines().take(8).collect::<Vec<_>>().join("\n")
         );
         let Some(kernel) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
                 std::fs::read(mnt.join("frag")).unwrap()
             })
         else {
