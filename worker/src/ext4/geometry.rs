@@ -105,6 +105,13 @@ impl Ext4 {
         Ok((block, off))
     }
 
+    /// The inode-table block holding inode `ino` (0 when out of range):
+    /// where a fault in the inode itself, or in what it holds inline
+    /// (i_block, in-inode xattrs), is reported.
+    pub(crate) fn inode_block(&self, ino: Ino) -> u64 {
+        self.inode_location(ino).map_or(0, |(block, _)| block)
+    }
+
     /// Group of inode `ino` and its index in the group's bitmap and table.
     pub(crate) fn inode_group_index(&self, ino: Ino) -> Result<(u32, u32)> {
         let ipg = self.sb.s_inodes_per_group;

@@ -201,7 +201,13 @@ impl Ext4 {
                 }
             });
             if let Err(e) = r {
-                let e = Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), 0);
+                // The fault's own block when it has one, else the inode's.
+                let block = match &e {
+                    Error::Corrupt { block, .. } if *block != 0 => *block,
+                    _ => self.inode_block(ino),
+                };
+                let e =
+                    Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), block);
                 self.corrupt_on_write(&e);
                 break;
             }

@@ -100,6 +100,28 @@ pub(crate) fn with_kernel_mount<T>(img: &Path, f: impl FnOnce(&Path) -> T) -> Op
     Some(f(&m.mnt))
 }
 
+/// What the kernel shows of directory `dir` of `img`: its sorted names,
+/// and how many of `names` it finds by lookup; None when not root.
+pub(crate) fn kernel_listing(
+    img: &Path,
+    dir: &str,
+    names: &[String],
+) -> Option<(Vec<String>, usize)> {
+    with_kernel_mount(img, |mnt| {
+        let dir = mnt.join(dir);
+        let mut listed: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        let found = names
+            .iter()
+            .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+            .count();
+        (listed, found)
+    })
+}
+
 /// Whether kernel loop mounts and e2fsprogs can be used; skips (see
 /// [`skip`]) if not.
 pub(crate) fn can_loop_mount() -> bool {
@@ -233,6 +255,21 @@ pub(crate) fn corpus_entries() -> Option<std::fs::ReadDir> {
             None
         }
     }
+}
+
+/// The image a corpus file holds (`.gz` or `.bz2`); None for other files
+/// and for archives that do not decompress.
+pub(crate) fn corpus_image(path: &Path) -> Option<Vec<u8>> {
+    let name = path.file_name()?.to_str()?;
+    let tool = if name.ends_with(".gz") {
+        "gzip"
+    } else if name.ends_with(".bz2") {
+        "bzip2"
+    } else {
+        return None;
+    };
+    let out = Command::new(tool).arg("-dc").arg(path).output().unwrap();
+    out.status.success().then_some(out.stdout)
 }
 
 /// Whether the e2fsprogs tools (and, if asked, attr/acl) are present.

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fuser::Errno;
+use fuser::{Errno, ReplyEmpty};
 
 use super::convert::errno;
 use super::inodes::OpenState;
@@ -50,6 +50,15 @@ impl Adapter {
         }
     }
 
+    /// fsync and fsyncdir: data is written when its request completes, so
+    /// both write the committed metadata back and flush the device.
+    pub(super) fn sync(&self, op: &str, ino: Ino, reply: ReplyEmpty) {
+        match self.fs.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail(op, ino, &e)),
+        }
+    }
+
     /// Maps `err`, logging each corrupt object once.
     pub(super) fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
         match err {
@@ -58,7 +67,7 @@ impl Adapter {
                     seen.len() < MAX_CORRUPT_LOGGED && seen.insert((what.to_string(), *block))
                 });
                 if first {
-                    tracing::warn!("{op} of inode {ino}: corrupt {what} (block {block})");
+                    tracing::warn!("{op} of inode {ino}: {err}");
                 }
             }
             Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),

@@ -635,12 +635,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let ino = ino_or_reply!(ino, reply);
-        // Data is written when its request completes; fsync writes the
-        // committed metadata back and flushes the device.
-        match self.fs.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsync", ino, &e)),
-        }
+        self.sync("fsync", ino, reply);
     }
 
     fn fsyncdir(
@@ -652,10 +647,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let ino = ino_or_reply!(ino, reply);
-        match self.fs.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsyncdir", ino, &e)),
-        }
+        self.sync("fsyncdir", ino, reply);
     }
 
     fn setxattr(

@@ -700,21 +700,7 @@ pub(crate) mod tests {
         let img = im.save();
         assert_fsck_clean(img, "linear directory edits through the engine");
         let live: Vec<String> = live.into_iter().collect();
-        let Some((listed, found)) =
-            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
-                let dir = mnt.join("lin");
-                let mut listed: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect();
-                listed.sort();
-                let found = live
-                    .iter()
-                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
-                    .count();
-                (listed, found)
-            })
-        else {
+        let Some((listed, found)) = crate::ext4::testutil::kernel_listing(img, "lin", &live) else {
             return;
         };
         assert_eq!(

@@ -733,21 +733,7 @@ mod tests {
             .map(|(_, n)| n.clone())
             .collect();
         left.sort();
-        let Some((listed, found)) =
-            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
-                let dir = mnt.join("big");
-                let mut listed: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect();
-                listed.sort();
-                let found = left
-                    .iter()
-                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
-                    .count();
-                (listed, found)
-            })
-        else {
+        let Some((listed, found)) = crate::ext4::testutil::kernel_listing(img, "big", &left) else {
             return;
         };
         assert_eq!(listed, left, "the kernel's readdir of the engine's htree");

@@ -1054,24 +1054,11 @@ mod tests {
         let mut ops = 0u64;
         for e in entries {
             let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let tool = if name.ends_with(".gz") {
-                "gzip"
-            } else if name.ends_with(".bz2") {
-                "bzip2"
-            } else {
+            let Some(image) = corpus_image(&path) else {
                 continue;
             };
-            let out = std::process::Command::new(tool)
-                .arg("-dc")
-                .arg(&path)
-                .output()
-                .unwrap();
-            if !out.status.success() {
-                continue;
-            }
             images += 1;
-            let dev = crate::io::MemDevice::new(out.stdout);
+            let dev = crate::io::MemDevice::new(image);
             let Ok(fs) = Ext4::open(
                 std::sync::Arc::new(dev),
                 crate::ext4::OpenOptions { read_only: true },

@@ -9,7 +9,7 @@ use super::extent::{self as ew};
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
 use crate::ext4::ondisk::xattr::{
-    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XattrLimits, XattrValue,
+    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XattrValue,
 };
 use crate::ext4::txn::Txn;
 use crate::ext4::{Error, Ext4, Result};
@@ -17,29 +17,16 @@ use crate::ext4::{Error, Ext4, Result};
 impl Ext4 {
     /// The in-inode xattrs as owned entries, in their on-disk order.
     fn inline_ibody_entries(&self, inode: &Inode) -> Result<Vec<NewXattr>> {
-        let limits = XattrLimits {
-            ea_inode_feature: self.sb().has_incompat(sbf::INCOMPAT_EA_INODE),
-            inodes_count: self.sb().s_inodes_count,
-        };
-        let parsed = ox::parse_ibody(inode.inline_xattr_area(), &limits)
-            .map_err(|p| Error::corrupt(format!("inode {}: in-inode xattrs: {p}", inode.ino), 0))?;
-        parsed
-            .into_iter()
+        self.ibody_entries(inode)?
+            .iter()
             .map(|e| {
-                Ok(NewXattr {
-                    name_index: e.name_index,
-                    name: e.name.to_vec(),
-                    value: match e.value {
-                        XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
-                        // The value hash the EA inode keeps (i_atime), not
-                        // e_hash: the serializer derives e_hash from it.
-                        XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
-                            inum,
-                            size,
-                            hash: self.ea_inode_value_hash(inum)?,
-                        },
-                    },
-                })
+                // The value hash the EA inode keeps (i_atime), not e_hash:
+                // the serializer derives e_hash from it.
+                let hash = match e.value {
+                    XattrValue::EaInode { inum, .. } => self.ea_inode_value_hash(inum)?,
+                    XattrValue::Inline(_) => 0,
+                };
+                Ok(NewXattr::from_entry(e, hash))
             })
             .collect()
     }

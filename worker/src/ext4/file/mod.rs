@@ -132,7 +132,7 @@ impl Ext4 {
                     let Some(child) = idx.get(pos).copied() else {
                         return Err(Error::corrupt(
                             format!("inode {}: extent index", inode.ino),
-                            0,
+                            ctx.block.unwrap_or_else(|| self.inode_block(inode.ino)),
                         ));
                     };
                     start = u64::from(child.lblk);
@@ -146,7 +146,7 @@ impl Ext4 {
         }
         Err(Error::corrupt(
             format!("inode {}: extent tree too deep", inode.ino),
-            0,
+            self.inode_block(inode.ino),
         ))
     }
 

@@ -146,6 +146,7 @@ impl Ext4 {
     pub(crate) fn tree_ctx(&self, inode: &Inode) -> TreeCtx {
         TreeCtx {
             ino: inode.ino,
+            inode_block: self.inode_block(inode.ino),
             block_size: self.block_size() as usize,
             csum_seed: self
                 .has_metadata_csum()

@@ -3,8 +3,9 @@
 
 use super::{check_new_name, set_rdev};
 use crate::ext4::error::{Error, Result};
+use crate::ext4::file::Mapping;
 use crate::ext4::ondisk::dir_entry::EXT4_NAME_LEN;
-use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, S_IFCHR};
+use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode, S_IFCHR};
 use crate::ext4::types::{FileKind, Ino, ROOT_INO, RenameFlags};
 use crate::ext4::{Ext4, Txn};
 
@@ -12,6 +13,15 @@ use crate::ext4::{Ext4, Txn};
 const MAX_ANCESTRY: usize = 1 << 16;
 
 impl Ext4 {
+    /// Where a directory's '..' lives: its first block, or its inode when
+    /// it is inline (or block 0 is not mapped).
+    fn dotdot_block(&self, d: &Inode) -> u64 {
+        match self.map_block(d, 0) {
+            Ok(Mapping::Mapped { pblk, .. }) if !d.has_flag(EXT4_INLINE_DATA_FL) => pblk,
+            _ => self.inode_block(d.ino),
+        }
+    }
+
     /// Whether `ancestor` is `dir` or one of its ancestors (".." walk).
     fn is_ancestor(&self, txn: &mut Txn<'_>, ancestor: Ino, mut dir: Ino) -> Result<bool> {
         for _ in 0..MAX_ANCESTRY {
@@ -22,9 +32,9 @@ impl Ext4 {
                 return Ok(false);
             }
             let mut d = self.txn_dir(txn, dir)?;
-            let (up, _) = self
-                .dir_find(txn, &mut d, b"..")?
-                .ok_or_else(|| Error::corrupt(format!("directory {dir}: no '..'"), 0))?;
+            let (up, _) = self.dir_find(txn, &mut d, b"..")?.ok_or_else(|| {
+                Error::corrupt(format!("directory {dir}: no '..'"), self.dotdot_block(&d))
+            })?;
             if up == dir {
                 return Ok(false);
             }

@@ -54,19 +54,27 @@ impl OwnedXattr {
 }
 
 impl Ext4 {
-    fn xattr_limits(&self) -> XattrLimits {
+    /// What the xattr parsers need to know of the filesystem.
+    pub(crate) fn xattr_limits(&self) -> XattrLimits {
         XattrLimits {
             ea_inode_feature: self.sb().has_incompat(INCOMPAT_EA_INODE),
             inodes_count: self.sb().s_inodes_count,
         }
     }
 
+    /// The parsed in-inode xattr entries (the one parse of that area).
+    pub(crate) fn ibody_entries<'a>(&self, inode: &'a Inode) -> Result<Vec<XattrEntry<'a>>> {
+        xattr::parse_ibody(inode.inline_xattr_area(), &self.xattr_limits()).map_err(|p| {
+            Error::corrupt(
+                format!("in-inode xattrs of inode {}: {p}", inode.ino),
+                self.inode_block(inode.ino),
+            )
+        })
+    }
+
     /// The attributes stored inside the inode.
     fn ibody_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
-        let entries =
-            xattr::parse_ibody(inode.inline_xattr_area(), &self.xattr_limits()).map_err(|p| {
-                Error::corrupt(format!("in-inode xattrs of inode {}: {p}", inode.ino), 0)
-            })?;
+        let entries = self.ibody_entries(inode)?;
         Ok(entries.iter().map(OwnedXattr::from_entry).collect())
     }
 

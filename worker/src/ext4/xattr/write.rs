@@ -21,8 +21,7 @@ use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
 use crate::ext4::ondisk::xattr::{
     self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, NewXattr, NewXattrValue,
-    XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, XattrLimits, sort_for_block, space_needed,
-    split_name,
+    XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, sort_for_block, space_needed, split_name,
 };
 use crate::ext4::types::{FileKind, Ino, Timestamp, XattrFlags};
 use crate::ext4::xattr::XATTR_NAME_MAX;
@@ -37,15 +36,6 @@ fn xcorrupt(ino: Ino, what: impl std::fmt::Display, block: u64) -> Error {
 }
 
 impl Ext4 {
-    fn xw_xlimits(&self) -> XattrLimits {
-        XattrLimits {
-            ea_inode_feature: self
-                .sb()
-                .has_incompat(crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE),
-            inodes_count: self.sb().s_inodes_count,
-        }
-    }
-
     /// The hash EA inode `inum` keeps for its value (i_atime), as
     /// committed (for callers outside a transaction's xattr edits).
     pub(crate) fn ea_inode_value_hash(&self, inum: u32) -> Result<u32> {
@@ -74,8 +64,7 @@ impl Ext4 {
     }
 
     fn xw_ibody_entries(&self, txn: &mut Txn<'_>, inode: &Inode) -> Result<Vec<NewXattr>> {
-        let parsed = xattr::parse_ibody(inode.inline_xattr_area(), &self.xw_xlimits())
-            .map_err(|p| xcorrupt(inode.ino, p, 0))?;
+        let parsed = self.ibody_entries(inode)?;
         self.xw_owned(txn, &parsed)
     }
 
@@ -90,7 +79,7 @@ impl Ext4 {
         }
         let data = txn.block(blk)?;
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        let (h, parsed) = xattr::parse_block(&data, blk, seed, &self.xw_xlimits())
+        let (h, parsed) = xattr::parse_block(&data, blk, seed, &self.xattr_limits())
             .map_err(|p| xcorrupt(inode.ino, p, blk))?;
         let owned = self.xw_owned(txn, &parsed)?;
         Ok((h.refcount, owned))
@@ -336,7 +325,7 @@ impl Ext4 {
         let mut block_changed = block_had;
         let mut created = None;
         if let Some(v) = value {
-            let ea_feature = self.xw_xlimits().ea_inode_feature;
+            let ea_feature = self.xattr_limits().ea_inode_feature;
             let mut in_inode = ea_feature && xattr::value_len(v.len()) > self.xw_min_large_ea();
             let bs = self.block_size() as usize;
             // At most two rounds: in the inode's value area, then in an
@@ -392,10 +381,9 @@ impl Ext4 {
         }
         if has_ibody {
             let start = inode.ibody_start();
-            let area = inode
-                .raw
-                .get_mut(start..)
-                .ok_or_else(|| xcorrupt(inode.ino, "no in-inode area", 0))?;
+            let area = inode.raw.get_mut(start..).ok_or_else(|| {
+                xcorrupt(inode.ino, "no in-inode area", self.inode_block(inode.ino))
+            })?;
             if !xattr::write_ibody(area, &ibody) {
                 return Err(Error::NoSpace);
             }
@@ -536,7 +524,7 @@ impl Ext4 {
     /// block and its EA inode references go when it was the last).
     pub(crate) fn xattr_release(&self, txn: &mut Txn<'_>, inode: &mut Inode) -> Result<()> {
         let mut dropped = Vec::new();
-        if self.xw_xlimits().ea_inode_feature {
+        if self.xattr_limits().ea_inode_feature {
             for x in self.xw_ibody_entries(txn, inode)? {
                 if let NewXattrValue::EaInode { inum, .. } = x.value {
                     dropped.push(inum);
@@ -592,7 +580,7 @@ mod tests {
     /// The EA inodes `ino`'s entries reference.
     fn ea_inodes(fs: &Ext4, ino: Ino) -> Vec<u32> {
         let inode = fs.inode(ino).unwrap();
-        let limits = fs.xw_xlimits();
+        let limits = fs.xattr_limits();
         let mut out = Vec::new();
         for e in xattr::parse_ibody(inode.inline_xattr_area(), &limits).unwrap() {
             if let XattrValue::EaInode { inum, .. } = e.value {

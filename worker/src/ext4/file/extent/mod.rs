@@ -49,6 +49,9 @@ pub(crate) trait TreeStore {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TreeCtx {
     pub(crate) ino: Ino,
+    /// The inode-table block holding the inode: where faults in the root
+    /// (i_block) are reported.
+    pub(crate) inode_block: u64,
     pub(crate) block_size: usize,
     /// Inode checksum seed under metadata_csum.
     pub(crate) csum_seed: Option<u32>,
@@ -461,6 +464,7 @@ mod tests {
     fn ctx(bs: usize, total: u64) -> TreeCtx {
         TreeCtx {
             ino: 12,
+            inode_block: 0,
             block_size: bs,
             csum_seed: Some(0xfeed),
             first_block: 1,

@@ -95,7 +95,11 @@ pub(crate) fn load_path(
 ) -> Result<Path> {
     let depth = extent::header_depth(i_block);
     if depth > extent::MAX_DEPTH {
-        return Err(corrupt(ctx, format_args!("depth {depth} too large"), 0));
+        return Err(corrupt(
+            ctx,
+            format_args!("depth {depth} too large"),
+            ctx.inode_block,
+        ));
     }
     let mut nctx = NodeCtx {
         ino: ctx.ino,
@@ -132,7 +136,11 @@ pub(crate) fn load_path(
                     .rposition(|i| u64::from(i.lblk) <= lblk)
                     .unwrap_or(0);
                 let Some(child) = idx.get(pos).copied() else {
-                    return Err(corrupt(ctx, "empty index node", block.unwrap_or(0)));
+                    return Err(corrupt(
+                        ctx,
+                        "empty index node",
+                        block.unwrap_or(ctx.inode_block),
+                    ));
                 };
                 let next = pos.saturating_add(1);
                 if let Some(n) = idx.get(next) {
@@ -161,7 +169,7 @@ pub(crate) fn load_path(
             }
         }
     }
-    Err(corrupt(ctx, "tree too deep", 0))
+    Err(corrupt(ctx, "tree too deep", ctx.inode_block))
 }
 
 /// What a child did, for its parent's index entry.
@@ -371,7 +379,7 @@ pub(crate) fn store_path(
                 }]);
                 level.depth = level.depth.saturating_add(1);
                 if level.depth > extent::MAX_DEPTH {
-                    return Err(corrupt(ctx, "tree would grow too deep", 0));
+                    return Err(corrupt(ctx, "tree would grow too deep", ctx.inode_block));
                 }
             }
             // Keep eh_generation and anything else the kernel left in the
