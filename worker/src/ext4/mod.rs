@@ -111,6 +111,14 @@ fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { offset, source }
 }
 
+/// The superblock's bytes as they are on the device.
+pub(crate) fn read_superblock(dev: &dyn BlockDevice) -> Result<Vec<u8>> {
+    let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
+    dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
+        .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
+    Ok(raw)
+}
+
 impl Ext4 {
     /// Opens the filesystem on `dev`: superblock, feature policy, group
     /// descriptors, MMP, root inode. A read-write request is served
@@ -140,9 +148,7 @@ impl Ext4 {
     }
 
     fn open_stage(dev: Arc<dyn BlockDevice>, opts: OpenOptions, stage: OpenStage) -> Result<Ext4> {
-        let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
-        dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
-            .map_err(io_err(sbf::SUPERBLOCK_OFFSET))?;
+        let raw = read_superblock(&*dev)?;
         let sb = Superblock::parse(&raw, dev.size())?;
         mount::check_features(&sb, true)?;
         if sb.has_incompat(sbf::INCOMPAT_RECOVER)

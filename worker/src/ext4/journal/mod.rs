@@ -71,7 +71,7 @@ pub(crate) use replay::Replay;
 use super::ondisk::inode::{EXT4_INLINE_DATA_FL, Inode};
 use super::ondisk::journal::{Format, JBD2_FEATURE_INCOMPAT_FAST_COMMIT, JournalSuperblock};
 use super::ondisk::superblock::{self as sbf, Superblock};
-use super::{Error, Ext4, FileKind, OpenOptions, Result, file::Mapping};
+use super::{Error, Ext4, FileKind, OpenOptions, Result, file::Mapping, read_superblock};
 use crate::io::BlockDevice;
 
 /// Bytes of the ext4 superblock the kernel keeps across replay
@@ -239,12 +239,7 @@ impl Journal {
     /// ERROR_FS set when the journal recorded an error, and its checksum
     /// recomputed.
     fn recovered_superblock(&self, dev: &dyn BlockDevice, replay: &Replay) -> Result<Vec<u8>> {
-        let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
-        dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
-            .map_err(|source| Error::Io {
-                offset: sbf::SUPERBLOCK_OFFSET,
-                source,
-            })?;
+        let mut raw = read_superblock(dev)?;
         if let (Some(dst), Some(src)) = (
             raw.get_mut(SB_ERR_START..SB_ERR_END),
             replay.pre_superblock.get(SB_ERR_START..SB_ERR_END),
@@ -358,12 +353,7 @@ pub(crate) fn recover_at_open(
     opts: &OpenOptions,
     load: bool,
 ) -> Result<(Arc<dyn BlockDevice>, bool)> {
-    let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
-    dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
-        .map_err(|source| Error::Io {
-            offset: sbf::SUPERBLOCK_OFFSET,
-            source,
-        })?;
+    let raw = read_superblock(&*dev)?;
     let sb = Superblock::parse(&raw, dev.size())?;
     if !sb.has_incompat(sbf::INCOMPAT_RECOVER) {
         return Ok((dev, false));
