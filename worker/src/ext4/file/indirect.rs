@@ -1,12 +1,16 @@
-//! Indirect block maps, write side (ext2/ext3 files, ext4 files without
-//! EXTENTS_FL): allocating data and indirect blocks along the 12 direct /
-//! single / double / triple path, and freeing ranges (truncate, punch,
-//! release), including indirect blocks whose whole subtree went away.
-//! Indirect blocks carry no checksum.
+//! Indirect block maps (ext2/ext3 files, ext4 files without EXTENTS_FL):
+//! mapping a logical block (the one walker, read and write paths alike),
+//! allocating data and indirect blocks along the 12 direct / single /
+//! double / triple path, and freeing ranges (truncate, punch, release),
+//! including indirect blocks whose whole subtree went away. Indirect
+//! blocks carry no checksum.
 
+use std::sync::Arc;
+
+use super::Mapping;
 use super::extent::{Run, RunKind, push_run};
 use crate::ext4::ondisk::indirect::{self, DIRECT_BLOCKS};
-use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
+use crate::ext4::ondisk::inode::{I_BLOCK_SIZE, Inode};
 use crate::ext4::txn::Txn;
 use crate::ext4::{Error, Ext4, Ino, Result};
 
@@ -46,6 +50,84 @@ fn set_ptr(txn: &mut Txn<'_>, ib: &mut [u8; I_BLOCK_SIZE], slot: Slot, v: u64) -
 }
 
 impl Ext4 {
+    /// The indirect-map walker (the one copy): maps `lblk` through the
+    /// indirect blocks `read` returns (the cache, or a transaction's view).
+    pub(crate) fn map_indirect(
+        &self,
+        inode: &Inode,
+        lblk: u64,
+        read: &mut dyn FnMut(u64) -> Result<Arc<[u8]>>,
+    ) -> Result<Mapping> {
+        let per_block = u64::from(self.block_size() / 4);
+        let Some(path) = indirect::path(lblk, per_block) else {
+            return Ok(Mapping::Hole { len: u64::MAX });
+        };
+        let bad =
+            |what: String, blk: u64| Error::corrupt(format!("inode {}: {what}", inode.ino), blk);
+        // The array holding the data pointer: i_block for direct blocks,
+        // else the last indirect block on the path.
+        let direct = path.offsets.is_empty();
+        let mut table: Arc<[u8]> = Arc::from(&inode.i_block[..]);
+        let mut table_blk = 0u64;
+        let mut index = path.slot as u64;
+        let levels = path.offsets.len();
+        for (level, &off) in path.offsets.iter().enumerate() {
+            let ptr = indirect::ptr(&table, index);
+            if ptr == 0 {
+                // The whole subtree under this pointer is a hole; skip to its
+                // end (measured from lblk's position inside it).
+                let below = indirect::span(levels.saturating_sub(level), per_block);
+                let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
+                return Ok(Mapping::Hole {
+                    len: below.saturating_sub(pos_in).max(1),
+                });
+            }
+            if !self.blocks_valid(ptr, 1) {
+                return Err(bad(
+                    format!("indirect block {ptr} outside the filesystem"),
+                    table_blk,
+                ));
+            }
+            table = read(ptr)?;
+            table_blk = ptr;
+            index = off;
+        }
+        // Scan the data pointers from `index` for a contiguous run or hole.
+        let end = if direct {
+            indirect::DIRECT_BLOCKS
+        } else {
+            per_block
+        };
+        let first = indirect::ptr(&table, index);
+        let mut len = 1u64;
+        while index.saturating_add(len) < end {
+            let p = indirect::ptr(&table, index.saturating_add(len));
+            let contiguous = if first == 0 {
+                p == 0
+            } else {
+                first.checked_add(len) == Some(p)
+            };
+            if !contiguous {
+                break;
+            }
+            len = len.saturating_add(1);
+        }
+        if first == 0 {
+            return Ok(Mapping::Hole { len });
+        }
+        if !self.blocks_valid(first, len) {
+            return Err(bad(
+                format!("data block {first} outside the filesystem"),
+                table_blk,
+            ));
+        }
+        Ok(Mapping::Mapped {
+            pblk: first,
+            len,
+            uninit: false,
+        })
+    }
+
     fn ind_bad(&self, ino: Ino, ptr: u64, at: u64) -> Error {
         Error::corrupt(
             format!("inode {ino}: indirect map points outside the filesystem (block {ptr})"),
@@ -320,4 +402,12 @@ impl Freer {
         self.meta_count = self.meta_count.saturating_add(1);
         self.add(p);
     }
+}
+
+/// Position of a block inside the subtree reached by `offsets` (the
+/// remaining indexes below some pointer).
+fn lblk_pos(offsets: &[u64], per_block: u64) -> u64 {
+    offsets.iter().fold(0u64, |acc, &o| {
+        acc.saturating_mul(per_block).saturating_add(o)
+    })
 }

@@ -150,84 +150,6 @@ impl Ext4 {
         ))
     }
 
-    /// The indirect-map walker (the one copy): maps `lblk` through the
-    /// indirect blocks `read` returns (the cache, or a transaction's view).
-    pub(crate) fn map_indirect(
-        &self,
-        inode: &Inode,
-        lblk: u64,
-        read: &mut dyn FnMut(u64) -> Result<Arc<[u8]>>,
-    ) -> Result<Mapping> {
-        let per_block = u64::from(self.block_size() / 4);
-        let Some(path) = ondisk::indirect::path(lblk, per_block) else {
-            return Ok(Mapping::Hole { len: u64::MAX });
-        };
-        let bad =
-            |what: String, blk: u64| Error::corrupt(format!("inode {}: {what}", inode.ino), blk);
-        // The array holding the data pointer: i_block for direct blocks,
-        // else the last indirect block on the path.
-        let direct = path.offsets.is_empty();
-        let mut table: Arc<[u8]> = Arc::from(&inode.i_block[..]);
-        let mut table_blk = 0u64;
-        let mut index = path.slot as u64;
-        let levels = path.offsets.len();
-        for (level, &off) in path.offsets.iter().enumerate() {
-            let ptr = ondisk::indirect::ptr(&table, index);
-            if ptr == 0 {
-                // The whole subtree under this pointer is a hole; skip to its
-                // end (measured from lblk's position inside it).
-                let below = ondisk::indirect::span(levels.saturating_sub(level), per_block);
-                let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
-                return Ok(Mapping::Hole {
-                    len: below.saturating_sub(pos_in).max(1),
-                });
-            }
-            if !self.blocks_valid(ptr, 1) {
-                return Err(bad(
-                    format!("indirect block {ptr} outside the filesystem"),
-                    table_blk,
-                ));
-            }
-            table = read(ptr)?;
-            table_blk = ptr;
-            index = off;
-        }
-        // Scan the data pointers from `index` for a contiguous run or hole.
-        let end = if direct {
-            ondisk::indirect::DIRECT_BLOCKS
-        } else {
-            per_block
-        };
-        let first = ondisk::indirect::ptr(&table, index);
-        let mut len = 1u64;
-        while index.saturating_add(len) < end {
-            let p = ondisk::indirect::ptr(&table, index.saturating_add(len));
-            let contiguous = if first == 0 {
-                p == 0
-            } else {
-                first.checked_add(len) == Some(p)
-            };
-            if !contiguous {
-                break;
-            }
-            len = len.saturating_add(1);
-        }
-        if first == 0 {
-            return Ok(Mapping::Hole { len });
-        }
-        if !self.blocks_valid(first, len) {
-            return Err(bad(
-                format!("data block {first} outside the filesystem"),
-                table_blk,
-            ));
-        }
-        Ok(Mapping::Mapped {
-            pblk: first,
-            len,
-            uninit: false,
-        })
-    }
-
     /// Logical block `lblk` of a file or directory, through the block cache.
     /// None for a hole or an unwritten extent. For inline-data inodes, block
     /// 0 is the inline content zero-padded to the block size.
@@ -378,14 +300,6 @@ fn mapped(e: &Extent, lblk: u64) -> Mapping {
         len: u64::from(e.len).saturating_sub(skip),
         uninit: e.uninit,
     }
-}
-
-/// Position of a block inside the subtree reached by `offsets` (the
-/// remaining indexes below some pointer).
-fn lblk_pos(offsets: &[u64], per_block: u64) -> u64 {
-    offsets.iter().fold(0u64, |acc, &o| {
-        acc.saturating_mul(per_block).saturating_add(o)
-    })
 }
 
 #[cfg(test)]
