@@ -71,15 +71,43 @@ pub(crate) fn kernel_mount(img: &Path, mnt: &Path, args: &[&str]) -> bool {
     true
 }
 
-/// A kernel mount of an image, unmounted on drop (util-linux's mount
-/// sets up the loop device with autoclear, so it goes too).
+/// A kernel mount of an image, unmounted on drop; a loop device set up
+/// by [`loop_mounted`] is detached then too.
 pub(crate) struct KernelMount {
     pub(crate) mnt: PathBuf,
+    loop_dev: Option<String>,
 }
 
 impl Drop for KernelMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).output();
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).output();
+        }
+    }
+}
+
+/// Mounts `img` at `mnt` (created) through a loop device of its own
+/// (`losetup -f`, then `mount -t ext4 -o OPTS DEV`): a test that mounts
+/// the same image again and again does not meet the previous mount's
+/// loop device still going away.
+#[track_caller]
+pub(crate) fn loop_mounted(img: &Path, mnt: &Path, opts: &str) -> KernelMount {
+    std::fs::create_dir_all(mnt).unwrap();
+    let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let out = Command::new("mount")
+        .args(["-t", "ext4", "-o", opts, &dev, mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let _ = Command::new("losetup").args(["-d", &dev]).output();
+        panic!("mount: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    KernelMount {
+        mnt: mnt.to_owned(),
+        loop_dev: Some(dev),
     }
 }
 
@@ -90,6 +118,7 @@ pub(crate) fn kernel_mounted(img: &Path, mnt: &Path, opts: &str) -> Option<Kerne
     std::fs::create_dir_all(mnt).unwrap();
     kernel_mount(img, mnt, &["-t", "ext4", "-o", opts]).then(|| KernelMount {
         mnt: mnt.to_owned(),
+        loop_dev: None,
     })
 }
 

@@ -44,7 +44,7 @@ use super::recover_at_open;
 
 use crate::ext4::ondisk::inode::S_IFREG;
 use crate::ext4::testutil::{
-    Scratch, e2fsck, engine_tree, have_mkfs, kernel_mounted, kernel_tree, mkfs, pattern,
+    Scratch, e2fsck, engine_tree, have_mkfs, kernel_tree, loop_mounted, mkfs, pattern,
 };
 use crate::ext4::types::{RenameFlags, SetAttr, XattrFlags};
 use crate::ext4::{Error, Ext4, FallocMode, Ino, OpenOptions, ROOT_INO};
@@ -722,8 +722,7 @@ fn check_point(
         let kimg = sc.path().join("kernel.img");
         std::fs::write(&kimg, &crashed).unwrap();
         let ktree = {
-            let lp = kernel_mounted(&kimg, &sc.path().join(format!("{tag}.kmnt")), "rw")
-                .expect("root was checked");
+            let lp = loop_mounted(&kimg, &sc.path().join(format!("{tag}.kmnt")), "rw");
             kernel_tree(&lp.mnt)
         };
         if ktree != tree {

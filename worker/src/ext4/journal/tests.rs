@@ -28,7 +28,7 @@ use super::{Journal, recover_at_open};
 use crate::ext4::ondisk::journal::descriptor::DescriptorBlock;
 use crate::ext4::ondisk::journal::{Header, JBD2_DESCRIPTOR_BLOCK, JournalSuperblock};
 use crate::ext4::testutil::{
-    Scratch, can_loop_mount, engine_tree, kernel_mounted, kernel_tree, pattern, run_output,
+    Scratch, can_loop_mount, engine_tree, kernel_tree, loop_mounted, pattern, run_output,
 };
 use crate::ext4::{Ext4, OpenOptions};
 use crate::io::{BlockDevice, FdDevice, MemDevice};
@@ -127,8 +127,7 @@ fn kernel_image(sc: &Scratch, name: &str, args: &[&str], opts: &str, work: fn(&P
     assert!(out.status.success(), "mkfs {args:?}: {out:?}");
     let copy_path = sc.path().join(format!("{name}.img"));
     {
-        let lp = kernel_mounted(&img, &sc.path().join(format!("{name}.mnt")), opts)
-            .expect("root was checked");
+        let lp = loop_mounted(&img, &sc.path().join(format!("{name}.mnt")), opts);
         work(&lp.mnt);
         crate::ext4::testutil::snapshot_copy(&img, &copy_path);
     }
@@ -268,8 +267,7 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     let kcopy = sc.path().join(format!("{name}.kernel"));
     copy(img, &kcopy);
     let ktree = {
-        let lp = kernel_mounted(&kcopy, &sc.path().join(format!("{name}.kmnt")), "rw")
-            .expect("root was checked");
+        let lp = loop_mounted(&kcopy, &sc.path().join(format!("{name}.kmnt")), "rw");
         kernel_tree(&lp.mnt)
     };
     assert_eq!(tree, ktree, "{name}: tree differs from the kernel's replay");
@@ -327,7 +325,7 @@ fn kernel_journal_whose_log_wraps() {
     let copy_path = sc.path().join("small_wrap.img");
     let mut wrapped_at = None;
     {
-        let lp = kernel_mounted(&img, &sc.path().join("wrap.mnt"), "rw").expect("root was checked");
+        let lp = loop_mounted(&img, &sc.path().join("wrap.mnt"), "rw");
         for r in 0..400 {
             churn_round(&lp.mnt, r);
             crate::ext4::testutil::snapshot_copy(&img, &copy_path);
