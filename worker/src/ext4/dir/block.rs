@@ -311,14 +311,21 @@ pub(crate) trait DirBlocks {
     fn set_indexed(&mut self, on: bool);
     /// Number of the directory inode, for error messages.
     fn ino(&self) -> Ino;
+    /// Physical block of logical block `lblk`, for error messages (0 when
+    /// unknown).
+    fn block_of(&mut self, lblk: u64) -> u64 {
+        let _ = lblk;
+        0
+    }
 }
 
-pub(crate) fn edit_corrupt(ino: Ino, lblk: u64, e: EditError) -> Error {
+/// An edit's failure in logical block `lblk` (physical block `at`).
+pub(crate) fn edit_corrupt(ino: Ino, lblk: u64, at: u64, e: EditError) -> Error {
     match e {
         EditError::Exists => Error::Exists,
         EditError::Corrupt(off, p) => Error::corrupt(
             format!("directory {ino}: logical block {lblk}: offset {off}: {p}"),
-            0,
+            at,
         ),
     }
 }
@@ -370,7 +377,7 @@ pub(crate) fn add_entry(
                 return d.write(lblk, &b);
             }
             Ok(None) => {}
-            Err(e) => return Err(edit_corrupt(d.ino(), lblk, e)),
+            Err(e) => return Err(edit_corrupt(d.ino(), lblk, d.block_of(lblk), e)),
         }
         if n == 1 && ctx.dir_index && ctx.hash(ctx.def_hash_version, name).is_some() {
             crate::ext4::dir::htree::make_indexed(d, ctx, &b)?;
@@ -385,7 +392,7 @@ pub(crate) fn add_entry(
             d.write(lblk, &b)
         }
         Ok(None) => Err(Error::NoSpace),
-        Err(e) => Err(edit_corrupt(d.ino(), lblk, e)),
+        Err(e) => Err(edit_corrupt(d.ino(), lblk, d.block_of(lblk), e)),
     }
 }
 
@@ -435,7 +442,7 @@ pub(crate) fn find_entry(
             )));
         }
         if let Some(f) = find_in_buf(&b, 0, ctx.leaf_end(), &ctx.fmt, name)
-            .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+            .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(Some((lblk, f)));
         }
@@ -448,7 +455,7 @@ pub(crate) fn remove_entry(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> 
     let (lblk, _) = find_entry(d, ctx, name)?.ok_or(Error::NotFound)?;
     let mut b = d.read(lblk)?;
     let f = remove_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, name)
-        .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+        .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         .ok_or(Error::NotFound)?;
     ctx.seal_leaf(&mut b);
     d.write(lblk, &b)?;
@@ -486,7 +493,7 @@ pub(crate) fn dir_has_entries(d: &mut dyn DirBlocks, ctx: &DirCtx) -> Result<boo
             continue;
         }
         if has_entries(&b, 0, ctx.leaf_end(), &ctx.fmt)
-            .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+            .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(true);
         }

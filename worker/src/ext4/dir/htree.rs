@@ -61,8 +61,9 @@ impl Frame {
     }
 }
 
-fn dx_corrupt(ino: Ino, lblk: u64, what: impl std::fmt::Display) -> Error {
-    Error::corrupt(format!("directory {ino}: htree block {lblk}: {what}"), 0)
+/// A fault in htree block `lblk` (physical block `at`).
+fn dx_corrupt(ino: Ino, lblk: u64, at: u64, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!("directory {ino}: htree block {lblk}: {what}"), at)
 }
 
 fn csum_on(ctx: &DirCtx) -> bool {
@@ -75,15 +76,22 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     let ino = d.ino();
     let bs = ctx.bs();
     let root = d.read(0)?;
-    let info = parse_root_info(&root, ctx.max_levels).map_err(|p| dx_corrupt(ino, 0, p))?;
+    let at = d.block_of(0);
+    let info = parse_root_info(&root, ctx.max_levels).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     if let Some(seed) = ctx.csum_seed {
-        htree::verify_dx_tail(&root, seed).map_err(|p| dx_corrupt(ino, 0, p))?;
+        htree::verify_dx_tail(&root, seed).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     }
-    let hash = ctx
-        .hash(info.hash_version, name)
-        .ok_or_else(|| dx_corrupt(ino, 0, format_args!("hash version {}", info.hash_version)))?;
+    let hash = ctx.hash(info.hash_version, name).ok_or_else(|| {
+        dx_corrupt(
+            ino,
+            0,
+            at,
+            format_args!("hash version {}", info.hash_version),
+        )
+    })?;
     let limit = root_limit(bs, csum_on(ctx));
-    let entries = parse_entries(&root, ROOT_ENTRIES, limit).map_err(|p| dx_corrupt(ino, 0, p))?;
+    let entries =
+        parse_entries(&root, ROOT_ENTRIES, limit).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     let mut frames = Vec::with_capacity(usize::from(info.indirect_levels) + 1);
     frames.push(Frame {
         lblk: 0,
@@ -96,13 +104,27 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     for _ in 0..info.indirect_levels {
         let blk = frames.last().map_or(0, Frame::target);
         if blk == 0 || blk >= d.nblocks() || frames.iter().any(|f| f.lblk == blk) {
-            return Err(dx_corrupt(ino, blk, "bad index block number"));
+            let parent = frames.last().map_or(0, |f| f.lblk);
+            let at = d.block_of(parent);
+            return Err(dx_corrupt(
+                ino,
+                parent,
+                at,
+                format_args!("bad index block number {blk}"),
+            ));
         }
         frames.push(read_node(d, ctx, blk, hash)?);
     }
     let leaf = frames.last().map_or(0, Frame::target);
     if leaf == 0 || leaf >= d.nblocks() {
-        return Err(dx_corrupt(ino, leaf, "bad leaf block number"));
+        let parent = frames.last().map_or(0, |f| f.lblk);
+        let at = d.block_of(parent);
+        return Err(dx_corrupt(
+            ino,
+            parent,
+            at,
+            format_args!("bad leaf block number {leaf}"),
+        ));
     }
     Ok((hash, frames))
 }
@@ -110,15 +132,16 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
 fn read_node(d: &mut dyn DirBlocks, ctx: &DirCtx, blk: u64, hash: u32) -> Result<Frame> {
     let ino = d.ino();
     let node = d.read(blk)?;
+    let at = d.block_of(blk);
     if !is_index_node(&node) {
-        return Err(dx_corrupt(ino, blk, "not an index node"));
+        return Err(dx_corrupt(ino, blk, at, "not an index node"));
     }
     if let Some(seed) = ctx.csum_seed {
-        htree::verify_dx_tail(&node, seed).map_err(|p| dx_corrupt(ino, blk, p))?;
+        htree::verify_dx_tail(&node, seed).map_err(|p| dx_corrupt(ino, blk, at, p))?;
     }
     let limit = node_limit(ctx.bs(), csum_on(ctx));
     let entries: DxEntries =
-        parse_entries(&node, NODE_ENTRIES, limit).map_err(|p| dx_corrupt(ino, blk, p))?;
+        parse_entries(&node, NODE_ENTRIES, limit).map_err(|p| dx_corrupt(ino, blk, at, p))?;
     Ok(Frame {
         lblk: blk,
         at: NODE_ENTRIES,
@@ -162,7 +185,14 @@ pub(crate) fn dx_leaves_for(
         while frames.len() < total {
             let blk = frames.last().map_or(0, Frame::target);
             if blk == 0 || blk >= limit {
-                return Err(dx_corrupt(d.ino(), blk, "bad index block number"));
+                let parent = frames.last().map_or(0, |f| f.lblk);
+                let at = d.block_of(parent);
+                return Err(dx_corrupt(
+                    d.ino(),
+                    parent,
+                    at,
+                    format_args!("bad index block number {blk}"),
+                ));
             }
             let mut n = read_node(d, ctx, blk, hash)?;
             n.idx = 0;
@@ -178,13 +208,15 @@ pub(crate) fn dx_leaves_for(
 /// the root pointing at it.
 pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Result<()> {
     let ino = d.ino();
-    let all = live_entries(b0, 0, ctx.leaf_end(), &ctx.fmt).map_err(|e| edit_corrupt(ino, 0, e))?;
+    let at = d.block_of(0);
+    let all =
+        live_entries(b0, 0, ctx.leaf_end(), &ctx.fmt).map_err(|e| edit_corrupt(ino, 0, at, e))?;
     let dot = le32(b0, 0);
     let dotdot = all
         .iter()
         .find(|e| e.0 == b"..")
         .map(|e| e.1)
-        .ok_or_else(|| dx_corrupt(ino, 0, "no '..' entry"))?;
+        .ok_or_else(|| dx_corrupt(ino, 0, at, "no '..' entry"))?;
     let rest: Vec<_> = all
         .into_iter()
         .filter(|e| e.0 != b"." && e.0 != b"..")
@@ -192,7 +224,12 @@ pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Re
     let l1 = d.append()?;
     let mut leaf = empty_leaf(ctx);
     if !pack_entries(&mut leaf, 0, ctx.leaf_end(), &ctx.fmt, &rest) {
-        return Err(dx_corrupt(ino, l1, "entries do not fit a leaf"));
+        return Err(dx_corrupt(
+            ino,
+            l1,
+            d.block_of(l1),
+            "entries do not fit a leaf",
+        ));
     }
     ctx.seal_leaf(&mut leaf);
     d.write(l1, &leaf)?;
@@ -226,7 +263,7 @@ pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Re
 /// it continues a run of equal hashes left in `old`.
 fn split_leaf(
     ino: Ino,
-    lblk: u64,
+    (lblk, at): (u64, u64),
     old: &mut [u8],
     new: &mut [u8],
     ctx: &DirCtx,
@@ -235,13 +272,13 @@ fn split_leaf(
     let end = ctx.leaf_end();
     let mut map = Vec::new();
     for e in DirentIter::new(old.get(..end).unwrap_or(&[]), 0, ctx.fmt) {
-        let e = e.map_err(|(o, p)| dx_corrupt(ino, lblk, format_args!("offset {o}: {p}")))?;
+        let e = e.map_err(|(o, p)| dx_corrupt(ino, lblk, at, format_args!("offset {o}: {p}")))?;
         if !e.is_live() {
             continue;
         }
         let h = ctx
             .hash(hash_version, e.name)
-            .ok_or_else(|| dx_corrupt(ino, lblk, "unknown hash version"))?;
+            .ok_or_else(|| dx_corrupt(ino, lblk, at, "unknown hash version"))?;
         map.push((
             h,
             e.offset,
@@ -285,7 +322,7 @@ fn split_leaf(
     keep.sort_by_key(|m| m.1);
     let keep: Vec<_> = keep.into_iter().map(|m| (m.2, m.3, m.4)).collect();
     if !pack_entries(new, 0, end, &ctx.fmt, &go) || !pack_entries(old, 0, end, &ctx.fmt, &keep) {
-        return Err(dx_corrupt(ino, lblk, "split does not fit"));
+        return Err(dx_corrupt(ino, lblk, at, "split does not fit"));
     }
     Ok((hash2, continued))
 }
@@ -314,7 +351,7 @@ pub(crate) fn dx_add_entry(
                 return d.write(leaf_blk, &leaf);
             }
             Ok(None) => {}
-            Err(e) => return Err(edit_corrupt(dir, leaf_blk, e)),
+            Err(e) => return Err(edit_corrupt(dir, leaf_blk, d.block_of(leaf_blk), e)),
         }
         let last = frames.len().saturating_sub(1);
         if frames.get(last).is_some_and(Frame::is_full) {
@@ -339,7 +376,14 @@ pub(crate) fn dx_add_entry(
         let new_blk = d.append()?;
         let new_blk32 = u32::try_from(new_blk).map_err(|_| Error::NoSpace)?;
         let mut new = vec![0u8; ctx.bs()];
-        let (hash2, continued) = split_leaf(dir, leaf_blk, &mut leaf, &mut new, ctx, hash_version)?;
+        let (hash2, continued) = split_leaf(
+            dir,
+            (leaf_blk, d.block_of(leaf_blk)),
+            &mut leaf,
+            &mut new,
+            ctx,
+            hash_version,
+        )?;
         if let Some(f) = frames.last_mut() {
             f.entries.insert(
                 f.idx.saturating_add(1),
@@ -352,7 +396,7 @@ pub(crate) fn dx_add_entry(
         }
         let target = if hash >= hash2 { &mut new } else { &mut leaf };
         let done = insert_in_buf(target, 0, end, &ctx.fmt, name, ino, file_type)
-            .map_err(|e| edit_corrupt(dir, leaf_blk, e))?
+            .map_err(|e| edit_corrupt(dir, leaf_blk, d.block_of(leaf_blk), e))?
             .is_some();
         ctx.seal_leaf(&mut leaf);
         ctx.seal_leaf(&mut new);
@@ -658,7 +702,7 @@ mod tests {
                 .unwrap();
             }
             let mut new = vec![0u8; 1024];
-            let (h2, cont) = split_leaf(12, 1, &mut old, &mut new, &c, 1).unwrap();
+            let (h2, cont) = split_leaf(12, (1, 0), &mut old, &mut new, &c, 1).unwrap();
             let left = live_entries(&old, 0, c.leaf_end(), &c.fmt).unwrap();
             let right = live_entries(&new, 0, c.leaf_end(), &c.fmt).unwrap();
             assert_eq!(left.len() + right.len(), 40);

@@ -63,7 +63,7 @@ impl<'a, 'fs> TxnDir<'a, 'fs> {
             }
             Mapping::Hole { .. } => Err(Error::corrupt(
                 format!("directory {}: hole at logical block {lblk}", self.inode.ino),
-                0,
+                self.fs.inode_block(self.inode.ino),
             )),
         }
     }
@@ -123,6 +123,9 @@ impl DirBlocks for TxnDir<'_, '_> {
 
     fn ino(&self) -> Ino {
         self.inode.ino
+    }
+    fn block_of(&mut self, lblk: u64) -> u64 {
+        self.pblk(lblk).unwrap_or(0)
     }
 }
 
