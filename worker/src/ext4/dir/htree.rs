@@ -66,6 +66,19 @@ fn dx_corrupt(ino: Ino, lblk: u64, at: u64, what: impl std::fmt::Display) -> Err
     Error::corrupt(format!("directory {ino}: htree block {lblk}: {what}"), at)
 }
 
+/// A bad child pointer `blk` (to a `kind` block) in the last frame: the
+/// fault is in that frame's block.
+fn bad_pointer(d: &mut dyn DirBlocks, frames: &[Frame], kind: &str, blk: u64) -> Error {
+    let parent = frames.last().map_or(0, |f| f.lblk);
+    let at = d.block_of(parent);
+    dx_corrupt(
+        d.ino(),
+        parent,
+        at,
+        format_args!("bad {kind} block number {blk}"),
+    )
+}
+
 fn csum_on(ctx: &DirCtx) -> bool {
     ctx.csum_seed.is_some()
 }
@@ -104,27 +117,13 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     for _ in 0..info.indirect_levels {
         let blk = frames.last().map_or(0, Frame::target);
         if blk == 0 || blk >= d.nblocks() || frames.iter().any(|f| f.lblk == blk) {
-            let parent = frames.last().map_or(0, |f| f.lblk);
-            let at = d.block_of(parent);
-            return Err(dx_corrupt(
-                ino,
-                parent,
-                at,
-                format_args!("bad index block number {blk}"),
-            ));
+            return Err(bad_pointer(d, &frames, "index", blk));
         }
         frames.push(read_node(d, ctx, blk, hash)?);
     }
     let leaf = frames.last().map_or(0, Frame::target);
     if leaf == 0 || leaf >= d.nblocks() {
-        let parent = frames.last().map_or(0, |f| f.lblk);
-        let at = d.block_of(parent);
-        return Err(dx_corrupt(
-            ino,
-            parent,
-            at,
-            format_args!("bad leaf block number {leaf}"),
-        ));
+        return Err(bad_pointer(d, &frames, "leaf", leaf));
     }
     Ok((hash, frames))
 }
@@ -185,14 +184,7 @@ pub(crate) fn dx_leaves_for(
         while frames.len() < total {
             let blk = frames.last().map_or(0, Frame::target);
             if blk == 0 || blk >= limit {
-                let parent = frames.last().map_or(0, |f| f.lblk);
-                let at = d.block_of(parent);
-                return Err(dx_corrupt(
-                    d.ino(),
-                    parent,
-                    at,
-                    format_args!("bad index block number {blk}"),
-                ));
+                return Err(bad_pointer(d, &frames, "index", blk));
             }
             let mut n = read_node(d, ctx, blk, hash)?;
             n.idx = 0;
