@@ -120,7 +120,10 @@ impl Journal {
             || ji.kind != FileKind::RegularFile
             || ji.has_flag(EXT4_INLINE_DATA_FL)
         {
-            return Err(corrupt(format!("inode {ino} is not a valid journal"), 0));
+            return Err(corrupt(
+                format!("inode {ino} is not a valid journal"),
+                fs.inode_block(ino),
+            ));
         }
         let bs = u64::from(fs.block_size());
         // A journal is no larger than its filesystem; and only the blocks
