@@ -23,6 +23,15 @@ use super::ondisk::group_desc::{BG_BLOCK_UNINIT, BG_INODE_UNINIT};
 use super::ondisk::superblock as sbf;
 use super::{Error, Ext4, FileKind, Ino, ROOT_INO, Result, Txn};
 
+/// Group `i` steps after `start`, wrapping at `n` groups.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "start < n and i < n: their sum fits a u64, and n > 0 when a group is visited"
+)]
+fn nth_group(start: u32, i: u32, n: u32) -> u32 {
+    ((u64::from(start) + u64::from(i)) % u64::from(n.max(1))) as u32
+}
+
 /// EXT4_FLEX_SIZE_DIR_ALLOC_SCHEME: with flex groups at least this big,
 /// regular files start in the second group of the flex group.
 #[cfg(test)]
@@ -84,9 +93,11 @@ impl Ext4 {
                     .groups_count()
                     .div_ceil(u64::from(self.sb.desc_per_block().max(1)))
             };
-            has_super + nometa + u64::from(self.sb.s_reserved_gdt_blocks)
+            has_super
+                .saturating_add(nometa)
+                .saturating_add(u64::from(self.sb.s_reserved_gdt_blocks))
         } else {
-            has_super + self.bg_num_gdb(g)
+            has_super.saturating_add(self.bg_num_gdb(g))
         }
     }
 
@@ -108,7 +119,7 @@ impl Ext4 {
         let mut mark = |blk: u64, len: u64| {
             for x in blk..blk.saturating_add(len) {
                 if x >= first && x < end {
-                    bitmap::set(&mut b, (x - first) as usize);
+                    bitmap::set(&mut b, (x.saturating_sub(first)) as usize);
                 }
             }
         };
@@ -259,10 +270,10 @@ impl Txn<'_> {
                         dm.bg_free_blocks_count
                     );
                 }
-                let diff = i64::from(free) - i64::from(dm.bg_free_blocks_count);
+                let diff = i64::from(free).saturating_sub(i64::from(dm.bg_free_blocks_count));
                 dm.bg_free_blocks_count = free;
                 dm.bg_flags &= !BG_BLOCK_UNINIT;
-                self.free_blocks_delta += diff;
+                self.free_blocks_delta = self.free_blocks_delta.saturating_add(diff);
                 b
             } else {
                 self.with_block_bitmap(g, <[u8]>::to_vec)?
@@ -303,7 +314,7 @@ impl Txn<'_> {
         };
         let mut reserve = 0u64;
         if !self.use_reserved_pool && fs.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
-            reserve += (fs.sb.s_blocks_count / 50).min(4096);
+            reserve = (fs.sb.s_blocks_count / 50).min(4096);
         }
         if !reserved_ok {
             reserve = reserve.saturating_add(fs.sb.s_r_blocks_count);
@@ -334,14 +345,17 @@ impl Txn<'_> {
         let ngroups = fs.groups_count32();
         let (g0, start) = if fs.blocks_valid(goal, 1) {
             let g = fs.block_group(goal);
-            (g, (goal - fs.group_first_block(u64::from(g))) as usize)
+            (
+                g,
+                goal.saturating_sub(fs.group_first_block(u64::from(g))) as usize,
+            )
         } else {
             (0, 0)
         };
         let mut found: Option<Found> = None;
         // Pass 1: a full run of `want`.
         for i in 0..ngroups {
-            let g = (g0 + i) % ngroups;
+            let g = nth_group(g0, i, ngroups);
             if (self.desc(g)?.bg_free_blocks_count as usize) < want {
                 continue;
             }
@@ -365,7 +379,7 @@ impl Txn<'_> {
         // Pass 2: the largest run, goal group first.
         if found.is_none() {
             for i in 0..ngroups {
-                let g = (g0 + i) % ngroups;
+                let g = nth_group(g0, i, ngroups);
                 if self.desc(g)?.bg_free_blocks_count == 0 {
                     continue;
                 }
@@ -397,12 +411,12 @@ impl Txn<'_> {
             return Err(e);
         }
         let b = self.block_bitmap_mut(group)?;
-        for x in bit..bit + len {
+        for x in bit..bit.saturating_add(len) {
             bitmap::set(b, x);
         }
         let d = self.desc_mut(group)?;
         d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_sub(len as u32);
-        self.free_blocks_delta -= len as i64;
+        self.free_blocks_delta = self.free_blocks_delta.saturating_sub(len as i64);
         Ok((first, len as u32))
     }
 
@@ -422,25 +436,28 @@ impl Txn<'_> {
             fs.corrupt_on_write(&e);
             return Err(e);
         }
-        let end = first + count64;
+        let end = first.saturating_add(count64);
         let mut b = first;
         while b < end {
             let g = fs.block_group(b);
             let gfirst = fs.group_first_block(u64::from(g));
             let gend = gfirst.saturating_add(fs.blocks_in_group(g)).min(end);
-            let (s, n) = ((b - gfirst) as usize, (gend - b) as usize);
+            let (s, n) = (
+                b.saturating_sub(gfirst) as usize,
+                gend.saturating_sub(b) as usize,
+            );
             let bm = self.block_bitmap_mut(g)?;
-            if (s..s + n).any(|x| !bitmap::test(bm, x)) {
+            if (s..s.saturating_add(n)).any(|x| !bitmap::test(bm, x)) {
                 let e = Error::corrupt(format!("freeing blocks {b}+{n}: some are already free"), b);
                 fs.corrupt_on_write(&e);
                 return Err(e);
             }
-            for x in s..s + n {
+            for x in s..s.saturating_add(n) {
                 bitmap::clear(bm, x);
             }
             let d = self.desc_mut(g)?;
             d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_add(n as u32);
-            self.free_blocks_delta += n as i64;
+            self.free_blocks_delta = self.free_blocks_delta.saturating_add(n as i64);
             b = gend;
         }
         // A freed block's pending metadata must not be written over what
@@ -467,13 +484,14 @@ impl Txn<'_> {
         let fs = self.fs();
         let ngroups = fs.groups_count32();
         let ipg = fs.sb.s_inodes_per_group.max(1);
-        let pgroup = (parent.saturating_sub(1) / ipg).min(ngroups.saturating_sub(1));
+        let pgroup =
+            (parent.saturating_sub(1).checked_div(ipg).unwrap_or(0)).min(ngroups.saturating_sub(1));
         if kind == FileKind::Directory && parent == ROOT_INO {
             let mut total = 0u64;
             for g in 0..ngroups {
                 total = total.saturating_add(u64::from(self.desc(g)?.bg_free_blocks_count));
             }
-            let avg = total / u64::from(ngroups.max(1));
+            let avg = total.checked_div(u64::from(ngroups)).unwrap_or(0);
             let mut best: Option<(u32, u32)> = None;
             for g in 0..ngroups {
                 let d = self.desc(g)?;
@@ -490,14 +508,14 @@ impl Txn<'_> {
         }
         let flex = 1u32 << fs.flex_bits();
         let start = if flex > 1 {
-            pgroup & !(flex - 1)
+            pgroup & !(flex.saturating_sub(1))
         } else {
             pgroup
         };
         // First with free inodes and free blocks, then with free inodes.
         for need_blocks in [true, false] {
             for i in 0..ngroups {
-                let g = (start + i) % ngroups;
+                let g = nth_group(start, i, ngroups);
                 let d = self.desc(g)?;
                 if d.bg_free_inodes_count > 0 && (!need_blocks || d.bg_free_blocks_count > 0) {
                     return Ok(Some(g));
@@ -514,7 +532,7 @@ impl Txn<'_> {
     pub(crate) fn alloc_inode(&mut self, parent: Ino, kind: FileKind) -> Result<Ino> {
         let fs = self.fs();
         let live_free = i64::from(fs.rw.live_sb().sb.s_free_inodes_count);
-        if live_free + self.free_inodes_delta <= 0 {
+        if live_free.saturating_add(self.free_inodes_delta) <= 0 {
             return Err(Error::NoSpace);
         }
         let ipg = fs.sb.s_inodes_per_group;
@@ -524,7 +542,7 @@ impl Txn<'_> {
             None => return Err(Error::NoSpace),
         };
         for i in 0..ngroups {
-            let g = (first_group + i) % ngroups;
+            let g = nth_group(first_group, i, ngroups);
             if self.desc(g)?.bg_free_inodes_count == 0 {
                 continue;
             }
@@ -541,7 +559,7 @@ impl Txn<'_> {
             };
             let ino = g
                 .checked_mul(ipg)
-                .and_then(|x| x.checked_add(bit as u32 + 1))
+                .and_then(|x| x.checked_add(u32::try_from(bit).ok()?.checked_add(1)?))
                 .ok_or_else(|| Error::corrupt("inode number overflows", 0))?;
             self.take_inode(g, bit, kind == FileKind::Directory)?;
             return Ok(ino);
@@ -566,16 +584,16 @@ impl Txn<'_> {
                 d.bg_flags &= !BG_INODE_UNINIT;
                 used = 0;
             }
-            let index = bit as u32 + 1;
+            let index = (bit as u32).saturating_add(1);
             if index > used {
-                d.bg_itable_unused = ipg - index;
+                d.bg_itable_unused = ipg.saturating_sub(index);
             }
         }
         d.bg_free_inodes_count = d.bg_free_inodes_count.saturating_sub(1);
         if dir {
             d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_add(1);
         }
-        self.free_inodes_delta -= 1;
+        self.free_inodes_delta = self.free_inodes_delta.saturating_sub(1);
         Ok(())
     }
 
@@ -588,12 +606,12 @@ impl Txn<'_> {
             fs.corrupt_on_write(&e);
             return Err(e);
         }
-        let ipg = fs.sb.s_inodes_per_group;
-        let g = (ino - 1) / ipg;
-        let bit = ((ino - 1) % ipg) as usize;
+        let (g, bit) = fs.inode_group_index(ino)?;
+        let bit = bit as usize;
+        let bitmap_block = fs.group(g)?.bg_inode_bitmap;
         let b = self.inode_bitmap_mut(g)?;
         if !bitmap::test(b, bit) {
-            let e = Error::corrupt(format!("freeing inode {ino}: already free"), 0);
+            let e = Error::corrupt(format!("freeing inode {ino}: already free"), bitmap_block);
             fs.corrupt_on_write(&e);
             return Err(e);
         }
@@ -603,7 +621,7 @@ impl Txn<'_> {
         if was_dir {
             d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_sub(1);
         }
-        self.free_inodes_delta += 1;
+        self.free_inodes_delta = self.free_inodes_delta.saturating_add(1);
         Ok(())
     }
 }
@@ -612,15 +630,13 @@ impl Txn<'_> {
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-    use std::sync::Arc;
 
     use super::super::ondisk::inode::{EXT4_EXTENTS_FL, S_IFDIR, S_IFREG};
     use super::super::testutil::*;
     use super::super::util::{put_le16, put_le32};
-    use super::super::{Ext4, FileKind, Inode, OpenOptions, ROOT_INO};
-    use crate::io::{BlockDevice, MemDevice};
+    use super::super::{Ext4, FileKind, Inode, ROOT_INO};
 
     /// The mkfs variants every allocator test runs over (64 MiB images,
     /// small groups so there are several, some of them BLOCK_UNINIT).
@@ -641,73 +657,6 @@ pub(crate) mod tests {
             "^metadata_csum,^uninit_bg",
         ],
     ];
-
-    /// An image made by mkfs with a few files, opened read-write on a
-    /// MemDevice.
-    pub(crate) struct RwImage {
-        pub(crate) _sc: Scratch,
-        pub(crate) img: PathBuf,
-        pub(crate) dev: Arc<MemDevice>,
-    }
-
-    impl RwImage {
-        pub(crate) fn new(tag: &str, args: &[&str]) -> RwImage {
-            let sc = Scratch::new(tag);
-            let src = sc.path().join("src");
-            std::fs::create_dir_all(src.join("d")).unwrap();
-            std::fs::write(src.join("a"), pattern(200_000, 1)).unwrap();
-            std::fs::write(src.join("d/b"), b"b").unwrap();
-            let img = mkfs(&sc, &src, args, 64 * 1024);
-            let dev = Arc::new(MemDevice::new(std::fs::read(&img).unwrap()));
-            RwImage { _sc: sc, img, dev }
-        }
-
-        pub(crate) fn open(&self) -> Ext4 {
-            let fs = Ext4::open(
-                self.dev.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false },
-            )
-            .unwrap();
-            assert!(!fs.is_read_only(), "rw refused");
-            fs
-        }
-
-        /// Writes the device contents back to the image file.
-        pub(crate) fn save(&self) -> &Path {
-            std::fs::write(&self.img, self.dev.contents()).unwrap();
-            &self.img
-        }
-    }
-
-    /// `e2fsck -fn`: exit status and output.
-    pub(crate) fn fsck(img: &Path) -> (i32, String) {
-        let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
-    pub(crate) fn assert_fsck_clean(img: &Path, what: &str) {
-        let (code, text) = fsck(img);
-        assert_eq!(code, 0, "e2fsck -fn after {what}:\n{text}");
-    }
-
-    /// dumpe2fs -h field `name` (e.g. "Free blocks").
-    pub(crate) fn dumpe2fs_field(img: &Path, name: &str) -> String {
-        let out = Command::new("dumpe2fs")
-            .arg("-h")
-            .arg(img)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .unwrap_or_else(|| panic!("no {name} in dumpe2fs -h"))
-            .trim()
-            .to_string()
-    }
 
     fn free_counts(img: &Path) -> (u64, u64) {
         (

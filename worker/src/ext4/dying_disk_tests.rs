@@ -12,8 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::Error;
-use super::file::write::tests::fsck_clean;
-use super::testutil::{Scratch, debugfs_out, mkfs, pattern};
+use super::testutil::{Scratch, debugfs_out, fsck_clean, mkfs, pattern};
 use super::types::ROOT_INO;
 use super::{Ext4, OpenOptions};
 use crate::io::{BlockDevice, Watched};

@@ -18,13 +18,13 @@ impl Ext4 {
     /// Number of group-descriptor blocks in group `group` (ext4_bg_num_gdb).
     pub(super) fn bg_num_gdb(&self, group: u64) -> u64 {
         let dpb = u64::from(self.sb.desc_per_block().max(1));
-        let metagroup = group / dpb;
+        let metagroup = group.checked_div(dpb).unwrap_or(0);
         if self.sb.has_incompat(sbf::INCOMPAT_META_BG)
             && metagroup >= u64::from(self.sb.s_first_meta_bg)
         {
-            let first = metagroup * dpb;
-            let last = first + dpb - 1;
-            return u64::from(group == first || group == first + 1 || group == last);
+            let first = metagroup.saturating_mul(dpb);
+            let last = first.saturating_add(dpb).saturating_sub(1);
+            return u64::from(group == first || group == first.saturating_add(1) || group == last);
         }
         if !self.sb.bg_has_super(group) {
             return 0;
@@ -36,18 +36,35 @@ impl Ext4 {
         }
     }
 
+    /// Block number of the superblock: 1 with 1 KiB blocks, else 0.
+    pub(super) fn superblock_blocknr(&self) -> u64 {
+        u64::from(1024u32.checked_div(self.block_size).unwrap_or(0))
+    }
+
     /// Block number of descriptor block `nr` (the kernel's descriptor_loc).
     pub(super) fn descriptor_loc(&self, nr: u64) -> u64 {
-        let logical_sb_block = 1024 / u64::from(self.block_size);
+        let logical_sb_block = self.superblock_blocknr();
         if !self.sb.has_incompat(sbf::INCOMPAT_META_BG) || nr < u64::from(self.sb.s_first_meta_bg) {
-            return logical_sb_block + nr + 1;
+            return logical_sb_block.saturating_add(nr).saturating_add(1);
         }
-        let bg = u64::from(self.sb.desc_per_block()) * nr;
+        let bg = u64::from(self.sb.desc_per_block()).saturating_mul(nr);
         let mut has_super = u64::from(self.sb.bg_has_super(bg));
         if self.block_size == 1024 && nr == 0 && self.sb.s_first_data_block == 0 {
-            has_super += 1;
+            has_super = has_super.saturating_add(1);
         }
-        has_super + self.group_first_block(bg)
+        has_super.saturating_add(self.group_first_block(bg))
+    }
+
+    /// Block and byte offset of group `g`'s descriptor.
+    pub(super) fn descriptor_slot(&self, g: u32) -> (u64, usize) {
+        let dpb = self.sb.desc_per_block().max(1);
+        let dsize = usize::from(self.sb.s_desc_size.max(sbf::MIN_DESC_SIZE));
+        let nr = g.checked_div(dpb).unwrap_or(0);
+        let index = g.checked_rem(dpb).unwrap_or(0) as usize;
+        (
+            self.descriptor_loc(u64::from(nr)),
+            index.saturating_mul(dsize),
+        )
     }
 
     pub(super) fn group_first_block(&self, group: u64) -> u64 {
@@ -57,7 +74,8 @@ impl Ext4 {
     }
 
     pub(super) fn itb_per_group(&self) -> u64 {
-        (u64::from(self.sb.s_inodes_per_group) * u64::from(self.sb.s_inode_size))
+        u64::from(self.sb.s_inodes_per_group)
+            .saturating_mul(u64::from(self.sb.s_inode_size))
             .div_ceil(u64::from(self.block_size))
     }
 
@@ -69,20 +87,37 @@ impl Ext4 {
                 0,
             ));
         }
-        let ipg = self.sb.s_inodes_per_group;
-        let group = (ino - 1) / ipg;
-        let index = (ino - 1) % ipg;
+        let (group, index) = self.inode_group_index(ino)?;
         let gd = self.group(group)?;
         let isz = u64::from(self.sb.s_inode_size);
-        let byte = u64::from(index) * isz;
+        let byte = u64::from(index).saturating_mul(isz);
         let bs = u64::from(self.block_size);
-        let block = gd.bg_inode_table.checked_add(byte / bs).ok_or_else(|| {
-            Error::corrupt(
-                format!("inode {ino}: inode table of group {group} overflows"),
-                gd.bg_inode_table,
-            )
-        })?;
-        Ok((block, (byte % bs) as usize))
+        let block = byte
+            .checked_div(bs)
+            .and_then(|b| gd.bg_inode_table.checked_add(b))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    format!("inode {ino}: inode table of group {group} overflows"),
+                    gd.bg_inode_table,
+                )
+            })?;
+        let off = usize::try_from(byte.checked_rem(bs).unwrap_or(0)).unwrap_or(usize::MAX);
+        Ok((block, off))
+    }
+
+    /// The inode-table block holding inode `ino` (0 when out of range):
+    /// where a fault in the inode itself, or in what it holds inline
+    /// (i_block, in-inode xattrs), is reported.
+    pub(crate) fn inode_block(&self, ino: Ino) -> u64 {
+        self.inode_location(ino).map_or(0, |(block, _)| block)
+    }
+
+    /// Group of inode `ino` and its index in the group's bitmap and table.
+    pub(crate) fn inode_group_index(&self, ino: Ino) -> Result<(u32, u32)> {
+        let ipg = self.sb.s_inodes_per_group;
+        ino.checked_sub(1)
+            .and_then(|i| Some((i.checked_div(ipg)?, i.checked_rem(ipg)?)))
+            .ok_or_else(|| Error::corrupt(format!("inode number {ino} out of range"), 0))
     }
 
     pub(crate) fn groups_count32(&self) -> u32 {
@@ -92,7 +127,11 @@ impl Ext4 {
     /// Group holding block `block` (which must be a data-area block).
     pub(crate) fn block_group(&self, block: u64) -> u32 {
         let rel = block.saturating_sub(u64::from(self.sb.s_first_data_block));
-        u32::try_from(rel / u64::from(self.sb.s_blocks_per_group.max(1))).unwrap_or(u32::MAX)
+        u32::try_from(
+            rel.checked_div(u64::from(self.sb.s_blocks_per_group))
+                .unwrap_or(0),
+        )
+        .unwrap_or(u32::MAX)
     }
 
     /// Blocks in group `g` (the last group may be short).

@@ -374,8 +374,7 @@ impl Ext4 {
                 source,
             });
         }
-        self.blocks
-            .remove(sbf::SUPERBLOCK_OFFSET / u64::from(self.block_size));
+        self.blocks.remove(self.superblock_blocknr());
         Ok(())
     }
 

@@ -37,7 +37,7 @@ impl Ext4 {
         let ino = self.sb.s_orphan_file_inum;
         let inode = self.inode_any(ino)?;
         let bs = u64::from(self.block_size);
-        let n = inode.size / bs;
+        let n = inode.size.checked_div(bs).unwrap_or(0);
         if n > MAX_ORPHAN_FILE_BLOCKS {
             return Err(Error::corrupt(
                 format!("orphan file too big ({} bytes)", inode.size),
@@ -80,9 +80,8 @@ impl Ext4 {
     /// Whether inode `ino` is marked in use in its group's inode bitmap
     /// (with the live descriptor once the read-write mount started).
     fn inode_in_bitmap(&self, ino: Ino) -> Result<bool> {
-        let ipg = self.sb.s_inodes_per_group;
-        let g = (ino - 1) / ipg;
-        let bit = ((ino - 1) % ipg) as usize;
+        let (g, bit) = self.inode_group_index(ino)?;
+        let bit = bit as usize;
         let live = self
             .rw
             .gdt
@@ -99,7 +98,7 @@ impl Ext4 {
         }
         let b = self.read_block(d.bg_inode_bitmap)?;
         if self.has_metadata_csum() {
-            let n = ipg as usize / 8;
+            let n = self.sb.s_inodes_per_group as usize / 8;
             let full = self.sb.s_desc_size >= sbf::MIN_DESC_SIZE_64BIT;
             if !bitmap::csum_ok(self.csum_seed, &b, n, d.bg_inode_bitmap_csum, full) {
                 return Err(Error::corrupt(
@@ -194,13 +193,21 @@ impl Ext4 {
         for &ino in orphans {
             let r = self.inode_any(ino).and_then(|inode| {
                 if inode.links_count == 0 {
-                    self.release_inode(ino).map(|()| freed += 1)
+                    self.release_inode(ino)
+                        .map(|()| freed = usize::saturating_add(freed, 1))
                 } else {
-                    self.truncate_orphan(ino).map(|()| truncated += 1)
+                    self.truncate_orphan(ino)
+                        .map(|()| truncated = usize::saturating_add(truncated, 1))
                 }
             });
             if let Err(e) = r {
-                let e = Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), 0);
+                // The fault's own block when it has one, else the inode's.
+                let block = match &e {
+                    Error::Corrupt { block, .. } if *block != 0 => *block,
+                    _ => self.inode_block(ino),
+                };
+                let e =
+                    Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), block);
                 self.corrupt_on_write(&e);
                 break;
             }
@@ -340,11 +347,11 @@ mod tests {
 
     use std::sync::Arc;
 
-    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use super::super::ondisk::inode::S_IFREG;
     use super::super::testutil::*;
     use super::super::{Ext4, OpenOptions, ROOT_INO};
     use super::*;
+    use crate::ext4::testutil::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use crate::io::BlockDevice;
 
     fn free(fs: &Ext4) -> (u64, u32) {
@@ -464,7 +471,7 @@ mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use super::super::alloc::tests::fsck;
+    use crate::ext4::testutil::fsck;
     use crate::io::MemDevice;
 
     fn run_ok(cmd: &str, args: &[&str]) -> String {
@@ -836,12 +843,6 @@ mod tests {
     }
 
     /// path -> size and a hash of the contents ("dir" for directories).
-    fn fnv(b: &[u8]) -> u64 {
-        b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-            (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-        })
-    }
-
     fn engine_tree(fs: &Ext4, ino: Ino, path: &str, out: &mut Vec<String>) {
         let mut entries = Vec::new();
         fs.readdir(ino, 0, &mut |e| {
@@ -884,20 +885,6 @@ mod tests {
         }
     }
 
-    /// Unmounts on drop.
-    struct Mounted(PathBuf);
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).output();
-        }
-    }
-
-    fn kernel_mounted(img: &Path, mnt: &Path, opts: &str) -> Option<Mounted> {
-        std::fs::create_dir_all(mnt).unwrap();
-        kernel_mount(img, mnt, &["-t", "ext4", "-o", opts]).then(|| Mounted(mnt.to_owned()))
-    }
-
     /// Orphans the kernel made: files unlinked while this process holds
     /// them open, synced, the image copied while still mounted (so
     /// needs_recovery is set; replay at open brings back the orphan list
@@ -927,7 +914,7 @@ mod tests {
                 };
                 let mut held = Vec::new();
                 for (k, len) in [(0u64, 300_000usize), (1, 5000), (2, 0)] {
-                    let p = m.0.join(format!("gone{k}"));
+                    let p = m.mnt.join(format!("gone{k}"));
                     std::fs::write(&p, pattern(len, 10 + k)).unwrap();
                     let f = std::fs::File::open(&p).unwrap();
                     use std::os::unix::fs::MetadataExt;
@@ -935,7 +922,7 @@ mod tests {
                     std::fs::remove_file(&p).unwrap();
                     held.push(f);
                 }
-                std::fs::write(m.0.join("d/new"), pattern(20_000, 7)).unwrap();
+                std::fs::write(m.mnt.join("d/new"), pattern(20_000, 7)).unwrap();
                 run_ok("sync", &[]);
                 crate::ext4::testutil::snapshot_copy(&live, &img);
                 drop(held);
@@ -962,7 +949,7 @@ mod tests {
             let mut theirs = Vec::new();
             {
                 let m = kernel_mounted(&img, &sc.path().join("mnt2"), "ro").unwrap();
-                kernel_tree(&m.0, "", &mut theirs);
+                kernel_tree(&m.mnt, "", &mut theirs);
             }
             theirs.sort();
             assert_eq!(ours, theirs, "{what}: the kernel sees the engine's tree");

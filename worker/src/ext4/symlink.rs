@@ -11,11 +11,12 @@ use crate::ext4::types::{FileKind, Ino};
 /// PATH_MAX: a link target is shorter than this.
 const PATH_MAX: u64 = 4096;
 
-fn bad_link(ino: Ino, why: impl std::fmt::Display) -> Error {
-    Error::corrupt(format!("symlink {ino}: {why}"), 0)
-}
-
 impl Ext4 {
+    /// A fault in symlink `ino` (its size or inline target), at its inode.
+    fn bad_link(&self, ino: Ino, why: impl std::fmt::Display) -> Error {
+        Error::corrupt(format!("symlink {ino}: {why}"), self.inode_block(ino))
+    }
+
     /// The kernel's ext4_inode_is_fast_symlink: without ea_inode, a
     /// symlink is fast when it owns no blocks besides its xattr block; with
     /// ea_inode (whose values may be charged to i_blocks), when the target
@@ -46,40 +47,31 @@ impl Ext4 {
         }
         let size = inode.size;
         if size == 0 || size >= PATH_MAX {
-            return Err(bad_link(ino, format_args!("invalid length {size}")));
+            return Err(self.bad_link(ino, format_args!("invalid length {size}")));
         }
         // size < 4096, so this cannot truncate.
         let len = size as usize;
         let target = if inode.has_flag(EXT4_INLINE_DATA_FL) {
             let data = self.inline_data(&inode)?;
             data.get(..len)
-                .ok_or_else(|| bad_link(ino, format_args!("inline data shorter than {len}")))?
+                .ok_or_else(|| self.bad_link(ino, format_args!("inline data shorter than {len}")))?
                 .to_vec()
         } else if self.is_fast_symlink(&inode) {
             if len >= I_BLOCK_SIZE {
-                return Err(bad_link(
-                    ino,
-                    format_args!("invalid fast symlink length {len}"),
-                ));
+                return Err(self.bad_link(ino, format_args!("invalid fast symlink length {len}")));
             }
             inode.i_block.get(..len).unwrap_or(&[]).to_vec()
         } else {
             let block = self
                 .read_file_block(&inode, 0)?
-                .ok_or_else(|| bad_link(ino, "no data block"))?;
+                .ok_or_else(|| self.bad_link(ino, "no data block"))?;
             if len >= block.len() {
-                return Err(bad_link(
-                    ino,
-                    format_args!("length {len} does not fit a block"),
-                ));
+                return Err(self.bad_link(ino, format_args!("length {len} does not fit a block")));
             }
             block.get(..len).unwrap_or(&[]).to_vec()
         };
         if target.len() != len || target.contains(&0) {
-            return Err(bad_link(
-                ino,
-                format_args!("target shorter than i_size {len}"),
-            ));
+            return Err(self.bad_link(ino, format_args!("target shorter than i_size {len}")));
         }
         Ok(target)
     }
@@ -87,9 +79,9 @@ impl Ext4 {
 
 #[cfg(test)]
 mod tests {
-    use crate::ext4::dir::testimg::*;
     use crate::ext4::error::Error;
     use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
+    use crate::ext4::testutil::*;
 
     #[test]
     fn symlinks_of_every_kind() {
@@ -112,7 +104,7 @@ mod tests {
         ];
         // A 4000-byte target needs a 4 KiB block: the 1 KiB tree lacks it.
         for tree in ["src", "src1k"] {
-            let src = s.path(tree);
+            let src = s.file(tree);
             std::fs::create_dir_all(&src).unwrap();
             for (name, target) in links {
                 if tree == "src1k" && name == "long" {
@@ -132,10 +124,10 @@ mod tests {
             ("ea_inode", &["-b", "4096", "-O", "ea_inode"]),
         ];
         for (tag, args) in configs {
-            let img = s.path(tag);
+            let img = s.file(tag);
             let tree = if tag == "b1024" { "src1k" } else { "src" };
-            mkfs(&s.path(tree), &img, args, "16M", false);
-            let fs = open(&img);
+            mkfs_img(&s.file(tree), &img, args, "16M", false);
+            let fs = open_image(&img).unwrap();
             for (name, target) in links {
                 if tag == "b1024" && name == "long" {
                     continue;

@@ -3,12 +3,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use super::{Ext4, OpenOptions};
-use crate::io::MemDevice;
+use super::types::{FileKind, Ino};
+use super::{Ext4, OpenOptions, ROOT_INO};
+use crate::io::{BlockDevice, MemDevice};
 pub(crate) use crate::test_skip::skip;
 
 /// A scratch directory removed on drop.
@@ -27,6 +29,10 @@ impl Scratch {
     pub(crate) fn path(&self) -> &Path {
         &self.0
     }
+    /// `rel` inside the scratch directory.
+    pub(crate) fn file(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
 }
 
 impl Drop for Scratch {
@@ -37,11 +43,7 @@ impl Drop for Scratch {
 
 /// Whether mkfs.ext4 is available; skips (see [`skip`]) if not.
 pub(crate) fn have_mkfs() -> bool {
-    let ok = Command::new("mkfs.ext4").arg("-V").output().is_ok();
-    if !ok {
-        skip("mkfs.ext4 not found (apt-get install e2fsprogs)");
-    }
-    ok
+    have(&["mkfs.ext4"])
 }
 
 /// Loop-mounts `img` at `mnt` with the kernel (`mount ARGS img mnt`).
@@ -67,6 +69,92 @@ pub(crate) fn kernel_mount(img: &Path, mnt: &Path, args: &[&str]) -> bool {
         dmesg_tail()
     );
     true
+}
+
+/// A kernel mount of an image, unmounted on drop; a loop device set up
+/// by [`loop_mounted`] is detached then too.
+pub(crate) struct KernelMount {
+    pub(crate) mnt: PathBuf,
+    loop_dev: Option<String>,
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).output();
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).output();
+        }
+    }
+}
+
+/// Mounts `img` at `mnt` (created) through a loop device of its own
+/// (`losetup -f`, then `mount -t ext4 -o OPTS DEV`): a test that mounts
+/// the same image again and again does not meet the previous mount's
+/// loop device still going away.
+#[track_caller]
+pub(crate) fn loop_mounted(img: &Path, mnt: &Path, opts: &str) -> KernelMount {
+    std::fs::create_dir_all(mnt).unwrap();
+    let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let out = Command::new("mount")
+        .args(["-t", "ext4", "-o", opts, &dev, mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let _ = Command::new("losetup").args(["-d", &dev]).output();
+        panic!("mount: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    KernelMount {
+        mnt: mnt.to_owned(),
+        loop_dev: Some(dev),
+    }
+}
+
+/// Mounts `img` at `mnt` (created) with `mount -t ext4 -o OPTS`; None,
+/// after a skip line, only when this process is not root.
+#[track_caller]
+pub(crate) fn kernel_mounted(img: &Path, mnt: &Path, opts: &str) -> Option<KernelMount> {
+    std::fs::create_dir_all(mnt).unwrap();
+    kernel_mount(img, mnt, &["-t", "ext4", "-o", opts]).then(|| KernelMount {
+        mnt: mnt.to_owned(),
+        loop_dev: None,
+    })
+}
+
+/// Runs `f` on what the kernel shows of `img` (read-only, no journal
+/// replay); None when this process is not root.
+pub(crate) fn with_kernel_mount<T>(img: &Path, f: impl FnOnce(&Path) -> T) -> Option<T> {
+    let m = kernel_mounted(img, &img.with_extension("kmnt"), "loop,ro,noload")?;
+    Some(f(&m.mnt))
+}
+
+/// What the kernel shows of directory `dir` of `img`: its sorted names,
+/// and how many of `names` it finds by lookup; None when not root.
+pub(crate) fn kernel_listing(
+    img: &Path,
+    dir: &str,
+    names: &[String],
+) -> Option<(Vec<String>, usize)> {
+    with_kernel_mount(img, |mnt| {
+        let dir = mnt.join(dir);
+        let mut listed: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        listed.sort();
+        let found = names
+            .iter()
+            .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+            .count();
+        (listed, found)
+    })
+}
+
+/// Whether kernel loop mounts and e2fsprogs can be used; skips (see
+/// [`skip`]) if not.
+pub(crate) fn can_loop_mount() -> bool {
+    crate::test_skip::require_root("loop mounts") && have(&["mkfs.ext4", "debugfs"])
 }
 
 /// The last lines of the kernel log (why a mount was refused).
@@ -196,4 +284,292 @@ pub(crate) fn corpus_entries() -> Option<std::fs::ReadDir> {
             None
         }
     }
+}
+
+/// The image a corpus file holds (`.gz` or `.bz2`); None for other files
+/// and for archives that do not decompress.
+pub(crate) fn corpus_image(path: &Path) -> Option<Vec<u8>> {
+    let name = path.file_name()?.to_str()?;
+    let tool = if name.ends_with(".gz") {
+        "gzip"
+    } else if name.ends_with(".bz2") {
+        "bzip2"
+    } else {
+        return None;
+    };
+    let out = Command::new(tool).arg("-dc").arg(path).output().unwrap();
+    out.status.success().then_some(out.stdout)
+}
+
+/// Whether the e2fsprogs tools (and, if asked, attr/acl) are present.
+pub(crate) fn have(tools: &[&str]) -> bool {
+    let ok = tools.iter().all(|t| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    if !ok {
+        skip(&format!("needs {tools:?} installed"));
+    }
+    ok
+}
+
+/// Runs `cmd args`, which must succeed; its output.
+#[track_caller]
+pub(crate) fn run_output(cmd: &str, args: &[&str]) -> std::process::Output {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd args`, which must succeed; its standard output.
+#[track_caller]
+pub(crate) fn run(cmd: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run_output(cmd, args).stdout).into_owned()
+}
+
+/// mkfs.ext4 -q -F -d SRC [args] IMG SIZE, then e2fsck -fyD to build
+/// htree indexes (mkfs -d writes linear directories only).
+pub(crate) fn mkfs_img(src: &Path, img: &Path, args: &[&str], size: &str, index: bool) {
+    let mut a = vec!["-q", "-F"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-d", src.to_str().unwrap(), img.to_str().unwrap(), size]);
+    run("mkfs.ext4", &a);
+    if index {
+        // Exit 1 means "errors corrected" (the indexes it made).
+        let st = Command::new("e2fsck")
+            .args(["-fyD", img.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(st.status.code().unwrap_or(8) <= 1, "e2fsck -D: {st:?}");
+    }
+}
+
+/// Physical block of logical block `lblk` of `path` in the image.
+pub(crate) fn bmap(img: &Path, path: &str, lblk: u64) -> u64 {
+    debugfs_out(img, &format!("bmap {path} {lblk}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Patches `bytes` at `block * bs + off` in the image file.
+pub(crate) fn patch(img: &Path, bs: u64, block: u64, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(bytes, block * bs + off).unwrap();
+}
+
+pub(crate) fn read_byte(img: &Path, bs: u64, block: u64, off: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(img).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, block * bs + off).unwrap();
+    b[0]
+}
+
+/// Resolves a '/'-separated path from the root with lookups.
+pub(crate) fn resolve(fs: &Ext4, path: &str) -> Ino {
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs
+            .lookup_ino(ino, part.as_bytes())
+            .unwrap_or_else(|e| panic!("lookup {part:?} in {path}: {e}"));
+    }
+    ino
+}
+
+/// readdir names, without "." and "..".
+pub(crate) fn list(fs: &Ext4, dir: Ino) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    fs.readdir(dir, 0, &mut |e| {
+        if e.name != b"." && e.name != b".." {
+            out.push(e.name);
+        }
+        true
+    })
+    .unwrap();
+    out
+}
+
+/// An image made by mkfs with a few files, opened read-write on a
+/// MemDevice.
+pub(crate) struct RwImage {
+    pub(crate) _sc: Scratch,
+    pub(crate) img: PathBuf,
+    pub(crate) dev: Arc<MemDevice>,
+}
+
+impl RwImage {
+    pub(crate) fn new(tag: &str, args: &[&str]) -> RwImage {
+        let sc = Scratch::new(tag);
+        let src = sc.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("a"), pattern(200_000, 1)).unwrap();
+        std::fs::write(src.join("d/b"), b"b").unwrap();
+        let img = mkfs(&sc, &src, args, 64 * 1024);
+        let dev = Arc::new(MemDevice::new(std::fs::read(&img).unwrap()));
+        RwImage { _sc: sc, img, dev }
+    }
+
+    pub(crate) fn open(&self) -> Ext4 {
+        let fs = Ext4::open(
+            self.dev.clone() as Arc<dyn BlockDevice>,
+            OpenOptions { read_only: false },
+        )
+        .unwrap();
+        assert!(!fs.is_read_only(), "rw refused");
+        fs
+    }
+
+    /// Writes the device contents back to the image file.
+    pub(crate) fn save(&self) -> &Path {
+        std::fs::write(&self.img, self.dev.contents()).unwrap();
+        &self.img
+    }
+}
+
+/// `e2fsck ARGS img`: exit status and output.
+pub(crate) fn e2fsck(args: &[&str], img: &Path) -> (i32, String) {
+    let out = Command::new("e2fsck").args(args).arg(img).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `e2fsck -fn`: exit status and output.
+pub(crate) fn fsck(img: &Path) -> (i32, String) {
+    e2fsck(&["-fn"], img)
+}
+
+#[track_caller]
+pub(crate) fn assert_fsck_clean(img: &Path, what: &str) {
+    let (code, text) = fsck(img);
+    assert_eq!(code, 0, "e2fsck -fn after {what}:\n{text}");
+}
+
+/// dumpe2fs -h field `name` (e.g. "Free blocks").
+pub(crate) fn dumpe2fs_field(img: &Path, name: &str) -> String {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in dumpe2fs -h"))
+        .trim()
+        .to_string()
+}
+
+/// `e2fsck -fn` finds nothing to fix in `img`.
+#[track_caller]
+pub(crate) fn fsck_clean(img: &Path) {
+    assert_fsck_clean(img, &img.display().to_string());
+}
+
+/// The tree as the engine shows it: path -> kind, mode, links, size and
+/// contents (or symlink target).
+pub(crate) fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
+    fn walk(fs: &Ext4, ino: Ino, path: &str, out: &mut BTreeMap<String, String>) {
+        if path.matches('/').count() > 32 {
+            return;
+        }
+        let mut entries = Vec::new();
+        if let Err(e) = fs.readdir(ino, 0, &mut |e| {
+            entries.push(e);
+            true
+        }) {
+            out.insert(format!("{path}/"), format!("error {e}"));
+        }
+        for e in entries {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            let a = match fs.getattr(e.ino) {
+                Ok(a) => a,
+                Err(err) => {
+                    out.insert(p, format!("error {err}"));
+                    continue;
+                }
+            };
+            let desc = match a.kind {
+                FileKind::Directory => {
+                    walk(fs, e.ino, &p, out);
+                    format!("dir {:o} {}", a.perm, a.nlink)
+                }
+                FileKind::Symlink => {
+                    let t = fs
+                        .readlink(e.ino)
+                        .unwrap_or_else(|e| e.to_string().into_bytes());
+                    format!("link {}", String::from_utf8_lossy(&t))
+                }
+                _ => {
+                    let mut buf = vec![0u8; a.size.min(1 << 26) as usize];
+                    if let Err(err) = fs.read(e.ino, 0, &mut buf) {
+                        buf = err.to_string().into_bytes();
+                    }
+                    format!(
+                        "file {:o} {} {} {:016x}",
+                        a.perm,
+                        a.nlink,
+                        a.size,
+                        fnv(&buf)
+                    )
+                }
+            };
+            out.insert(p, desc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(fs, ROOT_INO, "", &mut out);
+    out
+}
+
+/// The same description of a tree the kernel has mounted at `root`.
+pub(crate) fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, path: &str, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = format!("{path}/{}", e.file_name().to_string_lossy());
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let perm = m.mode() & 0o7777;
+            let desc = if m.is_dir() {
+                walk(&e.path(), &p, out);
+                format!("dir {perm:o} {}", m.nlink())
+            } else if m.is_symlink() {
+                format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+            } else {
+                let data = std::fs::read(e.path()).unwrap();
+                format!(
+                    "file {perm:o} {} {} {:016x}",
+                    m.nlink(),
+                    m.len(),
+                    fnv(&data)
+                )
+            };
+            out.insert(p, desc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, "", &mut out);
+    out
+}
+
+/// FNV-1a of `b`: a content fingerprint for tree comparisons.
+pub(crate) fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
+    })
 }

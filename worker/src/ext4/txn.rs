@@ -43,7 +43,7 @@ pub(crate) fn now() -> Timestamp {
         Err(e) => {
             let d = e.duration();
             Timestamp {
-                secs: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                secs: i64::try_from(d.as_secs()).map_or(-i64::MAX, |s| s.saturating_neg()),
                 nsecs: 0,
             }
         }
@@ -311,7 +311,7 @@ impl<'fs> Txn<'fs> {
         for inode in inodes.values() {
             let (block, off) = fs.inode_location(inode.ino)?;
             let buf = self.block_mut(block)?;
-            let slot = buf.get_mut(off..off + isz).ok_or_else(|| {
+            let slot = buf.get_mut(off..off.saturating_add(isz)).ok_or_else(|| {
                 Error::corrupt(format!("inode {}: beyond its block", inode.ino), block)
             })?;
             inode.write(slot, metadata_csum.then_some(seed));
@@ -320,7 +320,11 @@ impl<'fs> Txn<'fs> {
         self.inodes = inodes;
         for inode in self.inodes.values_mut() {
             let (block, off) = fs.inode_location(inode.ino)?;
-            if let Some(raw) = self.blocks.get(&block).and_then(|b| b.get(off..off + isz)) {
+            if let Some(raw) = self
+                .blocks
+                .get(&block)
+                .and_then(|b| b.get(off..off.saturating_add(isz)))
+            {
                 inode.raw = raw.into();
             }
         }
@@ -348,15 +352,13 @@ impl<'fs> Txn<'fs> {
             }
         }
         // Descriptors into their blocks.
-        let dpb = fs.sb.desc_per_block().max(1);
         let dsize = usize::from(fs.sb.s_desc_size.max(sbf::MIN_DESC_SIZE));
         let groups = std::mem::take(&mut self.groups);
         for (g, d) in &groups {
-            let loc = fs.descriptor_loc(u64::from(g / dpb));
-            let off = (g % dpb) as usize * dsize;
+            let (loc, off) = fs.descriptor_slot(*g);
             let buf = self.block_mut(loc)?;
             let slot = buf
-                .get_mut(off..off + dsize)
+                .get_mut(off..off.saturating_add(dsize))
                 .ok_or_else(|| Error::corrupt(format!("group descriptor {g}"), loc))?;
             d.write(slot, *g, &fs.sb, seed);
         }
@@ -404,10 +406,10 @@ fn add_signed(v: u64, d: i64) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::super::alloc::tests::{RwImage, assert_fsck_clean, dumpe2fs_field};
     use super::super::testutil::*;
     use super::super::{FileKind, ROOT_INO};
     use super::*;
+    use crate::ext4::testutil::{RwImage, assert_fsck_clean, dumpe2fs_field};
 
     /// While mounted read-write the superblock is not clean and the mount
     /// count went up; shutdown marks it clean with s_wtime and

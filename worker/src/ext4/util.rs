@@ -50,6 +50,25 @@ pub(crate) fn put(b: &mut [u8], off: usize, src: &[u8]) {
     }
 }
 
+/// Copies the bytes two buffers of device bytes have in common: `src`
+/// holds the bytes from device offset `src_at`, `dst` those from `dst_at`.
+pub(crate) fn copy_overlap(src: &[u8], src_at: u64, dst: &mut [u8], dst_at: u64) {
+    let from = src_at.max(dst_at);
+    let to = src_at
+        .saturating_add(src.len() as u64)
+        .min(dst_at.saturating_add(dst.len() as u64));
+    if from >= to {
+        return;
+    }
+    let range = |at: u64| {
+        let s = usize::try_from(from.saturating_sub(at)).unwrap_or(usize::MAX);
+        s..s.saturating_add(usize::try_from(to.saturating_sub(from)).unwrap_or(0))
+    };
+    if let (Some(s), Some(d)) = (src.get(range(src_at)), dst.get_mut(range(dst_at))) {
+        d.copy_from_slice(s);
+    }
+}
+
 /// `N` bytes from `off`, zero-padded where the slice ends early.
 pub(crate) fn take<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 
 use super::journal::log::Log;
 use super::ondisk::superblock as sbf;
+use super::util::copy_overlap;
 use super::{Error, Ext4, Result};
 
 /// A block number and its contents.
@@ -227,18 +228,15 @@ impl Ext4 {
     /// (s_wtime and s_kbytes_written brought up to date), to be logged.
     fn superblock_block(&self) -> Result<BlockCopy> {
         let bs = u64::from(self.block_size);
-        let block = sbf::SUPERBLOCK_OFFSET / bs;
-        let at = (sbf::SUPERBLOCK_OFFSET % bs) as usize;
+        let block = self.superblock_blocknr();
         let mut data = vec![0u8; bs as usize];
-        let offset = block * bs;
+        let offset = block.saturating_mul(bs);
         self.dev
             .read_at(&mut data, offset)
             .map_err(|source| Error::Io { offset, source })?;
         let mut live = self.rw.live_sb();
         self.refresh_super(&mut live);
-        if let Some(dst) = data.get_mut(at..at + live.raw.len()) {
-            dst.copy_from_slice(&live.raw);
-        }
+        copy_overlap(&live.raw, sbf::SUPERBLOCK_OFFSET, &mut data, offset);
         Ok((block, Arc::from(data)))
     }
 
@@ -249,7 +247,7 @@ impl Ext4 {
         match self.rw.journal.get() {
             Some(log) => {
                 let blocks = log.max_transaction() as usize;
-                (blocks - blocks / 8)
+                (blocks.saturating_sub(blocks / 8))
                     .saturating_mul(self.block_size as usize)
                     .min(WRITEBACK_LIMIT)
             }
@@ -348,8 +346,7 @@ impl Ext4 {
         write(run_start, &run)?;
         if let (Some(l), Some(seq)) = (log, seq) {
             // The superblock's cached block is stale now.
-            self.blocks
-                .remove(sbf::SUPERBLOCK_OFFSET / u64::from(self.block_size));
+            self.blocks.remove(self.superblock_blocknr());
             let in_place: Vec<(u64, u32)> = snapshot.iter().map(|(b, _)| (*b, seq)).collect();
             l.mark_in_place(&in_place);
             if let Err(e) = l.checkpoint() {
@@ -390,18 +387,9 @@ impl Ext4 {
         if wb.blocks.is_empty() {
             return;
         }
-        for (b, data) in wb.blocks.range(start / bs..end.div_ceil(bs)) {
-            let bstart = b.saturating_mul(bs);
-            let bend = bstart.saturating_add(data.len() as u64);
-            let (from, to) = (bstart.max(start), bend.min(end));
-            if from >= to {
-                continue;
-            }
-            let src = data.get((from - bstart) as usize..(to - bstart) as usize);
-            let dst = buf.get_mut((from - start) as usize..(to - start) as usize);
-            if let (Some(src), Some(dst)) = (src, dst) {
-                dst.copy_from_slice(src);
-            }
+        let first = start.checked_div(bs).unwrap_or(0);
+        for (b, data) in wb.blocks.range(first..end.div_ceil(bs)) {
+            copy_overlap(data, b.saturating_mul(bs), buf, start);
         }
     }
 }

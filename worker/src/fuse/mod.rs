@@ -13,17 +13,17 @@
 //! FUSE_SYNCFS to virtiofs only): fsync a file or directory for
 //! durability.
 
+mod adapter;
 mod capabilities;
 mod convert;
 mod flusher;
 mod inodes;
 
-use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -33,19 +33,18 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::types::{
     FileKind, Ino, ROOT_INO, RenameFlags, SetAttr, TimeSet, Whence, XattrFlags,
 };
 use crate::ext4::xattr::acl::Caller;
 
+pub use adapter::Adapter;
 pub use convert::{
     BAD_BLOCKS_FUSE_INO, access_allowed, errno, ext4_ino, falloc_mode, file_attr, fuse_ino,
     request_timestamp,
 };
 use convert::{file_type, placeholder_attr, reply_xattr, time_set};
-use inodes::OpenState;
 
 /// Largest read served in one request. The kernel never asks for more than
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
@@ -57,65 +56,9 @@ const PAGE_SIZE: u32 = 4096;
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = 1 << 20;
 
-/// Attribute and entry lifetime. Read-only: nothing changes under the
-/// kernel's caches. Read-write: every change goes through this worker, by
-/// a request of the kernel, which updates or invalidates its own caches
-/// (and with the writeback cache trusts its own sizes and times): nothing
-/// changes behind its back either, so the same long lifetime holds.
-const TTL: Duration = Duration::from_secs(3600);
-
 /// setxattr(2) flags.
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
-
-/// How many distinct corrupt objects are logged before logging stops
-/// (a hostile image could otherwise flood the journal).
-const MAX_CORRUPT_LOGGED: usize = 1024;
-
-/// The fuser filesystem over the engine.
-pub struct Adapter {
-    fs: Arc<Ext4>,
-    read_only: bool,
-    ttl: Duration,
-    corrupt_logged: Mutex<HashSet<(String, u64)>>,
-    /// Inodes the kernel holds (lookups or open handles); entries are
-    /// removed when both counts are zero. A B-tree: a million entries
-    /// (a walk of a big tree) take ~30 MiB, with none of a hash table's
-    /// doubling peaks.
-    open: Mutex<BTreeMap<Ino, OpenState>>,
-    /// Tells the flusher thread to stop (set at destroy).
-    stop_flusher: Arc<AtomicBool>,
-}
-
-impl Adapter {
-    pub fn new(fs: impl Into<Arc<Ext4>>, read_only: bool) -> Self {
-        Adapter {
-            fs: fs.into(),
-            read_only,
-            ttl: TTL,
-            corrupt_logged: Mutex::new(HashSet::new()),
-            open: Mutex::new(BTreeMap::new()),
-            stop_flusher: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Maps `err`, logging each corrupt object once.
-    fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
-        match err {
-            Error::Corrupt { what, block } => {
-                let first = self.corrupt_logged.lock().is_ok_and(|mut seen| {
-                    seen.len() < MAX_CORRUPT_LOGGED && seen.insert((what.to_string(), *block))
-                });
-                if first {
-                    tracing::warn!("{op} of inode {ino}: corrupt {what} (block {block})");
-                }
-            }
-            Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),
-            _ => {}
-        }
-        errno(err)
-    }
-}
 
 macro_rules! ino_or_reply {
     ($ino:expr, $reply:expr) => {
@@ -692,12 +635,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let ino = ino_or_reply!(ino, reply);
-        // Data is written when its request completes; fsync writes the
-        // committed metadata back and flushes the device.
-        match self.fs.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsync", ino, &e)),
-        }
+        self.sync("fsync", ino, reply);
     }
 
     fn fsyncdir(
@@ -709,10 +647,7 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let ino = ino_or_reply!(ino, reply);
-        match self.fs.flush() {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.fail("fsyncdir", ino, &e)),
-        }
+        self.sync("fsyncdir", ino, reply);
     }
 
     fn setxattr(

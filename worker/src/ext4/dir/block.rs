@@ -98,13 +98,13 @@ pub(crate) fn insert_in_buf(
     };
     let at = if used > 0 {
         set_rec_len(buf, off, used, fmt.block_size);
-        off + used
+        off.saturating_add(used)
     } else {
         off
     };
     let e = NewDirEntry {
         inode: ino,
-        rec_len: rlen - used,
+        rec_len: rlen.saturating_sub(used),
         name,
         file_type,
     };
@@ -147,14 +147,14 @@ pub(crate) fn remove_in_buf(
     match prev {
         Some((poff, prlen)) => {
             set_rec_len(buf, poff, prlen.saturating_add(rlen), fmt.block_size);
-            if let Some(b) = buf.get_mut(off..off + rlen) {
+            if let Some(b) = buf.get_mut(off..off.saturating_add(rlen)) {
                 b.fill(0);
             }
         }
         None => {
             set_entry_inode(buf, off, 0);
             // Wipe everything after the record length.
-            if let Some(b) = buf.get_mut(off + 6..off + rlen) {
+            if let Some(b) = buf.get_mut(off.saturating_add(6)..off.saturating_add(rlen)) {
                 b.fill(0);
             }
         }
@@ -224,7 +224,7 @@ pub(crate) fn pack_entries(
     if entries.is_empty() {
         let e = NewDirEntry {
             inode: 0,
-            rec_len: end - start,
+            rec_len: end.saturating_sub(start),
             name: b"",
             file_type: 0,
         };
@@ -232,7 +232,7 @@ pub(crate) fn pack_entries(
     }
     let mut pos = start;
     for (i, (name, ino, ft)) in entries.iter().enumerate() {
-        let rec_len = if i + 1 == entries.len() {
+        let rec_len = if i.saturating_add(1) == entries.len() {
             end.saturating_sub(pos)
         } else {
             dir_rec_len(name.len())
@@ -246,7 +246,7 @@ pub(crate) fn pack_entries(
         if !write_entry(buf, pos, &e, fmt) {
             return false;
         }
-        pos += rec_len;
+        pos = pos.saturating_add(rec_len);
     }
     true
 }
@@ -311,14 +311,21 @@ pub(crate) trait DirBlocks {
     fn set_indexed(&mut self, on: bool);
     /// Number of the directory inode, for error messages.
     fn ino(&self) -> Ino;
+    /// Physical block of logical block `lblk`, for error messages (0 when
+    /// unknown).
+    fn block_of(&mut self, lblk: u64) -> u64 {
+        let _ = lblk;
+        0
+    }
 }
 
-pub(crate) fn edit_corrupt(ino: Ino, lblk: u64, e: EditError) -> Error {
+/// An edit's failure in logical block `lblk` (physical block `at`).
+pub(crate) fn edit_corrupt(ino: Ino, lblk: u64, at: u64, e: EditError) -> Error {
     match e {
         EditError::Exists => Error::Exists,
         EditError::Corrupt(off, p) => Error::corrupt(
             format!("directory {ino}: logical block {lblk}: offset {off}: {p}"),
-            0,
+            at,
         ),
     }
 }
@@ -370,7 +377,7 @@ pub(crate) fn add_entry(
                 return d.write(lblk, &b);
             }
             Ok(None) => {}
-            Err(e) => return Err(edit_corrupt(d.ino(), lblk, e)),
+            Err(e) => return Err(edit_corrupt(d.ino(), lblk, d.block_of(lblk), e)),
         }
         if n == 1 && ctx.dir_index && ctx.hash(ctx.def_hash_version, name).is_some() {
             crate::ext4::dir::htree::make_indexed(d, ctx, &b)?;
@@ -385,7 +392,7 @@ pub(crate) fn add_entry(
             d.write(lblk, &b)
         }
         Ok(None) => Err(Error::NoSpace),
-        Err(e) => Err(edit_corrupt(d.ino(), lblk, e)),
+        Err(e) => Err(edit_corrupt(d.ino(), lblk, d.block_of(lblk), e)),
     }
 }
 
@@ -435,12 +442,12 @@ pub(crate) fn find_entry(
                 Found {
                     offset: at,
                     inode: crate::ext4::util::le32(&b, at),
-                    file_type: b.get(at + 7).copied().unwrap_or(0),
+                    file_type: b.get(at.saturating_add(7)).copied().unwrap_or(0),
                 },
             )));
         }
         if let Some(f) = find_in_buf(&b, 0, ctx.leaf_end(), &ctx.fmt, name)
-            .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+            .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(Some((lblk, f)));
         }
@@ -453,7 +460,7 @@ pub(crate) fn remove_entry(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> 
     let (lblk, _) = find_entry(d, ctx, name)?.ok_or(Error::NotFound)?;
     let mut b = d.read(lblk)?;
     let f = remove_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, name)
-        .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+        .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         .ok_or(Error::NotFound)?;
     ctx.seal_leaf(&mut b);
     d.write(lblk, &b)?;
@@ -491,7 +498,7 @@ pub(crate) fn dir_has_entries(d: &mut dyn DirBlocks, ctx: &DirCtx) -> Result<boo
             continue;
         }
         if has_entries(&b, 0, ctx.leaf_end(), &ctx.fmt)
-            .map_err(|e| edit_corrupt(d.ino(), lblk, e))?
+            .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(true);
         }
@@ -674,8 +681,8 @@ pub(crate) mod tests {
     #[test]
     fn engine_linear_dir_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::have_mkfs;
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         if !have_mkfs() {
             return;
         }
@@ -705,21 +712,7 @@ pub(crate) mod tests {
         let img = im.save();
         assert_fsck_clean(img, "linear directory edits through the engine");
         let live: Vec<String> = live.into_iter().collect();
-        let Some((listed, found)) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
-                let dir = mnt.join("lin");
-                let mut listed: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect();
-                listed.sort();
-                let found = live
-                    .iter()
-                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
-                    .count();
-                (listed, found)
-            })
-        else {
+        let Some((listed, found)) = crate::ext4::testutil::kernel_listing(img, "lin", &live) else {
             return;
         };
         assert_eq!(

@@ -61,8 +61,22 @@ impl Frame {
     }
 }
 
-fn dx_corrupt(ino: Ino, lblk: u64, what: impl std::fmt::Display) -> Error {
-    Error::corrupt(format!("directory {ino}: htree block {lblk}: {what}"), 0)
+/// A fault in htree block `lblk` (physical block `at`).
+fn dx_corrupt(ino: Ino, lblk: u64, at: u64, what: impl std::fmt::Display) -> Error {
+    Error::corrupt(format!("directory {ino}: htree block {lblk}: {what}"), at)
+}
+
+/// A bad child pointer `blk` (to a `kind` block) in the last frame: the
+/// fault is in that frame's block.
+fn bad_pointer(d: &mut dyn DirBlocks, frames: &[Frame], kind: &str, blk: u64) -> Error {
+    let parent = frames.last().map_or(0, |f| f.lblk);
+    let at = d.block_of(parent);
+    dx_corrupt(
+        d.ino(),
+        parent,
+        at,
+        format_args!("bad {kind} block number {blk}"),
+    )
 }
 
 fn csum_on(ctx: &DirCtx) -> bool {
@@ -75,15 +89,22 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     let ino = d.ino();
     let bs = ctx.bs();
     let root = d.read(0)?;
-    let info = parse_root_info(&root, ctx.max_levels).map_err(|p| dx_corrupt(ino, 0, p))?;
+    let at = d.block_of(0);
+    let info = parse_root_info(&root, ctx.max_levels).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     if let Some(seed) = ctx.csum_seed {
-        htree::verify_dx_tail(&root, seed).map_err(|p| dx_corrupt(ino, 0, p))?;
+        htree::verify_dx_tail(&root, seed).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     }
-    let hash = ctx
-        .hash(info.hash_version, name)
-        .ok_or_else(|| dx_corrupt(ino, 0, format_args!("hash version {}", info.hash_version)))?;
+    let hash = ctx.hash(info.hash_version, name).ok_or_else(|| {
+        dx_corrupt(
+            ino,
+            0,
+            at,
+            format_args!("hash version {}", info.hash_version),
+        )
+    })?;
     let limit = root_limit(bs, csum_on(ctx));
-    let entries = parse_entries(&root, ROOT_ENTRIES, limit).map_err(|p| dx_corrupt(ino, 0, p))?;
+    let entries =
+        parse_entries(&root, ROOT_ENTRIES, limit).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     let mut frames = Vec::with_capacity(usize::from(info.indirect_levels) + 1);
     frames.push(Frame {
         lblk: 0,
@@ -96,13 +117,13 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     for _ in 0..info.indirect_levels {
         let blk = frames.last().map_or(0, Frame::target);
         if blk == 0 || blk >= d.nblocks() || frames.iter().any(|f| f.lblk == blk) {
-            return Err(dx_corrupt(ino, blk, "bad index block number"));
+            return Err(bad_pointer(d, &frames, "index", blk));
         }
         frames.push(read_node(d, ctx, blk, hash)?);
     }
     let leaf = frames.last().map_or(0, Frame::target);
     if leaf == 0 || leaf >= d.nblocks() {
-        return Err(dx_corrupt(ino, leaf, "bad leaf block number"));
+        return Err(bad_pointer(d, &frames, "leaf", leaf));
     }
     Ok((hash, frames))
 }
@@ -110,15 +131,16 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
 fn read_node(d: &mut dyn DirBlocks, ctx: &DirCtx, blk: u64, hash: u32) -> Result<Frame> {
     let ino = d.ino();
     let node = d.read(blk)?;
+    let at = d.block_of(blk);
     if !is_index_node(&node) {
-        return Err(dx_corrupt(ino, blk, "not an index node"));
+        return Err(dx_corrupt(ino, blk, at, "not an index node"));
     }
     if let Some(seed) = ctx.csum_seed {
-        htree::verify_dx_tail(&node, seed).map_err(|p| dx_corrupt(ino, blk, p))?;
+        htree::verify_dx_tail(&node, seed).map_err(|p| dx_corrupt(ino, blk, at, p))?;
     }
     let limit = node_limit(ctx.bs(), csum_on(ctx));
     let entries: DxEntries =
-        parse_entries(&node, NODE_ENTRIES, limit).map_err(|p| dx_corrupt(ino, blk, p))?;
+        parse_entries(&node, NODE_ENTRIES, limit).map_err(|p| dx_corrupt(ino, blk, at, p))?;
     Ok(Frame {
         lblk: blk,
         at: NODE_ENTRIES,
@@ -152,17 +174,17 @@ pub(crate) fn dx_leaves_for(
         let Some(f) = frames.get_mut(level) else {
             break;
         };
-        f.idx += 1;
+        f.idx = f.idx.saturating_add(1);
         let next_hash = f.entries.get(f.idx).map_or(0, |e| e.hash);
         if next_hash & !DX_HASH_CONTINUATION != hash {
             break;
         }
-        frames.truncate(level + 1);
+        frames.truncate(level.saturating_add(1));
         // Re-descend along first entries.
         while frames.len() < total {
             let blk = frames.last().map_or(0, Frame::target);
             if blk == 0 || blk >= limit {
-                return Err(dx_corrupt(d.ino(), blk, "bad index block number"));
+                return Err(bad_pointer(d, &frames, "index", blk));
             }
             let mut n = read_node(d, ctx, blk, hash)?;
             n.idx = 0;
@@ -178,13 +200,15 @@ pub(crate) fn dx_leaves_for(
 /// the root pointing at it.
 pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Result<()> {
     let ino = d.ino();
-    let all = live_entries(b0, 0, ctx.leaf_end(), &ctx.fmt).map_err(|e| edit_corrupt(ino, 0, e))?;
+    let at = d.block_of(0);
+    let all =
+        live_entries(b0, 0, ctx.leaf_end(), &ctx.fmt).map_err(|e| edit_corrupt(ino, 0, at, e))?;
     let dot = le32(b0, 0);
     let dotdot = all
         .iter()
         .find(|e| e.0 == b"..")
         .map(|e| e.1)
-        .ok_or_else(|| dx_corrupt(ino, 0, "no '..' entry"))?;
+        .ok_or_else(|| dx_corrupt(ino, 0, at, "no '..' entry"))?;
     let rest: Vec<_> = all
         .into_iter()
         .filter(|e| e.0 != b"." && e.0 != b"..")
@@ -192,7 +216,12 @@ pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Re
     let l1 = d.append()?;
     let mut leaf = empty_leaf(ctx);
     if !pack_entries(&mut leaf, 0, ctx.leaf_end(), &ctx.fmt, &rest) {
-        return Err(dx_corrupt(ino, l1, "entries do not fit a leaf"));
+        return Err(dx_corrupt(
+            ino,
+            l1,
+            d.block_of(l1),
+            "entries do not fit a leaf",
+        ));
     }
     ctx.seal_leaf(&mut leaf);
     d.write(l1, &leaf)?;
@@ -226,7 +255,7 @@ pub(crate) fn make_indexed(d: &mut dyn DirBlocks, ctx: &DirCtx, b0: &[u8]) -> Re
 /// it continues a run of equal hashes left in `old`.
 fn split_leaf(
     ino: Ino,
-    lblk: u64,
+    (lblk, at): (u64, u64),
     old: &mut [u8],
     new: &mut [u8],
     ctx: &DirCtx,
@@ -235,13 +264,13 @@ fn split_leaf(
     let end = ctx.leaf_end();
     let mut map = Vec::new();
     for e in DirentIter::new(old.get(..end).unwrap_or(&[]), 0, ctx.fmt) {
-        let e = e.map_err(|(o, p)| dx_corrupt(ino, lblk, format_args!("offset {o}: {p}")))?;
+        let e = e.map_err(|(o, p)| dx_corrupt(ino, lblk, at, format_args!("offset {o}: {p}")))?;
         if !e.is_live() {
             continue;
         }
         let h = ctx
             .hash(hash_version, e.name)
-            .ok_or_else(|| dx_corrupt(ino, lblk, "unknown hash version"))?;
+            .ok_or_else(|| dx_corrupt(ino, lblk, at, "unknown hash version"))?;
         map.push((
             h,
             e.offset,
@@ -264,26 +293,28 @@ fn split_leaf(
     let mut broke_at = None;
     for i in (0..count).rev() {
         let s = map.get(i).map_or(0, |m| m.5);
-        if size + s / 2 > half {
+        if size.saturating_add(s / 2) > half {
             broke_at = Some(i);
             break;
         }
-        size += s;
-        moved += 1;
+        size = size.saturating_add(s);
+        moved = moved.saturating_add(1);
     }
     let split = match broke_at {
-        Some(i) if i > 0 => count - moved,
+        Some(i) if i > 0 => count.saturating_sub(moved),
         _ => count / 2,
     };
     let hash2 = map.get(split).map_or(0, |m| m.0);
-    let continued = split > 0 && map.get(split - 1).map(|m| m.0) == Some(hash2);
+    let continued = split
+        .checked_sub(1)
+        .is_some_and(|i| map.get(i).map(|m| m.0) == Some(hash2));
     let (keep, go) = map.split_at(split);
     let go: Vec<_> = go.iter().map(|m| (m.2.clone(), m.3, m.4)).collect();
     let mut keep: Vec<_> = keep.to_vec();
     keep.sort_by_key(|m| m.1);
     let keep: Vec<_> = keep.into_iter().map(|m| (m.2, m.3, m.4)).collect();
     if !pack_entries(new, 0, end, &ctx.fmt, &go) || !pack_entries(old, 0, end, &ctx.fmt, &keep) {
-        return Err(dx_corrupt(ino, lblk, "split does not fit"));
+        return Err(dx_corrupt(ino, lblk, at, "split does not fit"));
     }
     Ok((hash2, continued))
 }
@@ -312,14 +343,16 @@ pub(crate) fn dx_add_entry(
                 return d.write(leaf_blk, &leaf);
             }
             Ok(None) => {}
-            Err(e) => return Err(edit_corrupt(dir, leaf_blk, e)),
+            Err(e) => return Err(edit_corrupt(dir, leaf_blk, d.block_of(leaf_blk), e)),
         }
-        let last = frames.len() - 1;
+        let last = frames.len().saturating_sub(1);
         if frames.get(last).is_some_and(Frame::is_full) {
             // The lowest level whose parent has room, or the root.
             let mut lvl = last;
-            while lvl > 0 && frames.get(lvl - 1).is_some_and(Frame::is_full) {
-                lvl -= 1;
+            while let Some(up) = lvl.checked_sub(1)
+                && frames.get(up).is_some_and(Frame::is_full)
+            {
+                lvl = up;
             }
             if lvl == 0 {
                 if frames.len() >= usize::from(ctx.max_levels) {
@@ -335,10 +368,17 @@ pub(crate) fn dx_add_entry(
         let new_blk = d.append()?;
         let new_blk32 = u32::try_from(new_blk).map_err(|_| Error::NoSpace)?;
         let mut new = vec![0u8; ctx.bs()];
-        let (hash2, continued) = split_leaf(dir, leaf_blk, &mut leaf, &mut new, ctx, hash_version)?;
+        let (hash2, continued) = split_leaf(
+            dir,
+            (leaf_blk, d.block_of(leaf_blk)),
+            &mut leaf,
+            &mut new,
+            ctx,
+            hash_version,
+        )?;
         if let Some(f) = frames.last_mut() {
             f.entries.insert(
-                f.idx + 1,
+                f.idx.saturating_add(1),
                 DxEntry {
                     hash: hash2 | u32::from(continued),
                     block: new_blk32,
@@ -348,7 +388,7 @@ pub(crate) fn dx_add_entry(
         }
         let target = if hash >= hash2 { &mut new } else { &mut leaf };
         let done = insert_in_buf(target, 0, end, &ctx.fmt, name, ino, file_type)
-            .map_err(|e| edit_corrupt(dir, leaf_blk, e))?
+            .map_err(|e| edit_corrupt(dir, leaf_blk, d.block_of(leaf_blk), e))?
             .is_some();
         ctx.seal_leaf(&mut leaf);
         ctx.seal_leaf(&mut new);
@@ -409,11 +449,11 @@ fn split_node(d: &mut dyn DirBlocks, ctx: &DirCtx, frames: &mut [Frame], lvl: us
     };
     init_node(&mut node.block);
     node.store(d, ctx)?;
-    let Some(parent) = frames.get_mut(lvl - 1) else {
+    let Some(parent) = lvl.checked_sub(1).and_then(|up| frames.get_mut(up)) else {
         return Ok(());
     };
     parent.entries.insert(
-        parent.idx + 1,
+        parent.idx.saturating_add(1),
         DxEntry {
             hash: hash2,
             block: blk32,
@@ -654,7 +694,7 @@ mod tests {
                 .unwrap();
             }
             let mut new = vec![0u8; 1024];
-            let (h2, cont) = split_leaf(12, 1, &mut old, &mut new, &c, 1).unwrap();
+            let (h2, cont) = split_leaf(12, (1, 0), &mut old, &mut new, &c, 1).unwrap();
             let left = live_entries(&old, 0, c.leaf_end(), &c.fmt).unwrap();
             let right = live_entries(&new, 0, c.leaf_end(), &c.fmt).unwrap();
             assert_eq!(left.len() + right.len(), 40);
@@ -693,7 +733,7 @@ mod tests {
     #[test]
     fn engine_htree_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::{debugfs_out, have_mkfs};
         if !have_mkfs() {
             return;
@@ -729,21 +769,7 @@ mod tests {
             .map(|(_, n)| n.clone())
             .collect();
         left.sort();
-        let Some((listed, found)) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
-                let dir = mnt.join("big");
-                let mut listed: Vec<String> = std::fs::read_dir(&dir)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect();
-                listed.sort();
-                let found = left
-                    .iter()
-                    .filter(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
-                    .count();
-                (listed, found)
-            })
-        else {
+        let Some((listed, found)) = crate::ext4::testutil::kernel_listing(img, "big", &left) else {
             return;
         };
         assert_eq!(listed, left, "the kernel's readdir of the engine's htree");

@@ -328,14 +328,7 @@ impl Ext4 {
         if area.len() < XATTR_IBODY_HEADER_LEN {
             return Ok(false);
         }
-        let limits = ox::XattrLimits {
-            ea_inode_feature: self
-                .sb()
-                .has_incompat(crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE),
-            inodes_count: self.sb().s_inodes_count,
-        };
-        let parsed = ox::parse_ibody(area, &limits)
-            .map_err(|p| Error::corrupt(format!("inode {}: in-inode xattrs: {p}", inode.ino), 0))?;
+        let parsed = self.ibody_entries(inode)?;
         let mut entries: Vec<NewXattr> =
             parsed.iter().map(|e| NewXattr::from_entry(e, 0)).collect();
         if entries

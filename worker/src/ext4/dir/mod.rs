@@ -417,7 +417,7 @@ impl Ext4 {
                 search_buf(buf, start, &fmt, name, casefold).map_err(|(off, p)| {
                     dir_corrupt(
                         dir.ino,
-                        format!("inline data offset {}: {p}", base + off),
+                        format!("inline data offset {}: {p}", base.saturating_add(off)),
                         0,
                     )
                 })?
@@ -442,7 +442,7 @@ impl Ext4 {
         let is_dx = self.is_dx(&dir);
         let fmt = self.dirent_format();
         let end = self.dir_blocks(&dir);
-        let mut next = offset / bs;
+        let mut next = offset.checked_div(bs).unwrap_or(0);
         while let Some((lblk, block)) = self.next_dir_block(&dir, next, end)? {
             next = lblk.saturating_add(1);
             self.check_dir_leaf(&dir, lblk, &block, is_dx)?;
@@ -503,11 +503,11 @@ impl Ext4 {
                 let e = e.map_err(|(off, p)| {
                     dir_corrupt(
                         dir.ino,
-                        format!("inline data offset {}: {p}", base + off),
+                        format!("inline data offset {}: {p}", base.saturating_add(off)),
                         0,
                     )
                 })?;
-                let pos = (base + e.offset) as u64;
+                let pos = base.saturating_add(e.offset) as u64;
                 if pos < offset || !e.is_live() {
                     continue;
                 }
@@ -515,7 +515,7 @@ impl Ext4 {
                     ino: e.inode,
                     name: e.name.to_vec(),
                     kind: self.entry_kind(&e),
-                    next_offset: (base + e.end()) as u64,
+                    next_offset: base.saturating_add(e.end()) as u64,
                 };
                 if !sink(entry) {
                     return Ok(());
@@ -576,154 +576,10 @@ fn search_buf(
     Ok(None)
 }
 
-/// Whole-image test helpers shared by the directory, xattr and symlink
-/// tests: images come from `mkfs.ext4 -d` (and e2fsck -D, debugfs).
-#[cfg(test)]
-pub(crate) mod testimg {
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use crate::ext4::types::Ino;
-    use crate::ext4::{Ext4, OpenOptions, ROOT_INO};
-    use crate::io::MemDevice;
-
-    /// A scratch directory removed on drop.
-    pub(crate) struct Scratch(pub PathBuf);
-
-    impl Scratch {
-        pub(crate) fn new(tag: &str) -> Scratch {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let p = std::env::temp_dir().join(format!(
-                "safemount-ext4b-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Scratch(p)
-        }
-        pub(crate) fn path(&self, rel: &str) -> PathBuf {
-            self.0.join(rel)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Whether the e2fsprogs tools (and, if asked, attr/acl) are present.
-    pub(crate) fn have(tools: &[&str]) -> bool {
-        let ok = tools.iter().all(|t| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
-        if !ok {
-            crate::test_skip::skip(&format!("needs {tools:?} installed"));
-        }
-        ok
-    }
-
-    pub(crate) fn run(cmd: &str, args: &[&str]) -> String {
-        let out = Command::new(cmd).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// mkfs.ext4 -q -F -d SRC [args] IMG SIZE, then e2fsck -fyD to build
-    /// htree indexes (mkfs -d writes linear directories only).
-    pub(crate) fn mkfs(src: &Path, img: &Path, args: &[&str], size: &str, index: bool) {
-        let mut a = vec!["-q", "-F"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-d", src.to_str().unwrap(), img.to_str().unwrap(), size]);
-        run("mkfs.ext4", &a);
-        if index {
-            // Exit 1 means "errors corrected" (the indexes it made).
-            let st = Command::new("e2fsck")
-                .args(["-fyD", img.to_str().unwrap()])
-                .output()
-                .unwrap();
-            assert!(st.status.code().unwrap_or(8) <= 1, "e2fsck -D: {st:?}");
-        }
-    }
-
-    pub(crate) fn debugfs(img: &Path, cmd: &str, write: bool) -> String {
-        let mut a = vec![];
-        if write {
-            a.push("-w");
-        }
-        a.extend_from_slice(&["-R", cmd, img.to_str().unwrap()]);
-        run("debugfs", &a)
-    }
-
-    /// Physical block of logical block `lblk` of `path` in the image.
-    pub(crate) fn bmap(img: &Path, path: &str, lblk: u64) -> u64 {
-        debugfs(img, &format!("bmap {path} {lblk}"), false)
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    pub(crate) fn open(img: &Path) -> Ext4 {
-        let dev = MemDevice::new(std::fs::read(img).unwrap());
-        Ext4::open(Arc::new(dev), OpenOptions { read_only: true }).unwrap()
-    }
-
-    /// Patches `bytes` at `block * bs + off` in the image file.
-    pub(crate) fn patch(img: &Path, bs: u64, block: u64, off: u64, bytes: &[u8]) {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
-        f.write_all_at(bytes, block * bs + off).unwrap();
-    }
-
-    pub(crate) fn read_byte(img: &Path, bs: u64, block: u64, off: u64) -> u8 {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(img).unwrap();
-        let mut b = [0u8];
-        f.read_exact_at(&mut b, block * bs + off).unwrap();
-        b[0]
-    }
-
-    /// Resolves a '/'-separated path from the root with lookups.
-    pub(crate) fn resolve(fs: &Ext4, path: &str) -> Ino {
-        let mut ino = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = fs
-                .lookup_ino(ino, part.as_bytes())
-                .unwrap_or_else(|e| panic!("lookup {part:?} in {path}: {e}"));
-        }
-        ino
-    }
-
-    /// readdir names, without "." and "..".
-    pub(crate) fn list(fs: &Ext4, dir: Ino) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        fs.readdir(dir, 0, &mut |e| {
-            if e.name != b"." && e.name != b".." {
-                out.push(e.name);
-            }
-            true
-        })
-        .unwrap();
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testimg::*;
     use super::*;
+    use crate::ext4::testutil::*;
     use std::collections::BTreeSet;
     use std::os::unix::ffi::OsStrExt;
 
@@ -751,15 +607,15 @@ mod tests {
             return;
         }
         let s = Scratch::new("htree5k");
-        let big = s.path("src/big");
+        let big = s.file("src/big");
         std::fs::create_dir_all(&big).unwrap();
         for i in 0..5000 {
             std::fs::write(big.join(name(i)), b"").unwrap();
         }
         std::fs::create_dir(big.join("subdir")).unwrap();
-        let img = s.path("img");
-        mkfs(&s.path("src"), &img, &[], "64M", true);
-        let fs = open(&img);
+        let img = s.file("img");
+        mkfs_img(&s.file("src"), &img, &[], "64M", true);
+        let fs = open_image(&img).unwrap();
         let dir = resolve(&fs, "big");
         let inode = fs.inode(dir).unwrap();
         assert!(
@@ -856,16 +712,16 @@ mod tests {
             return;
         }
         let s = Scratch::new("htree2");
-        let big = s.path("src/big");
+        let big = s.file("src/big");
         std::fs::create_dir_all(&big).unwrap();
         // 250-byte names: three records per 1 KiB leaf, so 1,500 names need
         // more leaves than the root alone addresses (123).
         for i in 0..1500 {
             std::fs::write(big.join(format!("{i:06}-{}", "L".repeat(243))), b"").unwrap();
         }
-        let img = s.path("img");
-        mkfs(&s.path("src"), &img, &["-b", "1024"], "32M", true);
-        let fs = open(&img);
+        let img = s.file("img");
+        mkfs_img(&s.file("src"), &img, &["-b", "1024"], "32M", true);
+        let fs = open_image(&img).unwrap();
         check_htree(&fs, resolve(&fs, "big"), 1, &source_names(&big), 1);
     }
 
@@ -878,16 +734,16 @@ mod tests {
             return;
         }
         let s = Scratch::new("htree3");
-        std::fs::create_dir_all(s.path("src/big")).unwrap();
-        let img = s.path("img");
-        mkfs(
-            &s.path("src"),
+        std::fs::create_dir_all(s.file("src/big")).unwrap();
+        let img = s.file("img");
+        mkfs_img(
+            &s.file("src"),
             &img,
             &["-b", "1024", "-O", "large_dir", "-N", "64"],
             "48M",
             false,
         );
-        let mnt = s.path("mnt");
+        let mnt = s.file("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         if !crate::ext4::testutil::kernel_mount(&img, &mnt, &["-o", "loop"]) {
             return;
@@ -902,7 +758,7 @@ mod tests {
         })();
         run("umount", &[mnt.to_str().unwrap()]);
         made.unwrap();
-        let fs = open(&img);
+        let fs = open_image(&img).unwrap();
         let names: BTreeSet<Vec<u8>> = (0..50_000).map(|i| n(i).into_bytes()).collect();
         let target = fs.lookup_ino(ROOT_INO_FOR_TESTS, b"target").unwrap();
         let dir = resolve(&fs, "big");
@@ -916,7 +772,7 @@ mod tests {
             return;
         }
         let s = Scratch::new("linear");
-        let d = s.path("src/d");
+        let d = s.file("src/d");
         std::fs::create_dir_all(&d).unwrap();
         for i in 0..600 {
             std::fs::write(d.join(name(i)), b"").unwrap();
@@ -926,9 +782,9 @@ mod tests {
             (&["-O", "^filetype"][..], "nofiletype"),
             (&["-t", "ext2", "-b", "1024"][..], "ext2"),
         ] {
-            let img = s.path(tag);
-            mkfs(&s.path("src"), &img, args, "32M", false);
-            let fs = open(&img);
+            let img = s.file(tag);
+            mkfs_img(&s.file("src"), &img, args, "32M", false);
+            let fs = open_image(&img).unwrap();
             let dir = resolve(&fs, "d");
             for n in source_names(&d) {
                 let attr = fs.lookup(dir, &n).unwrap();
@@ -960,20 +816,20 @@ mod tests {
         }
         let s = Scratch::new("corrupt");
         for d in ["victim", "other"] {
-            std::fs::create_dir_all(s.path(&format!("src/{d}"))).unwrap();
+            std::fs::create_dir_all(s.file(&format!("src/{d}"))).unwrap();
             for i in 0..20 {
-                std::fs::write(s.path(&format!("src/{d}/file{i}")), b"").unwrap();
+                std::fs::write(s.file(&format!("src/{d}/file{i}")), b"").unwrap();
             }
         }
         for (args, tag) in [(&[][..], "csum"), (&["-O", "^metadata_csum"][..], "nocsum")] {
-            let img = s.path(tag);
+            let img = s.file(tag);
             let mut a = vec!["-b", "4096"];
             a.extend_from_slice(args);
-            mkfs(&s.path("src"), &img, &a, "16M", false);
+            mkfs_img(&s.file("src"), &img, &a, "16M", false);
             let blk = bmap(&img, "/victim", 0);
             // rec_len of "." (offset 4) becomes 6: not a multiple of 4.
             patch(&img, 4096, blk, 4, &[6, 0]);
-            let fs = open(&img);
+            let fs = open_image(&img).unwrap();
             let victim = resolve(&fs, "victim");
             let err = fs.readdir(victim, 0, &mut |_| true).unwrap_err();
             assert!(matches!(err, Error::Corrupt { .. }), "{tag}: {err}");
@@ -999,16 +855,16 @@ mod tests {
             return;
         }
         let s = Scratch::new("badhtree");
-        let d = s.path("src/d");
+        let d = s.file("src/d");
         std::fs::create_dir_all(&d).unwrap();
         for i in 0..400 {
             std::fs::write(d.join(name(i)), b"").unwrap();
         }
         // Without checksums: an unknown hash version makes the kernel (and
         // us) scan linearly; every name still resolves.
-        let img = s.path("nocsum");
-        mkfs(
-            &s.path("src"),
+        let img = s.file("nocsum");
+        mkfs_img(
+            &s.file("src"),
             &img,
             &["-b", "4096", "-O", "^metadata_csum"],
             "16M",
@@ -1016,7 +872,7 @@ mod tests {
         );
         let root_blk = bmap(&img, "/d", 0);
         patch(&img, 4096, root_blk, 28, &[9]);
-        let fs = open(&img);
+        let fs = open_image(&img).unwrap();
         let dir = resolve(&fs, "d");
         let inode = fs.inode(dir).unwrap();
         assert!(inode.has_flag(EXT4_INDEX_FL));
@@ -1031,12 +887,12 @@ mod tests {
 
         // With checksums: a flipped byte in the index is a checksum error,
         // reported as corruption of that directory.
-        let img = s.path("csum");
-        mkfs(&s.path("src"), &img, &["-b", "4096"], "16M", true);
+        let img = s.file("csum");
+        mkfs_img(&s.file("src"), &img, &["-b", "4096"], "16M", true);
         let root_blk = bmap(&img, "/d", 0);
         let b = read_byte(&img, 4096, root_blk, 32 + 8);
         patch(&img, 4096, root_blk, 32 + 8, &[b ^ 0x10]);
-        let fs = open(&img);
+        let fs = open_image(&img).unwrap();
         let dir = resolve(&fs, "d");
         let err = fs.lookup_ino(dir, b"f0").unwrap_err();
         assert!(err.to_string().contains("htree index checksum"), "{err}");
@@ -1050,20 +906,20 @@ mod tests {
         }
         let s = Scratch::new("inline");
         for (d, n) in [("empty", 0), ("small", 2), ("spill", 6), ("blocks", 80)] {
-            std::fs::create_dir_all(s.path(&format!("src/{d}"))).unwrap();
+            std::fs::create_dir_all(s.file(&format!("src/{d}"))).unwrap();
             for i in 0..n {
-                std::fs::write(s.path(&format!("src/{d}/entry-{i}")), b"").unwrap();
+                std::fs::write(s.file(&format!("src/{d}/entry-{i}")), b"").unwrap();
             }
         }
-        let img = s.path("img");
-        mkfs(
-            &s.path("src"),
+        let img = s.file("img");
+        mkfs_img(
+            &s.file("src"),
             &img,
             &["-O", "inline_data", "-I", "512"],
             "16M",
             false,
         );
-        let fs = open(&img);
+        let fs = open_image(&img).unwrap();
         let mut inline_seen = 0;
         for (d, n) in [
             ("empty", 0usize),
@@ -1120,15 +976,15 @@ mod tests {
         }
         let s = Scratch::new("casefold");
         for d in ["cf", "enc"] {
-            std::fs::create_dir_all(s.path(&format!("src/{d}"))).unwrap();
-            std::fs::write(s.path(&format!("src/{d}/MixedCase.txt")), b"").unwrap();
-            std::fs::write(s.path(&format!("src/{d}/caf\u{e9}")), b"").unwrap();
+            std::fs::create_dir_all(s.file(&format!("src/{d}"))).unwrap();
+            std::fs::write(s.file(&format!("src/{d}/MixedCase.txt")), b"").unwrap();
+            std::fs::write(s.file(&format!("src/{d}/caf\u{e9}")), b"").unwrap();
         }
-        let img = s.path("img");
-        mkfs(&s.path("src"), &img, &["-O", "casefold"], "16M", false);
-        debugfs(&img, "set_inode_field /cf flags 0x40080000", true);
-        debugfs(&img, "set_inode_field /enc flags 0x80800", true);
-        let fs = open(&img);
+        let img = s.file("img");
+        mkfs_img(&s.file("src"), &img, &["-O", "casefold"], "16M", false);
+        debugfs(&img, "set_inode_field /cf flags 0x40080000");
+        debugfs(&img, "set_inode_field /enc flags 0x80800");
+        let fs = open_image(&img).unwrap();
         let cf = resolve(&fs, "cf");
         let a = fs.lookup_ino(cf, b"MixedCase.txt").unwrap();
         assert_eq!(fs.lookup_ino(cf, b"mixedcase.TXT").unwrap(), a);
@@ -1151,10 +1007,10 @@ mod tests {
             return;
         }
         let s = Scratch::new("nextleaf");
-        std::fs::create_dir_all(s.path("src")).unwrap();
-        let img = s.path("img");
-        mkfs(&s.path("src"), &img, &[], "8M", false);
-        let fs = open(&img);
+        std::fs::create_dir_all(s.file("src")).unwrap();
+        let img = s.file("img");
+        mkfs_img(&s.file("src"), &img, &[], "8M", false);
+        let fs = open_image(&img).unwrap();
         let root = fs.inode(ROOT_INO_FOR_TESTS).unwrap();
         let e = |hash, block| ondisk::htree::DxEntry { hash, block };
         let entries = DxEntries {
@@ -1198,24 +1054,11 @@ mod tests {
         let mut ops = 0u64;
         for e in entries {
             let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let tool = if name.ends_with(".gz") {
-                "gzip"
-            } else if name.ends_with(".bz2") {
-                "bzip2"
-            } else {
+            let Some(image) = corpus_image(&path) else {
                 continue;
             };
-            let out = std::process::Command::new(tool)
-                .arg("-dc")
-                .arg(&path)
-                .output()
-                .unwrap();
-            if !out.status.success() {
-                continue;
-            }
             images += 1;
-            let dev = crate::io::MemDevice::new(out.stdout);
+            let dev = crate::io::MemDevice::new(image);
             let Ok(fs) = Ext4::open(
                 std::sync::Arc::new(dev),
                 crate::ext4::OpenOptions { read_only: true },

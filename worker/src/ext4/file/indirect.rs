@@ -1,14 +1,17 @@
-//! Indirect block maps, write side (ext2/ext3 files, ext4 files without
-//! EXTENTS_FL): allocating data and indirect blocks along the 12 direct /
-//! single / double / triple path, and freeing ranges (truncate, punch,
-//! release), including indirect blocks whose whole subtree went away.
-//! Indirect blocks carry no checksum.
+//! Indirect block maps (ext2/ext3 files, ext4 files without EXTENTS_FL):
+//! mapping a logical block (the one walker, read and write paths alike),
+//! allocating data and indirect blocks along the 12 direct / single /
+//! double / triple path, and freeing ranges (truncate, punch, release),
+//! including indirect blocks whose whole subtree went away. Indirect
+//! blocks carry no checksum.
 
-use super::extent::{Run, RunKind};
+use std::sync::Arc;
+
+use super::Mapping;
+use super::extent::{Run, RunKind, push_run};
 use crate::ext4::ondisk::indirect::{self, DIRECT_BLOCKS};
-use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
+use crate::ext4::ondisk::inode::{I_BLOCK_SIZE, Inode};
 use crate::ext4::txn::Txn;
-use crate::ext4::util::le32;
 use crate::ext4::{Error, Ext4, Ino, Result};
 
 /// Where one block pointer lives.
@@ -31,24 +34,100 @@ pub(crate) struct IndCtx<'a> {
 
 fn get_ptr(txn: &Txn<'_>, ib: &[u8; I_BLOCK_SIZE], slot: Slot) -> Result<u64> {
     Ok(match slot {
-        Slot::Inode(i) => u64::from(le32(ib, i * 4)),
-        Slot::Block { block, index } => u64::from(le32(&txn.block(block)?, index * 4)),
+        Slot::Inode(i) => indirect::ptr(ib, i as u64),
+        Slot::Block { block, index } => indirect::ptr(&txn.block(block)?, index as u64),
     })
 }
 
 fn set_ptr(txn: &mut Txn<'_>, ib: &mut [u8; I_BLOCK_SIZE], slot: Slot, v: u64) -> Result<()> {
     let v = u32::try_from(v).map_err(|_| Error::Invalid("block number beyond 32 bits"))?;
     let (buf, at): (&mut [u8], usize) = match slot {
-        Slot::Inode(i) => (&mut ib[..], i * 4),
-        Slot::Block { block, index } => (txn.block_mut(block)?, index * 4),
+        Slot::Inode(i) => (&mut ib[..], i),
+        Slot::Block { block, index } => (txn.block_mut(block)?, index),
     };
-    if let Some(d) = buf.get_mut(at..at + 4) {
-        d.copy_from_slice(&v.to_le_bytes());
-    }
+    indirect::set_ptr(buf, at as u64, v);
     Ok(())
 }
 
 impl Ext4 {
+    /// The indirect-map walker (the one copy): maps `lblk` through the
+    /// indirect blocks `read` returns (the cache, or a transaction's view).
+    pub(crate) fn map_indirect(
+        &self,
+        inode: &Inode,
+        lblk: u64,
+        read: &mut dyn FnMut(u64) -> Result<Arc<[u8]>>,
+    ) -> Result<Mapping> {
+        let per_block = u64::from(self.block_size() / 4);
+        let Some(path) = indirect::path(lblk, per_block) else {
+            return Ok(Mapping::Hole { len: u64::MAX });
+        };
+        let bad =
+            |what: String, blk: u64| Error::corrupt(format!("inode {}: {what}", inode.ino), blk);
+        // The array holding the data pointer: i_block for direct blocks,
+        // else the last indirect block on the path.
+        let direct = path.offsets.is_empty();
+        let mut table: Arc<[u8]> = Arc::from(&inode.i_block[..]);
+        let mut table_blk = 0u64;
+        let mut index = path.slot as u64;
+        let levels = path.offsets.len();
+        for (level, &off) in path.offsets.iter().enumerate() {
+            let ptr = indirect::ptr(&table, index);
+            if ptr == 0 {
+                // The whole subtree under this pointer is a hole; skip to its
+                // end (measured from lblk's position inside it).
+                let below = indirect::span(levels.saturating_sub(level), per_block);
+                let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
+                return Ok(Mapping::Hole {
+                    len: below.saturating_sub(pos_in).max(1),
+                });
+            }
+            if !self.blocks_valid(ptr, 1) {
+                return Err(bad(
+                    format!("indirect block {ptr} outside the filesystem"),
+                    table_blk,
+                ));
+            }
+            table = read(ptr)?;
+            table_blk = ptr;
+            index = off;
+        }
+        // Scan the data pointers from `index` for a contiguous run or hole.
+        let end = if direct {
+            indirect::DIRECT_BLOCKS
+        } else {
+            per_block
+        };
+        let first = indirect::ptr(&table, index);
+        let mut len = 1u64;
+        while index.saturating_add(len) < end {
+            let p = indirect::ptr(&table, index.saturating_add(len));
+            let contiguous = if first == 0 {
+                p == 0
+            } else {
+                first.checked_add(len) == Some(p)
+            };
+            if !contiguous {
+                break;
+            }
+            len = len.saturating_add(1);
+        }
+        if first == 0 {
+            return Ok(Mapping::Hole { len });
+        }
+        if !self.blocks_valid(first, len) {
+            return Err(bad(
+                format!("data block {first} outside the filesystem"),
+                table_blk,
+            ));
+        }
+        Ok(Mapping::Mapped {
+            pblk: first,
+            len,
+            uninit: false,
+        })
+    }
+
     fn ind_bad(&self, ino: Ino, ptr: u64, at: u64) -> Error {
         Error::corrupt(
             format!("inode {ino}: indirect map points outside the filesystem (block {ptr})"),
@@ -80,7 +159,7 @@ impl Ext4 {
             for &off in &path.offsets {
                 let mut ptr = get_ptr(txn, c.i_block, slot)?;
                 if ptr == 0 {
-                    let goal = last_pblk.map_or(c.default_goal, |p| p + 1);
+                    let goal = last_pblk.map_or(c.default_goal, |p| p.saturating_add(1));
                     let (b, _) = match txn.alloc_blocks(goal, 1, c.reserved_ok) {
                         Ok(r) => r,
                         Err(Error::NoSpace) => return Ok((runs, true)),
@@ -105,13 +184,13 @@ impl Ext4 {
                 Slot::Inode(i) => (DIRECT_BLOCKS as usize, i),
                 Slot::Block { index, .. } => (per as usize, index),
             };
-            let room = ((table_end - index) as u64).min(end - cur);
+            let room = (table_end.saturating_sub(index) as u64).min(end.saturating_sub(cur));
             let ptr = get_ptr(txn, c.i_block, slot)?;
             if ptr != 0 {
                 if !self.blocks_valid(ptr, 1) {
                     return Err(self.ind_bad(c.ino, ptr, parent_blk));
                 }
-                push(
+                push_run(
                     &mut runs,
                     Run {
                         lblk: cur,
@@ -121,7 +200,7 @@ impl Ext4 {
                     },
                 );
                 last_pblk = Some(ptr);
-                cur += 1;
+                cur = cur.saturating_add(1);
                 continue;
             }
             // Count the holes in a row, then allocate them in one go.
@@ -130,10 +209,10 @@ impl Ext4 {
                 Slot::Block { block, .. } => txn.block(block)?.to_vec(),
             };
             let mut holes = 1u64;
-            while holes < room && le32(&table, (index + holes as usize) * 4) == 0 {
-                holes += 1;
+            while holes < room && indirect::ptr(&table, (index as u64).saturating_add(holes)) == 0 {
+                holes = holes.saturating_add(1);
             }
-            let goal = last_pblk.map_or(c.default_goal, |p| p + 1);
+            let goal = last_pblk.map_or(c.default_goal, |p| p.saturating_add(1));
             let want = u32::try_from(holes).unwrap_or(u32::MAX);
             let (first, got) = match txn.alloc_blocks(goal, want, c.reserved_ok) {
                 Ok(r) => r,
@@ -144,12 +223,12 @@ impl Ext4 {
                 set_ptr(
                     txn,
                     c.i_block,
-                    with_index(slot, index + k as usize),
-                    first + k,
+                    with_index(slot, index.saturating_add(k as usize)),
+                    first.saturating_add(k),
                 )?;
             }
             *c.blocks = c.blocks.saturating_add(u64::from(got).saturating_mul(spb));
-            push(
+            push_run(
                 &mut runs,
                 Run {
                     lblk: cur,
@@ -158,8 +237,8 @@ impl Ext4 {
                     kind: RunKind::New,
                 },
             );
-            last_pblk = Some(first + u64::from(got) - 1);
-            cur += u64::from(got);
+            last_pblk = Some(first.saturating_add(u64::from(got)).saturating_sub(1));
+            cur = cur.saturating_add(u64::from(got));
         }
         Ok((runs, false))
     }
@@ -178,7 +257,7 @@ impl Ext4 {
         for i in 0..DIRECT_BLOCKS as usize {
             let l = i as u64;
             if l >= start && l < end {
-                let p = u64::from(le32(c.i_block, i * 4));
+                let p = indirect::ptr(c.i_block, l);
                 if p != 0 {
                     if !self.blocks_valid(p, 1) {
                         return Err(self.ind_bad(c.ino, p, 0));
@@ -195,7 +274,7 @@ impl Ext4 {
             (3, indirect::TIND_BLOCK),
         ] {
             let span = indirect::span(level, per);
-            let p = u64::from(le32(c.i_block, slot * 4));
+            let p = indirect::ptr(c.i_block, slot as u64);
             if p != 0
                 && base < end
                 && base.saturating_add(span) > start
@@ -206,7 +285,7 @@ impl Ext4 {
             base = base.saturating_add(span);
         }
         let spb = u64::from(self.block_size() / 512);
-        let total = f.data_count + f.meta_count;
+        let total = f.data_count.saturating_add(f.meta_count);
         *c.blocks = c.blocks.saturating_sub(total.saturating_mul(spb));
         for (p, n) in f.runs {
             txn.free_blocks(p, n)?;
@@ -237,7 +316,7 @@ impl Ext4 {
         }
         let per = u64::from(self.block_size() / 4);
         let span = indirect::span(level, per);
-        let child_span = indirect::span(level - 1, per);
+        let child_span = indirect::span(level.saturating_sub(1), per);
         let whole = base >= start && base.saturating_add(span) <= end;
         let table = txn.block(ptr)?;
         let mut changed: Vec<usize> = Vec::new();
@@ -246,7 +325,7 @@ impl Ext4 {
             if cb >= end || cb.saturating_add(child_span) <= start {
                 continue;
             }
-            let p = u64::from(le32(&table, i * 4));
+            let p = indirect::ptr(&table, i as u64);
             if p == 0 {
                 continue;
             }
@@ -256,7 +335,7 @@ impl Ext4 {
                 }
                 f.data(p);
                 changed.push(i);
-            } else if self.prune(txn, ino, p, level - 1, cb, start, end, f)? {
+            } else if self.prune(txn, ino, p, level.saturating_sub(1), cb, start, end, f)? {
                 changed.push(i);
             }
         }
@@ -272,8 +351,8 @@ impl Ext4 {
         let holds_start = base < start;
         let runs_past = base.saturating_add(span) <= end;
         if holds_start && runs_past {
-            let empty_after =
-                (0..per as usize).all(|i| changed.contains(&i) || le32(&table, i * 4) == 0);
+            let empty_after = (0..per as usize)
+                .all(|i| changed.contains(&i) || indirect::ptr(&table, i as u64) == 0);
             if empty_after {
                 f.meta(ptr);
                 return Ok(true);
@@ -282,9 +361,7 @@ impl Ext4 {
         if !changed.is_empty() {
             let b = txn.block_mut(ptr)?;
             for i in changed {
-                if let Some(d) = b.get_mut(i * 4..i * 4 + 4) {
-                    d.fill(0);
-                }
+                indirect::set_ptr(b, i as u64, 0);
             }
         }
         Ok(false)
@@ -298,18 +375,6 @@ fn with_index(slot: Slot, index: usize) -> Slot {
     }
 }
 
-fn push(runs: &mut Vec<Run>, r: Run) {
-    if let Some(last) = runs.last_mut()
-        && last.kind == r.kind
-        && last.lblk + u64::from(last.len) == r.lblk
-        && last.pblk + u64::from(last.len) == r.pblk
-    {
-        last.len += r.len;
-        return;
-    }
-    runs.push(r);
-}
-
 /// Collects blocks to free as contiguous runs.
 #[derive(Default)]
 struct Freer {
@@ -321,20 +386,28 @@ struct Freer {
 impl Freer {
     fn add(&mut self, p: u64) {
         if let Some((s, n)) = self.runs.last_mut()
-            && *s + u64::from(*n) == p
-            && *n < u32::MAX
+            && s.checked_add(u64::from(*n)) == Some(p)
+            && let Some(more) = n.checked_add(1)
         {
-            *n += 1;
+            *n = more;
             return;
         }
         self.runs.push((p, 1));
     }
     fn data(&mut self, p: u64) {
-        self.data_count += 1;
+        self.data_count = self.data_count.saturating_add(1);
         self.add(p);
     }
     fn meta(&mut self, p: u64) {
-        self.meta_count += 1;
+        self.meta_count = self.meta_count.saturating_add(1);
         self.add(p);
     }
+}
+
+/// Position of a block inside the subtree reached by `offsets` (the
+/// remaining indexes below some pointer).
+fn lblk_pos(offsets: &[u64], per_block: u64) -> u64 {
+    offsets.iter().fold(0u64, |acc, &o| {
+        acc.saturating_mul(per_block).saturating_add(o)
+    })
 }

@@ -9,7 +9,7 @@ use super::extent::{self as ew};
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf, GOOD_OLD_INODE_SIZE};
 use crate::ext4::ondisk::xattr::{
-    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XattrLimits, XattrValue,
+    self as ox, INDEX_SYSTEM, NewXattr, NewXattrValue, SYSTEM_DATA, XattrValue,
 };
 use crate::ext4::txn::Txn;
 use crate::ext4::{Error, Ext4, Result};
@@ -17,29 +17,16 @@ use crate::ext4::{Error, Ext4, Result};
 impl Ext4 {
     /// The in-inode xattrs as owned entries, in their on-disk order.
     fn inline_ibody_entries(&self, inode: &Inode) -> Result<Vec<NewXattr>> {
-        let limits = XattrLimits {
-            ea_inode_feature: self.sb().has_incompat(sbf::INCOMPAT_EA_INODE),
-            inodes_count: self.sb().s_inodes_count,
-        };
-        let parsed = ox::parse_ibody(inode.inline_xattr_area(), &limits)
-            .map_err(|p| Error::corrupt(format!("inode {}: in-inode xattrs: {p}", inode.ino), 0))?;
-        parsed
-            .into_iter()
+        self.ibody_entries(inode)?
+            .iter()
             .map(|e| {
-                Ok(NewXattr {
-                    name_index: e.name_index,
-                    name: e.name.to_vec(),
-                    value: match e.value {
-                        XattrValue::Inline(v) => NewXattrValue::Inline(v.to_vec()),
-                        // The value hash the EA inode keeps (i_atime), not
-                        // e_hash: the serializer derives e_hash from it.
-                        XattrValue::EaInode { inum, size } => NewXattrValue::EaInode {
-                            inum,
-                            size,
-                            hash: self.ea_inode_value_hash(inum)?,
-                        },
-                    },
-                })
+                // The value hash the EA inode keeps (i_atime), not e_hash:
+                // the serializer derives e_hash from it.
+                let hash = match e.value {
+                    XattrValue::EaInode { inum, .. } => self.ea_inode_value_hash(inum)?,
+                    XattrValue::Inline(_) => 0,
+                };
+                Ok(NewXattr::from_entry(e, hash))
             })
             .collect()
     }
@@ -57,9 +44,11 @@ impl Ext4 {
             .filter(|x| !(x.name_index == INDEX_SYSTEM && x.name == SYSTEM_DATA))
             .collect();
         // Header (4), the others, our entry, the table terminator.
-        let used = 4 + ox::space_needed(&others) + ox::entry_len(SYSTEM_DATA.len());
+        let used = ox::space_needed(&others)
+            .saturating_add(ox::entry_len(SYSTEM_DATA.len()))
+            .saturating_add(4);
         let free = area.saturating_sub(used) & !3;
-        Ok(I_BLOCK_SIZE as u64 + free as u64)
+        Ok((I_BLOCK_SIZE as u64).saturating_add(free as u64))
     }
 
     pub(crate) fn inline_write_fits(&self, inode: &Inode, offset: u64, len: u64) -> bool {
@@ -93,7 +82,7 @@ impl Ext4 {
     }
 
     fn store_ibody(&self, inode: &mut Inode, entries: &[NewXattr]) -> Result<()> {
-        let start = usize::from(GOOD_OLD_INODE_SIZE) + usize::from(inode.extra_isize);
+        let start = inode.ibody_start();
         let area = inode
             .raw
             .get_mut(start..)
@@ -120,7 +109,7 @@ impl Ext4 {
         let size = usize::try_from(inode.size).unwrap_or(usize::MAX);
         content.resize(size.max(end).max(content.len()), 0);
         content
-            .get_mut(end - data.len()..end)
+            .get_mut(end.saturating_sub(data.len())..end)
             .ok_or(Error::Invalid("inline write range"))?
             .copy_from_slice(data);
         self.set_inline_content(inode, &content)

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use super::ondisk;
 use super::ondisk::extent::{Extent, ExtentNode, LeafHint, NodeCtx};
 use super::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
-use super::util::le32;
 use super::{Error, Ext4, FileKind, Ino, Result, Whence};
 
 /// How a run of logical blocks starting at the asked-for block is stored.
@@ -37,7 +36,7 @@ impl Ext4 {
         if inode.has_flag(EXT4_EXTENTS_FL) {
             self.map_extent(inode, lblk)
         } else {
-            self.map_indirect(inode, lblk)
+            self.map_indirect(inode, lblk, &mut |b| self.read_block(b))
         }
     }
 
@@ -127,13 +126,13 @@ impl Ext4 {
                     let Some(pos) = pos else {
                         return Ok(((None, idx.first().map(|i| u64::from(i.lblk))), None));
                     };
-                    if let Some(n) = idx.get(pos + 1) {
+                    if let Some(n) = idx.get(pos.saturating_add(1)) {
                         bound = Some(u64::from(n.lblk));
                     }
                     let Some(child) = idx.get(pos).copied() else {
                         return Err(Error::corrupt(
                             format!("inode {}: extent index", inode.ino),
-                            0,
+                            ctx.block.unwrap_or_else(|| self.inode_block(inode.ino)),
                         ));
                     };
                     start = u64::from(child.lblk);
@@ -147,75 +146,8 @@ impl Ext4 {
         }
         Err(Error::corrupt(
             format!("inode {}: extent tree too deep", inode.ino),
-            0,
+            self.inode_block(inode.ino),
         ))
-    }
-
-    fn map_indirect(&self, inode: &Inode, lblk: u64) -> Result<Mapping> {
-        let per_block = u64::from(self.block_size() / 4);
-        let Some(path) = ondisk::indirect::path(lblk, per_block) else {
-            return Ok(Mapping::Hole { len: u64::MAX });
-        };
-        let bad =
-            |what: String, blk: u64| Error::corrupt(format!("inode {}: {what}", inode.ino), blk);
-        // The array holding the data pointer: i_block for direct blocks,
-        // else the last indirect block on the path.
-        let direct = path.offsets.is_empty();
-        let mut table: Arc<[u8]> = Arc::from(&inode.i_block[..]);
-        let mut table_blk = 0u64;
-        let mut index = path.slot as u64;
-        let levels = path.offsets.len();
-        for (level, &off) in path.offsets.iter().enumerate() {
-            let ptr = u64::from(le32(&table, (index * 4) as usize));
-            if ptr == 0 {
-                // The whole subtree under this pointer is a hole; skip to its
-                // end (measured from lblk's position inside it).
-                let below = ondisk::indirect::span(levels - level, per_block);
-                let pos_in = lblk_pos(path.offsets.get(level..).unwrap_or(&[]), per_block);
-                return Ok(Mapping::Hole {
-                    len: below.saturating_sub(pos_in).max(1),
-                });
-            }
-            if !self.blocks_valid(ptr, 1) {
-                return Err(bad(
-                    format!("indirect block {ptr} outside the filesystem"),
-                    table_blk,
-                ));
-            }
-            table = self.read_block(ptr)?;
-            table_blk = ptr;
-            index = off;
-        }
-        // Scan the data pointers from `index` for a contiguous run or hole.
-        let end = if direct {
-            ondisk::indirect::DIRECT_BLOCKS
-        } else {
-            per_block
-        };
-        let first = u64::from(le32(&table, (index * 4) as usize));
-        let mut len = 1u64;
-        while index + len < end {
-            let p = u64::from(le32(&table, ((index + len) * 4) as usize));
-            let contiguous = if first == 0 { p == 0 } else { p == first + len };
-            if !contiguous {
-                break;
-            }
-            len += 1;
-        }
-        if first == 0 {
-            return Ok(Mapping::Hole { len });
-        }
-        if !self.blocks_valid(first, len) {
-            return Err(bad(
-                format!("data block {first} outside the filesystem"),
-                table_blk,
-            ));
-        }
-        Ok(Mapping::Mapped {
-            pblk: first,
-            len,
-            uninit: false,
-        })
     }
 
     /// Logical block `lblk` of a file or directory, through the block cache.
@@ -253,8 +185,8 @@ impl Ext4 {
         if offset >= inode.size || buf.is_empty() {
             return Ok(0);
         }
-        let want =
-            usize::try_from((inode.size - offset).min(buf.len() as u64)).unwrap_or(buf.len());
+        let want = usize::try_from(inode.size.saturating_sub(offset).min(buf.len() as u64))
+            .unwrap_or(buf.len());
         let buf = buf.get_mut(..want).unwrap_or(&mut []);
         if inode.has_flag(EXT4_ENCRYPT_FL) && inode.kind == FileKind::RegularFile {
             return Err(Error::Unsupported("reading encrypted file contents".into()));
@@ -274,17 +206,17 @@ impl Ext4 {
         let bs = u64::from(self.block_size());
         let mut done = 0usize;
         while done < buf.len() {
-            let pos = offset + done as u64;
-            let lblk = pos / bs;
-            let in_block = pos % bs;
+            let pos = offset.saturating_add(done as u64);
+            let lblk = pos.checked_div(bs).unwrap_or(0);
+            let in_block = pos.checked_rem(bs).unwrap_or(0);
             let map = self.map_block(inode, lblk)?;
             let run_blocks = match map {
                 Mapping::Mapped { len, .. } | Mapping::Hole { len } => len,
             };
             let run_bytes = run_blocks.saturating_mul(bs).saturating_sub(in_block);
-            let n = usize::try_from(run_bytes.min((buf.len() - done) as u64))
-                .unwrap_or(buf.len() - done);
-            let dst = buf.get_mut(done..done + n).unwrap_or(&mut []);
+            let left = buf.len().saturating_sub(done);
+            let n = usize::try_from(run_bytes.min(left as u64)).unwrap_or(left);
+            let dst = buf.get_mut(done..done.saturating_add(n)).unwrap_or(&mut []);
             match map {
                 Mapping::Mapped {
                     pblk,
@@ -298,7 +230,7 @@ impl Ext4 {
             if n == 0 {
                 break;
             }
-            done += n;
+            done = done.saturating_add(n);
         }
         Ok(done)
     }
@@ -329,12 +261,12 @@ impl Ext4 {
         }
         let bs = u64::from(self.block_size());
         let end_blk = size.div_ceil(bs);
-        let mut lblk = offset / bs;
+        let mut lblk = offset.checked_div(bs).unwrap_or(0);
         // Each step skips a whole run; the cap stops a hostile map from
         // pinning a thread (2^24 runs is far beyond real fragmentation).
         let mut steps = 0u32;
         while lblk < end_blk {
-            steps += 1;
+            steps = steps.saturating_add(1);
             if steps > SEEK_MAX_STEPS {
                 return Err(Error::corrupt(
                     format!("inode {ino}: too many block runs to seek through"),
@@ -346,7 +278,7 @@ impl Ext4 {
                 Mapping::Mapped { len, uninit, .. } => (!uninit, len),
                 Mapping::Hole { len } => (false, len),
             };
-            let here = (lblk * bs).max(offset);
+            let here = lblk.saturating_mul(bs).max(offset);
             match whence {
                 Whence::Data if is_data => return Ok(here),
                 Whence::Hole if !is_data => return Ok(here.min(size)),
@@ -362,20 +294,12 @@ impl Ext4 {
 }
 
 fn mapped(e: &Extent, lblk: u64) -> Mapping {
-    let skip = lblk - u64::from(e.lblk);
+    let skip = lblk.saturating_sub(u64::from(e.lblk));
     Mapping::Mapped {
-        pblk: e.pblk + skip,
-        len: u64::from(e.len) - skip,
+        pblk: e.pblk.saturating_add(skip),
+        len: u64::from(e.len).saturating_sub(skip),
         uninit: e.uninit,
     }
-}
-
-/// Position of a block inside the subtree reached by `offsets` (the
-/// remaining indexes below some pointer).
-fn lblk_pos(offsets: &[u64], per_block: u64) -> u64 {
-    offsets.iter().fold(0u64, |acc, &o| {
-        acc.saturating_mul(per_block).saturating_add(o)
-    })
 }
 
 #[cfg(test)]
@@ -384,6 +308,7 @@ mod tests {
 
     use super::*;
     use crate::ext4::testutil::*;
+    use crate::ext4::util::le32;
 
     /// Files every image gets: (name, content, holes at) built in `src`.
     struct Tree {

@@ -12,6 +12,7 @@
 //! without FUSE_HANDLE_KILLPRIV the VFS sends a SETATTR with the cleared
 //! mode before the write, which `setattr` stores (see attr.rs).
 
+use super::Mapping;
 use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
 use super::indirect::IndCtx;
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
@@ -64,6 +65,10 @@ impl TreeStore for TxnStore<'_, '_> {
 
 /// ext4_max_bitmap_size: the largest indirect-mapped file, limited by the
 /// triple-indirect tree and by i_blocks (data plus indirect blocks).
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "bits is a block size's log2 (10..=16): ppb^3 < 2^43, and the kernel's subtractions stay above 0"
+)]
 fn max_bitmap_size(bits: u32, huge: bool) -> u64 {
     let ppb: u64 = 1 << (bits - 2);
     let mut upper: u64 = if huge { (1 << 48) - 1 } else { (1 << 32) - 1 };
@@ -89,6 +94,10 @@ fn max_bitmap_size(bits: u32, huge: bool) -> u64 {
 }
 
 /// ext4_max_size for extent-mapped files.
+#[expect(
+    clippy::arithmetic_side_effects,
+    reason = "bits is a block size's log2 (10..=16): (2^32 - 1) << bits fits a u64"
+)]
 fn max_extent_size(bits: u32, huge: bool) -> u64 {
     let mut upper = MAX_LFS_FILESIZE;
     if !huge {
@@ -118,12 +127,14 @@ impl Ext4 {
     /// of its flex group (regular files) where data blocks begin.
     pub(crate) fn data_goal(&self, ino: Ino, kind: FileKind) -> u64 {
         let ipg = u64::from(self.sb().s_inodes_per_group.max(1));
-        let mut group = u64::from(ino.saturating_sub(1)) / ipg;
+        let mut group = u64::from(ino.saturating_sub(1))
+            .checked_div(ipg)
+            .unwrap_or(0);
         let log_flex = u32::from(self.sb().s_log_groups_per_flex);
         if self.sb().has_incompat(sbf::INCOMPAT_FLEX_BG) && (2..32).contains(&log_flex) {
-            group &= !((1u64 << log_flex) - 1);
+            group &= !((1u64 << log_flex).saturating_sub(1));
             if kind == FileKind::RegularFile {
-                group += 1;
+                group = group.saturating_add(1);
             }
         }
         if group >= self.sb().groups_count() {
@@ -135,6 +146,7 @@ impl Ext4 {
     pub(crate) fn tree_ctx(&self, inode: &Inode) -> TreeCtx {
         TreeCtx {
             ino: inode.ino,
+            inode_block: self.inode_block(inode.ino),
             block_size: self.block_size() as usize,
             csum_seed: self
                 .has_metadata_csum()
@@ -237,12 +249,12 @@ impl Ext4 {
         if offset >= max {
             return Err(Error::FileTooBig);
         }
-        let len = (data.len() as u64).min(max - offset);
+        let len = (data.len() as u64).min(max.saturating_sub(offset));
         let data = data.get(..len as usize).unwrap_or(data);
         if inode.has_flag(EXT4_INLINE_DATA_FL) {
             if self.inline_write_fits(&inode, offset, len) {
                 self.inline_write(&mut txn, &mut inode, offset, data)?;
-                self.touch_written(&mut txn, &mut inode, offset + len);
+                self.touch_written(&mut txn, &mut inode, offset.saturating_add(len));
                 txn.put_inode(inode);
                 txn.commit()?;
                 return Ok(data.len());
@@ -250,7 +262,7 @@ impl Ext4 {
             self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
         }
         let written = self.write_blocks(&mut txn, &mut inode, offset, data, reserved_ok)?;
-        self.touch_written(&mut txn, &mut inode, offset + written as u64);
+        self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
         txn.put_inode(inode);
         txn.commit()?;
         Ok(written)
@@ -271,6 +283,10 @@ impl Ext4 {
 
     /// The block part of a write: maps, writes data, converts unwritten
     /// extents. Returns the bytes written (a prefix of `data`).
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "offset + data.len() <= max_file_size < 2^63 (write_as), data is not empty, and the runs lie inside the request"
+    )]
     fn write_blocks(
         &self,
         txn: &mut Txn<'_>,
@@ -315,6 +331,10 @@ impl Ext4 {
 
     /// Writes the part of file bytes [offset, end) (data = bytes from
     /// offset) that falls in run `r`.
+    #[expect(
+        clippy::arithmetic_side_effects,
+        reason = "offset <= pos < re <= end <= max_file_size < 2^63, bs > 0, and run r maps blocks inside the request (from the mapping, which checked them)"
+    )]
     fn write_run(&self, r: &Run, offset: u64, end: u64, data: &[u8]) -> Result<()> {
         let bs = u64::from(self.block_size());
         let rs = (r.lblk * bs).max(offset);
@@ -359,11 +379,11 @@ impl Ext4 {
         if from >= to {
             return Ok(());
         }
-        let lblk = from / bs;
+        let lblk = from.checked_div(bs).unwrap_or(0);
         let pblk = self.lookup_written(txn, inode, lblk)?;
         if let Some(p) = pblk {
-            let zeros = vec![0u8; (to - from) as usize];
-            self.write_data(p, from % bs, &zeros)?;
+            let zeros = vec![0u8; to.saturating_sub(from) as usize];
+            self.write_data(p, from.checked_rem(bs).unwrap_or(0), &zeros)?;
         }
         Ok(())
     }
@@ -386,36 +406,19 @@ impl Ext4 {
                 reserved_ok: false,
             };
             let path = ew::load_path(&mut store, &ctx, &inode.i_block, lblk)?;
-            Ok(path
-                .lookup(lblk)
-                .0
-                .filter(|e| !e.uninit)
-                .map(|e| e.pblk + (lblk - u64::from(e.lblk))))
+            Ok(path.lookup(lblk).0.filter(|e| !e.uninit).map(|e| {
+                e.pblk
+                    .saturating_add(lblk.saturating_sub(u64::from(e.lblk)))
+            }))
         } else {
             // Indirect maps change only inside this transaction's blocks:
             // walk them through the transaction.
-            let per = u64::from(self.block_size() / 4);
-            let Some(path) = crate::ext4::ondisk::indirect::path(lblk, per) else {
-                return Ok(None);
-            };
-            let mut ptr = u64::from(crate::ext4::util::le32(&inode.i_block, path.slot * 4));
-            for &off in &path.offsets {
-                if ptr == 0 {
-                    return Ok(None);
-                }
-                if !self.blocks_valid(ptr, 1) {
-                    return Err(Error::corrupt(
-                        format!(
-                            "inode {}: indirect block {ptr} outside the filesystem",
-                            inode.ino
-                        ),
-                        0,
-                    ));
-                }
-                let t = txn.block(ptr)?;
-                ptr = u64::from(crate::ext4::util::le32(&t, off as usize * 4));
-            }
-            Ok((ptr != 0 && self.blocks_valid(ptr, 1)).then_some(ptr))
+            Ok(
+                match self.map_indirect(inode, lblk, &mut |b| txn.block(b))? {
+                    Mapping::Mapped { pblk, .. } => Some(pblk),
+                    Mapping::Hole { .. } => None,
+                },
+            )
         }
     }
 
@@ -502,7 +505,7 @@ impl Ext4 {
             let keep = new_size.div_ceil(bs);
             self.remove_blocks(txn, inode, keep, u64::MAX)?;
             if !new_size.is_multiple_of(bs) {
-                self.zero_in_block(txn, inode, new_size, keep * bs)?;
+                self.zero_in_block(txn, inode, new_size, keep.saturating_mul(bs))?;
             }
         }
         inode.size = new_size;
@@ -588,17 +591,17 @@ impl Ext4 {
             }
             let mut end = end;
             if end > inode.size {
-                end = inode.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+                end = inode.size.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE);
             }
             let end = end.min(max_end);
             let first_full = offset.div_ceil(bs);
-            let last_full = end / bs;
+            let last_full = end.checked_div(bs).unwrap_or(0);
             if first_full > last_full {
                 // Inside one block.
                 self.zero_in_block(&mut txn, &mut inode, offset, end)?;
             } else {
-                self.zero_in_block(&mut txn, &mut inode, offset, first_full * bs)?;
-                self.zero_in_block(&mut txn, &mut inode, last_full * bs, end)?;
+                self.zero_in_block(&mut txn, &mut inode, offset, first_full.saturating_mul(bs))?;
+                self.zero_in_block(&mut txn, &mut inode, last_full.saturating_mul(bs), end)?;
                 if first_full < last_full {
                     self.remove_blocks(&mut txn, &mut inode, first_full, last_full)?;
                 }
@@ -613,16 +616,24 @@ impl Ext4 {
                 "fallocate on an indirect-mapped file".into(),
             ));
         }
-        let first = offset / bs;
+        let first = offset.checked_div(bs).unwrap_or(0);
         let last = end.div_ceil(bs);
-        let (runs, short) =
-            self.map_alloc_runs(&mut txn, &mut inode, first, last - first, true, reserved_ok)?;
-        let mapped_end = first + runs.iter().map(|r| u64::from(r.len)).sum::<u64>();
+        let (runs, short) = self.map_alloc_runs(
+            &mut txn,
+            &mut inode,
+            first,
+            last.saturating_sub(first),
+            true,
+            reserved_ok,
+        )?;
+        let mapped_end = runs
+            .iter()
+            .fold(first, |acc, r| acc.saturating_add(u64::from(r.len)));
         if mode.zero_range && !short {
             // Interior whole blocks become unwritten; partial edges are
             // zeroed on disk where written.
             let s = offset.div_ceil(bs);
-            let e = end / bs;
+            let e = end.checked_div(bs).unwrap_or(0);
             if s < e {
                 let ctx = self.tree_ctx(&inode);
                 let mut store = TxnStore {
@@ -642,15 +653,15 @@ impl Ext4 {
             if s > e {
                 self.zero_in_block(&mut txn, &mut inode, offset, end)?;
             } else {
-                self.zero_in_block(&mut txn, &mut inode, offset, s * bs)?;
-                self.zero_in_block(&mut txn, &mut inode, e * bs, end)?;
+                self.zero_in_block(&mut txn, &mut inode, offset, s.saturating_mul(bs))?;
+                self.zero_in_block(&mut txn, &mut inode, e.saturating_mul(bs), end)?;
             }
         }
         // ext4_do_fallocate stamps both, whatever it allocated.
         inode.mtime = now;
         inode.ctime = now;
         if !mode.keep_size {
-            let new_end = end.min(mapped_end * bs).max(inode.size);
+            let new_end = end.min(mapped_end.saturating_mul(bs)).max(inode.size);
             if new_end > inode.size {
                 inode.size = new_end;
                 if new_end > i32::MAX as u64 {
@@ -685,17 +696,6 @@ pub(crate) mod tests {
             .unwrap();
         let dev = crate::io::FdDevice::new(f.into()).unwrap();
         Ext4::open(Arc::new(dev), OpenOptions { read_only: false }).unwrap()
-    }
-
-    pub(crate) fn fsck_clean(img: &Path) {
-        let out = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
-        assert!(
-            out.status.success(),
-            "e2fsck -fn {}: {}\n{}",
-            img.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// What the kernel (loop, ro, noload) shows: per file its SEEK_DATA/

@@ -37,14 +37,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::recover_at_open;
-use super::tests::{Loop, engine_tree, kernel_tree};
+
 use crate::ext4::ondisk::inode::S_IFREG;
-use crate::ext4::testutil::{Scratch, have_mkfs, mkfs, pattern};
+use crate::ext4::testutil::{
+    Scratch, e2fsck, engine_tree, have_mkfs, kernel_tree, loop_mounted, mkfs, pattern,
+};
 use crate::ext4::types::{RenameFlags, SetAttr, XattrFlags};
 use crate::ext4::{Error, Ext4, FallocMode, Ino, OpenOptions, ROOT_INO};
 use crate::io::{BlockDevice, MemDevice};
@@ -598,18 +599,6 @@ struct Figures {
     failures: Vec<String>,
 }
 
-fn e2fsck(args: &[&str], img: &Path) -> (i32, String) {
-    let out = Command::new("e2fsck").args(args).arg(img).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn mem(img: Vec<u8>) -> (Arc<MemDevice>, Arc<dyn BlockDevice>) {
     let m = Arc::new(MemDevice::new(img));
     let d: Arc<dyn BlockDevice> = m.clone();
@@ -733,7 +722,7 @@ fn check_point(
         let kimg = sc.path().join("kernel.img");
         std::fs::write(&kimg, &crashed).unwrap();
         let ktree = {
-            let lp = Loop::mount(&kimg, &sc.path().join(format!("{tag}.kmnt")), "rw");
+            let lp = loop_mounted(&kimg, &sc.path().join(format!("{tag}.kmnt")), "rw");
             kernel_tree(&lp.mnt)
         };
         if ktree != tree {

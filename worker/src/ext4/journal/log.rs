@@ -206,7 +206,7 @@ impl Log {
 
     /// Blocks of the log area.
     fn log_len(&self) -> u32 {
-        self.last - self.first
+        self.last.saturating_sub(self.first)
     }
 
     /// The largest transaction a caller should build: a quarter of the
@@ -388,7 +388,7 @@ impl Log {
                 if escaped {
                     flags |= JBD2_FLAG_ESCAPE;
                 }
-                if i + 1 == chunk.len() {
+                if i.saturating_add(1) == chunk.len() {
                     flags |= JBD2_FLAG_LAST_TAG;
                 }
                 tags.push(Tag {

@@ -22,11 +22,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use super::log::Log;
-use super::tests::{Loop, can_loop_mount, run};
 use super::{Journal, recover_at_open};
 use crate::ext4::OpenOptions;
 use crate::ext4::ondisk::superblock::{self as sbf, Superblock};
-use crate::ext4::testutil::{Scratch, pattern};
+use crate::ext4::testutil::{
+    Scratch, can_loop_mount, fsck_clean, loop_mounted, pattern, run_output,
+};
 use crate::ext4::{Ext4, ondisk::journal::JBD2_MAGIC_NUMBER};
 use crate::io::{BlockDevice, MemDevice};
 use crate::testdev::PowerLoss;
@@ -60,7 +61,7 @@ fn mkfs(path: &Path, args: &[&str], size: &str) {
 /// Blocks holding a superblock copy (primary or backup) or a backup group
 /// descriptor table, from dumpe2fs.
 fn sb_copies(img: &Path, bs: u64) -> BTreeSet<u64> {
-    let out = run("dumpe2fs", &[img.to_str().unwrap()]).stdout;
+    let out = run_output("dumpe2fs", &[img.to_str().unwrap()]).stdout;
     let text = String::from_utf8_lossy(&out);
     let mut set = BTreeSet::new();
     set.insert(1024 / bs);
@@ -102,7 +103,7 @@ fn fixture(tag: &str, args: &[&str], size: &str, steps: &[String]) -> Fixture {
     for (k, script) in steps.iter().enumerate() {
         let f = sc.path().join(format!("step{k}.cmd"));
         std::fs::write(&f, script).unwrap();
-        let out = run(
+        let out = run_output(
             "debugfs",
             &["-w", "-f", f.to_str().unwrap(), img.to_str().unwrap()],
         );
@@ -280,24 +281,12 @@ fn e2fsck_replay(fx: &Fixture, img: &[u8], name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap()
 }
 
-fn fsck_clean(p: &Path) {
-    let out = Command::new("e2fsck")
-        .args(["-fn", p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "e2fsck -fn: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 /// The kernel's replay of a copy (mount rw, umount); returns the image.
 fn kernel_replay(fx: &Fixture, img: &[u8], name: &str) -> Vec<u8> {
     let p = fx.path(name);
     std::fs::write(&p, img).unwrap();
     {
-        let _m = Loop::mount(&p, &fx.path(&format!("{name}.mnt")), "rw,noatime");
+        let _m = loop_mounted(&p, &fx.path(&format!("{name}.mnt")), "rw,noatime");
     }
     fsck_clean(&p);
     std::fs::read(&p).unwrap()
@@ -410,7 +399,7 @@ fn commits_replay_in_e2fsck_kernel_and_ours() {
         assert_eq!(tree(&fx, &ours, "ot.img"), want, "{tag}: our tree");
         // The journal superblock carries the kernel's feature choices.
         let jfeat = String::from_utf8_lossy(
-            &run("dumpe2fs", &["-h", fx.path("kernel.img").to_str().unwrap()]).stdout,
+            &run_output("dumpe2fs", &["-h", fx.path("kernel.img").to_str().unwrap()]).stdout,
         )
         .lines()
         .filter(|l| l.starts_with("Journal features"))
@@ -437,7 +426,7 @@ fn revoked_blocks_are_not_replayed() {
     let sb = Superblock::parse(&fx.states[0][1024..2048], fx.states[0].len() as u64).unwrap();
     // A free block near the end of the filesystem.
     let x = sb.s_blocks_count - 20;
-    let out = run(
+    let out = run_output(
         "debugfs",
         &[
             "-R",
@@ -557,8 +546,8 @@ fn small_journal_wraps_with_checkpoints() {
     let p = fx.path("finished.img");
     std::fs::write(&p, mem.contents()).unwrap();
     fsck_clean(&p);
-    let hdr =
-        String::from_utf8_lossy(&run("dumpe2fs", &["-h", p.to_str().unwrap()]).stdout).into_owned();
+    let hdr = String::from_utf8_lossy(&run_output("dumpe2fs", &["-h", p.to_str().unwrap()]).stdout)
+        .into_owned();
     assert!(hdr.contains("Journal start:            0"), "{hdr}");
     assert!(!hdr.contains("needs_recovery"), "{hdr}");
     let again = open_log(mem.clone());

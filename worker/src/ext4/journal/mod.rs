@@ -71,7 +71,7 @@ pub(crate) use replay::Replay;
 use super::ondisk::inode::{EXT4_INLINE_DATA_FL, Inode};
 use super::ondisk::journal::{Format, JBD2_FEATURE_INCOMPAT_FAST_COMMIT, JournalSuperblock};
 use super::ondisk::superblock::{self as sbf, Superblock};
-use super::{Error, Ext4, FileKind, OpenOptions, Result, file::Mapping};
+use super::{Error, Ext4, FileKind, OpenOptions, Result, file::Mapping, read_superblock};
 use crate::io::BlockDevice;
 
 /// Bytes of the ext4 superblock the kernel keeps across replay
@@ -120,13 +120,17 @@ impl Journal {
             || ji.kind != FileKind::RegularFile
             || ji.has_flag(EXT4_INLINE_DATA_FL)
         {
-            return Err(corrupt(format!("inode {ino} is not a valid journal"), 0));
+            return Err(corrupt(
+                format!("inode {ino} is not a valid journal"),
+                fs.inode_block(ino),
+            ));
         }
         let bs = u64::from(fs.block_size());
         // A journal is no larger than its filesystem; and only the blocks
         // the superblock claims are mapped, so a hostile size or block map
         // costs no more than the journal's own length.
-        let nblocks = u32::try_from((ji.size / bs).min(sb.s_blocks_count)).unwrap_or(u32::MAX);
+        let nblocks = u32::try_from(ji.size.checked_div(bs).unwrap_or(0).min(sb.s_blocks_count))
+            .unwrap_or(u32::MAX);
         let head = map_journal(fs, &ji, nblocks.min(1))?;
         let raw = read_mapped(&*fs.dev, &head, bs, 0, nblocks)?;
         let jsb = JournalSuperblock::parse(&raw, pblk_of(&head, 0).unwrap_or(0))?;
@@ -238,12 +242,7 @@ impl Journal {
     /// ERROR_FS set when the journal recorded an error, and its checksum
     /// recomputed.
     fn recovered_superblock(&self, dev: &dyn BlockDevice, replay: &Replay) -> Result<Vec<u8>> {
-        let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
-        dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
-            .map_err(|source| Error::Io {
-                offset: sbf::SUPERBLOCK_OFFSET,
-                source,
-            })?;
+        let mut raw = read_superblock(dev)?;
         if let (Some(dst), Some(src)) = (
             raw.get_mut(SB_ERR_START..SB_ERR_END),
             replay.pre_superblock.get(SB_ERR_START..SB_ERR_END),
@@ -325,7 +324,9 @@ fn map_journal(fs: &Ext4, ji: &Inode, nblocks: u32) -> Result<Vec<Run>> {
                 len,
                 uninit: false,
             } if len > 0 => {
-                let len = u32::try_from(len).unwrap_or(u32::MAX).min(nblocks - lblk);
+                let len = u32::try_from(len)
+                    .unwrap_or(u32::MAX)
+                    .min(nblocks.saturating_sub(lblk));
                 if !fs.blocks_valid(pblk, u64::from(len)) {
                     return Err(corrupt(
                         format!("blocks {lblk}.. map outside the filesystem ({pblk})"),
@@ -355,12 +356,7 @@ pub(crate) fn recover_at_open(
     opts: &OpenOptions,
     load: bool,
 ) -> Result<(Arc<dyn BlockDevice>, bool)> {
-    let mut raw = vec![0u8; sbf::SUPERBLOCK_SIZE];
-    dev.read_at(&mut raw, sbf::SUPERBLOCK_OFFSET)
-        .map_err(|source| Error::Io {
-            offset: sbf::SUPERBLOCK_OFFSET,
-            source,
-        })?;
+    let raw = read_superblock(&*dev)?;
     let sb = Superblock::parse(&raw, dev.size())?;
     if !sb.has_incompat(sbf::INCOMPAT_RECOVER) {
         return Ok((dev, false));

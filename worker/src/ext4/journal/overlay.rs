@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::replay::{Logged, Replay};
+use crate::ext4::util::copy_overlap;
 use crate::ext4::{Error, Result};
 use crate::io::BlockDevice;
 
@@ -32,20 +33,14 @@ impl Overlay {
             .checked_add(bytes.len() as u64)
             .ok_or_else(|| Error::corrupt("overlay patch overflows", 0))?;
         let bs = self.bs;
-        for block in offset / bs..end.div_ceil(bs) {
+        for block in offset.checked_div(bs).unwrap_or(0)..end.div_ceil(bs) {
             let mut data = vec![0u8; bs as usize];
             let start = block.saturating_mul(bs);
             self.read_at(&mut data, start).map_err(|source| Error::Io {
                 offset: start,
                 source,
             })?;
-            let from = start.max(offset);
-            let to = start.saturating_add(bs).min(end);
-            let dst = data.get_mut((from - start) as usize..(to - start) as usize);
-            let src = bytes.get((from - offset) as usize..(to - offset) as usize);
-            if let (Some(d), Some(s)) = (dst, src) {
-                d.copy_from_slice(s);
-            }
+            copy_overlap(bytes, offset, &mut data, start);
             self.blocks.insert(block, Logged::Bytes(Arc::from(data)));
         }
         Ok(())
@@ -59,20 +54,12 @@ impl BlockDevice for Overlay {
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::other("offset overflow"))?;
         let bs = self.bs;
-        for (&block, src) in self.blocks.range(offset / bs..end.div_ceil(bs)) {
+        let first = offset.checked_div(bs).unwrap_or(0);
+        for (&block, src) in self.blocks.range(first..end.div_ceil(bs)) {
             let data = src
                 .contents(&*self.inner, bs)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            let bstart = block.saturating_mul(bs);
-            let (from, to) = (bstart.max(offset), bstart.saturating_add(bs).min(end));
-            if from >= to {
-                continue;
-            }
-            let src = data.get((from - bstart) as usize..(to - bstart) as usize);
-            let dst = buf.get_mut((from - offset) as usize..(to - offset) as usize);
-            if let (Some(s), Some(d)) = (src, dst) {
-                d.copy_from_slice(s);
-            }
+            copy_overlap(&data, block.saturating_mul(bs), buf, offset);
         }
         Ok(())
     }

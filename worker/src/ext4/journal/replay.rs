@@ -142,7 +142,7 @@ impl<'a> Cursor<'a> {
             j,
             next: start,
             tid: j.jsb.s_sequence,
-            budget: u64::from(j.last - j.first) + 1,
+            budget: u64::from(j.last.saturating_sub(j.first)).saturating_add(1),
             wrapped: false,
         })
     }
@@ -154,13 +154,13 @@ impl<'a> Cursor<'a> {
             return Err(corrupt(
                 format!(
                     "the log runs past its own length ({} blocks) in transaction {}",
-                    self.j.last - self.j.first,
+                    self.j.last.saturating_sub(self.j.first),
                     self.tid
                 ),
                 0,
             ));
         }
-        self.budget -= 1;
+        self.budget = self.budget.saturating_sub(1);
         let cur = self.next;
         self.next = cur.saturating_add(1);
         if self.next >= self.j.last {

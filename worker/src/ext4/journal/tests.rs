@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -28,70 +27,14 @@ use super::replay::Logged;
 use super::{Journal, recover_at_open};
 use crate::ext4::ondisk::journal::descriptor::DescriptorBlock;
 use crate::ext4::ondisk::journal::{Header, JBD2_DESCRIPTOR_BLOCK, JournalSuperblock};
-use crate::ext4::testutil::{Scratch, pattern};
-use crate::ext4::{Ext4, FileKind, Ino, OpenOptions, ROOT_INO};
+use crate::ext4::testutil::{
+    Scratch, can_loop_mount, engine_tree, kernel_tree, loop_mounted, pattern, run_output,
+};
+use crate::ext4::{Ext4, OpenOptions};
 use crate::io::{BlockDevice, FdDevice, MemDevice};
 
-pub(super) fn can_loop_mount() -> bool {
-    let ok = nix::unistd::geteuid().is_root()
-        && Command::new("mkfs.ext4").arg("-V").output().is_ok()
-        && Command::new("debugfs").arg("-V").output().is_ok()
-        && Path::new("/dev/loop-control").exists();
-    if !ok {
-        eprintln!("skipping: needs root, loop devices and e2fsprogs");
-    }
-    ok
-}
-
-pub(super) fn run(cmd: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A loop device with the image mounted on it; unmounted and detached on
-/// drop.
-pub(super) struct Loop {
-    dev: String,
-    pub(super) mnt: PathBuf,
-}
-
-impl Loop {
-    pub(super) fn mount(img: &Path, mnt: &Path, opts: &str) -> Loop {
-        std::fs::create_dir_all(mnt).unwrap();
-        let dev =
-            String::from_utf8(run("losetup", &["-f", "--show", img.to_str().unwrap()]).stdout)
-                .unwrap()
-                .trim()
-                .to_owned();
-        let out = Command::new("mount")
-            .args(["-t", "ext4", "-o", opts, &dev, mnt.to_str().unwrap()])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            let _ = Command::new("losetup").args(["-d", &dev]).output();
-            panic!("mount: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Loop {
-            dev,
-            mnt: mnt.to_owned(),
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).output();
-        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
-    }
-}
-
 fn copy(from: &Path, to: &Path) {
-    run(
+    run_output(
         "cp",
         &[
             "--sparse=always",
@@ -184,108 +127,12 @@ fn kernel_image(sc: &Scratch, name: &str, args: &[&str], opts: &str, work: fn(&P
     assert!(out.status.success(), "mkfs {args:?}: {out:?}");
     let copy_path = sc.path().join(format!("{name}.img"));
     {
-        let lp = Loop::mount(&img, &sc.path().join(format!("{name}.mnt")), opts);
+        let lp = loop_mounted(&img, &sc.path().join(format!("{name}.mnt")), opts);
         work(&lp.mnt);
         crate::ext4::testutil::snapshot_copy(&img, &copy_path);
     }
     let _ = std::fs::remove_file(&img);
     copy_path
-}
-
-/// The tree as the engine shows it: path -> kind, mode, links, size and
-/// contents (or symlink target).
-pub(super) fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
-    fn walk(fs: &Ext4, ino: Ino, path: &str, out: &mut BTreeMap<String, String>) {
-        if path.matches('/').count() > 32 {
-            return;
-        }
-        let mut entries = Vec::new();
-        if let Err(e) = fs.readdir(ino, 0, &mut |e| {
-            entries.push(e);
-            true
-        }) {
-            out.insert(format!("{path}/"), format!("error {e}"));
-        }
-        for e in entries {
-            if e.name == b"." || e.name == b".." {
-                continue;
-            }
-            let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
-            let a = match fs.getattr(e.ino) {
-                Ok(a) => a,
-                Err(err) => {
-                    out.insert(p, format!("error {err}"));
-                    continue;
-                }
-            };
-            let desc = match a.kind {
-                FileKind::Directory => {
-                    walk(fs, e.ino, &p, out);
-                    format!("dir {:o} {}", a.perm, a.nlink)
-                }
-                FileKind::Symlink => {
-                    let t = fs
-                        .readlink(e.ino)
-                        .unwrap_or_else(|e| e.to_string().into_bytes());
-                    format!("link {}", String::from_utf8_lossy(&t))
-                }
-                _ => {
-                    let mut buf = vec![0u8; a.size.min(1 << 26) as usize];
-                    if let Err(err) = fs.read(e.ino, 0, &mut buf) {
-                        buf = err.to_string().into_bytes();
-                    }
-                    format!(
-                        "file {:o} {} {} {:016x}",
-                        a.perm,
-                        a.nlink,
-                        a.size,
-                        fnv(&buf)
-                    )
-                }
-            };
-            out.insert(p, desc);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(fs, ROOT_INO, "", &mut out);
-    out
-}
-
-/// The same description of a tree the kernel has mounted at `root`.
-pub(super) fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(dir: &Path, path: &str, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = format!("{path}/{}", e.file_name().to_string_lossy());
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
-            let perm = m.mode() & 0o7777;
-            let desc = if m.is_dir() {
-                walk(&e.path(), &p, out);
-                format!("dir {perm:o} {}", m.nlink())
-            } else if m.is_symlink() {
-                format!("link {}", std::fs::read_link(e.path()).unwrap().display())
-            } else {
-                let data = std::fs::read(e.path()).unwrap();
-                format!(
-                    "file {perm:o} {} {} {:016x}",
-                    m.nlink(),
-                    m.len(),
-                    fnv(&data)
-                )
-            };
-            out.insert(p, desc);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, "", &mut out);
-    out
-}
-
-fn fnv(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 fn fd_device(img: &Path, write: bool) -> Arc<dyn BlockDevice> {
@@ -298,7 +145,7 @@ fn fd_device(img: &Path, write: bool) -> Arc<dyn BlockDevice> {
 }
 
 fn sha256(img: &Path) -> String {
-    String::from_utf8(run("sha256sum", &[img.to_str().unwrap()]).stdout).unwrap()
+    String::from_utf8(run_output("sha256sum", &[img.to_str().unwrap()]).stdout).unwrap()
 }
 
 /// The journal of the image at `img`, loaded through the engine.
@@ -326,7 +173,7 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     // e2fsprogs' replay.
     let theirs = sc.path().join(format!("{name}.debugfs"));
     copy(img, &theirs);
-    run(
+    run_output(
         "debugfs",
         &["-w", "-R", "journal_run", theirs.to_str().unwrap()],
     );
@@ -420,7 +267,7 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     let kcopy = sc.path().join(format!("{name}.kernel"));
     copy(img, &kcopy);
     let ktree = {
-        let lp = Loop::mount(&kcopy, &sc.path().join(format!("{name}.kmnt")), "rw");
+        let lp = loop_mounted(&kcopy, &sc.path().join(format!("{name}.kmnt")), "rw");
         kernel_tree(&lp.mnt)
     };
     assert_eq!(tree, ktree, "{name}: tree differs from the kernel's replay");
@@ -462,7 +309,7 @@ fn kernel_journal_whose_log_wraps() {
     }
     let sc = Scratch::new("jwrap");
     let img = sc.path().join("wrap.live");
-    run(
+    run_output(
         "mkfs.ext4",
         &[
             "-q",
@@ -478,7 +325,7 @@ fn kernel_journal_whose_log_wraps() {
     let copy_path = sc.path().join("small_wrap.img");
     let mut wrapped_at = None;
     {
-        let lp = Loop::mount(&img, &sc.path().join("wrap.mnt"), "rw");
+        let lp = loop_mounted(&img, &sc.path().join("wrap.mnt"), "rw");
         for r in 0..400 {
             churn_round(&lp.mnt, r);
             crate::ext4::testutil::snapshot_copy(&img, &copy_path);
@@ -772,8 +619,7 @@ fn corpus_journals() {
     let Some(rd) = crate::ext4::testutil::corpus_entries() else {
         return;
     };
-    if Command::new("e2fsck").arg("-V").output().is_err() {
-        eprintln!("skipping: no e2fsck");
+    if !crate::ext4::testutil::have(&["e2fsck"]) {
         return;
     }
     let sc = Scratch::new("jcorpus");
@@ -791,19 +637,11 @@ fn corpus_journals() {
     for p in names {
         let fname = p.file_name().unwrap().to_str().unwrap().to_owned();
         let img = sc.path().join(fname.split('.').next().unwrap());
-        let tool = if fname.ends_with(".gz") {
-            "gzip"
-        } else {
-            "bzip2"
-        };
-        let out = Command::new(tool)
-            .args(["-dc", p.to_str().unwrap()])
-            .output()
-            .unwrap();
-        std::fs::write(&img, &out.stdout).unwrap();
+        let image = crate::ext4::testutil::corpus_image(&p).unwrap_or_default();
+        std::fs::write(&img, &image).unwrap();
         let ours = open_mem(&img);
         let theirs = sc.path().join("e2fsck.img");
-        std::fs::write(&theirs, &out.stdout).unwrap();
+        std::fs::write(&theirs, &image).unwrap();
         let fsck = Command::new("e2fsck")
             .args(["-fy", theirs.to_str().unwrap()])
             .output()

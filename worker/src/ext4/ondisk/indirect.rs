@@ -61,6 +61,22 @@ pub(crate) fn path(lblk: u64, per_block: u64) -> Option<IndirectPath> {
     None
 }
 
+/// Block pointer `index` of a map table (i_block or an indirect block);
+/// 0 (a hole) past the table's end.
+pub(crate) fn ptr(table: &[u8], index: u64) -> u64 {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| i.checked_mul(4))
+        .map_or(0, |off| u64::from(crate::ext4::util::le32(table, off)))
+}
+
+/// Sets block pointer `index` of a map table; nothing past its end.
+pub(crate) fn set_ptr(table: &mut [u8], index: u64, v: u32) {
+    if let Some(off) = usize::try_from(index).ok().and_then(|i| i.checked_mul(4)) {
+        crate::ext4::util::put_le32(table, off, v);
+    }
+}
+
 /// Number of logical blocks addressable below one pointer at `level`
 /// levels above the data (level 0: a data block).
 pub(crate) fn span(level: usize, per_block: u64) -> u64 {

@@ -313,6 +313,11 @@ impl Inode {
 
     /// The in-inode extended attribute region: from `128 + i_extra_isize`
     /// to the end of the on-disk inode. Empty for 128-byte inodes.
+    /// Offset of the in-inode xattr area in the raw inode.
+    pub(crate) fn ibody_start(&self) -> usize {
+        extra_end(self.extra_isize)
+    }
+
     pub(crate) fn inline_xattr_area(&self) -> &[u8] {
         if self.raw.len() <= usize::from(GOOD_OLD_INODE_SIZE) {
             return &[];

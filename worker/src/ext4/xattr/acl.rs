@@ -326,9 +326,9 @@ impl Ext4 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext4::alloc::tests::{RwImage, fsck};
-    use crate::ext4::namei::tests::with_kernel_mount;
     use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::testutil::with_kernel_mount;
+    use crate::ext4::testutil::{RwImage, fsck};
     use crate::ext4::types::ROOT_INO;
 
     const U: u32 = ACL_UNDEFINED_ID;

@@ -54,19 +54,27 @@ impl OwnedXattr {
 }
 
 impl Ext4 {
-    fn xattr_limits(&self) -> XattrLimits {
+    /// What the xattr parsers need to know of the filesystem.
+    pub(crate) fn xattr_limits(&self) -> XattrLimits {
         XattrLimits {
             ea_inode_feature: self.sb().has_incompat(INCOMPAT_EA_INODE),
             inodes_count: self.sb().s_inodes_count,
         }
     }
 
+    /// The parsed in-inode xattr entries (the one parse of that area).
+    pub(crate) fn ibody_entries<'a>(&self, inode: &'a Inode) -> Result<Vec<XattrEntry<'a>>> {
+        xattr::parse_ibody(inode.inline_xattr_area(), &self.xattr_limits()).map_err(|p| {
+            Error::corrupt(
+                format!("in-inode xattrs of inode {}: {p}", inode.ino),
+                self.inode_block(inode.ino),
+            )
+        })
+    }
+
     /// The attributes stored inside the inode.
     fn ibody_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
-        let entries =
-            xattr::parse_ibody(inode.inline_xattr_area(), &self.xattr_limits()).map_err(|p| {
-                Error::corrupt(format!("in-inode xattrs of inode {}: {p}", inode.ino), 0)
-            })?;
+        let entries = self.ibody_entries(inode)?;
         Ok(entries.iter().map(OwnedXattr::from_entry).collect())
     }
 
@@ -198,7 +206,7 @@ impl Ext4 {
                 0,
             ));
         };
-        let mut data = Vec::with_capacity(I_BLOCK_SIZE + extra.len());
+        let mut data = Vec::with_capacity(I_BLOCK_SIZE.saturating_add(extra.len()));
         data.extend_from_slice(&inode.i_block);
         data.extend_from_slice(&extra);
         let len = usize::try_from(inode.size).unwrap_or(usize::MAX);
@@ -210,9 +218,9 @@ impl Ext4 {
 #[cfg(test)]
 mod tests {
     use super::OwnedValue;
-    use crate::ext4::dir::testimg::*;
     use crate::ext4::error::Error;
     use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
+    use crate::ext4::testutil::*;
     use std::path::Path;
 
     fn setfattr(path: &Path, name: &str, value: &[u8]) {
@@ -276,7 +284,7 @@ mod tests {
         let s = Scratch::new("xattr");
         // One source tree per block size class.
         for (tree, bs) in [("src", 4096), ("src1k", 1024)] {
-            let src = s.path(tree);
+            let src = s.file(tree);
             std::fs::create_dir_all(src.join("dir")).unwrap();
             let files = ["plain", "small", "big", "acl", "both"];
             for f in files {
@@ -306,7 +314,7 @@ mod tests {
                 ],
             );
         }
-        let src = s.path("src");
+        let src = s.file("src");
         let want_acl = source_value(&src.join("acl"), "system.posix_acl_access");
         let want_both = source_value(&src.join("both"), "system.posix_acl_access");
         let want_default = source_value(&src.join("dir"), "system.posix_acl_default");
@@ -321,14 +329,14 @@ mod tests {
             ("i128", &["-b", "4096", "-I", "128"]),
         ];
         for (tag, args) in configs {
-            let img = s.path(tag);
+            let img = s.file(tag);
             let (tree, bs) = if tag == "b1024" {
                 ("src1k", 1024)
             } else {
                 ("src", 4096)
             };
-            mkfs(&s.path(tree), &img, args, "16M", false);
-            let fs = open(&img);
+            mkfs_img(&s.file(tree), &img, args, "16M", false);
+            let fs = open_image(&img).unwrap();
             let ino = |p: &str| resolve(&fs, p);
             let get = |p: &str, n: &str| fs.getxattr(ino(p), n.as_bytes());
 
@@ -413,18 +421,18 @@ mod tests {
             return;
         }
         let s = Scratch::new("eainode");
-        let src = s.path("src");
+        let src = s.file("src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("f"), b"x").unwrap();
-        let img = s.path("img");
-        mkfs(&src, &img, &["-O", "ea_inode", "-b", "1024"], "16M", false);
+        let img = s.file("img");
+        mkfs_img(&src, &img, &["-O", "ea_inode", "-b", "1024"], "16M", false);
         // debugfs `ea_set -f` reads at most one block from the file, so
         // the value goes on the command line: 3000 bytes exceed a 1 KiB
         // block, so it is stored in an ea_inode.
         let value: Vec<u8> = (0..3000u32).map(|i| b'a' + (i % 26) as u8).collect();
         let text = String::from_utf8(value.clone()).unwrap();
-        debugfs(&img, &format!("ea_set /f user.huge {text}"), true);
-        let fs = open(&img);
+        debugfs(&img, &format!("ea_set /f user.huge {text}"));
+        let fs = open_image(&img).unwrap();
         let f = resolve(&fs, "f");
         let got = fs.getxattr(f, b"user.huge").unwrap();
         let first_diff = got.iter().zip(&value).position(|(a, b)| a != b);
@@ -449,7 +457,7 @@ mod tests {
             return;
         }
         let s = Scratch::new("badxattr");
-        let src = s.path("src");
+        let src = s.file("src");
         std::fs::create_dir_all(&src).unwrap();
         for f in ["victim", "other"] {
             std::fs::write(src.join(f), b"x").unwrap();
@@ -459,15 +467,15 @@ mod tests {
             ("csum", &["-b", "4096"][..]),
             ("nocsum", &["-b", "4096", "-O", "^metadata_csum"]),
         ] {
-            let img = s.path(tag);
-            mkfs(&src, &img, args, "16M", false);
-            let fs = open(&img);
+            let img = s.file(tag);
+            mkfs_img(&src, &img, args, "16M", false);
+            let fs = open_image(&img).unwrap();
             let victim = fs.inode(resolve(&fs, "victim")).unwrap();
             let blk = victim.file_acl;
             drop(fs);
             // e_value_offs of the first entry points past the block.
             patch(&img, 4096, blk, 32 + 2, &0xfff0u16.to_le_bytes());
-            let fs = open(&img);
+            let fs = open_image(&img).unwrap();
             let err = fs
                 .getxattr(resolve(&fs, "victim"), b"user.big")
                 .unwrap_err();

@@ -19,11 +19,9 @@
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
-use crate::ext4::ondisk::superblock::GOOD_OLD_INODE_SIZE;
 use crate::ext4::ondisk::xattr::{
     self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, NewXattr, NewXattrValue,
-    XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, XattrLimits, sort_for_block, space_needed,
-    split_name,
+    XATTR_BLOCK_HEADER_LEN, XATTR_IBODY_HEADER_LEN, sort_for_block, space_needed, split_name,
 };
 use crate::ext4::types::{FileKind, Ino, Timestamp, XattrFlags};
 use crate::ext4::xattr::XATTR_NAME_MAX;
@@ -38,15 +36,6 @@ fn xcorrupt(ino: Ino, what: impl std::fmt::Display, block: u64) -> Error {
 }
 
 impl Ext4 {
-    fn xw_xlimits(&self) -> XattrLimits {
-        XattrLimits {
-            ea_inode_feature: self
-                .sb()
-                .has_incompat(crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE),
-            inodes_count: self.sb().s_inodes_count,
-        }
-    }
-
     /// The hash EA inode `inum` keeps for its value (i_atime), as
     /// committed (for callers outside a transaction's xattr edits).
     pub(crate) fn ea_inode_value_hash(&self, inum: u32) -> Result<u32> {
@@ -74,14 +63,8 @@ impl Ext4 {
         Ok(out)
     }
 
-    /// Offset of the in-inode xattr area in the raw inode.
-    fn xw_ibody_start(inode: &Inode) -> usize {
-        usize::from(GOOD_OLD_INODE_SIZE) + usize::from(inode.extra_isize)
-    }
-
     fn xw_ibody_entries(&self, txn: &mut Txn<'_>, inode: &Inode) -> Result<Vec<NewXattr>> {
-        let parsed = xattr::parse_ibody(inode.inline_xattr_area(), &self.xw_xlimits())
-            .map_err(|p| xcorrupt(inode.ino, p, 0))?;
+        let parsed = self.ibody_entries(inode)?;
         self.xw_owned(txn, &parsed)
     }
 
@@ -96,7 +79,7 @@ impl Ext4 {
         }
         let data = txn.block(blk)?;
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        let (h, parsed) = xattr::parse_block(&data, blk, seed, &self.xw_xlimits())
+        let (h, parsed) = xattr::parse_block(&data, blk, seed, &self.xattr_limits())
             .map_err(|p| xcorrupt(inode.ino, p, blk))?;
         let owned = self.xw_owned(txn, &parsed)?;
         Ok((h.refcount, owned))
@@ -121,7 +104,7 @@ impl Ext4 {
         if refcount > 1 {
             let seed = self.has_metadata_csum().then(|| self.csum_seed());
             let b = txn.block_mut(blk)?;
-            xattr::set_block_refcount(b, blk, refcount - 1, seed);
+            xattr::set_block_refcount(b, blk, refcount.saturating_sub(1), seed);
         } else {
             txn.free_blocks(blk, 1)?;
         }
@@ -337,12 +320,12 @@ impl Ext4 {
                 }
             }
         }
-        let area_len = inode.raw.len().saturating_sub(Self::xw_ibody_start(inode));
+        let area_len = inode.raw.len().saturating_sub(inode.ibody_start());
         let has_ibody = area_len >= XATTR_IBODY_HEADER_LEN;
         let mut block_changed = block_had;
         let mut created = None;
         if let Some(v) = value {
-            let ea_feature = self.xw_xlimits().ea_inode_feature;
+            let ea_feature = self.xattr_limits().ea_inode_feature;
             let mut in_inode = ea_feature && xattr::value_len(v.len()) > self.xw_min_large_ea();
             let bs = self.block_size() as usize;
             // At most two rounds: in the inode's value area, then in an
@@ -369,7 +352,9 @@ impl Ext4 {
                     Some(p) if p <= try_ibody.len() => try_ibody.insert(p, new.clone()),
                     _ => try_ibody.push(new.clone()),
                 }
-                if has_ibody && XATTR_IBODY_HEADER_LEN + space_needed(&try_ibody) <= area_len {
+                if has_ibody
+                    && XATTR_IBODY_HEADER_LEN.saturating_add(space_needed(&try_ibody)) <= area_len
+                {
                     ibody = try_ibody;
                     break;
                 }
@@ -382,7 +367,8 @@ impl Ext4 {
                     || in_inode
                     || v.is_empty()
                     || bs.saturating_sub(inline_values_len(&block)) >= (bs / 8).min(1024);
-                if XATTR_BLOCK_HEADER_LEN + space_needed(&block) <= bs && reserve_kept {
+                if XATTR_BLOCK_HEADER_LEN.saturating_add(space_needed(&block)) <= bs && reserve_kept
+                {
                     block_changed = true;
                     break;
                 }
@@ -394,11 +380,10 @@ impl Ext4 {
             }
         }
         if has_ibody {
-            let start = Self::xw_ibody_start(inode);
-            let area = inode
-                .raw
-                .get_mut(start..)
-                .ok_or_else(|| xcorrupt(inode.ino, "no in-inode area", 0))?;
+            let start = inode.ibody_start();
+            let area = inode.raw.get_mut(start..).ok_or_else(|| {
+                xcorrupt(inode.ino, "no in-inode area", self.inode_block(inode.ino))
+            })?;
             if !xattr::write_ibody(area, &ibody) {
                 return Err(Error::NoSpace);
             }
@@ -539,7 +524,7 @@ impl Ext4 {
     /// block and its EA inode references go when it was the last).
     pub(crate) fn xattr_release(&self, txn: &mut Txn<'_>, inode: &mut Inode) -> Result<()> {
         let mut dropped = Vec::new();
-        if self.xw_xlimits().ea_inode_feature {
+        if self.xattr_limits().ea_inode_feature {
             for x in self.xw_ibody_entries(txn, inode)? {
                 if let NewXattrValue::EaInode { inum, .. } = x.value {
                     dropped.push(inum);
@@ -578,12 +563,12 @@ fn inline_values_len(entries: &[NewXattr]) -> usize {
 #[cfg(test)]
 mod tests {
     use crate::ext4::Ext4;
-    use crate::ext4::alloc::tests::{RwImage, fsck};
     use crate::ext4::error::Error;
-    use crate::ext4::namei::tests::with_kernel_mount;
     use crate::ext4::ondisk::inode::EXT4_EA_INODE_FL;
     use crate::ext4::ondisk::xattr::{self, XattrValue};
     use crate::ext4::testutil::have_mkfs;
+    use crate::ext4::testutil::with_kernel_mount;
+    use crate::ext4::testutil::{RwImage, fsck};
     use crate::ext4::types::{Ino, ROOT_INO, XattrFlags};
 
     fn val(n: usize, seed: u8) -> Vec<u8> {
@@ -595,7 +580,7 @@ mod tests {
     /// The EA inodes `ino`'s entries reference.
     fn ea_inodes(fs: &Ext4, ino: Ino) -> Vec<u32> {
         let inode = fs.inode(ino).unwrap();
-        let limits = fs.xw_xlimits();
+        let limits = fs.xattr_limits();
         let mut out = Vec::new();
         for e in xattr::parse_ibody(inode.inline_xattr_area(), &limits).unwrap() {
             if let XattrValue::EaInode { inum, .. } = e.value {

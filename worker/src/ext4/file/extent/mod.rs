@@ -13,9 +13,14 @@
 //! The tree talks to storage through [`TreeStore`] (the transaction in the
 //! engine, a map in the unit tests).
 
-use crate::ext4::ondisk::extent::{
-    self, EXT_INIT_MAX_LEN, Extent, ExtentIndex, ExtentNode, NodeCtx, node_capacity, write_node,
-};
+mod leaf;
+mod path;
+
+use leaf::max_len;
+pub(crate) use leaf::{leaf_insert, leaf_remove, leaf_set_state};
+pub(crate) use path::{load_path, merge_up, store_path};
+
+use crate::ext4::ondisk::extent::{self, EXT_INIT_MAX_LEN, Extent};
 use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
 use crate::ext4::{Error, Ino, Result};
 
@@ -44,6 +49,9 @@ pub(crate) trait TreeStore {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TreeCtx {
     pub(crate) ino: Ino,
+    /// The inode-table block holding the inode: where faults in the root
+    /// (i_block) are reported.
+    pub(crate) inode_block: u64,
     pub(crate) block_size: usize,
     /// Inode checksum seed under metadata_csum.
     pub(crate) csum_seed: Option<u32>,
@@ -68,506 +76,8 @@ pub(crate) struct Root<'a> {
     pub(crate) blocks: &'a mut u64,
 }
 
-// ---------------------------------------------------------------------
-// Pure leaf edits.
-
-fn max_len(uninit: bool) -> u32 {
-    if uninit { MAX_UNINIT_LEN } else { MAX_INIT_LEN }
-}
-
-/// Whether `b` can be appended to `a` (adjacent logically and physically,
-/// same state, combined length allowed).
-pub(crate) fn can_merge(a: &Extent, b: &Extent) -> bool {
-    a.end() == u64::from(b.lblk)
-        && a.pblk.checked_add(u64::from(a.len)) == Some(b.pblk)
-        && a.uninit == b.uninit
-        && u32::from(a.len) + u32::from(b.len) <= max_len(a.uninit)
-}
-
-/// Inserts `new` (which overlaps no extent) in order, merging it with its
-/// neighbours where possible.
-pub(crate) fn leaf_insert(exts: &mut Vec<Extent>, new: Extent) {
-    let pos = exts.partition_point(|e| e.lblk < new.lblk);
-    if let Some(left) = pos.checked_sub(1).and_then(|i| exts.get_mut(i))
-        && can_merge(left, &new)
-    {
-        left.len += new.len;
-        let merged = *left;
-        if let Some(right) = exts.get(pos).copied()
-            && can_merge(&merged, &right)
-        {
-            if let Some(l) = exts.get_mut(pos - 1) {
-                l.len += right.len;
-            }
-            exts.remove(pos);
-        }
-        return;
-    }
-    if let Some(right) = exts.get_mut(pos)
-        && can_merge(&new, right)
-    {
-        right.lblk = new.lblk;
-        right.pblk = new.pblk;
-        right.len += new.len;
-        return;
-    }
-    exts.insert(pos, new);
-}
-
-/// Piece of `e` covering logical [start, end) (inside `e`).
-fn piece(e: &Extent, start: u64, end: u64, uninit: bool) -> Extent {
-    let skip = start - u64::from(e.lblk);
-    Extent {
-        lblk: start as u32,
-        len: (end - start) as u16,
-        pblk: e.pblk + skip,
-        uninit,
-    }
-}
-
-/// Removes logical [start, end) from the leaf, trimming and splitting
-/// extents. Returns the physical runs no longer mapped.
-pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<(u64, u32)> {
-    let mut freed = Vec::new();
-    if start >= end {
-        return freed;
-    }
-    let mut out = Vec::with_capacity(exts.len() + 1);
-    for e in exts.iter() {
-        let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
-        if s >= t {
-            out.push(*e);
-            continue;
-        }
-        let p = piece(e, s, t, e.uninit);
-        freed.push((p.pblk, u32::from(p.len)));
-        if u64::from(e.lblk) < s {
-            out.push(piece(e, u64::from(e.lblk), s, e.uninit));
-        }
-        if t < e.end() {
-            out.push(piece(e, t, e.end(), e.uninit));
-        }
-    }
-    *exts = out;
-    freed
-}
-
-/// Marks logical [start, end) unwritten (`uninit`) or written, splitting
-/// extents at the boundaries and merging neighbours afterwards. Returns
-/// whether anything changed.
-pub(crate) fn leaf_set_state(exts: &mut Vec<Extent>, start: u64, end: u64, uninit: bool) -> bool {
-    if start >= end
-        || !exts
-            .iter()
-            .any(|e| e.uninit != uninit && u64::from(e.lblk) < end && e.end() > start)
-    {
-        return false;
-    }
-    let mut out: Vec<Extent> = Vec::with_capacity(exts.len() + 2);
-    for e in exts.iter() {
-        let (s, t) = (u64::from(e.lblk).max(start), e.end().min(end));
-        if s >= t || e.uninit == uninit {
-            out.push(*e);
-            continue;
-        }
-        if u64::from(e.lblk) < s {
-            out.push(piece(e, u64::from(e.lblk), s, e.uninit));
-        }
-        out.push(piece(e, s, t, uninit));
-        if t < e.end() {
-            out.push(piece(e, t, e.end(), e.uninit));
-        }
-    }
-    // Merge neighbours (a written piece next to a written extent...).
-    let mut merged: Vec<Extent> = Vec::with_capacity(out.len());
-    for e in out {
-        match merged.last_mut() {
-            Some(last) if can_merge(last, &e) => last.len += e.len,
-            _ => merged.push(e),
-        }
-    }
-    *exts = merged;
-    true
-}
-
-// ---------------------------------------------------------------------
-// Paths.
-
-struct Level {
-    /// None for the root (i_block).
-    block: Option<u64>,
-    depth: u16,
-    node: ExtentNode,
-    /// Index levels: the child on the path.
-    idx: usize,
-    dirty: bool,
-    /// Every ancestor chose its last child (splits then keep the left
-    /// node full, good for appends).
-    rightmost: bool,
-}
-
-impl Level {
-    fn len(&self) -> usize {
-        match &self.node {
-            ExtentNode::Leaf(e) => e.len(),
-            ExtentNode::Index(i) => i.len(),
-        }
-    }
-    fn first(&self) -> Option<u32> {
-        match &self.node {
-            ExtentNode::Leaf(e) => e.first().map(|e| e.lblk),
-            ExtentNode::Index(i) => i.first().map(|i| i.lblk),
-        }
-    }
-}
-
-/// One root-to-leaf path.
-pub(crate) struct Path {
-    levels: Vec<Level>,
-    /// The leaf is responsible for logical blocks below this (None: to the
-    /// end): the next index key of any ancestor.
-    pub(crate) bound: Option<u64>,
-}
-
-impl Path {
-    /// The leaf's extents (marking the leaf dirty).
-    pub(crate) fn leaf_mut(&mut self) -> Result<&mut Vec<Extent>> {
-        let l = self
-            .levels
-            .last_mut()
-            .ok_or(Error::Invalid("empty extent path"))?;
-        l.dirty = true;
-        match &mut l.node {
-            ExtentNode::Leaf(e) => Ok(e),
-            // load_path only ends on a leaf.
-            ExtentNode::Index(_) => Err(Error::Invalid("extent path ends on an index")),
-        }
-    }
-    pub(crate) fn leaf(&self) -> &[Extent] {
-        match self.levels.last().map(|l| &l.node) {
-            Some(ExtentNode::Leaf(e)) => e,
-            _ => &[],
-        }
-    }
-    /// The extent containing `lblk`, and the next extent start after it
-    /// within this leaf (else the leaf's bound).
-    pub(crate) fn lookup(&self, lblk: u64) -> (Option<Extent>, Option<u64>) {
-        let exts = self.leaf();
-        let idx = exts.partition_point(|e| u64::from(e.lblk) <= lblk);
-        let found = idx
-            .checked_sub(1)
-            .and_then(|i| exts.get(i))
-            .filter(|e| e.contains(lblk))
-            .copied();
-        let next = exts.get(idx).map(|e| u64::from(e.lblk)).or(self.bound);
-        (found, next)
-    }
-    /// The last extent starting at or before `lblk` (allocation goal).
-    pub(crate) fn left_of(&self, lblk: u64) -> Option<Extent> {
-        let exts = self.leaf();
-        let idx = exts.partition_point(|e| u64::from(e.lblk) <= lblk);
-        idx.checked_sub(1).and_then(|i| exts.get(i)).copied()
-    }
-}
-
 fn corrupt(ctx: &TreeCtx, why: impl std::fmt::Display, blk: u64) -> Error {
     Error::corrupt(format!("inode {}: extent tree: {why}", ctx.ino), blk)
-}
-
-/// Walks from the root to the leaf responsible for `lblk`.
-pub(crate) fn load_path(
-    store: &mut dyn TreeStore,
-    ctx: &TreeCtx,
-    i_block: &[u8; I_BLOCK_SIZE],
-    lblk: u64,
-) -> Result<Path> {
-    let depth = extent::header_depth(i_block);
-    if depth > extent::MAX_DEPTH {
-        return Err(corrupt(ctx, format_args!("depth {depth} too large"), 0));
-    }
-    let mut nctx = NodeCtx {
-        ino: ctx.ino,
-        block: None,
-        depth,
-        parent_lblk: None,
-        first_block: ctx.first_block,
-        end_block: ctx.end_block,
-        csum_seed: ctx.csum_seed,
-    };
-    let mut levels: Vec<Level> = Vec::with_capacity(usize::from(depth) + 1);
-    let mut node = extent::parse_node(i_block, &nctx)?;
-    let mut block = None;
-    let mut bound: Option<u64> = None;
-    let mut rightmost = true;
-    // Depth strictly decreases per level (parse_node checks the depth).
-    for _ in 0..=extent::MAX_DEPTH {
-        let cur_depth = nctx.depth;
-        match node {
-            ExtentNode::Leaf(_) => {
-                levels.push(Level {
-                    block,
-                    depth: cur_depth,
-                    node,
-                    idx: 0,
-                    dirty: false,
-                    rightmost,
-                });
-                return Ok(Path { levels, bound });
-            }
-            ExtentNode::Index(ref idx) => {
-                let pos = idx
-                    .iter()
-                    .rposition(|i| u64::from(i.lblk) <= lblk)
-                    .unwrap_or(0);
-                let Some(child) = idx.get(pos).copied() else {
-                    return Err(corrupt(ctx, "empty index node", block.unwrap_or(0)));
-                };
-                if let Some(n) = idx.get(pos + 1) {
-                    let b = u64::from(n.lblk);
-                    bound = Some(bound.map_or(b, |x| x.min(b)));
-                }
-                let last = pos + 1 == idx.len();
-                levels.push(Level {
-                    block,
-                    depth: cur_depth,
-                    node,
-                    idx: pos,
-                    dirty: false,
-                    rightmost,
-                });
-                rightmost &= last;
-                let raw = store.read_tree_block(child.leaf)?;
-                if raw.len() != ctx.block_size {
-                    return Err(corrupt(ctx, "short tree block", child.leaf));
-                }
-                nctx.block = Some(child.leaf);
-                nctx.depth = cur_depth.saturating_sub(1);
-                nctx.parent_lblk = Some(child.lblk);
-                node = extent::parse_node(&raw, &nctx)?;
-                block = Some(child.leaf);
-            }
-        }
-    }
-    Err(corrupt(ctx, "tree too deep", 0))
-}
-
-/// What a child did, for its parent's index entry.
-enum ChildChange {
-    None,
-    Removed,
-    Updated { first: u32, extra: Vec<ExtentIndex> },
-}
-
-/// How to cut `n` entries into nodes of at most `cap`.
-fn chunk_sizes(n: usize, cap: usize, rightmost: bool) -> Vec<usize> {
-    if n <= cap || cap == 0 {
-        return vec![n];
-    }
-    let k = n.div_ceil(cap);
-    if rightmost {
-        // Keep the left nodes full: appends then fill fresh nodes.
-        let mut v = vec![cap; k - 1];
-        v.push(n - cap * (k - 1));
-        v
-    } else {
-        let base = n / k;
-        let extra = n % k;
-        (0..k).map(|i| base + usize::from(i < extra)).collect()
-    }
-}
-
-fn split_node(node: ExtentNode, sizes: &[usize]) -> Vec<ExtentNode> {
-    let mut out = Vec::with_capacity(sizes.len());
-    match node {
-        ExtentNode::Leaf(mut v) => {
-            for &s in sizes.iter().rev().take(sizes.len() - 1) {
-                let tail = v.split_off(v.len() - s);
-                out.push(ExtentNode::Leaf(tail));
-            }
-            out.push(ExtentNode::Leaf(v));
-        }
-        ExtentNode::Index(mut v) => {
-            for &s in sizes.iter().rev().take(sizes.len() - 1) {
-                let tail = v.split_off(v.len() - s);
-                out.push(ExtentNode::Index(tail));
-            }
-            out.push(ExtentNode::Index(v));
-        }
-    }
-    out.reverse();
-    out
-}
-
-fn first_of(node: &ExtentNode) -> u32 {
-    match node {
-        ExtentNode::Leaf(e) => e.first().map_or(0, |e| e.lblk),
-        ExtentNode::Index(i) => i.first().map_or(0, |i| i.lblk),
-    }
-}
-
-/// Writes the path back (see the module comment). On NoSpace for the
-/// blocks a split needs, nothing has been changed.
-pub(crate) fn store_path(
-    store: &mut dyn TreeStore,
-    ctx: &TreeCtx,
-    root: &mut Root<'_>,
-    mut path: Path,
-) -> Result<()> {
-    let n = path.levels.len();
-    let block_cap = node_capacity(ctx.block_size, false);
-    // Plan: how many new blocks the splits (and a root grow) need.
-    let mut needed = 0usize;
-    let mut extra = 0usize;
-    for l in (0..n).rev() {
-        let len = path.levels[l].len() + extra;
-        if l > 0 {
-            let k = len.div_ceil(block_cap).saturating_sub(1);
-            needed += k;
-            extra = k;
-        } else if len > extent::ROOT_MAX_ENTRIES {
-            needed += 1;
-        }
-    }
-    let goal = path
-        .levels
-        .iter()
-        .rev()
-        .find_map(|l| l.block)
-        .unwrap_or(ctx.default_goal);
-    let mut fresh: Vec<u64> = Vec::with_capacity(needed);
-    while fresh.len() < needed {
-        let want = u32::try_from(needed - fresh.len()).unwrap_or(u32::MAX);
-        match store.alloc(goal, want) {
-            Ok((first, count)) => fresh.extend((0..u64::from(count.min(want))).map(|i| first + i)),
-            Err(e) => {
-                for &b in &fresh {
-                    store.free(b, 1)?;
-                }
-                return Err(e);
-            }
-        }
-    }
-    let mut fresh = fresh.into_iter();
-    let mut take = |ctx: &TreeCtx| {
-        fresh
-            .next()
-            .ok_or_else(|| corrupt(ctx, "split planning miscounted", 0))
-    };
-    let bs = ctx.block_size;
-    let mut change = ChildChange::None;
-    for l in (0..n).rev() {
-        let level = &mut path.levels[l];
-        match std::mem::replace(&mut change, ChildChange::None) {
-            ChildChange::None => {}
-            ChildChange::Removed => {
-                if let ExtentNode::Index(v) = &mut level.node
-                    && level.idx < v.len()
-                {
-                    v.remove(level.idx);
-                    level.dirty = true;
-                }
-            }
-            ChildChange::Updated { first, extra } => {
-                if let ExtentNode::Index(v) = &mut level.node {
-                    if let Some(e) = v.get_mut(level.idx)
-                        && e.lblk != first
-                    {
-                        e.lblk = first;
-                        level.dirty = true;
-                    }
-                    if !extra.is_empty() {
-                        let at = (level.idx + 1).min(v.len());
-                        v.splice(at..at, extra);
-                        level.dirty = true;
-                    }
-                }
-            }
-        }
-        if l > 0 {
-            let blk = level.block.unwrap_or(0);
-            if level.len() == 0 {
-                store.free(blk, 1)?;
-                *root.blocks = root.blocks.saturating_sub(ctx.sectors());
-                change = ChildChange::Removed;
-                continue;
-            }
-            let before = level.first();
-            if level.len() > block_cap {
-                let node = std::mem::replace(&mut level.node, ExtentNode::Leaf(Vec::new()));
-                let sizes = chunk_sizes(node_len(&node), block_cap, level.rightmost);
-                let mut parts = split_node(node, &sizes).into_iter();
-                let first_part = parts.next().unwrap_or(ExtentNode::Leaf(Vec::new()));
-                let mut extra = Vec::new();
-                for p in parts {
-                    let nb = take(ctx)?;
-                    let mut buf = vec![0u8; bs];
-                    write_node(&mut buf, false, level.depth, &p, ctx.csum_seed)?;
-                    store.write_tree_block(nb, &buf, true)?;
-                    *root.blocks = root.blocks.saturating_add(ctx.sectors());
-                    extra.push(ExtentIndex {
-                        lblk: first_of(&p),
-                        leaf: nb,
-                    });
-                }
-                level.node = first_part;
-                level.dirty = true;
-                change = ChildChange::Updated {
-                    first: first_of(&level.node),
-                    extra,
-                };
-            } else {
-                change = match (before, level.dirty) {
-                    (Some(f), true) => ChildChange::Updated {
-                        first: f,
-                        extra: Vec::new(),
-                    },
-                    _ => ChildChange::None,
-                };
-            }
-            if level.dirty {
-                let mut buf = vec![0u8; bs];
-                write_node(&mut buf, false, level.depth, &level.node, ctx.csum_seed)?;
-                store.write_tree_block(blk, &buf, false)?;
-            }
-        } else {
-            if !level.dirty {
-                break;
-            }
-            if level.len() == 0 && level.depth > 0 {
-                level.node = ExtentNode::Leaf(Vec::new());
-                level.depth = 0;
-            }
-            if level.len() > extent::ROOT_MAX_ENTRIES {
-                // Grow: the root's entries move to a new block, the root
-                // becomes an index with one entry.
-                let nb = take(ctx)?;
-                let node = std::mem::replace(&mut level.node, ExtentNode::Leaf(Vec::new()));
-                let mut buf = vec![0u8; bs];
-                write_node(&mut buf, false, level.depth, &node, ctx.csum_seed)?;
-                store.write_tree_block(nb, &buf, true)?;
-                *root.blocks = root.blocks.saturating_add(ctx.sectors());
-                level.node = ExtentNode::Index(vec![ExtentIndex {
-                    lblk: first_of(&node),
-                    leaf: nb,
-                }]);
-                level.depth += 1;
-                if level.depth > extent::MAX_DEPTH {
-                    return Err(corrupt(ctx, "tree would grow too deep", 0));
-                }
-            }
-            // Keep eh_generation and anything else the kernel left in the
-            // header: write_node rewrites header and entries only.
-            write_node(&mut root.i_block[..], true, level.depth, &level.node, None)?;
-        }
-    }
-    Ok(())
-}
-
-fn node_len(n: &ExtentNode) -> usize {
-    match n {
-        ExtentNode::Leaf(e) => e.len(),
-        ExtentNode::Index(i) => i.len(),
-    }
 }
 
 // ---------------------------------------------------------------------
@@ -612,7 +122,7 @@ pub(crate) fn map_alloc(
     let mut cur = lblk;
     let mut steps = 0u64;
     while cur < end {
-        steps += 1;
+        steps = steps.saturating_add(1);
         if steps > MAX_LEAF_VISITS.saturating_mul(4) {
             return Err(corrupt(ctx, "too many steps mapping a range", 0));
         }
@@ -620,12 +130,12 @@ pub(crate) fn map_alloc(
         let (found, next) = path.lookup(cur);
         if let Some(e) = found {
             let stop = e.end().min(end);
-            let len = (stop - cur) as u32;
+            let len = stop.saturating_sub(cur) as u32;
             push_run(
                 &mut runs,
                 Run {
                     lblk: cur,
-                    pblk: e.pblk + (cur - u64::from(e.lblk)),
+                    pblk: e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))),
                     len,
                     kind: if e.uninit {
                         RunKind::Unwritten
@@ -637,13 +147,15 @@ pub(crate) fn map_alloc(
             cur = stop;
             continue;
         }
-        let hole_end = next.map_or(end, |n| n.min(end)).max(cur + 1);
+        let hole_end = next.map_or(end, |n| n.min(end)).max(cur.saturating_add(1));
         let goal = path
             .left_of(cur)
-            .map(|e| e.pblk.saturating_add(cur - u64::from(e.lblk)))
+            .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
             .filter(|&g| g < ctx.end_block)
             .unwrap_or(ctx.default_goal);
-        let want = (hole_end - cur).min(u64::from(max_len(unwritten))) as u32;
+        let want = hole_end
+            .saturating_sub(cur)
+            .min(u64::from(max_len(unwritten))) as u32;
         let (pblk, got) = match store.alloc(goal, want) {
             Ok(r) => r,
             Err(Error::NoSpace) => return Ok((runs, true)),
@@ -677,16 +189,17 @@ pub(crate) fn map_alloc(
                 kind: RunKind::New,
             },
         );
-        cur += u64::from(got);
+        cur = cur.saturating_add(u64::from(got));
     }
     Ok((runs, false))
 }
 
-fn push_run(runs: &mut Vec<Run>, r: Run) {
+/// Appends `r`, extending the last run when `r` continues it.
+pub(crate) fn push_run(runs: &mut Vec<Run>, r: Run) {
     if let Some(last) = runs.last_mut()
         && last.kind == r.kind
-        && last.lblk + u64::from(last.len) == r.lblk
-        && last.pblk + u64::from(last.len) == r.pblk
+        && last.lblk.checked_add(u64::from(last.len)) == Some(r.lblk)
+        && last.pblk.checked_add(u64::from(last.len)) == Some(r.pblk)
         && let Some(len) = last.len.checked_add(r.len)
     {
         last.len = len;
@@ -717,7 +230,7 @@ fn for_each_leaf(
     let mut cur = start;
     let mut visits = 0u64;
     while cur < end {
-        visits += 1;
+        visits = visits.saturating_add(1);
         if visits > MAX_LEAF_VISITS {
             return Err(corrupt(ctx, "too many leaves in one range operation", 0));
         }
@@ -757,7 +270,7 @@ pub(crate) fn remove_range(
     })?;
     for (p, n) in freed_runs {
         store.free(p, n)?;
-        freed_total += u64::from(n);
+        freed_total = freed_total.saturating_add(u64::from(n));
         *root.blocks = root
             .blocks
             .saturating_sub(u64::from(n).saturating_mul(ctx.sectors()));
@@ -781,37 +294,6 @@ pub(crate) fn set_state(
     merge_up(store, ctx, root)
 }
 
-/// ext4_ext_try_to_merge_up, run by the kernel after every extent
-/// insertion or conversion (not after removals): a depth-1 tree whose
-/// only leaf fits in the inode goes back into i_block and the leaf block
-/// is freed.
-pub(crate) fn merge_up(
-    store: &mut dyn TreeStore,
-    ctx: &TreeCtx,
-    root: &mut Root<'_>,
-) -> Result<()> {
-    if extent::header_depth(&root.i_block[..]) != 1 {
-        return Ok(());
-    }
-    let path = load_path(store, ctx, root.i_block, 0)?;
-    let [top, leaf] = path.levels.as_slice() else {
-        return Ok(());
-    };
-    let (Some(blk), ExtentNode::Index(idx), ExtentNode::Leaf(exts)) =
-        (leaf.block, &top.node, &leaf.node)
-    else {
-        return Ok(());
-    };
-    if idx.len() != 1 || exts.len() > extent::ROOT_MAX_ENTRIES {
-        return Ok(());
-    }
-    let node = ExtentNode::Leaf(exts.clone());
-    write_node(&mut root.i_block[..], true, 0, &node, None)?;
-    store.free(blk, 1)?;
-    *root.blocks = root.blocks.saturating_sub(ctx.sectors());
-    Ok(())
-}
-
 /// Every extent of the tree in order (tests and whole-file walks).
 #[cfg(test)]
 pub(crate) fn all_extents(
@@ -823,7 +305,7 @@ pub(crate) fn all_extents(
     let mut cur = 0u64;
     let mut visits = 0u64;
     loop {
-        visits += 1;
+        visits = visits.saturating_add(1);
         if visits > MAX_LEAF_VISITS {
             return Err(corrupt(ctx, "too many leaves", 0));
         }
@@ -982,6 +464,7 @@ mod tests {
     fn ctx(bs: usize, total: u64) -> TreeCtx {
         TreeCtx {
             ino: 12,
+            inode_block: 0,
             block_size: bs,
             csum_seed: Some(0xfeed),
             first_block: 1,
@@ -1183,7 +666,7 @@ mod tests {
     #[test]
     fn engine_extent_tree_checked_by_e2fsck_and_kernel() {
         use crate::ext4::ROOT_INO;
-        use crate::ext4::alloc::tests::{RwImage, assert_fsck_clean};
+        use crate::ext4::testutil::{RwImage, assert_fsck_clean};
         use crate::ext4::testutil::{debugfs_out, have_mkfs, pattern};
         if !have_mkfs() {
             return;
@@ -1230,7 +713,7 @@ mod tests {
             ex.lines().take(8).collect::<Vec<_>>().join("\n")
         );
         let Some(kernel) =
-            crate::ext4::namei::tests::with_kernel_mount(img, |mnt: &std::path::Path| {
+            crate::ext4::testutil::with_kernel_mount(img, |mnt: &std::path::Path| {
                 std::fs::read(mnt.join("frag")).unwrap()
             })
         else {

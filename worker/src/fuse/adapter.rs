@@ -1,0 +1,80 @@
+//! The adapter's state: the engine, the kernel's open inodes, the
+//! flusher's stop flag, and the once-per-object log of corrupt metadata.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuser::{Errno, ReplyEmpty};
+
+use super::convert::errno;
+use super::inodes::OpenState;
+use crate::ext4::Ext4;
+use crate::ext4::error::Error;
+use crate::ext4::types::Ino;
+
+/// Attribute and entry lifetime. Read-only: nothing changes under the
+/// kernel's caches. Read-write: every change goes through this worker, by
+/// a request of the kernel, which updates or invalidates its own caches
+/// (and with the writeback cache trusts its own sizes and times): nothing
+/// changes behind its back either, so the same long lifetime holds.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// How many distinct corrupt objects are logged before logging stops
+/// (a hostile image could otherwise flood the journal).
+const MAX_CORRUPT_LOGGED: usize = 1024;
+
+/// The fuser filesystem over the engine.
+pub struct Adapter {
+    pub(super) fs: Arc<Ext4>,
+    pub(super) read_only: bool,
+    pub(super) ttl: Duration,
+    corrupt_logged: Mutex<HashSet<(String, u64)>>,
+    /// Inodes the kernel holds (lookups or open handles); entries are
+    /// removed when both counts are zero. A B-tree: a million entries
+    /// (a walk of a big tree) take ~30 MiB, with none of a hash table's
+    /// doubling peaks.
+    pub(super) open: Mutex<BTreeMap<Ino, OpenState>>,
+    /// Tells the flusher thread to stop (set at destroy).
+    pub(super) stop_flusher: Arc<AtomicBool>,
+}
+
+impl Adapter {
+    pub fn new(fs: impl Into<Arc<Ext4>>, read_only: bool) -> Self {
+        Adapter {
+            fs: fs.into(),
+            read_only,
+            ttl: TTL,
+            corrupt_logged: Mutex::new(HashSet::new()),
+            open: Mutex::new(BTreeMap::new()),
+            stop_flusher: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// fsync and fsyncdir: data is written when its request completes, so
+    /// both write the committed metadata back and flush the device.
+    pub(super) fn sync(&self, op: &str, ino: Ino, reply: ReplyEmpty) {
+        match self.fs.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail(op, ino, &e)),
+        }
+    }
+
+    /// Maps `err`, logging each corrupt object once.
+    pub(super) fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
+        match err {
+            Error::Corrupt { what, block } => {
+                let first = self.corrupt_logged.lock().is_ok_and(|mut seen| {
+                    seen.len() < MAX_CORRUPT_LOGGED && seen.insert((what.to_string(), *block))
+                });
+                if first {
+                    tracing::warn!("{op} of inode {ino}: {err}");
+                }
+            }
+            Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),
+            _ => {}
+        }
+        errno(err)
+    }
+}
