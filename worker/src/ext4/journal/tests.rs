@@ -217,15 +217,29 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     if !reverted.is_empty() {
         eprintln!("{name}: debugfs wrote its pre-replay copies back over blocks {reverted:?}");
     }
+    // debugfs may also write back a descriptor or bitmap block the journal
+    // does not hold at all (seen under load: block 16385, a group-2
+    // bitmap, neither the image's nor any logged copy). Ours must then have
+    // left that block exactly as the image had it: we write only what the
+    // journal logged (and the superblock).
+    let mut outside = Vec::new();
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        if !(1024..2048).contains(&i) && !reverted.contains(&(i as u64 / bs)) {
-            assert_eq!(
-                x,
-                y,
-                "{name}: byte {i} (block {}) differs from debugfs's replay",
-                i as u64 / bs
-            );
+        let blk = i as u64 / bs;
+        if (1024..2048).contains(&i) || reverted.contains(&blk) || x == y {
+            continue;
         }
+        if !replay.blocks.contains_key(&blk) && *y == orig[i] {
+            if outside.last() != Some(&blk) {
+                outside.push(blk);
+            }
+            continue;
+        }
+        panic!("{name}: byte {i} (block {blk}) differs from debugfs's replay: {x} vs ours {y}");
+    }
+    if !outside.is_empty() {
+        eprintln!(
+            "{name}: debugfs wrote blocks the journal does not hold: {outside:?}; ours left them as they were"
+        );
     }
     // Every replayed block holds what the journal logged for it.
     for (&blk, src) in &replay.blocks {
