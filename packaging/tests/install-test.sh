@@ -131,7 +131,8 @@ for f in /usr/sbin/safemountd /usr/bin/safemount "$default_worker" /usr/sbin/mou
 done
 check "the worker is installed at the broker's compiled-in default ($default_worker)" is_exec "$default_worker"
 for f in "$sock_unit" "$svc_unit" "$auto_unit" "$R/usr/lib/udev/rules.d/90-safemount.rules" \
-         "$policy" "$R/usr/lib/sysusers.d/safemount.conf" \
+         "$policy" "$R/usr/share/polkit-1/rules.d/20-safemount-udisks.rules" \
+         "$R/usr/lib/sysusers.d/safemount.conf" \
          "$R/usr/lib/tmpfiles.d/safemount.conf" "$R/usr/share/doc/safemount/copyright"; do
     check "installed: ${f#"$R"}" [ -f "$f" ]
 done
