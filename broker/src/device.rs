@@ -335,7 +335,7 @@ pub fn check_available(paths: &SysPaths, dev: &DeviceInfo, shown: &str) -> Resul
 }
 
 /// [`check_available`] against the given mount table and root disks.
-fn check_against(
+pub(crate) fn check_against(
     dev: &DeviceInfo,
     shown: &str,
     mounts: &[crate::mountpoint::MountEntry],

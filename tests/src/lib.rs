@@ -9,9 +9,11 @@
 pub mod broker;
 pub mod image;
 pub mod kernel;
+pub mod loopdev;
 pub mod ops;
 pub mod procfs;
 pub mod skip;
 pub mod snapshot;
 pub mod tree;
+pub mod user;
 pub mod util;
