@@ -26,6 +26,7 @@ need=(
   man-db             # man(1), so systemd-analyze verify finds the units' Documentation= pages
   fuse3              # fusermount3 -u by a mount's owner (tests/tests/desktop.rs); the package needs no fuse3
   udisks2            # its polkit actions, for pkcheck against 20-safemount-udisks.rules (broker/tests/polkit.rs)
+  systemd-container  # systemd-nspawn: packaging/tests/systemd-container-test.sh boots the automount path for real
 )
 # udev is not listed, but udisks2 depends on it: apt installs the udev that
 # matches systemd's version (it may upgrade systemd to the same point

@@ -182,7 +182,7 @@ fi
 
 # What the worker's sandbox does must be allowed by the unit.
 capset=" $(key "$svc_unit" CapabilityBoundingSet) "
-for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_KILL CAP_DAC_READ_SEARCH; do
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_KILL CAP_DAC_READ_SEARCH CAP_CHOWN; do
     check "CapabilityBoundingSet has $cap" grep -q " $cap " <<<"$capset"
 done
 restrict=" $(key "$svc_unit" RestrictNamespaces) "
