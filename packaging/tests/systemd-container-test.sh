@@ -9,7 +9,8 @@
 #   activates safemountd.service (Type=notify) -> sandboxed worker -> FUSE
 #   mount at /run/media/<user>/<label>; then a "remove" uevent: the device
 #   unit goes, BindsTo= stops the service, ExecStop= unmounts, the broker
-#   reaps the worker and removes the mount point.
+#   reaps the worker and removes the mount point. A second plug-in is
+#   unmounted by the user with plain umount, under the packaged unit.
 #
 #   packaging/tests/systemd-container-test.sh [--deb PATH] [--keep]
 #
@@ -173,6 +174,27 @@ list=$(inside safemount list 2>&1)
 check "safemount list is empty" [ "$(wc -l <<<"$list")" = 1 ]
 log=$(inside journalctl -u safemountd.service -u "$unit" --no-pager -o cat 2>&1)
 check "the broker logged the mount and the unmount" bash -c 'grep -q "mounted mountpoint=$2" <<<"$1" && grep -q "unmounted mountpoint=$2" <<<"$1"' _ "$log" "$mnt"
+# Plug in again; this time the seat user unmounts with plain umount (what
+# a file manager runs): the broker cleans up, and the unplug that follows
+# finds nothing left to unmount.
+inside timeout 60 udevadm trigger --action=add --settle "/sys/class/block/$name"
+for _ in $(seq 150); do
+    inside findmnt -n -t fuse.safemount "$mnt" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+out=$(inside setpriv --reuid="$uid" --regid="$uid" --clear-groups umount "$mnt" 2>&1)
+check "the seat user unmounts with plain umount${out:+: $out}" [ -z "$out" ]
+for _ in $(seq 100); do inside test -e "$mnt" || break; sleep 0.1; done
+check "after the user's umount the mount point is removed" bash -c '! nsenter -t "$1" -a test -e "$2"' _ "$leader" "$mnt"
+list=$(inside safemount list 2>&1)
+check "after the user's umount safemount list is empty" [ "$(wc -l <<<"$list")" = 1 ]
+inside timeout 60 udevadm trigger --action=remove --settle "/sys/class/block/$name"
+for _ in $(seq 150); do
+    st=$(inside systemctl show -p ActiveState --value "$unit")
+    [ "$st" = inactive ] || [ "$st" = failed ] && break
+    sleep 0.2
+done
+check "$unit stops cleanly with nothing left to unmount (state: $st)" [ "$st" = inactive ]
 if [ "$failed" -gt 0 ]; then
     echo "--- journal"; inside journalctl -b --no-pager -o short-monotonic 2>&1 | grep -Ei "safemount|udev" | tail -n 40
 fi
