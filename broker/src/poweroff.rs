@@ -95,29 +95,13 @@ pub fn drive_of(paths: &SysPaths, dev: (u32, u32), shown: &str) -> Result<Drive,
         .ok_or_else(|| PowerOffError::NotADrive(shown.to_owned()))?;
     let disk = DeviceInfo::lookup(paths, part.disk_dev.0, part.disk_dev.1)
         .ok_or_else(|| PowerOffError::NotADrive(shown.to_owned()))?;
-    let mut parts = vec![(disk.disk_dev, disk.name.clone())];
-    if let Ok(dir) = std::fs::read_dir(&disk.sysfs) {
-        for entry in dir.take(4096).flatten() {
-            let p = entry.path();
-            if p.join("partition").exists()
-                && let Ok(text) = std::fs::read_to_string(p.join("dev"))
-                && let Some(d) = parse_dev(&text)
-            {
-                parts.push((d, sanitize::display(entry.file_name().as_encoded_bytes())));
-            }
-        }
-    }
+    let parts = disk.with_partitions();
     let method = method_for(&disk.sysfs);
     Ok(Drive {
         disk,
         parts,
         method,
     })
-}
-
-fn parse_dev(text: &str) -> Option<(u32, u32)> {
-    let (a, b) = text.trim().split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// The nearest USB device above the disk (`remove`), else the disk's SCSI
