@@ -98,6 +98,8 @@ inst 0644 "$pkg/udev/90-safemount.rules"         usr/lib/udev/rules.d/90-safemou
 inst 0644 "$pkg/systemd/safemountd.socket"       usr/lib/systemd/system/safemountd.socket
 inst 0644 "$pkg/systemd/safemountd.service"      usr/lib/systemd/system/safemountd.service
 inst 0644 "$pkg/polkit/org.safemount.policy"     usr/share/polkit-1/actions/org.safemount.policy
+# udisks2 may not mount removable ext2/3/4 with the kernel's driver.
+inst 0644 "$pkg/polkit/20-safemount-udisks.rules" usr/share/polkit-1/rules.d/20-safemount-udisks.rules
 inst 0644 "$pkg/sysusers/safemount.conf"         usr/lib/sysusers.d/safemount.conf
 inst 0644 "$pkg/tmpfiles/safemount.conf"         usr/lib/tmpfiles.d/safemount.conf
 

@@ -25,10 +25,13 @@ need=(
   libxml2-utils      # xmllint validates the polkit policy in the install test
   groff-base         # groff -ww: man pages must render without warnings
   man-db             # man(1), so systemd-analyze verify finds the units' Documentation= pages
+  fuse3              # fusermount3 -u by a mount's owner (tests/tests/desktop.rs); the package needs no fuse3
+  udisks2            # its polkit actions, for pkcheck against 20-safemount-udisks.rules (broker/tests/polkit.rs)
+  systemd-container  # systemd-nspawn: packaging/tests/systemd-container-test.sh boots the automount path for real
 )
-# Not udev: packaging/tests/udev-rule-test.sh skips without udevadm, and
-# udev must match the installed systemd's exact version (installing it can
-# upgrade systemd itself).
+# udev is not listed, but udisks2 depends on it: apt installs the udev that
+# matches systemd's version (it may upgrade systemd to the same point
+# release), and packaging/tests/udev-rule-test.sh then runs for real.
 missing=()
 for p in "${need[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

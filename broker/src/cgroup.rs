@@ -106,7 +106,12 @@ impl WorkerCgroups {
         let mut hierarchies = Vec::new();
         for (controller, file, value) in v1 {
             let dir = root.join(controller);
+            // A hierarchy mounted read-only (as in a systemd-nspawn
+            // container) is not one the broker can split.
+            let writable = nix::sys::statvfs::statvfs(&dir)
+                .is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
             if let Some(own) = own_path(&proc_cgroup, controller)
+                && writable
                 && dir.join(&own).join("cgroup.procs").exists()
             {
                 hierarchies.push(Hierarchy {

@@ -228,32 +228,51 @@ impl Connection {
     /// Unmounts every mount whose source is `source` (as the broker
     /// records it: a device's canonical path or an image's file name)
     /// that the caller may see; returns their mount points.
-    pub fn unmount_source(&self, source: &str) -> Result<Vec<PathBuf>, ClientError> {
+    /// With `power_off`, each is unmounted with [`Self::unmount_power_off`]
+    /// (a device is mounted once, so that is one request).
+    pub fn unmount_source(
+        &self,
+        source: &str,
+        power_off: bool,
+    ) -> Result<Vec<(PathBuf, Option<PoweredOff>)>, ClientError> {
         let mut done = Vec::new();
         for m in self.list()? {
             if m.source == source {
-                match self.request(
-                    &ClientRequest::Unmount {
-                        mountpoint: m.mountpoint.clone(),
-                    },
-                    &[],
-                )? {
-                    BrokerReply::Unmounted => done.push(m.mountpoint),
-                    _ => return Err(ClientError::Unexpected),
-                }
+                let result = if power_off {
+                    Some(self.power_off_at(m.mountpoint.clone())?)
+                } else {
+                    self.unmount_at(m.mountpoint.clone())?;
+                    None
+                };
+                done.push((m.mountpoint, result));
             }
         }
         Ok(done)
     }
 
     pub fn unmount(&self, mountpoint: &Path) -> Result<(), ClientError> {
-        let path = absolute_no_follow(mountpoint).map_err(|error| ClientError::Local {
-            what: "cannot resolve",
-            path: mountpoint.display().to_string(),
-            error,
-        })?;
-        match self.request(&ClientRequest::Unmount { mountpoint: path }, &[])? {
+        self.unmount_at(mounted_path(mountpoint)?)
+    }
+
+    /// `safemount unmount --power-off`: unmounts, then flushes and powers
+    /// off the drive (see [`ClientRequest::UnmountPowerOff`]).
+    pub fn unmount_power_off(&self, mountpoint: &Path) -> Result<PoweredOff, ClientError> {
+        self.power_off_at(mounted_path(mountpoint)?)
+    }
+
+    fn unmount_at(&self, mountpoint: PathBuf) -> Result<(), ClientError> {
+        match self.request(&ClientRequest::Unmount { mountpoint }, &[])? {
             BrokerReply::Unmounted => Ok(()),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    fn power_off_at(&self, mountpoint: PathBuf) -> Result<PoweredOff, ClientError> {
+        match self.request(&ClientRequest::UnmountPowerOff { mountpoint }, &[])? {
+            BrokerReply::PoweredOff { drive, powered_off } => Ok(PoweredOff {
+                drive: crate::sanitize::display(drive.as_bytes()),
+                powered_off,
+            }),
             _ => Err(ClientError::Unexpected),
         }
     }
@@ -264,6 +283,38 @@ impl Connection {
             _ => Err(ClientError::Unexpected),
         }
     }
+}
+
+/// What `unmount --power-off` did to the drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoweredOff {
+    /// `/dev/<disk>`.
+    pub drive: String,
+    /// False: the drive has no way to be powered off; it was flushed.
+    pub powered_off: bool,
+}
+
+impl PoweredOff {
+    /// One line for the user.
+    pub fn describe(&self) -> String {
+        if self.powered_off {
+            format!("{} is powered off; it can be unplugged", self.drive)
+        } else {
+            format!(
+                "{} is flushed but cannot be powered off (it is neither a USB nor a SCSI drive); it can be unplugged",
+                self.drive
+            )
+        }
+    }
+}
+
+/// A mount point as the broker recorded it (see [`absolute_no_follow`]).
+fn mounted_path(mountpoint: &Path) -> Result<PathBuf, ClientError> {
+    absolute_no_follow(mountpoint).map_err(|error| ClientError::Local {
+        what: "cannot resolve",
+        path: mountpoint.display().to_string(),
+        error,
+    })
 }
 
 /// The client's reading of `-o`, to open an image with the right access:

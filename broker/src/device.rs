@@ -159,7 +159,7 @@ fn read_trimmed(p: &Path) -> Option<String> {
 }
 
 /// Parses sysfs's `MAJ:MIN`.
-fn parse_dev(text: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_dev(text: &str) -> Option<(u32, u32)> {
     let (a, b) = text.trim().split_once(':')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
@@ -201,7 +201,7 @@ impl DeviceInfo {
 
     /// This device's number, and for a whole disk its partitions' too,
     /// each with its kernel name.
-    fn with_partitions(&self) -> Vec<((u32, u32), String)> {
+    pub(crate) fn with_partitions(&self) -> Vec<((u32, u32), String)> {
         let mut out = vec![((self.major, self.minor), self.name.clone())];
         if self.is_partition {
             return out;
@@ -335,7 +335,7 @@ pub fn check_available(paths: &SysPaths, dev: &DeviceInfo, shown: &str) -> Resul
 }
 
 /// [`check_available`] against the given mount table and root disks.
-fn check_against(
+pub(crate) fn check_against(
     dev: &DeviceInfo,
     shown: &str,
     mounts: &[crate::mountpoint::MountEntry],

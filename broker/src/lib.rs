@@ -20,6 +20,7 @@ pub mod mount;
 pub mod mounted;
 pub mod mountpoint;
 pub mod polkit;
+pub mod poweroff;
 pub mod sanitize;
 pub mod server;
 pub mod state;

@@ -322,7 +322,15 @@ fn secure_subdir(
             errno,
         },
     })?;
-    if created {
+    // An existing root-owned directory of another group (its user was
+    // deleted and made again with a new group id, say) would lock the user
+    // out of their own mounts: it gets the right group too.
+    let stale_group =
+        !created && nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_uid == 0 && st.st_gid != gid);
+    if stale_group {
+        tracing::info!(path = %shown(), gid, "directory has another group; setting it");
+    }
+    if created || stale_group {
         // Set group and mode through /proc/self/fd (fchown/fchmod need a
         // real fd; the O_PATH fd names exactly the directory made above).
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());

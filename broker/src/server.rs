@@ -65,7 +65,8 @@ failure_from!(
     mountpoint::MountpointError,
     supervise::SuperviseError,
     lock::LockError,
-    crate::state::StateError
+    crate::state::StateError,
+    crate::poweroff::PowerOffError
 );
 
 #[derive(Debug, thiserror::Error)]
@@ -390,6 +391,22 @@ impl Broker {
                         }
                     }
                 }
+                ClientRequest::UnmountPowerOff { mountpoint } => {
+                    if !fds.is_empty() {
+                        error_reply(
+                            ErrorKind::InvalidRequest,
+                            "UnmountPowerOff carries no file descriptor",
+                        )
+                    } else {
+                        match self.unmount_power_off(&caller, &mountpoint) {
+                            Ok(reply) => reply,
+                            Err(f) => {
+                                tracing::warn!(kind = ?f.kind, "unmount and power off failed: {}", f.message);
+                                error_reply(f.kind, &f.message)
+                            }
+                        }
+                    }
+                }
                 ClientRequest::List => {
                     if !fds.is_empty() {
                         error_reply(ErrorKind::InvalidRequest, "List carries no file descriptor")
@@ -508,6 +525,9 @@ impl Broker {
         )?;
         let state = self.state.clone();
         undo.push("forget mount", move || state.remove(id));
+        if let Some(dev) = &source.device {
+            self.state.set_source_dev(id, (dev.major, dev.minor));
+        }
 
         let state = self.state.clone();
         let held = image_lock.clone();
@@ -664,15 +684,72 @@ impl Broker {
     /// Unmounts `path` (as recorded at mount time; never resolved through
     /// the filesystem, which would block on a hung worker).
     pub fn unmount(&self, caller: &Caller, path: &Path) -> Result<(), Failure> {
-        // Ask polkit (outside the state lock) only for another user's mount.
-        let others_allowed = match self.state.owner_of(path) {
+        let others_allowed = self.may_unmount_others(caller, path)?;
+        self.unmount_checked(caller, path, others_allowed)
+    }
+
+    /// Whether `caller` unmounts another user's mount at `path` with
+    /// polkit's permission (asked outside the state lock, and only then);
+    /// an error if polkit says no.
+    fn may_unmount_others(&self, caller: &Caller, path: &Path) -> Result<bool, Failure> {
+        match self.state.owner_of(path) {
             Some(owner) if owner != caller.uid => {
                 let shown = sanitize::display(path.as_os_str().as_encoded_bytes());
                 self.authorizer.unmount(caller, owner, &shown)?;
-                true
+                Ok(true)
             }
-            _ => false,
-        };
+            _ => Ok(false),
+        }
+    }
+
+    /// `unmount --power-off`: the drive under the mount is checked first
+    /// (no other partition mounted or held, not the system disk; a user
+    /// may power off removable drives only), then the mount goes as for
+    /// [`Self::unmount`], then the drive is flushed and powered off (see
+    /// [`crate::poweroff`]).
+    pub fn unmount_power_off(&self, caller: &Caller, path: &Path) -> Result<BrokerReply, Failure> {
+        let shown = sanitize::display(path.as_os_str().as_encoded_bytes());
+        if self.state.owner_of(path).is_none() {
+            return Err(crate::state::StateError::NotMounted(shown).into());
+        }
+        let others_allowed = self.may_unmount_others(caller, path)?;
+        let (dev, others) = self.state.source_devs(path);
+        let dev = dev.ok_or_else(|| crate::poweroff::PowerOffError::NotADrive(shown.clone()))?;
+        let paths = device::SysPaths::default();
+        let drive = crate::poweroff::drive_of(&paths, dev, &shown)?;
+        if !caller.is_root() && !device::is_removable(&drive.disk) {
+            return Err(Failure::new(
+                ErrorKind::NotAuthorized,
+                format!(
+                    "not authorized: only root may power off {}, which is not removable",
+                    drive.shown()
+                ),
+            ));
+        }
+        let mounts = mountpoint::read_mountinfo().map_err(|e| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot read /proc/self/mountinfo: {e}"),
+            )
+        })?;
+        crate::poweroff::check_idle(&paths, &drive, &mounts, &others)?;
+        self.unmount_checked(caller, path, others_allowed)?;
+        crate::poweroff::flush(&drive)?;
+        let powered_off = crate::poweroff::power_off(&drive)?;
+        tracing::info!(drive = %drive.shown(), powered_off, "drive flushed after unmount");
+        Ok(BrokerReply::PoweredOff {
+            drive: drive.shown(),
+            powered_off,
+        })
+    }
+
+    /// [`Self::unmount`] once authorized.
+    fn unmount_checked(
+        &self,
+        caller: &Caller,
+        path: &Path,
+        others_allowed: bool,
+    ) -> Result<(), Failure> {
         let crate::state::Unmounting { id, worker, mount } =
             self.state.begin_unmount(path, caller, others_allowed)?;
         let unmounted = match &mount {
@@ -811,13 +888,15 @@ impl Broker {
 /// mount is still there, abort its FUSE connection and detach it, then
 /// forget it and log why.
 fn on_worker_exit(state: &State, id: u64, status: &nix::sys::wait::WaitStatus) {
-    worker_gone(state, id, &supervise::describe_exit(status));
+    let clean = matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0));
+    worker_gone(state, id, &supervise::describe_exit(status), clean);
 }
 
 /// What [`on_worker_exit`] does, for any worker (also one adopted from a
 /// previous broker, whose exit status nobody can know): `why` says how it
-/// ended.
-pub fn worker_gone(state: &State, id: u64, why: &str) {
+/// ended, and `exited_cleanly` whether it exited with status 0 (unknown,
+/// so false, for an adopted worker).
+pub fn worker_gone(state: &State, id: u64, why: &str, exited_cleanly: bool) {
     match state.worker_exited(id) {
         AfterExit::SetupCleansUp => {
             tracing::info!(id, "worker {why} during setup");
@@ -841,6 +920,14 @@ pub fn worker_gone(state: &State, id: u64, why: &str) {
                     if mstate == MountState::Unmounting =>
                 {
                     tracing::info!(%source, mountpoint = %mountpoint.display(), "worker {why} after unmount");
+                }
+                // The owner ran `umount` or `fusermount3 -u` (util-linux
+                // allows it for a FUSE mount whose user_id= is theirs; a
+                // file manager's "unmount" does that): the kernel ended
+                // the session, the worker flushed and exited. Clean up as
+                // for `safemount unmount`.
+                Err(UnmountError::Identity(MountRefError::Gone)) if exited_cleanly => {
+                    tracing::info!(%source, mountpoint = %mountpoint.display(), "unmounted outside safemount (umount or fusermount3 -u); worker {why}");
                 }
                 Err(UnmountError::Identity(MountRefError::Gone)) => {
                     tracing::warn!(%source, mountpoint = %mountpoint.display(), "worker {why}; mount was already gone");

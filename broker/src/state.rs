@@ -58,6 +58,9 @@ impl StateError {
     }
 }
 
+/// A mount's source block device (major, minor) and its mount point.
+pub type DevMount = ((u32, u32), PathBuf);
+
 /// One mount (or mount being set up).
 #[derive(Debug)]
 pub struct Entry {
@@ -81,6 +84,8 @@ pub struct Entry {
     pub worker_start_time: u64,
     /// The first error the worker reported while serving (sanitized).
     pub error: Option<String>,
+    /// For a block device source: its device number (for power-off).
+    pub source_dev: Option<(u32, u32)>,
 }
 
 impl Entry {
@@ -167,6 +172,9 @@ pub struct Record {
     /// Records of older brokers have none (see `MountRef::find`).
     #[serde(default)]
     pub mount_unique_id: Option<u64>,
+    /// A block device source's device number; older records have none.
+    #[serde(default)]
+    pub source_dev: Option<(u32, u32)>,
 }
 
 /// Records larger than this are not records.
@@ -212,6 +220,7 @@ impl Entry {
                 .as_ref()
                 .map(|m| m.unique_id())
                 .or(self.pending_mount.map(|p| p.unique_id)),
+            source_dev: self.source_dev,
         })
     }
 }
@@ -336,6 +345,7 @@ impl State {
             error: None,
             pending_mount: None,
             worker_start_time: 0,
+            source_dev: None,
         });
         Ok(id)
     }
@@ -473,6 +483,30 @@ impl State {
             .iter()
             .find(|e| e.mountpoint == path)
             .map(|e| e.owner_uid)
+    }
+
+    /// Records the block device a mount is made from.
+    pub fn set_source_dev(&self, id: u64, dev: (u32, u32)) {
+        self.with_entry(id, |e| e.source_dev = Some(dev));
+        self.persist(id);
+    }
+
+    /// The mount at `path`: its block device, if it has one, and every
+    /// other mount's block device with its mount point (for power-off).
+    pub fn source_devs(&self, path: &Path) -> (Option<(u32, u32)>, Vec<DevMount>) {
+        let inner = self.lock();
+        let this = inner
+            .entries
+            .iter()
+            .find(|e| e.mountpoint == path)
+            .and_then(|e| e.source_dev);
+        let others = inner
+            .entries
+            .iter()
+            .filter(|e| e.mountpoint != path)
+            .filter_map(|e| e.source_dev.map(|d| (d, e.mountpoint.clone())))
+            .collect();
+        (this, others)
     }
 
     /// Starts unmounting `path` for `caller`: Mounted -> Unmounting.
@@ -794,6 +828,7 @@ impl State {
                 error: None,
                 pending_mount: None,
                 worker_start_time: record.worker_start_time,
+                source_dev: record.source_dev,
             });
         }
         tracing::info!(id, pid = record.worker_pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker");
@@ -928,6 +963,7 @@ mod tests {
             fuse_dev: Some((0, 4242)),
             mount_id: Some(99999),
             mount_unique_id: Some(1 << 40),
+            source_dev: None,
         }
     }
 

@@ -131,7 +131,8 @@ for f in /usr/sbin/safemountd /usr/bin/safemount "$default_worker" /usr/sbin/mou
 done
 check "the worker is installed at the broker's compiled-in default ($default_worker)" is_exec "$default_worker"
 for f in "$sock_unit" "$svc_unit" "$auto_unit" "$R/usr/lib/udev/rules.d/90-safemount.rules" \
-         "$policy" "$R/usr/lib/sysusers.d/safemount.conf" \
+         "$policy" "$R/usr/share/polkit-1/rules.d/20-safemount-udisks.rules" \
+         "$R/usr/lib/sysusers.d/safemount.conf" \
          "$R/usr/lib/tmpfiles.d/safemount.conf" "$R/usr/share/doc/safemount/copyright"; do
     check "installed: ${f#"$R"}" [ -f "$f" ]
 done
@@ -181,7 +182,7 @@ fi
 
 # What the worker's sandbox does must be allowed by the unit.
 capset=" $(key "$svc_unit" CapabilityBoundingSet) "
-for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_KILL CAP_DAC_READ_SEARCH; do
+for cap in CAP_SYS_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP CAP_KILL CAP_DAC_READ_SEARCH CAP_CHOWN; do
     check "CapabilityBoundingSet has $cap" grep -q " $cap " <<<"$capset"
 done
 restrict=" $(key "$svc_unit" RestrictNamespaces) "

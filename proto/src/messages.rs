@@ -40,6 +40,13 @@ pub enum ClientRequest {
         mountpoint: Option<PathBuf>,
         options: String,
     },
+    /// `safemount unmount --power-off`: unmount, then flush and power off
+    /// the drive the mount's block device is on, refused (before anything
+    /// is unmounted) while another partition of it is mounted or held.
+    /// Appended last, like [`ClientRequest::MountFor`].
+    UnmountPowerOff {
+        mountpoint: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +61,27 @@ pub enum MountSource {
 /// Broker -> client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerReply {
-    Hello { version: u32 },
-    Mounted { mountpoint: PathBuf, label: String },
+    Hello {
+        version: u32,
+    },
+    Mounted {
+        mountpoint: PathBuf,
+        label: String,
+    },
     Unmounted,
     Mounts(Vec<MountInfo>),
-    Error { kind: ErrorKind, message: String },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The answer to [`ClientRequest::UnmountPowerOff`]: unmounted and
+    /// flushed; `powered_off` false when the drive has no way to be
+    /// powered off (no USB or SCSI device to remove), so it was left in
+    /// place. Appended last.
+    PoweredOff {
+        drive: String,
+        powered_off: bool,
+    },
 }
 
 /// Coarse error classes, so the client can pick an exit code.

@@ -306,6 +306,23 @@ impl Broker {
         }
     }
 
+    /// `safemount unmount --power-off MNT`: Ok(stdout) or the client's
+    /// complaint (broker mode only).
+    pub fn unmount_power_off(&self, mnt: &Path) -> std::result::Result<String, CmdError> {
+        let out = self
+            .client(&["unmount".as_ref(), "--power-off".as_ref(), mnt.as_os_str()])
+            .map_err(|e| CmdError {
+                status: "spawn failed".into(),
+                stdout: String::new(),
+                stderr: format!("{e:#}"),
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(CmdError::from_output(&out))
+        }
+    }
+
     /// `safemount list --json`, parsed leniently (unknown fields kept in raw).
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         if let Mode::Kernel { mounts } = &self.mode {

@@ -61,7 +61,14 @@ enum Command {
         options: String,
     },
     /// Unmount a filesystem mounted by safemount.
-    Unmount { mountpoint: PathBuf },
+    Unmount {
+        mountpoint: PathBuf,
+        /// Then flush the drive and power it off, like `udisksctl
+        /// power-off` (refused, with nothing unmounted, while another
+        /// partition of the drive is mounted).
+        #[arg(long)]
+        power_off: bool,
+    },
     /// List safemount mounts (root sees all; others see their own).
     List {
         /// Print JSON instead of a table.
@@ -102,7 +109,14 @@ fn run(args: Args) -> Result<(), ClientError> {
             let (at, _label) = conn.mount(&source, mountpoint.as_deref(), &options)?;
             println!("{}", at.display());
         }
-        Command::Unmount { mountpoint } => conn.unmount(&mountpoint)?,
+        Command::Unmount {
+            mountpoint,
+            power_off: false,
+        } => conn.unmount(&mountpoint)?,
+        Command::Unmount {
+            mountpoint,
+            power_off: true,
+        } => println!("{}", conn.unmount_power_off(&mountpoint)?.describe()),
         Command::List { json } => {
             let mounts = conn.list()?;
             if json {

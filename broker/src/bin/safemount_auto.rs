@@ -32,6 +32,11 @@ struct Args {
     /// Unmount instead of mount.
     #[arg(long)]
     stop: bool,
+    /// With --stop: then flush the drive and power it off, as `safemount
+    /// unmount --power-off` does (a drive already unplugged is only
+    /// unmounted).
+    #[arg(long, requires = "stop")]
+    power_off: bool,
     /// Mount for this uid instead of asking logind.
     #[arg(long)]
     user: Option<u32>,
@@ -108,12 +113,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let dev = device_path(&args.devname)?;
     let conn = Connection::connect(&args.socket)?;
     if args.stop {
-        let gone = conn.unmount_source(&dev.to_string_lossy())?;
+        // An unplugged drive is gone from sysfs: nothing to power off.
+        let power_off = args.power_off && dev.exists();
+        let gone = conn.unmount_source(&dev.to_string_lossy(), power_off)?;
         if gone.is_empty() {
             tracing::info!(device = %dev.display(), "nothing mounted");
         }
-        for m in gone {
+        for (m, powered) in gone {
             tracing::info!(device = %dev.display(), mountpoint = %m.display(), "unmounted");
+            if let Some(p) = powered {
+                tracing::info!("{}", p.describe());
+            }
         }
         return Ok(());
     }

@@ -153,7 +153,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let state = state::State::with_dir(&state_dir)?;
     let restore_state = state.clone();
-    let restored = state.restore(move |id, why| server::worker_gone(&restore_state, id, why))?;
+    let restored =
+        state.restore(move |id, why| server::worker_gone(&restore_state, id, why, false))?;
     if restored.adopted + restored.cleaned > 0 {
         tracing::info!(
             adopted = restored.adopted,
