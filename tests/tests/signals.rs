@@ -25,6 +25,8 @@ use safemount_tests::ops;
 use safemount_tests::util::{Rng, TempDir, require_root};
 
 const MIB: u64 = 1 << 20;
+/// Files the load keeps at once (~50 MiB of the 256 MiB image).
+const MAX_LIVE_FILES: usize = 120;
 
 #[derive(Debug, Clone, Copy)]
 enum Event {
@@ -44,13 +46,18 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Writes and fsyncs files (each a new transaction: write-back and commits
 /// run all the time), renames some and removes some, until `done` is set
-/// and at least `min_files` exist. Returns what must be on disk.
-fn load(mnt: &Path, done: &AtomicBool, min_files: usize) -> std::io::Result<Written> {
+/// and at least `min_files` were written. Returns what must be on disk.
+fn load(
+    mnt: &Path,
+    done: &AtomicBool,
+    min_files: usize,
+    max_live: usize,
+) -> std::io::Result<Written> {
     let mut written = Written::new();
     let dir = mnt.join("load");
     fs::create_dir(&dir)?;
     let mut i = 0u64;
-    while !done.load(Ordering::Relaxed) || written.len() < min_files {
+    while !done.load(Ordering::Relaxed) || (i as usize) < min_files {
         let name = format!("load/f{i}");
         let len = (32 * 1024 + (i as usize * 40_961) % (768 * 1024)) & !7;
         let mut f = File::create(mnt.join(&name))?;
@@ -71,6 +78,13 @@ fn load(mnt: &Path, done: &AtomicBool, min_files: usize) -> std::io::Result<Writ
         }
         if i.is_multiple_of(13) {
             fs::create_dir(dir.join(format!("d{i}")))?;
+        }
+        // A bounded working set: an idle machine writes for the whole
+        // run, and the image must not fill up.
+        while written.len() > max_live {
+            if let Some((old, _)) = written.pop_first() {
+                fs::remove_file(mnt.join(old))?;
+            }
         }
         i += 1;
     }
@@ -94,6 +108,35 @@ fn alive(pid: i32) -> bool {
             s.rsplit_once(')')
                 .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
         })
+}
+
+/// The load alone, long enough for the directory to grow an extent tree
+/// while files are renamed in it (a rename once failed with EUCLEAN there:
+/// it looked the directory's blocks up through the committed tree, whose
+/// new index block the rename's own transaction had just made).
+#[test]
+fn load_alone_grows_and_renames_in_a_fragmented_directory() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        safemount_tests::skip::skip("the kernel stand-in has no worker");
+        return;
+    }
+    let tmp = TempDir::new("signals-load").unwrap();
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &[], 256 * MIB).unwrap();
+    let mnt: PathBuf = tmp.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.mount(&img, &mnt, "rw").unwrap();
+    let written = load(&mnt, &AtomicBool::new(true), 300, usize::MAX)
+        .unwrap_or_else(|e| panic!("the load failed: {e}\n{}", broker.log_tail(20)));
+    check(&mnt, &written);
+    broker.unmount(&mnt).unwrap();
+    if let Err(e) = fsck_clean(&img) {
+        panic!("image not clean after the load: {e:#}");
+    }
 }
 
 #[test]
@@ -133,7 +176,7 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
     let freezer = Freezer::adopt(pid).unwrap();
     let done = AtomicBool::new(false);
     let written = std::thread::scope(|s| {
-        let writer = s.spawn(|| load(&mnt, &done, 60));
+        let writer = s.spawn(|| load(&mnt, &done, 60, MAX_LIVE_FILES));
         for (n, ev) in events.iter().enumerate() {
             std::thread::sleep(Duration::from_millis(rng.next_u64() % 150));
             let hold = Duration::from_millis(10 + rng.next_u64() % 300);

@@ -390,7 +390,7 @@ impl Ext4 {
 
     /// Physical block of `lblk` if mapped and written (as this transaction
     /// sees the tree).
-    fn lookup_written(
+    pub(crate) fn lookup_written(
         &self,
         txn: &mut Txn<'_>,
         inode: &mut Inode,

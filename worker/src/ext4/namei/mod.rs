@@ -19,7 +19,6 @@ use std::collections::HashMap;
 
 use crate::ext4::dir::block::{self as dir_block, DirBlocks, DirCtx, Found, init_dir_block};
 use crate::ext4::error::{Error, Result};
-use crate::ext4::file::Mapping;
 use crate::ext4::ondisk::dir_entry::{DirentFormat, EXT4_NAME_LEN, file_type_of};
 use crate::ext4::ondisk::inode::{
     EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFDIR, S_IFLNK, inherited_flags,
@@ -52,16 +51,19 @@ impl<'a, 'fs> TxnDir<'a, 'fs> {
         }
     }
 
+    /// The physical block of `lblk`, as this transaction sees the tree:
+    /// an earlier edit in it (a new entry that grew the directory) may
+    /// have moved the tree to blocks only the transaction holds yet.
     fn pblk(&mut self, lblk: u64) -> Result<u64> {
         if let Some(p) = self.map.get(&lblk) {
             return Ok(*p);
         }
-        match self.fs.map_block(self.inode, lblk)? {
-            Mapping::Mapped { pblk, .. } => {
+        match self.fs.lookup_written(self.txn, self.inode, lblk)? {
+            Some(pblk) => {
                 self.map.insert(lblk, pblk);
                 Ok(pblk)
             }
-            Mapping::Hole { .. } => Err(Error::corrupt(
+            None => Err(Error::corrupt(
                 format!("directory {}: hole at logical block {lblk}", self.inode.ino),
                 self.fs.inode_block(self.inode.ino),
             )),
