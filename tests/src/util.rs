@@ -210,6 +210,14 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// `len` deterministic pseudo-random bytes: file contents a test writes
+/// and checks back.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
 /// Deterministic PRNG (splitmix64) for trees and corruptions.
 #[derive(Clone)]
 pub struct Rng(u64);

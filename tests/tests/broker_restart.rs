@@ -21,16 +21,10 @@ use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::ops;
 use safemount_tests::procfs;
-use safemount_tests::util::{Rng, TempDir, require_root, wait_until};
+use safemount_tests::util::{Rng, TempDir, pattern, require_root, wait_until};
 
 const CLIENTS: usize = 32;
 const MIB: u64 = 1 << 20;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
 
 /// Files fsync'd on each image: name → seed (length follows from it).
 type Synced = Vec<BTreeMap<String, u64>>;

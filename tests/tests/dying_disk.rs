@@ -19,15 +19,9 @@ use std::time::Duration;
 use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::ops;
-use safemount_tests::util::{Rng, TempDir, require_root, run_ok, wait_until};
+use safemount_tests::util::{TempDir, pattern, require_root, run_ok, wait_until};
 
 const MIB: u64 = 1 << 20;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
 
 /// Writes `data` to a new file and fsyncs it.
 fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {

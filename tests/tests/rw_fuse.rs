@@ -23,7 +23,7 @@ use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops;
 use safemount_tests::procfs;
-use safemount_tests::util::{Rng, TempDir, require_root, run, run_ok, wait_until};
+use safemount_tests::util::{TempDir, pattern, require_root, run, run_ok, wait_until};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -39,12 +39,6 @@ fn syncfs(p: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
 }
 
 /// Writing files, deleting them at once (closed, and still open), then

@@ -22,7 +22,7 @@ use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::interrupt::{self, Freezer};
 use safemount_tests::ops;
-use safemount_tests::util::{Rng, TempDir, require_root};
+use safemount_tests::util::{Rng, TempDir, pattern, require_root};
 
 const MIB: u64 = 1 << 20;
 /// Files the load keeps at once (~50 MiB of the 256 MiB image).
@@ -37,12 +37,6 @@ enum Event {
 
 /// What the load wrote: file name under the mount → (seed, length).
 type Written = BTreeMap<String, (u64, usize)>;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
-}
 
 /// Writes and fsyncs files (each a new transaction: write-back and commits
 /// run all the time), renames some and removes some, until `done` is set
