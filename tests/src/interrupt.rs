@@ -107,7 +107,10 @@ impl Drop for Freezer {
 pub fn stop(pid: i32) -> Result<()> {
     kill(Pid::from_raw(pid), Signal::SIGSTOP)?;
     let all_stopped = wait_until(Duration::from_secs(10), || {
-        threads(pid).is_ok_and(|tids| tids.iter().all(|t| thread_state(pid, *t) == Some('T')))
+        threads(pid).is_ok_and(|tids| {
+            tids.iter()
+                .all(|t| crate::procfs::task_state(pid, *t) == Some('T'))
+        })
     });
     if !all_stopped {
         bail!("worker {pid} did not stop within 10 s of SIGSTOP");
@@ -207,12 +210,4 @@ pub fn threads(pid: i32) -> Result<Vec<i32>> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect())
-}
-
-/// The one-letter state of thread `tid` of `pid` (R, S, D, T, t, Z...).
-fn thread_state(pid: i32, tid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: the state
-    // follows the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }

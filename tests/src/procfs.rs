@@ -108,6 +108,11 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// The one-letter state (R, S, D, T, t, Z...) of thread `tid` of `pid`.
+pub fn task_state(pid: i32, tid: i32) -> Option<char> {
+    stat_state(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?)
+}
+
 fn stat_after_comm(s: &str) -> Option<&str> {
     let end = s.rfind(')')?;
     s.get(end + 2..)

@@ -19,6 +19,7 @@ use std::time::Duration;
 use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::ops;
+use safemount_tests::procfs;
 use safemount_tests::util::{TempDir, pattern, require_root, run_ok, wait_until};
 
 const MIB: u64 = 1 << 20;
@@ -159,10 +160,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
         .unmount(&mnt)
         .unwrap_or_else(|e| panic!("unmount of a failed mount: {e}\n{}", broker.log_tail(20)));
     assert!(
-        wait_until(Duration::from_secs(10), || !Path::new(&format!(
-            "/proc/{pid}"
-        ))
-        .exists()),
+        wait_until(Duration::from_secs(10), || !procfs::pid_alive(pid)),
         "the worker is gone"
     );
 

@@ -22,6 +22,7 @@ use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::interrupt::{self, Freezer};
 use safemount_tests::ops;
+use safemount_tests::procfs;
 use safemount_tests::util::{Rng, TempDir, pattern, require_root};
 
 const MIB: u64 = 1 << 20;
@@ -94,14 +95,6 @@ fn check(mnt: &Path, written: &Written) {
             got.len()
         );
     }
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
 }
 
 /// The load alone, long enough for the directory to grow an extent tree
@@ -190,7 +183,7 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
                 panic!("event {n} ({ev:?}): {e:#}\n{}", broker.log_tail(20));
             }
             assert!(
-                alive(pid),
+                procfs::pid_alive(pid),
                 "the worker died after event {n} ({ev:?})\n{}",
                 broker.log_tail(20)
             );
@@ -201,7 +194,11 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
     drop(freezer);
     let written =
         written.unwrap_or_else(|e| panic!("the load failed: {e}\n{}", broker.log_tail(20)));
-    assert!(alive(pid), "the worker died\n{}", broker.log_tail(20));
+    assert!(
+        procfs::pid_alive(pid),
+        "the worker died\n{}",
+        broker.log_tail(20)
+    );
     assert_eq!(
         broker.worker_pid(&mnt).unwrap(),
         pid,

@@ -200,12 +200,11 @@ impl<D: BlockDevice> Watched<D> {
         self.errors.load(Ordering::Relaxed)
     }
 
-    fn note(&self, what: &str, offset: u64, r: io::Result<()>) -> io::Result<()> {
+    /// Counts a failed call and keeps the first one's description.
+    fn note(&self, r: io::Result<()>, what: impl FnOnce() -> String) -> io::Result<()> {
         if let Err(e) = &r {
             self.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = self
-                .first_error
-                .set(format!("device {what} at byte {offset} failed: {e}"));
+            let _ = self.first_error.set(format!("{} failed: {e}", what()));
         }
         r
     }
@@ -213,20 +212,17 @@ impl<D: BlockDevice> Watched<D> {
 
 impl<D: BlockDevice> BlockDevice for Watched<D> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.note("read", offset, self.inner.read_at(buf, offset))
+        let r = self.inner.read_at(buf, offset);
+        self.note(r, || format!("device read at byte {offset}"))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.note("write", offset, self.inner.write_at(buf, offset))
+        let r = self.inner.write_at(buf, offset);
+        self.note(r, || format!("device write at byte {offset}"))
     }
 
     fn flush(&self) -> io::Result<()> {
-        let r = self.inner.flush();
-        if let Err(e) = &r {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            let _ = self.first_error.set(format!("device flush failed: {e}"));
-        }
-        r
+        self.note(self.inner.flush(), || "device flush".to_owned())
     }
 
     fn size(&self) -> u64 {
