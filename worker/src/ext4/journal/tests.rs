@@ -172,11 +172,7 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     assert!(j.jsb.s_start != 0, "{name}: the copy has nothing to replay");
     // e2fsprogs' replay.
     let theirs = sc.path().join(format!("{name}.debugfs"));
-    copy(img, &theirs);
-    run_output(
-        "debugfs",
-        &["-w", "-R", "journal_run", theirs.to_str().unwrap()],
-    );
+    let debugfs_replayed = debugfs_journal_run(img, &theirs);
     // Our read-write replay (replay only, then the whole engine open).
     let ours = sc.path().join(format!("{name}.ours"));
     copy(img, &ours);
@@ -200,46 +196,34 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     // block of those the journal holds a newer copy of does not end up as
     // the journal logged it (seen when the kernel had not yet checkpointed
     // it). A replayed block where debugfs's result is not the journal's
-    // copy is left out here; below, ours must hold the journal's copy of every replayed
-    // block, and e2fsck must find ours clean.
+    // copy is left out here; below, ours must hold the journal's copy of
+    // every replayed block, and e2fsck must find ours clean.
     let block_of = |v: &[u8], blk: u64| v[(blk * bs) as usize..((blk + 1) * bs) as usize].to_vec();
-    let reverted: Vec<u64> = replay
-        .blocks
-        .iter()
-        .filter(|(blk, src)| {
-            matches!(src, Logged::Journal { .. })
-                && src
-                    .contents(&*jdev, bs)
-                    .is_ok_and(|want| block_of(&a, **blk) != want)
-        })
-        .map(|(blk, _)| *blk)
-        .collect();
+    let reverted: Vec<u64> = if !debugfs_replayed {
+        Vec::new()
+    } else {
+        replay
+            .blocks
+            .iter()
+            .filter(|(blk, src)| {
+                matches!(src, Logged::Journal { .. })
+                    && src
+                        .contents(&*jdev, bs)
+                        .is_ok_and(|want| block_of(&a, **blk) != want)
+            })
+            .map(|(blk, _)| *blk)
+            .collect()
+    };
     if !reverted.is_empty() {
         eprintln!("{name}: debugfs wrote its pre-replay copies back over blocks {reverted:?}");
     }
-    // debugfs may also write back a descriptor or bitmap block the journal
-    // does not hold at all (seen under load: block 16385, a group-2
-    // bitmap, neither the image's nor any logged copy). Ours must then have
-    // left that block exactly as the image had it: we write only what the
-    // journal logged (and the superblock).
-    let mut outside = Vec::new();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+    let compared = if debugfs_replayed { a.len() } else { 0 };
+    for (i, (x, y)) in a.iter().zip(&b).enumerate().take(compared) {
         let blk = i as u64 / bs;
         if (1024..2048).contains(&i) || reverted.contains(&blk) || x == y {
             continue;
         }
-        if !replay.blocks.contains_key(&blk) && *y == orig[i] {
-            if outside.last() != Some(&blk) {
-                outside.push(blk);
-            }
-            continue;
-        }
         panic!("{name}: byte {i} (block {blk}) differs from debugfs's replay: {x} vs ours {y}");
-    }
-    if !outside.is_empty() {
-        eprintln!(
-            "{name}: debugfs wrote blocks the journal does not hold: {outside:?}; ours left them as they were"
-        );
     }
     // Every replayed block holds what the journal logged for it.
     for (&blk, src) in &replay.blocks {
@@ -304,6 +288,37 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
         let _ = std::fs::remove_file(p);
     }
     (replay.blocks.len(), changed)
+}
+
+/// `debugfs -w -R journal_run` on a copy of `img` at `theirs`; whether it
+/// replayed (its copy's journal is then empty). It once left a copy
+/// untouched under load in CI, exit status 0 (debugfs reports command
+/// failures only in its output): it is run twice, and if it still has
+/// not replayed, the byte comparison with it is skipped with its output
+/// printed (the kernel and e2fsck oracles still apply).
+fn debugfs_journal_run(img: &Path, theirs: &Path) -> bool {
+    let mut said = String::new();
+    for _ in 0..2 {
+        copy(img, theirs);
+        let out = run_output(
+            "debugfs",
+            &["-w", "-R", "journal_run", theirs.to_str().unwrap()],
+        );
+        if journal_of(theirs).1.jsb.s_start == 0 {
+            return true;
+        }
+        said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "{}: skipping the comparison with debugfs, which did not replay the journal: {}",
+        img.display(),
+        said.trim()
+    );
+    false
 }
 
 fn churn8(m: &Path) {
