@@ -115,14 +115,27 @@ impl Connection {
     }
 
     /// Sends one request and returns the reply; a broker error becomes
-    /// [`ClientError::Broker`].
+    /// [`ClientError::Broker`]. Waits the broker announces are shown on
+    /// stderr.
     pub fn request(
         &self,
         req: &ClientRequest,
         fds: &[BorrowedFd<'_>],
     ) -> Result<BrokerReply, ClientError> {
         safemount_proto::send(self.sock.as_fd(), req, fds)?;
-        let (reply, _) = safemount_proto::recv::<BrokerReply>(self.sock.as_fd(), 0)?;
+        let reply = loop {
+            match safemount_proto::recv::<BrokerReply>(self.sock.as_fd(), 0)? {
+                (BrokerReply::Waiting { seconds, reason }, _) => {
+                    // A mount that must wait (multi-mount protection) says
+                    // so; the answer follows.
+                    eprintln!(
+                        "safemount: {} (up to {seconds} s)",
+                        crate::sanitize::display(reason.as_bytes())
+                    );
+                }
+                (reply, _) => break reply,
+            }
+        };
         match reply {
             BrokerReply::Error { kind, message } => Err(ClientError::Broker {
                 kind,

@@ -25,9 +25,7 @@ pub struct MountOptions {
     /// Allow executing files (clears MS_NOEXEC).
     pub exec: bool,
     pub atime: Atime,
-    /// `errors=`: validated and recorded by the broker (and logged); the
-    /// worker protocol has no field for it yet, so the worker keeps the
-    /// superblock's own error behaviour.
+    /// `errors=`; None: the superblock's own error behaviour.
     pub errors: Option<Errors>,
     /// `locking=` for image files.
     pub locking: Locking,
@@ -57,23 +55,8 @@ pub enum Atime {
     Relatime,
 }
 
-/// `errors=`: what a filesystem error does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Errors {
-    Continue,
-    RemountRo,
-    Panic,
-}
-
-impl Errors {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Continue => "continue",
-            Self::RemountRo => "remount-ro",
-            Self::Panic => "panic",
-        }
-    }
-}
+/// `errors=`: what a filesystem error does (the worker acts on it).
+pub use safemount_proto::Errors;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {

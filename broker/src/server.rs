@@ -570,9 +570,23 @@ impl Broker {
                 uid: self.identity.uid,
                 gid: self.identity.gid,
                 source_name: source.name.clone(),
+                errors: opts.errors,
             },
             source.fd.as_fd(),
             self.worker_timeout,
+            &mut |seconds, reason| {
+                // The client shows it; a client that is gone is found out
+                // after the probe.
+                if let Some(c) = client {
+                    let _ = send_reply(
+                        c,
+                        &BrokerReply::Waiting {
+                            seconds,
+                            reason: reason.to_owned(),
+                        },
+                    );
+                }
+            },
         )?;
         client_still_there(client)?;
         let label = sanitize::display(&report.label);

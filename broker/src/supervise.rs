@@ -329,20 +329,45 @@ fn reap(handle: &WorkerHandle, on_exit: impl FnOnce(&WaitStatus)) {
     handle.cv.notify_all();
 }
 
+/// A multi-mount protection claim waits at most twice (watch, confirm),
+/// each at most 2 x 300 s + 1 s capped at 300 s + 60 s (the worker caps the
+/// check interval at 300 s).
+const MAX_WAITS: usize = 2;
+const MAX_WAIT_SECS: u32 = 360;
+
 impl Worker {
     pub fn pid(&self) -> i32 {
         self.handle.pid()
     }
 
     /// Sends `Start` with the device fd and waits for the probe report.
+    /// Each `Waiting` the worker sends first (multi-mount protection) goes
+    /// to `on_wait` and extends the timeout by its length.
     pub fn start(
         &self,
         request: &WorkerRequest,
         device: std::os::fd::BorrowedFd<'_>,
         timeout: Duration,
+        on_wait: &mut dyn FnMut(u32, &str),
     ) -> Result<ProbeReport, SuperviseError> {
         self.send(request, &[device])?;
-        match self.recv_reply(timeout, "probe")? {
+        let mut waits = 0;
+        let mut allowance = timeout;
+        let reply = loop {
+            match self.recv_reply(allowance, "probe")? {
+                WorkerReply::Waiting { seconds, reason } if waits < MAX_WAITS => {
+                    waits += 1;
+                    let reason = crate::sanitize::display(reason.as_bytes());
+                    tracing::info!(seconds, "worker waits: {reason}");
+                    on_wait(seconds, &reason);
+                    // The worker's wait, then the usual allowance.
+                    let wait = u64::from(seconds.min(MAX_WAIT_SECS));
+                    allowance = timeout.saturating_add(Duration::from_secs(wait));
+                }
+                other => break other,
+            }
+        };
+        match reply {
             WorkerReply::Probed(report) => Ok(report),
             WorkerReply::Refused { reason } => Err(SuperviseError::Refused(
                 crate::sanitize::display(reason.as_bytes()),
@@ -354,6 +379,10 @@ impl Worker {
             WorkerReply::Health { .. } => Err(SuperviseError::Unexpected {
                 expected: "Probed",
                 got: "Health",
+            }),
+            WorkerReply::Waiting { .. } => Err(SuperviseError::Unexpected {
+                expected: "Probed",
+                got: "a third Waiting",
             }),
         }
     }
@@ -378,6 +407,10 @@ impl Worker {
             WorkerReply::Health { .. } => Err(SuperviseError::Unexpected {
                 expected: "Serving",
                 got: "Health",
+            }),
+            WorkerReply::Waiting { .. } => Err(SuperviseError::Unexpected {
+                expected: "Serving",
+                got: "Waiting",
             }),
         }
     }

@@ -82,6 +82,9 @@ pub enum BrokerReply {
         drive: String,
         powered_off: bool,
     },
+    /// Before the answer to a mount: it waits `seconds` (multi-mount
+    /// protection); `reason` is one line to show. More replies follow.
+    Waiting { seconds: u32, reason: String },
 }
 
 /// Coarse error classes, so the client can pick an exit code.
@@ -134,11 +137,34 @@ pub enum WorkerRequest {
         noload: bool,
         uid: u32,
         gid: u32,
-        /// Device path or image name, for log lines only.
+        /// Device path or image name, for log lines and the MMP block.
         source_name: String,
+        /// `errors=`; None: the superblock's own behaviour.
+        errors: Option<Errors>,
     },
     /// The filesystem is mounted; the `/dev/fuse` fd is attached.
     Serve,
+}
+
+/// `errors=`: what a filesystem error met while serving does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Errors {
+    /// The object that met it fails; the rest serves.
+    Continue,
+    /// Every later write fails with EROFS; reads go on.
+    RemountRo,
+    /// The worker aborts the mount and exits.
+    Panic,
+}
+
+impl Errors {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::RemountRo => "remount-ro",
+            Self::Panic => "panic",
+        }
+    }
 }
 
 /// Worker -> broker.
@@ -156,6 +182,9 @@ pub enum WorkerReply {
         read_only: bool,
         error: Option<String>,
     },
+    /// Before `Probed`: the worker waits `seconds` before it can answer
+    /// (multi-mount protection); `reason` is one line for the user.
+    Waiting { seconds: u32, reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

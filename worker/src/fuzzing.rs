@@ -58,7 +58,14 @@ pub fn sparse_from_image(img: &[u8]) -> Vec<u8> {
 /// Opens the image an input describes.
 fn open(data: &[u8], read_only: bool) -> Option<(Arc<MemDevice>, Ext4)> {
     let dev = Arc::new(MemDevice::new(image_from_sparse(data)?));
-    let fs = Ext4::open(dev.clone(), OpenOptions { read_only }).ok()?;
+    // A read-write MMP claim sleeps for seconds (its waits are the point):
+    // such images are written only by the MMP tests.
+    let read_only = read_only || crate::ext4::uses_mmp(&*dev).unwrap_or(false);
+    let opts = OpenOptions {
+        read_only,
+        ..OpenOptions::default()
+    };
+    let fs = Ext4::open(dev.clone(), opts).ok()?;
     Some((dev, fs))
 }
 
@@ -81,7 +88,7 @@ pub fn replay(data: &[u8]) {
     let _ = fs.shutdown();
     drop(fs);
     let again = Arc::new(MemDevice::new(dev.contents()));
-    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true }) {
+    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true, ..Default::default() }) {
         walk(&fs);
     }
 }
@@ -99,7 +106,7 @@ pub fn rw_ops(data: &[u8]) {
     let _ = fs.shutdown();
     drop(fs);
     let again = Arc::new(MemDevice::new(dev.contents()));
-    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true }) {
+    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true, ..Default::default() }) {
         walk(&fs);
     }
 }

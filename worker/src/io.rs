@@ -42,6 +42,12 @@ pub struct FdDevice {
     file: File,
     size: u64,
     direct: AtomicBool,
+    /// Direct I/O: a write that is not sector-aligned reads, patches and
+    /// writes back whole sectors, which would undo a concurrent write to
+    /// the rest of them (two 1 KiB blocks in one 4 KiB sector, or the MMP
+    /// thread beside the engine). Such writes take this exclusively,
+    /// aligned ones shared.
+    rmw: RwLock<()>,
 }
 
 impl FdDevice {
@@ -54,6 +60,7 @@ impl FdDevice {
             file,
             size: u64::try_from(size).map_err(|_| io::Error::other("negative device size"))?,
             direct: AtomicBool::new(false),
+            rmw: RwLock::new(()),
         })
     }
 
@@ -87,11 +94,13 @@ impl FdDevice {
     }
 }
 
-/// The aligned window `[start, start+len)` covering `[offset, offset+len)`.
-fn aligned_window(offset: u64, len: usize) -> (u64, usize) {
+/// The aligned window `[start, start+len)` covering `[offset, offset+len)`,
+/// ending at `size` at the latest (a block device's size is a multiple of
+/// its logical sector size, so that end is aligned enough).
+fn aligned_window(offset: u64, len: usize, size: u64) -> (u64, usize) {
     let a = DIRECT_ALIGN as u64;
     let start = offset / a * a;
-    let end = (offset + len as u64).div_ceil(a) * a;
+    let end = ((offset + len as u64).div_ceil(a) * a).min(size.max(offset + len as u64));
     (start, (end - start) as usize)
 }
 
@@ -131,7 +140,7 @@ impl BlockDevice for FdDevice {
         if !self.is_direct() {
             return self.file.read_exact_at(buf, offset);
         }
-        let (start, len) = aligned_window(offset, buf.len());
+        let (start, len) = aligned_window(offset, buf.len(), self.size);
         let mut bounce = AlignedBuf::new(len);
         self.file.read_exact_at(bounce.as_mut_slice(), start)?;
         let skip = (offset - start) as usize;
@@ -144,11 +153,13 @@ impl BlockDevice for FdDevice {
         if !self.is_direct() {
             return self.file.write_all_at(buf, offset);
         }
-        let (start, len) = aligned_window(offset, buf.len());
+        let (start, len) = aligned_window(offset, buf.len(), self.size);
         let mut bounce = AlignedBuf::new(len);
         let skip = (offset - start) as usize;
-        if skip != 0 || len != buf.len() {
-            // Partial sectors: read-modify-write.
+        let partial = skip != 0 || len != buf.len();
+        let _exclusive = partial.then(|| self.rmw.write().unwrap_or_else(|e| e.into_inner()));
+        let _shared = (!partial).then(|| self.rmw.read().unwrap_or_else(|e| e.into_inner()));
+        if partial {
             self.file.read_exact_at(bounce.as_mut_slice(), start)?;
         }
         bounce.as_mut_slice()[skip..skip + buf.len()].copy_from_slice(buf);
@@ -297,10 +308,13 @@ mod tests {
 
     #[test]
     fn aligned_window_covers_request() {
-        assert_eq!(aligned_window(0, 4096), (0, 4096));
-        assert_eq!(aligned_window(100, 10), (0, 4096));
-        assert_eq!(aligned_window(4000, 200), (0, 8192));
-        assert_eq!(aligned_window(8192, 1), (8192, 4096));
+        let big = 1 << 30;
+        assert_eq!(aligned_window(0, 4096, big), (0, 4096));
+        assert_eq!(aligned_window(100, 10, big), (0, 4096));
+        assert_eq!(aligned_window(4000, 200, big), (0, 8192));
+        assert_eq!(aligned_window(8192, 1, big), (8192, 4096));
+        // A device of 9 sectors of 512 bytes: the last window ends with it.
+        assert_eq!(aligned_window(4096, 512, 4608), (4096, 512));
     }
 
     #[test]
@@ -343,5 +357,46 @@ mod tests {
         assert_eq!(dev.alignment(), if direct { DIRECT_ALIGN } else { 1 });
         assert!(dev.read_at(&mut b, 3 * 4096 - 3).is_err());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Two threads writing the two halves of every 4 KiB sector, each
+    /// half a read-modify-write in direct mode: neither undoes the other.
+    #[test]
+    fn concurrent_partial_writes_keep_each_other() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/safemount-rmw-{}", std::process::id()));
+        let sectors = 256u64;
+        std::fs::write(&path, vec![0u8; (sectors * 4096) as usize]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let dev = FdDevice::new(f.into()).unwrap();
+        if dev.enable_direct_io().is_err() {
+            std::fs::remove_file(&path).unwrap();
+            crate::test_skip::skip("the target directory's filesystem refuses O_DIRECT");
+            return;
+        }
+        std::thread::scope(|s| {
+            for half in 0..2u64 {
+                let dev = &dev;
+                s.spawn(move || {
+                    for i in 0..sectors {
+                        dev.write_at(&[half as u8 + 1; 2048], i * 4096 + half * 2048)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let mut all = vec![0u8; (sectors * 4096) as usize];
+        dev.read_at(&mut all, 0).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for (i, sector) in all.chunks(4096).enumerate() {
+            assert!(
+                sector[..2048].iter().all(|&b| b == 1) && sector[2048..].iter().all(|&b| b == 2),
+                "sector {i} lost a half"
+            );
+        }
     }
 }

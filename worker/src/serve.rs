@@ -18,9 +18,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use safemount_proto::{PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, WorkerRequest};
+use std::time::Duration;
 
-use crate::ext4::{Ext4, OpenOptions};
+use safemount_proto::{
+    Errors, PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, WorkerRequest,
+};
+
+use crate::ext4::{ErrorBehaviour, Ext4, MmpOptions, OpenOptions};
 use crate::fuse::Adapter;
 use crate::io::{FdDevice, Watched};
 use crate::sandbox;
@@ -50,7 +54,14 @@ pub enum ServeError {
     Filesystem(crate::ext4::error::Error),
     #[error("FUSE handshake failed: {0}")]
     Handshake(std::io::Error),
+    #[error(
+        "cannot set O_DIRECT on the device ({0}), which multi-mount protection needs on a block device: mount read-only"
+    )]
+    DirectIo(std::io::Error),
 }
+
+/// Exit code of a worker that aborted its mount (errors=panic).
+pub const EXIT_ERRORS_PANIC: i32 = 4;
 
 fn name(req: &WorkerRequest) -> &'static str {
     match req {
@@ -129,6 +140,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         uid,
         gid,
         source_name,
+        errors,
     } = req
     else {
         return Err(ServeError::Unexpected(name(&req), "Start"));
@@ -137,6 +149,13 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         return Err(ServeError::Version(version));
     }
     let device = one_fd(fds)?;
+    // Before the sandbox, which has no uname or fstat: what multi-mount
+    // protection needs (this node's name; O_DIRECT on a block device).
+    let node = nix::sys::utsname::uname()
+        .map(|u| u.nodename().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let is_block_device = nix::sys::stat::fstat(&device)
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFBLK);
 
     // 2. Sandbox, before a single byte of the device is read.
     let keep = [libc::STDERR_FILENO, sock.as_raw_fd(), device.as_raw_fd()];
@@ -154,13 +173,19 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
     let device = Arc::new(Watched::new(
         FdDevice::new(device).map_err(ServeError::Device)?,
     ));
-    let opts = OpenOptions { read_only };
-    let fs = if noload {
-        Ext4::open_noload(device.clone(), opts)
-    } else {
-        Ext4::open(device.clone(), opts)
+    if !read_only
+        && is_block_device
+        && crate::ext4::uses_mmp(&*device).map_err(ServeError::Filesystem)?
+    {
+        // The MMP block must reach other hosts at once, and it shares the
+        // fd with everything else: all I/O goes direct from here on.
+        device
+            .inner()
+            .enable_direct_io()
+            .map_err(ServeError::DirectIo)?;
+        tracing::info!("{source_name:?}: multi-mount protection: direct I/O on");
     }
-    .map_err(ServeError::Filesystem)?;
+    let fs = open_telling_waits(sock, device.clone(), read_only, noload, errors, node, &source_name)?;
     let info = fs.info();
     let fs_read_only = info.read_only;
     tracing::info!(
@@ -207,6 +232,10 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
     config.clone_fd = false;
     config.acl = fuser::SessionACL::All;
     let fs = Arc::new(fs);
+    fs.set_abort_hook(Box::new(|why| {
+        tracing::error!("errors=panic: {why}; aborting the mount");
+        std::process::exit(EXIT_ERRORS_PANIC);
+    }));
     let session = fuser::Session::from_fd(
         Adapter::new(fs.clone(), fs_read_only),
         fuse_fd,
@@ -222,4 +251,57 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         device,
         read_only: fs_read_only,
     }))
+}
+
+/// Opens the filesystem; each wait of a multi-mount protection claim is
+/// told to the broker (`Waiting`) by a helper thread while the open runs.
+fn open_telling_waits(
+    sock: BorrowedFd<'_>,
+    device: Arc<Watched<FdDevice>>,
+    read_only: bool,
+    noload: bool,
+    errors: Option<Errors>,
+    node: String,
+    source_name: &str,
+) -> Result<Ext4, ServeError> {
+    let (tx, rx) = std::sync::mpsc::channel::<(Duration, String)>();
+    let opts = OpenOptions {
+        read_only,
+        errors: errors.map(|e| match e {
+            Errors::Continue => ErrorBehaviour::Continue,
+            Errors::RemountRo => ErrorBehaviour::RemountRo,
+            Errors::Panic => ErrorBehaviour::Panic,
+        }),
+        mmp: MmpOptions {
+            node,
+            device: source_name
+                .rsplit('/')
+                .next()
+                .unwrap_or(source_name)
+                .to_owned(),
+            on_wait: Some(Arc::new(move |wait: Duration, why: &str| {
+                let _ = tx.send((wait, why.to_owned()));
+            })),
+        },
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Ends when the open drops the options (and the sender).
+            for (wait, reason) in rx {
+                let msg = WorkerReply::Waiting {
+                    seconds: u32::try_from(wait.as_secs()).unwrap_or(u32::MAX),
+                    reason,
+                };
+                if let Err(e) = safemount_proto::send(sock, &msg, &[]) {
+                    tracing::warn!("cannot tell the broker about a wait: {e}");
+                }
+            }
+        });
+        if noload {
+            Ext4::open_noload(device, opts)
+        } else {
+            Ext4::open(device, opts)
+        }
+        .map_err(ServeError::Filesystem)
+    })
 }

@@ -396,7 +396,6 @@ impl Txn<'_> {
         let Some(Found { group, bit, len }) = found else {
             // The counters said there was space but no bitmap has any.
             let e = Error::corrupt("free block counts disagree with the block bitmaps", 0);
-            fs.corrupt_on_write(&e);
             return Err(e);
         };
         let first = fs
@@ -407,7 +406,6 @@ impl Txn<'_> {
                 format!("block bitmap of group {group} offers metadata blocks {first}+{len}"),
                 fs.group(group)?.bg_block_bitmap,
             );
-            fs.corrupt_on_write(&e);
             return Err(e);
         }
         let b = self.block_bitmap_mut(group)?;
@@ -433,7 +431,6 @@ impl Txn<'_> {
                 format!("freeing blocks {first}+{count}: outside the data area"),
                 first,
             );
-            fs.corrupt_on_write(&e);
             return Err(e);
         }
         let end = first.saturating_add(count64);
@@ -449,7 +446,6 @@ impl Txn<'_> {
             let bm = self.block_bitmap_mut(g)?;
             if (s..s.saturating_add(n)).any(|x| !bitmap::test(bm, x)) {
                 let e = Error::corrupt(format!("freeing blocks {b}+{n}: some are already free"), b);
-                fs.corrupt_on_write(&e);
                 return Err(e);
             }
             for x in s..s.saturating_add(n) {
@@ -603,7 +599,6 @@ impl Txn<'_> {
         let fs = self.fs();
         if ino < fs.sb.s_first_ino || ino > fs.sb.s_inodes_count {
             let e = Error::corrupt(format!("freeing reserved or bad inode {ino}"), 0);
-            fs.corrupt_on_write(&e);
             return Err(e);
         }
         let (g, bit) = fs.inode_group_index(ino)?;
@@ -612,7 +607,6 @@ impl Txn<'_> {
         let b = self.inode_bitmap_mut(g)?;
         if !bitmap::test(b, bit) {
             let e = Error::corrupt(format!("freeing inode {ino}: already free"), bitmap_block);
-            fs.corrupt_on_write(&e);
             return Err(e);
         }
         bitmap::clear(b, bit);

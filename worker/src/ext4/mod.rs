@@ -21,9 +21,11 @@ pub(crate) mod attr;
 pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod dir;
+pub(crate) mod fault;
 pub(crate) mod file;
 pub(crate) mod geometry;
 pub(crate) mod journal;
+pub(crate) mod mmp;
 pub(crate) mod mount;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
@@ -44,6 +46,8 @@ use std::sync::Arc;
 use crate::io::BlockDevice;
 
 pub use error::{Error, Result};
+pub use fault::{AbortHook, ErrorBehaviour};
+pub use mmp::{MmpOptions, WaitHook};
 pub use file::write::FallocMode;
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 
@@ -58,6 +62,10 @@ pub(crate) use txn::Txn;
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
     pub read_only: bool,
+    /// `errors=`; None: the superblock's s_errors.
+    pub errors: Option<ErrorBehaviour>,
+    /// This node and device for multi-mount protection (read-write only).
+    pub mmp: MmpOptions,
 }
 
 /// What the worker reports to the broker about the filesystem.
@@ -94,6 +102,8 @@ pub struct Ext4 {
     inodes: Lru<Arc<Inode>>,
     /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
     overhead_clusters: u64,
+    /// The claimed MMP block of a read-write MMP mount.
+    mmp: Option<mmp::MmpGuard>,
     /// Metadata block ranges `[start, end)`, sorted and merged (see
     /// `alloc::build_system_zone`).
     system_zone: Vec<(u64, u64)>,
@@ -111,6 +121,23 @@ enum OpenStage {
 /// Maps a failed device access at byte `offset` to `Error::Io`.
 fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { offset, source }
+}
+
+/// The metadata checksum seed: s_checksum_seed with csum_seed, else
+/// crc32c(~0, uuid).
+fn checksum_seed(sb: &Superblock) -> u32 {
+    if sb.has_incompat(sbf::INCOMPAT_CSUM_SEED) {
+        sb.s_checksum_seed
+    } else {
+        crc32c(!0, &sb.s_uuid)
+    }
+}
+
+/// Whether the filesystem on `dev` uses multi-mount protection (reads only
+/// the superblock; MMP itself is not touched).
+pub fn uses_mmp(dev: &dyn BlockDevice) -> Result<bool> {
+    let sb = Superblock::parse(&read_superblock(dev)?, dev.size())?;
+    Ok(sb.has_incompat(sbf::INCOMPAT_MMP))
 }
 
 /// The superblock's bytes as they are on the device.
@@ -132,24 +159,62 @@ impl Ext4 {
     /// memory on a read-only mount, in place on a read-write one; the
     /// result is then opened and checked as on a fresh open.
     pub fn open(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
-        let (dev, _) = journal::recover_at_open(dev, &opts, true)?;
-        Self::open_stage(dev, opts, OpenStage::Full { unrecovered: false })
+        Self::open_full(dev, opts, true)
     }
 
     /// `-o noload`: like [`Ext4::open`] without journal replay, read-only
     /// only when the journal needs recovery (the unrecovered state shows).
     pub fn open_noload(dev: Arc<dyn BlockDevice>, opts: OpenOptions) -> Result<Ext4> {
-        let (dev, unrecovered) = journal::recover_at_open(dev, &opts, false)?;
-        Self::open_stage(dev, opts, OpenStage::Full { unrecovered })
+        Self::open_full(dev, opts, false)
+    }
+
+    /// A read-write open of an MMP filesystem claims the MMP block first,
+    /// before anything is written (the journal replay included).
+    fn open_full(dev: Arc<dyn BlockDevice>, opts: OpenOptions, replay: bool) -> Result<Ext4> {
+        let sb = Superblock::parse(&read_superblock(&*dev)?, dev.size())?;
+        mount::check_features(&sb, true)?;
+        let faults = Arc::new(fault::Faults::new(
+            opts.errors
+                .unwrap_or_else(|| ErrorBehaviour::from_superblock(sb.s_errors)),
+        ));
+        let mmp = if !opts.read_only
+            && sb.has_incompat(sbf::INCOMPAT_MMP)
+            && mount::rw_refusal(&sb).is_none()
+        {
+            let seed = sb
+                .has_ro_compat(sbf::RO_COMPAT_METADATA_CSUM)
+                .then(|| checksum_seed(&sb));
+            Some(mmp::claim(&dev, &sb, seed, &opts.mmp, faults.clone())?)
+        } else {
+            None
+        };
+        // A failure from here on drops the claim: the clean sequence is
+        // written back.
+        let (dev, unrecovered) = journal::recover_at_open(dev, &opts, replay)?;
+        let stage = OpenStage::Full { unrecovered };
+        let mut fs = Self::open_stage(dev, opts, stage, faults, mmp.is_some())?;
+        fs.mmp = mmp;
+        Ok(fs)
     }
 
     /// Opens read-only as far as reading the journal needs: superblock,
     /// feature policy, group descriptors, MMP (no root check, no replay).
     pub(crate) fn open_for_journal(dev: Arc<dyn BlockDevice>) -> Result<Ext4> {
-        Self::open_stage(dev, OpenOptions { read_only: true }, OpenStage::Journal)
+        let opts = OpenOptions { read_only: true,
+            ..OpenOptions::default() };
+        let faults = Arc::new(fault::Faults::new(ErrorBehaviour::RemountRo));
+        Self::open_stage(dev, opts, OpenStage::Journal, faults, false)
     }
 
-    fn open_stage(dev: Arc<dyn BlockDevice>, opts: OpenOptions, stage: OpenStage) -> Result<Ext4> {
+    /// `mmp_claimed`: a read-write open holds the MMP block (no read-only
+    /// MMP check then).
+    fn open_stage(
+        dev: Arc<dyn BlockDevice>,
+        opts: OpenOptions,
+        stage: OpenStage,
+        faults: Arc<fault::Faults>,
+        mmp_claimed: bool,
+    ) -> Result<Ext4> {
         let raw = read_superblock(&*dev)?;
         let sb = Superblock::parse(&raw, dev.size())?;
         mount::check_features(&sb, true)?;
@@ -165,12 +230,8 @@ impl Ext4 {
             read_only = true;
         }
         let block_size = sb.block_size();
-        let csum_seed = if sb.has_incompat(sbf::INCOMPAT_CSUM_SEED) {
-            sb.s_checksum_seed
-        } else {
-            crc32c(!0, &sb.s_uuid)
-        };
-        let rw = mount::RwState::new(&sb, raw);
+        let csum_seed = checksum_seed(&sb);
+        let rw = mount::RwState::new(&sb, raw, faults);
         let mut fs = Ext4 {
             dev,
             sb,
@@ -183,10 +244,11 @@ impl Ext4 {
             inodes: Lru::new(DEFAULT_INODE_CACHE_ENTRIES),
             overhead_clusters: 0,
             system_zone: Vec::new(),
+            mmp: None,
         };
         fs.groups = fs.load_group_descs()?;
         fs.system_zone = fs.build_system_zone();
-        if fs.sb.has_incompat(sbf::INCOMPAT_MMP) {
+        if fs.sb.has_incompat(sbf::INCOMPAT_MMP) && stage != OpenStage::Journal && !mmp_claimed {
             fs.check_mmp()?;
         }
         if stage == OpenStage::Journal {
@@ -476,9 +538,7 @@ impl Ext4 {
             tracing::warn!(
                 "serving read-only: {bad_csums} group descriptor checksum(s) failed; run e2fsck"
             );
-            self.rw
-                .read_only
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.rw.faults.set_read_only();
         }
         Ok(out)
     }
@@ -501,10 +561,9 @@ impl Ext4 {
                 "e2fsck is running on the filesystem (MMP: {})",
                 m.holder()
             ))),
-            // Writing under MMP is not supported yet (open serves such a
-            // filesystem read-only), and the kernel skips MMP entirely on
-            // read-only mounts: no claim, no 2*interval wait. A holder on
-            // another node may change the disk under us; say so.
+            // The kernel skips MMP entirely on read-only mounts: no claim,
+            // no wait. A holder on another node may change the disk under
+            // us; say so.
             MmpState::InUse(_) => {
                 tracing::warn!(
                     holder = %m.holder(),
@@ -801,7 +860,7 @@ mod tests {
         data[(leaf * 1024 + 20) as usize] ^= 0x40;
         let fs = Ext4::open(
             Arc::new(crate::io::MemDevice::new(data)),
-            OpenOptions { read_only: true },
+            OpenOptions { read_only: true, ..Default::default() },
         )
         .unwrap();
         let mut buf = vec![0u8; 4096];
@@ -826,7 +885,7 @@ mod tests {
         let open = |d: Vec<u8>| {
             Ext4::open(
                 Arc::new(crate::io::MemDevice::new(d)),
-                OpenOptions { read_only: true },
+                OpenOptions { read_only: true, ..Default::default() },
             )
         };
         // Superblock byte flip: checksum.
@@ -866,7 +925,7 @@ mod tests {
             d[1024 + off..1024 + off + 4].copy_from_slice(&v.to_le_bytes());
             Ext4::open(
                 Arc::new(crate::io::MemDevice::new(d)),
-                OpenOptions { read_only: ro },
+                OpenOptions { read_only: ro, ..Default::default() },
             )
         };
         let e = with(0x60, 1 << 31, true).err().unwrap().to_string();
@@ -938,7 +997,7 @@ mod tests {
         d[at + 1020..at + 1024].copy_from_slice(&c.to_le_bytes());
         let e = Ext4::open(
             Arc::new(crate::io::MemDevice::new(d)),
-            OpenOptions { read_only: true },
+            OpenOptions { read_only: true, ..Default::default() },
         )
         .err()
         .unwrap()
@@ -975,7 +1034,7 @@ mod corpus {
                 continue;
             };
             let dev = Arc::new(crate::io::MemDevice::new(image));
-            let fs = match Ext4::open(dev, OpenOptions { read_only: true }) {
+            let fs = match Ext4::open(dev, OpenOptions { read_only: true, ..Default::default() }) {
                 Ok(fs) => fs,
                 Err(e) => {
                     refused += 1;

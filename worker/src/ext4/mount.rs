@@ -5,9 +5,10 @@
 //! mount read-only after an error.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::fault::Faults;
 use super::journal::Journal;
 use super::journal::log::Log;
 use super::ondisk::group_desc::GroupDesc;
@@ -25,17 +26,9 @@ pub(crate) struct RwState {
     pub(super) gdt: RwLock<Vec<GroupDesc>>,
     /// Live superblock.
     pub(super) sb: Mutex<LiveSb>,
-    /// Set when a write failed or metadata was found corrupt on a write
-    /// path: the mount turns read-only (errors=remount-ro).
-    pub(super) read_only: AtomicBool,
-    /// Whether an error was seen (the superblock is then left not-clean).
-    pub(super) errors: AtomicBool,
-    /// Set when a device write or flush failed: every later fsync fails
-    /// with EIO (what was written since the last good one may be lost),
-    /// never a silent success.
-    pub(super) write_lost: AtomicBool,
-    /// Why the mount turned read-only, the first time it did.
-    pub(super) fault: std::sync::OnceLock<String>,
+    /// Read-only after an error, errors=, lost writes, MMP fencing
+    /// (shared with the MMP thread).
+    pub(super) faults: Arc<Faults>,
     /// Next inode generation.
     pub(super) generation: AtomicU32,
     /// Unlinked inodes (links_count 0) still open through FUSE: readable
@@ -66,7 +59,7 @@ pub(crate) struct LiveSb {
 }
 
 impl RwState {
-    pub(super) fn new(sb: &Superblock, raw: Vec<u8>) -> RwState {
+    pub(super) fn new(sb: &Superblock, raw: Vec<u8>, faults: Arc<Faults>) -> RwState {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
@@ -86,10 +79,7 @@ impl RwState {
                 state_at_mount: sb.s_state,
                 kbytes_at_mount: sb.s_kbytes_written,
             }),
-            read_only: AtomicBool::new(false),
-            errors: AtomicBool::new(false),
-            write_lost: AtomicBool::new(false),
-            fault: std::sync::OnceLock::new(),
+            faults,
             generation: AtomicU32::new(hashed),
             held_orphans: Mutex::new(BTreeSet::new()),
             written: AtomicU64::new(0),
@@ -203,10 +193,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             sbf::INCOMPAT_CASEFOLD,
             "casefold (case-insensitive name hashing is not implemented)",
         ),
-        (
-            sbf::INCOMPAT_MMP,
-            "mmp (the multi-mount protection update thread is not implemented)",
-        ),
     ];
     for (bit, why) in incompat_unwritable {
         if sb.has_incompat(bit) {
@@ -227,7 +213,7 @@ impl Ext4 {
     /// Whether writes are refused (opened read-only, or turned read-only
     /// after an error).
     pub(crate) fn is_read_only(&self) -> bool {
-        self.read_only || self.rw.read_only.load(Ordering::Acquire)
+        self.read_only || self.rw.faults.is_read_only()
     }
 
     /// Unmount: waits for the running transaction, marks the superblock
@@ -240,8 +226,12 @@ impl Ext4 {
             return Ok(());
         }
         let _lock = self.rw.txn_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.rw.read_only.swap(true, Ordering::AcqRel) && !self.rw.errors.load(Ordering::Acquire)
-        {
+        let faults = &self.rw.faults;
+        if faults.is_fenced() {
+            // Another node owns the filesystem: not a byte more.
+            return Ok(());
+        }
+        if faults.swap_read_only() && !faults.has_errors() {
             // Already shut down.
             return Ok(());
         }
@@ -249,7 +239,7 @@ impl Ext4 {
         {
             let mut live = self.rw.live_sb();
             let mut state = live.state_at_mount;
-            if self.rw.errors.load(Ordering::Acquire) {
+            if faults.has_errors() || live.sb.s_state & sbf::STATE_ERROR_FS != 0 {
                 state |= sbf::STATE_ERROR_FS;
             }
             live.sb.s_state = state;
@@ -278,6 +268,10 @@ impl Ext4 {
         drop(live);
         self.flush_device()?;
         tracing::info!("filesystem marked clean and flushed");
+        if let Some(mmp) = &self.mmp {
+            // After the last write: the clean sequence.
+            mmp.release();
+        }
         Ok(())
     }
 
@@ -299,7 +293,7 @@ impl Ext4 {
                 tracing::warn!(
                     "serving read-only: orphan inodes cannot be cleaned up: {e}; run e2fsck"
                 );
-                self.rw.read_only.store(true, Ordering::Release);
+                self.rw.faults.set_read_only();
                 return Ok(());
             }
         };
@@ -309,7 +303,7 @@ impl Ext4 {
                 "serving read-only: {} orphan inode(s) on a filesystem with errors; run e2fsck",
                 orphans.len()
             );
-            self.rw.read_only.store(true, Ordering::Release);
+            self.rw.faults.set_read_only();
             return Ok(());
         }
         *self.rw.gdt.write().unwrap_or_else(|e| e.into_inner()) = self.groups.clone();
@@ -391,26 +385,12 @@ impl Ext4 {
     /// A device write or flush failed: the mount turns read-only, the
     /// superblock will not be marked clean, and every later fsync fails.
     pub(crate) fn write_failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        self.rw.write_lost.store(true, Ordering::Release);
-        self.turn_read_only(format!("{what} failed: {error}"));
+        self.rw.faults.write_failed(format!("{what} failed: {error}"));
     }
 
-    /// Corruption found on a write path: read-only from now on
-    /// (errors=remount-ro), logged once per call.
-    pub(crate) fn corrupt_on_write(&self, e: &Error) {
-        self.turn_read_only(e.to_string());
-    }
-
-    fn turn_read_only(&self, why: String) {
-        tracing::error!("{why}: the filesystem is now read-only");
-        let _ = self.rw.fault.set(why);
-        self.rw.errors.store(true, Ordering::Release);
-        self.rw.read_only.store(true, Ordering::Release);
-    }
-
-    /// Why a read-write mount turned read-only while serving (a failed
-    /// device write, corruption met on a write path), if it did.
+    /// Why a read-write mount turned read-only while serving, or the first
+    /// error it met (a failed device write, corruption, an MMP conflict).
     pub fn fault(&self) -> Option<&str> {
-        self.rw.fault.get().map(String::as_str)
+        self.rw.faults.first()
     }
 }

@@ -208,7 +208,7 @@ impl Ext4 {
                 };
                 let e =
                     Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), block);
-                self.corrupt_on_write(&e);
+                self.fs_error("orphan cleanup", ino, &e);
                 break;
             }
         }
@@ -453,7 +453,7 @@ mod tests {
             let dev2 = Arc::new(MemDevice::new(im.dev.contents()));
             let fs2 = Ext4::open(
                 dev2.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false },
+                OpenOptions { read_only: false, ..Default::default() },
             )
             .unwrap();
             assert!(!fs2.is_read_only(), "{args:?}");
@@ -515,7 +515,7 @@ mod tests {
         let dev = Arc::new(MemDevice::new(std::fs::read(img).unwrap()));
         let fs = Ext4::open(
             dev.clone() as Arc<dyn BlockDevice>,
-            OpenOptions { read_only: false },
+            OpenOptions { read_only: false, ..Default::default() },
         )
         .unwrap();
         let ro = fs.is_read_only();
@@ -592,7 +592,7 @@ mod tests {
         let (blocks, seed, bs) = {
             let fs = Ext4::open(
                 Arc::new(MemDevice::new(data.clone())) as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: true },
+                OpenOptions { read_only: true, ..Default::default() },
             )
             .unwrap();
             let (b, s) = fs.orphan_file_blocks().unwrap().unwrap();
@@ -789,7 +789,7 @@ mod tests {
             let dev = Arc::new(MemDevice::new(before.clone()));
             let fs = Ext4::open(
                 dev.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false },
+                OpenOptions { read_only: false, ..Default::default() },
             )
             .unwrap();
             assert!(fs.is_read_only(), "{what}");

@@ -244,12 +244,9 @@ impl<'fs> Txn<'fs> {
     pub(crate) fn commit(mut self) -> Result<()> {
         match self.prepare() {
             Ok(()) => {}
-            Err(e) => {
-                if matches!(e, Error::Corrupt { .. }) {
-                    self.fs.corrupt_on_write(&e);
-                }
-                return Err(e);
-            }
+            // Nothing was applied; the caller's errors= handling (the
+            // FUSE adapter's `fail`) records corruption.
+            Err(e) => return Err(e),
         }
         let fs = self.fs;
         // Into the write-back set and the caches; the device gets the
@@ -578,7 +575,7 @@ mod tests {
         d[4096 + 64 + 0x10] ^= 1; // group 1's used_dirs_count
         let fs = Ext4::open(
             std::sync::Arc::new(crate::io::MemDevice::new(d.clone())),
-            super::super::OpenOptions { read_only: false },
+            super::super::OpenOptions { read_only: false, ..Default::default() },
         )
         .unwrap();
         assert!(fs.info().read_only);

@@ -169,7 +169,7 @@ impl Ext4 {
     /// or flush has failed, every fsync fails: what was written since the
     /// last good one may be lost.
     pub(crate) fn flush(&self) -> Result<()> {
-        if self.rw.write_lost.load(Ordering::Acquire) {
+        if self.rw.faults.write_lost() {
             return Err(Error::WriteLost);
         }
         if self.is_read_only() {

@@ -61,7 +61,8 @@ impl Adapter {
         }
     }
 
-    /// Maps `err`, logging each corrupt object once.
+    /// Maps `err`, logging each corrupt object once and handing it to the
+    /// engine's `errors=` handling.
     pub(super) fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
         match err {
             Error::Corrupt { what, block } => {
@@ -70,6 +71,9 @@ impl Adapter {
                 });
                 if first {
                     tracing::warn!("{op} of inode {ino}: {err}");
+                    // errors=: recorded in the superblock once per
+                    // corrupt object, then continue, read-only or abort.
+                    self.fs.fs_error(op, ino, err);
                 }
             }
             Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),

@@ -3,7 +3,7 @@
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::util::{le16, le32, le64, take, until_nul};
+use crate::ext4::util::{le16, le32, le64, put, put_le16, put_le32, put_le64, take, until_nul};
 
 pub(crate) const EXT4_MMP_MAGIC: u32 = 0x004D_4D50;
 /// The filesystem is not in use.
@@ -11,7 +11,6 @@ pub(crate) const EXT4_MMP_SEQ_CLEAN: u32 = 0xFF4D_4D50;
 /// e2fsck is running.
 pub(crate) const EXT4_MMP_SEQ_FSCK: u32 = 0xE24D_4D50;
 /// Largest sequence number a live node writes.
-#[expect(dead_code, reason = "on-disk format value the engine does not act on")]
 pub(crate) const EXT4_MMP_SEQ_MAX: u32 = 0xE24D_4D4F;
 /// Offset of `mmp_checksum`; the checksum covers the bytes before it.
 const MMP_CHECKSUM_OFFSET: usize = 1020;
@@ -69,6 +68,23 @@ impl Mmp {
         Ok(m)
     }
 
+    /// Serializes into the first [`MMP_SIZE`] bytes of `b` (the rest of
+    /// the block is left as it is), with the checksum when `csum_seed` is
+    /// Some.
+    pub(crate) fn write(&self, b: &mut [u8], csum_seed: Option<u32>) {
+        put_le32(b, 0, self.mmp_magic);
+        put_le32(b, 4, self.mmp_seq);
+        put_le64(b, 8, self.mmp_time);
+        put(b, 16, &self.mmp_nodename);
+        put(b, 80, &self.mmp_bdevname);
+        put_le16(b, 112, self.mmp_check_interval);
+        let csum = match csum_seed {
+            Some(seed) => crc32c(seed, b.get(..MMP_CHECKSUM_OFFSET).unwrap_or(&[])),
+            None => self.mmp_checksum,
+        };
+        put_le32(b, MMP_CHECKSUM_OFFSET, csum);
+    }
+
     pub(crate) fn state(&self) -> MmpState {
         match self.mmp_seq {
             EXT4_MMP_SEQ_CLEAN => MmpState::Clean,
@@ -118,6 +134,17 @@ mod tests {
             Mmp::parse(&sample(42), 3, None).unwrap().state(),
             MmpState::InUse(42)
         );
+    }
+
+    #[test]
+    fn write_round_trips() {
+        let mut m = Mmp::parse(&sample(7), 3, Some(9)).unwrap();
+        m.mmp_seq = 8;
+        m.mmp_nodename = [b'n'; 64];
+        let mut b = sample(7);
+        m.write(&mut b, Some(9));
+        assert_eq!(Mmp::parse(&b, 3, Some(9)).unwrap().mmp_seq, 8);
+        assert_eq!(Mmp::parse(&b, 3, Some(9)).unwrap().mmp_nodename, [b'n'; 64]);
     }
 
     #[test]
