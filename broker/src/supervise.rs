@@ -570,7 +570,12 @@ exit 0"#,
         let w = spawn_retry(&p, |_| {});
         let dev = std::fs::File::open("/dev/null").unwrap();
         let err = w
-            .start(&WorkerRequest::Serve, dev.as_fd(), Duration::from_secs(10))
+            .start(
+                &WorkerRequest::Serve,
+                dev.as_fd(),
+                Duration::from_secs(10),
+                &mut |_, _| {},
+            )
             .unwrap_err();
         std::fs::remove_file(&p).unwrap();
         // The send may race the exit; either way the error says it died.
@@ -590,6 +595,7 @@ exit 0"#,
                 &WorkerRequest::Serve,
                 dev.as_fd(),
                 Duration::from_millis(200),
+                &mut |_, _| {},
             )
             .unwrap_err();
         w.handle.kill_and_reap(Duration::from_secs(10)).unwrap();

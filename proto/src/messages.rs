@@ -84,7 +84,10 @@ pub enum BrokerReply {
     },
     /// Before the answer to a mount: it waits `seconds` (multi-mount
     /// protection); `reason` is one line to show. More replies follow.
-    Waiting { seconds: u32, reason: String },
+    Waiting {
+        seconds: u32,
+        reason: String,
+    },
 }
 
 /// Coarse error classes, so the client can pick an exit code.

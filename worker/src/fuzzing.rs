@@ -88,7 +88,13 @@ pub fn replay(data: &[u8]) {
     let _ = fs.shutdown();
     drop(fs);
     let again = Arc::new(MemDevice::new(dev.contents()));
-    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true, ..Default::default() }) {
+    if let Ok(fs) = Ext4::open(
+        again,
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
         walk(&fs);
     }
 }
@@ -106,7 +112,13 @@ pub fn rw_ops(data: &[u8]) {
     let _ = fs.shutdown();
     drop(fs);
     let again = Arc::new(MemDevice::new(dev.contents()));
-    if let Ok(fs) = Ext4::open(again, OpenOptions { read_only: true, ..Default::default() }) {
+    if let Ok(fs) = Ext4::open(
+        again,
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
         walk(&fs);
     }
 }

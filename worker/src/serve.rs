@@ -154,8 +154,8 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
     let node = nix::sys::utsname::uname()
         .map(|u| u.nodename().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let is_block_device = nix::sys::stat::fstat(&device)
-        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFBLK);
+    let is_block_device =
+        nix::sys::stat::fstat(&device).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFBLK);
 
     // 2. Sandbox, before a single byte of the device is read.
     let keep = [libc::STDERR_FILENO, sock.as_raw_fd(), device.as_raw_fd()];
@@ -185,7 +185,15 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
             .map_err(ServeError::DirectIo)?;
         tracing::info!("{source_name:?}: multi-mount protection: direct I/O on");
     }
-    let fs = open_telling_waits(sock, device.clone(), read_only, noload, errors, node, &source_name)?;
+    let fs = open_telling_waits(
+        sock,
+        device.clone(),
+        read_only,
+        noload,
+        errors,
+        node,
+        &source_name,
+    )?;
     let info = fs.info();
     let fs_read_only = info.read_only;
     tracing::info!(

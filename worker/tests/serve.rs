@@ -211,6 +211,7 @@ fn start_worker(device: OwnedFd, read_only: bool, version: u32) -> (Broker, Work
             uid,
             gid,
             source_name: "test image".into(),
+            errors: None,
         },
         &[device.as_fd()],
     )

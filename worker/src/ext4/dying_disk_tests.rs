@@ -46,7 +46,14 @@ fn byte_range(img: &Path, what: &str) -> std::ops::Range<u64> {
 }
 
 fn open_rw(dev: Arc<dyn BlockDevice>) -> Ext4 {
-    Ext4::open(dev, OpenOptions { read_only: false, ..Default::default() }).unwrap()
+    Ext4::open(
+        dev,
+        OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn read_all(fs: &Ext4, name: &[u8]) -> super::Result<Vec<u8>> {
@@ -85,7 +92,14 @@ fn an_unreadable_block_fails_only_its_file() {
     let sc = Scratch::new("dying-read");
     let img = image(&sc);
     let dev = Arc::new(Watched::new(Failing::new(std::fs::read(&img).unwrap())));
-    let fs = Ext4::open(dev.clone(), OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let fs = Ext4::open(
+        dev.clone(),
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     dev.inner()
         .fail(Fault::new(Call::Read, byte_range(&img, "/a"), libc::EIO));
     match read_all(&fs, b"a") {

@@ -136,7 +136,10 @@ fn intervals(sb: &Superblock, block_check: u16) -> (Duration, u16, Duration) {
         .max(MIN_CHECK_INTERVAL)
         .max(block_check.min(MAX_CHECK_INTERVAL));
     let c = u64::from(check);
-    let wait = c.saturating_mul(2).saturating_add(1).min(c.saturating_add(60));
+    let wait = c
+        .saturating_mul(2)
+        .saturating_add(1)
+        .min(c.saturating_add(60));
     (
         Duration::from_secs(u64::from(update)),
         check,
@@ -260,7 +263,9 @@ fn keep_fresh(
                 ));
                 return;
             }
-            Ok((_, seen)) if seen.mmp_seq != ours.mmp_seq || seen.mmp_nodename != ours.mmp_nodename => {
+            Ok((_, seen))
+                if seen.mmp_seq != ours.mmp_seq || seen.mmp_nodename != ours.mmp_nodename =>
+            {
                 faults.fence(format!(
                     "multi-mount protection: the MMP block was written by {} while mounted here; the filesystem seems to be mounted twice; stopped writing",
                     seen.holder()
@@ -313,11 +318,7 @@ impl MmpGuard {
             *stopped = true;
         }
         self.stop.1.notify_all();
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle
             && h.join().is_err()
         {

@@ -47,8 +47,8 @@ use crate::io::BlockDevice;
 
 pub use error::{Error, Result};
 pub use fault::{AbortHook, ErrorBehaviour};
-pub use mmp::{MmpOptions, WaitHook};
 pub use file::write::FallocMode;
+pub use mmp::{MmpOptions, WaitHook};
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 
 use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, Lru};
@@ -200,8 +200,10 @@ impl Ext4 {
     /// Opens read-only as far as reading the journal needs: superblock,
     /// feature policy, group descriptors, MMP (no root check, no replay).
     pub(crate) fn open_for_journal(dev: Arc<dyn BlockDevice>) -> Result<Ext4> {
-        let opts = OpenOptions { read_only: true,
-            ..OpenOptions::default() };
+        let opts = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
         let faults = Arc::new(fault::Faults::new(ErrorBehaviour::RemountRo));
         Self::open_stage(dev, opts, OpenStage::Journal, faults, false)
     }
@@ -860,7 +862,10 @@ mod tests {
         data[(leaf * 1024 + 20) as usize] ^= 0x40;
         let fs = Ext4::open(
             Arc::new(crate::io::MemDevice::new(data)),
-            OpenOptions { read_only: true, ..Default::default() },
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
         )
         .unwrap();
         let mut buf = vec![0u8; 4096];
@@ -885,7 +890,10 @@ mod tests {
         let open = |d: Vec<u8>| {
             Ext4::open(
                 Arc::new(crate::io::MemDevice::new(d)),
-                OpenOptions { read_only: true, ..Default::default() },
+                OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
             )
         };
         // Superblock byte flip: checksum.
@@ -925,7 +933,10 @@ mod tests {
             d[1024 + off..1024 + off + 4].copy_from_slice(&v.to_le_bytes());
             Ext4::open(
                 Arc::new(crate::io::MemDevice::new(d)),
-                OpenOptions { read_only: ro, ..Default::default() },
+                OpenOptions {
+                    read_only: ro,
+                    ..Default::default()
+                },
             )
         };
         let e = with(0x60, 1 << 31, true).err().unwrap().to_string();
@@ -997,7 +1008,10 @@ mod tests {
         d[at + 1020..at + 1024].copy_from_slice(&c.to_le_bytes());
         let e = Ext4::open(
             Arc::new(crate::io::MemDevice::new(d)),
-            OpenOptions { read_only: true, ..Default::default() },
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
         )
         .err()
         .unwrap()
@@ -1034,7 +1048,13 @@ mod corpus {
                 continue;
             };
             let dev = Arc::new(crate::io::MemDevice::new(image));
-            let fs = match Ext4::open(dev, OpenOptions { read_only: true, ..Default::default() }) {
+            let fs = match Ext4::open(
+                dev,
+                OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            ) {
                 Ok(fs) => fs,
                 Err(e) => {
                     refused += 1;

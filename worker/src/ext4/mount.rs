@@ -385,7 +385,9 @@ impl Ext4 {
     /// A device write or flush failed: the mount turns read-only, the
     /// superblock will not be marked clean, and every later fsync fails.
     pub(crate) fn write_failed(&self, what: &str, error: &dyn std::fmt::Display) {
-        self.rw.faults.write_failed(format!("{what} failed: {error}"));
+        self.rw
+            .faults
+            .write_failed(format!("{what} failed: {error}"));
     }
 
     /// Why a read-write mount turned read-only while serving, or the first

@@ -453,7 +453,10 @@ mod tests {
             let dev2 = Arc::new(MemDevice::new(im.dev.contents()));
             let fs2 = Ext4::open(
                 dev2.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false, ..Default::default() },
+                OpenOptions {
+                    read_only: false,
+                    ..Default::default()
+                },
             )
             .unwrap();
             assert!(!fs2.is_read_only(), "{args:?}");
@@ -515,7 +518,10 @@ mod tests {
         let dev = Arc::new(MemDevice::new(std::fs::read(img).unwrap()));
         let fs = Ext4::open(
             dev.clone() as Arc<dyn BlockDevice>,
-            OpenOptions { read_only: false, ..Default::default() },
+            OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
         )
         .unwrap();
         let ro = fs.is_read_only();
@@ -592,7 +598,10 @@ mod tests {
         let (blocks, seed, bs) = {
             let fs = Ext4::open(
                 Arc::new(MemDevice::new(data.clone())) as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: true, ..Default::default() },
+                OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
             )
             .unwrap();
             let (b, s) = fs.orphan_file_blocks().unwrap().unwrap();
@@ -789,7 +798,10 @@ mod tests {
             let dev = Arc::new(MemDevice::new(before.clone()));
             let fs = Ext4::open(
                 dev.clone() as Arc<dyn BlockDevice>,
-                OpenOptions { read_only: false, ..Default::default() },
+                OpenOptions {
+                    read_only: false,
+                    ..Default::default()
+                },
             )
             .unwrap();
             assert!(fs.is_read_only(), "{what}");

@@ -220,7 +220,10 @@ pub(crate) fn open_image(img: &Path) -> super::Result<Ext4> {
     let data = std::fs::read(img).unwrap();
     Ext4::open(
         Arc::new(MemDevice::new(data)),
-        OpenOptions { read_only: true, ..Default::default() },
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
     )
 }
 
@@ -422,7 +425,10 @@ impl RwImage {
     pub(crate) fn open(&self) -> Ext4 {
         let fs = Ext4::open(
             self.dev.clone() as Arc<dyn BlockDevice>,
-            OpenOptions { read_only: false, ..Default::default() },
+            OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
         )
         .unwrap();
         assert!(!fs.is_read_only(), "rw refused");

@@ -575,7 +575,10 @@ mod tests {
         d[4096 + 64 + 0x10] ^= 1; // group 1's used_dirs_count
         let fs = Ext4::open(
             std::sync::Arc::new(crate::io::MemDevice::new(d.clone())),
-            super::super::OpenOptions { read_only: false, ..Default::default() },
+            super::super::OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
         )
         .unwrap();
         assert!(fs.info().read_only);

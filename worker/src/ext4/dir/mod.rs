@@ -1061,7 +1061,10 @@ mod tests {
             let dev = crate::io::MemDevice::new(image);
             let Ok(fs) = Ext4::open(
                 std::sync::Arc::new(dev),
-                crate::ext4::OpenOptions { read_only: true, ..Default::default() },
+                crate::ext4::OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
             ) else {
                 continue;
             };

@@ -611,7 +611,10 @@ mod bench {
         let f = std::fs::File::open(&img).unwrap();
         let fs = Ext4::open(
             Arc::new(FdDevice::new(f.into()).unwrap()),
-            OpenOptions { read_only: true, ..Default::default() },
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
         )
         .unwrap();
         for req in [128 * 1024usize, 1024 * 1024] {

@@ -695,7 +695,14 @@ pub(crate) mod tests {
             .open(img)
             .unwrap();
         let dev = crate::io::FdDevice::new(f.into()).unwrap();
-        Ext4::open(Arc::new(dev), OpenOptions { read_only: false, ..Default::default() }).unwrap()
+        Ext4::open(
+            Arc::new(dev),
+            OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     /// What the kernel (loop, ro, noload) shows: per file its SEEK_DATA/

@@ -606,7 +606,13 @@ fn mem(img: Vec<u8>) -> (Arc<MemDevice>, Arc<dyn BlockDevice>) {
 }
 
 fn open_ro(img: Vec<u8>) -> Result<Ext4, Error> {
-    Ext4::open(mem(img).1, OpenOptions { read_only: true, ..Default::default() })
+    Ext4::open(
+        mem(img).1,
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn can_kernel() -> bool {
@@ -625,8 +631,15 @@ fn check_point(
 ) -> Result<(), String> {
     // 1. safemount's read-write replay, in place on a copy.
     let (m, d) = mem(crashed.clone());
-    recover_at_open(d, &OpenOptions { read_only: false, ..Default::default() }, true)
-        .map_err(|e| format!("our replay failed: {e}"))?;
+    recover_at_open(
+        d,
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+        true,
+    )
+    .map_err(|e| format!("our replay failed: {e}"))?;
     let ours = m.contents();
     let img = sc.path().join("ours.img");
     std::fs::write(&img, &ours).unwrap();
@@ -701,8 +714,14 @@ fn check_point(
     }
     // 3b. A read-write mount of our replay, unmounted at once.
     let (m, d) = mem(ours);
-    let fs = Ext4::open(d, OpenOptions { read_only: false, ..Default::default() })
-        .map_err(|e| format!("read-write open after replay: {e}"))?;
+    let fs = Ext4::open(
+        d,
+        OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| format!("read-write open after replay: {e}"))?;
     if fs.info().read_only {
         return Err("read-write open after replay served read-only".into());
     }
@@ -761,7 +780,14 @@ fn run_config(tag: &str, args: &[&str], size_kib: u64, seed: u64) -> Figures {
     let base = std::fs::read(&img).unwrap();
     let dev = Arc::new(PowerLoss::new(base));
     let t = Instant::now();
-    let fs = Ext4::open(dev.clone(), OpenOptions { read_only: false, ..Default::default() }).unwrap();
+    let fs = Ext4::open(
+        dev.clone(),
+        OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!fs.info().read_only, "{tag}: opened read-only");
     assert!(fs.log_stats().is_some(), "{tag}: not journaling");
     let seq0 = fs.log_stats().map_or(0, |l| l.next_seq);

@@ -258,7 +258,15 @@ fn open_log(dev: Arc<dyn BlockDevice>) -> Log {
 /// Our read-write replay of `img`; returns the replayed image.
 fn our_replay(img: Vec<u8>) -> Vec<u8> {
     let mem = Arc::new(MemDevice::new(img));
-    recover_at_open(mem.clone(), &OpenOptions { read_only: false, ..Default::default() }, true).unwrap();
+    recover_at_open(
+        mem.clone(),
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
     mem.contents()
 }
 

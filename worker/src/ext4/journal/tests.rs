@@ -179,7 +179,10 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     let t = Instant::now();
     recover_at_open(
         fd_device(&ours, true),
-        &OpenOptions { read_only: false, ..Default::default() },
+        &OpenOptions {
+            read_only: false,
+            ..Default::default()
+        },
         true,
     )
     .unwrap();
@@ -248,7 +251,14 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     );
     // Read-only replay: in memory, image unchanged; tree as the kernel's.
     let before = sha256(img);
-    let fs = Ext4::open(fd_device(img, false), OpenOptions { read_only: true, ..Default::default() }).unwrap();
+    let fs = Ext4::open(
+        fd_device(img, false),
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let tree = engine_tree(&fs);
     drop(fs);
     assert_eq!(
@@ -256,8 +266,16 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
         before,
         "{name}: a read-only replay wrote the image"
     );
-    let rw_tree =
-        engine_tree(&Ext4::open(fd_device(&ours, false), OpenOptions { read_only: true, ..Default::default() }).unwrap());
+    let rw_tree = engine_tree(
+        &Ext4::open(
+            fd_device(&ours, false),
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
     assert_eq!(
         tree, rw_tree,
         "{name}: read-only and read-write replays differ"
@@ -469,7 +487,10 @@ fn open_mem(img: &Path) -> Result<usize, String> {
     let data = std::fs::read(img).unwrap();
     match Ext4::open(
         Arc::new(MemDevice::new(data)),
-        OpenOptions { read_only: true, ..Default::default() },
+        OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
     ) {
         Ok(fs) => Ok(engine_tree(&fs).len()),
         Err(e) => {
@@ -685,13 +706,19 @@ fn corpus_journals() {
                     let data = std::fs::read(&theirs).unwrap();
                     if let Ok(fs) = Ext4::open(
                         Arc::new(MemDevice::new(data.clone())),
-                        OpenOptions { read_only: true, ..Default::default() },
+                        OpenOptions {
+                            read_only: true,
+                            ..Default::default()
+                        },
                     ) {
                         let t = engine_tree(&fs);
                         let mine = engine_tree(
                             &Ext4::open(
                                 Arc::new(MemDevice::new(std::fs::read(&img).unwrap())),
-                                OpenOptions { read_only: true, ..Default::default() },
+                                OpenOptions {
+                                    read_only: true,
+                                    ..Default::default()
+                                },
                             )
                             .unwrap(),
                         );

@@ -980,7 +980,10 @@ pub(crate) mod tests {
         assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
         let kfs = Ext4::open(
             Arc::new(MemDevice::new(std::fs::read(&k.img).unwrap())) as Arc<dyn BlockDevice>,
-            OpenOptions { read_only: true, ..Default::default() },
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
         )
         .unwrap();
         // Engine side.
