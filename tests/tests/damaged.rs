@@ -20,7 +20,7 @@ use safemount_tests::procfs;
 use safemount_tests::snapshot::{self, Snapshot, WalkOpts};
 use safemount_tests::tree::MIB;
 use safemount_tests::tree::lsetxattr;
-use safemount_tests::util::{Rng, TempDir, require_root, sha256_file};
+use safemount_tests::util::{Rng, TempDir, require_root, sha256_file, wait_until};
 
 const BS: u64 = 4096;
 
@@ -367,4 +367,83 @@ fn xattr_block() {
     assert!(blk > 0, "xvictim has no xattr block:\n{st}");
     poke(&f.img, blk * BS, &[0xde, 0xad, 0xbe, 0xef]); // h_magic
     expect_contained(&f, "xattr block", &["xvictim"], &["xvictim"]);
+}
+
+/// `errors=` on a read-write mount of an image with one corrupt inode:
+/// the corruption is recorded in the superblock (dumpe2fs shows the count
+/// and the function), and then continue keeps writing, remount-ro refuses
+/// writes with EROFS while reads go on, and panic ends the mount: the
+/// worker exits, the broker detaches it and logs why.
+#[test]
+fn errors_option_acts_on_corruption() {
+    if !require_root() || kernel_standin() {
+        return;
+    }
+    let f = fixture("errors");
+    let off = inode_offset(&f.img, "/victim_inode");
+    flip(&f.img, off + 0x7c); // i_checksum_lo
+    let broker = Broker::start().unwrap();
+    for mode in ["continue", "remount-ro", "panic"] {
+        let img = f.tmp.join(format!("{mode}.img"));
+        std::fs::copy(&f.img, &img).unwrap();
+        let mnt = f.tmp.join(format!("mnt-{mode}"));
+        std::fs::create_dir(&mnt).unwrap();
+        broker
+            .mount(&img, &mnt, &format!("rw,errors={mode}"))
+            .unwrap_or_else(|e| panic!("errors={mode}: mount: {e}"));
+        let e = std::fs::metadata(mnt.join("victim_inode")).unwrap_err();
+        // errors=panic: the worker exits before it answers.
+        let expected: &[i32] = match mode {
+            "panic" => &[libc::EUCLEAN, libc::ECONNABORTED, libc::ENOTCONN],
+            _ => &[libc::EUCLEAN],
+        };
+        assert!(
+            expected.contains(&e.raw_os_error().unwrap_or(0)),
+            "errors={mode}: {e}"
+        );
+        let write = std::fs::write(mnt.join("after"), b"written after the error");
+        match mode {
+            "continue" => {
+                write.unwrap();
+                assert_eq!(std::fs::read(mnt.join("good/file0")).unwrap().len(), 1000);
+                let entry = broker.entry_for(&mnt).unwrap().unwrap();
+                assert_eq!(entry.read_only, Some(false), "{entry:?}");
+            }
+            "remount-ro" => {
+                let e = write.unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+                assert_eq!(std::fs::read(mnt.join("good/file0")).unwrap().len(), 1000);
+                let listed = wait_until(std::time::Duration::from_secs(5), || {
+                    broker
+                        .entry_for(&mnt)
+                        .unwrap()
+                        .is_some_and(|e| e.read_only == Some(true) && e.error.is_some())
+                });
+                assert!(listed, "list: {:?}", broker.entry_for(&mnt));
+            }
+            _ => {
+                // The worker aborted the mount: it is gone from the list,
+                // and the broker's log says why.
+                let gone = wait_until(std::time::Duration::from_secs(10), || {
+                    broker.entry_for(&mnt).unwrap().is_none()
+                });
+                assert!(gone, "still listed: {:?}", broker.entry_for(&mnt));
+                let log = broker.log();
+                assert!(log.contains("errors=panic"), "broker log:\n{log}");
+            }
+        }
+        if mode != "panic" {
+            broker.unmount(&mnt).unwrap();
+        }
+        let sb = image::debugfs(&img, "stats").unwrap();
+        assert!(
+            sb.contains("FS Error count:") && sb.contains("First error function:"),
+            "errors={mode}: no error recorded:\n{sb}"
+        );
+        assert!(num_after(&sb, "FS Error count:") >= 1, "{sb}");
+        if mode == "continue" {
+            let after = image::debugfs(&img, "cat /after").unwrap();
+            assert_eq!(after, "written after the error");
+        }
+    }
 }

@@ -332,3 +332,233 @@ impl Drop for MmpGuard {
         self.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::ext4::fault::ErrorBehaviour;
+    use crate::ext4::ondisk::mmp::EXT4_MMP_SEQ_FSCK;
+    use crate::ext4::testutil::{Scratch, have_mkfs, mkfs};
+    use crate::ext4::{Ext4, OpenOptions};
+    use crate::io::MemDevice;
+
+    /// A 16 MiB MMP filesystem (metadata_csum on) updated every second.
+    fn image() -> Option<Vec<u8>> {
+        if !have_mkfs() {
+            return None;
+        }
+        let sc = Scratch::new("mmp-claim");
+        let src = sc.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"hello").unwrap();
+        let img = mkfs(
+            &sc,
+            &src,
+            &["-O", "mmp", "-E", "mmp_update_interval=1"],
+            16 * 1024,
+        );
+        Some(std::fs::read(img).unwrap())
+    }
+
+    struct Disk {
+        dev: Arc<MemDevice>,
+        block: u64,
+        bs: usize,
+        seed: u32,
+    }
+
+    impl Disk {
+        fn new(d: Vec<u8>) -> Disk {
+            let sb = Superblock::parse(&d[1024..2048], d.len() as u64).unwrap();
+            let seed = crate::ext4::checksum_seed(&sb);
+            Disk {
+                dev: Arc::new(MemDevice::new(d)),
+                block: sb.s_mmp_block,
+                bs: sb.block_size() as usize,
+                seed,
+            }
+        }
+
+        fn offset(&self) -> usize {
+            self.block as usize * self.bs
+        }
+
+        fn mmp(&self) -> Mmp {
+            let c = self.dev.contents();
+            Mmp::parse(
+                &c[self.offset()..self.offset() + self.bs],
+                self.block,
+                Some(self.seed),
+            )
+            .unwrap()
+        }
+
+        /// Another node writes the block.
+        fn forge(&self, seq: u32, node: &str) {
+            let mut b = self.dev.contents()[self.offset()..self.offset() + self.bs].to_vec();
+            let mut m = Mmp::parse(&b, self.block, Some(self.seed)).unwrap();
+            m.mmp_seq = seq;
+            m.mmp_nodename = fixed(node);
+            m.write(&mut b, Some(self.seed));
+            self.dev.write_at(&b, self.offset() as u64).unwrap();
+        }
+
+        fn open(&self, errors: Option<ErrorBehaviour>) -> (Result<Ext4>, Vec<u64>) {
+            let waits = Arc::new(Mutex::new(Vec::new()));
+            let w = waits.clone();
+            let opts = OpenOptions {
+                read_only: false,
+                errors,
+                mmp: MmpOptions {
+                    node: "node-a".into(),
+                    device: "testdev".into(),
+                    on_wait: Some(Arc::new(move |d: Duration, _: &str| {
+                        w.lock().unwrap().push(d.as_secs())
+                    })),
+                },
+            };
+            let fs = Ext4::open(self.dev.clone(), opts);
+            let waits = waits.lock().unwrap().clone();
+            (fs, waits)
+        }
+    }
+
+    fn name(m: &Mmp) -> String {
+        String::from_utf8_lossy(crate::ext4::util::until_nul(&m.mmp_nodename)).into_owned()
+    }
+
+    #[test]
+    fn claims_updates_and_releases() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        assert_eq!(disk.mmp().mmp_seq, EXT4_MMP_SEQ_CLEAN);
+        let (fs, waits) = disk.open(None);
+        let fs = fs.unwrap();
+        // Clean: claimed, then one wait of 2 x 5 s + 1 s to confirm.
+        assert_eq!(waits, [11]);
+        let first = disk.mmp();
+        assert_eq!(name(&first), "node-a");
+        assert_eq!(
+            String::from_utf8_lossy(crate::ext4::util::until_nul(&first.mmp_bdevname)),
+            "testdev"
+        );
+        assert!(first.mmp_seq <= EXT4_MMP_SEQ_MAX);
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_ne!(disk.mmp().mmp_seq, first.mmp_seq, "the thread updates it");
+        assert!(!fs.is_read_only());
+        fs.shutdown().unwrap();
+        assert_eq!(disk.mmp().mmp_seq, EXT4_MMP_SEQ_CLEAN);
+    }
+
+    #[test]
+    fn fsck_sequence_refuses_at_once() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        disk.forge(EXT4_MMP_SEQ_FSCK, "fsck-host");
+        let (fs, waits) = disk.open(None);
+        let e = fs.err().unwrap().to_string();
+        assert!(
+            e.contains("e2fsck is running") && e.contains("fsck-host"),
+            "{e}"
+        );
+        assert!(waits.is_empty());
+        // Read-only mounts take no part: allowed except under e2fsck.
+        disk.forge(12345, "other");
+        let ro = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        assert!(Ext4::open(disk.dev.clone(), ro).is_ok());
+    }
+
+    #[test]
+    fn a_stale_holder_is_waited_out_and_claimed() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        // A node that crashed while mounted: "in use", never updated.
+        disk.forge(12345, "crashed");
+        let (fs, waits) = disk.open(None);
+        let fs = fs.unwrap();
+        assert_eq!(waits, [11, 11]);
+        assert_eq!(name(&disk.mmp()), "node-a");
+        fs.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_live_holder_refuses_the_mount() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        disk.forge(100, "node-b");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // node-b updates its sequence every second.
+                let mut seq = 100;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    seq += 1;
+                    disk.forge(seq, "node-b");
+                }
+            });
+            let (fs, waits) = disk.open(None);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let e = fs.err().unwrap().to_string();
+            assert!(
+                e.contains("in use on another node") && e.contains("node-b"),
+                "{e}"
+            );
+            assert_eq!(waits, [11]);
+        });
+    }
+
+    #[test]
+    fn a_foreign_write_fences_the_mount() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        let (fs, _) = disk.open(Some(ErrorBehaviour::Continue));
+        let fs = fs.unwrap();
+        let aborted = Arc::new(Mutex::new(None::<String>));
+        disk.forge(777, "intruder");
+        let t = Instant::now();
+        while !fs.is_read_only() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Detected within two update intervals, even with errors=continue.
+        assert!(fs.is_read_only(), "not fenced after {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(fs.fault().unwrap().contains("intruder"), "{:?}", fs.fault());
+        let sb_before = disk.dev.contents()[1024..2048].to_vec();
+        fs.shutdown().unwrap();
+        drop(fs);
+        // Nothing more was written: the intruder's block, our superblock as it was.
+        assert_eq!(disk.mmp().mmp_seq, 777);
+        assert_eq!(disk.dev.contents()[1024..2048], sb_before[..]);
+        assert!(aborted.lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn errors_panic_aborts_on_a_foreign_write() {
+        let Some(d) = image() else { return };
+        let disk = Disk::new(d);
+        let (fs, _) = disk.open(Some(ErrorBehaviour::Panic));
+        let fs = fs.unwrap();
+        let aborted = Arc::new(Mutex::new(None::<String>));
+        let a = aborted.clone();
+        fs.set_abort_hook(Box::new(move |why| {
+            *a.lock().unwrap() = Some(why.to_owned())
+        }));
+        disk.forge(778, "intruder");
+        let t = Instant::now();
+        while aborted.lock().unwrap().is_none() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let why = aborted
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("abort hook not called");
+        assert!(why.contains("intruder"), "{why}");
+    }
+}

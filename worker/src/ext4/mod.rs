@@ -125,7 +125,7 @@ fn io_err(offset: u64) -> impl FnOnce(std::io::Error) -> Error {
 
 /// The metadata checksum seed: s_checksum_seed with csum_seed, else
 /// crc32c(~0, uuid).
-fn checksum_seed(sb: &Superblock) -> u32 {
+pub(crate) fn checksum_seed(sb: &Superblock) -> u32 {
     if sb.has_incompat(sbf::INCOMPAT_CSUM_SEED) {
         sb.s_checksum_seed
     } else {
