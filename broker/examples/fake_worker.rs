@@ -10,6 +10,8 @@
 //!   hang up mid-mount);
 //! - contains `hang-serve`: replies Probed, never answers Serve (so the
 //!   mount exists but its FUSE INIT is never answered);
+//! - contains `wait-N` (N = 1..9): first sends N `Waiting` messages of
+//!   1 s each (a hostile reason), waiting 1 s after each, then goes on;
 //! - contains `noisy`: first writes hostile lines to stderr (an escape
 //!   sequence, a forged broker line, a very long line, a flood), then goes
 //!   on as below;
@@ -59,6 +61,23 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
             let _ = writeln!(err, "flood {i}");
         }
         let _ = writeln!(err, "after the flood");
+    }
+    if let Some(n) = source_name
+        .split("wait-")
+        .nth(1)
+        .and_then(|r| r.chars().next())
+        .and_then(|c| c.to_digit(10))
+    {
+        for _ in 0..n {
+            let msg = WorkerReply::Waiting {
+                seconds: 1,
+                reason: "multi-mount \u{1b}[31mprotection\nforged".into(),
+            };
+            if send(sock, &msg, &[]).is_err() {
+                return 2;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
     if source_name.contains("hang-probe") {
         loop {

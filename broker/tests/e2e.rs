@@ -251,6 +251,38 @@ fn hung_workers_time_out_and_are_undone() {
     }
 }
 
+/// A worker that waits before its probe (multi-mount protection): each
+/// announced wait reaches the client, sanitized, and extends the timeout;
+/// a third one is a protocol error, so a worker cannot hold a mount
+/// request open by announcing waits for ever.
+#[test]
+fn announced_waits_reach_the_client_and_are_bounded() {
+    require_root!();
+    let Some(worker) = fake_worker() else { return };
+    let s = Scratch::new("waits");
+    let b = Broker::start_with(&s, &worker, &["--worker-timeout", "1"]);
+    let mp = s.dir("mnt");
+    let img = s.blank_image("wait-2.img");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("safemount: multi-mount").count(),
+        2,
+        "two waits shown:\n{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains("\nforged"),
+        "{err:?}"
+    );
+    b.client(&["unmount", mp.to_str().unwrap()]);
+    let img = s.blank_image("wait-3.img");
+    let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a third Waiting"), "{}", stderr(&out));
+    assert_nothing_left(&b, &s);
+}
+
 #[test]
 fn worker_that_exits_at_once() {
     require_root!();

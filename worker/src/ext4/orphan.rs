@@ -209,6 +209,9 @@ impl Ext4 {
                 let e =
                     Error::corrupt(format!("orphan cleanup stopped at inode {ino}: {e}"), block);
                 self.fs_error("orphan cleanup", ino, &e);
+                // Whatever errors= says: a list the cleanup could not finish
+                // is not written past (stricter than the kernel).
+                self.rw.faults.turn_read_only(e.to_string());
                 break;
             }
         }
