@@ -48,6 +48,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safemount_tests::broker::Broker;
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
+use safemount_tests::loopdev::LoopDevice;
 use safemount_tests::ops::{self, GenOpts, Generator, Op, Outcome};
 use safemount_tests::skip;
 use safemount_tests::snapshot::{self, Against, Snapshot, WalkOpts};
@@ -634,6 +635,18 @@ struct Divergence {
 }
 
 fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
+    run_config_on(name, mkfs_args, block_size, Device::ImageFile)
+}
+
+/// What safemount is given: the image file, or a loop device over it (a
+/// block device: with MMP the worker then does all its I/O with O_DIRECT).
+#[derive(Clone, Copy, PartialEq)]
+enum Device {
+    ImageFile,
+    LoopDevice,
+}
+
+fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device) {
     if !require_root() {
         return;
     }
@@ -683,7 +696,12 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     std::fs::create_dir(&mnt_b).unwrap();
 
     let kernel = KernelMount::mount_rw(&img_b, &mnt_b, REFERENCE_OPTS).unwrap();
-    let sut = Sut::mount(&img_a, &mnt_a);
+    let sut_loop =
+        (device == Device::LoopDevice).then(|| LoopDevice::attach(&img_a, false).unwrap());
+    let sut = Sut::mount(
+        sut_loop.as_ref().map_or(img_a.as_path(), |l| l.path()),
+        &mnt_a,
+    );
     let _watchdog = Watchdog::start(name, &mnt_a);
 
     let mut generator = Generator::new(
@@ -830,6 +848,7 @@ fn run_config(name: &str, mkfs_args: &[&str], block_size: u32) {
     let live_diff = compare(&strip(&live_b), &strip(&live_a), false);
 
     let unmounted = sut.unmount(&mnt_a);
+    drop(sut_loop);
     kernel.unmount().unwrap();
     assert!(
         live_diff.is_empty(),
@@ -985,6 +1004,14 @@ fn differential_inline_data() {
 #[test]
 fn differential_block1024() {
     run_config("block1024", &["-b", "1024"], 1024);
+}
+
+/// Multi-mount protection on a loop device: the worker claims the MMP
+/// block and does every read and write with O_DIRECT (the kernel side
+/// claims its own image's block).
+#[test]
+fn differential_mmp_direct_io() {
+    run_config_on("mmp_direct_io", &["-O", "mmp"], 4096, Device::LoopDevice);
 }
 
 #[test]
