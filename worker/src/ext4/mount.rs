@@ -222,6 +222,16 @@ impl Ext4 {
     /// it with s_wtime and s_kbytes_written, flushes the device, and turns
     /// the mount read-only. A read-only mount does nothing.
     pub fn shutdown(&self) -> Result<()> {
+        let done = self.write_clean();
+        if let Some(mmp) = &self.mmp {
+            // After the last write, whether or not it went well: the
+            // clean sequence (unless another node owns the disk now).
+            mmp.release();
+        }
+        done
+    }
+
+    fn write_clean(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
@@ -268,10 +278,6 @@ impl Ext4 {
         drop(live);
         self.flush_device()?;
         tracing::info!("filesystem marked clean and flushed");
-        if let Some(mmp) = &self.mmp {
-            // After the last write: the clean sequence.
-            mmp.release();
-        }
         Ok(())
     }
 
