@@ -7,6 +7,7 @@
 
 use crate::ext4::Ext4;
 use crate::ext4::error::{Error, Result};
+use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::S_IFMT;
 use crate::ext4::types::{Attr, FileKind, Ino, SetAttr, TimeSet};
 
@@ -16,6 +17,15 @@ impl Ext4 {
         let mut inode = txn.inode(ino)?;
         if inode.links_count == 0 && self.inode(ino).is_err() {
             return Err(Error::NotFound);
+        }
+        // notify_change and do_truncate: an immutable inode keeps
+        // everything, an append-only one its size, mode and owner. (Its
+        // times: the kernel refuses explicit ones, but through FUSE they
+        // cannot be told from the page cache's own mtime updates after an
+        // append, so they are allowed.)
+        inode_flags::ensure_mutable(&inode)?;
+        if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
+            inode_flags::ensure_unpinned(&inode)?;
         }
         let now = self.now();
         let pick = |t: TimeSet| match t {

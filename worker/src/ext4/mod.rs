@@ -24,6 +24,7 @@ pub(crate) mod dir;
 pub(crate) mod fault;
 pub(crate) mod file;
 pub(crate) mod geometry;
+pub(crate) mod inode_flags;
 pub(crate) mod journal;
 pub(crate) mod mmp;
 pub(crate) mod mount;
@@ -48,6 +49,7 @@ use crate::io::BlockDevice;
 pub use error::{Error, Result};
 pub use fault::{AbortHook, ErrorBehaviour};
 pub use file::write::FallocMode;
+pub use inode_flags::FsXattr;
 pub use mmp::{MmpOptions, WaitHook};
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 

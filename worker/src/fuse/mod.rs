@@ -18,6 +18,7 @@ mod capabilities;
 mod convert;
 mod flusher;
 mod inodes;
+mod ioctl;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -28,9 +29,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ext4::error::Error;
@@ -145,6 +146,16 @@ impl Filesystem for Adapter {
         } else {
             FopenFlags::empty()
         };
+        if !self.read_only
+            && let Err(e) = self.fs.check_open(
+                ino,
+                writes,
+                flags.0 & libc::O_APPEND != 0,
+                flags.0 & libc::O_TRUNC != 0,
+            )
+        {
+            return reply.error(self.fail("open", ino, &e));
+        }
         // The handle is unused (reads go by inode number); a getattr makes
         // a vanished or corrupt inode fail here rather than on first read.
         match self.fs.getattr(ino) {
@@ -695,6 +706,54 @@ impl Filesystem for Adapter {
                 reply.ok()
             }
             Err(e) => reply.error(self.fail("removexattr", ino, &e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let ino = ino_or_reply!(ino, reply);
+        let request = match ioctl::decode(cmd, in_data) {
+            Ok(r) => r,
+            Err(ioctl::DecodeError::Unknown) => return reply.error(Errno::ENOTTY),
+            Err(ioctl::DecodeError::Short) => return reply.error(Errno::EINVAL),
+        };
+        // The kernel checked ownership and CAP_LINUX_IMMUTABLE; data
+        // journaling also wants CAP_SYS_RESOURCE, taken here as root.
+        let privileged = req.uid() == 0;
+        let result = match request {
+            ioctl::Ioctl::GetFlags => self
+                .fs
+                .get_flags(ino)
+                .map(|f| ioctl::flags_reply(f).to_vec()),
+            ioctl::Ioctl::GetFsXattr => self
+                .fs
+                .get_fsxattr(ino)
+                .map(|fa| ioctl::fsxattr_reply(fa).to_vec()),
+            ioctl::Ioctl::SetFlags(flags) => {
+                writable_or_reply!(self, reply);
+                self.fs
+                    .set_flags(ino, flags, privileged)
+                    .map(|()| Vec::new())
+            }
+            ioctl::Ioctl::SetFsXattr(fa) => {
+                writable_or_reply!(self, reply);
+                self.fs
+                    .set_fsxattr(ino, fa, privileged)
+                    .map(|()| Vec::new())
+            }
+        };
+        match result {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(e) => reply.error(self.fail("ioctl", ino, &e)),
         }
     }
 

@@ -15,6 +15,7 @@
 use super::Mapping;
 use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
 use super::indirect::IndCtx;
+use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf};
 use crate::ext4::txn::Txn;
@@ -241,6 +242,11 @@ impl Ext4 {
             FileKind::RegularFile => {}
             FileKind::Directory => return Err(Error::IsDir),
             _ => return Err(Error::Invalid("write to a non-regular file")),
+        }
+        inode_flags::ensure_mutable(&inode)?;
+        if inode_flags::is_append_only(&inode) && offset < inode.size {
+            // Only appends (the kernel refuses the open without O_APPEND).
+            return Err(Error::NotPermitted);
         }
         if data.is_empty() {
             return Ok(0);
@@ -558,6 +564,12 @@ impl Ext4 {
             FileKind::RegularFile => {}
             FileKind::Directory => return Err(Error::IsDir),
             _ => return Err(Error::Unsupported("fallocate on a special file".into())),
+        }
+        // vfs_fallocate: nothing on an immutable file; on an append-only
+        // one only allocation (punching or zeroing would change data).
+        inode_flags::ensure_mutable(&inode)?;
+        if inode_flags::is_append_only(&inode) && (mode.punch_hole || mode.zero_range) {
+            return Err(Error::NotPermitted);
         }
         let end = offset
             .checked_add(len)

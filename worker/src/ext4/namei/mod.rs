@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use crate::ext4::dir::block::{self as dir_block, DirBlocks, DirCtx, Found, init_dir_block};
 use crate::ext4::error::{Error, Result};
+use crate::ext4::inode_flags;
 use crate::ext4::ondisk::dir_entry::{DirentFormat, EXT4_NAME_LEN, file_type_of};
 use crate::ext4::ondisk::inode::{
     EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFDIR, S_IFLNK, inherited_flags,
@@ -231,6 +232,8 @@ impl Ext4 {
         ino: Ino,
         kind: FileKind,
     ) -> Result<()> {
+        // may_create: an immutable directory takes no new names.
+        inode_flags::ensure_mutable(dir)?;
         if self.idir_is_inline(dir)? {
             if self.idir_add(txn, dir, name, ino, file_type_of(kind))? {
                 return Ok(());
@@ -487,6 +490,9 @@ impl Ext4 {
         if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
             return Err(Error::Exists);
         }
+        inode_flags::ensure_mutable(&dir)?;
+        // vfs_link: an immutable or append-only inode gets no new name.
+        inode_flags::ensure_unpinned(&inode)?;
         self.dir_add(&mut txn, &mut dir, name, ino, inode.kind)?;
         inode.links_count = inode.links_count.saturating_add(1);
         inode.ctime = self.now();
@@ -511,6 +517,7 @@ impl Ext4 {
             .dir_find(&mut txn, &mut dir, name)?
             .ok_or(Error::NotFound)?;
         let mut inode = txn.inode(ino)?;
+        inode_flags::ensure_removable(&dir, &inode)?;
         if inode.kind == FileKind::Directory {
             return Err(Error::IsDir);
         }
@@ -548,6 +555,7 @@ impl Ext4 {
             .dir_find(&mut txn, &mut dir, name)?
             .ok_or(Error::NotFound)?;
         let mut victim = txn.inode(ino)?;
+        inode_flags::ensure_removable(&dir, &victim)?;
         if victim.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }

@@ -4,6 +4,7 @@
 use super::{check_new_name, set_rdev};
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
+use crate::ext4::inode_flags;
 use crate::ext4::ondisk::dir_entry::EXT4_NAME_LEN;
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode, S_IFCHR};
 use crate::ext4::types::{FileKind, Ino, ROOT_INO, RenameFlags};
@@ -98,6 +99,16 @@ impl Ext4 {
         let tgt_dir = tgt_inode
             .as_ref()
             .is_some_and(|t| t.kind == FileKind::Directory);
+        // may_delete of the source, and of the target or may_create in
+        // the new directory: immutable and append-only names stay.
+        inode_flags::ensure_removable(&old_dir, &src_inode)?;
+        {
+            let nd = new_dir_own.as_ref().unwrap_or(&old_dir);
+            match &tgt_inode {
+                Some(t) => inode_flags::ensure_removable(nd, t)?,
+                None => inode_flags::ensure_mutable(nd)?,
+            }
+        }
         if !same {
             if src_dir && self.is_ancestor(&mut txn, src, newparent)? {
                 return Err(Error::Invalid("rename of a directory into itself"));

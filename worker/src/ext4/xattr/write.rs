@@ -18,6 +18,7 @@
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
+use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::{EXT4_EA_INODE_FL, Inode, S_IFREG};
 use crate::ext4::ondisk::xattr::{
     self, INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT, NewXattr, NewXattrValue,
@@ -457,6 +458,8 @@ impl Ext4 {
         let (index, suffix, mut stored) = Self::xw_xattr_prepare(name, Some(value))?;
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
+        // xattr_permission: no xattr changes on immutable or append-only.
+        inode_flags::ensure_unpinned(&inode)?;
         if inode.links_count == 0 && self.inode(ino).is_err() {
             return Err(Error::NotFound);
         }
@@ -498,6 +501,8 @@ impl Ext4 {
         let (index, suffix, _) = Self::xw_xattr_prepare(name, None)?;
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
+        // xattr_permission: no xattr changes on immutable or append-only.
+        inode_flags::ensure_unpinned(&inode)?;
         match self.xattr_set_in(
             &mut txn,
             &mut inode,

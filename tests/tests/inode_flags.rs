@@ -1,0 +1,283 @@
+//! Inode flags against the kernel: the same `chattr` commands and the same
+//! file operations on a read-write safemount mount and on the kernel's
+//! ext4 (a twin image) must give the same `lsattr` output and the same
+//! outcome (errno included): immutable files refuse every change,
+//! append-only ones take appends only, an append-only directory takes new
+//! names but loses none, an immutable one takes none. Afterwards both
+//! images are clean for e2fsck and the kernel shows the same flags on
+//! both.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use safemount_tests::broker::{Broker, kernel_standin};
+use safemount_tests::image::fsck_clean;
+use safemount_tests::kernel::KernelMount;
+use safemount_tests::ops;
+use safemount_tests::util::{TempDir, require_root};
+
+/// One step's outcome: Ok with output, or the errno / exit status.
+fn outcome(r: std::io::Result<String>) -> String {
+    match r {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => format!(
+            "err {}",
+            e.raw_os_error().map_or(e.to_string(), |n| n.to_string())
+        ),
+    }
+}
+
+fn cmd(prog: &str, args: &[&str], root: &Path) -> String {
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    // lsattr and chattr name the file in their messages; the mount point
+    // is not part of them (relative paths).
+    format!(
+        "{} {} {}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+/// The scenario; every step's outcome, in order.
+fn scenario(root: &Path) -> Vec<String> {
+    let p = |name: &str| root.join(name);
+    let mut log = Vec::new();
+    let mut step = |what: &str, r: String| log.push(format!("{what}: {r}"));
+    for f in ["imm", "app", "misc", "plain"] {
+        std::fs::write(p(f), b"start\n").unwrap();
+    }
+    for d in ["imm_dir", "app_dir"] {
+        std::fs::create_dir(p(d)).unwrap();
+        std::fs::write(p(d).join("inside"), b"x").unwrap();
+    }
+    step("chattr +i", cmd("chattr", &["+i", "imm", "imm_dir"], root));
+    step("chattr +a", cmd("chattr", &["+a", "app", "app_dir"], root));
+    step(
+        "chattr +dAS",
+        cmd("chattr", &["+d", "+A", "+S", "misc"], root),
+    );
+    step("chattr +D on a file", cmd("chattr", &["+D", "plain"], root));
+    step("chattr +T dir", cmd("chattr", &["+T", "app_dir"], root));
+    step(
+        "lsattr",
+        cmd(
+            "lsattr",
+            &["-d", "imm", "app", "misc", "plain", "imm_dir", "app_dir"],
+            root,
+        ),
+    );
+    // Immutable: nothing changes.
+    step(
+        "write imm",
+        outcome(
+            OpenOptions::new()
+                .write(true)
+                .open(p("imm"))
+                .map(|_| String::new()),
+        ),
+    );
+    step(
+        "append imm",
+        outcome(
+            OpenOptions::new()
+                .append(true)
+                .open(p("imm"))
+                .map(|_| String::new()),
+        ),
+    );
+    step(
+        "chmod imm",
+        outcome(
+            std::fs::set_permissions(p("imm"), std::fs::Permissions::from_mode(0o600))
+                .map(|()| String::new()),
+        ),
+    );
+    step("touch imm", cmd("touch", &["imm"], root));
+    step(
+        "rm imm",
+        outcome(std::fs::remove_file(p("imm")).map(|()| String::new())),
+    );
+    step(
+        "mv imm",
+        outcome(std::fs::rename(p("imm"), p("imm2")).map(|()| String::new())),
+    );
+    step(
+        "ln imm",
+        outcome(std::fs::hard_link(p("imm"), p("imm_link")).map(|()| String::new())),
+    );
+    step(
+        "setfattr imm",
+        cmd("setfattr", &["-n", "user.x", "-v", "1", "imm"], root),
+    );
+    step("read imm", outcome(std::fs::read_to_string(p("imm"))));
+    step(
+        "create in imm_dir",
+        outcome(std::fs::write(p("imm_dir/new"), b"y").map(|()| String::new())),
+    );
+    step(
+        "rm in imm_dir",
+        outcome(std::fs::remove_file(p("imm_dir/inside")).map(|()| String::new())),
+    );
+    step(
+        "write in imm_dir",
+        outcome(std::fs::write(p("imm_dir/inside"), b"z").map(|()| String::new())),
+    );
+    // Append-only: appends only.
+    step(
+        "write app",
+        outcome(
+            OpenOptions::new()
+                .write(true)
+                .open(p("app"))
+                .map(|_| String::new()),
+        ),
+    );
+    step(
+        "truncate app",
+        outcome(
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(p("app"))
+                .map(|_| String::new()),
+        ),
+    );
+    step(
+        "append app",
+        outcome(
+            OpenOptions::new()
+                .append(true)
+                .open(p("app"))
+                .and_then(|mut f| f.write_all(b"more\n").and_then(|()| f.sync_all()))
+                .map(|()| String::new()),
+        ),
+    );
+    step("read app", outcome(std::fs::read_to_string(p("app"))));
+    step(
+        "chmod app",
+        outcome(
+            std::fs::set_permissions(p("app"), std::fs::Permissions::from_mode(0o600))
+                .map(|()| String::new()),
+        ),
+    );
+    step(
+        "rm app",
+        outcome(std::fs::remove_file(p("app")).map(|()| String::new())),
+    );
+    step(
+        "setfattr app",
+        cmd("setfattr", &["-n", "user.x", "-v", "1", "app"], root),
+    );
+    step(
+        "create in app_dir",
+        outcome(std::fs::write(p("app_dir/new"), b"y").map(|()| String::new())),
+    );
+    step(
+        "rm in app_dir",
+        outcome(std::fs::remove_file(p("app_dir/new")).map(|()| String::new())),
+    );
+    step(
+        "mv out of app_dir",
+        outcome(std::fs::rename(p("app_dir/inside"), p("moved")).map(|()| String::new())),
+    );
+    // Other flags change nothing for writes.
+    step(
+        "write misc",
+        outcome(std::fs::write(p("misc"), b"rewritten\n").map(|()| String::new())),
+    );
+    // chattr while immutable: only -i.
+    step("chattr +d imm", cmd("chattr", &["+d", "imm"], root));
+    step("chattr -i", cmd("chattr", &["-i", "imm", "imm_dir"], root));
+    step("chattr -a", cmd("chattr", &["-a", "app", "app_dir"], root));
+    step(
+        "rm imm after -i",
+        outcome(std::fs::remove_file(p("imm")).map(|()| String::new())),
+    );
+    step(
+        "truncate app after -a",
+        outcome(
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(p("app"))
+                .map(|_| String::new()),
+        ),
+    );
+    step(
+        "lsattr after",
+        cmd(
+            "lsattr",
+            &["-d", "app", "misc", "plain", "imm_dir", "app_dir"],
+            root,
+        ),
+    );
+    // Keep some flags set for the on-disk comparison.
+    step("chattr +i again", cmd("chattr", &["+i", "misc"], root));
+    log
+}
+
+#[test]
+fn chattr_lsattr_and_enforcement_match_the_kernel() {
+    if !require_root() || kernel_standin() {
+        return;
+    }
+    let tmp = TempDir::new("iflags").unwrap();
+    let (img_a, img_b) = (tmp.join("sut.img"), tmp.join("kernel.img"));
+    ops::make_empty_image(&img_a, &[], 64 << 20).unwrap();
+    ops::make_empty_image(&img_b, &[], 64 << 20).unwrap();
+    let (mnt_a, mnt_b) = (tmp.join("sut"), tmp.join("kernel"));
+    std::fs::create_dir(&mnt_a).unwrap();
+    std::fs::create_dir(&mnt_b).unwrap();
+    let broker = Broker::start().unwrap();
+    broker.mount(&img_a, &mnt_a, "rw").unwrap();
+    let kernel = KernelMount::mount_rw(&img_b, &mnt_b, "").unwrap();
+    let ours = scenario(&mnt_a);
+    let theirs = scenario(&mnt_b);
+    let flags_ours = cmd("lsattr", &["-d", "misc", "app", "plain"], &mnt_a);
+    broker.unmount(&mnt_a).unwrap();
+    kernel.unmount().unwrap();
+    let diffs: Vec<String> = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("safemount {a}\n     kernel {b}"))
+        .collect();
+    assert!(
+        diffs.is_empty(),
+        "{} steps differ:\n{}\n(all safemount steps:\n{})",
+        diffs.len(),
+        diffs.join("\n"),
+        ours.join("\n")
+    );
+    // The scenario really exercised refusals (not all-ok on both sides).
+    assert!(
+        ours.iter().any(|l| l.starts_with("rm imm: err 1")),
+        "{ours:?}"
+    );
+    assert!(
+        ours.iter().any(|l| l.starts_with("append app: ok")),
+        "{ours:?}"
+    );
+    fsck_clean(&img_a).unwrap();
+    fsck_clean(&img_b).unwrap();
+    // What safemount wrote is what the kernel reads back.
+    let back = KernelMount::mount(&img_a, &mnt_a).unwrap();
+    assert_eq!(
+        cmd("lsattr", &["-d", "misc", "app", "plain"], &mnt_a),
+        flags_ours
+    );
+    back.unmount().unwrap();
+}
