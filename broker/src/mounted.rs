@@ -199,11 +199,25 @@ impl MountRef {
     /// Plain unmount (EBUSY while files are open on it): checked, then
     /// umount2 of `/proc/self/fd/<parent>/<name>` with UMOUNT_NOFOLLOW, so
     /// the walk starts at the held parent and the name is never a symlink.
+    ///
+    /// EBUSY is retried for a short while: a worker being spawned for
+    /// another mount holds copies of every fd the broker's threads have
+    /// open (this one's check included) from fork until its exec closes
+    /// them, which on a loaded machine is long enough to be seen.
     pub fn unmount(&self) -> Result<(), UnmountError> {
-        drop(self.open_root()?);
         let mut path = PathBuf::from(format!("/proc/self/fd/{}", self.parent.as_raw_fd()));
         path.push(&self.leaf);
-        nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW).map_err(UnmountError::Umount)
+        let mut tries = 0;
+        loop {
+            drop(self.open_root()?);
+            match nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW) {
+                Err(Errno::EBUSY) if tries < BUSY_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(BUSY_RETRY_WAIT);
+                }
+                r => return r.map_err(UnmountError::Umount),
+            }
+        }
     }
 
     /// Lazy unmount after aborting the FUSE connection, so that nothing
@@ -217,6 +231,11 @@ impl MountRef {
         nix::mount::umount2(path.as_str(), MntFlags::MNT_DETACH).map_err(UnmountError::Umount)
     }
 }
+
+/// How often, and how far apart, an unmount that found the mount busy is
+/// tried again (see `MountRef::unmount`): half a second in all.
+const BUSY_RETRIES: u32 = 10;
+const BUSY_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why an unmount or detach did not happen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
