@@ -96,8 +96,14 @@ fn cstr(b: &[u8]) -> String {
 }
 
 impl MmpImage {
-    /// A fresh 64 MiB MMP filesystem with a 1 s update interval.
+    /// A fresh 64 MiB MMP filesystem with a 1 s update interval, without
+    /// metadata_csum (so the block can be forged with plain bytes).
     fn make(tmp: &TempDir, name: &str) -> MmpImage {
+        Self::make_with(tmp, name, "mmp,^metadata_csum")
+    }
+
+    /// The same with the features `-O features` asks for.
+    fn make_with(tmp: &TempDir, name: &str, features: &str) -> MmpImage {
         let path = tmp.join(name);
         File::create(&path).unwrap().set_len(64 << 20).unwrap();
         run_ok(
@@ -106,7 +112,7 @@ impl MmpImage {
                 "-q".as_ref(),
                 "-F".as_ref(),
                 "-O".as_ref(),
-                "mmp,^metadata_csum".as_ref(),
+                features.as_ref(),
                 "-E".as_ref(),
                 "mmp_update_interval=1".as_ref(),
                 path.as_os_str(),
@@ -431,11 +437,23 @@ fn second_rw_mount_through_another_device_is_refused() {
 /// the block against safemount; it unmounts cleanly afterwards.
 #[test]
 fn kernel_and_safemount_exclude_each_other() {
+    kernel_exclusion("mmp-kernel", "mmp,^metadata_csum");
+}
+
+/// b with metadata_csum: the kernel and e2fsck check the MMP block's
+/// checksum (a wrong one would make the kernel refuse at once, and refuse
+/// after safemount's unmount too), and the worker checks the kernel's.
+#[test]
+fn kernel_and_safemount_exclude_each_other_with_metadata_csum() {
+    kernel_exclusion("mmp-kernel-csum", "mmp,metadata_csum");
+}
+
+fn kernel_exclusion(tag: &str, features: &str) {
     if !ready() {
         return;
     }
-    let tmp = TempDir::new("mmp-kernel").unwrap();
-    let img = MmpImage::make(&tmp, "kernel.img");
+    let tmp = TempDir::new(tag).unwrap();
+    let img = MmpImage::make_with(&tmp, "kernel.img", features);
     let a = LoopDevice::attach(&img.path, false).unwrap();
     let b = LoopDevice::attach(&img.path, false).unwrap();
     let broker = Broker::start().unwrap();
@@ -457,7 +475,7 @@ fn kernel_and_safemount_exclude_each_other() {
                 took >= Duration::from_secs(10),
                 "the kernel refused after {took:?}, without watching the MMP block: {e}"
             );
-            eprintln!("mmp: the kernel refused after {took:.1?}, as it should: {e}");
+            eprintln!("[{tag}] the kernel refused after {took:.1?}, as it should: {e}");
         }
     }
     assert_eq!(
@@ -467,6 +485,8 @@ fn kernel_and_safemount_exclude_each_other() {
     );
     unmount_ok(&broker, &mnt_a);
     assert_eq!(img.read().seq, SEQ_CLEAN);
+    // e2fsck reads (and with metadata_csum verifies) the block we left.
+    fsck_clean(&img.path).unwrap();
 
     let kernel = KernelRw::try_mount(b.path(), &mnt_k)
         .unwrap_or_else(|e| panic!("the kernel could not mount after safemount's unmount: {e}"));
@@ -493,7 +513,7 @@ fn kernel_and_safemount_exclude_each_other() {
     kernel.unmount();
     assert_eq!(img.read().seq, SEQ_CLEAN, "the kernel released the block");
     fsck_clean(&img.path).unwrap();
-    eprintln!("mmp kernel: safemount refused: {}", refused.stderr.trim());
+    eprintln!("[{tag}] safemount refused: {}", refused.stderr.trim());
 }
 
 /// c. e2fsck's sequence in the block: refused at once, saying so.
