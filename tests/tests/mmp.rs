@@ -666,7 +666,37 @@ fn killed_worker_leaves_block_in_use_and_next_mount_claims() {
         "a killed worker leaves its claim: {left:?}"
     );
 
-    let again = mount_ok(&broker, a.path(), &mnt, "rw");
+    // The broker serves other clients while a mount waits.
+    let (again, list_took, listed) = std::thread::scope(|s| {
+        let remount = s.spawn(|| mount(&broker, a.path(), &mnt, "rw"));
+        std::thread::sleep(Duration::from_secs(3));
+        let t = Instant::now();
+        let listed = broker.list().unwrap();
+        let took = t.elapsed();
+        (remount.join().unwrap(), took, listed)
+    });
+    assert!(
+        again.ok && procfs::is_mounted(&mnt),
+        "the mount after the kill: {again}\n{}",
+        broker.log_tail(30)
+    );
+    assert!(
+        list_took < Duration::from_secs(3),
+        "`safemount list` took {list_took:?} while a mount waited for MMP"
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|e| Path::new(&e.source) == a.path() && e.state == "Starting"),
+        "the waiting mount is listed as starting: {listed:?}"
+    );
+    eprintln!(
+        "mmp kill: list during the wait ({list_took:?}): {:?}",
+        listed
+            .iter()
+            .map(|e| (&e.source, &e.state))
+            .collect::<Vec<_>>()
+    );
     assert_told_wait(&again, "mount after the kill");
     assert!(
         again.stderr.contains("last in use by"),
