@@ -17,14 +17,15 @@
 //! - a foreign write to the block while mounted fences the mount (with
 //!   errors=panic it aborts it), and nothing more is written;
 //! - a killed worker leaves the block in use, the next mount waits and
-//!   claims it;
+//!   claims it; a stopped one lets the kernel take over and is fenced
+//!   when it runs again;
 //! - a mount of a block device uses O_DIRECT, one of an image file does
 //!   not; data with partial blocks reaches the disk; a clean unmount writes
 //!   the clean sequence, also for a read-write open served read-only.
 //!
 //! With libtest's default of one thread per core the binary takes about
-//! 80 s on 2 cores; `-- --test-threads=9` runs every scenario at once
-//! (about 35 s: they mostly wait).
+//! 2 minutes on 2 cores; `-- --test-threads=11` runs every scenario at
+//! once (about 35 s: they mostly wait).
 
 #![allow(
     clippy::unwrap_used,
@@ -970,4 +971,75 @@ fn foreign_write_with_errors_panic_aborts_the_mount() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(img.read(), intruder, "the aborted mount wrote the block");
+}
+
+/// b/d together: a worker that stops (SIGSTOP: a hung host) stops
+/// updating the block; the kernel on the other device then takes the
+/// filesystem over; when the worker runs again its update thread finds
+/// the kernel's writes and fences the mount before it writes anything.
+#[test]
+fn stalled_worker_is_fenced_when_the_kernel_takes_over() {
+    if !ready() {
+        return;
+    }
+    let tmp = TempDir::new("mmp-stalled").unwrap();
+    let img = MmpImage::make(&tmp, "stalled.img");
+    let a = LoopDevice::attach(&img.path, false).unwrap();
+    let b = LoopDevice::attach(&img.path, false).unwrap();
+    let broker = Broker::start().unwrap();
+    let (mnt_a, mnt_k) = (tmp.join("a"), tmp.join("kernel"));
+    mount_ok(&broker, a.path(), &mnt_a, "rw");
+    let data = pattern(21, 200_003);
+    write_synced(&mnt_a.join("before"), &data).unwrap();
+    let pid = broker.worker_pid(&mnt_a).unwrap();
+
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    // Resumed whatever happens below.
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0), Signal::SIGCONT);
+        }
+    }
+    let cont = Cont(pid);
+    let kernel = KernelRw::try_mount(b.path(), &mnt_k)
+        .unwrap_or_else(|e| panic!("the kernel could not take over from a stopped worker: {e}"));
+    let taken = img.read();
+    assert_eq!(taken.device, b.name(), "the kernel's claim: {taken:?}");
+    fs::write(mnt_k.join("kernel"), b"the kernel took over\n").unwrap();
+    drop(cont);
+
+    let mut entry = None;
+    let fenced = wait_until(Duration::from_secs(15), || {
+        entry = broker.entry_for(&mnt_a).unwrap();
+        entry.as_ref().is_some_and(|e| e.error.is_some())
+    });
+    assert!(
+        fenced,
+        "the resumed worker did not fence its mount: {entry:?}\n{}",
+        broker.log_tail(30)
+    );
+    let error = entry.unwrap().error.unwrap();
+    assert!(
+        error.contains("multi-mount protection") && error.contains(&b.name()),
+        "{error}"
+    );
+    let e = fs::write(mnt_a.join("after"), b"x").expect_err("a write after the fence");
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert!(fs::read(mnt_a.join("before")).unwrap() == data);
+    unmount_ok(&broker, &mnt_a);
+    let now = img.read();
+    assert!(
+        now.device == b.name() && now.seq != SEQ_CLEAN,
+        "the kernel still holds the block after safemount's unmount: {now:?}"
+    );
+    assert_eq!(
+        fs::read(mnt_k.join("before")).unwrap(),
+        data,
+        "the kernel sees what safemount had fsync'd"
+    );
+    kernel.unmount();
+    assert_eq!(img.read().seq, SEQ_CLEAN);
+    fsck_clean(&img.path).unwrap();
+    eprintln!("mmp stalled: list says: {error}");
 }
