@@ -3,8 +3,9 @@
 //! two hosts sharing a disk (both go through the image file's page cache,
 //! so each sees the other's writes; the worker itself uses O_DIRECT).
 //!
-//! Every image is `mkfs.ext4 -O mmp,^metadata_csum -E mmp_update_interval=1`
-//! (no metadata_csum: the MMP block is forged with plain byte writes). A
+//! The images are `mkfs.ext4 -O mmp,^metadata_csum -E mmp_update_interval=1`
+//! (no metadata_csum: the MMP block is forged with plain byte writes; one
+//! kernel scenario also runs with metadata_csum). A
 //! read-write mount of such a filesystem waits 2 x 5 + 1 s to claim it, a
 //! mount over a block that is "in use" twice that, so each scenario is its
 //! own test (they run in parallel) and keeps its mounts few:
@@ -51,8 +52,8 @@ use safemount_tests::util::{
 /// EXT4_MMP_SEQ_CLEAN and EXT4_MMP_SEQ_FSCK.
 const SEQ_CLEAN: u32 = 0xFF4D_4D50;
 const SEQ_FSCK: u32 = 0xE24D_4D50;
-/// O_DIRECT in /proc/PID/fdinfo's octal `flags:` (x86 and arm64 alike
-/// on the architectures CI runs; asm-generic value).
+/// O_DIRECT in /proc/PID/fdinfo's octal `flags:`: libc's value for the
+/// architecture (040000 on x86_64, 0200000 on arm64).
 const O_DIRECT_FLAG: u32 = libc::O_DIRECT as u32;
 
 /// Whether the test can run: root, /dev/fuse, and a worker to test.
