@@ -208,6 +208,7 @@ impl Ext4 {
         let s = &mut live.sb;
         s.s_state |= sbf::STATE_ERROR_FS;
         s.s_error_count = s.s_error_count.saturating_add(1);
+        // Ino is the on-disk u32: it goes into s_*_error_ino as it is.
         if s.s_first_error_time == 0 {
             s.s_first_error_time = t;
             s.s_first_error_ino = ino;

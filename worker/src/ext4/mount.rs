@@ -220,18 +220,29 @@ impl Ext4 {
     /// clean (s_state as found at mount, plus ERROR_FS if an error was
     /// seen; ORPHAN_PRESENT cleared when the orphan file is empty), writes
     /// it with s_wtime and s_kbytes_written, flushes the device, and turns
-    /// the mount read-only. A read-only mount does nothing.
+    /// the mount read-only. A read-only mount does nothing. Then the MMP
+    /// block, if claimed, gets the clean sequence (after the last write,
+    /// and whatever the mount's state: a mount served read-only, or whose
+    /// last writes failed, is over all the same, as the kernel's kmmpd
+    /// has it; a fenced one writes nothing, see `mmp`).
     pub fn shutdown(&self) -> Result<()> {
-        let done = self.write_clean();
-        if let Some(mmp) = &self.mmp {
-            // After the last write, whether or not it went well: the
-            // clean sequence (unless another node owns the disk now).
-            mmp.release();
-        }
-        done
+        let result = self.shutdown_writes();
+        self.release_mmp();
+        result
     }
 
-    fn write_clean(&self) -> Result<()> {
+    /// Writes the clean sequence to the MMP block if this mount claimed it
+    /// (stops the update thread; a fenced mount writes nothing). For a
+    /// mount that is over without [`Ext4::shutdown`]: one served
+    /// read-only from the start still holds the claim of its read-write
+    /// open. Idempotent.
+    pub fn release_mmp(&self) {
+        if let Some(mmp) = &self.mmp {
+            mmp.release();
+        }
+    }
+
+    fn shutdown_writes(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }

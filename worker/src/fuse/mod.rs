@@ -363,6 +363,9 @@ impl Filesystem for Adapter {
     fn destroy(&mut self) {
         self.stop_flusher.store(true, Ordering::Release);
         if self.read_only {
+            // Nothing to write; but a read-write open the engine serves
+            // read-only (failed descriptor checksums) holds the MMP block.
+            self.fs.release_mmp();
             return;
         }
         // Unlinked inodes still open at unmount (a lazy unmount, or a
