@@ -18,9 +18,9 @@ use std::sync::{OnceLock, RwLock};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-/// Alignment used in direct-I/O mode. Every logical sector size Linux
-/// supports divides 4096, so 4096-aligned transfers are always valid; this
-/// needs no ioctl to learn the device's own sector size.
+/// Alignment of the bounce buffers of direct-I/O mode, and of transfers
+/// when the device's logical sector size is not known: every logical
+/// sector size Linux supports divides 4096.
 pub const DIRECT_ALIGN: usize = 4096;
 
 pub trait BlockDevice: Send + Sync {
@@ -42,6 +42,8 @@ pub struct FdDevice {
     file: File,
     size: u64,
     direct: AtomicBool,
+    /// Transfer alignment in direct-I/O mode: the logical sector size.
+    sector: AtomicU64,
     /// Direct I/O: a write that is not sector-aligned reads, patches and
     /// writes back whole sectors, which would undo a concurrent write to
     /// the rest of them (two 1 KiB blocks in one 4 KiB sector, or the MMP
@@ -60,13 +62,24 @@ impl FdDevice {
             file,
             size: u64::try_from(size).map_err(|_| io::Error::other("negative device size"))?,
             direct: AtomicBool::new(false),
+            sector: AtomicU64::new(DIRECT_ALIGN as u64),
             rmw: RwLock::new(()),
         })
     }
 
-    /// Switches the shared fd to O_DIRECT. Fails where the kernel or the
-    /// underlying filesystem refuses it.
-    pub fn enable_direct_io(&self) -> io::Result<()> {
+    /// Switches the shared fd to O_DIRECT, transfers aligned to `sector`
+    /// (the device's logical sector size, BLKSSZGET; None: 4096, valid for
+    /// every device). Fails where the kernel or the underlying filesystem
+    /// refuses it. Aligning to the real sector size matters beside the
+    /// MMP block: a 1 KiB block shares no 4 KiB read-modify-write with its
+    /// neighbours on a 512-byte-sector disk, so a write of ours never
+    /// carries a stale copy of another node's MMP write back over it.
+    pub fn enable_direct_io(&self, sector: Option<u32>) -> io::Result<()> {
+        let sector = sector
+            .map(|s| s as usize)
+            .filter(|s| s.is_power_of_two() && (512..=DIRECT_ALIGN).contains(s))
+            .unwrap_or(DIRECT_ALIGN);
+        self.sector.store(sector as u64, Ordering::Release);
         let flags = OFlag::from_bits_truncate(fcntl(self.file.as_fd(), FcntlArg::F_GETFL)?);
         fcntl(
             self.file.as_fd(),
@@ -97,8 +110,7 @@ impl FdDevice {
 /// The aligned window `[start, start+len)` covering `[offset, offset+len)`,
 /// ending at `size` at the latest (a block device's size is a multiple of
 /// its logical sector size, so that end is aligned enough).
-fn aligned_window(offset: u64, len: usize, size: u64) -> (u64, usize) {
-    let a = DIRECT_ALIGN as u64;
+fn aligned_window(offset: u64, len: usize, size: u64, a: u64) -> (u64, usize) {
     let start = offset / a * a;
     let end = ((offset + len as u64).div_ceil(a) * a).min(size.max(offset + len as u64));
     (start, (end - start) as usize)
@@ -140,7 +152,12 @@ impl BlockDevice for FdDevice {
         if !self.is_direct() {
             return self.file.read_exact_at(buf, offset);
         }
-        let (start, len) = aligned_window(offset, buf.len(), self.size);
+        let (start, len) = aligned_window(
+            offset,
+            buf.len(),
+            self.size,
+            self.sector.load(Ordering::Acquire),
+        );
         let mut bounce = AlignedBuf::new(len);
         self.file.read_exact_at(bounce.as_mut_slice(), start)?;
         let skip = (offset - start) as usize;
@@ -153,7 +170,12 @@ impl BlockDevice for FdDevice {
         if !self.is_direct() {
             return self.file.write_all_at(buf, offset);
         }
-        let (start, len) = aligned_window(offset, buf.len(), self.size);
+        let (start, len) = aligned_window(
+            offset,
+            buf.len(),
+            self.size,
+            self.sector.load(Ordering::Acquire),
+        );
         let mut bounce = AlignedBuf::new(len);
         let skip = (offset - start) as usize;
         let partial = skip != 0 || len != buf.len();
@@ -175,7 +197,11 @@ impl BlockDevice for FdDevice {
     }
 
     fn alignment(&self) -> usize {
-        if self.is_direct() { DIRECT_ALIGN } else { 1 }
+        if self.is_direct() {
+            self.sector.load(Ordering::Acquire) as usize
+        } else {
+            1
+        }
     }
 }
 
@@ -309,12 +335,14 @@ mod tests {
     #[test]
     fn aligned_window_covers_request() {
         let big = 1 << 30;
-        assert_eq!(aligned_window(0, 4096, big), (0, 4096));
-        assert_eq!(aligned_window(100, 10, big), (0, 4096));
-        assert_eq!(aligned_window(4000, 200, big), (0, 8192));
-        assert_eq!(aligned_window(8192, 1, big), (8192, 4096));
+        assert_eq!(aligned_window(0, 4096, big, 4096), (0, 4096));
+        assert_eq!(aligned_window(100, 10, big, 4096), (0, 4096));
+        assert_eq!(aligned_window(4000, 200, big, 4096), (0, 8192));
+        assert_eq!(aligned_window(8192, 1, big, 4096), (8192, 4096));
         // A device of 9 sectors of 512 bytes: the last window ends with it.
-        assert_eq!(aligned_window(4096, 512, 4608), (4096, 512));
+        assert_eq!(aligned_window(4096, 512, 4608, 4096), (4096, 512));
+        // 512-byte sectors: a 1 KiB block is its own window.
+        assert_eq!(aligned_window(5120, 1024, big, 512), (5120, 1024));
     }
 
     #[test]
@@ -349,7 +377,7 @@ mod tests {
             .unwrap();
         let dev = FdDevice::new(f.into()).unwrap();
         // tmpfs refuses O_DIRECT; then this test only checks buffered mode.
-        let direct = dev.enable_direct_io().is_ok();
+        let direct = dev.enable_direct_io(None).is_ok();
         dev.write_at(b"hello", 4094).unwrap();
         let mut b = [0u8; 7];
         dev.read_at(&mut b, 4093).unwrap();
@@ -373,7 +401,7 @@ mod tests {
             .open(&path)
             .unwrap();
         let dev = FdDevice::new(f.into()).unwrap();
-        if dev.enable_direct_io().is_err() {
+        if dev.enable_direct_io(None).is_err() {
             std::fs::remove_file(&path).unwrap();
             crate::test_skip::skip("the target directory's filesystem refuses O_DIRECT");
             return;

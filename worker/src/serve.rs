@@ -149,13 +149,17 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         return Err(ServeError::Version(version));
     }
     let device = one_fd(fds)?;
-    // Before the sandbox, which has no uname or fstat: what multi-mount
-    // protection needs (this node's name; O_DIRECT on a block device).
+    // Before the sandbox, which has no uname, fstat or BLKSSZGET: what
+    // multi-mount protection needs (this node's name; O_DIRECT, aligned to
+    // the logical sector size, on a block device).
     let node = nix::sys::utsname::uname()
         .map(|u| u.nodename().to_string_lossy().into_owned())
         .unwrap_or_default();
     let is_block_device =
         nix::sys::stat::fstat(&device).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFBLK);
+    let sector_size = is_block_device
+        .then(|| rustix::fs::ioctl_blksszget(&device).ok())
+        .flatten();
 
     // 2. Sandbox, before a single byte of the device is read.
     let keep = [libc::STDERR_FILENO, sock.as_raw_fd(), device.as_raw_fd()];
@@ -181,7 +185,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         // fd with everything else: all I/O goes direct from here on.
         device
             .inner()
-            .enable_direct_io()
+            .enable_direct_io(sector_size)
             .map_err(ServeError::DirectIo)?;
         tracing::info!("{source_name:?}: multi-mount protection: direct I/O on");
     }

@@ -106,6 +106,17 @@ impl Ext4 {
             .ok()
             .and_then(|o| o.checked_add(data.len()))
             .ok_or(Error::FileTooBig)?;
+        // An inline file's size cannot pass what the inode holds; a bigger
+        // one (a hostile disk) would have us allocate it here.
+        if inode.size > self.inline_capacity(inode)? {
+            return Err(Error::corrupt(
+                format!(
+                    "inline inode {} claims size {}, more than the inode can hold",
+                    inode.ino, inode.size
+                ),
+                self.inode_block(inode.ino),
+            ));
+        }
         let size = usize::try_from(inode.size).unwrap_or(usize::MAX);
         content.resize(size.max(end).max(content.len()), 0);
         content
