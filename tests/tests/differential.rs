@@ -1014,6 +1014,18 @@ fn differential_mmp_direct_io() {
     run_config_on("mmp_direct_io", &["-O", "mmp"], 4096, Device::LoopDevice);
 }
 
+/// The same with 1 KiB blocks: several blocks per 4 KiB page, each
+/// written on its own through the direct-I/O path.
+#[test]
+fn differential_mmp_direct_io_block1024() {
+    run_config_on(
+        "mmp_direct_io_block1024",
+        &["-b", "1024", "-O", "mmp"],
+        1024,
+        Device::LoopDevice,
+    );
+}
+
 #[test]
 fn differential_no_metadata_csum() {
     run_config("no_metadata_csum", &["-O", "^metadata_csum"], 4096);
