@@ -35,6 +35,11 @@ fn outcome(r: std::io::Result<String>) -> String {
     }
 }
 
+/// A step with no output: Ok, or its errno.
+fn done<T>(r: std::io::Result<T>) -> String {
+    outcome(r.map(|_| String::new()))
+}
+
 fn cmd(prog: &str, args: &[&str], root: &Path) -> String {
     let out = Command::new(prog)
         .args(args)
@@ -82,42 +87,23 @@ fn scenario(root: &Path) -> Vec<String> {
     // Immutable: nothing changes.
     step(
         "write imm",
-        outcome(
-            OpenOptions::new()
-                .write(true)
-                .open(p("imm"))
-                .map(|_| String::new()),
-        ),
+        done(OpenOptions::new().write(true).open(p("imm"))),
     );
     step(
         "append imm",
-        outcome(
-            OpenOptions::new()
-                .append(true)
-                .open(p("imm"))
-                .map(|_| String::new()),
-        ),
+        done(OpenOptions::new().append(true).open(p("imm"))),
     );
     step(
         "chmod imm",
-        outcome(
-            std::fs::set_permissions(p("imm"), std::fs::Permissions::from_mode(0o600))
-                .map(|()| String::new()),
-        ),
+        done(std::fs::set_permissions(
+            p("imm"),
+            std::fs::Permissions::from_mode(0o600),
+        )),
     );
     step("touch imm", cmd("touch", &["imm"], root));
-    step(
-        "rm imm",
-        outcome(std::fs::remove_file(p("imm")).map(|()| String::new())),
-    );
-    step(
-        "mv imm",
-        outcome(std::fs::rename(p("imm"), p("imm2")).map(|()| String::new())),
-    );
-    step(
-        "ln imm",
-        outcome(std::fs::hard_link(p("imm"), p("imm_link")).map(|()| String::new())),
-    );
+    step("rm imm", done(std::fs::remove_file(p("imm"))));
+    step("mv imm", done(std::fs::rename(p("imm"), p("imm2"))));
+    step("ln imm", done(std::fs::hard_link(p("imm"), p("imm_link"))));
     step(
         "setfattr imm",
         cmd("setfattr", &["-n", "user.x", "-v", "1", "imm"], root),
@@ -125,96 +111,72 @@ fn scenario(root: &Path) -> Vec<String> {
     step("read imm", outcome(std::fs::read_to_string(p("imm"))));
     step(
         "create in imm_dir",
-        outcome(std::fs::write(p("imm_dir/new"), b"y").map(|()| String::new())),
+        done(std::fs::write(p("imm_dir/new"), b"y")),
     );
     step(
         "rm in imm_dir",
-        outcome(std::fs::remove_file(p("imm_dir/inside")).map(|()| String::new())),
+        done(std::fs::remove_file(p("imm_dir/inside"))),
     );
     step(
         "write in imm_dir",
-        outcome(std::fs::write(p("imm_dir/inside"), b"z").map(|()| String::new())),
+        done(std::fs::write(p("imm_dir/inside"), b"z")),
     );
     // Append-only: appends only.
     step(
         "write app",
-        outcome(
-            OpenOptions::new()
-                .write(true)
-                .open(p("app"))
-                .map(|_| String::new()),
-        ),
+        done(OpenOptions::new().write(true).open(p("app"))),
     );
     step(
         "truncate app",
-        outcome(
-            OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(p("app"))
-                .map(|_| String::new()),
-        ),
+        done(OpenOptions::new().write(true).truncate(true).open(p("app"))),
     );
     step(
         "append app",
-        outcome(
+        done(
             OpenOptions::new()
                 .append(true)
                 .open(p("app"))
-                .and_then(|mut f| f.write_all(b"more\n").and_then(|()| f.sync_all()))
-                .map(|()| String::new()),
+                .and_then(|mut f| f.write_all(b"more\n").and_then(|()| f.sync_all())),
         ),
     );
     step("read app", outcome(std::fs::read_to_string(p("app"))));
     step(
         "chmod app",
-        outcome(
-            std::fs::set_permissions(p("app"), std::fs::Permissions::from_mode(0o600))
-                .map(|()| String::new()),
-        ),
+        done(std::fs::set_permissions(
+            p("app"),
+            std::fs::Permissions::from_mode(0o600),
+        )),
     );
-    step(
-        "rm app",
-        outcome(std::fs::remove_file(p("app")).map(|()| String::new())),
-    );
+    step("rm app", done(std::fs::remove_file(p("app"))));
     step(
         "setfattr app",
         cmd("setfattr", &["-n", "user.x", "-v", "1", "app"], root),
     );
     step(
         "create in app_dir",
-        outcome(std::fs::write(p("app_dir/new"), b"y").map(|()| String::new())),
+        done(std::fs::write(p("app_dir/new"), b"y")),
     );
     step(
         "rm in app_dir",
-        outcome(std::fs::remove_file(p("app_dir/new")).map(|()| String::new())),
+        done(std::fs::remove_file(p("app_dir/new"))),
     );
     step(
         "mv out of app_dir",
-        outcome(std::fs::rename(p("app_dir/inside"), p("moved")).map(|()| String::new())),
+        done(std::fs::rename(p("app_dir/inside"), p("moved"))),
     );
     // Other flags change nothing for writes.
     step(
         "write misc",
-        outcome(std::fs::write(p("misc"), b"rewritten\n").map(|()| String::new())),
+        done(std::fs::write(p("misc"), b"rewritten\n")),
     );
     // chattr while immutable: only -i.
     step("chattr +d imm", cmd("chattr", &["+d", "imm"], root));
     step("chattr -i", cmd("chattr", &["-i", "imm", "imm_dir"], root));
     step("chattr -a", cmd("chattr", &["-a", "app", "app_dir"], root));
-    step(
-        "rm imm after -i",
-        outcome(std::fs::remove_file(p("imm")).map(|()| String::new())),
-    );
+    step("rm imm after -i", done(std::fs::remove_file(p("imm"))));
     step(
         "truncate app after -a",
-        outcome(
-            OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(p("app"))
-                .map(|_| String::new()),
-        ),
+        done(OpenOptions::new().write(true).truncate(true).open(p("app"))),
     );
     step(
         "lsattr after",

@@ -366,16 +366,21 @@ mod tests {
         assert_eq!(&d.contents()[..3], &[1, 2, 7]);
     }
 
-    #[test]
-    fn direct_io_on_a_file_round_trips_unaligned() {
-        let path = std::env::temp_dir().join(format!("safemount-io-{}", std::process::id()));
-        std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+    /// A zeroed file of `len` bytes at `path`, opened read-write.
+    fn file_device(path: &std::path::Path, len: usize) -> FdDevice {
+        std::fs::write(path, vec![0u8; len]).unwrap();
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&path)
+            .open(path)
             .unwrap();
-        let dev = FdDevice::new(f.into()).unwrap();
+        FdDevice::new(f.into()).unwrap()
+    }
+
+    #[test]
+    fn direct_io_on_a_file_round_trips_unaligned() {
+        let path = std::env::temp_dir().join(format!("safemount-io-{}", std::process::id()));
+        let dev = file_device(&path, 3 * 4096);
         // tmpfs refuses O_DIRECT; then this test only checks buffered mode.
         let direct = dev.enable_direct_io(None).is_ok();
         dev.write_at(b"hello", 4094).unwrap();
@@ -394,13 +399,7 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("../target/safemount-rmw-{}", std::process::id()));
         let sectors = 256u64;
-        std::fs::write(&path, vec![0u8; (sectors * 4096) as usize]).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let dev = FdDevice::new(f.into()).unwrap();
+        let dev = file_device(&path, (sectors * 4096) as usize);
         if dev.enable_direct_io(None).is_err() {
             std::fs::remove_file(&path).unwrap();
             crate::test_skip::skip("the target directory's filesystem refuses O_DIRECT");
