@@ -19,7 +19,7 @@ use super::ondisk::inode::{
     EXT4_TOPDIR_FL, EXT4_UNRM_FL, EXT4_VERITY_FL, Inode,
 };
 use super::ondisk::superblock as sbf;
-use super::{Error, Ext4, FileKind, Ino, Result};
+use super::{Error, Ext4, FileKind, Ino, Result, crypt};
 
 /// The formerly-EOFBLOCKS bit, still settable (EXT4_FL_USER_MODIFIABLE).
 const EXT4_EOFBLOCKS_FL: u32 = 0x0040_0000;
@@ -129,7 +129,8 @@ fn from_xflags(xflags: u32) -> u32 {
 
 impl Ext4 {
     /// may_open: an immutable file opens for reading only; an append-only
-    /// one for writing only with O_APPEND and never with O_TRUNC.
+    /// one for writing only with O_APPEND and never with O_TRUNC. Then
+    /// ext4_file_open: an encrypted regular file needs its key.
     pub fn check_open(&self, ino: Ino, write: bool, append: bool, truncate: bool) -> Result<()> {
         let inode = self.inode(ino)?;
         if (write || truncate) && is_immutable(&inode) {
@@ -137,6 +138,10 @@ impl Ext4 {
         }
         if is_append_only(&inode) && (truncate || (write && !append)) {
             return Err(Error::NotPermitted);
+        }
+        // ext4_file_open's fscrypt_file_open.
+        if inode.kind == FileKind::RegularFile {
+            crypt::require_key(&inode)?;
         }
         Ok(())
     }

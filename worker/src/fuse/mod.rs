@@ -146,14 +146,14 @@ impl Filesystem for Adapter {
         } else {
             FopenFlags::empty()
         };
-        if !self.read_only
-            && let Err(e) = self.fs.check_open(
-                ino,
-                writes,
-                flags.0 & libc::O_APPEND != 0,
-                flags.0 & libc::O_TRUNC != 0,
-            )
-        {
+        // On a read-only mount writes are refused above; what remains
+        // (an encrypted file's missing key) applies to reads too.
+        if let Err(e) = self.fs.check_open(
+            ino,
+            writes,
+            flags.0 & libc::O_APPEND != 0,
+            flags.0 & libc::O_TRUNC != 0,
+        ) {
             return reply.error(self.fail("open", ino, &e));
         }
         // The handle is unused (reads go by inode number); a getattr makes

@@ -189,7 +189,7 @@ impl Ext4 {
             .unwrap_or(buf.len());
         let buf = buf.get_mut(..want).unwrap_or(&mut []);
         if inode.has_flag(EXT4_ENCRYPT_FL) && inode.kind == FileKind::RegularFile {
-            return Err(Error::Unsupported("reading encrypted file contents".into()));
+            return Err(Error::NoKey);
         }
         if inode.has_flag(EXT4_INLINE_DATA_FL) {
             let data = self.inline_content(inode)?;
