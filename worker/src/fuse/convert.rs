@@ -205,6 +205,16 @@ pub(super) fn placeholder_attr(ino: Ino, kind: FileKind) -> FileAttr {
     })
 }
 
+/// The entry reply for a name that does not exist: node id 0, which the
+/// kernel keeps as a negative dentry for the entry timeout, so looking the
+/// same missing name up again (a search path, a build's probes) costs no
+/// round trip.
+pub(super) fn negative_entry_attr() -> FileAttr {
+    let mut a = placeholder_attr(ROOT_INO, FileKind::RegularFile);
+    a.ino = INodeNo(0);
+    a
+}
+
 /// getxattr/listxattr reply: size 0 asks for the size; a too-small
 /// buffer gets ERANGE.
 pub(super) fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {

@@ -30,9 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ext4::error::Error;
@@ -46,7 +46,7 @@ pub use convert::{
     BAD_BLOCKS_FUSE_INO, access_allowed, errno, ext4_ino, falloc_mode, file_attr, fuse_ino,
     request_timestamp,
 };
-use convert::{file_type, placeholder_attr, reply_xattr, time_set};
+use convert::{file_type, negative_entry_attr, placeholder_attr, reply_xattr, time_set};
 use requests::Op;
 
 /// Largest read served in one request. The kernel never asks for more than
@@ -97,6 +97,8 @@ impl Filesystem for Adapter {
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
+            } else if flag == InitFlags::FUSE_NO_OPENDIR_SUPPORT {
+                self.skip_opendir = true;
             }
         }
         if !self.read_only {
@@ -119,6 +121,9 @@ impl Filesystem for Adapter {
         self.requests.count(Op::Lookup);
         let parent = ino_or_reply!(parent, reply);
         let res = self.fs.lookup(parent, name.as_bytes());
+        if matches!(res, Err(Error::NotFound)) && !self.negative_ttl.is_zero() {
+            return reply.entry(&self.negative_ttl, &negative_entry_attr(), Generation(0));
+        }
         self.reply_entry(reply, "lookup", parent, res);
     }
 
@@ -230,6 +235,10 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.requests.count(Op::Opendir);
+        if self.skip_opendir {
+            // The kernel stops sending OPENDIR and RELEASEDIR.
+            return reply.error(Errno::ENOSYS);
+        }
         let ino = ino_or_reply!(ino, reply);
         let open_flags = if self.read_only {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
