@@ -46,6 +46,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::ReadOnly => Errno::EROFS,
         Error::Unsupported(_) => Errno::EOPNOTSUPP,
         Error::Io { .. } => Errno::EIO,
+        Error::Verity(_) => Errno::EIO,
         // Refused at open time; if it shows up later, the object cannot be
         // served: an I/O error is what the kernel driver would report.
         Error::Incompatible(_) => Errno::EIO,
