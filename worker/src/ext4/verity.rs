@@ -519,6 +519,36 @@ mod tests {
     }
 
     #[test]
+    fn verity_flag_without_extents_is_corrupt() {
+        // ext4_get_verity_descriptor_location: a verity file must use
+        // extents. An indirect-mapped file given the flag fails its open
+        // and its reads, never reads unverified.
+        if !have(&["mkfs.ext4", "debugfs"]) {
+            return;
+        }
+        let sc = Scratch::new("verity-indirect");
+        let src = sc.file("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), pattern(10_000, 5)).unwrap();
+        // (mkfs.ext4 will not make verity without extents; debugfs will.)
+        let img = mkfs(&sc, &src, &["-O", "^extent,^64bit"], 8 * 1024);
+        debugfs(&img, "feature verity");
+        debugfs(&img, "sif f flags 0x100000");
+        let fs = open_image(&img).unwrap();
+        let ino = ino_of(&img, "f");
+        let e = fs.check_open(ino, false, false, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("inode {ino}: verity file does not use extents")),
+            "{e}"
+        );
+        assert!(matches!(
+            fs.read(ino, 0, &mut [0u8; 100]),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn tree_blocks_larger_than_fs_blocks_are_refused() {
         // fsverity_init_merkle_tree_params: a Merkle block may not exceed
         // the filesystem block (4 KiB tree blocks on a 1 KiB filesystem).
