@@ -83,6 +83,7 @@ for f in plain verity; do T[$f]=; done
 for _ in $(seq "$REPEAT"); do
     for f in plain verity; do T[$f]+=" $(cold_read "$f")"; done
 done
+for f in plain verity; do echo "# $f seconds:${T[$f]}" >&2; done
 bytes=$((SIZE_MIB << 20))
 printf '%-8s %10s %10s\n' file "read MB/s" "time x"
 p=$(median ${T[plain]})

@@ -72,6 +72,21 @@ impl Hasher {
         }
     }
 
+    /// The digest of `block`, zero-padded to `size` bytes (the part of a
+    /// file's last block past i_size hashes as zeros).
+    fn digest_padded(&self, block: &[u8], size: usize) -> Hash {
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut h = self.clone();
+        h.update(block);
+        let mut pad = size.saturating_sub(block.len());
+        while pad > 0 {
+            let n = pad.min(ZEROS.len());
+            h.update(ZEROS.get(..n).unwrap_or(&[]));
+            pad = pad.saturating_sub(n);
+        }
+        h.digest(&[])
+    }
+
     /// The digest of `block` after the salt.
     fn digest(&self, block: &[u8]) -> Hash {
         let mut out = Hash {
@@ -201,25 +216,36 @@ impl Ext4 {
     }
 
     /// Fills `buf` (inside i_size) with the verity file's bytes at
-    /// `offset`, every Merkle-tree block they touch verified first.
+    /// `offset`, every data block they touch verified against the tree.
     pub(crate) fn read_verified(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<()> {
         let Some(v) = self.verity_of(inode)? else {
             return self.read_mapped(inode, offset, buf);
         };
         let bs = u64::from(v.geo.block_size);
+        let bsz = usize::try_from(bs).unwrap_or(usize::MAX);
         let end = offset.saturating_add(buf.len() as u64);
         let first = offset.checked_div(bs).unwrap_or(0);
+        let aligned = offset.checked_rem(bs) == Some(0)
+            && (end.checked_rem(bs) == Some(0) || end == inode.size);
+        if aligned {
+            // The usual FUSE read (whole blocks, or up to EOF): verified
+            // in place.
+            self.read_mapped(inode, offset, buf)?;
+            for (index, block) in (first..).zip(buf.chunks(bsz)) {
+                self.verify_data_block(inode, &v, index, block)?;
+            }
+            return Ok(());
+        }
         let span_start = first.saturating_mul(bs);
         let span_end = end.div_ceil(bs).saturating_mul(bs);
         // buf.len() plus less than two blocks.
         let span_len = usize::try_from(span_end.saturating_sub(span_start)).unwrap_or(0);
         let mut span = vec![0u8; span_len];
-        // Past i_size the last block hashes as zeros.
         let data = usize::try_from(inode.size.saturating_sub(span_start))
             .unwrap_or(usize::MAX)
             .min(span_len);
-        self.read_mapped(inode, span_start, span.get_mut(..data).unwrap_or(&mut []))?;
-        let bsz = usize::try_from(bs).unwrap_or(usize::MAX);
+        let span = span.get_mut(..data).unwrap_or(&mut []);
+        self.read_mapped(inode, span_start, span)?;
         for (index, block) in (first..).zip(span.chunks(bsz)) {
             self.verify_data_block(inode, &v, index, block)?;
         }
@@ -227,9 +253,10 @@ impl Ext4 {
         let src = span
             .get(skip..skip.saturating_add(buf.len()))
             .unwrap_or(&[]);
-        if src.len() == buf.len() {
-            buf.copy_from_slice(src);
+        if src.len() != buf.len() {
+            return Err(Error::Invalid("verity read outside the file"));
         }
+        buf.copy_from_slice(src);
         Ok(())
     }
 
@@ -243,7 +270,11 @@ impl Ext4 {
         block: &[u8],
     ) -> Result<()> {
         let ino = inode.ino;
-        let got = v.hasher.digest(block);
+        // A block shorter than a Merkle block is the file's last: the rest
+        // hashes as zeros.
+        let got = v
+            .hasher
+            .digest_padded(block, usize::try_from(v.geo.block_size).unwrap_or(0));
         let ok = if v.geo.levels == 0 {
             index == 0 && got.as_slice() == v.desc.root()
         } else {
