@@ -231,8 +231,9 @@ impl Ext4 {
             // The usual FUSE read (whole blocks, or up to EOF): verified
             // in place.
             self.read_mapped(inode, offset, buf)?;
+            let mut level0 = None;
             for (index, block) in (first..).zip(buf.chunks(bsz)) {
-                self.verify_data_block(inode, &v, index, block)?;
+                self.verify_data_block(inode, &v, index, block, &mut level0)?;
             }
             return Ok(());
         }
@@ -246,8 +247,9 @@ impl Ext4 {
             .min(span_len);
         let span = span.get_mut(..data).unwrap_or(&mut []);
         self.read_mapped(inode, span_start, span)?;
+        let mut level0 = None;
         for (index, block) in (first..).zip(span.chunks(bsz)) {
-            self.verify_data_block(inode, &v, index, block)?;
+            self.verify_data_block(inode, &v, index, block, &mut level0)?;
         }
         let skip = usize::try_from(offset.saturating_sub(span_start)).unwrap_or(0);
         let src = span
@@ -261,13 +263,15 @@ impl Ext4 {
     }
 
     /// Checks data block `index` against level 0 of the tree (or the root
-    /// hash, for a one-block file).
+    /// hash, for a one-block file). `level0` keeps the verified level-0
+    /// block the previous call used (neighbours share it) out of the cache.
     fn verify_data_block(
         &self,
         inode: &Inode,
         v: &VerityFile,
         index: u64,
         block: &[u8],
+        level0: &mut Option<(u64, Arc<[u8]>)>,
     ) -> Result<()> {
         let ino = inode.ino;
         // A block shorter than a Merkle block is the file's last: the rest
@@ -279,12 +283,15 @@ impl Ext4 {
             index == 0 && got.as_slice() == v.desc.root()
         } else {
             let (_, at) = location(v, ino, 0, index)?;
-            let parent = self.verified_tree_block(
-                inode,
-                v,
-                0,
-                index.checked_div(v.geo.hashes_per_block).unwrap_or(0),
-            )?;
+            let in_level = index.checked_div(v.geo.hashes_per_block).unwrap_or(0);
+            let parent = match level0 {
+                Some((i, b)) if *i == in_level => b.clone(),
+                _ => {
+                    let b = self.verified_tree_block(inode, v, 0, in_level)?;
+                    *level0 = Some((in_level, b.clone()));
+                    b
+                }
+            };
             parent.get(at..at.saturating_add(got.len)) == Some(got.as_slice())
         };
         if ok {
@@ -784,5 +791,73 @@ mod tests {
         fs.shutdown().unwrap();
         std::fs::write(&v.img, dev.contents()).unwrap();
         assert_fsck_clean(&v.img, "metadata changes beside a verity file");
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::ext4::testutil::*;
+    use crate::ext4::{Ext4, OpenOptions};
+    use crate::io::FdDevice;
+
+    /// What verification costs the engine alone: the same 256 MiB read
+    /// from a plain file and from a verity file (SHA-256, 4 KiB Merkle
+    /// blocks) of one image, page cache warm, 128 KiB requests as FUSE
+    /// sends them. Prints MiB/s (bench/README.md): cargo test -p
+    /// safemount-worker --lib --release ext4::verity::bench -- --ignored --nocapture
+    #[test]
+    #[ignore = "benchmark: builds a 600 MiB image; prints MiB/s, checks nothing new"]
+    fn verified_read_throughput() {
+        if !have(&["mkfs.ext4", "debugfs", "fsverity"]) {
+            return;
+        }
+        let sc = Scratch::new("verity-bench");
+        let src = sc.file("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let size = 256usize << 20;
+        let data = pattern(size, 7);
+        std::fs::write(src.join("plain"), &data).unwrap();
+        let vdata = sc.file("vdata");
+        std::fs::write(&vdata, &data).unwrap();
+        let img = mkfs(&sc, &src, &["-O", "verity"], 600 * 1024);
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/verity/put-verity-file.sh");
+        run(
+            script.to_str().unwrap(),
+            &[img.to_str().unwrap(), "verity", vdata.to_str().unwrap()],
+        );
+        let f = std::fs::File::open(&img).unwrap();
+        let fs = Ext4::open(
+            Arc::new(FdDevice::new(f.into()).unwrap()),
+            OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 128 * 1024];
+        for round in 0..3 {
+            for name in ["plain", "verity"] {
+                let ino = ino_of(&img, name);
+                let t = Instant::now();
+                let mut off = 0u64;
+                loop {
+                    let n = fs.read(ino, off, &mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    off += n as u64;
+                }
+                assert_eq!(off, size as u64);
+                eprintln!(
+                    "round {round}: {name}: {:.0} MiB/s",
+                    256.0 / t.elapsed().as_secs_f64()
+                );
+            }
+        }
     }
 }
