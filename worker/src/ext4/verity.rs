@@ -519,6 +519,13 @@ mod tests {
                 );
                 pos += n;
             }
+            // Verified tree blocks stay within the file's budget; the root
+            // level (tree block 0) is among them once anything was read.
+            let v = fs.verity_of(&fs.inode(ino).unwrap()).unwrap().unwrap();
+            assert!(v.tree.used() <= TREE_CACHE_BYTES, "{}", s.name);
+            if v.geo.levels > 0 {
+                assert!(v.tree.get(0).is_some(), "{}: root block cached", s.name);
+            }
             let d = fs.measure_verity(ino).unwrap();
             let alg = if d.algorithm == 1 { "sha256" } else { "sha512" };
             assert_eq!(&format!("{alg}:{}", hex(&d.digest)), want, "{}", s.name);
