@@ -214,6 +214,16 @@ fn check_fs(bs: u64) {
     assert!(fs::read(mnt.join("renamed")).unwrap() == specs[3].data);
     broker.unmount(&mnt).unwrap();
     fsck_clean(&img).unwrap();
+    // The EIO reads were fs-verity's, not filesystem errors: nothing was
+    // recorded in the superblock (as in the kernel).
+    let sb = debugfs(&img, "stats").unwrap();
+    let state = sb.lines().find(|l| l.starts_with("Filesystem state:"));
+    assert_eq!(
+        state.map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" ")),
+        Some("clean".to_owned()),
+        "{bs}: {sb}"
+    );
+    assert!(!sb.contains("FS Error count"), "{bs}: {sb}");
 }
 
 #[test]
