@@ -186,6 +186,26 @@ fn check_fs(bs: u64) {
     }
     drop(f);
 
+    // What FUSE cannot carry (FS_IOC_READ_VERITY_METADATA: its buffer is a
+    // pointer) and what is not implemented (FS_IOC_ENABLE_VERITY) answer
+    // EOPNOTSUPP.
+    fs::write(mnt.join("to_enable"), b"data").unwrap();
+    for args in [
+        vec!["dump_metadata", "descriptor", "one_block"],
+        vec!["enable", "to_enable"],
+    ] {
+        let out = Command::new("fsverity")
+            .args(&args)
+            .current_dir(&mnt)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Operation not supported"),
+            "{bs}: fsverity {args:?}: {err}"
+        );
+    }
+
     // Content is read-only; metadata is not.
     let v = mnt.join("many_sha512_salt");
     assert_eq!(
