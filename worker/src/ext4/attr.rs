@@ -7,9 +7,9 @@
 
 use crate::ext4::Ext4;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::S_IFMT;
 use crate::ext4::types::{Attr, FileKind, Ino, SetAttr, TimeSet};
+use crate::ext4::{crypt, inode_flags};
 
 impl Ext4 {
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
@@ -30,6 +30,10 @@ impl Ext4 {
         }
         if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             inode_flags::ensure_unpinned(&inode)?;
+        }
+        // fscrypt_prepare_setattr: a size change needs the key.
+        if set.size.is_some() {
+            crypt::require_key(&inode)?;
         }
         let now = self.now();
         let pick = |t: TimeSet| match t {

@@ -43,6 +43,9 @@ pub enum Error {
     Invalid(&'static str),
     #[error("read-only filesystem")]
     ReadOnly,
+    /// ENOKEY: the operation needs an encryption key this engine never has.
+    #[error("required key not available")]
+    NoKey,
     #[error("not supported: {0}")]
     Unsupported(Cow<'static, str>),
     #[error("I/O error at byte {offset}: {source}")]

@@ -23,7 +23,7 @@ use super::ondisk::inode::{
     EXT4_TOPDIR_FL, EXT4_UNRM_FL, EXT4_VERITY_FL, Inode,
 };
 use super::ondisk::superblock as sbf;
-use super::{Error, Ext4, FileKind, Ino, Result};
+use super::{Error, Ext4, FileKind, Ino, Result, crypt};
 
 /// The formerly-EOFBLOCKS bit, still settable (EXT4_FL_USER_MODIFIABLE).
 const EXT4_EOFBLOCKS_FL: u32 = 0x0040_0000;
@@ -147,8 +147,9 @@ fn from_xflags(xflags: u32) -> u32 {
 impl Ext4 {
     /// may_open: an immutable or verity file opens for reading only; an
     /// append-only one for writing only with O_APPEND and never with
-    /// O_TRUNC. A verity file's metadata is loaded here, so bad metadata
-    /// fails the open (fsverity_file_open).
+    /// O_TRUNC. Then ext4_file_open: an encrypted regular file needs its
+    /// key, and a verity file's metadata is loaded, so bad metadata fails
+    /// the open (fsverity_file_open).
     pub fn check_open(&self, ino: Ino, write: bool, append: bool, truncate: bool) -> Result<()> {
         let inode = self.inode(ino)?;
         if write || truncate {
@@ -156,6 +157,10 @@ impl Ext4 {
         }
         if is_append_only(&inode) && (truncate || (write && !append)) {
             return Err(Error::NotPermitted);
+        }
+        // ext4_file_open's fscrypt_file_open, then fsverity_file_open.
+        if inode.kind == FileKind::RegularFile {
+            crypt::require_key(&inode)?;
         }
         self.open_verity(&inode)
     }

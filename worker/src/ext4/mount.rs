@@ -180,16 +180,10 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             return Some(format!("writing is not supported with {why}"));
         }
     }
-    let incompat_unwritable = [
-        (
-            sbf::INCOMPAT_ENCRYPT,
-            "encrypt (encrypted directories cannot be written without keys)",
-        ),
-        (
-            sbf::INCOMPAT_CASEFOLD,
-            "casefold (case-insensitive name hashing is not implemented)",
-        ),
-    ];
+    let incompat_unwritable = [(
+        sbf::INCOMPAT_CASEFOLD,
+        "casefold (case-insensitive name hashing is not implemented)",
+    )];
     for (bit, why) in incompat_unwritable {
         if sb.has_incompat(bit) {
             return Some(format!("writing is not supported with {why}"));

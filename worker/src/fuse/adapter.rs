@@ -10,6 +10,7 @@ use fuser::{Errno, ReplyEmpty};
 
 use super::convert::errno;
 use super::inodes::OpenState;
+use super::requests::RequestCounts;
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::types::Ino;
@@ -38,6 +39,8 @@ pub struct Adapter {
     pub(super) open: Mutex<BTreeMap<Ino, OpenState>>,
     /// Tells the flusher thread to stop (set at destroy).
     pub(super) stop_flusher: Arc<AtomicBool>,
+    /// Requests served, by kind (logged at unmount).
+    pub(super) requests: RequestCounts,
 }
 
 impl Adapter {
@@ -49,6 +52,7 @@ impl Adapter {
             corrupt_logged: Mutex::new(HashSet::new()),
             open: Mutex::new(BTreeMap::new()),
             stop_flusher: Arc::new(AtomicBool::new(false)),
+            requests: RequestCounts::default(),
         }
     }
 

@@ -44,6 +44,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::TooBig => Errno::E2BIG,
         Error::Invalid(_) => Errno::EINVAL,
         Error::ReadOnly => Errno::EROFS,
+        Error::NoKey => Errno::from_i32(libc::ENOKEY),
         Error::Unsupported(_) => Errno::EOPNOTSUPP,
         Error::Io { .. } => Errno::EIO,
         Error::Verity(_) => Errno::EIO,

@@ -189,7 +189,7 @@ impl Ext4 {
             .unwrap_or(buf.len());
         let buf = buf.get_mut(..want).unwrap_or(&mut []);
         if inode.has_flag(EXT4_ENCRYPT_FL) && inode.kind == FileKind::RegularFile {
-            return Err(Error::Unsupported("reading encrypted file contents".into()));
+            return Err(Error::NoKey);
         }
         if inode_flags::is_verity(inode) && inode.kind == FileKind::RegularFile {
             // Before the inline case: a verity file must use extents, and
