@@ -24,6 +24,10 @@ impl Ext4 {
         // cannot be told from the page cache's own mtime updates after an
         // append, so they are allowed.)
         inode_flags::ensure_mutable(&inode)?;
+        if set.size.is_some() {
+            // fsverity_prepare_setattr: a verity file keeps its size.
+            inode_flags::ensure_content_mutable(&inode)?;
+        }
         if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             inode_flags::ensure_unpinned(&inode)?;
         }

@@ -35,6 +35,7 @@ pub(crate) mod orphan;
 pub(crate) mod symlink;
 pub(crate) mod txn;
 pub(crate) mod util;
+pub(crate) mod verity;
 pub(crate) mod writeback;
 pub(crate) mod xattr;
 
@@ -53,6 +54,7 @@ pub use file::write::FallocMode;
 pub use inode_flags::FsXattr;
 pub use mmp::{MmpOptions, WaitHook};
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
+pub use verity::VerityDigest;
 
 use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, Lru};
 use checksum::crc32c;
@@ -103,6 +105,8 @@ pub struct Ext4 {
     rw: mount::RwState,
     blocks: BlockCache,
     inodes: Lru<Arc<Inode>>,
+    /// Loaded fs-verity state by inode number.
+    verity: Lru<Arc<verity::VerityFile>>,
     /// Overhead blocks for statfs (ext4_calculate_overhead), in clusters.
     overhead_clusters: u64,
     /// The claimed MMP block of a read-write MMP mount.
@@ -247,6 +251,7 @@ impl Ext4 {
             rw,
             blocks: Lru::new(DEFAULT_BLOCK_CACHE_BYTES),
             inodes: Lru::new(DEFAULT_INODE_CACHE_ENTRIES),
+            verity: Lru::new(verity::VERITY_FILES_CACHED),
             overhead_clusters: 0,
             system_zone: Vec::new(),
             mmp: None,

@@ -174,10 +174,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             sbf::RO_COMPAT_PROJECT,
             "project quota (quota files would not be updated)",
         ),
-        (
-            sbf::RO_COMPAT_VERITY,
-            "verity (verity files are not protected from writes)",
-        ),
     ];
     for (bit, why) in ro_compat_unwritable {
         if sb.has_ro_compat(bit) {

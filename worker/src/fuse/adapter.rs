@@ -96,6 +96,8 @@ impl Adapter {
                 }
             }
             Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),
+            // fs-verity's "FILE CORRUPTED!": logged, not a filesystem error.
+            Error::Verity(_) => tracing::warn!("{op}: {err}"),
             _ => {}
         }
         errno(err)

@@ -47,6 +47,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::NoKey => Errno::from_i32(libc::ENOKEY),
         Error::Unsupported(_) => Errno::EOPNOTSUPP,
         Error::Io { .. } => Errno::EIO,
+        Error::Verity(_) => Errno::EIO,
         // Refused at open time; if it shows up later, the object cannot be
         // served: an I/O error is what the kernel driver would report.
         Error::Incompatible(_) => Errno::EIO,

@@ -158,8 +158,9 @@ impl Filesystem for Adapter {
         } else {
             FopenFlags::empty()
         };
-        // On a read-only mount writes are refused above; what remains
-        // (an encrypted file's missing key) applies to reads too.
+        // On a read-only mount writes are refused above; what remains (an
+        // encrypted file's missing key, a verity file's metadata) applies
+        // to reads too.
         if let Err(e) = self.fs.check_open(
             ino,
             writes,
@@ -799,6 +800,14 @@ impl Filesystem for Adapter {
                     .set_fsxattr(ino, fa, privileged)
                     .map(|()| Vec::new())
             }
+            ioctl::Ioctl::MeasureVerity(room) => match self.fs.measure_verity(ino) {
+                Ok(d) => match ioctl::measure_reply(&d, room) {
+                    Some(data) => Ok(data),
+                    None => return reply.error(Errno::EOVERFLOW),
+                },
+                Err(e) => Err(e),
+            },
+            ioctl::Ioctl::VerityUnsupported => return reply.error(Errno::EOPNOTSUPP),
         };
         match result {
             Ok(data) => reply.ioctl(0, &data),
