@@ -322,3 +322,23 @@ fn warn_if_stale(binary: &Path) {
         );
     }
 }
+
+/// Where two runs of one scenario (safemount's and the kernel's, one line
+/// per step) disagree: each differing step as "safemount ... / kernel
+/// ...", and a last line if one run has more steps.
+pub fn step_differences(ours: &[String], theirs: &[String]) -> Vec<String> {
+    let mut diffs: Vec<String> = ours
+        .iter()
+        .zip(theirs)
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("safemount {a}\n     kernel {b}"))
+        .collect();
+    if ours.len() != theirs.len() {
+        diffs.push(format!(
+            "safemount ran {} steps, the kernel {}",
+            ours.len(),
+            theirs.len()
+        ));
+    }
+    diffs
+}

@@ -28,7 +28,7 @@ use safemount_tests::fscrypt;
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops;
-use safemount_tests::util::{TempDir, errno_name, io_errno, require_root};
+use safemount_tests::util::{TempDir, errno_name, io_errno, require_root, step_differences};
 
 const MIB: u64 = 1 << 20;
 
@@ -257,18 +257,11 @@ fn run(config: &str, mkfs: &[&str]) {
     let theirs = steps(&mnt);
     k.unmount().unwrap();
 
-    let diffs: Vec<String> = ours
-        .iter()
-        .zip(&theirs)
-        .filter(|(a, b)| a != b)
-        .map(|(a, b)| format!("safemount {a}\n   kernel {b}"))
-        .collect();
+    let diffs = step_differences(&ours, &theirs);
     assert!(
-        diffs.is_empty() && ours.len() == theirs.len(),
-        "{config}: {} of {} steps differ ({} vs {} lines):\n{}",
+        diffs.is_empty(),
+        "{config}: {} of {} steps differ:\n{}",
         diffs.len(),
-        theirs.len(),
-        ours.len(),
         theirs.len(),
         diffs.join("\n")
     );

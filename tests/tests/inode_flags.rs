@@ -22,7 +22,7 @@ use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops;
-use safemount_tests::util::{TempDir, require_root};
+use safemount_tests::util::{TempDir, require_root, step_differences};
 
 /// One step's outcome: Ok with output, or the errno / exit status.
 fn outcome(r: std::io::Result<String>) -> String {
@@ -211,12 +211,7 @@ fn chattr_lsattr_and_enforcement_match_the_kernel() {
     let flags_ours = cmd("lsattr", &["-d", "misc", "app", "plain"], &mnt_a);
     broker.unmount(&mnt_a).unwrap();
     kernel.unmount().unwrap();
-    let diffs: Vec<String> = ours
-        .iter()
-        .zip(&theirs)
-        .filter(|(a, b)| a != b)
-        .map(|(a, b)| format!("safemount {a}\n     kernel {b}"))
-        .collect();
+    let diffs = step_differences(&ours, &theirs);
     assert!(
         diffs.is_empty(),
         "{} steps differ:\n{}\n(all safemount steps:\n{})",
