@@ -78,7 +78,7 @@ unmount_counts() {
     grep 'FUSE requests:' "$LOG" | tail -1 | sed 's/.*FUSE requests: //'
 }
 
-files() { # $1: steps, any of c (create), s (lstat), u (unlink), m (lstat of missing names, twice)
+files() { # $1: steps, any of c (create), s (lstat), u (unlink), m (lstat of missing names, twice), l (symlinks, each resolved twice)
     python3 - "$MNT/d" "$FILES" "$1" <<'EOF'
 import os, sys
 d, n, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -93,6 +93,13 @@ if "s" in steps:
 if "u" in steps:
     for p in names:
         os.unlink(p)
+if "l" in steps:
+    os.mkdir(d)
+    for p in names:
+        os.symlink("target-of-" + os.path.basename(p), p)
+    for _ in range(2):
+        for p in names:
+            os.readlink(p)
 if "m" in steps:
     for _ in range(2):
         for p in names:
@@ -119,6 +126,7 @@ echo "FUSE requests per file operation (FILES=$FILES, $TAR_FILES entries in the 
 mount_fresh; files c; report "create" "$FILES" "$(unmount_counts)"
 mount_fresh; files cs; report "create + lstat" "$FILES" "$(unmount_counts)"
 mount_fresh; files csu; report "create + lstat + unlink" "$FILES" "$(unmount_counts)"
+mount_fresh; files l; report "symlink + readlink twice" "$FILES" "$(unmount_counts)"
 mount_fresh; files c; unmount_counts >/dev/null
 mount_again; files m; report "lstat missing, twice" "$((2 * FILES))" "$(unmount_counts)"
 sync; echo 3 > /proc/sys/vm/drop_caches

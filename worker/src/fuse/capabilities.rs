@@ -20,10 +20,11 @@ pub(super) fn wanted(read_only: bool, block_size: u32) -> InitFlags {
     // them with getxattr, which the engine answers in the generic xattr
     // format), as it does on ext4.
     wanted |= InitFlags::FUSE_POSIX_ACL;
-    if read_only {
-        // Symlink targets never change on a read-only mount.
-        wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
-    } else {
+    // A symlink's target never changes: a new target is a new inode. (A
+    // freed inode number is not reused while the kernel still holds the
+    // old inode: the worker frees it only at the kernel's FORGET.)
+    wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
+    if !read_only {
         // With POSIX_ACL the kernel leaves the umask to the server
         // (DONT_MASK makes that explicit): the engine applies it only
         // where the parent has no default ACL, and does every ACL mode
