@@ -255,3 +255,45 @@ fn strict_encoding_refuses_invalid_utf8() {
     drop(fs);
     assert_fsck_clean(im.save(), "strict casefold edits");
 }
+
+/// Inline-data directories match by fold too, before and after they grow
+/// into blocks.
+#[test]
+fn casefolded_inline_directories() {
+    if !have(&["mkfs.ext4", "e2fsck"]) {
+        return;
+    }
+    let im = RwImage::new(
+        "casefold-inline",
+        &["-O", "casefold,inline_data", "-I", "512"],
+    );
+    let fs = im.open();
+    let cf = fs.mkdir(ROOT_INO, b"cf", 0o755, 0, 0, 0).unwrap().ino;
+    set_casefold(&fs, cf, true).unwrap();
+    let foo = create(&fs, cf, "Größe".as_bytes()).unwrap();
+    assert_ne!(
+        fs.inode(cf).unwrap().flags & crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL,
+        0,
+        "not inline"
+    );
+    assert_eq!(fs.lookup_ino(cf, "GRÖSSE".as_bytes()).unwrap(), foo);
+    assert!(matches!(
+        create(&fs, cf, "grösse".as_bytes()),
+        Err(Error::Exists)
+    ));
+    for i in 0..60 {
+        create(&fs, cf, format!("Entry-{i}").as_bytes()).unwrap();
+    }
+    for i in 0..60 {
+        fs.lookup_ino(cf, format!("ENTRY-{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(fs.lookup_ino(cf, "gröSSe".as_bytes()).unwrap(), foo);
+    gone(&fs, fs.unlink(cf, "GRÖSSE".as_bytes()));
+    assert!(matches!(
+        fs.lookup_ino(cf, "Größe".as_bytes()),
+        Err(Error::NotFound)
+    ));
+    fs.shutdown().unwrap();
+    drop(fs);
+    assert_fsck_clean(im.save(), "casefolded inline directory edits");
+}
