@@ -252,8 +252,23 @@ impl Ext4 {
             ));
         }
         if changed & EXT4_CASEFOLD_FL != 0 {
-            // Casefold filesystems are served read-only: never writable here.
-            return Err(Error::Unsupported("casefold".into()));
+            // ext4_ioctl_setflags: on a casefold filesystem, a directory,
+            // while it is empty. (An encrypted casefolded directory is one
+            // this engine refuses to serve: not made here either.)
+            if !self.sb.has_incompat(sbf::INCOMPAT_CASEFOLD) {
+                return Err(Error::Unsupported(
+                    "the casefold flag needs the casefold feature".into(),
+                ));
+            }
+            if inode.kind != FileKind::Directory {
+                return Err(Error::NotDir);
+            }
+            if crypt::is_encrypted(&inode) {
+                return Err(Error::Unsupported("encrypted casefolded directory".into()));
+            }
+            if !self.dir_is_empty(&mut txn, &mut inode)? {
+                return Err(Error::NotEmpty);
+            }
         }
         if changed & EXT4_DAX_FL != 0
             && flags & EXT4_DAX_FL != 0

@@ -974,7 +974,6 @@ mod tests {
         for (off, bit) in [
             (0x64, sbf::RO_COMPAT_BIGALLOC),
             (0x64, sbf::RO_COMPAT_QUOTA),
-            (0x60, sbf::INCOMPAT_CASEFOLD),
         ] {
             assert!(
                 mount::rw_refusal(&{

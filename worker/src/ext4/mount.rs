@@ -180,15 +180,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             return Some(format!("writing is not supported with {why}"));
         }
     }
-    let incompat_unwritable = [(
-        sbf::INCOMPAT_CASEFOLD,
-        "casefold (case-insensitive name hashing is not implemented)",
-    )];
-    for (bit, why) in incompat_unwritable {
-        if sb.has_incompat(bit) {
-            return Some(format!("writing is not supported with {why}"));
-        }
-    }
     if sb.has_compat(sbf::COMPAT_FAST_COMMIT) && sb.has_compat(sbf::COMPAT_HAS_JOURNAL) {
         // Harmless: with no journal writes there is nothing to fast-commit.
         tracing::debug!("fast_commit is on; this engine does not use it");

@@ -15,6 +15,8 @@
 //! and the engine shuts down (everything written, superblock marked
 //! clean); the kernel does not promise forgets at unmount.
 
+use std::time::Duration;
+
 use fuser::{Generation, ReplyEntry};
 
 use super::{Adapter, file_attr};
@@ -41,21 +43,34 @@ impl OpenState {
 
 impl Adapter {
     /// Replies to a request that hands the kernel a new reference to an
-    /// inode (lookup, mknod, mkdir, symlink, link): the reply counts as one
-    /// lookup, undone by a later FORGET.
+    /// inode (lookup, mknod, mkdir, symlink, link) by a name in `dir`: the
+    /// reply counts as one lookup, undone by a later FORGET.
     pub(super) fn reply_entry(
         &self,
         reply: ReplyEntry,
         op: &str,
-        ino: Ino,
+        (ino, dir): (Ino, Ino),
         res: Result<Attr, Error>,
     ) {
         match res {
             Ok(a) => {
                 self.looked_up(a.ino);
-                reply.entry(&self.ttl, &file_attr(&a), Generation(a.generation.into()))
+                let ttl = self.entry_ttl(dir);
+                reply.entry(&ttl, &file_attr(&a), Generation(a.generation.into()))
             }
             Err(e) => reply.error(self.fail(op, ino, &e)),
+        }
+    }
+
+    /// How long the kernel may keep a name of `dir` in its dentry cache.
+    /// Not at all in a casefolded directory: the kernel's FUSE dentries
+    /// compare names byte for byte, so a cached name would outlive an
+    /// unlink or rename made through another case of it.
+    pub(super) fn entry_ttl(&self, dir: Ino) -> Duration {
+        if self.fs.is_casefolded_dir(dir) {
+            Duration::ZERO
+        } else {
+            self.ttl
         }
     }
 

@@ -124,7 +124,7 @@ impl Filesystem for Adapter {
         if matches!(res, Err(Error::NotFound)) && !self.negative_ttl.is_zero() {
             return reply.entry(&self.negative_ttl, &negative_entry_attr(), Generation(0));
         }
-        self.reply_entry(reply, "lookup", parent, res);
+        self.reply_entry(reply, "lookup", (parent, parent), res);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -294,9 +294,10 @@ impl Filesystem for Adapter {
     ) {
         self.requests.count(Op::Readdirplus);
         let dir = ino_or_reply!(ino, reply);
+        let entry_ttl = self.entry_ttl(dir);
         let result = self.fs.readdir(dir, offset, &mut |e| {
             let (attr, ttl, generation) = match self.fs.getattr(e.ino) {
-                Ok(a) => (file_attr(&a), self.ttl, a.generation),
+                Ok(a) => (file_attr(&a), entry_ttl, a.generation),
                 Err(err) => {
                     let _ = self.fail("readdirplus", e.ino, &err);
                     (placeholder_attr(e.ino, e.kind), Duration::ZERO, 0)
@@ -483,7 +484,7 @@ impl Filesystem for Adapter {
             req.gid(),
             umask,
         );
-        self.reply_entry(reply, "mknod", parent, res);
+        self.reply_entry(reply, "mknod", (parent, parent), res);
     }
 
     fn create(
@@ -515,7 +516,7 @@ impl Filesystem for Adapter {
                 self.looked_up(a.ino);
                 self.opened(a.ino);
                 reply.created(
-                    &self.ttl,
+                    &self.entry_ttl(parent),
                     &file_attr(&a),
                     Generation(a.generation.into()),
                     FileHandle(0),
@@ -542,7 +543,7 @@ impl Filesystem for Adapter {
         let res = self
             .fs
             .mkdir(parent, name_bytes(name), perm, req.uid(), req.gid(), umask);
-        self.reply_entry(reply, "mkdir", parent, res);
+        self.reply_entry(reply, "mkdir", (parent, parent), res);
     }
 
     fn symlink(
@@ -563,7 +564,7 @@ impl Filesystem for Adapter {
             req.uid(),
             req.gid(),
         );
-        self.reply_entry(reply, "symlink", parent, res);
+        self.reply_entry(reply, "symlink", (parent, parent), res);
     }
 
     fn link(
@@ -579,7 +580,7 @@ impl Filesystem for Adapter {
         let newparent = ino_or_reply!(newparent, reply);
         writable_or_reply!(self, reply);
         let res = self.fs.link(ino, newparent, name_bytes(newname));
-        self.reply_entry(reply, "link", ino, res);
+        self.reply_entry(reply, "link", (ino, newparent), res);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {

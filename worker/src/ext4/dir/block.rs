@@ -12,6 +12,7 @@
 //! its bytes are wiped. Directories never shrink: an emptied block stays,
 //! as in the kernel.
 
+use crate::ext4::dir::casefold::{DirName, hash_input};
 use crate::ext4::dir::hash::{dx_hash, effective_version};
 use crate::ext4::dir::htree::DxKey;
 use crate::ext4::error::{Error, Result};
@@ -43,17 +44,17 @@ fn region(buf: &[u8], end: usize) -> &[u8] {
     buf.get(..end.min(buf.len())).unwrap_or(&[])
 }
 
-/// Finds the live entry `name` in `buf[start..end]`.
+/// Finds the live entry `name` matches in `buf[start..end]`.
 pub(crate) fn find_in_buf(
     buf: &[u8],
     start: usize,
     end: usize,
     fmt: &DirentFormat,
-    name: &[u8],
+    name: &DirName<'_>,
 ) -> Result<Option<Found>, EditError> {
     for e in DirentIter::new(region(buf, end), start, *fmt) {
         let e = e.map_err(|(o, p)| EditError::Corrupt(o, p))?;
-        if e.is_live() && e.name == name {
+        if e.is_live() && name.matches(e.name) {
             return Ok(Some(Found {
                 offset: e.offset,
                 inode: e.inode,
@@ -65,22 +66,23 @@ pub(crate) fn find_in_buf(
 }
 
 /// Inserts `name` -> `ino` into the first record of `buf[start..end]`
-/// with room. `Ok(None)`: no room. `Err(Exists)` if the name is met on the
-/// way (the kernel's ext4_find_dest_de checks each entry it passes).
+/// with room. `Ok(None)`: no room. `Err(Exists)` if an entry `name`
+/// matches is met on the way (the kernel's ext4_find_dest_de checks each
+/// entry it passes).
 pub(crate) fn insert_in_buf(
     buf: &mut [u8],
     start: usize,
     end: usize,
     fmt: &DirentFormat,
-    name: &[u8],
+    name: &DirName<'_>,
     ino: Ino,
     file_type: u8,
 ) -> Result<Option<usize>, EditError> {
-    let need = dir_rec_len(name.len());
+    let need = dir_rec_len(name.bytes.len());
     let mut slot = None;
     for e in DirentIter::new(region(buf, end), start, *fmt) {
         let e = e.map_err(|(o, p)| EditError::Corrupt(o, p))?;
-        if e.is_live() && e.name == name {
+        if e.is_live() && name.matches(e.name) {
             return Err(EditError::Exists);
         }
         let used = if e.inode != 0 {
@@ -106,7 +108,7 @@ pub(crate) fn insert_in_buf(
     let e = NewDirEntry {
         inode: ino,
         rec_len: rlen.saturating_sub(used),
-        name,
+        name: name.bytes,
         file_type,
     };
     if !write_entry(buf, at, &e, fmt) {
@@ -115,20 +117,20 @@ pub(crate) fn insert_in_buf(
     Ok(Some(at))
 }
 
-/// Removes the live entry `name` from `buf[start..end]`, returning what it
-/// named. `Ok(None)`: not there.
+/// Removes the live entry `name` matches from `buf[start..end]`,
+/// returning what it named. `Ok(None)`: not there.
 pub(crate) fn remove_in_buf(
     buf: &mut [u8],
     start: usize,
     end: usize,
     fmt: &DirentFormat,
-    name: &[u8],
+    name: &DirName<'_>,
 ) -> Result<Option<Found>, EditError> {
     let mut prev: Option<(usize, usize)> = None;
     let mut hit = None;
     for e in DirentIter::new(region(buf, end), start, *fmt) {
         let e = e.map_err(|(o, p)| EditError::Corrupt(o, p))?;
-        if e.is_live() && e.name == name {
+        if e.is_live() && name.matches(e.name) {
             hit = Some((
                 Found {
                     offset: e.offset,
@@ -264,6 +266,8 @@ pub(crate) struct DirCtx {
     pub def_hash_version: u8,
     pub s_flags: u32,
     pub hash_seed: [u32; 4],
+    /// The directory is casefolded: names match and hash by their fold.
+    pub casefold: bool,
 }
 
 impl DirCtx {
@@ -288,10 +292,16 @@ impl DirCtx {
         }
     }
 
-    /// The name hash for an htree root of `root_version`.
+    /// The name hash for an htree root of `root_version` (of the name's
+    /// fold in a casefolded directory).
     pub(crate) fn hash(&self, root_version: u8, name: &[u8]) -> Option<u32> {
         let v = effective_version(root_version, self.s_flags)?;
-        dx_hash(name, v, &self.hash_seed).map(|h| h.major)
+        dx_hash(&hash_input(self.casefold, name), v, &self.hash_seed).map(|h| h.major)
+    }
+
+    /// `name` as this directory compares it with its entries.
+    pub(crate) fn dir_name<'a>(&self, name: &'a [u8]) -> DirName<'a> {
+        DirName::new(name, self.casefold)
     }
 }
 
@@ -369,10 +379,11 @@ pub(crate) fn add_entry(
     if d.is_indexed() {
         return crate::ext4::dir::htree::dx_add_entry(d, ctx, name, ino, file_type);
     }
+    let dn = ctx.dir_name(name);
     let n = d.nblocks();
     for lblk in 0..n {
         let mut b = d.read(lblk)?;
-        match insert_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, name, ino, file_type) {
+        match insert_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, &dn, ino, file_type) {
             Ok(Some(_)) => {
                 ctx.seal_leaf(&mut b);
                 return d.write(lblk, &b);
@@ -387,7 +398,7 @@ pub(crate) fn add_entry(
     }
     let lblk = d.append()?;
     let mut b = empty_leaf(ctx);
-    match insert_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, name, ino, file_type) {
+    match insert_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, &dn, ino, file_type) {
         Ok(Some(_)) => {
             ctx.seal_leaf(&mut b);
             d.write(lblk, &b)
@@ -422,13 +433,14 @@ fn candidate_blocks(
     Ok(Box::new(0..d.nblocks()))
 }
 
-/// Where `name` is: (logical block, entry). Index blocks are skipped,
-/// except block 0's "." and "..".
+/// Where the entry `name` names is: (logical block, entry). Index blocks
+/// are skipped, except block 0's "." and "..".
 pub(crate) fn find_entry(
     d: &mut dyn DirBlocks,
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<(u64, Found)>> {
+    let dn = ctx.dir_name(name);
     for lblk in candidate_blocks(d, ctx, DxKey::Name(name))? {
         let b = d.read(lblk)?;
         if is_index_block(d, lblk, &b) {
@@ -448,7 +460,7 @@ pub(crate) fn find_entry(
                 },
             )));
         }
-        if let Some(f) = find_in_buf(&b, 0, ctx.leaf_end(), &ctx.fmt, name)
+        if let Some(f) = find_in_buf(&b, 0, ctx.leaf_end(), &ctx.fmt, &dn)
             .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(Some((lblk, f)));
@@ -484,7 +496,7 @@ pub(crate) fn find_name_by(
 pub(crate) fn remove_entry(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<Found> {
     let (lblk, _) = find_entry(d, ctx, name)?.ok_or(Error::NotFound)?;
     let mut b = d.read(lblk)?;
-    let f = remove_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, name)
+    let f = remove_in_buf(&mut b, 0, ctx.leaf_end(), &ctx.fmt, &ctx.dir_name(name))
         .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         .ok_or(Error::NotFound)?;
     ctx.seal_leaf(&mut b);
@@ -586,6 +598,7 @@ pub(crate) mod tests {
             def_hash_version: 1,
             s_flags: 1,
             hash_seed: [1, 2, 3, 4],
+            casefold: false,
         }
     }
 
@@ -603,14 +616,14 @@ pub(crate) mod tests {
         let mut b = init_dir_block(&c, 12, 2);
         assert_eq!(verify_dirent_tail(&b, 1024, 0x1234), Ok(()));
         let end = c.leaf_end();
-        let at = insert_in_buf(&mut b, 0, end, &c.fmt, b"a", 20, 1).unwrap();
+        let at = insert_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"a"), 20, 1).unwrap();
         assert_eq!(at, Some(24));
         assert_eq!(
-            insert_in_buf(&mut b, 0, end, &c.fmt, b"a", 21, 1),
+            insert_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"a"), 21, 1),
             Err(EditError::Exists)
         );
-        insert_in_buf(&mut b, 0, end, &c.fmt, b"bb", 21, 1).unwrap();
-        insert_in_buf(&mut b, 0, end, &c.fmt, b"ccc", 22, 1).unwrap();
+        insert_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"bb"), 21, 1).unwrap();
+        insert_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"ccc"), 22, 1).unwrap();
         let names = |b: &[u8]| -> Vec<Vec<u8>> {
             live_entries(b, 0, end, &c.fmt)
                 .unwrap()
@@ -620,7 +633,7 @@ pub(crate) mod tests {
         };
         assert_eq!(names(&b).len(), 5);
         // Remove a middle one: merged into "a".
-        let f = remove_in_buf(&mut b, 0, end, &c.fmt, b"bb")
+        let f = remove_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"bb"))
             .unwrap()
             .unwrap();
         assert_eq!(f.inode, 21);
@@ -635,15 +648,18 @@ pub(crate) mod tests {
         );
         // The freed slack is reused.
         assert_eq!(
-            insert_in_buf(&mut b, 0, end, &c.fmt, b"dd", 23, 1).unwrap(),
+            insert_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"dd"), 23, 1).unwrap(),
             Some(36)
         );
-        assert_eq!(remove_in_buf(&mut b, 0, end, &c.fmt, b"zz").unwrap(), None);
+        assert_eq!(
+            remove_in_buf(&mut b, 0, end, &c.fmt, &DirName::exact(b"zz")).unwrap(),
+            None
+        );
         // First entry of a region: inode 0, record kept.
         let mut e = empty_leaf(&c);
-        insert_in_buf(&mut e, 0, end, &c.fmt, b"x", 5, 1).unwrap();
-        insert_in_buf(&mut e, 0, end, &c.fmt, b"y", 6, 1).unwrap();
-        remove_in_buf(&mut e, 0, end, &c.fmt, b"x")
+        insert_in_buf(&mut e, 0, end, &c.fmt, &DirName::exact(b"x"), 5, 1).unwrap();
+        insert_in_buf(&mut e, 0, end, &c.fmt, &DirName::exact(b"y"), 6, 1).unwrap();
+        remove_in_buf(&mut e, 0, end, &c.fmt, &DirName::exact(b"x"))
             .unwrap()
             .unwrap();
         assert_eq!(crate::ext4::util::le32(&e, 0), 0);
@@ -654,9 +670,17 @@ pub(crate) mod tests {
         // Fill a block: it ends up full, no overrun.
         let mut f = empty_leaf(&c);
         let mut n = 0;
-        while insert_in_buf(&mut f, 0, end, &c.fmt, format!("n{n:05}").as_bytes(), 9, 1)
-            .unwrap()
-            .is_some()
+        while insert_in_buf(
+            &mut f,
+            0,
+            end,
+            &c.fmt,
+            &DirName::exact(format!("n{n:05}").as_bytes()),
+            9,
+            1,
+        )
+        .unwrap()
+        .is_some()
         {
             n += 1;
         }

@@ -341,6 +341,7 @@ pub(crate) fn dx_add_entry(
 ) -> Result<()> {
     let dir = d.ino();
     let end = ctx.leaf_end();
+    let dn = ctx.dir_name(name);
     for _ in 0..MAX_ROUNDS {
         let (hash, mut frames) = probe(d, ctx, DxKey::Name(name))?;
         let hash_version = frames
@@ -349,7 +350,7 @@ pub(crate) fn dx_add_entry(
             .unwrap_or(0);
         let leaf_blk = frames.last().map_or(0, Frame::target);
         let mut leaf = d.read(leaf_blk)?;
-        match insert_in_buf(&mut leaf, 0, end, &ctx.fmt, name, ino, file_type) {
+        match insert_in_buf(&mut leaf, 0, end, &ctx.fmt, &dn, ino, file_type) {
             Ok(Some(_)) => {
                 ctx.seal_leaf(&mut leaf);
                 return d.write(leaf_blk, &leaf);
@@ -399,7 +400,7 @@ pub(crate) fn dx_add_entry(
             f.store(d, ctx)?;
         }
         let target = if hash >= hash2 { &mut new } else { &mut leaf };
-        let done = insert_in_buf(target, 0, end, &ctx.fmt, name, ino, file_type)
+        let done = insert_in_buf(target, 0, end, &ctx.fmt, &dn, ino, file_type)
             .map_err(|e| edit_corrupt(dir, leaf_blk, d.block_of(leaf_blk), e))?
             .is_some();
         ctx.seal_leaf(&mut leaf);
@@ -698,7 +699,7 @@ mod tests {
                     0,
                     c.leaf_end(),
                     &c.fmt,
-                    n.as_bytes(),
+                    &crate::ext4::dir::casefold::DirName::exact(n.as_bytes()),
                     10 + i as u32,
                     1,
                 )

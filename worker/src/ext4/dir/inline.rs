@@ -138,8 +138,9 @@ impl Ext4 {
             b".." => return Ok(Some((d.parent(), EXT4_FT_DIR))),
             _ => {}
         }
-        let fmt = self.dir_ctx(dir).fmt;
-        let f = find_in_buf(&d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, name)
+        let ctx = self.dir_ctx(dir);
+        let (fmt, dn) = (ctx.fmt, ctx.dir_name(name));
+        let f = find_in_buf(&d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, &dn)
             .map_err(|e| inline_corrupt(dir.ino, Region::IBlock, e))?;
         if let Some(f) = f {
             return Ok(Some((f.inode, f.file_type)));
@@ -147,7 +148,7 @@ impl Ext4 {
         if d.ext.is_empty() {
             return Ok(None);
         }
-        let f = find_in_buf(&d.ext, 0, d.ext.len(), &fmt, name)
+        let f = find_in_buf(&d.ext, 0, d.ext.len(), &fmt, &dn)
             .map_err(|e| inline_corrupt(dir.ino, Region::Xattr, e))?;
         Ok(f.map(|f| (f.inode, f.file_type)))
     }
@@ -163,13 +164,14 @@ impl Ext4 {
         file_type: u8,
     ) -> Result<bool> {
         let mut d = self.idir_load(dir)?;
-        let fmt = self.dir_ctx(dir).fmt;
+        let ctx = self.dir_ctx(dir);
+        let (fmt, dn) = (ctx.fmt, ctx.dir_name(name));
         let at = insert_in_buf(
             &mut d.ib,
             INLINE_DOTDOT_SIZE,
             I_BLOCK_SIZE,
             &fmt,
-            name,
+            &dn,
             ino,
             file_type,
         )
@@ -194,7 +196,7 @@ impl Ext4 {
         // Callers look the name up first; insert_in_buf also refuses a
         // duplicate in the records it passes.
         let end = d.ext.len();
-        let at = insert_in_buf(&mut d.ext, 0, end, &fmt, name, ino, file_type)
+        let at = insert_in_buf(&mut d.ext, 0, end, &fmt, &dn, ino, file_type)
             .map_err(|e| inline_corrupt(dir.ino, Region::Xattr, e))?;
         if at.is_none() {
             return Ok(false);
@@ -211,12 +213,13 @@ impl Ext4 {
         name: &[u8],
     ) -> Result<Found> {
         let mut d = self.idir_load(dir)?;
-        let fmt = self.dir_ctx(dir).fmt;
-        let mut f = remove_in_buf(&mut d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, name)
+        let ctx = self.dir_ctx(dir);
+        let (fmt, dn) = (ctx.fmt, ctx.dir_name(name));
+        let mut f = remove_in_buf(&mut d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, &dn)
             .map_err(|e| inline_corrupt(dir.ino, Region::IBlock, e))?;
         if f.is_none() && !d.ext.is_empty() {
             let end = d.ext.len();
-            f = remove_in_buf(&mut d.ext, 0, end, &fmt, name)
+            f = remove_in_buf(&mut d.ext, 0, end, &fmt, &dn)
                 .map_err(|e| inline_corrupt(dir.ino, Region::Xattr, e))?;
         }
         let f = f.ok_or(Error::NotFound)?;
@@ -240,8 +243,9 @@ impl Ext4 {
                 .copy_from_slice(&ino.to_le_bytes());
             return self.idir_store(txn, dir, &d);
         }
-        let fmt = self.dir_ctx(dir).fmt;
-        if let Some(f) = find_in_buf(&d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, name)
+        let ctx = self.dir_ctx(dir);
+        let (fmt, dn) = (ctx.fmt, ctx.dir_name(name));
+        if let Some(f) = find_in_buf(&d.ib, INLINE_DOTDOT_SIZE, I_BLOCK_SIZE, &fmt, &dn)
             .map_err(|e| inline_corrupt(dir.ino, Region::IBlock, e))?
         {
             set_in_buf(&mut d.ib, f.offset, ino, file_type, &fmt);
@@ -250,7 +254,7 @@ impl Ext4 {
         let f = if d.ext.is_empty() {
             None
         } else {
-            find_in_buf(&d.ext, 0, d.ext.len(), &fmt, name)
+            find_in_buf(&d.ext, 0, d.ext.len(), &fmt, &dn)
                 .map_err(|e| inline_corrupt(dir.ino, Region::Xattr, e))?
         };
         let f = f.ok_or(Error::NotFound)?;

@@ -11,11 +11,13 @@
 //! listing. Entries come in on-disk order (htree directories are listed
 //! block by block, not in hash order).
 //!
-//! Casefolded directories: lookups scan linearly and match a name exactly,
-//! or ASCII-case-insensitively when both names are ASCII (full Unicode
-//! casefolding is not implemented). Encrypted directories are refused.
+//! Casefolded directories (see `casefold`): a name finds the entry with the
+//! same bytes or the same fold, through the index by the hash of its fold;
+//! with strict encoding a name that is not UTF-8 is refused. Encrypted
+//! casefolded directories are refused.
 
 pub(crate) mod block;
+pub(crate) mod casefold;
 pub(crate) mod hash;
 pub(crate) mod htree;
 pub(crate) mod inline;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 
 use crate::ext4::Ext4;
 use crate::ext4::crypt::{self, nokey, nokey::Ciphertext};
+use crate::ext4::dir::casefold::{DirName, hash_input};
 use crate::ext4::dir::hash::{DX_HASH_SIPHASH, dx_hash, effective_version};
 use crate::ext4::dir::htree::DxKey;
 use crate::ext4::dir::inline::INLINE_DOTDOT_SIZE;
@@ -40,7 +43,7 @@ use crate::ext4::ondisk::inode::{
     inode_csum_seed,
 };
 use crate::ext4::ondisk::superblock::{
-    COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_INLINE_DATA, INCOMPAT_LARGEDIR,
+    COMPAT_DIR_INDEX, INCOMPAT_CASEFOLD, INCOMPAT_FILETYPE, INCOMPAT_INLINE_DATA, INCOMPAT_LARGEDIR,
 };
 use crate::ext4::types::{Attr, DirEntry, FileKind, Ino};
 use crate::ext4::util::le32;
@@ -166,6 +169,29 @@ impl Ext4 {
         Ok(())
     }
 
+    /// Whether names in `dir` match and hash by their fold (its casefold
+    /// flag, on a filesystem with the casefold feature).
+    pub(crate) fn is_casefolded(&self, dir: &Inode) -> bool {
+        dir.has_flag(EXT4_CASEFOLD_FL) && self.sb().has_incompat(INCOMPAT_CASEFOLD)
+    }
+
+    /// Whether `ino` is a casefolded directory (false if it cannot be read).
+    pub fn is_casefolded_dir(&self, ino: Ino) -> bool {
+        self.inode(ino).is_ok_and(|dir| self.is_casefolded(&dir))
+    }
+
+    /// With strict encoding a casefolded directory refuses, with EINVAL,
+    /// every name that is not valid UTF-8: on creation
+    /// (generic_ci_validate_strict_name) and on lookup (generic_ci_d_hash).
+    pub(crate) fn check_name_encoding(&self, dir: &Inode, name: &[u8]) -> Result<()> {
+        if self.is_casefolded(dir) && self.sb().strict_encoding() && !casefold::is_valid(name) {
+            return Err(Error::Invalid(
+                "name is not valid UTF-8 in a casefolded directory (strict encoding)",
+            ));
+        }
+        Ok(())
+    }
+
     fn is_dx(&self, dir: &Inode) -> bool {
         dir.has_flag(EXT4_INDEX_FL) && self.sb().has_compat(COMPAT_DIR_INDEX)
     }
@@ -201,6 +227,7 @@ impl Ext4 {
         if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
             return Err(Error::NotFound);
         }
+        self.check_name_encoding(&dir, name)?;
         if self.is_inline(&dir)? {
             return self.lookup_inline(&dir, name);
         }
@@ -218,11 +245,9 @@ impl Ext4 {
                 }
             };
         }
-        if dir.has_flag(EXT4_CASEFOLD_FL) {
-            return self.find_ino(&dir, None, &|n| casefold_eq(n, name));
-        }
         let key = (!dots).then_some(DxKey::Name(name));
-        self.find_ino(&dir, key, &|n| n == name)
+        let wanted = DirName::new(name, self.is_casefolded(&dir));
+        self.find_ino(&dir, key, &|n| wanted.matches(n))
     }
 
     /// The inode of the first live entry `wanted` accepts: through the
@@ -325,11 +350,15 @@ impl Ext4 {
         ))?;
         let hash = match key {
             DxKey::Name(name) => {
-                dx_hash(name, version, &sb.s_hash_seed)
-                    .ok_or(DxFail::Fallback(DxProblem::UnknownHashVersion(
-                        info.hash_version,
-                    )))?
-                    .major
+                dx_hash(
+                    &hash_input(self.is_casefolded(dir), name),
+                    version,
+                    &sb.s_hash_seed,
+                )
+                .ok_or(DxFail::Fallback(DxProblem::UnknownHashVersion(
+                    info.hash_version,
+                )))?
+                .major
             }
             DxKey::Hash(h) => h,
         };
@@ -459,16 +488,17 @@ impl Ext4 {
             return Ok(parent);
         }
         let fmt = self.dirent_format();
-        let casefold = dir.has_flag(EXT4_CASEFOLD_FL);
-        let wanted = |n: &[u8]| n == name || (casefold && casefold_eq(n, name));
+        let wanted = DirName::new(name, self.is_casefolded(dir));
         for (buf, start, base) in inline_regions(&data) {
-            if let Some(ino) = search_buf(buf, start, &fmt, &wanted).map_err(|(off, p)| {
-                dir_corrupt(
-                    dir.ino,
-                    format!("inline data offset {}: {p}", base.saturating_add(off)),
-                    0,
-                )
-            })? {
+            if let Some(ino) =
+                search_buf(buf, start, &fmt, &|n| wanted.matches(n)).map_err(|(off, p)| {
+                    dir_corrupt(
+                        dir.ino,
+                        format!("inline data offset {}: {p}", base.saturating_add(off)),
+                        0,
+                    )
+                })?
+            {
                 return Ok(ino);
             }
         }
@@ -681,13 +711,6 @@ fn search_buf(
         }
     }
     Ok(None)
-}
-
-/// A casefolded directory's name comparison: exact, or ASCII
-/// case-insensitive when both names are ASCII (full Unicode casefolding
-/// is not implemented).
-fn casefold_eq(stored: &[u8], name: &[u8]) -> bool {
-    stored == name || (stored.is_ascii() && name.is_ascii() && stored.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

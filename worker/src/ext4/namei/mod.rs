@@ -13,6 +13,8 @@
 //! inline_data filesystem start inline, entries go inline until the
 //! inode is full, then the directory becomes a block directory.
 
+#[cfg(test)]
+mod casefold_tests;
 mod rename;
 
 use std::borrow::Cow;
@@ -190,6 +192,7 @@ impl Ext4 {
             def_hash_version: sb.s_def_hash_version,
             s_flags: sb.s_flags,
             hash_seed: sb.s_hash_seed,
+            casefold: self.is_casefolded(dir),
         }
     }
 
@@ -224,6 +227,7 @@ impl Ext4 {
         dir: &mut Inode,
         name: &'n [u8],
     ) -> Result<Option<Cow<'n, [u8]>>> {
+        self.check_name_encoding(dir, name)?;
         if !crypt::is_encrypted(dir) || name == b"." || name == b".." {
             return Ok(Some(Cow::Borrowed(name)));
         }
@@ -241,7 +245,9 @@ impl Ext4 {
         }
     }
 
-    /// Fails with Exists if `name` is taken in `dir`.
+    /// Fails with Exists if `name` is taken in `dir` (in a casefolded
+    /// directory: if an entry has its fold), with Invalid if `dir` may not
+    /// hold it (not UTF-8 under strict encoding).
     fn ensure_free(&self, txn: &mut Txn<'_>, dir: &mut Inode, name: &[u8]) -> Result<()> {
         if let Some(stored) = self.stored_name(txn, dir, name)?
             && self.dir_find(txn, dir, &stored)?.is_some()
@@ -313,7 +319,7 @@ impl Ext4 {
         dir_block::set_entry(&mut d, &ctx, name, ino, file_type_of(kind))
     }
 
-    fn dir_is_empty(&self, txn: &mut Txn<'_>, dir: &mut Inode) -> Result<bool> {
+    pub(crate) fn dir_is_empty(&self, txn: &mut Txn<'_>, dir: &mut Inode) -> Result<bool> {
         if self.idir_is_inline(dir)? {
             return Ok(!self.idir_has_entries(dir)?);
         }

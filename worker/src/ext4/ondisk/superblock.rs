@@ -159,6 +159,11 @@ fn corrupt(why: impl Into<String>) -> Error {
     Error::corrupt(format!("superblock: {}", why.into()), 0)
 }
 
+/// `s_encoding`: the only encoding, UTF-8 with Unicode 12.1's tables.
+pub(crate) const EXT4_ENC_UTF8_12_1: u16 = 1;
+/// `s_encoding_flags`: names that are not valid UTF-8 are refused.
+pub(crate) const EXT4_ENC_STRICT_MODE_FL: u16 = 0x1;
+
 impl Superblock {
     /// Parses and validates the 1024 superblock bytes. `device_size` is the
     /// device's size in bytes (the block count must fit in it).
@@ -310,6 +315,13 @@ impl Superblock {
             return Err(Error::Incompatible(
                 "this is an external ext3/ext4 journal device, not a filesystem".into(),
             ));
+        }
+        if sb.has_incompat(INCOMPAT_CASEFOLD) && sb.s_encoding != EXT4_ENC_UTF8_12_1 {
+            // The kernel's ext4_sb_read_encoding knows no other.
+            return Err(Error::Incompatible(format!(
+                "unknown casefold encoding {} (only {EXT4_ENC_UTF8_12_1}, utf8-12.1, exists)",
+                sb.s_encoding
+            )));
         }
         sb.check_geometry(device_size)?;
         Ok(sb)
@@ -624,6 +636,12 @@ impl Superblock {
         self.s_feature_ro_compat & bit != 0
     }
 
+    /// Casefolded directories refuse names that are not valid UTF-8
+    /// (s_encoding_flags EXT4_ENC_STRICT_MODE_FL).
+    pub(crate) fn strict_encoding(&self) -> bool {
+        self.has_incompat(INCOMPAT_CASEFOLD) && self.s_encoding_flags & EXT4_ENC_STRICT_MODE_FL != 0
+    }
+
     /// Block size in bytes (valid after parse: 1 KiB..64 KiB).
     pub(crate) fn block_size(&self) -> u32 {
         1024u32
@@ -823,6 +841,27 @@ pub(crate) mod tests {
             Superblock::parse(&b, DEV),
             Err(Error::Incompatible(_))
         ));
+    }
+
+    #[test]
+    fn casefold_encoding() {
+        let mut b = sample();
+        let incompat = le32(&b, 0x60) | INCOMPAT_CASEFOLD;
+        b[0x60..0x64].copy_from_slice(&incompat.to_le_bytes());
+        for (encoding, flags, strict) in [(1u16, 0u16, false), (1, 1, true)] {
+            b[0x27C..0x27E].copy_from_slice(&encoding.to_le_bytes());
+            b[0x27E..0x280].copy_from_slice(&flags.to_le_bytes());
+            fix_csum(&mut b);
+            let sb = Superblock::parse(&b, DEV).unwrap();
+            assert_eq!(sb.strict_encoding(), strict);
+        }
+        b[0x27C..0x27E].copy_from_slice(&2u16.to_le_bytes());
+        fix_csum(&mut b);
+        assert!(
+            err_text(&b).contains("unknown casefold encoding 2"),
+            "{}",
+            err_text(&b)
+        );
     }
 
     #[test]
