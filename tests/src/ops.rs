@@ -263,6 +263,10 @@ pub struct GenOpts {
     pub max_paths: usize,
     /// Depth limit of new paths.
     pub max_depth: usize,
+    /// A third of offsets and write lengths (truncations included) below
+    /// 200 bytes: files small enough for inline data, and their growth
+    /// past it. Off, the sequence is what it was before this knob.
+    pub small_files: bool,
 }
 
 impl Default for GenOpts {
@@ -273,6 +277,7 @@ impl Default for GenOpts {
             max_write: 2 << 20,
             max_paths: 300,
             max_depth: 6,
+            small_files: false,
         }
     }
 }
@@ -387,6 +392,9 @@ impl Generator {
     }
 
     fn offset(&mut self) -> u64 {
+        if self.opts.small_files && self.chance(33) {
+            return self.below(200);
+        }
         match self.below(10) {
             0 => self.below(self.opts.max_offset),
             1 => self.below(1 << 20),
@@ -395,6 +403,9 @@ impl Generator {
     }
 
     fn write_len(&mut self) -> usize {
+        if self.opts.small_files && self.chance(33) {
+            return self.below(200) as usize;
+        }
         match self.below(20) {
             0 => self.below(self.opts.max_write as u64) as usize,
             1 => 0,

@@ -14,9 +14,13 @@
 //! allocates its indirect block if writeback ran in between). st_blocks is compared as data blocks
 //! (i_blocks minus the tree blocks debugfs lists for the inode), exactly;
 //! statfs bfree/bavail after adding back the tree-block difference,
-//! exactly; everything else in statfs as is. The kernel's reference mount
-//! uses `nombcache` (no sharing of identical xattr blocks, which safemount
-//! does not do either).
+//! exactly; everything else in statfs as is. Both sides share identical
+//! xattr blocks (the kernel through its mbcache, safemount through its
+//! index of the blocks it wrote or read), so free-block counts agree only
+//! if they share alike. Inline data must agree inode by inode: the
+//! inline flag and the inline size (i_block plus system.data) debugfs
+//! reports; the inline_data config makes small files often (see
+//! `GenOpts::small_files`).
 //!
 //! Environment: `SAFEMOUNT_DIFF_SEED` (a number), `SAFEMOUNT_DIFF_OPS`
 //! (default 3000), `SAFEMOUNT_DIFF_SUT=kernel` (both sides kernel: checks
@@ -359,6 +363,9 @@ struct Layout {
     trees: HashMap<u64, u64>,
     /// Xattr block -> how many of the walked inodes point at it.
     xattr_blocks: BTreeMap<u64, u64>,
+    /// Inode -> its inline size (i_block plus the system.data value, as
+    /// debugfs reports it), for inodes with EXT4_INLINE_DATA_FL.
+    inline: HashMap<u64, u64>,
 }
 
 impl Layout {
@@ -413,6 +420,7 @@ fn tree_blocks(
     let text = String::from_utf8_lossy(&out.stdout);
     let mut found: HashMap<u64, u64> = HashMap::new();
     let mut xattr_blocks = BTreeMap::new();
+    let mut inline_sizes = HashMap::new();
     // Sections start with the echoed command; the block map comes last,
     // after the xattrs, under a line "EXTENTS:" or "BLOCKS:".
     for section in text.split("debugfs: stat <").skip(1) {
@@ -433,6 +441,17 @@ fn tree_blocks(
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| u64::from_str_radix(n, 16).ok())
             .ok_or_else(|| format!("inode {ino}: no Flags in debugfs stat: {section:.300}"))?;
+        if flags & 0x1000_0000 != 0 {
+            let n: u64 = section
+                .split("Size of inline data: ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    format!("inode {ino}: inline flag but no inline size: {section:.300}")
+                })?;
+            inline_sizes.insert(ino, n);
+        }
         let (st_blocks, size, kind) = want.get(&ino).copied().unwrap_or_default();
         // EXT4_INLINE_DATA_FL on a regular file: st_blocks also counts the
         // inline bytes (ext4_file_getattr).
@@ -487,6 +506,7 @@ fn tree_blocks(
     Ok(Layout {
         trees: found,
         xattr_blocks,
+        inline: inline_sizes,
     })
 }
 
@@ -530,11 +550,10 @@ fn to_data_blocks(
     Ok(trees.values().sum())
 }
 
-/// Extra options of the kernel's reference mount. `nombcache`: the kernel
-/// does not share identical xattr blocks between inodes (an mbcache
-/// optimisation that depends on what the cache holds; safemount never
-/// shares), so free-block counts are comparable exactly.
-const REFERENCE_OPTS: &str = "nombcache";
+/// Extra options of the kernel's reference mount: none. (With mbcache on,
+/// the default, the kernel shares identical xattr blocks, as safemount
+/// does; see the module documentation.)
+const REFERENCE_OPTS: &str = "";
 
 /// Bounds a config's run time: after `SAFEMOUNT_DIFF_TIMEOUT` seconds
 /// (default 150) the safemount mount's FUSE connection is aborted, so a
@@ -708,6 +727,7 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
         seed,
         GenOpts {
             block_size,
+            small_files: mkfs_args.iter().any(|a| a.contains("inline_data")),
             ..GenOpts::default()
         },
     );
@@ -922,12 +942,44 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     for l in tree_only.iter().take(20) {
         eprintln!("[{name}]   {l}");
     }
-    // Not an allowance (statfs below is exact about it): visible so that
-    // xattr block sharing, which neither side does, stays in view.
+    // Not an allowance (statfs below is exact about it): how much the
+    // sharing of xattr blocks saved, on each side.
     eprintln!(
-        "[{name}] kernel ({REFERENCE_OPTS}): {}; safemount: {}",
+        "[{name}] kernel: {}; safemount: {}",
         layout_b.xattr_summary(),
         layout_a.xattr_summary()
+    );
+    // Inline data, inode by inode: the same inodes inline, with the same
+    // inline sizes.
+    let mut inline_diff = Vec::new();
+    let mut inline_count = 0usize;
+    for (k, b) in &snap_b.entries {
+        let Some(a) = snap_a.entries.get(k) else {
+            continue;
+        };
+        let (ib, ia) = (layout_b.inline.get(&b.ino), layout_a.inline.get(&a.ino));
+        inline_count += usize::from(ib.is_some());
+        if ib != ia {
+            inline_diff.push(format!(
+                "{:?}: kernel inline size {ib:?}, safemount {ia:?} (None: not inline)",
+                short(k)
+            ));
+        }
+    }
+    eprintln!(
+        "[{name}] {inline_count} entries inline on the kernel's image, {} differ",
+        inline_diff.len()
+    );
+    assert!(
+        inline_diff.is_empty(),
+        "[{name}] seed {seed}: inline data differs ({} entries):\n  {}",
+        inline_diff.len(),
+        inline_diff
+            .iter()
+            .take(25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 
     // SAFEMOUNT_DIFF_LAX_BLOCKS=1: print data-block differences but do

@@ -381,9 +381,13 @@ impl Ext4 {
         self.dir_add(&mut txn, &mut dir, name, inode.ino, kind)?;
         self.touch_dir(&mut dir);
         let attr = self.attr_of(&inode);
+        let ino = inode.ino;
         txn.put_inode(inode);
         txn.put_inode(dir);
         txn.commit()?;
+        if kind == FileKind::RegularFile {
+            self.mark_may_inline(ino);
+        }
         Ok(attr)
     }
 

@@ -10,6 +10,7 @@
 //! does not know the caller, so that filter belongs to the FUSE adapter.
 
 pub(crate) mod acl;
+pub(crate) mod share;
 pub(crate) mod write;
 
 use crate::ext4::Ext4;
@@ -84,12 +85,16 @@ impl Ext4 {
         if blocknr == 0 {
             return Ok(Vec::new());
         }
+        let epoch = self.xattr_index_epoch();
         let block = self.read_block(blocknr)?;
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        let (_, entries) = xattr::parse_block(&block, blocknr, seed, &self.xattr_limits())
+        let (h, entries) = xattr::parse_block(&block, blocknr, seed, &self.xattr_limits())
             .map_err(|p| {
                 Error::corrupt(format!("xattr block of inode {}: {p}", inode.ino), blocknr)
             })?;
+        // A block read for getxattr or listxattr may be shared from now
+        // on, as the kernel's cache learns it (see `share`).
+        self.xattr_index_note(epoch, h.hash, blocknr);
         Ok(entries.iter().map(OwnedXattr::from_entry).collect())
     }
 

@@ -48,7 +48,7 @@ impl Ext4 {
         Ok(txn.inode(inum)?.atime.secs as u32)
     }
 
-    fn xw_owned(
+    pub(super) fn xw_owned(
         &self,
         txn: &mut Txn<'_>,
         parsed: &[xattr::XattrEntry<'_>],
@@ -90,8 +90,10 @@ impl Ext4 {
         u64::from(self.block_size() >> 9) << self.sb().cluster_bits().min(20)
     }
 
-    /// Drops this inode's reference to its xattr block: the block is freed
-    /// when it was the last, else its refcount drops.
+    /// Drops this inode's reference to its xattr block
+    /// (ext4_xattr_release_block): the block is freed when it was the
+    /// last (it leaves the sharing index at commit), else its refcount
+    /// drops.
     fn xw_drop_xattr_block(
         &self,
         txn: &mut Txn<'_>,
@@ -114,26 +116,61 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Stores `entries` as the inode's block: in place when the inode owns
-    /// its block alone, else in a new block.
+    /// Stores `entries` as the inode's xattr block, as
+    /// ext4_xattr_block_set does with the kernel's block cache: an
+    /// identical block the index knows is shared (its refcount grows, see
+    /// `share`); else a block the inode owns alone is changed in place;
+    /// else a new block is written. The previous block, if another, is
+    /// released. EA inode references follow the blocks: a new block takes
+    /// one for each of its EA entries that it did not get from the block
+    /// it replaces in place, and a freed block gives its own back.
     fn xw_store_xattr_block(
         &self,
         txn: &mut Txn<'_>,
         inode: &mut Inode,
         refcount: u32,
         mut entries: Vec<NewXattr>,
+        created: Option<u32>,
     ) -> Result<()> {
         if entries.is_empty() {
             return self.xw_drop_xattr_block(txn, inode, refcount);
         }
         sort_for_block(&mut entries);
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        if inode.file_acl != 0 && refcount <= 1 {
-            let blk = inode.file_acl;
-            let b = txn.block_mut(blk)?;
-            if !xattr::write_block(b, blk, 1, &entries, seed) {
+        let old = inode.file_acl;
+        // A block the inode owns alone leaves the cache before it changes
+        // (mb_cache_entry_delete_or_get): it is no candidate for itself.
+        let in_place = old != 0 && refcount <= 1;
+        let exclude = in_place.then_some(old);
+        if let Some((found, their_refs)) = self.xattr_share_find(txn, &entries, exclude)? {
+            if found != old {
+                let b = txn.block_mut(found)?;
+                xattr::set_block_refcount(b, found, their_refs.saturating_add(1), seed);
+                if in_place {
+                    // The old block, freed, held references to the same
+                    // EA inodes the shared one holds.
+                    for x in &entries {
+                        if let NewXattrValue::EaInode { inum, .. } = x.value {
+                            self.xw_ea_ref(txn, inum, -1)?;
+                        }
+                    }
+                }
+                if old != 0 {
+                    self.xw_drop_xattr_block(txn, inode, refcount)?;
+                }
+                inode.file_acl = found;
+                inode.blocks = inode.blocks.saturating_add(self.xw_sectors_per_block());
+            }
+            txn.xattr_index_touch(found);
+            return Ok(());
+        }
+        let hash = xattr::block_hash(entries.iter().map(xattr::entry_hash));
+        if in_place {
+            let b = txn.block_mut(old)?;
+            if !xattr::write_block(b, old, 1, &entries, seed) {
                 return Err(Error::NoSpace);
             }
+            txn.xattr_index_insert(hash, old);
             return Ok(());
         }
         let reserved_ok = inode.uid == 0;
@@ -143,7 +180,18 @@ impl Ext4 {
         if !xattr::write_block(b, blk, 1, &entries, seed) {
             return Err(Error::NoSpace);
         }
-        if inode.file_acl != 0 {
+        // A copy of a shared block: its EA entries are new references
+        // (the old block keeps its own).
+        for x in &entries {
+            if let NewXattrValue::EaInode { inum, .. } = x.value
+                && Some(inum) != created
+                && old != 0
+            {
+                self.xw_ea_ref(txn, inum, 1)?;
+            }
+        }
+        txn.xattr_index_insert(hash, blk);
+        if old != 0 {
             self.xw_drop_xattr_block(txn, inode, refcount)?;
         }
         inode.file_acl = blk;
@@ -390,17 +438,7 @@ impl Ext4 {
             }
         }
         if block_changed {
-            if refcount > 1 && inode.file_acl != 0 {
-                // Copy on write: the copy's EA entries are new references.
-                for x in &block {
-                    if let NewXattrValue::EaInode { inum, .. } = x.value
-                        && Some(inum) != created
-                    {
-                        self.xw_ea_ref(txn, inum, 1)?;
-                    }
-                }
-            }
-            self.xw_store_xattr_block(txn, inode, refcount, block)?;
+            self.xw_store_xattr_block(txn, inode, refcount, block, created)?;
         }
         for inum in dropped {
             self.xw_ea_ref(txn, inum, -1)?;
