@@ -366,9 +366,25 @@ struct Layout {
     /// Inode -> its inline size (i_block plus the system.data value, as
     /// debugfs reports it), for inodes with EXT4_INLINE_DATA_FL.
     inline: HashMap<u64, u64>,
+    /// Inode -> its xattr block, for inodes with one.
+    xattr_block_of: HashMap<u64, u64>,
 }
 
 impl Layout {
+    /// Each path of `snap` with an xattr block -> the first path (in
+    /// order) whose inode uses the same block: who shares with whom.
+    fn sharing(&self, snap: &Snapshot) -> BTreeMap<String, String> {
+        let mut first: HashMap<u64, String> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for (k, e) in &snap.entries {
+            if let Some(b) = self.xattr_block_of.get(&e.ino) {
+                let f = first.entry(*b).or_insert_with(|| k.clone());
+                out.insert(k.clone(), f.clone());
+            }
+        }
+        out
+    }
+
     fn xattr_summary(&self) -> String {
         format!(
             "{} xattr blocks for {} inodes",
@@ -421,6 +437,7 @@ fn tree_blocks(
     let mut found: HashMap<u64, u64> = HashMap::new();
     let mut xattr_blocks = BTreeMap::new();
     let mut inline_sizes = HashMap::new();
+    let mut xattr_block_of = HashMap::new();
     // Sections start with the echoed command; the block map comes last,
     // after the xattrs, under a line "EXTENTS:" or "BLOCKS:".
     for section in text.split("debugfs: stat <").skip(1) {
@@ -473,6 +490,7 @@ fn tree_blocks(
             .ok_or_else(|| format!("inode {ino}: no File ACL in debugfs stat: {section:.300}"))?;
         if file_acl != 0 {
             *xattr_blocks.entry(file_acl).or_insert(0) += 1;
+            xattr_block_of.insert(ino, file_acl);
         }
         // The extent list (or block list) is the last thing `stat` prints.
         let mut tree = section
@@ -507,6 +525,7 @@ fn tree_blocks(
         trees: found,
         xattr_blocks,
         inline: inline_sizes,
+        xattr_block_of,
     })
 }
 
@@ -948,6 +967,38 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
         "[{name}] kernel: {}; safemount: {}",
         layout_b.xattr_summary(),
         layout_a.xattr_summary()
+    );
+    // Xattr blocks, path by path: the same paths share a block.
+    let (share_a, share_b) = (layout_a.sharing(&snap_a), layout_b.sharing(&snap_b));
+    let share_diff: Vec<String> = share_b
+        .iter()
+        .map(|(k, v)| (k, Some(v), share_a.get(k)))
+        .chain(
+            share_a
+                .iter()
+                .filter(|(k, _)| !share_b.contains_key(*k))
+                .map(|(k, v)| (k, None, Some(v))),
+        )
+        .filter(|(_, b, a)| b != a)
+        .map(|(k, b, a)| {
+            format!(
+                "{}: kernel shares with {:?}, safemount with {:?}",
+                short(k),
+                b.map(|s| short(s)),
+                a.map(|s| short(s))
+            )
+        })
+        .collect();
+    assert!(
+        share_diff.is_empty(),
+        "[{name}] seed {seed}: xattr blocks shared differently ({} paths):\n  {}",
+        share_diff.len(),
+        share_diff
+            .iter()
+            .take(25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
     // Inline data, inode by inode: the same inodes inline, with the same
     // inline sizes.

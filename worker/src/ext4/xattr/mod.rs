@@ -154,11 +154,18 @@ impl Ext4 {
         let (index, suffix) = split_name(name)
             .ok_or_else(|| Error::Unsupported("extended attribute namespace".into()))?;
         let inode = self.inode(ino)?;
-        let found = self
-            .all_xattrs(&inode)?
-            .into_iter()
-            .find(|x| x.index == index && x.name == suffix)
-            .ok_or(Error::NoAttribute)?;
+        let same = |x: &OwnedXattr| x.index == index && x.name == suffix;
+        // The in-inode area first; the block is read only for a name not
+        // there (ext4_xattr_get), which decides what the sharing index
+        // learns (see `share`).
+        let found = match self.ibody_xattrs(&inode)?.into_iter().find(same) {
+            Some(x) => x,
+            None => self
+                .block_xattrs(&inode)?
+                .into_iter()
+                .find(same)
+                .ok_or(Error::NoAttribute)?,
+        };
         let value = self.xattr_value(ino, found)?;
         if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
             let entries = ondisk::acl::parse(&value)

@@ -11,6 +11,11 @@
 //! block with the same entries and room for one more reference
 //! (EXT4_XATTR_REFCOUNT_MAX).
 //!
+//! One removal is not the commit's: a set that finds no room in the
+//! inode's own block leaves that block out of the index, as the kernel's
+//! failed in-place edit leaves it out of its cache (until a read puts it
+//! back).
+//!
 //! The index changes with the committed state: a transaction's inserts
 //! wait in the transaction (dropped with it) and are applied at commit,
 //! after every block the commit freed has left the index. A reader notes
@@ -101,6 +106,13 @@ impl BlockIndex {
         }
     }
 
+    /// Removes `blk` now, moving the epoch (a reader's insert of it in
+    /// flight is dropped).
+    pub(crate) fn forget(&mut self, blk: u64) {
+        self.remove(blk);
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
     /// A reuse (mb_cache_entry_touch): the block is evicted last.
     pub(crate) fn touch(&mut self, blk: u64) {
         let now = self.tick();
@@ -177,6 +189,12 @@ impl Ext4 {
         if idx.epoch() == epoch {
             idx.insert(hash, blk);
         }
+    }
+
+    /// Block `blk` leaves the index at once, outside any transaction (a
+    /// failed set takes it out, see `write`); a removal is always safe.
+    pub(crate) fn xattr_index_forget(&self, blk: u64) {
+        self.xattr_index().forget(blk);
     }
 
     /// How many blocks the index holds (tests and figures).

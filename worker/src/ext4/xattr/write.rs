@@ -423,6 +423,11 @@ impl Ext4 {
                 }
                 block.pop();
                 if in_inode || !ea_feature || v.is_empty() {
+                    // ext4_xattr_block_set took the inode's own block out
+                    // of its cache before finding no room: it stays out.
+                    if refcount <= 1 && inode.file_acl != 0 {
+                        self.xattr_index_forget(inode.file_acl);
+                    }
                     return Err(Error::NoSpace);
                 }
                 in_inode = true;
