@@ -1037,8 +1037,26 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     // SAFEMOUNT_DIFF_LAX_BLOCKS=1: print data-block differences but do
     // not fail on them (debugging only).
     let lax = skip::knob("SAFEMOUNT_DIFF_LAX_BLOCKS").is_some_and(|v| v == "1");
+    // The kernel's own loss (DESIGN.md, known pitfalls: 6.18 on
+    // inline_data can lose written data at umount): paths whose content
+    // on the kernel's image is not what its mount showed. Their content
+    // is compared with the kernel's live view instead (safemount's image
+    // against its own live view, below, and the two live views agreed).
+    let kernel_lost: Vec<String> = compare(&strip(&live_b), &strip(&snap_b), false)
+        .into_iter()
+        .filter(|l| l.contains(": content expected"))
+        .collect();
+    for l in &kernel_lost {
+        eprintln!("[{name}] the kernel's image lost what its mount showed: {l}");
+    }
+    let lost_path = |l: &str| {
+        kernel_lost
+            .iter()
+            .any(|k| k.split(": ").next() == l.split(": ").next())
+    };
     let d: Vec<String> = compare(&snap_b, &snap_a, true)
         .into_iter()
+        .filter(|l| !(l.contains(": content expected") && lost_path(l)))
         .filter(|l| {
             let only_blocks = l.contains(": blocks expected");
             if lax && only_blocks {

@@ -1,7 +1,8 @@
 //! setxattr / removexattr, after the kernel's ext4_xattr_set_handle: the
 //! in-inode area is tried first, then the xattr block; a block shared by
 //! several inodes (h_refcount > 1) is copied on write (the old one's
-//! count drops); a block left empty is released. Entries are laid out by
+//! count drops), unless the new content is shared too; a block left
+//! empty is released. Entries are laid out by
 //! the serializers in `ondisk::xattr` (block entries sorted like the
 //! kernel, e_hash and h_hash as ext4_xattr_hash_entry/ext4_xattr_rehash
 //! compute them, values packed from the end, 4-byte aligned).
@@ -12,9 +13,11 @@
 //!
 //! With ea_inode, large values live in EA inodes (see `xattr_set_in`);
 //! without it a value that fits neither the inode nor the block gets
-//! ENOSPC, as in the kernel. Not implemented: sharing identical blocks
-//! or EA inodes between inodes (the kernel's mbcache); blocks and EA
-//! inodes shared by other writers are handled.
+//! ENOSPC, as in the kernel. A new block content identical to a block
+//! the sharing index knows is shared instead of written (see `share`).
+//! Not implemented: sharing EA inodes with identical values (the
+//! kernel's second mbcache); EA inodes shared by other writers are
+//! handled.
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
