@@ -355,6 +355,26 @@ fn short(path: &str) -> String {
         .join("/")
 }
 
+/// How far into a file the kernel's loss of inline data at conversion
+/// reaches: an inline region is at most the inode size (1024 bytes is
+/// the largest `-I` the configs use, 256 the default).
+const INLINE_LOSS_BYTES: usize = 1024;
+
+/// Whether `kernel`'s content is `sut`'s with some bytes zeroed, all of
+/// them within the first [`INLINE_LOSS_BYTES`] (and at least one).
+fn lost_inline_bytes(kernel: &Path, sut: &Path) -> bool {
+    let (Ok(k), Ok(s)) = (std::fs::read(kernel), std::fs::read(sut)) else {
+        return false;
+    };
+    if k.len() != s.len() || k == s {
+        return false;
+    }
+    k.iter()
+        .zip(&s)
+        .enumerate()
+        .all(|(i, (a, b))| a == b || (*a == 0 && i < INLINE_LOSS_BYTES))
+}
+
 /// What debugfs says about the inodes of a walk.
 struct Layout {
     /// Inode -> extent-tree index and leaf blocks, plus indirect-map
@@ -885,7 +905,40 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
         }
         s
     };
-    let live_diff = compare(&strip(&live_b), &strip(&live_a), false);
+    // The kernel's own loss (DESIGN.md, known pitfalls; reproduced by
+    // hand: an inline file written, written back, then fallocated reads
+    // as zeros where its inline data was): files whose content differs
+    // only by zeros on the kernel's side within the first
+    // INLINE_LOSS_BYTES. Their content is not compared with the kernel's
+    // (safemount's image is still checked against its own live view).
+    let inline_lost: Vec<String> = live_b
+        .entries
+        .iter()
+        .filter(|(k, b)| {
+            b.kind == 'f'
+                && live_a
+                    .entries
+                    .get(*k)
+                    .is_some_and(|a| a.content != b.content)
+                && lost_inline_bytes(&mnt_b.join(k), &mnt_a.join(k))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &inline_lost {
+        eprintln!(
+            "[{name}] {}: the kernel shows zeros where safemount shows the inline data written (kernel 6.18 loses it at conversion)",
+            short(k)
+        );
+    }
+    let not_lost = |l: &String| {
+        !inline_lost
+            .iter()
+            .any(|k| l.starts_with(&format!("{k:?}: content expected")))
+    };
+    let live_diff: Vec<String> = compare(&strip(&live_b), &strip(&live_a), false)
+        .into_iter()
+        .filter(not_lost)
+        .collect();
 
     let unmounted = sut.unmount(&mnt_a);
     drop(sut_loop);
@@ -1057,6 +1110,7 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     let d: Vec<String> = compare(&snap_b, &snap_a, true)
         .into_iter()
         .filter(|l| !(l.contains(": content expected") && lost_path(l)))
+        .filter(not_lost)
         .filter(|l| {
             let only_blocks = l.contains(": blocks expected");
             if lax && only_blocks {
