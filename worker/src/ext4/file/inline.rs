@@ -342,6 +342,8 @@ mod tests {
         Write(u64, usize),
         Truncate(u64),
         Fallocate(u64, u64),
+        /// fallocate with FALLOC_FL_KEEP_SIZE.
+        FallocateKeep(u64, u64),
         /// user.<name> set to that many bytes.
         Xattr(&'static str, usize),
         /// The kernel evicts the inode, and FUSE forgets it.
@@ -380,6 +382,10 @@ mod tests {
         ("fallocated_inline", &[Write(0, 1), Fallocate(0, 100)]),
         ("fallocated_first", &[Fallocate(0, 100), Write(0, 3)]),
         (
+            "fallocated_far",
+            &[Write(109, 8), FallocateKeep(132954, 75472)],
+        ),
+        (
             "converted_stays_blocks",
             &[Write(0, 200), Truncate(0), Write(0, 10)],
         ),
@@ -408,8 +414,10 @@ mod tests {
                         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
                         f.set_len(n).unwrap();
                     }
-                    Fallocate(off, len) => {
+                    Fallocate(off, len) | FallocateKeep(off, len) => {
+                        let keep = matches!(s, FallocateKeep(..));
                         let out = Command::new("fallocate")
+                            .args(keep.then_some("-n"))
                             .args(["-o", &off.to_string(), "-l", &len.to_string()])
                             .arg(&p)
                             .output()
@@ -455,6 +463,13 @@ mod tests {
                     }
                     Fallocate(off, len) => {
                         fs.fallocate(ino, off, len, FallocMode::default()).unwrap();
+                    }
+                    FallocateKeep(off, len) => {
+                        let mode = FallocMode {
+                            keep_size: true,
+                            ..Default::default()
+                        };
+                        fs.fallocate(ino, off, len, mode).unwrap();
                     }
                     Xattr(n, len) => {
                         let name = format!("user.{n}");
