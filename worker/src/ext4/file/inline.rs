@@ -71,12 +71,14 @@ impl Ext4 {
     }
 
     /// The kernel no longer holds inode `ino` (its last FUSE reference is
-    /// gone): what the engine keeps of it in memory goes, as ext4's
+    /// gone): what the engine keeps of it in memory goes, as the kernel's
     /// in-memory inode state goes when the inode is evicted. A file that
     /// had no inline data then never gets any (ext4_iget sets
-    /// EXT4_STATE_MAY_INLINE_DATA only on inodes that have inline data).
+    /// EXT4_STATE_MAY_INLINE_DATA only on inodes that have inline data);
+    /// its S_NOSEC mark goes too (see `xattr::share`).
     pub fn evicted(&self, ino: Ino) {
         self.clear_may_inline(ino);
+        self.nosec_clear(ino, None);
     }
 
     /// The in-inode xattrs as owned entries, in their on-disk order.

@@ -80,7 +80,8 @@ impl Ext4 {
     }
 
     /// The attributes in the inode's xattr block (none without one).
-    fn block_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
+    /// `learn`: the read feeds the sharing index (see `share`).
+    fn block_xattrs(&self, inode: &Inode, learn: bool) -> Result<Vec<OwnedXattr>> {
         let blocknr = inode.file_acl;
         if blocknr == 0 {
             return Ok(Vec::new());
@@ -94,13 +95,15 @@ impl Ext4 {
             })?;
         // A block read for getxattr or listxattr may be shared from now
         // on, as the kernel's cache learns it (see `share`).
-        self.xattr_index_note(epoch, h.hash, blocknr);
+        if learn {
+            self.xattr_index_note(epoch, h.hash, blocknr);
+        }
         Ok(entries.iter().map(OwnedXattr::from_entry).collect())
     }
 
     fn all_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
         let mut all = self.ibody_xattrs(inode)?;
-        all.extend(self.block_xattrs(inode)?);
+        all.extend(self.block_xattrs(inode, true)?);
         Ok(all)
     }
 
@@ -159,13 +162,14 @@ impl Ext4 {
         // there (ext4_xattr_get), which decides what the sharing index
         // learns (see `share`).
         let found = match self.ibody_xattrs(&inode)?.into_iter().find(same) {
-            Some(x) => x,
-            None => self
-                .block_xattrs(&inode)?
-                .into_iter()
-                .find(same)
-                .ok_or(Error::NoAttribute)?,
+            Some(x) => Some(x),
+            None => {
+                let learn = !self.nosec_lookup(&inode, name);
+                self.block_xattrs(&inode, learn)?.into_iter().find(same)
+            }
         };
+        self.nosec_note(&inode, name, found.is_some());
+        let found = found.ok_or(Error::NoAttribute)?;
         let value = self.xattr_value(ino, found)?;
         if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
             let entries = ondisk::acl::parse(&value)

@@ -11,6 +11,13 @@
 //! block with the same entries and room for one more reference
 //! (EXT4_XATTR_REFCOUNT_MAX).
 //!
+//! Reads the kernel does not make do not feed the index: FUSE asks for
+//! "security.capability" before every write (file_remove_privs, no
+//! SB_NOSEC on a FUSE mount), the kernel's ext4 only until the VFS marks
+//! the inode S_NOSEC (the first lookup that finds nothing on a file
+//! without set-id bits; a set-id mode or the inode's eviction clears it),
+//! which [`Ext4::nosec_lookup`] follows.
+//!
 //! One removal is not the commit's: a set that finds no room in the
 //! inode's own block leaves that block out of the index, as the kernel's
 //! failed in-place edit leaves it out of its cache (until a read puts it
@@ -25,8 +32,21 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::ext4::error::Result;
+use crate::ext4::ondisk::inode::Inode;
 use crate::ext4::ondisk::xattr::{self, NewXattr};
+use crate::ext4::types::Ino;
 use crate::ext4::{Ext4, Txn};
+
+/// The name the VFS looks up before a write (XATTR_NAME_CAPS).
+const SECURITY_CAPABILITY: &[u8] = b"security.capability";
+
+/// Most inodes kept marked S_NOSEC (past it, lookups feed the index).
+const NOSEC_MAX: usize = 1 << 20;
+
+/// is_sxid: set-user-ID, or set-group-ID with group execute.
+fn is_sxid(mode: u16) -> bool {
+    mode & 0o4000 != 0 || (mode & 0o2000 != 0 && mode & 0o010 != 0)
+}
 
 /// EXT4_XATTR_REFCOUNT_MAX: the most inodes one block serves.
 pub(crate) const REFCOUNT_MAX: u32 = 1024;
@@ -188,6 +208,37 @@ impl Ext4 {
         let mut idx = self.xattr_index();
         if idx.epoch() == epoch {
             idx.insert(hash, blk);
+        }
+    }
+
+    /// Whether a getxattr of `name` on `inode` is the VFS's
+    /// "security.capability" check the kernel would skip (S_NOSEC): then
+    /// its block read does not feed the index.
+    pub(crate) fn nosec_lookup(&self, inode: &Inode, name: &[u8]) -> bool {
+        name == SECURITY_CAPABILITY && self.rw.nosec.lock().is_ok_and(|s| s.contains(&inode.ino))
+    }
+
+    /// A "security.capability" lookup on `inode` found nothing: the VFS
+    /// marks a file without set-id bits S_NOSEC (inode_has_no_xattr).
+    pub(crate) fn nosec_note(&self, inode: &Inode, name: &[u8], found: bool) {
+        if name != SECURITY_CAPABILITY || found || is_sxid(inode.mode) {
+            return;
+        }
+        if let Ok(mut s) = self.rw.nosec.lock()
+            && s.len() < NOSEC_MAX
+        {
+            s.insert(inode.ino);
+        }
+    }
+
+    /// The inode's mode changed (notify_change clears S_NOSEC for a
+    /// set-id mode) or the inode left the kernel's cache.
+    pub(crate) fn nosec_clear(&self, ino: Ino, mode: Option<u16>) {
+        if mode.is_some_and(|m| !is_sxid(m)) {
+            return;
+        }
+        if let Ok(mut s) = self.rw.nosec.lock() {
+            s.remove(&ino);
         }
     }
 
