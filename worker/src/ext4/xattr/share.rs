@@ -438,6 +438,160 @@ mod tests {
         (out, fs.statfs().unwrap().bfree)
     }
 
+    /// One file's story, for `what_the_cache_knows_follows_the_kernel`.
+    #[derive(Clone, Copy)]
+    enum Act {
+        /// Set user.b to `value(seed)`.
+        Small(u8),
+        /// A set too big for the block: ENOSPC.
+        TooBig,
+        /// A write (FUSE asks for security.capability first).
+        Write,
+    }
+
+    /// Files and what happens to them; then `twin-<file>` sets the same
+    /// user.b. The comment says whether the kernel shares it.
+    const STORIES: &[(&str, &[Act])] = &[
+        // A failed set takes the block out of the cache: not shared.
+        ("failed", &[Act::Small(5), Act::TooBig]),
+        // The first write's capability lookup puts it back: shared.
+        ("failed_written", &[Act::Small(6), Act::TooBig, Act::Write]),
+        // After a first write the inode is S_NOSEC: no lookup, not shared.
+        (
+            "written_failed_written",
+            &[Act::Write, Act::Small(7), Act::TooBig, Act::Write],
+        ),
+    ];
+
+    fn kernel_story(mnt: &Path) {
+        for (f, acts) in STORIES {
+            let p = mnt.join(f);
+            std::fs::write(&p, b"").unwrap();
+            for a in *acts {
+                match *a {
+                    Act::Small(v) => {
+                        let hex: String = value(v).iter().map(|b| format!("{b:02x}")).collect();
+                        let out = Command::new("setfattr")
+                            .args(["-n", "user.b", "-v", &format!("0x{hex}")])
+                            .arg(&p)
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{out:?}");
+                    }
+                    Act::TooBig => {
+                        let hex = "7a".repeat(4000);
+                        let out = Command::new("setfattr")
+                            .args(["-n", "user.big", "-v", &format!("0x{hex}")])
+                            .arg(&p)
+                            .output()
+                            .unwrap();
+                        assert!(!out.status.success(), "ENOSPC expected: {out:?}");
+                    }
+                    Act::Write => {
+                        use std::io::Write;
+                        let mut fh = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+                        fh.write_all(b"x").unwrap();
+                    }
+                }
+            }
+            let twin = mnt.join(format!("twin-{f}"));
+            std::fs::write(&twin, b"").unwrap();
+            let Some(Act::Small(v)) = acts.iter().find(|a| matches!(a, Act::Small(_))) else {
+                unreachable!()
+            };
+            let hex: String = value(*v).iter().map(|b| format!("{b:02x}")).collect();
+            let out = Command::new("setfattr")
+                .args(["-n", "user.b", "-v", &format!("0x{hex}")])
+                .arg(&twin)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+    }
+
+    fn engine_story(fs: &Ext4) {
+        let d = XattrFlags::default();
+        for (f, acts) in STORIES {
+            let ino = fs
+                .create(ROOT_INO, f.as_bytes(), 0o100644, 0, 0, 0, 0)
+                .unwrap()
+                .ino;
+            let mut size = 0;
+            for a in *acts {
+                match *a {
+                    Act::Small(v) => fs.setxattr(ino, b"user.b", &value(v), d).unwrap(),
+                    Act::TooBig => {
+                        let e = fs.setxattr(ino, b"user.big", &[0x7a; 4000], d);
+                        assert!(matches!(e, Err(crate::ext4::Error::NoSpace)), "{e:?}");
+                    }
+                    Act::Write => {
+                        // What FUSE does before each write.
+                        let _ = fs.getxattr(ino, b"security.capability");
+                        fs.write(ino, size, b"x").unwrap();
+                        size += 1;
+                    }
+                }
+            }
+            let twin = fs
+                .create(
+                    ROOT_INO,
+                    format!("twin-{f}").as_bytes(),
+                    0o100644,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+                .unwrap()
+                .ino;
+            let Some(Act::Small(v)) = acts.iter().find(|a| matches!(a, Act::Small(_))) else {
+                unreachable!()
+            };
+            fs.setxattr(twin, b"user.b", &value(*v), d).unwrap();
+        }
+    }
+
+    /// Which blocks are candidates follows the kernel's cache: a failed
+    /// set takes the inode's block out, a write's capability lookup puts
+    /// it back only until the inode is S_NOSEC.
+    #[test]
+    fn what_the_cache_knows_follows_the_kernel() {
+        if !have_mkfs() || !have(&["setfattr"]) {
+            return;
+        }
+        let args = ["-b", "4096", "-I", "128"];
+        let k = RwImage::new("cachek", &args);
+        let mnt = k.img.with_extension("kmnt");
+        {
+            let Some(_m) = kernel_mounted(&k.img, &mnt, "loop") else {
+                return;
+            };
+            kernel_story(&mnt);
+        }
+        let kfs = open_image(&k.img).unwrap();
+        let e = RwImage::new("cachee", &args);
+        let fs = e.open();
+        engine_story(&fs);
+        let acl = |fs: &Ext4, n: &str| {
+            fs.inode(fs.lookup_ino(ROOT_INO, n.as_bytes()).unwrap())
+                .unwrap()
+                .file_acl
+        };
+        let shared = |fs: &Ext4| -> Vec<bool> {
+            STORIES
+                .iter()
+                .map(|(f, _)| acl(fs, f) == acl(fs, &format!("twin-{f}")))
+                .collect()
+        };
+        assert_eq!(shared(&kfs), vec![false, true, false], "the kernel");
+        assert_eq!(shared(&fs), shared(&kfs), "engine vs kernel");
+        assert_eq!(fs.statfs().unwrap().bfree, kfs.statfs().unwrap().bfree);
+        fs.shutdown().unwrap();
+        drop(fs);
+        let (code, out) = fsck(e.save());
+        assert_eq!(code, 0, "{out}");
+    }
+
     /// Identical xattr blocks are shared, copied, rejoined and released
     /// as the kernel's ext4 (with its mbcache) does: the same files share
     /// the same blocks with the same refcounts, the same free blocks;
