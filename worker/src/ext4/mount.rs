@@ -43,6 +43,8 @@ pub(crate) struct RwState {
     pub(super) xattr_index: Mutex<crate::ext4::xattr::share::BlockIndex>,
     /// Inodes the kernel would mark S_NOSEC: see `xattr::share`.
     pub(super) nosec: Mutex<std::collections::HashSet<Ino>>,
+    /// Inodes whose POSIX ACLs the VFS has cached: see `xattr::share`.
+    pub(super) acl_cached: Mutex<std::collections::HashSet<Ino>>,
     /// Bytes written to the device since the mount (s_kbytes_written).
     pub(super) written: AtomicU64,
     /// Committed metadata blocks not yet on the device.
@@ -93,6 +95,7 @@ impl RwState {
             may_inline: Mutex::new(std::collections::HashSet::new()),
             xattr_index: Mutex::new(Default::default()),
             nosec: Mutex::new(std::collections::HashSet::new()),
+            acl_cached: Mutex::new(std::collections::HashSet::new()),
             written: AtomicU64::new(0),
             wb: Mutex::new(WriteBack::default()),
             flush_gate: RwLock::new(()),

@@ -75,10 +75,10 @@ impl Ext4 {
     /// in-memory inode state goes when the inode is evicted. A file that
     /// had no inline data then never gets any (ext4_iget sets
     /// EXT4_STATE_MAY_INLINE_DATA only on inodes that have inline data);
-    /// its S_NOSEC mark goes too (see `xattr::share`).
+    /// its VFS marks go too (S_NOSEC, cached ACLs: see `xattr::share`).
     pub fn evicted(&self, ino: Ino) {
         self.clear_may_inline(ino);
-        self.nosec_clear(ino, None);
+        self.vfs_marks_clear(ino);
     }
 
     /// The in-inode xattrs as owned entries, in their on-disk order.

@@ -332,6 +332,8 @@ impl Ext4 {
             (mode, gid)
         };
         let ino = txn.alloc_inode(dir.ino, kind)?;
+        // posix_acl_create caches the new inode's ACLs (see xattr::share).
+        self.acl_cached_note(ino);
         let now = self.now();
         let mut inode = Inode::new(self, ino, mode, uid, gid, now);
         inode.flags |= inherited_flags(dir.flags, mode);

@@ -150,7 +150,15 @@ impl Ext4 {
         }
     }
 
+    /// getxattr(2) as the VFS asks it (FUSE GETXATTR).
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.getxattr_from(ino, name, true)
+    }
+
+    /// `from_vfs`: a request from outside; the engine's own reads (its
+    /// ACL logic) are reads the kernel answers from its cached ACLs and
+    /// teach the sharing index nothing.
+    pub(crate) fn getxattr_from(&self, ino: Ino, name: &[u8], from_vfs: bool) -> Result<Vec<u8>> {
         if name.len() > XATTR_NAME_MAX {
             return Err(Error::NameTooLong);
         }
@@ -164,7 +172,9 @@ impl Ext4 {
         let found = match self.ibody_xattrs(&inode)?.into_iter().find(same) {
             Some(x) => Some(x),
             None => {
-                let learn = !self.nosec_lookup(&inode, name);
+                let learn = from_vfs
+                    && !self.nosec_lookup(&inode, name)
+                    && !self.acl_cached_lookup(&inode, index);
                 self.block_xattrs(&inode, learn)?.into_iter().find(same)
             }
         };

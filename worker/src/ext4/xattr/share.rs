@@ -18,6 +18,12 @@
 //! without set-id bits; a set-id mode or the inode's eviction clears it),
 //! which [`Ext4::nosec_lookup`] follows.
 //!
+//! Nor do POSIX ACL reads of an inode whose ACLs the VFS has cached
+//! (get_inode_acl reads the disk once per inode lifetime; an inode created
+//! or given an ACL in this mount has them cached from the start): see
+//! [`Ext4::acl_cached_lookup`]. The engine's own ACL reads (inheritance,
+//! chmod) are always cached ones.
+//!
 //! One removal is not the commit's: a set that finds no room in the
 //! inode's own block leaves that block out of the index, as the kernel's
 //! failed in-place edit leaves it out of its cache (until a read puts it
@@ -231,6 +237,35 @@ impl Ext4 {
         }
     }
 
+    /// Whether a getxattr of the POSIX ACL `index` on `inode` is one the
+    /// VFS answers from its cached ACLs (no disk read, nothing learnt);
+    /// the first one since the inode was loaded reads and caches.
+    pub(crate) fn acl_cached_lookup(&self, inode: &Inode, index: u8) -> bool {
+        if index != xattr::INDEX_POSIX_ACL_ACCESS && index != xattr::INDEX_POSIX_ACL_DEFAULT {
+            return false;
+        }
+        let Ok(mut s) = self.rw.acl_cached.lock() else {
+            return false;
+        };
+        if s.contains(&inode.ino) {
+            return true;
+        }
+        if s.len() < NOSEC_MAX {
+            s.insert(inode.ino);
+        }
+        false
+    }
+
+    /// `ino`'s ACLs are in the VFS's cache from now on (a new inode, or
+    /// an ACL set: set_cached_acl).
+    pub(crate) fn acl_cached_note(&self, ino: Ino) {
+        if let Ok(mut s) = self.rw.acl_cached.lock()
+            && s.len() < NOSEC_MAX
+        {
+            s.insert(ino);
+        }
+    }
+
     /// The inode's mode changed (notify_change clears S_NOSEC for a
     /// set-id mode) or the inode left the kernel's cache.
     pub(crate) fn nosec_clear(&self, ino: Ino, mode: Option<u16>) {
@@ -238,6 +273,15 @@ impl Ext4 {
             return;
         }
         if let Ok(mut s) = self.rw.nosec.lock() {
+            s.remove(&ino);
+        }
+    }
+
+    /// The inode left the kernel's cache: its VFS marks (S_NOSEC, cached
+    /// ACLs) go with it.
+    pub(crate) fn vfs_marks_clear(&self, ino: Ino) {
+        self.nosec_clear(ino, None);
+        if let Ok(mut s) = self.rw.acl_cached.lock() {
             s.remove(&ino);
         }
     }

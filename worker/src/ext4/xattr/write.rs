@@ -510,6 +510,10 @@ impl Ext4 {
             return Err(Error::NotFound);
         }
         let is_acl = index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT;
+        if is_acl {
+            // ext4_set_acl -> set_cached_acl (see `share`).
+            self.acl_cached_note(ino);
+        }
         let mut flags = flags;
         let mut mode_changed = false;
         if is_acl {
@@ -545,6 +549,9 @@ impl Ext4 {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         let (index, suffix, _) = Self::xw_xattr_prepare(name, None)?;
+        if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
+            self.acl_cached_note(ino);
+        }
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
         // xattr_permission: no xattr changes on immutable or append-only.
