@@ -44,8 +44,8 @@ bfree() { stat -f -c %f "$MNT"; }
 rm -f "$PRISTINE"
 truncate -s 1G "$PRISTINE"
 mkfs.ext4 -q -F "$PRISTINE"
-V1=0x$(head -c 100 /dev/zero | tr '\0' 'a' | od -An -tx1 | tr -d ' \n')
-V2=0x$(head -c 100 /dev/zero | tr '\0' 'b' | od -An -tx1 | tr -d ' \n')
+V1=0x$(head -c 100 /dev/zero | tr '\0' 'a' | od -v -An -tx1 | tr -d ' \n')
+V2=0x$(head -c 100 /dev/zero | tr '\0' 'b' | od -v -An -tx1 | tr -d ' \n')
 
 run() { # name bin-dir-or-"kernel"
     local name=$1 bin=$2 sock=$WORK/xattr-bench.sock
