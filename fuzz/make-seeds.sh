@@ -66,6 +66,29 @@ for spec in "ext4:-b 1024" "ext4:-b 4096 -O metadata_csum" "ext4:-b 1024 -O inli
     n=$((n + 1))
 done
 
+# verity: descriptors from fsverity-utils for the parsers target (tag 16:
+# the descriptor is the input) and an image with verity files for
+# mount_walk, built as the tests build them (tests/verity/).
+if command -v fsverity >/dev/null; then
+    seq 1 5000 > "$work/vdata"
+    i=0
+    for opts in "--block-size=4096" "--hash-alg=sha512 --block-size=1024 --salt=0102" "--block-size=1024"; do
+        # shellcheck disable=SC2086
+        fsverity digest "$work/vdata" $opts --out-descriptor="$work/desc" >/dev/null
+        { printf '\x10'; cat "$work/desc"; } > "seeds/parsers/16-$i"
+        i=$((i + 1))
+    done
+    img=$work/verity.img
+    truncate -s 4M "$img"
+    mkfs.ext4 -q -F -b 1024 -O verity -U 6ba7b810-9dad-11d1-80b4-00c04fd430c8 "$img"
+    ../tests/verity/put-verity-file.sh "$img" tree3 "$work/vdata" --hash-alg=sha512 --block-size=1024 --salt=0102 >/dev/null
+    head -c 1000 "$work/vdata" > "$work/vsmall"
+    ../tests/verity/put-verity-file.sh "$img" one "$work/vsmall" --block-size=1024 >/dev/null
+    sparse "$img" seeds/mount_walk/verity-0
+else
+    echo "no fsverity (fsverity-utils): no verity seeds"
+fi
+
 # replay: the kernel's own journal, copied while it still needs recovery.
 if [ "$(id -u)" = 0 ]; then
     for bs in 1024 4096; do

@@ -5,7 +5,7 @@
 //! thread is blocked in, so the kernel restarts it when the task runs
 //! again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -14,6 +14,16 @@ use nix::unistd::Pid;
 
 use crate::util::wait_until;
 
+/// Which cgroup freezer: v1's freezer controller (`freezer.state`) or v2's
+/// core freezer (`cgroup.freeze`, what `systemctl freeze` and system
+/// suspend use on a v2 system). A hybrid system has both, and a process is
+/// in a cgroup of each at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreezerKind {
+    V1,
+    V2,
+}
+
 /// A freezer cgroup made for one process, moved back out and removed on
 /// drop.
 pub struct Freezer {
@@ -21,43 +31,69 @@ pub struct Freezer {
     /// Where the process goes back to on drop (its cgroup.procs file).
     home: PathBuf,
     pid: i32,
-    v2: bool,
+    kind: FreezerKind,
 }
 
 const V1_FREEZER: &str = "/sys/fs/cgroup/freezer";
-const V2_ROOT: &str = "/sys/fs/cgroup";
+/// Where the v2 hierarchy is mounted: the root on a v2-only system, the
+/// `unified` directory on a hybrid one.
+const V2_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+impl FreezerKind {
+    /// The kinds this machine has, v1 first.
+    pub fn available() -> Vec<FreezerKind> {
+        [FreezerKind::V1, FreezerKind::V2]
+            .into_iter()
+            .filter(|k| k.root().is_some())
+            .collect()
+    }
+
+    fn root(self) -> Option<PathBuf> {
+        match self {
+            FreezerKind::V1 => Some(PathBuf::from(V1_FREEZER))
+                .filter(|r| r.join("freezer.state").exists() || r.join("tasks").exists()),
+            FreezerKind::V2 => V2_ROOTS
+                .iter()
+                .map(PathBuf::from)
+                .find(|r| r.join("cgroup.controllers").exists()),
+        }
+    }
+}
 
 impl Freezer {
-    /// Moves `pid` (the whole thread group) into a new freezer cgroup:
-    /// the v1 freezer hierarchy where mounted, else a v2 cgroup beside
-    /// the root's children.
-    pub fn adopt(pid: i32) -> Result<Self> {
+    /// Moves `pid` (the whole thread group) into a new cgroup of `kind`'s
+    /// hierarchy.
+    pub fn adopt(pid: i32, kind: FreezerKind) -> Result<Self> {
         let name = format!("safemount-test-freeze-{}-{pid}", std::process::id());
-        let (root, v2) = if Path::new(V1_FREEZER).join("freezer.state").exists()
-            || Path::new(V1_FREEZER).join("tasks").exists()
-        {
-            (PathBuf::from(V1_FREEZER), false)
-        } else if Path::new(V2_ROOT).join("cgroup.controllers").exists() {
-            (PathBuf::from(V2_ROOT), true)
-        } else {
-            bail!("no cgroup freezer: neither {V1_FREEZER} nor cgroup v2 at {V2_ROOT}");
+        let Some(root) = kind.root() else {
+            bail!("no {kind:?} cgroup freezer on this machine");
         };
-        let home = if v2 {
-            let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-            let rel = own
-                .lines()
-                .find_map(|l| l.strip_prefix("0::"))
-                .context("no v2 line in /proc/PID/cgroup")?;
-            root.join(rel.trim_start_matches('/')).join("cgroup.procs")
-        } else {
-            root.join("cgroup.procs")
+        let home = match kind {
+            FreezerKind::V2 => {
+                let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+                let rel = own
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .context("no v2 line in /proc/PID/cgroup")?;
+                root.join(rel.trim_start_matches('/')).join("cgroup.procs")
+            }
+            FreezerKind::V1 => root.join("cgroup.procs"),
         };
         let dir = root.join(name);
         std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let f = Self { dir, home, pid, v2 };
+        let f = Self {
+            dir,
+            home,
+            pid,
+            kind,
+        };
         std::fs::write(f.dir.join("cgroup.procs"), pid.to_string())
             .with_context(|| format!("move {pid} into {}", f.dir.display()))?;
         Ok(f)
+    }
+
+    pub fn kind(&self) -> FreezerKind {
+        self.kind
     }
 
     /// Freezes every task and waits until the kernel says they are frozen.
@@ -70,7 +106,7 @@ impl Freezer {
     }
 
     fn set(&self, frozen: bool) -> Result<()> {
-        let (file, value, state_file, want) = if self.v2 {
+        let (file, value, state_file, want) = if self.kind == FreezerKind::V2 {
             (
                 "cgroup.freeze",
                 if frozen { "1" } else { "0" },

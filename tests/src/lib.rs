@@ -8,6 +8,7 @@
 //! failure under `SAFEMOUNT_TEST_STRICT=1`: see [`skip`]) otherwise.
 
 pub mod broker;
+pub mod fscrypt;
 pub mod image;
 pub mod interrupt;
 pub mod kernel;

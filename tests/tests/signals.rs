@@ -1,6 +1,7 @@
 //! A read-write worker keeps serving across what real machines do to a
-//! process: its cgroup frozen and thawed (system suspend, `systemctl
-//! freeze`), SIGSTOP/SIGCONT, and a debugger attaching to every thread and
+//! process: its cgroup frozen and thawed (v1's freezer controller and v2's
+//! `cgroup.freeze`, which `systemctl freeze` uses; both on a hybrid
+//! machine), SIGSTOP/SIGCONT, and a debugger attaching to every thread and
 //! detaching. Each interrupts the worker's threads in whatever they were
 //! blocked in (reading /dev/fuse, waiting on a condvar with a timeout,
 //! sleeping); the kernel then restarts those calls, some through
@@ -20,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
-use safemount_tests::interrupt::{self, Freezer};
+use safemount_tests::interrupt::{self, Freezer, FreezerKind};
 use safemount_tests::ops;
 use safemount_tests::procfs;
 use safemount_tests::util::{Rng, TempDir, pattern, require_root};
@@ -31,7 +32,7 @@ const MAX_LIVE_FILES: usize = 120;
 
 #[derive(Debug, Clone, Copy)]
 enum Event {
-    Freeze,
+    Freeze(FreezerKind),
     Stop,
     Ptrace,
 }
@@ -152,15 +153,26 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
         .as_nanos() as u64;
     eprintln!("signals: event order seed {seed}");
     let mut rng = Rng::new(seed);
-    let mut events: Vec<Event> = [(Event::Freeze, 20), (Event::Stop, 20), (Event::Ptrace, 10)]
-        .into_iter()
+    let kinds = FreezerKind::available();
+    match kinds.len() {
+        0 => safemount_tests::skip::skip("no cgroup freezer (v1 or v2) on this machine"),
+        1 => eprintln!("signals: only the {kinds:?} cgroup freezer here"),
+        _ => {}
+    }
+    let freezers: Vec<Freezer> = kinds
+        .iter()
+        .map(|k| Freezer::adopt(pid, *k).unwrap())
+        .collect();
+    let mut events: Vec<Event> = kinds
+        .iter()
+        .map(|k| (Event::Freeze(*k), 20))
+        .chain([(Event::Stop, 20), (Event::Ptrace, 10)])
         .flat_map(|(e, n)| std::iter::repeat_n(e, n))
         .collect();
     for i in (1..events.len()).rev() {
         events.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
 
-    let freezer = Freezer::adopt(pid).unwrap();
     let done = AtomicBool::new(false);
     let written = std::thread::scope(|s| {
         let writer = s.spawn(|| load(&mnt, &done, 60, MAX_LIVE_FILES));
@@ -168,10 +180,13 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
             std::thread::sleep(Duration::from_millis(rng.next_u64() % 150));
             let hold = Duration::from_millis(10 + rng.next_u64() % 300);
             let r = match ev {
-                Event::Freeze => freezer.freeze().and_then(|()| {
-                    std::thread::sleep(hold);
-                    freezer.thaw()
-                }),
+                Event::Freeze(kind) => {
+                    let freezer = freezers.iter().find(|f| f.kind() == *kind).unwrap();
+                    freezer.freeze().and_then(|()| {
+                        std::thread::sleep(hold);
+                        freezer.thaw()
+                    })
+                }
                 Event::Stop => interrupt::stop(pid).and_then(|()| {
                     std::thread::sleep(hold);
                     interrupt::cont(pid)
@@ -191,7 +206,7 @@ fn worker_survives_freeze_stop_and_ptrace_under_load() {
         done.store(true, Ordering::Relaxed);
         writer.join().unwrap()
     });
-    drop(freezer);
+    drop(freezers);
     let written =
         written.unwrap_or_else(|e| panic!("the load failed: {e}\n{}", broker.log_tail(20)));
     assert!(

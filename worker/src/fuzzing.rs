@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use crate::ext4::ondisk::journal::{Csum, Format};
 use crate::ext4::ondisk::{
-    acl, dir_entry, extent, group_desc, htree, inode, journal, mmp, orphan, superblock, xattr,
+    acl, dir_entry, extent, group_desc, htree, inode, journal, mmp, orphan, superblock, verity,
+    xattr,
 };
 use crate::ext4::types::{RenameFlags, SetAttr, XattrFlags};
 use crate::ext4::{Ext4, FallocMode, FileKind, Ino, OpenOptions, ROOT_INO, Whence};
@@ -130,7 +131,8 @@ pub fn parsers(data: &[u8]) {
         return;
     };
     let inodes_count = 1 << 16;
-    match which % 16 {
+    match which % 17 {
+        16 => verity_metadata(b),
         0 => {
             let _ = superblock::Superblock::parse(b, 1 << 40);
         }
@@ -214,6 +216,34 @@ pub fn parsers(data: &[u8]) {
         _ => {
             let _ = orphan::OrphanBlock::parse(b, 100, Some(0x1234_5678));
             let _ = orphan::OrphanBlock::parse(b, 100, None);
+        }
+    }
+}
+
+/// The fs-verity descriptor parser, the tree shape it gives, and the
+/// descriptor's location from numbers in the input. The file size is the
+/// descriptor's own data_size, so that a valid one gets past that check.
+fn verity_metadata(b: &[u8]) {
+    let le64 = |at: usize| {
+        b.get(at..at.saturating_add(8))
+            .and_then(|s| s.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let i_size = le64(8);
+    for fs_block in [1024, 4096, 65536] {
+        if let Ok(desc) = verity::Descriptor::parse(b, 12, i_size, fs_block)
+            && let Ok(geo) = verity::TreeGeometry::new(&desc, 12)
+        {
+            let _ = desc.digest_input();
+            for level in 0..verity::MAX_LEVELS {
+                for index in [0, 1, geo.data_blocks, u64::MAX] {
+                    let _ = geo.hash_location(level, index);
+                }
+            }
+        }
+        let end = le64(16);
+        if let Ok(pos) = verity::size_field_pos(12, end) {
+            let _ = verity::descriptor_location(12, i_size, fs_block, pos, le64(24) as u32);
         }
     }
 }

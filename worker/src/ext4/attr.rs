@@ -7,9 +7,9 @@
 
 use crate::ext4::Ext4;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::S_IFMT;
 use crate::ext4::types::{Attr, FileKind, Ino, SetAttr, TimeSet};
+use crate::ext4::{crypt, inode_flags};
 
 impl Ext4 {
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
@@ -24,8 +24,16 @@ impl Ext4 {
         // cannot be told from the page cache's own mtime updates after an
         // append, so they are allowed.)
         inode_flags::ensure_mutable(&inode)?;
+        if set.size.is_some() {
+            // fsverity_prepare_setattr: a verity file keeps its size.
+            inode_flags::ensure_content_mutable(&inode)?;
+        }
         if set.size.is_some() || set.mode.is_some() || set.uid.is_some() || set.gid.is_some() {
             inode_flags::ensure_unpinned(&inode)?;
+        }
+        // fscrypt_prepare_setattr: a size change needs the key.
+        if set.size.is_some() {
+            crypt::require_key(&inode)?;
         }
         let now = self.now();
         let pick = |t: TimeSet| match t {

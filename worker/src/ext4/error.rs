@@ -43,6 +43,9 @@ pub enum Error {
     Invalid(&'static str),
     #[error("read-only filesystem")]
     ReadOnly,
+    /// ENOKEY: the operation needs an encryption key this engine never has.
+    #[error("required key not available")]
+    NoKey,
     #[error("not supported: {0}")]
     Unsupported(Cow<'static, str>),
     #[error("I/O error at byte {offset}: {source}")]
@@ -60,6 +63,10 @@ pub enum Error {
     /// it is the boot block, or the superblock's, which names itself).
     #[error("corrupt {what}{}", at_block(*.block))]
     Corrupt { what: Cow<'static, str>, block: u64 },
+    /// A verity file's data or Merkle tree block does not match its
+    /// hashes (EIO, as fs-verity answers; not a filesystem error).
+    #[error("{0}")]
+    Verity(String),
     /// lseek SEEK_DATA/SEEK_HOLE at or past the end of the file, or no
     /// data after the offset (ENXIO).
     #[error("no data or hole at or after the requested offset")]

@@ -10,6 +10,10 @@
 //! attribute changes, links and removal (an append-only directory takes new
 //! names but loses none). What the kernel checks itself before asking
 //! (owner, CAP_LINUX_IMMUTABLE for +i/+a) is not repeated here.
+//!
+//! A verity file's content is read-only, as fs/verity/open.c has it:
+//! no open for writing, no truncation, no data write or fallocate (EPERM);
+//! its metadata (mode, owner, times, names, links, xattrs) still changes.
 
 use super::ondisk::inode::{
     EXT4_APPEND_FL, EXT4_CASEFOLD_FL, EXT4_COMPR_FL, EXT4_COMPRBLK_FL, EXT4_DAX_FL,
@@ -19,7 +23,7 @@ use super::ondisk::inode::{
     EXT4_TOPDIR_FL, EXT4_UNRM_FL, EXT4_VERITY_FL, Inode,
 };
 use super::ondisk::superblock as sbf;
-use super::{Error, Ext4, FileKind, Ino, Result};
+use super::{Error, Ext4, FileKind, Ino, Result, crypt};
 
 /// The formerly-EOFBLOCKS bit, still settable (EXT4_FL_USER_MODIFIABLE).
 const EXT4_EOFBLOCKS_FL: u32 = 0x0040_0000;
@@ -79,6 +83,19 @@ pub(crate) fn is_append_only(inode: &Inode) -> bool {
     inode.flags & EXT4_APPEND_FL != 0
 }
 
+pub(crate) fn is_verity(inode: &Inode) -> bool {
+    inode.flags & EXT4_VERITY_FL != 0
+}
+
+/// EPERM unless the content of `inode` may change: neither immutable nor
+/// a verity file (fsverity_file_open, fsverity_prepare_setattr).
+pub(crate) fn ensure_content_mutable(inode: &Inode) -> Result<()> {
+    if is_verity(inode) {
+        return Err(Error::NotPermitted);
+    }
+    ensure_mutable(inode)
+}
+
 /// EPERM unless `inode` may change at all (not immutable).
 pub(crate) fn ensure_mutable(inode: &Inode) -> Result<()> {
     if is_immutable(inode) {
@@ -128,17 +145,24 @@ fn from_xflags(xflags: u32) -> u32 {
 }
 
 impl Ext4 {
-    /// may_open: an immutable file opens for reading only; an append-only
-    /// one for writing only with O_APPEND and never with O_TRUNC.
+    /// may_open: an immutable or verity file opens for reading only; an
+    /// append-only one for writing only with O_APPEND and never with
+    /// O_TRUNC. Then ext4_file_open: an encrypted regular file needs its
+    /// key, and a verity file's metadata is loaded, so bad metadata fails
+    /// the open (fsverity_file_open).
     pub fn check_open(&self, ino: Ino, write: bool, append: bool, truncate: bool) -> Result<()> {
         let inode = self.inode(ino)?;
-        if (write || truncate) && is_immutable(&inode) {
-            return Err(Error::NotPermitted);
+        if write || truncate {
+            ensure_content_mutable(&inode)?;
         }
         if is_append_only(&inode) && (truncate || (write && !append)) {
             return Err(Error::NotPermitted);
         }
-        Ok(())
+        // ext4_file_open's fscrypt_file_open, then fsverity_file_open.
+        if inode.kind == FileKind::RegularFile {
+            crypt::require_key(&inode)?;
+        }
+        self.open_verity(&inode)
     }
 
     /// FS_IOC_GETFLAGS.

@@ -188,26 +188,16 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             sbf::RO_COMPAT_PROJECT,
             "project quota (quota files would not be updated)",
         ),
-        (
-            sbf::RO_COMPAT_VERITY,
-            "verity (verity files are not protected from writes)",
-        ),
     ];
     for (bit, why) in ro_compat_unwritable {
         if sb.has_ro_compat(bit) {
             return Some(format!("writing is not supported with {why}"));
         }
     }
-    let incompat_unwritable = [
-        (
-            sbf::INCOMPAT_ENCRYPT,
-            "encrypt (encrypted directories cannot be written without keys)",
-        ),
-        (
-            sbf::INCOMPAT_CASEFOLD,
-            "casefold (case-insensitive name hashing is not implemented)",
-        ),
-    ];
+    let incompat_unwritable = [(
+        sbf::INCOMPAT_CASEFOLD,
+        "casefold (case-insensitive name hashing is not implemented)",
+    )];
     for (bit, why) in incompat_unwritable {
         if sb.has_incompat(bit) {
             return Some(format!("writing is not supported with {why}"));

@@ -3,8 +3,9 @@
 //! `ext4_inode_is_fast_symlink` does.
 
 use crate::ext4::Ext4;
+use crate::ext4::crypt;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
+use crate::ext4::ondisk::inode::{EXT4_INLINE_DATA_FL, I_BLOCK_SIZE, Inode};
 use crate::ext4::ondisk::superblock::INCOMPAT_EA_INODE;
 use crate::ext4::types::{FileKind, Ino};
 
@@ -42,8 +43,8 @@ impl Ext4 {
         if inode.kind != FileKind::Symlink {
             return Err(Error::Invalid("not a symbolic link"));
         }
-        if inode.has_flag(EXT4_ENCRYPT_FL) {
-            return Err(Error::Unsupported("encrypted symlink".into()));
+        if crypt::is_encrypted(&inode) {
+            return self.readlink_nokey(&inode);
         }
         let size = inode.size;
         if size == 0 || size >= PATH_MAX {
@@ -74,6 +75,22 @@ impl Ext4 {
             return Err(self.bad_link(ino, format_args!("target shorter than i_size {len}")));
         }
         Ok(target)
+    }
+
+    /// An encrypted symlink's target as the kernel shows it without the
+    /// key (fscrypt_get_symlink): the no-key form of the ciphertext, read
+    /// from i_block (fast) or data block 0 (slow).
+    fn readlink_nokey(&self, inode: &Inode) -> Result<Vec<u8>> {
+        let block;
+        let body: &[u8] = if self.is_fast_symlink(inode) {
+            &inode.i_block
+        } else {
+            block = self
+                .read_file_block(inode, 0)?
+                .ok_or_else(|| self.bad_link(inode.ino, "no data block"))?;
+            &block
+        };
+        crypt::nokey_symlink_target(body).map_err(|why| self.bad_link(inode.ino, why))
     }
 }
 

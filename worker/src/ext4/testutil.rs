@@ -542,22 +542,24 @@ pub(crate) fn engine_tree(fs: &Ext4) -> BTreeMap<String, String> {
     out
 }
 
-/// The same description of a tree the kernel has mounted at `root`.
-pub(crate) fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
+/// The same description of a tree the kernel has mounted at `root`; `Err`
+/// names the path the kernel could not read (a bad checksum, say), so a
+/// caller can keep the image that made it fail.
+pub(crate) fn kernel_tree(root: &Path) -> Result<BTreeMap<String, String>, String> {
     use std::os::unix::fs::MetadataExt;
-    fn walk(dir: &Path, path: &str, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
+    fn walk(dir: &Path, path: &str, out: &mut BTreeMap<String, String>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
             let p = format!("{path}/{}", e.file_name().to_string_lossy());
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let m = std::fs::symlink_metadata(e.path())?;
             let perm = m.mode() & 0o7777;
             let desc = if m.is_dir() {
-                walk(&e.path(), &p, out);
+                walk(&e.path(), &p, out)?;
                 format!("dir {perm:o} {}", m.nlink())
             } else if m.is_symlink() {
-                format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+                format!("link {}", std::fs::read_link(e.path())?.display())
             } else {
-                let data = std::fs::read(e.path()).unwrap();
+                let data = std::fs::read(e.path())?;
                 format!(
                     "file {perm:o} {} {} {:016x}",
                     m.nlink(),
@@ -567,10 +569,11 @@ pub(crate) fn kernel_tree(root: &Path) -> BTreeMap<String, String> {
             };
             out.insert(p, desc);
         }
+        Ok(())
     }
     let mut out = BTreeMap::new();
-    walk(root, "", &mut out);
-    out
+    walk(root, "", &mut out).map_err(|e| format!("the kernel could not read the tree: {e}"))?;
+    Ok(out)
 }
 
 /// FNV-1a of `b`: a content fingerprint for tree comparisons.

@@ -10,8 +10,10 @@ use fuser::{Errno, ReplyEmpty};
 
 use super::convert::errno;
 use super::inodes::OpenState;
+use super::requests::RequestCounts;
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
+use crate::ext4::ondisk::features::INCOMPAT_CASEFOLD;
 use crate::ext4::types::Ino;
 
 /// Attribute and entry lifetime. Read-only: nothing changes under the
@@ -38,17 +40,34 @@ pub struct Adapter {
     pub(super) open: Mutex<BTreeMap<Ino, OpenState>>,
     /// Tells the flusher thread to stop (set at destroy).
     pub(super) stop_flusher: Arc<AtomicBool>,
+    /// Requests served, by kind (logged at unmount).
+    pub(super) requests: RequestCounts,
+    /// How long the kernel may remember that a name does not exist (zero:
+    /// not at all). Every name is made through this mount, so the kernel
+    /// sees each one appear; but in a casefolded directory "FOO" appearing
+    /// also makes "foo" exist, which its dentry cache cannot know.
+    pub(super) negative_ttl: Duration,
+    /// OPENDIR/RELEASEDIR are declined (read-write mounts whose kernel
+    /// takes FUSE_NO_OPENDIR_SUPPORT): a directory handle carries nothing
+    /// here, and an open directory holds its inode through the kernel's
+    /// lookup reference anyway.
+    pub(super) skip_opendir: bool,
 }
 
 impl Adapter {
     pub fn new(fs: impl Into<Arc<Ext4>>, read_only: bool) -> Self {
+        let fs: Arc<Ext4> = fs.into();
+        let casefold = fs.sb().has_incompat(INCOMPAT_CASEFOLD);
         Adapter {
-            fs: fs.into(),
+            negative_ttl: if casefold { Duration::ZERO } else { TTL },
+            fs,
             read_only,
             ttl: TTL,
             corrupt_logged: Mutex::new(HashSet::new()),
             open: Mutex::new(BTreeMap::new()),
             stop_flusher: Arc::new(AtomicBool::new(false)),
+            requests: RequestCounts::default(),
+            skip_opendir: false,
         }
     }
 
@@ -77,6 +96,8 @@ impl Adapter {
                 }
             }
             Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),
+            // fs-verity's "FILE CORRUPTED!": logged, not a filesystem error.
+            Error::Verity(_) => tracing::warn!("{op}: {err}"),
             _ => {}
         }
         errno(err)

@@ -29,6 +29,10 @@ pub(super) fn wanted(read_only: bool, block_size: u32) -> InitFlags {
         // where the parent has no default ACL, and does every ACL mode
         // update itself (see ext4::xattr::acl).
         wanted |= InitFlags::FUSE_DONT_MASK;
+        // OPENDIR is answered ENOSYS, and the kernel stops asking (see
+        // Adapter::skip_opendir). Not read-only: there every directory
+        // open asks the kernel to keep its cached listing.
+        wanted |= InitFlags::FUSE_NO_OPENDIR_SUPPORT;
         // The kernel caches written pages and sends them in large
         // writes; it keeps i_size and mtime itself and tells us with
         // setattr.

@@ -44,8 +44,10 @@ pub fn errno(err: &Error) -> Errno {
         Error::TooBig => Errno::E2BIG,
         Error::Invalid(_) => Errno::EINVAL,
         Error::ReadOnly => Errno::EROFS,
+        Error::NoKey => Errno::from_i32(libc::ENOKEY),
         Error::Unsupported(_) => Errno::EOPNOTSUPP,
         Error::Io { .. } => Errno::EIO,
+        Error::Verity(_) => Errno::EIO,
         // Refused at open time; if it shows up later, the object cannot be
         // served: an I/O error is what the kernel driver would report.
         Error::Incompatible(_) => Errno::EIO,
@@ -202,6 +204,16 @@ pub(super) fn placeholder_attr(ino: Ino, kind: FileKind) -> FileAttr {
         generation: 0,
         blksize: 4096,
     })
+}
+
+/// The entry reply for a name that does not exist: node id 0, which the
+/// kernel keeps as a negative dentry for the entry timeout, so looking the
+/// same missing name up again (a search path, a build's probes) costs no
+/// round trip.
+pub(super) fn negative_entry_attr() -> FileAttr {
+    let mut a = placeholder_attr(ROOT_INO, FileKind::RegularFile);
+    a.ino = INodeNo(0);
+    a
 }
 
 /// getxattr/listxattr reply: size 0 asks for the size; a too-small

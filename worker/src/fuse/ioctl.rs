@@ -1,10 +1,17 @@
 //! The ioctls a file manager, `lsattr` and `chattr` send: inode flags
 //! (FS_IOC_GETFLAGS/SETFLAGS) and the extended attributes structure
-//! (FS_IOC_FSGETXATTR/FSSETXATTR). The kernel asks for these through FUSE
-//! with the sizes the command encodes; anything else is ENOTTY, as for a
-//! filesystem without the ioctl.
+//! (FS_IOC_FSGETXATTR/FSSETXATTR); and fs-verity's. The kernel asks for
+//! these through FUSE with the sizes the command encodes; anything else is
+//! ENOTTY, as for a filesystem without the ioctl.
+//!
+//! fs-verity through FUSE (fs/fuse/ioctl.c): FS_IOC_MEASURE_VERITY comes
+//! with a buffer of 4 bytes plus the caller's digest_size
+//! (fuse_setup_measure_verity) and is answered. FS_IOC_READ_VERITY_METADATA
+//! cannot be carried: its argument points to a user buffer, and a restricted
+//! FUSE ioctl moves only the 40 bytes the command encodes, so it is
+//! EOPNOTSUPP, as is FS_IOC_ENABLE_VERITY (enabling is not implemented).
 
-use crate::ext4::FsXattr;
+use crate::ext4::{FsXattr, VerityDigest};
 
 /// _IOR('f', 1, long) and _IOW('f', 2, long); the kernel's FUSE client
 /// moves an int (4 bytes) with them.
@@ -16,6 +23,12 @@ const FS_IOC32_SETFLAGS: u32 = 0x4004_6602;
 /// _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr).
 const FS_IOC_FSGETXATTR: u32 = 0x801C_581F;
 const FS_IOC_FSSETXATTR: u32 = 0x401C_5820;
+/// _IOWR('f', 134, struct fsverity_digest).
+const FS_IOC_MEASURE_VERITY: u32 = 0xC004_6686;
+/// _IOW('f', 133, struct fsverity_enable_arg).
+const FS_IOC_ENABLE_VERITY: u32 = 0x4080_6685;
+/// _IOWR('f', 135, struct fsverity_read_metadata_arg).
+const FS_IOC_READ_VERITY_METADATA: u32 = 0xC028_6687;
 /// sizeof(struct fsxattr): xflags, extsize, nextents, projid, cowextsize,
 /// 8 bytes of padding.
 const FSXATTR_SIZE: usize = 28;
@@ -27,6 +40,16 @@ pub(super) enum Ioctl {
     SetFlags(u32),
     GetFsXattr,
     SetFsXattr(FsXattr),
+    /// The caller's room for the digest (struct fsverity_digest's
+    /// digest_size).
+    MeasureVerity(u16),
+    /// Enabling verity, or reading its metadata: not available here.
+    VerityUnsupported,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    let bytes: [u8; 2] = b.get(at..at.checked_add(2)?)?.try_into().ok()?;
+    Some(u16::from_ne_bytes(bytes))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -47,6 +70,10 @@ pub(super) fn decode(cmd: u32, input: &[u8]) -> Result<Ioctl, DecodeError> {
             (Some(xflags), Some(projid)) => Ok(Ioctl::SetFsXattr(FsXattr { xflags, projid })),
             _ => Err(DecodeError::Short),
         },
+        FS_IOC_MEASURE_VERITY => u16_at(input, 2)
+            .map(Ioctl::MeasureVerity)
+            .ok_or(DecodeError::Short),
+        FS_IOC_ENABLE_VERITY | FS_IOC_READ_VERITY_METADATA => Ok(Ioctl::VerityUnsupported),
         _ => Err(DecodeError::Unknown),
     }
 }
@@ -72,6 +99,21 @@ pub(super) fn fsxattr_reply(fa: FsXattr) -> [u8; FSXATTR_SIZE] {
     out
 }
 
+/// The reply data of FS_IOC_MEASURE_VERITY (struct fsverity_digest);
+/// None when the caller's `room` is too small (EOVERFLOW, as
+/// fsverity_ioctl_measure answers).
+pub(super) fn measure_reply(d: &VerityDigest, room: u16) -> Option<Vec<u8>> {
+    let size = u16::try_from(d.digest.len()).ok()?;
+    if size > room {
+        return None;
+    }
+    let mut out = Vec::with_capacity(d.digest.len().saturating_add(4));
+    out.extend_from_slice(&d.algorithm.to_ne_bytes());
+    out.extend_from_slice(&size.to_ne_bytes());
+    out.extend_from_slice(&d.digest);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +135,36 @@ mod tests {
             Ok(Ioctl::SetFsXattr(fa))
         );
         assert_eq!(decode(0x5401, &[]), Err(DecodeError::Unknown));
+    }
+
+    #[test]
+    fn verity_ioctls() {
+        // struct fsverity_digest as `fsverity measure` sends it: room for 64.
+        let mut arg = vec![0u8; 4 + 64];
+        arg[2..4].copy_from_slice(&64u16.to_ne_bytes());
+        assert_eq!(
+            decode(FS_IOC_MEASURE_VERITY, &arg),
+            Ok(Ioctl::MeasureVerity(64))
+        );
+        assert_eq!(
+            decode(FS_IOC_MEASURE_VERITY, &[0, 0]),
+            Err(DecodeError::Short)
+        );
+        assert_eq!(
+            decode(FS_IOC_ENABLE_VERITY, &[]),
+            Ok(Ioctl::VerityUnsupported)
+        );
+        assert_eq!(
+            decode(FS_IOC_READ_VERITY_METADATA, &[]),
+            Ok(Ioctl::VerityUnsupported)
+        );
+        let d = VerityDigest {
+            algorithm: 1,
+            digest: vec![7; 32],
+        };
+        let r = measure_reply(&d, 64).unwrap();
+        assert_eq!(&r[..4], &[1, 0, 32, 0]);
+        assert_eq!(&r[4..], &[7; 32]);
+        assert_eq!(measure_reply(&d, 31), None);
     }
 }

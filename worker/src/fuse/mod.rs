@@ -19,6 +19,7 @@ mod convert;
 mod flusher;
 mod inodes;
 mod ioctl;
+mod requests;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -29,9 +30,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::ext4::error::Error;
@@ -45,7 +46,8 @@ pub use convert::{
     BAD_BLOCKS_FUSE_INO, access_allowed, errno, ext4_ino, falloc_mode, file_attr, fuse_ino,
     request_timestamp,
 };
-use convert::{file_type, placeholder_attr, reply_xattr, time_set};
+use convert::{file_type, negative_entry_attr, placeholder_attr, reply_xattr, time_set};
+use requests::Op;
 
 /// Largest read served in one request. The kernel never asks for more than
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
@@ -95,6 +97,8 @@ impl Filesystem for Adapter {
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
+            } else if flag == InitFlags::FUSE_NO_OPENDIR_SUPPORT {
+                self.skip_opendir = true;
             }
         }
         if !self.read_only {
@@ -104,6 +108,7 @@ impl Filesystem for Adapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.requests.count(Op::Forget);
         if let Ok(ino) = ext4_ino(ino) {
             self.forgotten(ino, nlookup);
         }
@@ -113,12 +118,17 @@ impl Filesystem for Adapter {
     // 0.18.0 does not export ForgetOne, so it cannot be overridden).
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.requests.count(Op::Lookup);
         let parent = ino_or_reply!(parent, reply);
         let res = self.fs.lookup(parent, name.as_bytes());
+        if matches!(res, Err(Error::NotFound)) && !self.negative_ttl.is_zero() {
+            return reply.entry(&self.negative_ttl, &negative_entry_attr(), Generation(0));
+        }
         self.reply_entry(reply, "lookup", parent, res);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.requests.count(Op::Getattr);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.getattr(ino) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
@@ -127,6 +137,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.requests.count(Op::Readlink);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.readlink(ino) {
             Ok(target) => reply.data(&target),
@@ -135,6 +146,7 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.requests.count(Op::Open);
         let ino = ino_or_reply!(ino, reply);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if writes && self.read_only {
@@ -146,14 +158,15 @@ impl Filesystem for Adapter {
         } else {
             FopenFlags::empty()
         };
-        if !self.read_only
-            && let Err(e) = self.fs.check_open(
-                ino,
-                writes,
-                flags.0 & libc::O_APPEND != 0,
-                flags.0 & libc::O_TRUNC != 0,
-            )
-        {
+        // On a read-only mount writes are refused above; what remains (an
+        // encrypted file's missing key, a verity file's metadata) applies
+        // to reads too.
+        if let Err(e) = self.fs.check_open(
+            ino,
+            writes,
+            flags.0 & libc::O_APPEND != 0,
+            flags.0 & libc::O_TRUNC != 0,
+        ) {
             return reply.error(self.fail("open", ino, &e));
         }
         // The handle is unused (reads go by inode number); a getattr makes
@@ -179,6 +192,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.requests.count(Op::Read);
         let ino = ino_or_reply!(ino, reply);
         let mut buf = vec![0u8; size.min(MAX_READ) as usize];
         match self.fs.read(ino, offset, &mut buf) {
@@ -195,8 +209,12 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2) of a descriptor: nothing is buffered per handle here.
-        reply.ok();
+        self.requests.count(Op::Flush);
+        // close(2) of a descriptor: nothing is buffered per handle here
+        // (the kernel writes its dirty pages back and checks their errors
+        // before it asks). ENOSYS tells it never to ask again on this
+        // mount (fc->no_flush): one round trip less per close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -209,6 +227,7 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Release);
         let ino = ino_or_reply!(ino, reply);
         // Answer first: nothing the kernel waits for depends on freeing.
         reply.ok();
@@ -216,6 +235,11 @@ impl Filesystem for Adapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.requests.count(Op::Opendir);
+        if self.skip_opendir {
+            // The kernel stops sending OPENDIR and RELEASEDIR.
+            return reply.error(Errno::ENOSYS);
+        }
         let ino = ino_or_reply!(ino, reply);
         let open_flags = if self.read_only {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
@@ -242,6 +266,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.requests.count(Op::Readdir);
         let ino = ino_or_reply!(ino, reply);
         let result = self.fs.readdir(ino, offset, &mut |e| {
             // add() returns true when the entry did not fit (and was not
@@ -267,6 +292,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.requests.count(Op::Readdirplus);
         let dir = ino_or_reply!(ino, reply);
         let result = self.fs.readdir(dir, offset, &mut |e| {
             let (attr, ttl, generation) = match self.fs.getattr(e.ino) {
@@ -305,12 +331,14 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Releasedir);
         let ino = ino_or_reply!(ino, reply);
         reply.ok();
         self.closed(ino);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.requests.count(Op::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -320,6 +348,7 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.requests.count(Op::Getxattr);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.getxattr(ino, name.as_bytes()) {
             Ok(value) => reply_xattr(reply, &value, size),
@@ -328,6 +357,7 @@ impl Filesystem for Adapter {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.requests.count(Op::Listxattr);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.listxattr(ino) {
             Ok(names) => {
@@ -349,6 +379,7 @@ impl Filesystem for Adapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.requests.count(Op::Access);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.getattr(ino) {
             Ok(_) if mask.contains(AccessFlags::W_OK) && self.read_only => {
@@ -362,6 +393,7 @@ impl Filesystem for Adapter {
 
     fn destroy(&mut self) {
         self.stop_flusher.store(true, Ordering::Release);
+        tracing::info!("FUSE requests: {}", self.requests.summary());
         if self.read_only {
             // Nothing to write; but a read-write open the engine serves
             // read-only (failed descriptor checksums) holds the MMP block.
@@ -405,6 +437,7 @@ impl Filesystem for Adapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.requests.count(Op::Setattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
         let set = SetAttr {
@@ -433,6 +466,7 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.requests.count(Op::Mknod);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         // With DONT_MASK the mode comes unmasked; the engine applies the
@@ -462,6 +496,7 @@ impl Filesystem for Adapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.requests.count(Op::Create);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         let Ok(mode) = u16::try_from(mode) else {
@@ -500,6 +535,7 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.requests.count(Op::Mkdir);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         let perm = (mode & 0o7777) as u16;
@@ -517,6 +553,7 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.requests.count(Op::Symlink);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         let res = self.fs.symlink(
@@ -537,6 +574,7 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.requests.count(Op::Link);
         let ino = ino_or_reply!(ino, reply);
         let newparent = ino_or_reply!(newparent, reply);
         writable_or_reply!(self, reply);
@@ -545,6 +583,7 @@ impl Filesystem for Adapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.count(Op::Unlink);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         match self.fs.unlink(parent, name_bytes(name)) {
@@ -561,6 +600,7 @@ impl Filesystem for Adapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.count(Op::Rmdir);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
         match self.fs.rmdir(parent, name_bytes(name)) {
@@ -584,6 +624,7 @@ impl Filesystem for Adapter {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Rename);
         let parent = ino_or_reply!(parent, reply);
         let newparent = ino_or_reply!(newparent, reply);
         writable_or_reply!(self, reply);
@@ -629,6 +670,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.requests.count(Op::Write);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
         // Root may use the reserved blocks, as on ext4. Page-cache
@@ -648,6 +690,7 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Fsync);
         let ino = ino_or_reply!(ino, reply);
         self.sync("fsync", ino, reply);
     }
@@ -660,6 +703,7 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Fsyncdir);
         let ino = ino_or_reply!(ino, reply);
         self.sync("fsyncdir", ino, reply);
     }
@@ -674,6 +718,7 @@ impl Filesystem for Adapter {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Setxattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
         if position != 0 || flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
@@ -699,6 +744,7 @@ impl Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.count(Op::Removexattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
         match self.fs.removexattr(ino, name_bytes(name)) {
@@ -723,6 +769,7 @@ impl Filesystem for Adapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        self.requests.count(Op::Ioctl);
         let ino = ino_or_reply!(ino, reply);
         let request = match ioctl::decode(cmd, in_data) {
             Ok(r) => r,
@@ -753,6 +800,14 @@ impl Filesystem for Adapter {
                     .set_fsxattr(ino, fa, privileged)
                     .map(|()| Vec::new())
             }
+            ioctl::Ioctl::MeasureVerity(room) => match self.fs.measure_verity(ino) {
+                Ok(d) => match ioctl::measure_reply(&d, room) {
+                    Some(data) => Ok(data),
+                    None => return reply.error(Errno::EOVERFLOW),
+                },
+                Err(e) => Err(e),
+            },
+            ioctl::Ioctl::VerityUnsupported => return reply.error(Errno::EOPNOTSUPP),
         };
         match result {
             Ok(data) => reply.ioctl(0, &data),
@@ -770,6 +825,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.requests.count(Op::Fallocate);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
         let Some(mode) = falloc_mode(mode) else {
@@ -793,6 +849,7 @@ impl Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.requests.count(Op::Lseek);
         let ino = ino_or_reply!(ino, reply);
         // The kernel answers SEEK_SET/CUR/END itself; only SEEK_DATA and
         // SEEK_HOLE reach the filesystem.

@@ -13,6 +13,7 @@
 //! as in the kernel.
 
 use crate::ext4::dir::hash::{dx_hash, effective_version};
+use crate::ext4::dir::htree::DxKey;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::ondisk::dir_entry::{
     DIRENT_TAIL_LEN, DirentFormat, DirentIter, DirentProblem, NewDirEntry, dir_rec_len,
@@ -402,18 +403,19 @@ fn is_index_block(d: &dyn DirBlocks, lblk: u64, b: &[u8]) -> bool {
     d.is_indexed() && (lblk == 0 || crate::ext4::ondisk::htree::is_index_node(b))
 }
 
-/// The logical blocks that may hold `name`: the hash-chosen leaves of an
-/// indexed directory, else every block, lazily (the block count comes from
-/// the inode's size, which a hostile disk sets to anything).
+/// The logical blocks that may hold the name `key` leads to: the
+/// hash-chosen leaves of an indexed directory, else every block, lazily
+/// (the block count comes from the inode's size, which a hostile disk sets
+/// to anything).
 fn candidate_blocks(
     d: &mut dyn DirBlocks,
     ctx: &DirCtx,
-    name: &[u8],
+    key: DxKey<'_>,
 ) -> Result<Box<dyn Iterator<Item = u64>>> {
+    let dots = matches!(key, DxKey::Name(b"." | b".."));
     if d.is_indexed()
-        && name != b"."
-        && name != b".."
-        && let Some(v) = crate::ext4::dir::htree::dx_leaves_for(d, ctx, name)?
+        && !dots
+        && let Some(v) = crate::ext4::dir::htree::dx_leaves_for(d, ctx, key)?
     {
         return Ok(Box::new(v.into_iter()));
     }
@@ -427,7 +429,7 @@ pub(crate) fn find_entry(
     ctx: &DirCtx,
     name: &[u8],
 ) -> Result<Option<(u64, Found)>> {
-    for lblk in candidate_blocks(d, ctx, name)? {
+    for lblk in candidate_blocks(d, ctx, DxKey::Name(name))? {
         let b = d.read(lblk)?;
         if is_index_block(d, lblk, &b) {
             // Only the root holds entries: "." at 0 and ".." at 12 (whose
@@ -450,6 +452,29 @@ pub(crate) fn find_entry(
             .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?
         {
             return Ok(Some((lblk, f)));
+        }
+    }
+    Ok(None)
+}
+
+/// The name of the first live entry `wanted` accepts, among the blocks
+/// `hash` leads to in an indexed directory (every block otherwise): how a
+/// long no-key name, which holds only part of its ciphertext, finds it.
+pub(crate) fn find_name_by(
+    d: &mut dyn DirBlocks,
+    ctx: &DirCtx,
+    hash: u32,
+    wanted: &dyn Fn(&[u8]) -> bool,
+) -> Result<Option<Vec<u8>>> {
+    for lblk in candidate_blocks(d, ctx, DxKey::Hash(hash))? {
+        let b = d.read(lblk)?;
+        if is_index_block(d, lblk, &b) {
+            continue;
+        }
+        let entries = live_entries(&b, 0, ctx.leaf_end(), &ctx.fmt)
+            .map_err(|e| edit_corrupt(d.ino(), lblk, d.block_of(lblk), e))?;
+        if let Some((name, _, _)) = entries.into_iter().find(|(n, _, _)| wanted(n)) {
+            return Ok(Some(name));
         }
     }
     Ok(None)

@@ -85,7 +85,16 @@ fn csum_on(ctx: &DirCtx) -> bool {
 
 /// Reads the path for `name` (dx_probe). Returns the name's hash and the
 /// frames, root first.
-fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<Frame>)> {
+/// What an htree search is led by: a name, hashed with the root's hash
+/// version, or a hash given outright (a long no-key name carries the hash
+/// its entry was listed with, since its ciphertext is not all there).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DxKey<'a> {
+    Name(&'a [u8]),
+    Hash(u32),
+}
+
+fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, key: DxKey<'_>) -> Result<(u32, Vec<Frame>)> {
     let ino = d.ino();
     let bs = ctx.bs();
     let root = d.read(0)?;
@@ -94,14 +103,17 @@ fn probe(d: &mut dyn DirBlocks, ctx: &DirCtx, name: &[u8]) -> Result<(u32, Vec<F
     if let Some(seed) = ctx.csum_seed {
         htree::verify_dx_tail(&root, seed).map_err(|p| dx_corrupt(ino, 0, at, p))?;
     }
-    let hash = ctx.hash(info.hash_version, name).ok_or_else(|| {
-        dx_corrupt(
-            ino,
-            0,
-            at,
-            format_args!("hash version {}", info.hash_version),
-        )
-    })?;
+    let hash = match key {
+        DxKey::Name(name) => ctx.hash(info.hash_version, name).ok_or_else(|| {
+            dx_corrupt(
+                ino,
+                0,
+                at,
+                format_args!("hash version {}", info.hash_version),
+            )
+        })?,
+        DxKey::Hash(h) => h,
+    };
     let limit = root_limit(bs, csum_on(ctx));
     let entries =
         parse_entries(&root, ROOT_ENTRIES, limit).map_err(|p| dx_corrupt(ino, 0, at, p))?;
@@ -151,15 +163,15 @@ fn read_node(d: &mut dyn DirBlocks, ctx: &DirCtx, blk: u64, hash: u32) -> Result
     })
 }
 
-/// The leaves that may hold `name`: the one the index points at and the
-/// ones continuing its hash run (ext4_htree_next_block). `None` is never
-/// returned for a readable index; a bad index is an error.
+/// The leaves that may hold the name `key` leads to: the one the index
+/// points at and the ones continuing its hash run (ext4_htree_next_block).
+/// `None` is never returned for a readable index; a bad index is an error.
 pub(crate) fn dx_leaves_for(
     d: &mut dyn DirBlocks,
     ctx: &DirCtx,
-    name: &[u8],
+    key: DxKey<'_>,
 ) -> Result<Option<Vec<u64>>> {
-    let (hash, mut frames) = probe(d, ctx, name)?;
+    let (hash, mut frames) = probe(d, ctx, key)?;
     let mut out = vec![frames.last().map_or(0, Frame::target)];
     let limit = d.nblocks();
     let total = frames.len();
@@ -330,7 +342,7 @@ pub(crate) fn dx_add_entry(
     let dir = d.ino();
     let end = ctx.leaf_end();
     for _ in 0..MAX_ROUNDS {
-        let (hash, mut frames) = probe(d, ctx, name)?;
+        let (hash, mut frames) = probe(d, ctx, DxKey::Name(name))?;
         let hash_version = frames
             .first()
             .and_then(|f| f.block.get(28).copied())

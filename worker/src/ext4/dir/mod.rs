@@ -23,7 +23,9 @@ pub(crate) mod inline;
 use std::sync::Arc;
 
 use crate::ext4::Ext4;
+use crate::ext4::crypt::{self, nokey, nokey::Ciphertext};
 use crate::ext4::dir::hash::{DX_HASH_SIPHASH, dx_hash, effective_version};
+use crate::ext4::dir::htree::DxKey;
 use crate::ext4::dir::inline::INLINE_DOTDOT_SIZE;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
@@ -80,8 +82,15 @@ impl Ext4 {
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }
-        if dir.has_flag(EXT4_ENCRYPT_FL) {
-            return Err(Error::Unsupported("encrypted directory".into()));
+        // The kernel never makes an encrypted directory inline (and lists
+        // one unencoded if it meets it).
+        if dir.has_flag(EXT4_ENCRYPT_FL) && dir.has_flag(EXT4_INLINE_DATA_FL) {
+            return Err(Error::Unsupported("encrypted inline directory".into()));
+        }
+        // Their no-key names carry the keyed hash stored in each entry,
+        // which this engine does not read.
+        if dir.has_flag(EXT4_ENCRYPT_FL) && dir.has_flag(EXT4_CASEFOLD_FL) {
+            return Err(Error::Unsupported("encrypted casefolded directory".into()));
         }
         Ok(dir)
     }
@@ -195,11 +204,40 @@ impl Ext4 {
         if self.is_inline(&dir)? {
             return self.lookup_inline(&dir, name);
         }
-        let casefold = dir.has_flag(EXT4_CASEFOLD_FL);
         // "." and ".." sit in block 0, outside the index.
         let dots = name == b"." || name == b"..";
-        if self.is_dx(&dir) && !casefold && !dots {
-            match self.dx_lookup(&dir, name) {
+        if crypt::is_encrypted(&dir) && !dots {
+            // Without the key, names are no-key names (fscrypt_setup_filename).
+            let nk = nokey::decode(name).ok_or(Error::NotFound)?;
+            return match &nk.ciphertext {
+                Ciphertext::Whole(disk) => {
+                    self.find_ino(&dir, Some(DxKey::Name(disk)), &|n| n == disk.as_slice())
+                }
+                Ciphertext::Abbreviated { .. } => {
+                    self.find_ino(&dir, Some(DxKey::Hash(nk.hash.0)), &|n| nk.matches(n))
+                }
+            };
+        }
+        if dir.has_flag(EXT4_CASEFOLD_FL) {
+            return self.find_ino(&dir, None, &|n| casefold_eq(n, name));
+        }
+        let key = (!dots).then_some(DxKey::Name(name));
+        self.find_ino(&dir, key, &|n| n == name)
+    }
+
+    /// The inode of the first live entry `wanted` accepts: through the
+    /// hash index where `key` leads (if given and the directory has one),
+    /// else by a linear scan.
+    fn find_ino(
+        &self,
+        dir: &Inode,
+        key: Option<DxKey<'_>>,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Ino> {
+        if let Some(key) = key
+            && self.is_dx(dir)
+        {
+            match self.dx_lookup(dir, key, wanted) {
                 Ok(Some(ino)) => return Ok(ino),
                 Ok(None) => return Err(Error::NotFound),
                 Err(DxFail::Err(e)) => return Err(e),
@@ -208,11 +246,10 @@ impl Ext4 {
                 }
             }
         }
-        self.linear_lookup(&dir, name, casefold)?
-            .ok_or(Error::NotFound)
+        self.linear_lookup(dir, wanted)?.ok_or(Error::NotFound)
     }
 
-    fn linear_lookup(&self, dir: &Inode, name: &[u8], casefold: bool) -> Result<Option<Ino>> {
+    fn linear_lookup(&self, dir: &Inode, wanted: &dyn Fn(&[u8]) -> bool) -> Result<Option<Ino>> {
         let is_dx = self.is_dx(dir);
         let fmt = self.dirent_format();
         let end = self.dir_blocks(dir);
@@ -220,7 +257,7 @@ impl Ext4 {
         while let Some((lblk, block)) = self.next_dir_block(dir, next, end)? {
             next = lblk.saturating_add(1);
             self.check_dir_leaf(dir, lblk, &block, is_dx)?;
-            if let Some(ino) = search_buf(&block, 0, &fmt, name, casefold).map_err(|(off, p)| {
+            if let Some(ino) = search_buf(&block, 0, &fmt, wanted).map_err(|(off, p)| {
                 self.dir_block_corrupt(dir, lblk, format_args!("offset {off}: {p}"))
             })? {
                 return Ok(Some(ino));
@@ -258,9 +295,15 @@ impl Ext4 {
         Ok(block)
     }
 
-    /// Looks `name` up through the hash index (the kernel's dx_probe and
-    /// ext4_dx_find_entry). `Ok(None)`: not in the directory.
-    fn dx_lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<Ino>, DxFail> {
+    /// Looks a name up through the hash index (the kernel's dx_probe and
+    /// ext4_dx_find_entry): the leaves `key` leads to, for an entry
+    /// `wanted` accepts. `Ok(None)`: not in the directory.
+    fn dx_lookup(
+        &self,
+        dir: &Inode,
+        key: DxKey<'_>,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Option<Ino>, DxFail> {
         let bs = self.block_size() as usize;
         let csum = self.has_metadata_csum();
         let sb = self.sb();
@@ -280,11 +323,16 @@ impl Ext4 {
         let version = effective_version(info.hash_version, sb.s_flags).ok_or(DxFail::Fallback(
             DxProblem::UnknownHashVersion(info.hash_version),
         ))?;
-        let hash = dx_hash(name, version, &sb.s_hash_seed)
-            .ok_or(DxFail::Fallback(DxProblem::UnknownHashVersion(
-                info.hash_version,
-            )))?
-            .major;
+        let hash = match key {
+            DxKey::Name(name) => {
+                dx_hash(name, version, &sb.s_hash_seed)
+                    .ok_or(DxFail::Fallback(DxProblem::UnknownHashVersion(
+                        info.hash_version,
+                    )))?
+                    .major
+            }
+            DxKey::Hash(h) => h,
+        };
         let root_entries =
             ondisk::htree::parse_entries(&root, ROOT_ENTRIES, ondisk::htree::root_limit(bs, csum))
                 .map_err(DxFail::Fallback)?;
@@ -334,7 +382,7 @@ impl Ext4 {
                     ))
                 })?;
             }
-            match search_buf(&block, 0, &fmt, name, false) {
+            match search_buf(&block, 0, &fmt, wanted) {
                 Ok(Some(ino)) => return Ok(Some(ino)),
                 Ok(None) => {}
                 // search_dirblock's -1 becomes ERR_BAD_DX_DIR in the kernel.
@@ -412,16 +460,15 @@ impl Ext4 {
         }
         let fmt = self.dirent_format();
         let casefold = dir.has_flag(EXT4_CASEFOLD_FL);
+        let wanted = |n: &[u8]| n == name || (casefold && casefold_eq(n, name));
         for (buf, start, base) in inline_regions(&data) {
-            if let Some(ino) =
-                search_buf(buf, start, &fmt, name, casefold).map_err(|(off, p)| {
-                    dir_corrupt(
-                        dir.ino,
-                        format!("inline data offset {}: {p}", base.saturating_add(off)),
-                        0,
-                    )
-                })?
-            {
+            if let Some(ino) = search_buf(buf, start, &fmt, &wanted).map_err(|(off, p)| {
+                dir_corrupt(
+                    dir.ino,
+                    format!("inline data offset {}: {p}", base.saturating_add(off)),
+                    0,
+                )
+            })? {
                 return Ok(ino);
             }
         }
@@ -442,6 +489,11 @@ impl Ext4 {
         let is_dx = self.is_dx(&dir);
         let fmt = self.dirent_format();
         let end = self.dir_blocks(&dir);
+        let listing_hash = if crypt::is_encrypted(&dir) {
+            Some(self.nokey_listing_hash(&dir)?)
+        } else {
+            None
+        };
         let mut next = offset.checked_div(bs).unwrap_or(0);
         while let Some((lblk, block)) = self.next_dir_block(&dir, next, end)? {
             next = lblk.saturating_add(1);
@@ -455,9 +507,15 @@ impl Ext4 {
                 if start < offset || !e.is_live() {
                     continue;
                 }
+                let name = match listing_hash {
+                    Some(version) if e.name != b"." && e.name != b".." => {
+                        self.nokey_name(&dir, lblk, e.name, version)?
+                    }
+                    _ => e.name.to_vec(),
+                };
                 let entry = DirEntry {
                     ino: e.inode,
-                    name: e.name.to_vec(),
+                    name,
                     kind: self.entry_kind(&e),
                     next_offset: base.saturating_add(e.end() as u64),
                 };
@@ -467,6 +525,64 @@ impl Ext4 {
             }
         }
         Ok(())
+    }
+
+    /// How the kernel lists an encrypted directory's names without the
+    /// key: its htree readdir (taken with dir_index when the directory is
+    /// indexed or exactly one block) puts each name's dirhash into its
+    /// no-key name, hashed with the index's hash version (the default
+    /// one for a one-block directory); its linear readdir puts zeros.
+    /// `Some(version)` for the first, `None` for the second.
+    fn nokey_listing_hash(&self, dir: &Inode) -> Result<Option<u8>> {
+        let sb = self.sb();
+        if !sb.has_compat(COMPAT_DIR_INDEX) {
+            return Ok(None);
+        }
+        let one_block = dir.size.checked_div(u64::from(self.block_size())) == Some(1);
+        let version = if self.is_dx(dir) {
+            let root = self.dx_index_block(dir, 0);
+            let info = root.ok().and_then(|root| {
+                let levels = if sb.has_incompat(INCOMPAT_LARGEDIR) {
+                    3
+                } else {
+                    2
+                };
+                ondisk::htree::parse_root_info(&root, levels).ok()
+            });
+            // A bad index: the kernel falls back to its linear readdir.
+            match info {
+                Some(info) => info.hash_version,
+                None => return Ok(None),
+            }
+        } else if one_block {
+            sb.s_def_hash_version
+        } else {
+            return Ok(None);
+        };
+        Ok(effective_version(version, sb.s_flags))
+    }
+
+    /// The no-key name of the on-disk name `disk`, an entry of `dir`'s
+    /// logical block `lblk`, listed with `version`'s dirhash (`None`: no
+    /// hash).
+    fn nokey_name(
+        &self,
+        dir: &Inode,
+        lblk: u64,
+        disk: &[u8],
+        version: Option<u8>,
+    ) -> Result<Vec<u8>> {
+        if disk.len() < nokey::MIN_CIPHERTEXT {
+            return Err(self.dir_block_corrupt(
+                dir,
+                lblk,
+                format_args!("encrypted name of {} bytes", disk.len()),
+            ));
+        }
+        let hash = version
+            .and_then(|v| dx_hash(disk, v, &self.sb().s_hash_seed))
+            .map_or((0, 0), |h| (h.major, h.minor));
+        Ok(nokey::encode(disk, hash))
     }
 
     fn readdir_inline(
@@ -550,35 +666,38 @@ fn inline_regions(data: &[u8]) -> Vec<(&[u8], usize, usize)> {
     out
 }
 
-/// Searches one buffer's entries for `name`, checking every entry on the
-/// way. Errors carry the failing entry's offset.
+/// Searches one buffer's entries for one `wanted` accepts, checking every
+/// entry on the way. Errors carry the failing entry's offset.
 fn search_buf(
     buf: &[u8],
     start: usize,
     fmt: &DirentFormat,
-    name: &[u8],
-    casefold: bool,
+    wanted: &dyn Fn(&[u8]) -> bool,
 ) -> std::result::Result<Option<Ino>, (usize, DirentProblem)> {
     for e in DirentIter::new(buf, start, *fmt) {
         let e = e?;
-        if !e.is_live() {
-            continue;
-        }
-        if e.name == name
-            || (casefold
-                && e.name.is_ascii()
-                && name.is_ascii()
-                && e.name.eq_ignore_ascii_case(name))
-        {
+        if e.is_live() && wanted(e.name) {
             return Ok(Some(e.inode));
         }
     }
     Ok(None)
 }
 
+/// A casefolded directory's name comparison: exact, or ASCII
+/// case-insensitive when both names are ASCII (full Unicode casefolding
+/// is not implemented).
+fn casefold_eq(stored: &[u8], name: &[u8]) -> bool {
+    stored == name || (stored.is_ascii() && name.is_ascii() && stored.eq_ignore_ascii_case(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An htree lookup of the exact name `name`.
+    fn dx_find(fs: &Ext4, dir: &Inode, name: &[u8]) -> Result<Option<Ino>, DxFail> {
+        fs.dx_lookup(dir, DxKey::Name(name), &|n| n == name)
+    }
     use crate::ext4::testutil::*;
     use std::collections::BTreeSet;
     use std::os::unix::ffi::OsStrExt;
@@ -627,7 +746,7 @@ mod tests {
         // the one taken: no fallback).
         for n in source_names(&big) {
             let ino = fs.lookup_ino(dir, &n).unwrap();
-            assert!(matches!(fs.dx_lookup(&inode, &n), Ok(Some(i)) if i == ino));
+            assert!(matches!(dx_find(&fs, &inode, &n), Ok(Some(i)) if i == ino));
         }
         for i in 0..200 {
             let missing = format!("missing-{i}");
@@ -635,7 +754,7 @@ mod tests {
                 fs.lookup_ino(dir, missing.as_bytes()),
                 Err(Error::NotFound)
             ));
-            assert!(matches!(fs.dx_lookup(&inode, missing.as_bytes()), Ok(None)));
+            assert!(matches!(dx_find(&fs, &inode, missing.as_bytes()), Ok(None)));
         }
         assert_eq!(fs.lookup(dir, b"subdir").unwrap().kind, FileKind::Directory);
         assert_eq!(fs.lookup_ino(dir, b".").unwrap(), dir);
@@ -698,9 +817,9 @@ mod tests {
         assert_eq!(root[30], levels, "indirect_levels");
         for n in names.iter().step_by(step) {
             let ino = fs.lookup_ino(dir, n).unwrap();
-            assert!(matches!(fs.dx_lookup(&inode, n), Ok(Some(i)) if i == ino));
+            assert!(matches!(dx_find(fs, &inode, n), Ok(Some(i)) if i == ino));
         }
-        assert!(matches!(fs.dx_lookup(&inode, b"nope"), Ok(None)));
+        assert!(matches!(dx_find(fs, &inode, b"nope"), Ok(None)));
         let listed: BTreeSet<_> = list(fs, dir).into_iter().collect();
         assert_eq!(listed.len(), names.len());
         assert!(&listed == names);
@@ -877,7 +996,7 @@ mod tests {
         let inode = fs.inode(dir).unwrap();
         assert!(inode.has_flag(EXT4_INDEX_FL));
         assert!(matches!(
-            fs.dx_lookup(&inode, b"f0"),
+            dx_find(&fs, &inode, b"f0"),
             Err(DxFail::Fallback(DxProblem::UnknownHashVersion(9)))
         ));
         for n in source_names(&d) {
@@ -990,15 +1109,17 @@ mod tests {
         assert_eq!(fs.lookup_ino(cf, b"mixedcase.TXT").unwrap(), a);
         fs.lookup_ino(cf, "caf\u{e9}".as_bytes()).unwrap();
         assert_eq!(list(&fs, cf).len(), 2);
+        // A directory flagged encrypted whose names are plaintext: too
+        // short for ciphertext, so listing it fails as corrupt (the
+        // kernel's EUCLEAN); a name that is no no-key name finds nothing.
         let enc = resolve(&fs, "enc");
-        assert!(matches!(
-            fs.readdir(enc, 0, &mut |_| true),
-            Err(Error::Unsupported(_))
-        ));
-        assert!(matches!(
-            fs.lookup_ino(enc, b"x"),
-            Err(Error::Unsupported(_))
-        ));
+        let e = fs.readdir(enc, 0, &mut |_| true).unwrap_err();
+        assert!(
+            matches!(e, Error::Corrupt { .. }) && e.to_string().contains("encrypted name of"),
+            "{e}"
+        );
+        assert!(matches!(fs.lookup_ino(enc, b"x"), Err(Error::NotFound)));
+        assert_eq!(fs.lookup_ino(enc, b".").unwrap(), enc);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::ondisk;
 use super::ondisk::extent::{Extent, ExtentNode, LeafHint, NodeCtx};
 use super::ondisk::inode::{EXT4_ENCRYPT_FL, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
-use super::{Error, Ext4, FileKind, Ino, Result, Whence};
+use super::{Error, Ext4, FileKind, Ino, Result, Whence, inode_flags};
 
 /// How a run of logical blocks starting at the asked-for block is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +189,13 @@ impl Ext4 {
             .unwrap_or(buf.len());
         let buf = buf.get_mut(..want).unwrap_or(&mut []);
         if inode.has_flag(EXT4_ENCRYPT_FL) && inode.kind == FileKind::RegularFile {
-            return Err(Error::Unsupported("reading encrypted file contents".into()));
+            return Err(Error::NoKey);
+        }
+        if inode_flags::is_verity(inode) && inode.kind == FileKind::RegularFile {
+            // Before the inline case: a verity file must use extents, and
+            // fails (Corrupt) if it claims inline data.
+            self.read_verified(inode, offset, buf)?;
+            return Ok(buf.len());
         }
         if inode.has_flag(EXT4_INLINE_DATA_FL) {
             let data = self.inline_content(inode)?;
@@ -203,6 +209,14 @@ impl Ext4 {
             buf.get_mut(n..).unwrap_or(&mut []).fill(0);
             return Ok(buf.len());
         }
+        self.read_mapped(inode, offset, buf)?;
+        Ok(buf.len())
+    }
+
+    /// Fills `buf` with the bytes of `inode` (extents or indirect map, not
+    /// inline) from `offset` on, holes and unwritten extents as zeros,
+    /// whatever i_size says (fs-verity metadata lies past it).
+    pub(crate) fn read_mapped(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<()> {
         let bs = u64::from(self.block_size());
         let mut done = 0usize;
         while done < buf.len() {
@@ -228,11 +242,25 @@ impl Ext4 {
                 _ => dst.fill(0),
             }
             if n == 0 {
+                // Only at the end of the logical block range.
+                buf.get_mut(done..).unwrap_or(&mut []).fill(0);
                 break;
             }
             done = done.saturating_add(n);
         }
-        Ok(done)
+        Ok(())
+    }
+
+    /// The byte after the last block the extent tree maps (None: no
+    /// extents), as ext4_find_extent(EXT_MAX_BLOCKS - 1) finds it.
+    pub(crate) fn mapped_end(&self, inode: &Inode) -> Result<Option<u64>> {
+        let (_, leaf) = self.walk_extents(inode, extent::LBLK_LIMIT.saturating_sub(2))?;
+        let last = leaf.and_then(|l| l.extents.last().copied());
+        Ok(last.map(|e| {
+            u64::from(e.lblk)
+                .saturating_add(u64::from(e.len))
+                .saturating_mul(u64::from(self.block_size()))
+        }))
     }
 
     /// read(2) on inode `ino`.

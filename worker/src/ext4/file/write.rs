@@ -243,7 +243,7 @@ impl Ext4 {
             FileKind::Directory => return Err(Error::IsDir),
             _ => return Err(Error::Invalid("write to a non-regular file")),
         }
-        inode_flags::ensure_mutable(&inode)?;
+        inode_flags::ensure_content_mutable(&inode)?;
         if inode_flags::is_append_only(&inode) && offset < inode.size {
             // Only appends (the kernel refuses the open without O_APPEND).
             return Err(Error::NotPermitted);
@@ -577,7 +577,7 @@ impl Ext4 {
         }
         // vfs_fallocate: nothing on an immutable file; on an append-only
         // one only allocation (punching or zeroing would change data).
-        inode_flags::ensure_mutable(&inode)?;
+        inode_flags::ensure_content_mutable(&inode)?;
         if inode_flags::is_append_only(&inode) && (mode.punch_hole || mode.zero_range) {
             return Err(Error::NotPermitted);
         }

@@ -742,7 +742,7 @@ fn check_point(
         std::fs::write(&kimg, &crashed).unwrap();
         let ktree = {
             let lp = loop_mounted(&kimg, &sc.path().join(format!("{tag}.kmnt")), "rw");
-            kernel_tree(&lp.mnt)
+            kernel_tree(&lp.mnt)?
         };
         if ktree != tree {
             return Err(format!(

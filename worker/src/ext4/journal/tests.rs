@@ -284,7 +284,7 @@ fn check_image(sc: &Scratch, img: &Path) -> (usize, usize) {
     copy(img, &kcopy);
     let ktree = {
         let lp = loop_mounted(&kcopy, &sc.path().join(format!("{name}.kmnt")), "rw");
-        kernel_tree(&lp.mnt)
+        kernel_tree(&lp.mnt).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     assert_eq!(tree, ktree, "{name}: tree differs from the kernel's replay");
     eprintln!(

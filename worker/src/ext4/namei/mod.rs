@@ -15,15 +15,17 @@
 
 mod rename;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use crate::ext4::crypt::{self, nokey, nokey::Ciphertext};
 use crate::ext4::dir::block::{self as dir_block, DirBlocks, DirCtx, Found, init_dir_block};
 use crate::ext4::error::{Error, Result};
 use crate::ext4::inode_flags;
 use crate::ext4::ondisk::dir_entry::{DirentFormat, EXT4_NAME_LEN, file_type_of};
 use crate::ext4::ondisk::inode::{
-    EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFDIR, S_IFLNK, inherited_flags,
-    kind_of_mode,
+    EXT4_CASEFOLD_FL, EXT4_EXTENTS_FL, EXT4_INDEX_FL, I_BLOCK_SIZE, Inode, S_IFDIR, S_IFLNK,
+    inherited_flags, kind_of_mode,
 };
 use crate::ext4::ondisk::superblock::{
     COMPAT_DIR_INDEX, INCOMPAT_FILETYPE, INCOMPAT_LARGEDIR, RO_COMPAT_DIR_NLINK,
@@ -202,12 +204,51 @@ impl Ext4 {
         if dir.kind != FileKind::Directory {
             return Err(Error::NotDir);
         }
-        if dir.has_flag(crate::ext4::ondisk::inode::EXT4_ENCRYPT_FL) {
-            return Err(Error::Unsupported("encrypted directory".into()));
-        }
         // Refuses an inline flag without the feature (corrupt).
-        self.idir_is_inline(&dir)?;
+        let inline = self.idir_is_inline(&dir)?;
+        if crypt::is_encrypted(&dir) && (inline || dir.has_flag(EXT4_CASEFOLD_FL)) {
+            return Err(Error::Unsupported(
+                "encrypted inline or casefolded directory".into(),
+            ));
+        }
         Ok(dir)
+    }
+
+    /// The name as `dir` stores it. In an encrypted directory (whose key
+    /// this engine never has) `name` is a no-key name: the on-disk name of
+    /// the entry it names, or `None` if it names none (nothing can be
+    /// created under it either: adding a name needs the key).
+    pub(crate) fn stored_name<'n>(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: &mut Inode,
+        name: &'n [u8],
+    ) -> Result<Option<Cow<'n, [u8]>>> {
+        if !crypt::is_encrypted(dir) || name == b"." || name == b".." {
+            return Ok(Some(Cow::Borrowed(name)));
+        }
+        let Some(nk) = nokey::decode(name) else {
+            return Ok(None);
+        };
+        match &nk.ciphertext {
+            Ciphertext::Whole(disk) => Ok(Some(Cow::Owned(disk.clone()))),
+            Ciphertext::Abbreviated { .. } => {
+                let ctx = self.dir_ctx(dir);
+                let mut d = TxnDir::new(txn, dir);
+                let found = dir_block::find_name_by(&mut d, &ctx, nk.hash.0, &|n| nk.matches(n))?;
+                Ok(found.map(Cow::Owned))
+            }
+        }
+    }
+
+    /// Fails with Exists if `name` is taken in `dir`.
+    fn ensure_free(&self, txn: &mut Txn<'_>, dir: &mut Inode, name: &[u8]) -> Result<()> {
+        if let Some(stored) = self.stored_name(txn, dir, name)?
+            && self.dir_find(txn, dir, &stored)?.is_some()
+        {
+            return Err(Error::Exists);
+        }
+        Ok(())
     }
 
     fn dir_find(
@@ -232,8 +273,10 @@ impl Ext4 {
         ino: Ino,
         kind: FileKind,
     ) -> Result<()> {
-        // may_create: an immutable directory takes no new names.
+        // may_create: an immutable directory takes no new names; then
+        // fscrypt_prepare_create/link: an encrypted one needs its key.
         inode_flags::ensure_mutable(dir)?;
+        crypt::require_key(dir)?;
         if self.idir_is_inline(dir)? {
             if self.idir_add(txn, dir, name, ino, file_type_of(kind))? {
                 return Ok(());
@@ -371,9 +414,7 @@ impl Ext4 {
         }
         let mut txn = self.begin()?;
         let mut dir = self.txn_dir(&mut txn, parent)?;
-        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
-            return Err(Error::Exists);
-        }
+        self.ensure_free(&mut txn, &mut dir, name)?;
         let mut inode = self.new_inode(&mut txn, &dir, mode, uid, gid)?;
         if matches!(kind, FileKind::CharDevice | FileKind::BlockDevice) {
             inode.flags &= !EXT4_EXTENTS_FL;
@@ -410,9 +451,7 @@ impl Ext4 {
         if self.dir_link_max(&dir) {
             return Err(Error::TooManyLinks);
         }
-        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
-            return Err(Error::Exists);
-        }
+        self.ensure_free(&mut txn, &mut dir, name)?;
         let mut inode = self.new_inode(&mut txn, &dir, S_IFDIR | (perm & 0o7777), uid, gid)?;
         inode.links_count = 2;
         self.acl_init(&mut txn, &dir, &mut inode, umask)?;
@@ -454,9 +493,7 @@ impl Ext4 {
         }
         let mut txn = self.begin()?;
         let mut dir = self.txn_dir(&mut txn, parent)?;
-        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
-            return Err(Error::Exists);
-        }
+        self.ensure_free(&mut txn, &mut dir, name)?;
         let mut inode = self.new_inode(&mut txn, &dir, S_IFLNK | 0o777, uid, gid)?;
         if target.len() < I_BLOCK_SIZE {
             // Fast symlink: the target in i_block, no extent header.
@@ -493,9 +530,7 @@ impl Ext4 {
         if inode.links_count >= EXT4_LINK_MAX {
             return Err(Error::TooManyLinks);
         }
-        if self.dir_find(&mut txn, &mut dir, name)?.is_some() {
-            return Err(Error::Exists);
-        }
+        self.ensure_free(&mut txn, &mut dir, name)?;
         inode_flags::ensure_mutable(&dir)?;
         // vfs_link: an immutable or append-only inode gets no new name.
         inode_flags::ensure_unpinned(&inode)?;
@@ -519,15 +554,18 @@ impl Ext4 {
         }
         let mut txn = self.begin()?;
         let mut dir = self.txn_dir(&mut txn, parent)?;
+        let name = self
+            .stored_name(&mut txn, &mut dir, name)?
+            .ok_or(Error::NotFound)?;
         let (ino, _) = self
-            .dir_find(&mut txn, &mut dir, name)?
+            .dir_find(&mut txn, &mut dir, &name)?
             .ok_or(Error::NotFound)?;
         let mut inode = txn.inode(ino)?;
         inode_flags::ensure_removable(&dir, &inode)?;
         if inode.kind == FileKind::Directory {
             return Err(Error::IsDir);
         }
-        self.dir_remove(&mut txn, &mut dir, name)?;
+        self.dir_remove(&mut txn, &mut dir, &name)?;
         self.touch_dir(&mut dir);
         inode.links_count = inode.links_count.saturating_sub(1);
         inode.ctime = dir.ctime;
@@ -557,8 +595,11 @@ impl Ext4 {
         }
         let mut txn = self.begin()?;
         let mut dir = self.txn_dir(&mut txn, parent)?;
+        let name = self
+            .stored_name(&mut txn, &mut dir, name)?
+            .ok_or(Error::NotFound)?;
         let (ino, _) = self
-            .dir_find(&mut txn, &mut dir, name)?
+            .dir_find(&mut txn, &mut dir, &name)?
             .ok_or(Error::NotFound)?;
         let mut victim = txn.inode(ino)?;
         inode_flags::ensure_removable(&dir, &victim)?;
@@ -568,7 +609,7 @@ impl Ext4 {
         if !self.dir_is_empty(&mut txn, &mut victim)? {
             return Err(Error::NotEmpty);
         }
-        self.dir_remove(&mut txn, &mut dir, name)?;
+        self.dir_remove(&mut txn, &mut dir, &name)?;
         Self::dec_count(&mut dir);
         self.touch_dir(&mut dir);
         // Like ext4_rmdir: no links, size 0, on the orphan list until the

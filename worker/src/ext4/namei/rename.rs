@@ -1,7 +1,10 @@
 //! rename(2) with NOREPLACE, EXCHANGE and WHITEOUT (ext4_rename,
 //! ext4_cross_rename): all checks first, then the edits, one transaction.
 
+use std::borrow::Cow;
+
 use super::{check_new_name, set_rdev};
+use crate::ext4::crypt;
 use crate::ext4::error::{Error, Result};
 use crate::ext4::file::Mapping;
 use crate::ext4::inode_flags;
@@ -73,13 +76,26 @@ impl Ext4 {
         } else {
             Some(self.txn_dir(&mut txn, newparent)?)
         };
+        let stored = self
+            .stored_name(&mut txn, &mut old_dir, name)?
+            .ok_or(Error::NotFound)?;
+        let name: &[u8] = &stored;
         let (src, _) = self
             .dir_find(&mut txn, &mut old_dir, name)?
             .ok_or(Error::NotFound)?;
-        let tgt = {
+        // A no-key name that names nothing: no target (and the key check
+        // below refuses the rename).
+        let (stored_new, tgt) = {
             let nd = new_dir_own.as_mut().unwrap_or(&mut old_dir);
-            self.dir_find(&mut txn, nd, newname)?.map(|t| t.0)
+            match self.stored_name(&mut txn, nd, newname)? {
+                Some(stored) => {
+                    let t = self.dir_find(&mut txn, nd, &stored)?.map(|t| t.0);
+                    (stored, t)
+                }
+                None => (Cow::Borrowed(newname), None),
+            }
         };
+        let newname: &[u8] = &stored_new;
         if flags.noreplace && tgt.is_some() {
             return Err(Error::Exists);
         }
@@ -108,6 +124,11 @@ impl Ext4 {
                 Some(t) => inode_flags::ensure_removable(nd, t)?,
                 None => inode_flags::ensure_mutable(nd)?,
             }
+        }
+        // fscrypt_prepare_rename: both directories' keys.
+        crypt::require_key(&old_dir)?;
+        if let Some(nd) = new_dir_own.as_ref() {
+            crypt::require_key(nd)?;
         }
         if !same {
             if src_dir && self.is_ancestor(&mut txn, src, newparent)? {

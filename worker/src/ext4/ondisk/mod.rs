@@ -16,6 +16,7 @@ pub(crate) mod journal;
 pub(crate) mod mmp;
 pub(crate) mod orphan;
 pub(crate) mod superblock;
+pub(crate) mod verity;
 pub(crate) mod xattr;
 
 /// The bytes of `b` from `off` on, empty if `off` is past the end: a
