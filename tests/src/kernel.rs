@@ -23,7 +23,7 @@ impl KernelMount {
 
     /// The read-write oracle of the differential tests:
     /// `rw,noatime,nodev,nosuid` plus `extra` (comma-separated, may be
-    /// empty), e.g. "nombcache". nodev: the random ops make device nodes.
+    /// empty), e.g. "nodelalloc". nodev: the random ops make device nodes.
     pub fn mount_rw(image: &Path, mnt: &Path, extra: &str) -> Result<Self> {
         let opts = if extra.is_empty() {
             "rw,noatime,nodev,nosuid".to_owned()

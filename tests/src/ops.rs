@@ -263,6 +263,14 @@ pub struct GenOpts {
     pub max_paths: usize,
     /// Depth limit of new paths.
     pub max_depth: usize,
+    /// A third of offsets and write lengths (truncations included) below
+    /// 200 bytes: files small enough for inline data, and their growth
+    /// past it. Off, the sequence is what it was before this knob.
+    pub small_files: bool,
+    /// Most xattr values set come from three common ones, so that many
+    /// inodes hold identical attribute sets (shared xattr blocks). Off,
+    /// the sequence is what it was before this knob.
+    pub shared_xattrs: bool,
 }
 
 impl Default for GenOpts {
@@ -273,6 +281,8 @@ impl Default for GenOpts {
             max_write: 2 << 20,
             max_paths: 300,
             max_depth: 6,
+            small_files: false,
+            shared_xattrs: false,
         }
     }
 }
@@ -387,6 +397,9 @@ impl Generator {
     }
 
     fn offset(&mut self) -> u64 {
+        if self.opts.small_files && self.chance(33) {
+            return self.below(200);
+        }
         match self.below(10) {
             0 => self.below(self.opts.max_offset),
             1 => self.below(1 << 20),
@@ -395,6 +408,9 @@ impl Generator {
     }
 
     fn write_len(&mut self) -> usize {
+        if self.opts.small_files && self.chance(33) {
+            return self.below(200) as usize;
+        }
         match self.below(20) {
             0 => self.below(self.opts.max_write as u64) as usize,
             1 => 0,
@@ -413,6 +429,16 @@ impl Generator {
             "security.s",
         ];
         self.pick(&n).map(|s| (*s).to_owned()).unwrap_or_default()
+    }
+
+    /// One of three (length, seed) pairs: values many paths share.
+    fn common_xattr_value(&mut self) -> (usize, u64) {
+        let bs = self.opts.block_size as usize;
+        match self.below(3) {
+            0 => (8, 1),
+            1 => (100, 2),
+            _ => (bs / 4, 3),
+        }
     }
 
     fn xattr_len(&mut self) -> usize {
@@ -590,17 +616,26 @@ impl Generator {
                 atime: self.time(),
                 mtime: self.time(),
             },
-            69..=74 => Op::SetXattr {
-                path: self.any(),
-                name: self.xattr_name(),
-                len: self.xattr_len(),
-                seed: self.rng.next_u64(),
-                flags: match self.below(4) {
-                    0 => libc::XATTR_CREATE,
-                    1 => libc::XATTR_REPLACE,
-                    _ => 0,
-                },
-            },
+            69..=74 => {
+                let path = self.any();
+                let name = self.xattr_name();
+                let (len, seed) = if self.opts.shared_xattrs && self.chance(60) {
+                    self.common_xattr_value()
+                } else {
+                    (self.xattr_len(), self.rng.next_u64())
+                };
+                Op::SetXattr {
+                    path,
+                    name,
+                    len,
+                    seed,
+                    flags: match self.below(4) {
+                        0 => libc::XATTR_CREATE,
+                        1 => libc::XATTR_REPLACE,
+                        _ => 0,
+                    },
+                }
+            }
             75..=76 => {
                 let default = self.chance(30);
                 Op::SetAcl {

@@ -14,9 +14,22 @@
 //! allocates its indirect block if writeback ran in between). st_blocks is compared as data blocks
 //! (i_blocks minus the tree blocks debugfs lists for the inode), exactly;
 //! statfs bfree/bavail after adding back the tree-block difference,
-//! exactly; everything else in statfs as is. The kernel's reference mount
-//! uses `nombcache` (no sharing of identical xattr blocks, which safemount
-//! does not do either).
+//! exactly; everything else in statfs as is. Both sides share identical
+//! xattr blocks (the kernel through its mbcache, safemount through its
+//! index of the blocks it wrote or read), so free-block counts agree only
+//! if they share alike, path by path (who shares a block with whom).
+//! Inline data must agree inode by inode: the inline flag and the inline
+//! size (i_block plus system.data) debugfs reports; the inline_data config
+//! makes small files often (see `GenOpts::small_files`).
+//!
+//! Two exclusions for data the kernel itself loses (kernel 6.18 on
+//! inline_data, see DESIGN.md's known pitfalls), each path named and
+//! printed, and only for content: a path whose content on the kernel's
+//! image is not what the kernel's mount showed is compared with that live
+//! view instead; a file whose kernel content is safemount's with bytes
+//! zeroed in its first 1 KiB (an inline file fallocated after a
+//! write-back) is not compared with the kernel's. Safemount's image is
+//! always compared with safemount's live view.
 //!
 //! Environment: `SAFEMOUNT_DIFF_SEED` (a number), `SAFEMOUNT_DIFF_OPS`
 //! (default 3000), `SAFEMOUNT_DIFF_SUT=kernel` (both sides kernel: checks
@@ -351,6 +364,26 @@ fn short(path: &str) -> String {
         .join("/")
 }
 
+/// How far into a file the kernel's loss of inline data at conversion
+/// reaches: an inline region is at most the inode size (1024 bytes is
+/// the largest `-I` the configs use, 256 the default).
+const INLINE_LOSS_BYTES: usize = 1024;
+
+/// Whether `kernel`'s content is `sut`'s with some bytes zeroed, all of
+/// them within the first [`INLINE_LOSS_BYTES`] (and at least one).
+fn lost_inline_bytes(kernel: &Path, sut: &Path) -> bool {
+    let (Ok(k), Ok(s)) = (std::fs::read(kernel), std::fs::read(sut)) else {
+        return false;
+    };
+    if k.len() != s.len() || k == s {
+        return false;
+    }
+    k.iter()
+        .zip(&s)
+        .enumerate()
+        .all(|(i, (a, b))| a == b || (*a == 0 && i < INLINE_LOSS_BYTES))
+}
+
 /// What debugfs says about the inodes of a walk.
 struct Layout {
     /// Inode -> extent-tree index and leaf blocks, plus indirect-map
@@ -359,9 +392,28 @@ struct Layout {
     trees: HashMap<u64, u64>,
     /// Xattr block -> how many of the walked inodes point at it.
     xattr_blocks: BTreeMap<u64, u64>,
+    /// Inode -> its inline size (i_block plus the system.data value, as
+    /// debugfs reports it), for inodes with EXT4_INLINE_DATA_FL.
+    inline: HashMap<u64, u64>,
+    /// Inode -> its xattr block, for inodes with one.
+    xattr_block_of: HashMap<u64, u64>,
 }
 
 impl Layout {
+    /// Each path of `snap` with an xattr block -> the first path (in
+    /// order) whose inode uses the same block: who shares with whom.
+    fn sharing(&self, snap: &Snapshot) -> BTreeMap<String, String> {
+        let mut first: HashMap<u64, String> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for (k, e) in &snap.entries {
+            if let Some(b) = self.xattr_block_of.get(&e.ino) {
+                let f = first.entry(*b).or_insert_with(|| k.clone());
+                out.insert(k.clone(), f.clone());
+            }
+        }
+        out
+    }
+
     fn xattr_summary(&self) -> String {
         format!(
             "{} xattr blocks for {} inodes",
@@ -413,6 +465,8 @@ fn tree_blocks(
     let text = String::from_utf8_lossy(&out.stdout);
     let mut found: HashMap<u64, u64> = HashMap::new();
     let mut xattr_blocks = BTreeMap::new();
+    let mut inline_sizes = HashMap::new();
+    let mut xattr_block_of = HashMap::new();
     // Sections start with the echoed command; the block map comes last,
     // after the xattrs, under a line "EXTENTS:" or "BLOCKS:".
     for section in text.split("debugfs: stat <").skip(1) {
@@ -433,6 +487,17 @@ fn tree_blocks(
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| u64::from_str_radix(n, 16).ok())
             .ok_or_else(|| format!("inode {ino}: no Flags in debugfs stat: {section:.300}"))?;
+        if flags & 0x1000_0000 != 0 {
+            let n: u64 = section
+                .split("Size of inline data: ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    format!("inode {ino}: inline flag but no inline size: {section:.300}")
+                })?;
+            inline_sizes.insert(ino, n);
+        }
         let (st_blocks, size, kind) = want.get(&ino).copied().unwrap_or_default();
         // EXT4_INLINE_DATA_FL on a regular file: st_blocks also counts the
         // inline bytes (ext4_file_getattr).
@@ -454,6 +519,7 @@ fn tree_blocks(
             .ok_or_else(|| format!("inode {ino}: no File ACL in debugfs stat: {section:.300}"))?;
         if file_acl != 0 {
             *xattr_blocks.entry(file_acl).or_insert(0) += 1;
+            xattr_block_of.insert(ino, file_acl);
         }
         // The extent list (or block list) is the last thing `stat` prints.
         let mut tree = section
@@ -487,6 +553,8 @@ fn tree_blocks(
     Ok(Layout {
         trees: found,
         xattr_blocks,
+        inline: inline_sizes,
+        xattr_block_of,
     })
 }
 
@@ -530,11 +598,10 @@ fn to_data_blocks(
     Ok(trees.values().sum())
 }
 
-/// Extra options of the kernel's reference mount. `nombcache`: the kernel
-/// does not share identical xattr blocks between inodes (an mbcache
-/// optimisation that depends on what the cache holds; safemount never
-/// shares), so free-block counts are comparable exactly.
-const REFERENCE_OPTS: &str = "nombcache";
+/// Extra options of the kernel's reference mount: none. (With mbcache on,
+/// the default, the kernel shares identical xattr blocks, as safemount
+/// does; see the module documentation.)
+const REFERENCE_OPTS: &str = "";
 
 /// Bounds a config's run time: after `SAFEMOUNT_DIFF_TIMEOUT` seconds
 /// (default 150) the safemount mount's FUSE connection is aborted, so a
@@ -708,6 +775,8 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
         seed,
         GenOpts {
             block_size,
+            small_files: mkfs_args.iter().any(|a| a.contains("inline_data")),
+            shared_xattrs: name.starts_with("shared_xattrs"),
             ..GenOpts::default()
         },
     );
@@ -845,7 +914,40 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
         }
         s
     };
-    let live_diff = compare(&strip(&live_b), &strip(&live_a), false);
+    // The kernel's own loss (DESIGN.md, known pitfalls; reproduced by
+    // hand: an inline file written, written back, then fallocated reads
+    // as zeros where its inline data was): files whose content differs
+    // only by zeros on the kernel's side within the first
+    // INLINE_LOSS_BYTES. Their content is not compared with the kernel's
+    // (safemount's image is still checked against its own live view).
+    let inline_lost: Vec<String> = live_b
+        .entries
+        .iter()
+        .filter(|(k, b)| {
+            b.kind == 'f'
+                && live_a
+                    .entries
+                    .get(*k)
+                    .is_some_and(|a| a.content != b.content)
+                && lost_inline_bytes(&mnt_b.join(k), &mnt_a.join(k))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &inline_lost {
+        eprintln!(
+            "[{name}] {}: the kernel shows zeros where safemount shows the inline data written (kernel 6.18 loses it at conversion)",
+            short(k)
+        );
+    }
+    let not_lost = |l: &String| {
+        !inline_lost
+            .iter()
+            .any(|k| l.starts_with(&format!("{k:?}: content expected")))
+    };
+    let live_diff: Vec<String> = compare(&strip(&live_b), &strip(&live_a), false)
+        .into_iter()
+        .filter(not_lost)
+        .collect();
 
     let unmounted = sut.unmount(&mnt_a);
     drop(sut_loop);
@@ -922,19 +1024,102 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     for l in tree_only.iter().take(20) {
         eprintln!("[{name}]   {l}");
     }
-    // Not an allowance (statfs below is exact about it): visible so that
-    // xattr block sharing, which neither side does, stays in view.
+    // Not an allowance (statfs below is exact about it): how much the
+    // sharing of xattr blocks saved, on each side.
     eprintln!(
-        "[{name}] kernel ({REFERENCE_OPTS}): {}; safemount: {}",
+        "[{name}] kernel: {}; safemount: {}",
         layout_b.xattr_summary(),
         layout_a.xattr_summary()
+    );
+    // Xattr blocks, path by path: the same paths share a block.
+    let (share_a, share_b) = (layout_a.sharing(&snap_a), layout_b.sharing(&snap_b));
+    let share_diff: Vec<String> = share_b
+        .iter()
+        .map(|(k, v)| (k, Some(v), share_a.get(k)))
+        .chain(
+            share_a
+                .iter()
+                .filter(|(k, _)| !share_b.contains_key(*k))
+                .map(|(k, v)| (k, None, Some(v))),
+        )
+        .filter(|(_, b, a)| b != a)
+        .map(|(k, b, a)| {
+            format!(
+                "{}: kernel shares with {:?}, safemount with {:?}",
+                short(k),
+                b.map(|s| short(s)),
+                a.map(|s| short(s))
+            )
+        })
+        .collect();
+    assert!(
+        share_diff.is_empty(),
+        "[{name}] seed {seed}: xattr blocks shared differently ({} paths):\n  {}",
+        share_diff.len(),
+        share_diff
+            .iter()
+            .take(25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+    // Inline data, inode by inode: the same inodes inline, with the same
+    // inline sizes.
+    let mut inline_diff = Vec::new();
+    let mut inline_count = 0usize;
+    for (k, b) in &snap_b.entries {
+        let Some(a) = snap_a.entries.get(k) else {
+            continue;
+        };
+        let (ib, ia) = (layout_b.inline.get(&b.ino), layout_a.inline.get(&a.ino));
+        inline_count += usize::from(ib.is_some());
+        if ib != ia {
+            inline_diff.push(format!(
+                "{:?}: kernel inline size {ib:?}, safemount {ia:?} (None: not inline)",
+                short(k)
+            ));
+        }
+    }
+    eprintln!(
+        "[{name}] {inline_count} entries inline on the kernel's image, {} differ",
+        inline_diff.len()
+    );
+    assert!(
+        inline_diff.is_empty(),
+        "[{name}] seed {seed}: inline data differs ({} entries):\n  {}",
+        inline_diff.len(),
+        inline_diff
+            .iter()
+            .take(25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 
     // SAFEMOUNT_DIFF_LAX_BLOCKS=1: print data-block differences but do
     // not fail on them (debugging only).
     let lax = skip::knob("SAFEMOUNT_DIFF_LAX_BLOCKS").is_some_and(|v| v == "1");
+    // The kernel's own loss (DESIGN.md, known pitfalls: 6.18 on
+    // inline_data can lose written data at umount): paths whose content
+    // on the kernel's image is not what its mount showed. Their content
+    // is compared with the kernel's live view instead (safemount's image
+    // against its own live view, below, and the two live views agreed).
+    let kernel_lost: Vec<String> = compare(&strip(&live_b), &strip(&snap_b), false)
+        .into_iter()
+        .filter(|l| l.contains(": content expected"))
+        .collect();
+    for l in &kernel_lost {
+        eprintln!("[{name}] the kernel's image lost what its mount showed: {l}");
+    }
+    let lost_path = |l: &str| {
+        kernel_lost
+            .iter()
+            .any(|k| k.split(": ").next() == l.split(": ").next())
+    };
     let d: Vec<String> = compare(&snap_b, &snap_a, true)
         .into_iter()
+        .filter(|l| !(l.contains(": content expected") && lost_path(l)))
+        .filter(not_lost)
         .filter(|l| {
             let only_blocks = l.contains(": blocks expected");
             if lax && only_blocks {
@@ -999,6 +1184,24 @@ fn differential_ext3() {
 #[test]
 fn differential_inline_data() {
     run_config("inline_data", &["-O", "inline_data"], 4096);
+}
+
+/// Most xattr values drawn from three common ones (8 bytes, which fit
+/// the inode, 100 bytes and a quarter block, which mostly do not): many
+/// inodes hold identical attribute blocks, which both sides must share
+/// alike (the kernel with its mbcache). (128-byte inodes, which would put
+/// every attribute in the block, keep whole-second times the engine does
+/// not clamp alike yet: not used here.)
+#[test]
+fn differential_shared_xattrs() {
+    run_config("shared_xattrs", &[], 4096);
+}
+
+/// The same with 1 KiB blocks (blocks fill sooner: more copies and more
+/// failed sets).
+#[test]
+fn differential_shared_xattrs_block1024() {
+    run_config("shared_xattrs_block1024", &["-b", "1024"], 1024);
 }
 
 #[test]

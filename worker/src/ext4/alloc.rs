@@ -226,6 +226,15 @@ impl Txn<'_> {
         Ok(f(&b))
     }
 
+    /// Whether block `blk` (a valid data-area block) is allocated, as
+    /// this transaction sees the bitmaps.
+    pub(crate) fn block_in_use(&self, blk: u64) -> Result<bool> {
+        let fs = self.fs();
+        let g = fs.block_group(blk);
+        let bit = blk.saturating_sub(fs.group_first_block(u64::from(g))) as usize;
+        self.with_block_bitmap(g, |b| bitmap::test(b, bit))
+    }
+
     fn with_inode_bitmap<R>(&self, g: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
         let fs = self.fs();
         let ib = fs.group(g)?.bg_inode_bitmap;

@@ -70,8 +70,12 @@ impl Ext4 {
         }
         inode.ctime = set.ctime.map_or(now, pick);
         let attr = self.attr_of(&inode);
+        let mode = inode.mode;
         txn.put_inode(inode);
         txn.commit()?;
+        if set.mode.is_some() {
+            self.nosec_clear(ino, Some(mode));
+        }
         Ok(attr)
     }
 }

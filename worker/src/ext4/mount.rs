@@ -35,6 +35,16 @@ pub(crate) struct RwState {
     /// and writable by number until `release_inode` (the FUSE adapter
     /// calls it at the last forget or release).
     pub(super) held_orphans: Mutex<BTreeSet<Ino>>,
+    /// Regular files that may still take inline data (the kernel's
+    /// EXT4_STATE_MAY_INLINE_DATA): see `file::inline`.
+    pub(super) may_inline: Mutex<std::collections::HashSet<Ino>>,
+    /// Xattr blocks that may be shared (the kernel's mbcache): see
+    /// `xattr::share`.
+    pub(super) xattr_index: Mutex<crate::ext4::xattr::share::BlockIndex>,
+    /// Inodes the kernel would mark S_NOSEC: see `xattr::share`.
+    pub(super) nosec: Mutex<std::collections::HashSet<Ino>>,
+    /// Inodes whose POSIX ACLs the VFS has cached: see `xattr::share`.
+    pub(super) acl_cached: Mutex<std::collections::HashSet<Ino>>,
     /// Bytes written to the device since the mount (s_kbytes_written).
     pub(super) written: AtomicU64,
     /// Committed metadata blocks not yet on the device.
@@ -82,6 +92,10 @@ impl RwState {
             faults,
             generation: AtomicU32::new(hashed),
             held_orphans: Mutex::new(BTreeSet::new()),
+            may_inline: Mutex::new(std::collections::HashSet::new()),
+            xattr_index: Mutex::new(Default::default()),
+            nosec: Mutex::new(std::collections::HashSet::new()),
+            acl_cached: Mutex::new(std::collections::HashSet::new()),
             written: AtomicU64::new(0),
             wb: Mutex::new(WriteBack::default()),
             flush_gate: RwLock::new(()),

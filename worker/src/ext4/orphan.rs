@@ -264,6 +264,7 @@ impl Ext4 {
         if let Ok(mut h) = self.rw.held_orphans.lock() {
             h.remove(&ino);
         }
+        self.evicted(ino);
         Ok(())
     }
 }

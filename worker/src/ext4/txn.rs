@@ -78,6 +78,7 @@ impl Ext4 {
             free_inodes_delta: 0,
             sb: None,
             use_reserved_pool: false,
+            xattr_index_edits: Vec::new(),
         })
     }
 
@@ -128,6 +129,9 @@ pub(crate) struct Txn<'fs> {
     /// Whether allocations may use the kernel's reserved pool
     /// (EXT4_MB_USE_RESERVED: metadata for truncate, punch, unlink).
     pub(super) use_reserved_pool: bool,
+    /// Changes to the shared-xattr-block index, applied at commit (see
+    /// `xattr::share`).
+    pub(super) xattr_index_edits: Vec<super::xattr::share::IndexEdit>,
 }
 
 impl<'fs> Txn<'fs> {
@@ -252,6 +256,13 @@ impl<'fs> Txn<'fs> {
         // Into the write-back set and the caches; the device gets the
         // blocks at the next write-back (see the module documentation).
         let bs = fs.block_size as usize;
+        // Freed blocks leave the shared-xattr index before this
+        // transaction's new ones enter it.
+        fs.rw
+            .xattr_index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(&self.freed, &self.xattr_index_edits);
         let pending = {
             let mut wb = fs.rw.wb();
             for (b, len) in &self.freed {

@@ -93,6 +93,9 @@ impl Adapter {
                     let unlinked = st.unlinked;
                     if idle {
                         open.remove(&ino);
+                        // The kernel evicted its inode: so does ext4's
+                        // twin on the kernel side, with its state.
+                        self.fs.evicted(ino);
                     }
                     idle && unlinked
                 }

@@ -21,7 +21,7 @@
 //!
 //! The bytes are read with `inline_data` and stored with the file writer's
 //! `inline_write` (i_block plus the system.data value); the conversion
-//! drops the inline state with its `inline_to_blocks`.
+//! drops the inline state with its `inline_drop`.
 
 use crate::ext4::dir::block::{
     DirBlocks, EditError, Found, find_in_buf, has_entries, insert_in_buf, live_entries,
@@ -183,7 +183,7 @@ impl Ext4 {
         if d.ext.is_empty() {
             // ext4_update_inline_dir: grow system.data once to all the
             // in-inode room there is, as one empty record.
-            let cap = usize::try_from(self.inline_capacity(dir)?).unwrap_or(0);
+            let cap = usize::try_from(self.max_inline_size(dir)?).unwrap_or(0);
             let new = cap.saturating_sub(I_BLOCK_SIZE) & !3;
             if new <= dir_rec_len(1) {
                 return Ok(false);
@@ -309,10 +309,9 @@ impl Ext4 {
         }
         ctx.seal_leaf(&mut block);
         // Drop the inline state (system.data, the flag; an empty extent
-        // root on extent filesystems) without copying content: size 0.
+        // root on extent filesystems); the block gets the entries.
+        self.inline_drop(dir)?;
         dir.size = 0;
-        let reserved_ok = dir.uid == 0;
-        self.inline_to_blocks(txn, dir, reserved_ok)?;
         let mut td = TxnDir::new(txn, dir);
         let l = td.append()?;
         td.write(l, &block)
@@ -341,14 +340,12 @@ impl Ext4 {
         {
             return Ok(false);
         }
-        entries.insert(
-            0,
-            NewXattr {
-                name_index: INDEX_SYSTEM,
-                name: SYSTEM_DATA.to_vec(),
-                value: NewXattrValue::Inline(Vec::new()),
-            },
-        );
+        // After the ACLs acl_init stored, as the kernel's ibody insertion.
+        entries.push(NewXattr {
+            name_index: INDEX_SYSTEM,
+            name: SYSTEM_DATA.to_vec(),
+            value: NewXattrValue::Inline(Vec::new()),
+        });
         let start = usize::from(GOOD_OLD_INODE_SIZE).saturating_add(usize::from(inode.extra_isize));
         let Some(raw_area) = inode.raw.get_mut(start..) else {
             return Ok(false);

@@ -257,15 +257,25 @@ impl Ext4 {
         }
         let len = (data.len() as u64).min(max.saturating_sub(offset));
         let data = data.get(..len as usize).unwrap_or(data);
-        if inode.has_flag(EXT4_INLINE_DATA_FL) {
+        // ext4's write_begin: an inline file, or a new one that may take
+        // inline data, keeps the write inline when it ends within what
+        // the inode can hold; else it becomes a block file for good.
+        let inline = inode.has_flag(EXT4_INLINE_DATA_FL);
+        if inline || self.may_inline(ino) {
             if self.inline_write_fits(&inode, offset, len) {
+                if !inline {
+                    self.inline_create(&mut inode, offset.saturating_add(len))?;
+                }
                 self.inline_write(&mut txn, &mut inode, offset, data)?;
                 self.touch_written(&mut txn, &mut inode, offset.saturating_add(len));
                 txn.put_inode(inode);
                 txn.commit()?;
                 return Ok(data.len());
             }
-            self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
+            if inline {
+                self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
+            }
+            self.clear_may_inline(ino);
         }
         let written = self.write_blocks(&mut txn, &mut inode, offset, data, reserved_ok)?;
         self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
@@ -578,9 +588,12 @@ impl Ext4 {
         if end > self.max_file_size(&inode) {
             return Err(Error::FileTooBig);
         }
+        // ext4_fallocate converts inline data first, and a file that may
+        // still take some never will.
         if inode.has_flag(EXT4_INLINE_DATA_FL) {
             self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
         }
+        self.clear_may_inline(ino);
         let extents = inode.has_flag(EXT4_EXTENTS_FL);
         let bs = u64::from(self.block_size());
         let now = self.now();
@@ -1219,8 +1232,10 @@ pub(crate) mod tests {
         assert!(inline(&fs, ino), "103 bytes fit in a 256-byte inode");
         truncate(&fs, ino, 30);
         m.truncate(30);
-        truncate(&fs, ino, 90);
-        m.truncate(90);
+        // Cut to 30, the region keeps i_block only: growing to 60 stays
+        // inline, as in the kernel (past 60 it would convert).
+        truncate(&fs, ino, 60);
+        m.truncate(60);
         assert!(inline(&fs, ino));
         assert!(read_all(&fs, ino) == m.0);
         // Outgrow by truncate on the other file, by write on this one.

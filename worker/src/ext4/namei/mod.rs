@@ -381,6 +381,8 @@ impl Ext4 {
             (mode, gid)
         };
         let ino = txn.alloc_inode(dir.ino, kind)?;
+        // posix_acl_create caches the new inode's ACLs (see xattr::share).
+        self.acl_cached_note(ino);
         let now = self.now();
         let mut inode = Inode::new(self, ino, mode, uid, gid, now);
         inode.flags |= inherited_flags(dir.flags, mode);
@@ -428,9 +430,13 @@ impl Ext4 {
         self.dir_add(&mut txn, &mut dir, name, inode.ino, kind)?;
         self.touch_dir(&mut dir);
         let attr = self.attr_of(&inode);
+        let ino = inode.ino;
         txn.put_inode(inode);
         txn.put_inode(dir);
         txn.commit()?;
+        if kind == FileKind::RegularFile {
+            self.mark_may_inline(ino);
+        }
         Ok(attr)
     }
 

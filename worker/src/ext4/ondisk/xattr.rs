@@ -307,6 +307,8 @@ pub(crate) fn parse_ibody<'a>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct XattrBlockHeader {
     pub refcount: u32,
+    /// h_hash: the key of the kernel's block cache (`ext4_xattr_rehash`).
+    pub hash: u32,
 }
 
 /// Parses an xattr block (`block` is the whole block, `blocknr` its number
@@ -340,6 +342,7 @@ pub(crate) fn parse_block<'a>(
     Ok((
         XattrBlockHeader {
             refcount: le32(block, H_REFCOUNT),
+            hash: le32(block, H_HASH),
         },
         entries,
     ))

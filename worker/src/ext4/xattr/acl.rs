@@ -259,7 +259,7 @@ pub(crate) fn plan_set(inode: &Inode, index: u8, value: &[u8], caller: Caller) -
 impl Ext4 {
     /// The ACL `name` of inode `ino` as committed, None without one.
     fn acl_get(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<AclEntry>>> {
-        let value = match self.getxattr(ino, name) {
+        let value = match self.getxattr_from(ino, name, false) {
             Ok(v) => v,
             Err(Error::NoAttribute) => return Ok(None),
             Err(e) => return Err(e),

@@ -10,6 +10,7 @@
 //! does not know the caller, so that filter belongs to the FUSE adapter.
 
 pub(crate) mod acl;
+pub(crate) mod share;
 pub(crate) mod write;
 
 use crate::ext4::Ext4;
@@ -79,23 +80,30 @@ impl Ext4 {
     }
 
     /// The attributes in the inode's xattr block (none without one).
-    fn block_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
+    /// `learn`: the read feeds the sharing index (see `share`).
+    fn block_xattrs(&self, inode: &Inode, learn: bool) -> Result<Vec<OwnedXattr>> {
         let blocknr = inode.file_acl;
         if blocknr == 0 {
             return Ok(Vec::new());
         }
+        let epoch = self.xattr_index_epoch();
         let block = self.read_block(blocknr)?;
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        let (_, entries) = xattr::parse_block(&block, blocknr, seed, &self.xattr_limits())
+        let (h, entries) = xattr::parse_block(&block, blocknr, seed, &self.xattr_limits())
             .map_err(|p| {
                 Error::corrupt(format!("xattr block of inode {}: {p}", inode.ino), blocknr)
             })?;
+        // A block read for getxattr or listxattr may be shared from now
+        // on, as the kernel's cache learns it (see `share`).
+        if learn {
+            self.xattr_index_note(epoch, h.hash, blocknr);
+        }
         Ok(entries.iter().map(OwnedXattr::from_entry).collect())
     }
 
     fn all_xattrs(&self, inode: &Inode) -> Result<Vec<OwnedXattr>> {
         let mut all = self.ibody_xattrs(inode)?;
-        all.extend(self.block_xattrs(inode)?);
+        all.extend(self.block_xattrs(inode, true)?);
         Ok(all)
     }
 
@@ -142,18 +150,36 @@ impl Ext4 {
         }
     }
 
+    /// getxattr(2) as the VFS asks it (FUSE GETXATTR).
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.getxattr_from(ino, name, true)
+    }
+
+    /// `from_vfs`: a request from outside; the engine's own reads (its
+    /// ACL logic) are reads the kernel answers from its cached ACLs and
+    /// teach the sharing index nothing.
+    pub(crate) fn getxattr_from(&self, ino: Ino, name: &[u8], from_vfs: bool) -> Result<Vec<u8>> {
         if name.len() > XATTR_NAME_MAX {
             return Err(Error::NameTooLong);
         }
         let (index, suffix) = split_name(name)
             .ok_or_else(|| Error::Unsupported("extended attribute namespace".into()))?;
         let inode = self.inode(ino)?;
-        let found = self
-            .all_xattrs(&inode)?
-            .into_iter()
-            .find(|x| x.index == index && x.name == suffix)
-            .ok_or(Error::NoAttribute)?;
+        let same = |x: &OwnedXattr| x.index == index && x.name == suffix;
+        // The in-inode area first; the block is read only for a name not
+        // there (ext4_xattr_get), which decides what the sharing index
+        // learns (see `share`).
+        let found = match self.ibody_xattrs(&inode)?.into_iter().find(same) {
+            Some(x) => Some(x),
+            None => {
+                let learn = from_vfs
+                    && !self.nosec_lookup(&inode, name)
+                    && !self.acl_cached_lookup(&inode, index);
+                self.block_xattrs(&inode, learn)?.into_iter().find(same)
+            }
+        };
+        self.nosec_note(&inode, name, found.is_some());
+        let found = found.ok_or(Error::NoAttribute)?;
         let value = self.xattr_value(ino, found)?;
         if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
             let entries = ondisk::acl::parse(&value)

@@ -1,7 +1,8 @@
 //! setxattr / removexattr, after the kernel's ext4_xattr_set_handle: the
 //! in-inode area is tried first, then the xattr block; a block shared by
 //! several inodes (h_refcount > 1) is copied on write (the old one's
-//! count drops); a block left empty is released. Entries are laid out by
+//! count drops), unless the new content is shared too; a block left
+//! empty is released. Entries are laid out by
 //! the serializers in `ondisk::xattr` (block entries sorted like the
 //! kernel, e_hash and h_hash as ext4_xattr_hash_entry/ext4_xattr_rehash
 //! compute them, values packed from the end, 4-byte aligned).
@@ -12,9 +13,11 @@
 //!
 //! With ea_inode, large values live in EA inodes (see `xattr_set_in`);
 //! without it a value that fits neither the inode nor the block gets
-//! ENOSPC, as in the kernel. Not implemented: sharing identical blocks
-//! or EA inodes between inodes (the kernel's mbcache); blocks and EA
-//! inodes shared by other writers are handled.
+//! ENOSPC, as in the kernel. A new block content identical to a block
+//! the sharing index knows is shared instead of written (see `share`).
+//! Not implemented: sharing EA inodes with identical values (the
+//! kernel's second mbcache); EA inodes shared by other writers are
+//! handled.
 
 use crate::ext4::checksum::crc32c;
 use crate::ext4::error::{Error, Result};
@@ -48,7 +51,7 @@ impl Ext4 {
         Ok(txn.inode(inum)?.atime.secs as u32)
     }
 
-    fn xw_owned(
+    pub(super) fn xw_owned(
         &self,
         txn: &mut Txn<'_>,
         parsed: &[xattr::XattrEntry<'_>],
@@ -90,8 +93,10 @@ impl Ext4 {
         u64::from(self.block_size() >> 9) << self.sb().cluster_bits().min(20)
     }
 
-    /// Drops this inode's reference to its xattr block: the block is freed
-    /// when it was the last, else its refcount drops.
+    /// Drops this inode's reference to its xattr block
+    /// (ext4_xattr_release_block): the block is freed when it was the
+    /// last (it leaves the sharing index at commit), else its refcount
+    /// drops.
     fn xw_drop_xattr_block(
         &self,
         txn: &mut Txn<'_>,
@@ -114,26 +119,61 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Stores `entries` as the inode's block: in place when the inode owns
-    /// its block alone, else in a new block.
+    /// Stores `entries` as the inode's xattr block, as
+    /// ext4_xattr_block_set does with the kernel's block cache: an
+    /// identical block the index knows is shared (its refcount grows, see
+    /// `share`); else a block the inode owns alone is changed in place;
+    /// else a new block is written. The previous block, if another, is
+    /// released. EA inode references follow the blocks: a new block takes
+    /// one for each of its EA entries that it did not get from the block
+    /// it replaces in place, and a freed block gives its own back.
     fn xw_store_xattr_block(
         &self,
         txn: &mut Txn<'_>,
         inode: &mut Inode,
         refcount: u32,
         mut entries: Vec<NewXattr>,
+        created: Option<u32>,
     ) -> Result<()> {
         if entries.is_empty() {
             return self.xw_drop_xattr_block(txn, inode, refcount);
         }
         sort_for_block(&mut entries);
         let seed = self.has_metadata_csum().then(|| self.csum_seed());
-        if inode.file_acl != 0 && refcount <= 1 {
-            let blk = inode.file_acl;
-            let b = txn.block_mut(blk)?;
-            if !xattr::write_block(b, blk, 1, &entries, seed) {
+        let old = inode.file_acl;
+        // A block the inode owns alone leaves the cache before it changes
+        // (mb_cache_entry_delete_or_get): it is no candidate for itself.
+        let in_place = old != 0 && refcount <= 1;
+        let exclude = in_place.then_some(old);
+        if let Some((found, their_refs)) = self.xattr_share_find(txn, &entries, exclude)? {
+            if found != old {
+                let b = txn.block_mut(found)?;
+                xattr::set_block_refcount(b, found, their_refs.saturating_add(1), seed);
+                if in_place {
+                    // The old block, freed, held references to the same
+                    // EA inodes the shared one holds.
+                    for x in &entries {
+                        if let NewXattrValue::EaInode { inum, .. } = x.value {
+                            self.xw_ea_ref(txn, inum, -1)?;
+                        }
+                    }
+                }
+                if old != 0 {
+                    self.xw_drop_xattr_block(txn, inode, refcount)?;
+                }
+                inode.file_acl = found;
+                inode.blocks = inode.blocks.saturating_add(self.xw_sectors_per_block());
+            }
+            txn.xattr_index_touch(found);
+            return Ok(());
+        }
+        let hash = xattr::block_hash(entries.iter().map(xattr::entry_hash));
+        if in_place {
+            let b = txn.block_mut(old)?;
+            if !xattr::write_block(b, old, 1, &entries, seed) {
                 return Err(Error::NoSpace);
             }
+            txn.xattr_index_insert(hash, old);
             return Ok(());
         }
         let reserved_ok = inode.uid == 0;
@@ -143,7 +183,18 @@ impl Ext4 {
         if !xattr::write_block(b, blk, 1, &entries, seed) {
             return Err(Error::NoSpace);
         }
-        if inode.file_acl != 0 {
+        // A copy of a shared block: its EA entries are new references
+        // (the old block keeps its own).
+        for x in &entries {
+            if let NewXattrValue::EaInode { inum, .. } = x.value
+                && Some(inum) != created
+                && old != 0
+            {
+                self.xw_ea_ref(txn, inum, 1)?;
+            }
+        }
+        txn.xattr_index_insert(hash, blk);
+        if old != 0 {
             self.xw_drop_xattr_block(txn, inode, refcount)?;
         }
         inode.file_acl = blk;
@@ -375,6 +426,11 @@ impl Ext4 {
                 }
                 block.pop();
                 if in_inode || !ea_feature || v.is_empty() {
+                    // ext4_xattr_block_set took the inode's own block out
+                    // of its cache before finding no room: it stays out.
+                    if refcount <= 1 && inode.file_acl != 0 {
+                        self.xattr_index_forget(inode.file_acl);
+                    }
                     return Err(Error::NoSpace);
                 }
                 in_inode = true;
@@ -390,17 +446,7 @@ impl Ext4 {
             }
         }
         if block_changed {
-            if refcount > 1 && inode.file_acl != 0 {
-                // Copy on write: the copy's EA entries are new references.
-                for x in &block {
-                    if let NewXattrValue::EaInode { inum, .. } = x.value
-                        && Some(inum) != created
-                    {
-                        self.xw_ea_ref(txn, inum, 1)?;
-                    }
-                }
-            }
-            self.xw_store_xattr_block(txn, inode, refcount, block)?;
+            self.xw_store_xattr_block(txn, inode, refcount, block, created)?;
         }
         for inum in dropped {
             self.xw_ea_ref(txn, inum, -1)?;
@@ -464,6 +510,10 @@ impl Ext4 {
             return Err(Error::NotFound);
         }
         let is_acl = index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT;
+        if is_acl {
+            // ext4_set_acl -> set_cached_acl (see `share`).
+            self.acl_cached_note(ino);
+        }
         let mut flags = flags;
         let mut mode_changed = false;
         if is_acl {
@@ -499,6 +549,9 @@ impl Ext4 {
 
     pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
         let (index, suffix, _) = Self::xw_xattr_prepare(name, None)?;
+        if index == INDEX_POSIX_ACL_ACCESS || index == INDEX_POSIX_ACL_DEFAULT {
+            self.acl_cached_note(ino);
+        }
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
         // xattr_permission: no xattr changes on immutable or append-only.
