@@ -118,17 +118,32 @@ fn named_mount_point_must_be_empty() {
     b.assert_idle();
 }
 
-/// Holds a POSIX write lock on `path` from another process (python3's
-/// fcntl.lockf) until dropped.
-struct ForeignLock(std::process::Child);
+/// Another process holding `path` until dropped: a python3 snippet that
+/// takes hold and says "ready". A process of its own, so that no fork of
+/// this multi-threaded test binary can copy the hold: a copy of an O_EXCL
+/// descriptor in a sibling test's child, alive until that child's exec,
+/// once kept a device busy after this test had closed it.
+struct Foreign(std::process::Child);
 
-impl ForeignLock {
-    fn new(path: &Path) -> Option<Self> {
+impl Foreign {
+    /// A POSIX write lock (fcntl.lockf).
+    fn lock(path: &Path) -> Option<Self> {
+        Self::spawn(
+            "f=open(sys.argv[1],'r+b')\nfcntl.lockf(f,fcntl.LOCK_EX)",
+            path,
+        )
+    }
+
+    /// An exclusive open of a block device (O_EXCL).
+    fn exclusive_open(path: &Path) -> Option<Self> {
+        Self::spawn("fd=os.open(sys.argv[1],os.O_RDONLY|os.O_EXCL)", path)
+    }
+
+    fn spawn(hold: &str, path: &Path) -> Option<Self> {
+        let script =
+            format!("import fcntl,os,sys,time\n{hold}\nprint('ready',flush=True)\ntime.sleep(600)");
         let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import fcntl,sys,time\nf=open(sys.argv[1],'r+b')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(600)",
-            ])
+            .args(["-c", &script])
             .arg(path)
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -138,16 +153,18 @@ impl ForeignLock {
         std::io::BufReader::new(child.stdout.take()?)
             .read_line(&mut line)
             .ok()?;
-        if line.trim() != "locked" {
+        if line.trim() != "ready" {
             let _ = child.kill();
+            let _ = child.wait();
             return None;
         }
         Some(Self(child))
     }
 }
 
-impl Drop for ForeignLock {
+impl Drop for Foreign {
     fn drop(&mut self) {
+        // The hold ends when the process exits, before wait returns.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -207,7 +224,7 @@ fn image_locking() {
     b.assert_idle();
 
     // Another program holding a lock.
-    let Some(foreign) = ForeignLock::new(&img) else {
+    let Some(foreign) = Foreign::lock(&img) else {
         skip("the foreign-lock part: python3 cannot lock");
         return;
     };
@@ -293,12 +310,7 @@ fn device_policy() {
     );
 
     // Held open exclusively by another program.
-    let held = nix::fcntl::open(
-        &lo.0,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_EXCL | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .unwrap();
+    let held = Foreign::exclusive_open(&lo.0).expect("python3 holding the loop device");
     let out = b.client(&["mount", lo.0.to_str().unwrap(), mps]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(
