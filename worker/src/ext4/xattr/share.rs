@@ -364,7 +364,7 @@ mod tests {
     use super::*;
     use crate::ext4::testutil::{RwImage, fsck, have, have_mkfs, kernel_mounted, open_image};
     use crate::ext4::types::{Ino, ROOT_INO, XattrFlags};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     /// A step on named files, done alike on both sides.
@@ -595,6 +595,30 @@ mod tests {
         }
     }
 
+    /// The same steps on twin images (4 KiB blocks, 128-byte inodes, so
+    /// every attribute lives in the block): `kernel` through a kernel
+    /// mount, `engine` through the engine. Returns the kernel's image
+    /// (opened read-only) and the engine's, still mounted; `None` when no
+    /// loop mount can be had.
+    fn twins(
+        tag: &str,
+        kernel: fn(&Path),
+        engine: fn(&Ext4),
+    ) -> Option<(RwImage, PathBuf, RwImage, Ext4, Ext4)> {
+        let args = ["-b", "4096", "-I", "128"];
+        let k = RwImage::new(&format!("{tag}k"), &args);
+        let mnt = k.img.with_extension("kmnt");
+        {
+            let _m = kernel_mounted(&k.img, &mnt, "loop")?;
+            kernel(&mnt);
+        }
+        let kfs = open_image(&k.img).unwrap();
+        let e = RwImage::new(&format!("{tag}e"), &args);
+        let fs = e.open();
+        engine(&fs);
+        Some((k, mnt, e, kfs, fs))
+    }
+
     /// Which blocks are candidates follows the kernel's cache: a failed
     /// set takes the inode's block out, a write's capability lookup puts
     /// it back only until the inode is S_NOSEC.
@@ -603,19 +627,9 @@ mod tests {
         if !have_mkfs() || !have(&["setfattr"]) {
             return;
         }
-        let args = ["-b", "4096", "-I", "128"];
-        let k = RwImage::new("cachek", &args);
-        let mnt = k.img.with_extension("kmnt");
-        {
-            let Some(_m) = kernel_mounted(&k.img, &mnt, "loop") else {
-                return;
-            };
-            kernel_story(&mnt);
-        }
-        let kfs = open_image(&k.img).unwrap();
-        let e = RwImage::new("cachee", &args);
-        let fs = e.open();
-        engine_story(&fs);
+        let Some((_k, _mnt, e, kfs, fs)) = twins("cache", kernel_story, engine_story) else {
+            return;
+        };
         let acl = |fs: &Ext4, n: &str| {
             fs.inode(fs.lookup_ino(ROOT_INO, n.as_bytes()).unwrap())
                 .unwrap()
@@ -645,20 +659,9 @@ mod tests {
         if !have_mkfs() || !have(&["setfattr", "getfattr"]) {
             return;
         }
-        // 128-byte inodes: every attribute lives in the block.
-        let args = ["-b", "4096", "-I", "128"];
-        let k = RwImage::new("sharek", &args);
-        let mnt = k.img.with_extension("kmnt");
-        {
-            let Some(_m) = kernel_mounted(&k.img, &mnt, "loop") else {
-                return;
-            };
-            kernel_side(&mnt);
-        }
-        let kfs = open_image(&k.img).unwrap();
-        let e = RwImage::new("sharee", &args);
-        let fs = e.open();
-        engine_side(&fs);
+        let Some((k, mnt, e, kfs, fs)) = twins("share", kernel_side, engine_side) else {
+            return;
+        };
         let (mine, theirs) = (layout(&fs), layout(&kfs));
         assert_eq!(
             theirs.0,
