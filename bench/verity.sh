@@ -13,8 +13,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "verity.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
 command -v fsverity >/dev/null || die "needs fsverity (apt-get install -y fsverity)"
 
@@ -24,9 +24,7 @@ WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 SIZE_MIB=${SIZE_MIB:-256}
 REPEAT=${REPEAT:-3}
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 
 mkdir -p "$WORK"
 MNT=$WORK/veritymnt
@@ -34,33 +32,25 @@ mkdir -p "$MNT"
 SOCK=$WORK/safemountd-verity.sock
 IMG=$WORK/verity-bench.img
 DATA=$WORK/verity-bench.data
-BROKER_PID=
 
 cleanup() {
     if mountpoint -q "$MNT"; then
         "$BIN/safemount" --socket "$SOCK" unmount "$MNT" 2>/dev/null || umount -l "$MNT" || true
     fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
     rm -f "$IMG" "$DATA"
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$DATA"
 rm -f "$IMG"
 truncate -s $((SIZE_MIB * 2 + 128))M "$IMG"
-mkfs.ext4 -q -F -O verity "$IMG"
+mkfs.ext4 -q -F -b 4096 -O verity "$IMG"  # the tree below has 4 KiB blocks
 debugfs -w -R "write $DATA plain" "$IMG" >/dev/null 2>&1
 digest=$("$REPO/tests/verity/put-verity-file.sh" "$IMG" verity "$DATA" --hash-alg=sha256 --block-size=4096)
 e2fsck -fn "$IMG" >/dev/null || die "the image is not clean"
 
-rm -f "$SOCK"
-"$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd-verity.log" &
-BROKER_PID=$!
-for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
-[[ -S $SOCK ]] || die "safemountd did not start; see $WORK/safemountd-verity.log"
+start_broker "$WORK/safemountd-verity.log"
 
 # One cold read of file $1; prints seconds.
 cold_read() {
