@@ -13,8 +13,8 @@
 # "Memory"); smaller ones for a quick look:
 #   FILES=100000 FLAT=100000 BIG_GIB=1 CYCLES=200 bench/memory.sh
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "memory.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,16 +28,13 @@ IMG=$WORK/scale-$FILES-$FLAT-$BIG_GIB.img
 SMALL=$WORK/small.img
 MNT=$WORK/mnt
 SOCK=$WORK/safemountd.sock
-BROKER_PID=
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 mkdir -p "$WORK" "$MNT"
 
 cleanup() {
     if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
 }
 trap cleanup EXIT
 
@@ -68,11 +65,7 @@ if [[ ! -f $IMG ]]; then
 fi
 [[ -f $SMALL ]] || { truncate -s 64M "$SMALL"; mkfs.ext4 -q -F "$SMALL"; }
 
-rm -f "$SOCK"
-"$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd.log" &
-BROKER_PID=$!
-for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
-[[ -S $SOCK ]] || die "safemountd did not start; see $WORK/safemountd.log"
+start_broker "$WORK/safemountd.log"
 sm() { "$BIN/safemount" --socket "$SOCK" "$@"; }
 kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }

@@ -18,8 +18,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "mmp.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts, loop devices, drop_caches)"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,45 +33,29 @@ REPEAT=${REPEAT:-3}
 LOOP_DIO=${LOOP_DIO:-off}
 SYSTEMS="mmp nommp"
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 
 mkdir -p "$WORK"
 MNT=$WORK/mmpmnt
 mkdir -p "$MNT"
 SOCK=$WORK/safemountd-mmp.sock
 IMG=$WORK/mmp-bench.img
-BROKER_PID=
 LOOP=
 
 cleanup() {
     if mountpoint -q "$MNT"; then
         "$BIN/safemount" --socket "$SOCK" unmount "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || umount -l "$MNT" || true
     fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
     if [[ -n $LOOP ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
     rm -f "$IMG"
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # As in write.sh: syncfs(2) does not reach a FUSE server; fsync of the
 # mount's root does.
 syncfs() { sync; sync "$MNT"; }
-
-start_broker() {
-    [[ -n $BROKER_PID ]] && return
-    rm -f "$SOCK"
-    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd-mmp.log" &
-    BROKER_PID=$!
-    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
-    die "safemountd did not start; see $WORK/safemountd-mmp.log"
-}
 
 # A fresh image for $1 (mmp|nommp) behind a loop device.
 fresh() {
@@ -86,7 +70,7 @@ fresh() {
 }
 
 do_mount() {
-    start_broker
+    start_broker "$WORK/safemountd-mmp.log"
     "$BIN/safemount" --socket "$SOCK" mount "$LOOP" "$MNT" -o rw >/dev/null 2>"$WORK/mount-mmp.err" ||
         die "mount $LOOP ($1): $(cat "$WORK/mount-mmp.err")"
     # The mode the benchmark means to measure.

@@ -9,8 +9,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "read.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,26 +23,20 @@ REPEAT=${REPEAT:-3}
 REBUILD=0
 [[ ${1:-} == --rebuild ]] && REBUILD=1
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
 
 mkdir -p "$WORK"
 MNT=$WORK/mnt
 mkdir -p "$MNT"
 SOCK=$WORK/safemountd.sock
-BROKER_PID=
 
 cleanup() {
     if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 build_image() {
@@ -70,20 +64,11 @@ EOF
 
 if [[ $REBUILD -eq 1 || ! -f $IMG ]]; then build_image; fi
 
-start_broker() {
-    [[ -n $BROKER_PID ]] && return
-    rm -f "$SOCK"
-    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd.log" &
-    BROKER_PID=$!
-    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
-    die "safemountd did not start; see $WORK/safemountd.log"
-}
-
 do_mount() {
     case $1 in
         kernel) mount -t ext4 -o ro,noload,loop "$IMG" "$MNT" ;;
         fuse2fs) fuse2fs -o ro,fakeroot "$IMG" "$MNT" >/dev/null ;;
-        safemount) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o ro >/dev/null ;;
+        safemount) start_broker "$WORK/safemountd.log"; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o ro >/dev/null ;;
     esac
 }
 
@@ -97,8 +82,6 @@ do_unmount() {
 }
 
 stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 declare -A READ COLD WARM
 for sys in $SYSTEMS; do

@@ -12,8 +12,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "requests.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,9 +23,7 @@ FILES=${FILES:-1000}
 TREE=${TREE:-/usr/include}
 READ_MIB=${READ_MIB:-64}
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 [[ -d $TREE ]] || die "$TREE missing: set TREE to a source tree"
 
 mkdir -p "$WORK"
@@ -36,11 +34,10 @@ LOG=$WORK/safemountd-r.log
 PRISTINE=$WORK/requests-empty.img
 IMG=$WORK/requests.img
 TAR=$WORK/tree.tar
-BROKER_PID=
 
 cleanup() {
     if mountpoint -q "$MNT"; then "$BIN/safemount" --socket "$SOCK" unmount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
     rm -f "$IMG"
 }
 trap cleanup EXIT
@@ -54,11 +51,7 @@ if [[ ! -f $TAR ]]; then
 fi
 TAR_FILES=$(tar -tf "$TAR" | wc -l)
 
-rm -f "$SOCK"
-"$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$LOG" &
-BROKER_PID=$!
-for _ in $(seq 100); do [[ -S $SOCK ]] && break; sleep 0.1; done
-[[ -S $SOCK ]] || die "safemountd did not start; see $LOG"
+start_broker "$LOG"
 
 mount_fresh() {
     cp --sparse=always "$PRISTINE" "$IMG"

@@ -17,8 +17,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "write.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,9 +31,7 @@ SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount safemount-nojournal"}
 FSYNCS=${FSYNCS:-1000}
 REPEAT=${REPEAT:-3}
 
-for b in safemountd safemount safemount-worker; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
-done
+need_binaries
 command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
 [[ -d $TREE ]] || die "$TREE missing: set TREE to a source tree"
 
@@ -45,19 +43,14 @@ PRISTINE=$WORK/write-empty.img
 PRISTINE_NJ=$WORK/write-empty-nojournal.img
 IMG=$WORK/write.img
 TAR=$WORK/tree.tar
-BROKER_PID=
 
 cleanup() {
     if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
     rm -f "$IMG"
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # Durability point before the clock stops: sync, then fsync of the mount's
 # root directory (`sync FILE` fsyncs FILE). syncfs(2) does not reach a FUSE
 # server (the kernel sends FUSE_SYNCFS to virtiofs only), and safemount
@@ -80,15 +73,6 @@ if [[ ! -f $TAR ]]; then
 fi
 TAR_FILES=$(tar -tf "$TAR" | wc -l)
 
-start_broker() {
-    [[ -n $BROKER_PID ]] && return
-    rm -f "$SOCK"
-    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$WORK/safemountd-w.log" &
-    BROKER_PID=$!
-    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
-    die "safemountd did not start; see $WORK/safemountd-w.log"
-}
-
 do_mount() {
     case $1 in
         safemount-nojournal) cp --sparse=always "$PRISTINE_NJ" "$IMG" ;;
@@ -97,7 +81,7 @@ do_mount() {
     case $1 in
         kernel) mount -t ext4 -o rw,loop "$IMG" "$MNT" ;;
         fuse2fs) fuse2fs -o rw,fakeroot "$IMG" "$MNT" >/dev/null ;;
-        safemount*) start_broker; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
+        safemount*) start_broker "$WORK/safemountd-w.log"; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
     esac
 }
 

@@ -13,8 +13,8 @@
 # Run as root from the repository root after `cargo build --release
 # --workspace`.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
-die() { echo "xattr.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
 command -v setfattr >/dev/null || die "setfattr missing: apt-get install -y attr"
 
@@ -28,17 +28,14 @@ MNT=$WORK/xmnt
 mkdir -p "$MNT"
 PRISTINE=$WORK/xattr-empty.img
 IMG=$WORK/xattr.img
-BROKER_PID=
 
 cleanup() {
     if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    if [[ -n $BROKER_PID ]]; then kill "$BROKER_PID" 2>/dev/null || true; wait "$BROKER_PID" 2>/dev/null || true; fi
+    stop_broker
     rm -f "$IMG"
 }
 trap cleanup EXIT
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 bfree() { stat -f -c %f "$MNT"; }
 
 rm -f "$PRISTINE"

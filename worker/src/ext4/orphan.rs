@@ -353,10 +353,9 @@ mod tests {
 
     use super::super::ondisk::inode::S_IFREG;
     use super::super::testutil::*;
-    use super::super::{Ext4, OpenOptions, ROOT_INO};
+    use super::super::{Ext4, ROOT_INO};
     use super::*;
     use crate::ext4::testutil::{RwImage, assert_fsck_clean, dumpe2fs_field};
-    use crate::io::BlockDevice;
 
     fn free(fs: &Ext4) -> (u64, u32) {
         let s = fs.rw.live_sb();
@@ -455,14 +454,7 @@ mod tests {
             fs.writeback().unwrap();
             drop(fs);
             let dev2 = Arc::new(MemDevice::new(im.dev.contents()));
-            let fs2 = Ext4::open(
-                dev2.clone() as Arc<dyn BlockDevice>,
-                OpenOptions {
-                    read_only: false,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let fs2 = open_on(dev2.clone(), false);
             assert!(!fs2.is_read_only(), "{args:?}");
             assert_eq!(free(&fs2), before, "{args:?}: the orphan was freed");
             assert!(fs2.pending_orphans().unwrap().is_empty());
@@ -520,14 +512,7 @@ mod tests {
     /// was served read-only.
     fn engine_rw(img: &Path, f: impl FnOnce(&Ext4)) -> bool {
         let dev = Arc::new(MemDevice::new(std::fs::read(img).unwrap()));
-        let fs = Ext4::open(
-            dev.clone() as Arc<dyn BlockDevice>,
-            OpenOptions {
-                read_only: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = open_on(dev.clone(), false);
         let ro = fs.is_read_only();
         f(&fs);
         fs.shutdown().unwrap();
@@ -600,14 +585,7 @@ mod tests {
     fn orphan_file_add(img: &Path, ino: u32) {
         let mut data = std::fs::read(img).unwrap();
         let (blocks, seed, bs) = {
-            let fs = Ext4::open(
-                Arc::new(MemDevice::new(data.clone())) as Arc<dyn BlockDevice>,
-                OpenOptions {
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let fs = open_on(Arc::new(MemDevice::new(data.clone())), true);
             let (b, s) = fs.orphan_file_blocks().unwrap().unwrap();
             (b, s, fs.block_size() as usize)
         };
@@ -800,14 +778,7 @@ mod tests {
             let before = std::fs::read(&img).unwrap();
             let started = std::time::Instant::now();
             let dev = Arc::new(MemDevice::new(before.clone()));
-            let fs = Ext4::open(
-                dev.clone() as Arc<dyn BlockDevice>,
-                OpenOptions {
-                    read_only: false,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let fs = open_on(dev.clone(), false);
             assert!(fs.is_read_only(), "{what}");
             let e = fs.pending_orphans().unwrap_err();
             assert!(matches!(e, Error::Corrupt { .. }), "{what}: {e}");

@@ -216,6 +216,19 @@ pub(crate) fn debugfs_out(img: &Path, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The engine on `dev`, read-only or read-write as asked (it may still
+/// serve read-only: callers that care check `is_read_only`).
+pub(crate) fn open_on(dev: Arc<dyn BlockDevice>, read_only: bool) -> Ext4 {
+    Ext4::open(
+        dev,
+        OpenOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 pub(crate) fn open_image(img: &Path) -> super::Result<Ext4> {
     let data = std::fs::read(img).unwrap();
     Ext4::open(

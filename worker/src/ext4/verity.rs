@@ -395,10 +395,10 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::ext4::FallocMode;
     use crate::ext4::testutil::*;
     use crate::ext4::types::SetAttr;
-    use crate::ext4::{FallocMode, OpenOptions};
-    use crate::io::{BlockDevice, MemDevice};
+    use crate::io::MemDevice;
 
     /// tests/verity/put-verity-file.sh: the one image builder for verity
     /// files, shared with the end-to-end tests.
@@ -749,14 +749,7 @@ mod tests {
             return;
         };
         let dev = Arc::new(MemDevice::new(std::fs::read(&v.img).unwrap()));
-        let fs = Ext4::open(
-            dev.clone() as Arc<dyn BlockDevice>,
-            OpenOptions {
-                read_only: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = open_on(dev.clone(), false);
         assert!(!fs.is_read_only(), "a verity filesystem mounts read-write");
         let ino = ino_of(&v.img, "f");
         let eperm = |r: Result<()>| assert!(matches!(r, Err(Error::NotPermitted)), "{r:?}");
@@ -808,7 +801,6 @@ mod bench {
     use std::time::Instant;
 
     use crate::ext4::testutil::*;
-    use crate::ext4::{Ext4, OpenOptions};
     use crate::io::FdDevice;
 
     /// What verification costs the engine alone: the same 256 MiB read
@@ -838,14 +830,7 @@ mod bench {
             &[img.to_str().unwrap(), "verity", vdata.to_str().unwrap()],
         );
         let f = std::fs::File::open(&img).unwrap();
-        let fs = Ext4::open(
-            Arc::new(FdDevice::new(f.into()).unwrap()),
-            OpenOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = open_on(Arc::new(FdDevice::new(f.into()).unwrap()), true);
         let mut buf = vec![0u8; 128 * 1024];
         for round in 0..3 {
             for name in ["plain", "verity"] {

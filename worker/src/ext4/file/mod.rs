@@ -616,7 +616,6 @@ mod bench {
     use std::time::Instant;
 
     use crate::ext4::testutil::*;
-    use crate::ext4::{Ext4, OpenOptions};
     use crate::io::FdDevice;
 
     /// Sequential read throughput through the engine vs. a plain read of
@@ -637,14 +636,7 @@ mod bench {
         let img = mkfs(&sc, &src, &["-b", "4096"], 1200 * 1024);
         let ino = ino_of(&img, "big");
         let f = std::fs::File::open(&img).unwrap();
-        let fs = Ext4::open(
-            Arc::new(FdDevice::new(f.into()).unwrap()),
-            OpenOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = open_on(Arc::new(FdDevice::new(f.into()).unwrap()), true);
         for req in [128 * 1024usize, 1024 * 1024] {
             let mut buf = vec![0u8; req];
             for round in 0..2 {

@@ -457,6 +457,12 @@ mod tests {
     /// first holder; its refcount).
     type Holder = (String, Option<(usize, u32)>);
 
+    /// The xattr block of the root's entry `name` (0: none).
+    fn xattr_block_of(fs: &Ext4, name: &str) -> u64 {
+        let ino = fs.lookup_ino(ROOT_INO, name.as_bytes()).unwrap();
+        fs.inode(ino).unwrap().file_acl
+    }
+
     /// Every surviving file's block, and the free blocks.
     fn layout(fs: &Ext4) -> (Vec<Holder>, u64) {
         let mut seen: Vec<u64> = Vec::new();
@@ -630,15 +636,10 @@ mod tests {
         let Some((_k, _mnt, e, kfs, fs)) = twins("cache", kernel_story, engine_story) else {
             return;
         };
-        let acl = |fs: &Ext4, n: &str| {
-            fs.inode(fs.lookup_ino(ROOT_INO, n.as_bytes()).unwrap())
-                .unwrap()
-                .file_acl
-        };
         let shared = |fs: &Ext4| -> Vec<bool> {
             STORIES
                 .iter()
-                .map(|(f, _)| acl(fs, f) == acl(fs, &format!("twin-{f}")))
+                .map(|(f, _)| xattr_block_of(fs, f) == xattr_block_of(fs, &format!("twin-{f}")))
                 .collect()
         };
         assert_eq!(shared(&kfs), vec![false, true, false], "the kernel");
@@ -709,13 +710,16 @@ mod tests {
         let g = fs.create(ROOT_INO, b"g", 0o100644, 0, 0, 0, 0).unwrap().ino;
         fs.setxattr(g, b"user.z", &value(4), XattrFlags::default())
             .unwrap();
-        let acl = |fs: &Ext4, n: &[u8]| {
-            fs.inode(fs.lookup_ino(ROOT_INO, n).unwrap())
-                .unwrap()
-                .file_acl
-        };
-        assert_eq!(acl(&kfs, b"g"), acl(&kfs, b"f5"), "the kernel shares");
-        assert_eq!(acl(&fs, b"g"), acl(&fs, b"f5"), "the engine shares");
+        assert_eq!(
+            xattr_block_of(&kfs, "g"),
+            xattr_block_of(&kfs, "f5"),
+            "the kernel shares"
+        );
+        assert_eq!(
+            xattr_block_of(&fs, "g"),
+            xattr_block_of(&fs, "f5"),
+            "the engine shares"
+        );
         assert_eq!(fs.statfs().unwrap().bfree, kfs.statfs().unwrap().bfree);
         fs.shutdown().unwrap();
         drop(fs);

@@ -1,0 +1,38 @@
+# Sourced by the benchmark scripts (after they set BIN, and SOCK if they
+# start a broker): the helpers each of them needs.
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+# Checks that the safemount binaries were built into $BIN.
+need_binaries() {
+    local b
+    for b in safemountd safemount safemount-worker; do
+        [[ -x $BIN/$b ]] || die "$BIN/$b missing: run cargo build --release --workspace"
+    done
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+BROKER_PID=
+
+# Starts a broker on $SOCK (once), its log in $1.
+start_broker() {
+    [[ -n $BROKER_PID ]] && return
+    rm -f "$SOCK"
+    "$BIN/safemountd" --socket "$SOCK" --worker "$BIN/safemount-worker" 2>"$1" &
+    BROKER_PID=$!
+    local _
+    for _ in $(seq 100); do [[ -S $SOCK ]] && return; sleep 0.1; done
+    die "safemountd did not start; see $1"
+}
+
+stop_broker() {
+    if [[ -n $BROKER_PID ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=
+    fi
+}
