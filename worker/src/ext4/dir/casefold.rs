@@ -562,7 +562,10 @@ mod tests {
     }
 
     /// Names that are not UTF-8 have no fold: they hash as their bytes (as
-    /// e2fsprogs and the kernel do) and match only themselves.
+    /// the kernel does: ext4fs_dirhash falls back when utf8_casefold says
+    /// EINVAL) and match only themselves. e2fsprogs 1.47.0 means to do the
+    /// same but, for a sequence found invalid midway, returns ENAMETOOLONG
+    /// and computes no hash, so the oracle here is dx_hash without -c.
     #[test]
     fn invalid_utf8_is_opaque() {
         let bad: [&[u8]; 5] = [

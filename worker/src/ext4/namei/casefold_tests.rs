@@ -164,7 +164,16 @@ fn casefolded_directories_read_write() {
         fs.lookup_ino(cf, b"CAF\xe9"),
         Err(Error::NotFound)
     ));
-    create(&fs, cf, b"CAF\xe9").unwrap();
+    let upper = create(&fs, cf, b"CAF\xe9").unwrap();
+    assert_eq!(fs.lookup_ino(cf, b"CAF\xe9").unwrap(), upper);
+    // e2fsck 1.47.0 cannot judge where such names live: its utf8_casefold
+    // compares an unsigned char with -1, so a sequence found invalid
+    // midway gives ENAMETOOLONG, not EINVAL, and pass 2 then checks the
+    // entry against a stale hash (the entry it hashed before). The kernel
+    // hashes the bytes (`invalid_utf8_is_opaque` in dir::casefold pins
+    // that), so the names go before e2fsck looks.
+    gone(&fs, fs.unlink(cf, b"caf\xe9"));
+    gone(&fs, fs.unlink(cf, b"CAF\xe9"));
 
     // Rename and unlink by variants; a rename onto a variant of an
     // existing name replaces that entry (which keeps its name).
