@@ -1,5 +1,7 @@
 //! Test devices. [`Failing`] fails chosen calls, as a dying disk, a pulled
-//! cable or a full host filesystem do. [`PowerLoss`] serves reads from its
+//! cable or a full host filesystem do. [`Pausing`] holds a chosen read in
+//! the device until the test lets it go, to open a race window at will.
+//! [`PowerLoss`] serves reads from its
 //! current contents and records every write and flush, so a test can ask
 //! what a disk could hold had the power failed after any operation.
 //!
@@ -14,7 +16,7 @@
 
 use std::io;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crate::io::{BlockDevice, MemDevice};
 
@@ -297,6 +299,90 @@ impl BlockDevice for Failing {
             Some(f) => Err(io::Error::from_raw_os_error(f.errno)),
             None => self.mem.flush(),
         }
+    }
+
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+
+    fn alignment(&self) -> usize {
+        1
+    }
+}
+
+/// An in-memory disk whose next read touching an armed byte range stops
+/// inside the device (after the engine decided what to read, before the
+/// bytes are copied) until [`Pausing::release`].
+pub(crate) struct Pausing {
+    mem: MemDevice,
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    armed: Option<Range<u64>>,
+    paused: bool,
+    released: bool,
+}
+
+impl Pausing {
+    pub(crate) fn new(image: Vec<u8>) -> Pausing {
+        Pausing {
+            mem: MemDevice::new(image),
+            state: Mutex::new(PauseState::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The next read touching `bytes` pauses.
+    pub(crate) fn arm(&self, bytes: Range<u64>) {
+        *self.state.lock().unwrap() = PauseState {
+            armed: Some(bytes),
+            ..Default::default()
+        };
+    }
+
+    /// Waits until a read has paused.
+    pub(crate) fn wait_paused(&self) {
+        let mut st = self.state.lock().unwrap();
+        while !st.paused {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+
+    /// Lets the paused read (or the next one) go on.
+    pub(crate) fn release(&self) {
+        self.state.lock().unwrap().released = true;
+        self.changed.notify_all();
+    }
+}
+
+impl BlockDevice for Pausing {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap();
+        let end = offset.saturating_add(buf.len() as u64);
+        if let Some(r) = st.armed.clone()
+            && offset < r.end
+            && r.start < end
+        {
+            st.armed = None;
+            st.paused = true;
+            self.changed.notify_all();
+            while !st.released {
+                st = self.changed.wait(st).unwrap();
+            }
+        }
+        drop(st);
+        self.mem.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.mem.write_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.mem.flush()
     }
 
     fn size(&self) -> u64 {

@@ -56,6 +56,11 @@ pub(crate) struct RwState {
     pub(super) flush_gate: RwLock<()>,
     /// The journal's log on a journaled filesystem, from `start_rw` on.
     pub(super) journal: std::sync::OnceLock<Log>,
+    /// Held for reading by a file read from its inode snapshot to its last
+    /// byte, for writing by a commit that frees blocks while it publishes:
+    /// a reader never reads a block that was freed, and perhaps handed to
+    /// another file, after it mapped it (see `Ext4::read`).
+    pub(super) free_gate: RwLock<()>,
 }
 
 /// The live superblock and its 1024 on-disk bytes (reserved areas kept).
@@ -100,6 +105,7 @@ impl RwState {
             wb: Mutex::new(WriteBack::default()),
             flush_gate: RwLock::new(()),
             journal: std::sync::OnceLock::new(),
+            free_gate: RwLock::new(()),
         }
     }
 

@@ -16,6 +16,9 @@
 //!
 //! Readers never take the transaction lock: they read the block and inode
 //! caches, which a commit updates only after the device writes succeeded.
+//! File reads hold `RwState::free_gate` shared, which a commit that frees
+//! blocks takes exclusively while it publishes (after the transaction
+//! lock, before the write-back set's lock).
 //!
 //! # What a transaction holds
 //! Copies of every block it changed (`block_mut`, `block_new`, bitmaps,
@@ -256,6 +259,10 @@ impl<'fs> Txn<'fs> {
         // Into the write-back set and the caches; the device gets the
         // blocks at the next write-back (see the module documentation).
         let bs = fs.block_size as usize;
+        // Readers that mapped the freed blocks finish first; later ones
+        // see the inodes below, which no longer map them.
+        let free_gate = (!self.freed.is_empty())
+            .then(|| fs.rw.free_gate.write().unwrap_or_else(|e| e.into_inner()));
         // Freed blocks leave the shared-xattr index before this
         // transaction's new ones enter it.
         fs.rw
@@ -301,6 +308,7 @@ impl<'fs> Txn<'fs> {
         live.sb.s_free_inodes_count =
             u32::try_from(add_signed(u64::from(fi), self.free_inodes_delta)).unwrap_or(u32::MAX);
         drop(live);
+        drop(free_gate);
         if pending > fs.writeback_limit() {
             fs.writeback()?;
         }

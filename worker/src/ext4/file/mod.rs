@@ -263,8 +263,12 @@ impl Ext4 {
         }))
     }
 
-    /// read(2) on inode `ino`.
+    /// read(2) on inode `ino`. The inode snapshot, its block map and the
+    /// data reads all happen under the free gate's shared side, so a
+    /// concurrent truncate, punch or unlink cannot free (and another file
+    /// reuse) a block between its mapping and its read.
     pub fn read(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let _gate = self.rw.free_gate.read().unwrap_or_else(|e| e.into_inner());
         let inode = self.inode(ino)?;
         if inode.kind == FileKind::Directory {
             return Err(Error::IsDir);
@@ -329,6 +333,9 @@ fn mapped(e: &Extent, lblk: u64) -> Mapping {
         uninit: e.uninit,
     }
 }
+
+#[cfg(test)]
+mod read_race_tests;
 
 #[cfg(test)]
 mod tests {
