@@ -248,13 +248,11 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         tracing::error!("errors=panic: {why}; aborting the mount");
         std::process::exit(EXIT_ERRORS_PANIC);
     }));
-    let session = fuser::Session::from_fd(
-        Adapter::new(fs.clone(), fs_read_only),
-        fuse_fd,
-        fuser::SessionACL::All,
-        config,
-    )
-    .map_err(ServeError::Handshake)?;
+    let adapter = Adapter::new(fs.clone(), fs_read_only);
+    let notifier = adapter.notifier_slot();
+    let session = fuser::Session::from_fd(adapter, fuse_fd, fuser::SessionACL::All, config)
+        .map_err(ServeError::Handshake)?;
+    let _ = notifier.set(session.notifier());
     safemount_proto::send(sock, &WorkerReply::Serving, &[])?;
     tracing::info!("{source_name:?}: serving");
     Ok(Some(Serving {

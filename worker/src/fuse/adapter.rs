@@ -1,14 +1,15 @@
 //! The adapter's state: the engine, the kernel's open inodes, the
-//! flusher's stop flag, and the once-per-object log of corrupt metadata.
+//! flusher's stop flag, the once-per-object log of corrupt metadata, and
+//! the channel that tells the kernel of changes it cannot see.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fuser::{Errno, ReplyEmpty};
 
-use super::convert::errno;
+use super::convert::{errno, fuse_ino};
 use super::inodes::OpenState;
 use super::requests::RequestCounts;
 use crate::ext4::Ext4;
@@ -52,6 +53,9 @@ pub struct Adapter {
     /// here, and an open directory holds its inode through the kernel's
     /// lookup reference anyway.
     pub(super) skip_opendir: bool,
+    /// Notifications to the kernel, set once the session exists (see
+    /// `notifier_slot`); unset in tests without a kernel.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl Adapter {
@@ -68,6 +72,7 @@ impl Adapter {
             stop_flusher: Arc::new(AtomicBool::new(false)),
             requests: RequestCounts::default(),
             skip_opendir: false,
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 
@@ -77,6 +82,23 @@ impl Adapter {
         match self.fs.flush() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(op, ino, &e)),
+        }
+    }
+
+    /// Where the session's notifier goes once the session is made (the
+    /// session takes the adapter by value first).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Makes the kernel forget the attributes it caches for `ino`, for a
+    /// change it cannot infer from the request and its reply. Best effort:
+    /// a failure only leaves the cache as stale as it was.
+    pub(super) fn forget_cached_attrs(&self, ino: Ino) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(fuse_ino(ino), -1, 0)
+        {
+            tracing::debug!("invalidating inode {ino}'s attributes: {e}");
         }
     }
 

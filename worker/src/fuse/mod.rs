@@ -655,7 +655,16 @@ impl Filesystem for Adapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(self.fail("rename", parent, &e)),
+            Err(e) => {
+                if flags.whiteout {
+                    // ext4 puts the whiteout in place before its last
+                    // checks and, when they refuse, restores the entry,
+                    // which stamps the old directory's times; the kernel's
+                    // FUSE client drops no attributes on an error.
+                    self.forget_cached_attrs(parent);
+                }
+                reply.error(self.fail("rename", parent, &e))
+            }
         }
     }
 
