@@ -7,7 +7,7 @@
 //! 4. receive `Serve` with the `/dev/fuse` fd the broker mounted; do the
 //!    FUSE INIT handshake; reply `Serving`; hand the socket to the
 //!    health thread ([`crate::health`]);
-//! 5. serve with [`FUSE_THREADS`] threads until the kernel ends the
+//! 5. serve with [`fuse_threads`] threads until the kernel ends the
 //!    session (DESTROY on unmount, or ENODEV when the connection is
 //!    aborted); exit 0.
 //!
@@ -32,8 +32,15 @@ use crate::sandbox;
 /// The broker's socket, by contract.
 pub const BROKER_FD: i32 = 3;
 
-/// FUSE request threads (all reading the one shared `/dev/fuse` fd).
-pub const FUSE_THREADS: usize = 4;
+/// FUSE request threads (all reading the one shared `/dev/fuse` fd): one
+/// per CPU the worker may run on, at least 2 (a request waiting for the
+/// device does not hold up cached ones) and at most 8 (mutations take the
+/// one transaction lock: more threads only contend for it and for the
+/// kernel's request queue). Read before the sandbox, which forbids
+/// sched_getaffinity.
+pub fn fuse_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
 
 /// Why the worker stopped before serving; each is one log line.
 #[derive(Debug, thiserror::Error)]
@@ -149,9 +156,11 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         return Err(ServeError::Version(version));
     }
     let device = one_fd(fds)?;
-    // Before the sandbox, which has no uname, fstat or BLKSSZGET: what
-    // multi-mount protection needs (this node's name; O_DIRECT, aligned to
-    // the logical sector size, on a block device).
+    // Before the sandbox, which has no uname, fstat, BLKSSZGET or
+    // sched_getaffinity: what multi-mount protection needs (this node's
+    // name; O_DIRECT, aligned to the logical sector size, on a block
+    // device), and the CPUs for the FUSE threads.
+    let threads = fuse_threads();
     let node = nix::sys::utsname::uname()
         .map(|u| u.nodename().to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -239,7 +248,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
     }
     let fuse_fd = one_fd(fds)?;
     let mut config = fuser::Config::default();
-    config.n_threads = Some(FUSE_THREADS);
+    config.n_threads = Some(threads);
     // true would reopen /dev/fuse by path, which the sandbox forbids.
     config.clone_fd = false;
     config.acl = fuser::SessionACL::All;
@@ -254,7 +263,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         .map_err(ServeError::Handshake)?;
     let _ = notifier.set(session.notifier());
     safemount_proto::send(sock, &WorkerReply::Serving, &[])?;
-    tracing::info!("{source_name:?}: serving");
+    tracing::info!("{source_name:?}: serving with {threads} FUSE threads");
     Ok(Some(Serving {
         session,
         fs,
