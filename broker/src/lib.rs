@@ -21,6 +21,7 @@ pub mod mounted;
 pub mod mountpoint;
 pub mod polkit;
 pub mod poweroff;
+pub mod readahead;
 pub mod sanitize;
 pub mod server;
 pub mod state;

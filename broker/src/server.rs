@@ -666,6 +666,7 @@ impl Broker {
             )
         })?;
         let mounted = Arc::new(mounted);
+        let dev = mounted.dev();
         self.state.set_mounted(id, mounted.clone());
         undo.push("detach mount", move || {
             if let Err(e) = mounted.detach() {
@@ -674,6 +675,10 @@ impl Broker {
         });
 
         worker.serve(fuse.as_fd(), self.worker_timeout)?;
+        // After INIT, which would narrow the window again.
+        if let Err(e) = crate::readahead::widen(dev) {
+            tracing::warn!(error = %e, "cannot widen the mount's read-ahead; sequential reads will be slower");
+        }
         // The worker holds the device and /dev/fuse now; the broker keeps
         // no fd into the filesystem.
         drop(fuse);

@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -666,6 +667,14 @@ fn real_worker_mount_read_unmount() {
         b"hello, world\n"
     );
     assert_eq!(std::fs::read(mp.join("sub/inner")).unwrap().len(), 10000);
+    // The broker widened the mount's read-ahead window after INIT.
+    let dev = std::fs::metadata(&mp).unwrap().dev();
+    let ra = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    assert_eq!(std::fs::read_to_string(&ra).unwrap().trim(), "1024", "{ra}");
 
     // Busy while a file is open on it; fine once it is closed.
     let open_file = std::fs::File::open(mp.join("hello.txt")).unwrap();

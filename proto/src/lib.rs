@@ -19,3 +19,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Upper bound on the fds one message may carry.
 pub const MAX_FDS: usize = 4;
+
+/// The largest FUSE read or write the worker serves (its max_write and
+/// max_readahead), and the read-ahead window the broker gives a mount:
+/// agreed here so the two never drift apart.
+pub const FUSE_MAX_IO: u32 = 1 << 20;

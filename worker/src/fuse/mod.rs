@@ -57,7 +57,7 @@ pub const MAX_READ: u32 = 1 << 20;
 const PAGE_SIZE: u32 = 4096;
 
 /// max_write and max_readahead asked of the kernel.
-const MAX_IO: u32 = 1 << 20;
+const MAX_IO: u32 = safemount_proto::FUSE_MAX_IO;
 
 /// setxattr(2) flags.
 const XATTR_CREATE: i32 = 1;
