@@ -11,7 +11,8 @@
 # passthrough_hp runs with --nopassthrough --nosplice, so every read and
 # write goes through the transport as safemount's would (FUSE passthrough
 # would let the kernel skip the server for data; fuser does not splice).
-# The legacy server gets --num-threads 4, like safemount's worker; the
+# The legacy server gets --num-threads 4 (safemount's worker had 4 when this
+# was measured; it now has one per CPU, 2 to 8); the
 # io_uring one has libfuse's fixed layout of one queue (one thread) per CPU.
 #
 # Workloads (each mode on a fresh FUSE mount, the modes alternated inside
