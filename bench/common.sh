@@ -36,3 +36,17 @@ stop_broker() {
         BROKER_PID=
     fi
 }
+
+# The pid of the worker serving mount point $1 (broker on $SOCK).
+worker_pid() {
+    "$BIN/safemount" --socket "$SOCK" list --json |
+        python3 -c 'import json,sys; print([e["worker_pid"] for e in json.load(sys.stdin) if e["mountpoint"] == sys.argv[1]][0])' "$1"
+}
+
+# The peak RSS (VmHWM) in MiB of the worker serving mount point $1, or "-"
+# when $1 is not a safemount mount.
+worker_peak_mib() {
+    local pid
+    pid=$(worker_pid "$1" 2>/dev/null) || { echo -; return; }
+    awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' /proc/"$pid"/status
+}

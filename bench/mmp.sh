@@ -75,8 +75,7 @@ do_mount() {
         die "mount $LOOP ($1): $(cat "$WORK/mount-mmp.err")"
     # The mode the benchmark means to measure.
     local pid fd flags
-    pid=$("$BIN/safemount" --socket "$SOCK" list --json |
-        python3 -c 'import json,sys; print([e["worker_pid"] for e in json.load(sys.stdin) if e["mountpoint"] == sys.argv[1]][0])' "$MNT")
+    pid=$(worker_pid "$MNT")
     for fd in /proc/"$pid"/fd/*; do
         [[ $(readlink "$fd") == "$LOOP" ]] || continue
         flags=$(awk '/^flags:/ { print $2 }' /proc/"$pid"/fdinfo/"${fd##*/}")
@@ -116,6 +115,7 @@ for sys in $SYSTEMS; do
 
         t0=$(now); creates; syncfs; t1=$(now)
         creates_s+=("$(elapsed "$t0" "$t1")")
+        rss_write=$(worker_peak_mib "$MNT")
         do_unmount
 
         drop_caches
@@ -126,10 +126,11 @@ for sys in $SYSTEMS; do
         reads+=("$(calc "$SEQ_MIB * 1048576 / 1000000 / $(elapsed "$t0" "$t1")")")
         n=$(find "$MNT/meta" -type f | wc -l)
         [[ $n -eq $FILES ]] || echo "   WARNING: $sys: $n files after remount, expected $FILES" >&2
+        rss_read=$(worker_peak_mib "$MNT")
         do_unmount
         e2fsck -fn "$LOOP" >/dev/null 2>&1 || echo "   WARNING: $sys: $LOOP not clean (e2fsck -fn)" >&2
-        printf '   run %d: write %.0f MB/s, cold read %.0f MB/s, %d creates %.3f s (O_DIRECT: %s)\n' "$run" \
-            "${writes[-1]}" "${reads[-1]}" "$FILES" "${creates_s[-1]}" "${DIRECT[$sys]:-?}" >&2
+        printf '   run %d: write %.0f MB/s, cold read %.0f MB/s, %d creates %.3f s (O_DIRECT: %s), worker peak RSS write %s, read %s MiB\n' "$run" \
+            "${writes[-1]}" "${reads[-1]}" "$FILES" "${creates_s[-1]}" "${DIRECT[$sys]:-?}" "$rss_write" "$rss_read" >&2
     done
     WRITE[$sys]=$(median "${writes[@]}")
     READ[$sys]=$(median "${reads[@]}")

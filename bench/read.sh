@@ -94,6 +94,7 @@ for sys in $SYSTEMS; do
         dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
         t1=$(now)
         reads+=("$(calc "1073741824 / 1000000 / $(elapsed "$t0" "$t1")")")
+        [[ $sys == safemount ]] && rss_read=$(worker_peak_mib "$MNT")
         do_unmount "$sys"
 
         drop_caches
@@ -103,8 +104,10 @@ for sys in $SYSTEMS; do
         colds+=("$(elapsed "$t0" "$t1")")
         t0=$(now); stat_walk >/dev/null; t1=$(now)
         warms+=("$(elapsed "$t0" "$t1")")
+        rss="-"
+        [[ $sys == safemount ]] && rss="read $rss_read, stat $(worker_peak_mib "$MNT") MiB"
         do_unmount "$sys"
-        printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s\n' "$run" "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" >&2
+        printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s, worker peak RSS %s\n' "$run" "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" "$rss" >&2
     done
     READ[$sys]=$(median "${reads[@]}")
     COLD[$sys]=$(median "${colds[@]}")

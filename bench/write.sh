@@ -155,9 +155,11 @@ for sys in $SYSTEMS; do
         rms+=("$(elapsed "$t0" "$t1")")
         read -r f50 f99 < <(fsync_latency)
         f50s+=("$f50"); f99s+=("$f99")
+        rss="-"
+        [[ $sys == safemount* ]] && rss="$(worker_peak_mib "$MNT") MiB"
         do_unmount "$sys"
-        printf '   run %d: write %.0f MB/s, meta %.3f s, untar %.3f s, rm %.3f s, fsync %.3f/%.3f ms\n' "$run" \
-            "${seqs[-1]}" "${metas[-1]}" "${untars[-1]}" "${rms[-1]}" "$f50" "$f99" >&2
+        printf '   run %d: write %.0f MB/s, meta %.3f s, untar %.3f s, rm %.3f s, fsync %.3f/%.3f ms, worker peak RSS %s\n' "$run" \
+            "${seqs[-1]}" "${metas[-1]}" "${untars[-1]}" "${rms[-1]}" "$f50" "$f99" "$rss" >&2
     done
     FS50[$sys]=$(median "${f50s[@]}")
     FS99[$sys]=$(median "${f99s[@]}")
