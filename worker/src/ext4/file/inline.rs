@@ -148,6 +148,45 @@ impl Ext4 {
         offset.checked_add(len).is_some_and(|e| e <= cap)
     }
 
+    /// `data`, to be written at `offset` into a file that is or may become
+    /// inline, without the zeros the kernel's page cache padded it with.
+    /// FUSE writes back whole pages (up to i_size): after a truncate up, a
+    /// small write at the start of the file arrives as a page of which all
+    /// but those bytes are the file's own content, zeros past what the
+    /// inline region holds. ext4 saw only the small write, kept the file
+    /// inline if it fit (ext4_da_write_inline_data_begin) and grew the
+    /// region only as far as the write. So a trailing run of zeros that
+    /// lies past the region's stored bytes and within i_size (bytes that
+    /// read as zeros already) is dropped: no byte of the file changes.
+    /// (Zeros written there on purpose are the one case this keeps inline
+    /// where ext4 converts.)
+    pub(crate) fn without_page_padding<'d>(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        data: &'d [u8],
+    ) -> Result<&'d [u8]> {
+        let end = offset.saturating_add(data.len() as u64);
+        if end > inode.size {
+            return Ok(data);
+        }
+        let stored = if inode.has_flag(EXT4_INLINE_DATA_FL) {
+            self.inline_region(inode)?.len() as u64
+        } else {
+            0
+        };
+        let nonzero = data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |i| i.saturating_add(1));
+        let keep_end = offset.saturating_add(nonzero as u64).max(stored);
+        if keep_end >= end {
+            return Ok(data);
+        }
+        let keep = usize::try_from(keep_end.saturating_sub(offset)).unwrap_or(usize::MAX);
+        Ok(data.get(..keep).unwrap_or(data))
+    }
+
     /// The inline region: i_block, then system.data's value.
     fn inline_region(&self, inode: &Inode) -> Result<Vec<u8>> {
         let value = self
@@ -350,6 +389,10 @@ mod tests {
         Xattr(&'static str, usize),
         /// The kernel evicts the inode, and FUSE forgets it.
         Evict,
+        /// A write of that many bytes at that offset, which the engine
+        /// receives as FUSE's writeback sends it: the whole page, up to
+        /// i_size, the rest as the file read before.
+        PageWrite(u64, usize),
     }
     use Step::*;
 
@@ -398,6 +441,14 @@ mod tests {
             "xattr_after_inline",
             &[Write(0, 50), Xattr("big", 60), Write(50, 10)],
         ),
+        ("page_after_far_size", &[Truncate(5000), PageWrite(0, 5)]),
+        ("page_within_capacity", &[Truncate(100), PageWrite(0, 5)]),
+        ("page_after_size", &[Truncate(1856), PageWrite(14, 41)]),
+        ("page_past_capacity", &[Truncate(1856), PageWrite(100, 41)]),
+        (
+            "page_after_inline_data",
+            &[Write(0, 10), Truncate(3000), PageWrite(20, 30)],
+        ),
         ("evicted_before_write", &[Evict, Write(0, 10)]),
         ("evicted_inline", &[Write(0, 10), Evict, Write(10, 10)]),
     ];
@@ -408,7 +459,7 @@ mod tests {
             std::fs::write(&p, b"").unwrap();
             for (i, s) in steps.iter().enumerate() {
                 match *s {
-                    Write(off, len) => {
+                    Write(off, len) | PageWrite(off, len) => {
                         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
                         f.write_all_at(&pattern(len, i as u64), off).unwrap();
                     }
@@ -456,6 +507,17 @@ mod tests {
                     Write(off, len) => {
                         fs.write(ino, off, &pattern(len, i as u64)).unwrap();
                     }
+                    PageWrite(off, len) => {
+                        let size = fs.inode(ino).unwrap().size;
+                        let page = off - off % 4096;
+                        let end = (page + 4096).min(size.max(off + len as u64));
+                        let mut buf = vec![0u8; (end - page) as usize];
+                        let n = fs.read(ino, page, &mut buf).unwrap();
+                        buf[n..].fill(0);
+                        let at = (off - page) as usize;
+                        buf[at..at + len].copy_from_slice(&pattern(len, i as u64));
+                        fs.write(ino, page, &buf).unwrap();
+                    }
                     Truncate(n) => {
                         let set = SetAttr {
                             size: Some(n),
@@ -483,6 +545,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Scripts whose last write kernel 6.18 loses: a write into an inline
+    /// file truncated up past its region is in the page cache, then gone
+    /// after a write-back and a cache drop (by hand: 10 bytes at 0,
+    /// truncate to 3000, 30 bytes at 20, sync, drop_caches: the 30 are
+    /// zeros again). The engine keeps it.
+    const KERNEL_LOSES_WRITE: &[&str] = &["page_after_inline_data"];
+
+    /// The bytes a script leaves, by the model of each step.
+    fn model(steps: &[Step]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, s) in steps.iter().enumerate() {
+            match *s {
+                Write(off, len) | PageWrite(off, len) => {
+                    let (off, end) = (off as usize, off as usize + len);
+                    if data.len() < end {
+                        data.resize(end, 0);
+                    }
+                    data[off..end].copy_from_slice(&pattern(len, i as u64));
+                }
+                Truncate(n) => data.resize(n as usize, 0),
+                Fallocate(off, len) => {
+                    let end = (off + len) as usize;
+                    if data.len() < end {
+                        data.resize(end, 0);
+                    }
+                }
+                FallocateKeep(..) | Xattr(..) | Evict => {}
+            }
+        }
+        data
     }
 
     /// A script's file: (name, size, i_blocks, inline size or None,
@@ -547,7 +641,14 @@ mod tests {
                 "{}: (size, i_blocks, inline size) engine vs kernel",
                 m.0
             );
-            assert!(m.4 == t.4, "{}: content differs", m.0);
+            let (_, steps) = SCRIPTS.iter().find(|(n, _)| *n == m.0).unwrap();
+            let want = model(steps);
+            assert!(m.4 == want, "{}: engine content differs", m.0);
+            if KERNEL_LOSES_WRITE.contains(&m.0) {
+                assert!(t.4 != want, "{}: the kernel keeps the write now", m.0);
+            } else {
+                assert!(t.4 == want, "{}: kernel content differs", m.0);
+            }
         }
         fs.shutdown().unwrap();
         drop(fs);

@@ -262,12 +262,14 @@ impl Ext4 {
         // the inode can hold; else it becomes a block file for good.
         let inline = inode.has_flag(EXT4_INLINE_DATA_FL);
         if inline || self.may_inline(ino) {
-            if self.inline_write_fits(&inode, offset, len) {
+            let kept = self.without_page_padding(&inode, offset, data)?;
+            let kept_len = kept.len() as u64;
+            if self.inline_write_fits(&inode, offset, kept_len) {
                 if !inline {
-                    self.inline_create(&mut inode, offset.saturating_add(len))?;
+                    self.inline_create(&mut inode, offset.saturating_add(kept_len))?;
                 }
-                self.inline_write(&mut txn, &mut inode, offset, data)?;
-                self.touch_written(&mut txn, &mut inode, offset.saturating_add(len));
+                self.inline_write(&mut txn, &mut inode, offset, kept)?;
+                self.touch_written(&mut txn, &mut inode, offset.saturating_add(kept_len));
                 txn.put_inode(inode);
                 txn.commit()?;
                 return Ok(data.len());
