@@ -603,7 +603,11 @@ fn to_data_blocks(
 /// Blocks per cluster of `img` (dumpe2fs's "Cluster size", printed with
 /// bigalloc; 1 otherwise).
 fn cluster_ratio(img: &Path, block_size: u32) -> u64 {
-    let out = Command::new("dumpe2fs").arg("-h").arg(img).output().unwrap();
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("Cluster size:"))

@@ -473,7 +473,10 @@ impl Txn<'_> {
             let bm = self.block_bitmap_mut(g)?;
             if (s..s.saturating_add(n)).any(|x| !bitmap::test(bm, x)) {
                 let e = Error::corrupt(
-                    format!("freeing blocks {b}+{}: some are already free", gend.saturating_sub(b)),
+                    format!(
+                        "freeing blocks {b}+{}: some are already free",
+                        gend.saturating_sub(b)
+                    ),
                     b,
                 );
                 return Err(e);

@@ -69,7 +69,10 @@ fn allocator_works_in_clusters() {
         let mut txn = fs.begin().unwrap();
         let (a, n) = txn.alloc_blocks(0, 1, false).unwrap();
         assert_eq!((a % ratio, n), (0, 1), "{name}: one block, cluster-aligned");
-        assert!(txn.block_in_use(a + ratio - 1).unwrap(), "{name}: whole cluster taken");
+        assert!(
+            txn.block_in_use(a + ratio - 1).unwrap(),
+            "{name}: whole cluster taken"
+        );
         let (b, m) = txn.alloc_blocks(a, 10, false).unwrap();
         assert_eq!((b % ratio, m), (0, 10), "{name}");
         assert!(b >= a + ratio || b + 12 <= a, "{name}: {a} and {b} overlap");
@@ -84,18 +87,29 @@ fn allocator_works_in_clusters() {
         txn.free_blocks(b, 10).unwrap();
         // The second cluster of `b` is free now: freeing it again is
         // corruption.
-        assert!(txn.free_blocks(b + ratio, 1).is_err(), "{name}: double free");
+        assert!(
+            txn.free_blocks(b + ratio, 1).is_err(),
+            "{name}: double free"
+        );
         drop(txn);
         let mut txn = fs.begin().unwrap();
         txn.free_blocks(a, 1).unwrap();
         txn.free_blocks(b, 10).unwrap();
         txn.commit().unwrap();
         assert_eq!(free_blocks(&fs), free0, "{name}");
-        assert_eq!(fs.statfs().unwrap().bfree, st.bfree + used, "{name}: statfs");
+        assert_eq!(
+            fs.statfs().unwrap().bfree,
+            st.bfree + used,
+            "{name}: statfs"
+        );
         fs.shutdown().unwrap();
         let img = im.save();
         assert_fsck_clean(img, &format!("{name}: cluster alloc/free"));
-        assert_eq!(dumpe2fs_field(img, "Free blocks"), free0.to_string(), "{name}");
+        assert_eq!(
+            dumpe2fs_field(img, "Free blocks"),
+            free0.to_string(),
+            "{name}"
+        );
     }
 }
 
@@ -176,7 +190,12 @@ fn file_and_dir_ops_in_clusters() {
         assert_eq!(blocks_of(&fs, s), clusters(&fs, 1), "{name}: same cluster");
         // A write spanning the rest of cluster 0 and two more clusters,
         // ending inside the third: three clusters in all.
-        f.write(&fs, "sparse", 2 * bs, &pattern((2 * ratio as usize + 1) * bs as usize, 4));
+        f.write(
+            &fs,
+            "sparse",
+            2 * bs,
+            &pattern((2 * ratio as usize + 1) * bs as usize, 4),
+        );
         assert_eq!(blocks_of(&fs, s), clusters(&fs, 3), "{name}");
         // Punch one block: nothing freed; punch the rest of the cluster's
         // blocks: the cluster goes.
@@ -184,7 +203,11 @@ fn file_and_dir_ops_in_clusters() {
         assert_eq!(blocks_of(&fs, s), clusters(&fs, 3), "{name}");
         f.punch(&fs, "sparse", 0, bs);
         f.punch(&fs, "sparse", 2 * bs, (ratio - 2) * bs);
-        assert_eq!(blocks_of(&fs, s), clusters(&fs, 2), "{name}: punched cluster freed");
+        assert_eq!(
+            blocks_of(&fs, s),
+            clusters(&fs, 2),
+            "{name}: punched cluster freed"
+        );
         // A punch across a cluster boundary, leaving a block on each side.
         f.punch(&fs, "sparse", ratio * bs + bs, ratio * bs);
         assert_eq!(blocks_of(&fs, s), clusters(&fs, 2), "{name}");
@@ -194,7 +217,12 @@ fn file_and_dir_ops_in_clusters() {
 
         // Truncate inside a cluster keeps it; at its start frees it.
         let t = f.create(&fs, "trunc");
-        f.write(&fs, "trunc", 0, &pattern((2 * ratio as usize + 2) * bs as usize, 6));
+        f.write(
+            &fs,
+            "trunc",
+            0,
+            &pattern((2 * ratio as usize + 2) * bs as usize, 6),
+        );
         assert_eq!(blocks_of(&fs, t), clusters(&fs, 3), "{name}");
         f.truncate(&fs, "trunc", (ratio + 1) * bs + 100);
         assert_eq!(blocks_of(&fs, t), clusters(&fs, 2), "{name}");
@@ -212,18 +240,34 @@ fn file_and_dir_ops_in_clusters() {
         f.0.get_mut("falloc").unwrap().1 = vec![0; ((4 * ratio + 2) * bs) as usize];
         assert_eq!(blocks_of(&fs, fa), clusters(&fs, 4), "{name}");
         f.write(&fs, "falloc", ratio * bs, &pattern(bs as usize, 7));
-        assert_eq!(blocks_of(&fs, fa), clusters(&fs, 4), "{name}: implied cluster");
+        assert_eq!(
+            blocks_of(&fs, fa),
+            clusters(&fs, 4),
+            "{name}: implied cluster"
+        );
 
         // One block in every other cluster: many extents, tree blocks of a
         // cluster each; then half of it truncated away.
         let d = f.create(&fs, "deep");
         let n = if bs == 1024 { 300 } else { 700 };
         for i in 0..n {
-            f.write(&fs, "deep", 2 * i * ratio * bs + (i % ratio) * bs, &pattern(9, i));
+            f.write(
+                &fs,
+                "deep",
+                2 * i * ratio * bs + (i % ratio) * bs,
+                &pattern(9, i),
+            );
         }
         let tree = blocks_of(&fs, d) - clusters(&fs, n);
-        assert!(tree >= clusters(&fs, 2), "{name}: a tree of leaves ({tree})");
-        assert_eq!(tree % clusters(&fs, 1), 0, "{name}: tree blocks in clusters");
+        assert!(
+            tree >= clusters(&fs, 2),
+            "{name}: a tree of leaves ({tree})"
+        );
+        assert_eq!(
+            tree % clusters(&fs, 1),
+            0,
+            "{name}: tree blocks in clusters"
+        );
         f.truncate(&fs, "deep", n * ratio * bs + 5);
 
         // A directory with many entries (several blocks, an htree), half
@@ -234,17 +278,28 @@ fn file_and_dir_ops_in_clusters() {
             let nm = format!("entry-with-a-longish-name-{i:04}");
             fs.create(dir, nm.as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
             if i < 150 {
-                fs.create(gone, nm.as_bytes(), 0o100644, 0, 0, 0, 0).unwrap();
+                fs.create(gone, nm.as_bytes(), 0o100644, 0, 0, 0, 0)
+                    .unwrap();
             }
         }
         let dblocks = blocks_of(&fs, dir);
         assert!(dblocks > clusters(&fs, 1), "{name}");
         assert_eq!(dblocks % clusters(&fs, 1), 0, "{name}");
         for i in (0..600).step_by(2) {
-            remove(&fs, dir, format!("entry-with-a-longish-name-{i:04}").as_bytes(), false);
+            remove(
+                &fs,
+                dir,
+                format!("entry-with-a-longish-name-{i:04}").as_bytes(),
+                false,
+            );
         }
         for i in 0..150 {
-            remove(&fs, gone, format!("entry-with-a-longish-name-{i:04}").as_bytes(), false);
+            remove(
+                &fs,
+                gone,
+                format!("entry-with-a-longish-name-{i:04}").as_bytes(),
+                false,
+            );
         }
         remove(&fs, ROOT_INO, b"gone", true);
 
@@ -254,7 +309,8 @@ fn file_and_dir_ops_in_clusters() {
         let x2 = f.create(&fs, "x2");
         let big = vec![b'v'; 700];
         for x in [x1, x2] {
-            fs.setxattr(x, b"user.big", &big, XattrFlags::default()).unwrap();
+            fs.setxattr(x, b"user.big", &big, XattrFlags::default())
+                .unwrap();
         }
         assert_eq!(blocks_of(&fs, x1), clusters(&fs, 1), "{name}: xattr block");
         let fast = fs.symlink(ROOT_INO, b"fast", b"sparse", 0, 0).unwrap().ino;
@@ -271,11 +327,19 @@ fn file_and_dir_ops_in_clusters() {
         let before = free_blocks(&fs);
         remove(&fs, ROOT_INO, b"sparse", false);
         f.0.remove("sparse");
-        assert_eq!(free_blocks(&fs), before + 2 * ratio, "{name}: unlink frees clusters");
+        assert_eq!(
+            free_blocks(&fs),
+            before + 2 * ratio,
+            "{name}: unlink frees clusters"
+        );
         remove(&fs, ROOT_INO, b"fast", false);
         remove(&fs, ROOT_INO, b"x2", false);
         f.0.remove("x2");
-        assert_eq!(free_blocks(&fs), before + 3 * ratio, "{name}: shared block stays");
+        assert_eq!(
+            free_blocks(&fs),
+            before + 3 * ratio,
+            "{name}: shared block stays"
+        );
 
         // Engine reads back, then e2fsck and the kernel.
         let mut engine_blocks = BTreeMap::new();
@@ -302,7 +366,11 @@ fn file_and_dir_ops_in_clusters() {
             out.split_whitespace().next().unwrap().parse().unwrap()
         };
         let (b1, b2) = (pblk(ratio), pblk(ratio + 2));
-        assert_eq!((b1 / ratio, b1 % ratio, b2 % ratio), (b2 / ratio, 0, 2), "{name}");
+        assert_eq!(
+            (b1 / ratio, b1 % ratio, b2 % ratio),
+            (b2 / ratio, 0, 2),
+            "{name}"
+        );
         kernel_agrees(img, name, &f, &engine_blocks);
     }
 }
@@ -315,14 +383,23 @@ fn kernel_agrees(img: &Path, name: &str, f: &Files, blocks: &BTreeMap<&str, u64>
         f.0.keys()
             .map(|nm| {
                 let p = mnt.join(nm);
-                (*nm, (std::fs::read(&p).unwrap(), std::fs::metadata(&p).unwrap().blocks()))
+                (
+                    *nm,
+                    (
+                        std::fs::read(&p).unwrap(),
+                        std::fs::metadata(&p).unwrap().blocks(),
+                    ),
+                )
             })
             .collect::<BTreeMap<_, _>>()
     }) else {
         return;
     };
     for (nm, (data, st_blocks)) in seen {
-        assert!(data == f.0[nm].1, "{name}: the kernel reads {nm} differently");
+        assert!(
+            data == f.0[nm].1,
+            "{name}: the kernel reads {nm} differently"
+        );
         assert_eq!(st_blocks, blocks[nm], "{name}: st_blocks of {nm}");
     }
 }

@@ -112,7 +112,10 @@ impl Ext4 {
     pub(crate) fn cluster_bit(&self, blk: u64) -> (u32, usize) {
         let g = self.block_group(blk);
         let rel = blk.saturating_sub(self.group_first_block(u64::from(g)));
-        (g, usize::try_from(self.clusters().of(rel)).unwrap_or(usize::MAX))
+        (
+            g,
+            usize::try_from(self.clusters().of(rel)).unwrap_or(usize::MAX),
+        )
     }
 
     /// First block of the cluster at bit `bit` of group `g`'s bitmap.
@@ -132,13 +135,19 @@ mod tests {
         assert!(c.is_bigalloc());
         assert_eq!(c.ratio(), 4);
         assert_eq!((c.of(9), c.start(2), c.offset(9), c.floor(9)), (2, 8, 1, 8));
-        assert_eq!((c.count(0), c.count(1), c.count(4), c.count(5)), (0, 1, 1, 2));
+        assert_eq!(
+            (c.count(0), c.count(1), c.count(4), c.count(5)),
+            (0, 1, 1, 2)
+        );
         assert_eq!(c.span(7), (4, 8));
         assert!(c.aligned(5, 101) && !c.aligned(5, 102));
         assert_eq!(c.start(u64::MAX), u64::MAX);
         let one = Clusters::new(0);
         assert!(!one.is_bigalloc());
-        assert_eq!((one.of(9), one.start(9), one.offset(9), one.count(3)), (9, 9, 0, 3));
+        assert_eq!(
+            (one.of(9), one.start(9), one.offset(9), one.count(3)),
+            (9, 9, 0, 3)
+        );
         assert_eq!(one.span(7), (7, 8));
         assert_eq!(Clusters::new(99).ratio(), 1 << 16);
     }

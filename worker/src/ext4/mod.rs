@@ -975,10 +975,7 @@ mod tests {
         assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
         // Known features this engine cannot write: read-only as well
         // (bigalloc only without extents).
-        for (off, bit) in [
-            (0x64, sbf::RO_COMPAT_QUOTA),
-            (0x64, sbf::RO_COMPAT_PROJECT),
-        ] {
+        for (off, bit) in [(0x64, sbf::RO_COMPAT_QUOTA), (0x64, sbf::RO_COMPAT_PROJECT)] {
             assert!(
                 mount::rw_refusal(&{
                     let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();

@@ -165,7 +165,10 @@ impl Ext4 {
     fn indirect_writable(&self, inode: &Inode) -> Result<()> {
         if self.clusters().is_bigalloc() {
             return Err(Error::corrupt(
-                format!("inode {}: block-mapped file on a bigalloc filesystem", inode.ino),
+                format!(
+                    "inode {}: block-mapped file on a bigalloc filesystem",
+                    inode.ino
+                ),
                 self.inode_block(inode.ino),
             ));
         }

@@ -153,34 +153,39 @@ pub(crate) fn map_alloc(
             continue;
         }
         let hole_end = next.map_or(end, |n| n.min(end)).max(cur.saturating_add(1));
-        let (pblk, len, new_clusters) = match cluster::place(store, ctx, root.i_block, cur, hole_end)? {
-            // Bigalloc: the logical cluster already has its physical one.
-            cluster::Place::Implied { pblk, len } => (pblk, len, None),
-            cluster::Place::Fresh { end: alloc_end } => {
-                let goal = path
-                    .left_of(cur)
-                    .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
-                    .filter(|&g| g < ctx.end_block)
-                    .unwrap_or(ctx.default_goal);
-                let want = alloc_end
-                    .saturating_sub(cur)
-                    .min(u64::from(max_len(unwritten))) as u32;
-                // New clusters start at the offset `cur` has in its
-                // logical cluster (below the ratio, so this fits).
-                let off = ctx.clusters.offset(cur) as u32;
-                let (first, got) = match store.alloc(goal, want.saturating_add(off)) {
-                    Ok(r) => r,
-                    Err(Error::NoSpace) => return Ok((runs, true)),
-                    Err(e) => return Err(e),
-                };
-                let len = got.saturating_sub(off).min(want);
-                if len == 0 {
-                    store.free(first, got)?;
-                    return Err(corrupt(ctx, "allocation shorter than a cluster", first));
+        let (pblk, len, new_clusters) =
+            match cluster::place(store, ctx, root.i_block, cur, hole_end)? {
+                // Bigalloc: the logical cluster already has its physical one.
+                cluster::Place::Implied { pblk, len } => (pblk, len, None),
+                cluster::Place::Fresh { end: alloc_end } => {
+                    let goal = path
+                        .left_of(cur)
+                        .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
+                        .filter(|&g| g < ctx.end_block)
+                        .unwrap_or(ctx.default_goal);
+                    let want = alloc_end
+                        .saturating_sub(cur)
+                        .min(u64::from(max_len(unwritten))) as u32;
+                    // New clusters start at the offset `cur` has in its
+                    // logical cluster (below the ratio, so this fits).
+                    let off = ctx.clusters.offset(cur) as u32;
+                    let (first, got) = match store.alloc(goal, want.saturating_add(off)) {
+                        Ok(r) => r,
+                        Err(Error::NoSpace) => return Ok((runs, true)),
+                        Err(e) => return Err(e),
+                    };
+                    let len = got.saturating_sub(off).min(want);
+                    if len == 0 {
+                        store.free(first, got)?;
+                        return Err(corrupt(ctx, "allocation shorter than a cluster", first));
+                    }
+                    (
+                        first.saturating_add(u64::from(off)),
+                        len,
+                        Some((first, got)),
+                    )
                 }
-                (first.saturating_add(u64::from(off)), len, Some((first, got)))
-            }
-        };
+            };
         path.leaf_mut()?.push_sorted(Extent {
             lblk: cur as u32,
             len: len as u16,
