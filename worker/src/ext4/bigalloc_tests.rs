@@ -403,3 +403,81 @@ fn kernel_agrees(img: &Path, name: &str, f: &Files, blocks: &BTreeMap<&str, u64>
         assert_eq!(st_blocks, blocks[nm], "{name}: st_blocks of {nm}");
     }
 }
+
+/// A full filesystem: the reserves are counted in clusters (the kernel's
+/// ext4_has_free_clusters), writes stop short cleanly, and after the
+/// file is removed every cluster is free again.
+#[test]
+fn enospc_in_clusters() {
+    if !have_mkfs() {
+        return;
+    }
+    for (name, args) in CONFIGS {
+        let mut args = args.to_vec();
+        args.extend(["-m", "5"]);
+        let im = RwImage::new("ba-enospc", &args);
+        let fs = im.open();
+        let c = fs.clusters();
+        let free0 = free_blocks(&fs);
+        let mut txn = fs.begin().unwrap();
+        let mut fill = |txn: &mut super::Txn<'_>, reserved_ok: bool| {
+            let mut got = 0u64;
+            loop {
+                match txn.alloc_blocks(0, 4096, reserved_ok) {
+                    Ok((b, n)) => {
+                        assert_eq!(b % c.ratio(), 0, "{name}");
+                        got += c.count(u64::from(n));
+                    }
+                    Err(super::Error::NoSpace) => return got,
+                    Err(e) => panic!("{name}: {e}"),
+                }
+            }
+        };
+        let user = fill(&mut txn, false);
+        let root = fill(&mut txn, true);
+        assert_eq!(root, c.of(fs.sb().s_r_blocks_count), "{name}: root reserve");
+        txn.use_reserved_pool();
+        let pool = fill(&mut txn, true);
+        assert_eq!(
+            pool,
+            (c.of(fs.sb().s_blocks_count) / 50).min(4096),
+            "{name}"
+        );
+        assert_eq!(
+            (user + root + pool) * c.ratio(),
+            free0,
+            "{name}: all handed out"
+        );
+        drop(txn);
+        // The write path: a file grows until the space runs out.
+        let ino = fs
+            .create(ROOT_INO, b"fill", 0o100644, 0, 0, 0, 0)
+            .unwrap()
+            .ino;
+        let chunk = pattern(1 << 20, 3);
+        let mut off = 0u64;
+        loop {
+            match fs.write(ino, off, &chunk) {
+                Ok(n) if n == chunk.len() => off += n as u64,
+                Ok(n) => {
+                    off += n as u64;
+                    break;
+                }
+                Err(super::Error::NoSpace) => break,
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+        assert!(off > 0, "{name}");
+        // Odd-sized tail writes into the last partial cluster still fit.
+        let _ = fs.write(ino, off, b"tail");
+        fs.shutdown().unwrap();
+        drop(fs);
+        assert_fsck_clean(im.save(), &format!("{name}: full filesystem"));
+        let fs = im.open();
+        remove(&fs, ROOT_INO, b"fill", false);
+        assert_eq!(free_blocks(&fs), free0, "{name}: all free again");
+        fs.shutdown().unwrap();
+        drop(fs);
+        assert_fsck_clean(im.save(), &format!("{name}: after removing the fill"));
+    }
+}

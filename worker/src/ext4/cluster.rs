@@ -25,10 +25,10 @@ pub(crate) struct Clusters {
     bits: u32,
 }
 
-/// Largest cluster/block ratio handled (2^16 blocks: 64 KiB blocks in
-/// 4 GiB clusters is beyond anything mkfs makes; the superblock parser
-/// checks s_log_cluster_size far below the point where shifts overflow).
-const MAX_BITS: u32 = 16;
+/// Largest log2 cluster/block ratio: the kernel's limit on
+/// s_log_cluster_size (EXT4_MAX_CLUSTER_LOG_SIZE - EXT4_MIN_BLOCK_LOG_SIZE,
+/// 1 GiB clusters of 1 KiB blocks), which the superblock parser enforces.
+const MAX_BITS: u32 = 20;
 
 impl Clusters {
     pub(crate) fn new(bits: u32) -> Self {
@@ -149,6 +149,6 @@ mod tests {
             (9, 9, 0, 3)
         );
         assert_eq!(one.span(7), (7, 8));
-        assert_eq!(Clusters::new(99).ratio(), 1 << 16);
+        assert_eq!(Clusters::new(99).ratio(), 1 << 20);
     }
 }

@@ -156,7 +156,7 @@ pub(crate) fn map_alloc(
         let (pblk, len, new_clusters) =
             match cluster::place(store, ctx, root.i_block, cur, hole_end)? {
                 // Bigalloc: the logical cluster already has its physical one.
-                cluster::Place::Implied { pblk, len } => (pblk, len, None),
+                cluster::Place::Implied { pblk, len } => (pblk, len.min(max_len(unwritten)), None),
                 cluster::Place::Fresh { end: alloc_end } => {
                     let goal = path
                         .left_of(cur)
