@@ -179,10 +179,16 @@ pub(crate) fn map_alloc(
                         store.free(first, got)?;
                         return Err(corrupt(ctx, "allocation shorter than a cluster", first));
                     }
+                    // The clusters of [first, pblk + len) are this
+                    // file's now (the allocator returns no more).
                     (
                         first.saturating_add(u64::from(off)),
                         len,
-                        Some((first, got)),
+                        Some((
+                            first,
+                            got,
+                            ctx.clusters.count(u64::from(off.saturating_add(len))),
+                        )),
                     )
                 }
             };
@@ -195,7 +201,7 @@ pub(crate) fn map_alloc(
         match store_path(store, ctx, root, path) {
             Ok(()) => {}
             Err(Error::NoSpace) => {
-                if let Some((first, got)) = new_clusters {
+                if let Some((first, got, _)) = new_clusters {
                     store.free(first, got)?;
                 }
                 return Ok((runs, true));
@@ -203,8 +209,7 @@ pub(crate) fn map_alloc(
             Err(e) => return Err(e),
         }
         merge_up(store, ctx, root)?;
-        if let Some((_, got)) = new_clusters {
-            let clusters = ctx.clusters.count(u64::from(got));
+        if let Some((_, _, clusters)) = new_clusters {
             *root.blocks = root
                 .blocks
                 .saturating_add(clusters.saturating_mul(ctx.cluster_sectors()));
