@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::file::write::tests::open_rw;
 use super::testutil::*;
 use super::types::XattrFlags;
 use super::{Ext4, FallocMode, Ino, ROOT_INO};
@@ -420,7 +421,7 @@ fn enospc_in_clusters() {
         let c = fs.clusters();
         let free0 = free_blocks(&fs);
         let mut txn = fs.begin().unwrap();
-        let mut fill = |txn: &mut super::Txn<'_>, reserved_ok: bool| {
+        let fill = |txn: &mut super::Txn<'_>, reserved_ok: bool| {
             let mut got = 0u64;
             loop {
                 match txn.alloc_blocks(0, 4096, reserved_ok) {
@@ -480,4 +481,48 @@ fn enospc_in_clusters() {
         drop(fs);
         assert_fsck_clean(im.save(), &format!("{name}: after removing the fill"));
     }
+}
+
+/// A hostile mapping: a file whose block 0 sits at offset 1 of its
+/// cluster. Writing another block of that logical cluster, or truncating
+/// the block away, is corruption named by inode (never a panic, never a
+/// guess at which cluster to use or free).
+#[test]
+fn misaligned_mapping_is_corrupt() {
+    if !have_mkfs() {
+        return;
+    }
+    let (name, args) = CONFIGS[0];
+    let im = RwImage::new("ba-hostile", args);
+    let fs = im.open();
+    let ino = fs.create(ROOT_INO, b"f", 0o100644, 0, 0, 0, 0).unwrap().ino;
+    fs.write(ino, 0, b"block zero").unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let img = im.save().to_owned();
+    let p = bmap(&img, "/f", 0);
+    // i_block words: the 12-byte header, then the extent (ee_block,
+    // ee_len + ee_start_hi, ee_start_lo).
+    debugfs(&img, &format!("sif /f block[5] {}", p + 1));
+    let fs = open_rw(&img);
+    let e = fs.write(ino, 4096 * 2, b"same cluster").unwrap_err();
+    assert!(
+        matches!(&e, super::Error::Corrupt { what, .. } if what.contains("cluster")),
+        "{name}: {e}"
+    );
+    drop(fs);
+    let fs = open_rw(&img);
+    let e = fs
+        .setattr(
+            ino,
+            super::types::SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, super::Error::Corrupt { what, .. } if what.contains("cluster")),
+        "{name}: {e}"
+    );
 }
