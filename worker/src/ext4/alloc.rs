@@ -10,6 +10,11 @@
 //! callers, and the kernel's reserved pool (min(2 %, 4096) clusters with
 //! extents) only for transactions marked `use_reserved_pool`.
 //!
+//! With bigalloc the bitmaps, free counts and reserves are in clusters
+//! (`cluster.rs`): allocation hands out whole clusters, returning the
+//! first block of the first one, and freeing frees every cluster a range
+//! touches.
+//!
 //! Inodes: files go to the first group of the parent's flex group (or the
 //! parent's group) with a free inode, directories under the root to the
 //! group with the most free inodes among those with at least the average

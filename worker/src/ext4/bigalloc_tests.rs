@@ -15,9 +15,14 @@ use super::types::XattrFlags;
 use super::{Ext4, FallocMode, Ino, ROOT_INO};
 
 /// (name, mkfs options): 4 blocks per cluster with 4 KiB and with 1 KiB
-/// blocks, and 16 with 1 KiB blocks.
+/// blocks, and 16 with 1 KiB blocks; and small groups (4 of 1024
+/// clusters, the later ones BLOCK_UNINIT: their bitmaps built in clusters).
 const CONFIGS: &[(&str, &[&str])] = &[
     ("4k-16k", &["-b", "4096", "-O", "bigalloc", "-C", "16384"]),
+    (
+        "4k-16k-groups",
+        &["-b", "4096", "-O", "bigalloc", "-C", "16384", "-g", "4096"],
+    ),
     ("1k-4k", &["-b", "1024", "-O", "bigalloc", "-C", "4096"]),
     ("1k-16k", &["-b", "1024", "-O", "bigalloc", "-C", "16384"]),
 ];
