@@ -14,7 +14,9 @@
 //! allocates its indirect block if writeback ran in between). st_blocks is compared as data blocks
 //! (i_blocks minus the tree blocks debugfs lists for the inode), exactly;
 //! statfs bfree/bavail after adding back the tree-block difference,
-//! exactly; everything else in statfs as is. Both sides share identical
+//! exactly; everything else in statfs as is. With bigalloc each tree
+//! block takes (and is charged) a whole cluster: both adjustments count
+//! tree blocks in clusters. Both sides share identical
 //! xattr blocks (the kernel through its mbcache, safemount through its
 //! index of the blocks it wrote or read), so free-block counts agree only
 //! if they share alike, path by path (who shares a block with whom).
@@ -598,6 +600,22 @@ fn to_data_blocks(
     Ok(trees.values().sum())
 }
 
+/// Blocks per cluster of `img` (dumpe2fs's "Cluster size", printed with
+/// bigalloc; 1 otherwise).
+fn cluster_ratio(img: &Path, block_size: u32) -> u64 {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Cluster size:"))
+        .map_or(1, |v| {
+            v.trim().parse::<u64>().unwrap() / u64::from(block_size)
+        })
+}
+
 /// Extra options of the kernel's reference mount: none. (With mbcache on,
 /// the default, the kernel shares identical xattr blocks, as safemount
 /// does; see the module documentation.)
@@ -990,7 +1008,9 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     let layout_b = tree_blocks(&img_b, block_size, &snap_b, &tmp.join("debugfs-kernel.cmd"))
         .unwrap_or_else(|e| panic!("[{name}] kernel image: {e}"));
     let (trees_a, trees_b) = (&layout_a.trees, &layout_b.trees);
-    let sectors_per_block = u64::from(block_size / 512);
+    // What one tree block costs: a cluster (a block without bigalloc).
+    let blocks_per_tree_block = cluster_ratio(&img_a, block_size);
+    let sectors_per_tree_block = u64::from(block_size / 512) * blocks_per_tree_block;
     // By inode (the kernel side's), names joined: hard links count once.
     let mut tree_only: BTreeMap<u64, (Vec<&str>, u64, u64)> = BTreeMap::new();
     for (k, b) in &snap_b.entries {
@@ -1013,9 +1033,9 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
             format!("{names:?}: kernel {tb} tree blocks, safemount {ta}")
         })
         .collect();
-    let total_a = to_data_blocks(&mut snap_a, trees_a, sectors_per_block)
+    let total_a = to_data_blocks(&mut snap_a, trees_a, sectors_per_tree_block)
         .unwrap_or_else(|e| panic!("[{name}] safemount image: {e}"));
-    let total_b = to_data_blocks(&mut snap_b, trees_b, sectors_per_block)
+    let total_b = to_data_blocks(&mut snap_b, trees_b, sectors_per_tree_block)
         .unwrap_or_else(|e| panic!("[{name}] kernel image: {e}"));
     eprintln!(
         "[{name}] {} files differ only in extent-tree or empty indirect blocks (allowed: allocation timing and placement); tree blocks in total: kernel {total_b}, safemount {total_a}",
@@ -1147,8 +1167,8 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     );
     // Free blocks as if both sides had the kernel's tree blocks.
     let adjust = |v: u64| {
-        v.checked_add(total_a)
-            .and_then(|v| v.checked_sub(total_b))
+        v.checked_add(total_a * blocks_per_tree_block)
+            .and_then(|v| v.checked_sub(total_b * blocks_per_tree_block))
             .unwrap_or_else(|| panic!("[{name}] statfs adjustment overflows"))
     };
     let adjusted_a = snapshot::FsStats {
@@ -1226,6 +1246,24 @@ fn differential_mmp_direct_io_block1024() {
         &["-b", "1024", "-O", "mmp"],
         1024,
         Device::LoopDevice,
+    );
+}
+
+/// Bigalloc: 4 blocks per cluster. Writes land in partly mapped clusters,
+/// punches and truncates leave partial ones: cluster allocation and
+/// freeing, i_blocks in clusters and free cluster counts must agree.
+#[test]
+fn differential_bigalloc() {
+    run_config("bigalloc", &["-O", "bigalloc", "-C", "16384"], 4096);
+}
+
+/// The same with 1 KiB blocks (4 KiB clusters: a page is a cluster).
+#[test]
+fn differential_bigalloc_block1024() {
+    run_config(
+        "bigalloc_block1024",
+        &["-b", "1024", "-O", "bigalloc", "-C", "4096"],
+        1024,
     );
 }
 

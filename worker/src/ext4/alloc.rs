@@ -10,6 +10,11 @@
 //! callers, and the kernel's reserved pool (min(2 %, 4096) clusters with
 //! extents) only for transactions marked `use_reserved_pool`.
 //!
+//! With bigalloc the bitmaps, free counts and reserves are in clusters
+//! (`cluster.rs`): allocation hands out whole clusters, returning the
+//! first block of the first one, and freeing frees every cluster a range
+//! touches.
+//!
 //! Inodes: files go to the first group of the parent's flex group (or the
 //! parent's group) with a free inode, directories under the root to the
 //! group with the most free inodes among those with at least the average
@@ -104,13 +109,15 @@ impl Ext4 {
     /// A BLOCK_UNINIT group's block bitmap as ext4_init_block_bitmap builds
     /// it: superblock/descriptor area, the bitmaps and inode table of every
     /// group that lie in this group (with flex_bg they are another
-    /// group's), and the padding past the group's last block.
+    /// group's), and the padding past the group's last cluster. One bit
+    /// per cluster: a cluster holding any of them is in use.
     fn init_block_bitmap(&self, g: u32) -> Vec<u8> {
         let bs = self.block_size as usize;
         let mut b = vec![0u8; bs];
+        let c = self.clusters();
         let first = self.group_first_block(u64::from(g));
         let nblocks = self.blocks_in_group(g);
-        let base = self.base_meta_blocks(u64::from(g)).min(nblocks);
+        let base = c.count(self.base_meta_blocks(u64::from(g)).min(nblocks));
         for i in 0..base {
             bitmap::set(&mut b, i as usize);
         }
@@ -119,7 +126,7 @@ impl Ext4 {
         let mut mark = |blk: u64, len: u64| {
             for x in blk..blk.saturating_add(len) {
                 if x >= first && x < end {
-                    bitmap::set(&mut b, (x.saturating_sub(first)) as usize);
+                    bitmap::set(&mut b, c.of(x.saturating_sub(first)) as usize);
                 }
             }
         };
@@ -128,7 +135,7 @@ impl Ext4 {
             mark(gd.bg_inode_bitmap, 1);
             mark(gd.bg_inode_table, itb);
         }
-        bitmap::mark_end(&mut b, nblocks as usize);
+        bitmap::mark_end(&mut b, self.clusters_in_group(g) as usize);
         b
     }
 
@@ -226,12 +233,10 @@ impl Txn<'_> {
         Ok(f(&b))
     }
 
-    /// Whether block `blk` (a valid data-area block) is allocated, as
-    /// this transaction sees the bitmaps.
+    /// Whether block `blk` (a valid data-area block) is allocated (its
+    /// cluster is), as this transaction sees the bitmaps.
     pub(crate) fn block_in_use(&self, blk: u64) -> Result<bool> {
-        let fs = self.fs();
-        let g = fs.block_group(blk);
-        let bit = blk.saturating_sub(fs.group_first_block(u64::from(g))) as usize;
+        let (g, bit) = self.fs().cluster_bit(blk);
         self.with_block_bitmap(g, |b| bitmap::test(b, bit))
     }
 
@@ -269,8 +274,8 @@ impl Txn<'_> {
             let d = self.desc(g)?;
             let data = if fs.has_group_desc_csum() && d.bg_flags & BG_BLOCK_UNINIT != 0 {
                 let b = fs.init_block_bitmap(g);
-                let nblocks = fs.blocks_in_group(g) as usize;
-                let free = nblocks.saturating_sub(bitmap::count_set(&b, nblocks)) as u32;
+                let nbits = fs.clusters_in_group(g) as usize;
+                let free = nbits.saturating_sub(bitmap::count_set(&b, nbits)) as u32;
                 let dm = self.desc_mut(g)?;
                 if dm.bg_free_blocks_count != free {
                     tracing::warn!(
@@ -312,10 +317,13 @@ impl Txn<'_> {
     }
 
     /// Clusters this caller may still allocate: free (live + this
-    /// transaction) minus what is reserved from it.
-    fn blocks_available(&self, reserved_ok: bool) -> u64 {
+    /// transaction) minus what is reserved from it (ext4_has_free_clusters:
+    /// the superblock counts blocks, the transaction and reserves count
+    /// clusters).
+    fn clusters_available(&self, reserved_ok: bool) -> u64 {
         let fs = self.fs();
-        let live = fs.rw.live_sb().sb.s_free_blocks_count;
+        let c = fs.clusters();
+        let live = c.of(fs.rw.live_sb().sb.s_free_blocks_count);
         let free = if self.free_blocks_delta >= 0 {
             live.saturating_add(self.free_blocks_delta.unsigned_abs())
         } else {
@@ -323,10 +331,11 @@ impl Txn<'_> {
         };
         let mut reserve = 0u64;
         if !self.use_reserved_pool && fs.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
-            reserve = (fs.sb.s_blocks_count / 50).min(4096);
+            // ext4_calculate_resv_clusters.
+            reserve = (c.of(fs.sb.s_blocks_count) / 50).min(4096);
         }
         if !reserved_ok {
-            reserve = reserve.saturating_add(fs.sb.s_r_blocks_count);
+            reserve = reserve.saturating_add(c.of(fs.sb.s_r_blocks_count));
         }
         free.saturating_sub(reserve)
     }
@@ -335,6 +344,11 @@ impl Txn<'_> {
     /// group 0). Returns `(first, count)` with `1 <= count <= want`.
     /// NoSpace when nothing may be allocated (`reserved_ok`: the caller
     /// may use the root-reserved blocks).
+    ///
+    /// With bigalloc whole clusters are taken: `first` is the first block
+    /// of a cluster, and the clusters of `[first, first+count)` are this
+    /// caller's (see `cluster.rs`; a metadata block asks for 1 and owns its
+    /// cluster).
     pub(crate) fn alloc_blocks(
         &mut self,
         goal: u64,
@@ -344,20 +358,17 @@ impl Txn<'_> {
         if want == 0 {
             return Err(Error::Invalid("allocation of zero blocks"));
         }
-        let avail = self.blocks_available(reserved_ok);
+        let avail = self.clusters_available(reserved_ok);
         if avail == 0 {
             return Err(Error::NoSpace);
         }
         let fs = self.fs();
-        let bpg = u64::from(fs.sb.s_blocks_per_group);
-        let want = u64::from(want).min(avail).min(bpg) as usize;
+        let c = fs.clusters();
+        let cpg = u64::from(fs.sb.s_clusters_per_group);
+        let want_c = c.count(u64::from(want)).min(avail).min(cpg).max(1) as usize;
         let ngroups = fs.groups_count32();
         let (g0, start) = if fs.blocks_valid(goal, 1) {
-            let g = fs.block_group(goal);
-            (
-                g,
-                goal.saturating_sub(fs.group_first_block(u64::from(g))) as usize,
-            )
+            fs.cluster_bit(goal)
         } else {
             (0, 0)
         };
@@ -365,22 +376,23 @@ impl Txn<'_> {
         // Pass 1: a full run of `want`.
         for i in 0..ngroups {
             let g = nth_group(g0, i, ngroups);
-            if (self.desc(g)?.bg_free_blocks_count as usize) < want {
+            if (self.desc(g)?.bg_free_blocks_count as usize) < want_c {
                 continue;
             }
-            let nbits = fs.blocks_in_group(g) as usize;
+            let nbits = fs.clusters_in_group(g) as usize;
             let at = if i == 0 { start } else { 0 };
             let hit = self.with_block_bitmap(g, |b| {
-                if bitmap::zero_run(b, at, nbits, want) == want {
+                if bitmap::zero_run(b, at, nbits, want_c) == want_c {
                     return Some(at);
                 }
-                bitmap::find_run(b, at, nbits, want).or_else(|| bitmap::find_run(b, 0, at, want))
+                bitmap::find_run(b, at, nbits, want_c)
+                    .or_else(|| bitmap::find_run(b, 0, at, want_c))
             })?;
             if let Some(bit) = hit {
                 found = Some(Found {
                     group: g,
                     bit,
-                    len: want,
+                    len: want_c,
                 });
                 break;
             }
@@ -392,9 +404,9 @@ impl Txn<'_> {
                 if self.desc(g)?.bg_free_blocks_count == 0 {
                     continue;
                 }
-                let nbits = fs.blocks_in_group(g) as usize;
+                let nbits = fs.clusters_in_group(g) as usize;
                 if let Some((bit, len)) =
-                    self.with_block_bitmap(g, |b| bitmap::largest_run(b, nbits, want))?
+                    self.with_block_bitmap(g, |b| bitmap::largest_run(b, nbits, want_c))?
                     && len > 0
                 {
                     found = Some(Found { group: g, bit, len });
@@ -407,12 +419,14 @@ impl Txn<'_> {
             let e = Error::corrupt("free block counts disagree with the block bitmaps", 0);
             return Err(e);
         };
-        let first = fs
-            .group_first_block(u64::from(group))
-            .saturating_add(bit as u64);
-        if !fs.blocks_valid(first, len as u64) || fs.in_system_zone(first, len as u64) {
+        let first = fs.cluster_first_block(group, bit);
+        let span = c
+            .start(len as u64)
+            .min(fs.sb.s_blocks_count.saturating_sub(first));
+        let count = span.min(u64::from(want));
+        if !fs.blocks_valid(first, count.max(1)) || fs.in_system_zone(first, span.max(1)) {
             let e = Error::corrupt(
-                format!("block bitmap of group {group} offers metadata blocks {first}+{len}"),
+                format!("block bitmap of group {group} offers metadata blocks {first}+{span}"),
                 fs.group(group)?.bg_block_bitmap,
             );
             return Err(e);
@@ -424,37 +438,52 @@ impl Txn<'_> {
         let d = self.desc_mut(group)?;
         d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_sub(len as u32);
         self.free_blocks_delta = self.free_blocks_delta.saturating_sub(len as i64);
-        Ok((first, len as u32))
+        Ok((first, count as u32))
     }
 
-    /// Frees `[first, first+count)` (may span groups). Freeing a block that
+    /// Frees the clusters of `[first, first+count)` (may span groups; with
+    /// bigalloc every cluster the range touches, so callers pass only
+    /// clusters no longer used: see `cluster.rs`). Freeing a cluster that
     /// is already free, or metadata, is corruption.
     pub(crate) fn free_blocks(&mut self, first: u64, count: u32) -> Result<()> {
         let fs = self.fs();
+        let c = fs.clusters();
         let count64 = u64::from(count);
         if count == 0 {
             return Ok(());
         }
-        if !fs.blocks_valid(first, count64) || fs.in_system_zone(first, count64) {
+        // Whole clusters, clipped to the filesystem: none may hold
+        // metadata.
+        let (asked, first) = (first, c.floor(first));
+        let end = c
+            .start(c.count(asked.saturating_add(count64)))
+            .min(fs.sb.s_blocks_count);
+        let span = end.saturating_sub(first);
+        if !fs.blocks_valid(asked, count64) || fs.in_system_zone(first, span) {
             let e = Error::corrupt(
-                format!("freeing blocks {first}+{count}: outside the data area"),
-                first,
+                format!("freeing blocks {asked}+{count}: outside the data area"),
+                asked,
             );
             return Err(e);
         }
-        let end = first.saturating_add(count64);
         let mut b = first;
         while b < end {
             let g = fs.block_group(b);
             let gfirst = fs.group_first_block(u64::from(g));
             let gend = gfirst.saturating_add(fs.blocks_in_group(g)).min(end);
             let (s, n) = (
-                b.saturating_sub(gfirst) as usize,
-                gend.saturating_sub(b) as usize,
+                c.of(b.saturating_sub(gfirst)) as usize,
+                c.count(gend.saturating_sub(b)) as usize,
             );
             let bm = self.block_bitmap_mut(g)?;
             if (s..s.saturating_add(n)).any(|x| !bitmap::test(bm, x)) {
-                let e = Error::corrupt(format!("freeing blocks {b}+{n}: some are already free"), b);
+                let e = Error::corrupt(
+                    format!(
+                        "freeing blocks {b}+{}: some are already free",
+                        gend.saturating_sub(b)
+                    ),
+                    b,
+                );
                 return Err(e);
             }
             for x in s..s.saturating_add(n) {
@@ -463,6 +492,9 @@ impl Txn<'_> {
             let d = self.desc_mut(g)?;
             d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_add(n as u32);
             self.free_blocks_delta = self.free_blocks_delta.saturating_add(n as i64);
+            if gend <= b {
+                break;
+            }
             b = gend;
         }
         // A freed block's pending metadata must not be written over what
@@ -473,7 +505,8 @@ impl Txn<'_> {
                 self.blocks.remove(&k);
             }
         }
-        self.freed.push((first, count));
+        let len = u32::try_from(end.saturating_sub(first)).unwrap_or(u32::MAX);
+        self.freed.push((first, len));
         Ok(())
     }
 

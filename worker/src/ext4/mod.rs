@@ -20,6 +20,7 @@ pub(crate) mod alloc;
 pub(crate) mod attr;
 pub(crate) mod cache;
 pub(crate) mod checksum;
+pub(crate) mod cluster;
 pub(crate) mod crypt;
 pub(crate) mod dir;
 pub(crate) mod fault;
@@ -39,6 +40,8 @@ pub(crate) mod verity;
 pub(crate) mod writeback;
 pub(crate) mod xattr;
 
+#[cfg(test)]
+mod bigalloc_tests;
 #[cfg(test)]
 mod dying_disk_tests;
 #[cfg(test)]
@@ -970,11 +973,9 @@ mod tests {
         let fs = with(0x64, 1 << 30, false).unwrap();
         assert!(fs.info().read_only && fs.is_read_only());
         assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
-        // Known features this engine cannot write: read-only as well.
-        for (off, bit) in [
-            (0x64, sbf::RO_COMPAT_BIGALLOC),
-            (0x64, sbf::RO_COMPAT_QUOTA),
-        ] {
+        // Known features this engine cannot write: read-only as well
+        // (bigalloc only without extents).
+        for (off, bit) in [(0x64, sbf::RO_COMPAT_QUOTA), (0x64, sbf::RO_COMPAT_PROJECT)] {
             assert!(
                 mount::rw_refusal(&{
                     let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
@@ -988,6 +989,16 @@ mod tests {
                 .is_some()
             );
         }
+        // Bigalloc is written, but only with extents.
+        let parsed = || Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
+        let mut sb = parsed();
+        sb.s_feature_ro_compat |= sbf::RO_COMPAT_BIGALLOC;
+        sb.s_first_data_block = 1;
+        assert!(mount::rw_refusal(&sb).is_some_and(|w| w.contains("bigalloc")));
+        sb.s_first_data_block = 0;
+        assert_eq!(mount::rw_refusal(&sb), None);
+        sb.s_feature_incompat &= !sbf::INCOMPAT_EXTENTS;
+        assert!(mount::rw_refusal(&sb).is_some_and(|w| w.contains("bigalloc")));
         // Plain ext4 without those: read-write.
         let fs = with(0x64, 0, false).unwrap();
         assert!(!fs.info().read_only);

@@ -183,10 +183,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
     // without them would leave the filesystem inconsistent.
     let ro_compat_unwritable = [
         (
-            sbf::RO_COMPAT_BIGALLOC,
-            "bigalloc (cluster allocation is not implemented)",
-        ),
-        (
             sbf::RO_COMPAT_QUOTA,
             "quota (quota files would not be updated)",
         ),
@@ -199,6 +195,14 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
         if sb.has_ro_compat(bit) {
             return Some(format!("writing is not supported with {why}"));
         }
+    }
+    // Cluster allocation (cluster.rs) assumes what the kernel requires of
+    // bigalloc: extents (ext4_fill_super refuses bigalloc without them),
+    // and clusters aligned on block 0.
+    if sb.has_ro_compat(sbf::RO_COMPAT_BIGALLOC)
+        && (!sb.has_incompat(sbf::INCOMPAT_EXTENTS) || sb.s_first_data_block != 0)
+    {
+        return Some("writing is not supported with bigalloc without extents, or with a first data block other than 0".into());
     }
     if sb.has_compat(sbf::COMPAT_FAST_COMMIT) && sb.has_compat(sbf::COMPAT_HAS_JOURNAL) {
         // Harmless: with no journal writes there is nothing to fast-commit.

@@ -29,9 +29,8 @@ impl Ext4 {
         if self.sb().has_incompat(INCOMPAT_EA_INODE) {
             return inode.size != 0 && inode.size < I_BLOCK_SIZE as u64;
         }
-        let cluster_sectors = u64::from(self.block_size() >> 9) << self.sb().cluster_bits().min(20);
         let ea_blocks = if inode.file_acl != 0 {
-            cluster_sectors
+            self.cluster_sectors()
         } else {
             0
         };

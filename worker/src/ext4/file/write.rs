@@ -155,7 +155,24 @@ impl Ext4 {
             first_block: self.first_data_block(),
             end_block: self.sb().s_blocks_count,
             default_goal: self.data_goal(inode.ino, inode.kind),
+            clusters: self.clusters(),
         }
+    }
+
+    /// Block maps (indirect blocks) know nothing of clusters: bigalloc
+    /// requires extents (the kernel refuses bigalloc without them), so an
+    /// indirect-mapped file there is corrupt for the write side.
+    fn indirect_writable(&self, inode: &Inode) -> Result<()> {
+        if self.clusters().is_bigalloc() {
+            return Err(Error::corrupt(
+                format!(
+                    "inode {}: block-mapped file on a bigalloc filesystem",
+                    inode.ino
+                ),
+                self.inode_block(inode.ino),
+            ));
+        }
+        Ok(())
     }
 
     /// Maps [lblk, lblk+count) allocating where needed: runs in logical
@@ -193,6 +210,7 @@ impl Ext4 {
                     "unwritten blocks in an indirect-mapped file".into(),
                 ));
             }
+            self.indirect_writable(inode)?;
             let mut c = IndCtx {
                 ino: inode.ino,
                 default_goal: self.data_goal(inode.ino, inode.kind),
@@ -467,6 +485,7 @@ impl Ext4 {
                 .unwrap_or_else(|e| e.into_inner()) = None;
             n
         } else {
+            self.indirect_writable(inode)?;
             let mut c = IndCtx {
                 ino: inode.ino,
                 default_goal: 0,
@@ -487,9 +506,10 @@ impl Ext4 {
         match inode.kind {
             FileKind::RegularFile | FileKind::Directory => true,
             FileKind::Symlink => {
-                // ext4_inode_is_fast_symlink: no blocks besides an xattr block.
+                // ext4_inode_is_fast_symlink: no blocks besides an xattr
+                // block (charged as a whole cluster).
                 let ea = if inode.file_acl != 0 {
-                    u64::from(self.block_size() / 512)
+                    self.cluster_sectors()
                 } else {
                     0
                 };
@@ -895,6 +915,8 @@ pub(crate) mod tests {
             &["-t", "ext2", "-b", "4096"],
             &["-t", "ext3", "-b", "1024"],
             &["-b", "4096", "-O", "inline_data"],
+            &["-b", "4096", "-O", "bigalloc", "-C", "16384"],
+            &["-b", "1024", "-O", "bigalloc", "-C", "4096"],
         ];
         for args in variants {
             eprintln!("variant {args:?}");

@@ -89,10 +89,6 @@ impl Ext4 {
         Ok((h.refcount, owned))
     }
 
-    fn xw_sectors_per_block(&self) -> u64 {
-        u64::from(self.block_size() >> 9) << self.sb().cluster_bits().min(20)
-    }
-
     /// Drops this inode's reference to its xattr block
     /// (ext4_xattr_release_block): the block is freed when it was the
     /// last (it leaves the sharing index at commit), else its refcount
@@ -115,7 +111,7 @@ impl Ext4 {
             txn.free_blocks(blk, 1)?;
         }
         inode.file_acl = 0;
-        inode.blocks = inode.blocks.saturating_sub(self.xw_sectors_per_block());
+        inode.blocks = inode.blocks.saturating_sub(self.cluster_sectors());
         Ok(())
     }
 
@@ -162,7 +158,7 @@ impl Ext4 {
                     self.xw_drop_xattr_block(txn, inode, refcount)?;
                 }
                 inode.file_acl = found;
-                inode.blocks = inode.blocks.saturating_add(self.xw_sectors_per_block());
+                inode.blocks = inode.blocks.saturating_add(self.cluster_sectors());
             }
             txn.xattr_index_touch(found);
             return Ok(());
@@ -198,7 +194,7 @@ impl Ext4 {
             self.xw_drop_xattr_block(txn, inode, refcount)?;
         }
         inode.file_acl = blk;
-        inode.blocks = inode.blocks.saturating_add(self.xw_sectors_per_block());
+        inode.blocks = inode.blocks.saturating_add(self.cluster_sectors());
         Ok(())
     }
 
@@ -216,11 +212,10 @@ impl Ext4 {
     /// (ext4_xattr_inode_alloc_quota charges the parent; e2fsck counts
     /// it in the parent's i_blocks).
     fn xw_ea_charge(&self, size: u32) -> u64 {
-        let cluster = u64::from(self.block_size()) << self.sb().cluster_bits().min(20);
+        let sectors = self.cluster_sectors();
         u64::from(size)
-            .div_ceil(cluster.max(1))
-            .saturating_mul(cluster)
-            / 512
+            .div_ceil(sectors.saturating_mul(512).max(1))
+            .saturating_mul(sectors)
     }
 
     /// An EA inode's reference count: i_ctime seconds (high 32 bits) and

@@ -59,8 +59,8 @@ fn piece(e: &Extent, start: u64, end: u64, uninit: bool) -> Extent {
 }
 
 /// Removes logical [start, end) from the leaf, trimming and splitting
-/// extents. Returns the physical runs no longer mapped.
-pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<(u64, u32)> {
+/// extents. Returns the pieces no longer mapped.
+pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<Extent> {
     let mut freed = Vec::new();
     if start >= end {
         return freed;
@@ -72,8 +72,7 @@ pub(crate) fn leaf_remove(exts: &mut Vec<Extent>, start: u64, end: u64) -> Vec<(
             out.push(*e);
             continue;
         }
-        let p = piece(e, s, t, e.uninit);
-        freed.push((p.pblk, u32::from(p.len)));
+        freed.push(piece(e, s, t, e.uninit));
         if u64::from(e.lblk) < s {
             out.push(piece(e, u64::from(e.lblk), s, e.uninit));
         }

@@ -13,6 +13,7 @@
 //! The tree talks to storage through [`TreeStore`] (the transaction in the
 //! engine, a map in the unit tests).
 
+mod cluster;
 mod leaf;
 mod path;
 
@@ -20,6 +21,7 @@ use leaf::max_len;
 pub(crate) use leaf::{leaf_insert, leaf_remove, leaf_set_state};
 pub(crate) use path::{load_path, merge_up, store_path};
 
+use crate::ext4::cluster::Clusters;
 use crate::ext4::ondisk::extent::{self, EXT_INIT_MAX_LEN, Extent};
 use crate::ext4::ondisk::inode::I_BLOCK_SIZE;
 use crate::ext4::{Error, Ino, Result};
@@ -60,12 +62,15 @@ pub(crate) struct TreeCtx {
     pub(crate) end_block: u64,
     /// Goal for the first allocation when nothing is mapped to the left.
     pub(crate) default_goal: u64,
+    /// Cluster geometry (bigalloc; blocks otherwise).
+    pub(crate) clusters: Clusters,
 }
 
 impl TreeCtx {
-    /// 512-byte sectors per block (i_blocks units).
-    fn sectors(&self) -> u64 {
-        (self.block_size / 512) as u64
+    /// i_blocks units (512-byte sectors) of one cluster: what a tree
+    /// block, or a data cluster, is charged.
+    fn cluster_sectors(&self) -> u64 {
+        ((self.block_size / 512) as u64).saturating_mul(self.clusters.ratio())
     }
 }
 
@@ -148,48 +153,77 @@ pub(crate) fn map_alloc(
             continue;
         }
         let hole_end = next.map_or(end, |n| n.min(end)).max(cur.saturating_add(1));
-        let goal = path
-            .left_of(cur)
-            .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
-            .filter(|&g| g < ctx.end_block)
-            .unwrap_or(ctx.default_goal);
-        let want = hole_end
-            .saturating_sub(cur)
-            .min(u64::from(max_len(unwritten))) as u32;
-        let (pblk, got) = match store.alloc(goal, want) {
-            Ok(r) => r,
-            Err(Error::NoSpace) => return Ok((runs, true)),
-            Err(e) => return Err(e),
-        };
-        let got = got.min(want);
+        let (pblk, len, new_clusters) =
+            match cluster::place(store, ctx, root.i_block, cur, hole_end)? {
+                // Bigalloc: the logical cluster already has its physical one.
+                cluster::Place::Implied { pblk, len } => (pblk, len.min(max_len(unwritten)), None),
+                cluster::Place::Fresh { end: alloc_end } => {
+                    let goal = path
+                        .left_of(cur)
+                        .map(|e| e.pblk.saturating_add(cur.saturating_sub(u64::from(e.lblk))))
+                        .filter(|&g| g < ctx.end_block)
+                        .unwrap_or(ctx.default_goal);
+                    let want = alloc_end
+                        .saturating_sub(cur)
+                        .min(u64::from(max_len(unwritten))) as u32;
+                    // New clusters start at the offset `cur` has in its
+                    // logical cluster (below the ratio, so this fits).
+                    let off = ctx.clusters.offset(cur) as u32;
+                    let (first, got) = match store.alloc(goal, want.saturating_add(off)) {
+                        Ok(r) => r,
+                        Err(Error::NoSpace) => return Ok((runs, true)),
+                        Err(e) => return Err(e),
+                    };
+                    let len = got.saturating_sub(off).min(want);
+                    if len == 0 {
+                        store.free(first, got)?;
+                        return Err(corrupt(ctx, "allocation shorter than a cluster", first));
+                    }
+                    // The clusters of [first, pblk + len) are this
+                    // file's now (the allocator returns no more).
+                    (
+                        first.saturating_add(u64::from(off)),
+                        len,
+                        Some((
+                            first,
+                            got,
+                            ctx.clusters.count(u64::from(off.saturating_add(len))),
+                        )),
+                    )
+                }
+            };
         path.leaf_mut()?.push_sorted(Extent {
             lblk: cur as u32,
-            len: got as u16,
+            len: len as u16,
             pblk,
             uninit: unwritten,
         });
         match store_path(store, ctx, root, path) {
             Ok(()) => {}
             Err(Error::NoSpace) => {
-                store.free(pblk, got)?;
+                if let Some((first, got, _)) = new_clusters {
+                    store.free(first, got)?;
+                }
                 return Ok((runs, true));
             }
             Err(e) => return Err(e),
         }
         merge_up(store, ctx, root)?;
-        *root.blocks = root
-            .blocks
-            .saturating_add(u64::from(got).saturating_mul(ctx.sectors()));
+        if let Some((_, _, clusters)) = new_clusters {
+            *root.blocks = root
+                .blocks
+                .saturating_add(clusters.saturating_mul(ctx.cluster_sectors()));
+        }
         push_run(
             &mut runs,
             Run {
                 lblk: cur,
                 pblk,
-                len: got,
+                len,
                 kind: RunKind::New,
             },
         );
-        cur = cur.saturating_add(u64::from(got));
+        cur = cur.saturating_add(u64::from(len));
     }
     Ok((runs, false))
 }
@@ -250,8 +284,9 @@ fn for_each_leaf(
     Ok(())
 }
 
-/// Unmaps [start, end): frees the data blocks (and tree blocks that become
-/// empty), adjusting i_blocks. Returns the number of data blocks freed.
+/// Unmaps [start, end): frees the data clusters no block of the file
+/// maps any more (and tree blocks that become empty), adjusting i_blocks.
+/// Returns the number of data blocks unmapped.
 pub(crate) fn remove_range(
     store: &mut dyn TreeStore,
     ctx: &TreeCtx,
@@ -260,22 +295,19 @@ pub(crate) fn remove_range(
     end: u64,
 ) -> Result<u64> {
     let end = end.min(LBLK_LIMIT);
-    let mut freed_total = 0u64;
-    let mut freed_runs: Vec<(u64, u32)> = Vec::new();
+    let mut removed: Vec<Extent> = Vec::new();
     for_each_leaf(store, ctx, root, start, end, |_, exts, s, t| {
-        let freed = leaf_remove(exts, s, t);
-        let changed = !freed.is_empty();
-        freed_runs.extend(freed);
+        let pieces = leaf_remove(exts, s, t);
+        let changed = !pieces.is_empty();
+        removed.extend(pieces);
         Ok(changed)
     })?;
-    for (p, n) in freed_runs {
-        store.free(p, n)?;
-        freed_total = freed_total.saturating_add(u64::from(n));
-        *root.blocks = root
-            .blocks
-            .saturating_sub(u64::from(n).saturating_mul(ctx.sectors()));
-    }
-    Ok(freed_total)
+    let unmapped = removed.iter().map(|e| u64::from(e.len)).sum();
+    let freed = cluster::free_unmapped(store, ctx, root.i_block, &removed, start, end)?;
+    *root.blocks = root
+        .blocks
+        .saturating_sub(freed.saturating_mul(ctx.cluster_sectors()));
+    Ok(unmapped)
 }
 
 /// Marks [start, end) unwritten or written where mapped.
@@ -366,8 +398,9 @@ mod tests {
     #[test]
     fn remove_trims_and_splits() {
         let mut v = vec![e(0, 10, 100, false), e(20, 5, 300, true)];
+        let runs = |f: Vec<Extent>| f.iter().map(|e| (e.pblk, e.len)).collect::<Vec<_>>();
         let f = leaf_remove(&mut v, 3, 5);
-        assert_eq!(f, vec![(103, 2)]);
+        assert_eq!(runs(f), vec![(103, 2)]);
         assert_eq!(
             v,
             vec![
@@ -377,7 +410,7 @@ mod tests {
             ]
         );
         let f = leaf_remove(&mut v, 8, 22);
-        assert_eq!(f, vec![(108, 2), (300, 2)]);
+        assert_eq!(runs(f), vec![(108, 2), (300, 2)]);
         assert_eq!(
             v,
             vec![
@@ -470,6 +503,7 @@ mod tests {
             first_block: 1,
             end_block: total,
             default_goal: 1,
+            clusters: Clusters::new(0),
         }
     }
 

@@ -261,7 +261,12 @@ pub(crate) fn store_path(
         .unwrap_or(ctx.default_goal);
     let mut fresh: Vec<u64> = Vec::with_capacity(needed);
     while fresh.len() < needed {
-        let want = u32::try_from(needed.saturating_sub(fresh.len())).unwrap_or(u32::MAX);
+        // With bigalloc each tree block owns a cluster: one per call.
+        let want = if ctx.clusters.is_bigalloc() {
+            1
+        } else {
+            u32::try_from(needed.saturating_sub(fresh.len())).unwrap_or(u32::MAX)
+        };
         match store.alloc(goal, want) {
             Ok((first, count)) => {
                 fresh.extend((0..u64::from(count.min(want))).map(|i| first.saturating_add(i)));
@@ -314,7 +319,7 @@ pub(crate) fn store_path(
             let blk = level.block.unwrap_or(0);
             if level.len() == 0 {
                 store.free(blk, 1)?;
-                *root.blocks = root.blocks.saturating_sub(ctx.sectors());
+                *root.blocks = root.blocks.saturating_sub(ctx.cluster_sectors());
                 change = ChildChange::Removed;
                 continue;
             }
@@ -330,7 +335,7 @@ pub(crate) fn store_path(
                     let mut buf = vec![0u8; bs];
                     write_node(&mut buf, false, level.depth, &p, ctx.csum_seed)?;
                     store.write_tree_block(nb, &buf, true)?;
-                    *root.blocks = root.blocks.saturating_add(ctx.sectors());
+                    *root.blocks = root.blocks.saturating_add(ctx.cluster_sectors());
                     extra.push(ExtentIndex {
                         lblk: first_of(&p),
                         leaf: nb,
@@ -372,7 +377,7 @@ pub(crate) fn store_path(
                 let mut buf = vec![0u8; bs];
                 write_node(&mut buf, false, level.depth, &node, ctx.csum_seed)?;
                 store.write_tree_block(nb, &buf, true)?;
-                *root.blocks = root.blocks.saturating_add(ctx.sectors());
+                *root.blocks = root.blocks.saturating_add(ctx.cluster_sectors());
                 level.node = ExtentNode::Index(vec![ExtentIndex {
                     lblk: first_of(&node),
                     leaf: nb,
@@ -424,6 +429,6 @@ pub(crate) fn merge_up(
     let node = ExtentNode::Leaf(exts.clone());
     write_node(&mut root.i_block[..], true, 0, &node, None)?;
     store.free(blk, 1)?;
-    *root.blocks = root.blocks.saturating_sub(ctx.sectors());
+    *root.blocks = root.blocks.saturating_sub(ctx.cluster_sectors());
     Ok(())
 }
