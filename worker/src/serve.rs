@@ -141,6 +141,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         gid,
         source_name,
         errors,
+        quota_limits,
     } = req
     else {
         return Err(ServeError::Unexpected(name(&req), "Start"));
@@ -195,6 +196,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         read_only,
         noload,
         errors,
+        quota_limits,
         node,
         &source_name,
     )?;
@@ -273,6 +275,7 @@ fn open_telling_waits(
     read_only: bool,
     noload: bool,
     errors: Option<Errors>,
+    quota_limits: [bool; 3],
     node: String,
     source_name: &str,
 ) -> Result<Ext4, ServeError> {
@@ -284,6 +287,7 @@ fn open_telling_waits(
             Errors::RemountRo => ErrorBehaviour::RemountRo,
             Errors::Panic => ErrorBehaviour::Panic,
         }),
+        quota_limits,
         mmp: MmpOptions {
             node,
             device: source_name

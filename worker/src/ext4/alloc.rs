@@ -567,6 +567,7 @@ impl Txn<'_> {
                 .and_then(|x| x.checked_add(u32::try_from(bit).ok()?.checked_add(1)?))
                 .ok_or_else(|| Error::corrupt("inode number overflows", 0))?;
             self.take_inode(g, bit, kind == FileKind::Directory)?;
+            self.inode_life.entry(ino).or_insert((false, true)).1 = true;
             return Ok(ino);
         }
         Err(Error::NoSpace)
@@ -625,6 +626,7 @@ impl Txn<'_> {
             d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_sub(1);
         }
         self.free_inodes_delta = self.free_inodes_delta.saturating_add(1);
+        self.inode_life.entry(ino).or_insert((true, false)).1 = false;
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ pub(crate) mod mount;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
 pub(crate) mod orphan;
+pub(crate) mod quota;
 pub(crate) mod symlink;
 pub(crate) mod txn;
 pub(crate) mod util;
@@ -71,6 +72,10 @@ pub struct OpenOptions {
     pub errors: Option<ErrorBehaviour>,
     /// This node and device for multi-mount protection (read-write only).
     pub mmp: MmpOptions,
+    /// Quota limits enforced, by type (user, group, project): the
+    /// usrquota, grpquota and prjquota mount options. Usage is kept
+    /// either way on a filesystem with the quota feature.
+    pub quota_limits: [bool; 3],
 }
 
 /// What the worker reports to the broker about the filesystem.
@@ -114,6 +119,8 @@ pub struct Ext4 {
     /// Metadata block ranges `[start, end)`, sorted and merged (see
     /// `alloc::build_system_zone`).
     system_zone: Vec<(u64, u64)>,
+    /// Quota limits enforced, by type (see `OpenOptions::quota_limits`).
+    quota_enforce: [bool; 3],
 }
 
 /// How far `Ext4::open_stage` goes.
@@ -241,6 +248,7 @@ impl Ext4 {
         let block_size = sb.block_size();
         let csum_seed = checksum_seed(&sb);
         let rw = mount::RwState::new(&sb, raw, faults);
+        let quota_enforce = opts.quota_limits;
         let mut fs = Ext4 {
             dev,
             sb,
@@ -255,6 +263,7 @@ impl Ext4 {
             overhead_clusters: 0,
             system_zone: Vec::new(),
             mmp: None,
+            quota_enforce,
         };
         fs.groups = fs.load_group_descs()?;
         fs.system_zone = fs.build_system_zone();
@@ -973,7 +982,6 @@ mod tests {
         // Known features this engine cannot write: read-only as well.
         for (off, bit) in [
             (0x64, sbf::RO_COMPAT_BIGALLOC),
-            (0x64, sbf::RO_COMPAT_QUOTA),
         ] {
             assert!(
                 mount::rw_refusal(&{

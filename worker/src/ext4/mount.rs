@@ -180,14 +180,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
             sbf::RO_COMPAT_BIGALLOC,
             "bigalloc (cluster allocation is not implemented)",
         ),
-        (
-            sbf::RO_COMPAT_QUOTA,
-            "quota (quota files would not be updated)",
-        ),
-        (
-            sbf::RO_COMPAT_PROJECT,
-            "project quota (quota files would not be updated)",
-        ),
     ];
     for (bit, why) in ro_compat_unwritable {
         if sb.has_ro_compat(bit) {
@@ -315,6 +307,14 @@ impl Ext4 {
                 "serving read-only: {} orphan inode(s) on a filesystem with errors; run e2fsck",
                 orphans.len()
             );
+            self.rw.faults.set_read_only();
+            return Ok(());
+        }
+        // Quota files are read through before anything is written: one
+        // that fails its checks cannot be kept exact (the kernel refuses
+        // such a mount; this serves it read-only).
+        if let Err(e) = self.check_quota_files() {
+            tracing::warn!("serving read-only: the quota files cannot be updated: {e}; run e2fsck");
             self.rw.faults.set_read_only();
             return Ok(());
         }

@@ -79,6 +79,7 @@ impl Ext4 {
             sb: None,
             use_reserved_pool: false,
             xattr_index_edits: Vec::new(),
+            inode_life: BTreeMap::new(),
         })
     }
 
@@ -132,6 +133,9 @@ pub(crate) struct Txn<'fs> {
     /// Changes to the shared-xattr-block index, applied at commit (see
     /// `xattr::share`).
     pub(super) xattr_index_edits: Vec<super::xattr::share::IndexEdit>,
+    /// Inodes this transaction allocated or freed: (allocated when it
+    /// began, allocated now), for quota (see `quota::charge`).
+    pub(crate) inode_life: BTreeMap<Ino, (bool, bool)>,
 }
 
 impl<'fs> Txn<'fs> {
@@ -191,6 +195,19 @@ impl<'fs> Txn<'fs> {
             return Ok(i.clone());
         }
         Ok((*self.fs.inode_any(ino)?).clone())
+    }
+
+    /// Inode `ino` as this transaction sees it, borrowed view.
+    pub(crate) fn inode_view(&self, ino: Ino) -> Result<Inode> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i.clone());
+        }
+        Ok((*self.fs.inode_any(ino)?).clone())
+    }
+
+    /// The inodes this transaction changed.
+    pub(crate) fn dirty_inos(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.inodes.keys().copied()
     }
 
     /// Stores a modified (or new) inode; serialized with its checksum at
@@ -311,6 +328,8 @@ impl<'fs> Txn<'fs> {
     /// blocks.
     fn prepare(&mut self) -> Result<()> {
         let fs = self.fs;
+        // Usage changes into the quota files, in this transaction.
+        self.apply_quota()?;
         let seed = fs.csum_seed;
         let metadata_csum = fs.has_metadata_csum();
         // Inodes into their table blocks.
