@@ -344,6 +344,14 @@ impl Txn<'_> {
         if want == 0 {
             return Err(Error::Invalid("allocation of zero blocks"));
         }
+        let mut want = want;
+        if let Some(budget) = self.quota_budget {
+            if budget == 0 {
+                self.quota_hit = true;
+                return Err(Error::NoSpace);
+            }
+            want = want.min(u32::try_from(budget).unwrap_or(u32::MAX));
+        }
         let avail = self.blocks_available(reserved_ok);
         if avail == 0 {
             return Err(Error::NoSpace);
@@ -424,6 +432,9 @@ impl Txn<'_> {
         let d = self.desc_mut(group)?;
         d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_sub(len as u32);
         self.free_blocks_delta = self.free_blocks_delta.saturating_sub(len as i64);
+        if let Some(budget) = self.quota_budget.as_mut() {
+            *budget = budget.saturating_sub(len as u64);
+        }
         Ok((first, len as u32))
     }
 

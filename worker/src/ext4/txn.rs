@@ -80,6 +80,10 @@ impl Ext4 {
             use_reserved_pool: false,
             xattr_index_edits: Vec::new(),
             inode_life: BTreeMap::new(),
+            quota_limited: super::quota::limits::caller_limited()
+                && self.any_quota_enforced(),
+            quota_budget: None,
+            quota_hit: false,
         })
     }
 
@@ -136,6 +140,13 @@ pub(crate) struct Txn<'fs> {
     /// Inodes this transaction allocated or freed: (allocated when it
     /// began, allocated now), for quota (see `quota::charge`).
     pub(crate) inode_life: BTreeMap<Ino, (bool, bool)>,
+    /// Quota limits apply to this transaction (see `quota::limits`).
+    pub(crate) quota_limited: bool,
+    /// Blocks it may still allocate under the quota limits, if limited.
+    pub(crate) quota_budget: Option<u64>,
+    /// An allocation was refused for the budget (NoSpace then means
+    /// EDQUOT).
+    pub(crate) quota_hit: bool,
 }
 
 impl<'fs> Txn<'fs> {
@@ -328,7 +339,9 @@ impl<'fs> Txn<'fs> {
     /// blocks.
     fn prepare(&mut self) -> Result<()> {
         let fs = self.fs;
-        // Usage changes into the quota files, in this transaction.
+        // Usage changes into the quota files, in this transaction (their
+        // own growth is not the caller's: no budget).
+        self.quota_budget = None;
         self.apply_quota()?;
         let seed = fs.csum_seed;
         let metadata_csum = fs.has_metadata_csum();

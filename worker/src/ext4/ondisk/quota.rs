@@ -313,10 +313,6 @@ pub(crate) fn set_tree_ref(b: &mut [u8], i: usize, blk: u32) {
     put_le32(b, i.saturating_mul(4), blk);
 }
 
-/// Bytes of space to quota blocks, rounded up (v2_stoqb).
-pub(crate) fn space_to_qblocks(bytes: u64) -> u64 {
-    bytes.div_ceil(QT_BLOCK_SIZE as u64)
-}
 
 #[cfg(test)]
 mod tests {
@@ -391,6 +387,5 @@ mod tests {
             (0..4).map(|d| tree_index(id, d)).collect::<Vec<_>>(),
             [1, 2, 3, 4]
         );
-        assert_eq!(space_to_qblocks(1025), 2);
     }
 }

@@ -90,6 +90,36 @@ impl Ext4 {
         Ok(())
     }
 
+    /// Sets `id`'s limits in the quota file of `qtype` as setquota does
+    /// (blocks in 1 KiB quota blocks): tests.
+    #[cfg(test)]
+    pub(crate) fn set_quota_limits(
+        &self,
+        qtype: QuotaType,
+        id: u32,
+        blocks: (u64, u64),
+        inodes: (u64, u64),
+    ) -> Result<()> {
+        let (_, ino) = self
+            .quota_files()
+            .into_iter()
+            .find(|(t, _)| *t == qtype)
+            .ok_or(super::Error::Invalid("no such quota file"))?;
+        let mut txn = self.begin()?;
+        let mut f = QuotaFile::open(&mut txn, qtype, ino)?;
+        let at = match f.find(&mut txn, id)? {
+            Some(at) => at,
+            None => f.insert(&mut txn, id)?,
+        };
+        let mut dq = f.get(&mut txn, at)?;
+        dq.id = id;
+        (dq.bsoftlimit, dq.bhardlimit) = blocks;
+        (dq.isoftlimit, dq.ihardlimit) = inodes;
+        f.put(&mut txn, at, &dq)?;
+        f.finish(&mut txn)?;
+        txn.commit()
+    }
+
     /// Every id's entry in the quota file of `qtype` (tests).
     #[cfg(test)]
     pub(crate) fn quota_entries(&self, qtype: QuotaType) -> Result<BTreeMap<u32, DiskDquot>> {
@@ -125,6 +155,7 @@ impl Txn<'_> {
         if deltas.is_empty() {
             return Ok(());
         }
+        self.check_limits(&deltas)?;
         let now = u64::try_from(fs.now().secs).unwrap_or(0);
         for (t, ino) in files {
             let mine: Vec<(u32, Delta)> = deltas

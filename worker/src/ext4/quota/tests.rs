@@ -362,3 +362,61 @@ fn corrupt_quota_file_serves_read_only() {
     fs.shutdown().unwrap();
     assert!(dev.contents() == d, "nothing was written");
 }
+
+/// Limits enforced for a limited caller: the inode hard limit refuses a
+/// create, a write stops short at the block hard limit then fails, root
+/// is exempt; usage stays exact and e2fsck clean.
+#[test]
+fn limits_refuse_with_edquot() {
+    use super::limits::CallerScope;
+    use crate::ext4::{Error, OpenOptions};
+    if !have_mkfs() {
+        return;
+    }
+    let im = quota_image("quotalim", &["-b", "4096", "-O", "quota,project", QUOTA]);
+    let fs = Ext4::open(
+        im.dev.clone(),
+        OpenOptions {
+            read_only: false,
+            quota_limits: [true, true, false],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // 40 KiB hard, 3 inodes hard for uid 1000.
+    fs.set_quota_limits(QuotaType::User, 1000, (0, 40), (0, 3))
+        .unwrap();
+    let _scope = CallerScope::new(1000);
+    let mut inos = Vec::new();
+    for i in 0..3 {
+        let name = format!("q{i}");
+        inos.push(
+            fs.create(ROOT_INO, name.as_bytes(), 0o100644, 0, 1000, 1000, 0)
+                .unwrap()
+                .ino,
+        );
+    }
+    let e = fs
+        .create(ROOT_INO, b"q3", 0o100644, 0, 1000, 1000, 0)
+        .unwrap_err();
+    assert!(matches!(e, Error::QuotaExceeded), "{e:?}");
+    assert!(fs.lookup(ROOT_INO, b"q3").is_err(), "nothing was created");
+    // 10 blocks of 4 KiB fit; a 64 KiB write is cut to 40 KiB.
+    let n = fs.write(inos[0], 0, &pattern(65536, 1)).unwrap();
+    assert_eq!(n, 40960);
+    let e = fs.write(inos[1], 0, b"x").unwrap_err();
+    assert!(matches!(e, Error::QuotaExceeded), "{e:?}");
+    // Rewriting allocated blocks needs no quota.
+    assert_eq!(fs.write(inos[0], 0, b"again").unwrap(), 5);
+    // Root is exempt.
+    {
+        let _root = CallerScope::new(0);
+        assert_eq!(fs.write(inos[1], 0, &[1; 8192]).unwrap(), 8192);
+    }
+    assert_usage_exact(&fs, "limits");
+    let u = fs.quota_entries(QuotaType::User).unwrap()[&1000];
+    assert_eq!((u.curspace, u.curinodes), (49152, 3));
+    drop(_scope);
+    fs.shutdown().unwrap();
+    assert_fsck_clean(im.save(), "limits");
+}
