@@ -980,9 +980,7 @@ mod tests {
         assert!(fs.info().read_only && fs.is_read_only());
         assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
         // Known features this engine cannot write: read-only as well.
-        for (off, bit) in [
-            (0x64, sbf::RO_COMPAT_BIGALLOC),
-        ] {
+        for (off, bit) in [(0x64, sbf::RO_COMPAT_BIGALLOC)] {
             assert!(
                 mount::rw_refusal(&{
                     let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();

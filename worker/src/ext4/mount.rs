@@ -175,12 +175,10 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
     }
     // Features whose write side this engine does not implement: writing
     // without them would leave the filesystem inconsistent.
-    let ro_compat_unwritable = [
-        (
-            sbf::RO_COMPAT_BIGALLOC,
-            "bigalloc (cluster allocation is not implemented)",
-        ),
-    ];
+    let ro_compat_unwritable = [(
+        sbf::RO_COMPAT_BIGALLOC,
+        "bigalloc (cluster allocation is not implemented)",
+    )];
     for (bit, why) in ro_compat_unwritable {
         if sb.has_ro_compat(bit) {
             return Some(format!("writing is not supported with {why}"));

@@ -80,8 +80,7 @@ impl Ext4 {
             use_reserved_pool: false,
             xattr_index_edits: Vec::new(),
             inode_life: BTreeMap::new(),
-            quota_limited: super::quota::limits::caller_limited()
-                && self.any_quota_enforced(),
+            quota_limited: super::quota::limits::caller_limited() && self.any_quota_enforced(),
             quota_budget: None,
             quota_hit: false,
         })

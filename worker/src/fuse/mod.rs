@@ -93,7 +93,11 @@ impl Filesystem for Adapter {
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
         }
-        let wanted = capabilities::wanted(self.read_only, self.fs.block_size());
+        let wanted = capabilities::wanted(
+            self.read_only,
+            self.fs.block_size(),
+            self.fs.quota_limits_enforced(),
+        );
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");

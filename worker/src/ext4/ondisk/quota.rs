@@ -313,7 +313,6 @@ pub(crate) fn set_tree_ref(b: &mut [u8], i: usize, blk: u32) {
     put_le32(b, i.saturating_mul(4), blk);
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -57,19 +57,25 @@ impl Ext4 {
         let mut inodes = 1u64;
         if self.sb().has_incompat(sbf::INCOMPAT_EA_INODE) {
             let in_ea = |v: &XattrValue<'_>| matches!(v, XattrValue::EaInode { .. });
-            let n = self.ibody_entries(inode)?.iter().filter(|e| in_ea(&e.value)).count();
+            let n = self
+                .ibody_entries(inode)?
+                .iter()
+                .filter(|e| in_ea(&e.value))
+                .count();
             inodes = inodes.saturating_add(n as u64);
             if inode.file_acl != 0 {
                 let b = xattr_block(inode.file_acl)?;
                 // The checksum is the writer's business; the entries are
                 // checked all the same.
-                let (_, entries) = xattr::parse_block(&b, inode.file_acl, None, &self.xattr_limits())
-                    .map_err(|p| {
-                        Error::corrupt(
-                            format!("xattr block of inode {}: {p}", inode.ino),
-                            inode.file_acl,
-                        )
-                    })?;
+                let (_, entries) =
+                    xattr::parse_block(&b, inode.file_acl, None, &self.xattr_limits()).map_err(
+                        |p| {
+                            Error::corrupt(
+                                format!("xattr block of inode {}: {p}", inode.ino),
+                                inode.file_acl,
+                            )
+                        },
+                    )?;
                 let n = entries.iter().filter(|e| in_ea(&e.value)).count();
                 inodes = inodes.saturating_add(n as u64);
             }

@@ -61,6 +61,12 @@ impl Ext4 {
         self.quota_enforce.get(t.index()).copied().unwrap_or(false)
     }
 
+    /// Whether this mount enforces quota limits of any type (the FUSE
+    /// adapter then writes through: see its capabilities).
+    pub fn quota_limits_enforced(&self) -> bool {
+        !self.is_read_only() && self.any_quota_enforced()
+    }
+
     /// Whether any quota type is enforced.
     pub(crate) fn any_quota_enforced(&self) -> bool {
         self.quota_files()
@@ -192,8 +198,22 @@ mod tests {
         let sp = |space| Delta { space, inodes: 0 };
         assert!(!over_limit(&dq, sp(4096), 100), "up to the hard limit");
         assert!(over_limit(&dq, sp(4097), 100), "past the hard limit");
-        assert!(!over_limit(&dq, Delta { space: 0, inodes: 1 }, 100));
-        assert!(over_limit(&dq, Delta { space: 0, inodes: 2 }, 100));
+        assert!(!over_limit(
+            &dq,
+            Delta {
+                space: 0,
+                inodes: 1
+            },
+            100
+        ));
+        assert!(over_limit(
+            &dq,
+            Delta {
+                space: 0,
+                inodes: 2
+            },
+            100
+        ));
         // Soft limit: allowed until the grace time has run out.
         let g = DiskDquot { btime: 50, ..dq };
         assert!(!over_limit(&g, sp(3000), 49));

@@ -92,7 +92,14 @@ fn workload(args: &[&str], tag: &str, bs: u64) {
     for i in 0..6u32 {
         let name = format!("dir{i}");
         let a = fs
-            .mkdir(ROOT_INO, name.as_bytes(), 0o755, 1000 + i % 3, 2000 + i % 2, 0o022)
+            .mkdir(
+                ROOT_INO,
+                name.as_bytes(),
+                0o755,
+                1000 + i % 3,
+                2000 + i % 2,
+                0o022,
+            )
             .unwrap();
         dirs.push(a.ino);
     }
@@ -101,7 +108,15 @@ fn workload(args: &[&str], tag: &str, bs: u64) {
         let dir = dirs[i as usize % dirs.len()];
         let name = format!("f{i}");
         let a = fs
-            .create(dir, name.as_bytes(), 0o100644, 0, 1000 + i % 7, 2000 + i % 5, 0o022)
+            .create(
+                dir,
+                name.as_bytes(),
+                0o100644,
+                0,
+                1000 + i % 7,
+                2000 + i % 5,
+                0o022,
+            )
             .unwrap();
         let len = (i as usize * 7919) % (bs as usize * 9) + 1;
         fs.write(a.ino, 0, &pattern(len, u64::from(i))).unwrap();
@@ -232,8 +247,12 @@ fn workload(args: &[&str], tag: &str, bs: u64) {
     fs.mkdir(dirs[2], b"sub", 0o700, 7000, 7001, 0).unwrap();
     let sub = fs.lookup(dirs[2], b"sub").unwrap().ino;
     fs.create(sub, b"x", 0o100600, 0, 7000, 7001, 0).unwrap();
-    fs.write(fs.lookup(sub, b"x").unwrap().ino, 0, &pattern(3 * bs as usize, 9))
-        .unwrap();
+    fs.write(
+        fs.lookup(sub, b"x").unwrap().ino,
+        0,
+        &pattern(3 * bs as usize, 9),
+    )
+    .unwrap();
     fs.symlink(sub, b"s", &vec![b'a'; 200], 7000, 7001).unwrap();
     assert_usage_exact(&fs, "sub");
     for n in [&b"x"[..], b"s"] {
@@ -246,7 +265,11 @@ fn workload(args: &[&str], tag: &str, bs: u64) {
     }
     assert_usage_exact(&fs, "rmdir");
     // Every id of uid 7000 is gone again: its entries were removed.
-    assert!(!fs.quota_entries(QuotaType::User).unwrap().contains_key(&7000));
+    assert!(
+        !fs.quota_entries(QuotaType::User)
+            .unwrap()
+            .contains_key(&7000)
+    );
     fs.shutdown().unwrap();
     let img = im.save();
     assert_fsck_clean(img, tag);
@@ -307,7 +330,15 @@ fn many_ids_grow_and_shrink_the_tree() {
         let tag = format!("quotamany{bs}");
         let im = quota_image(
             &tag,
-            &["-b", &bs.to_string(), "-O", "quota,project", QUOTA, "-N", "2048"],
+            &[
+                "-b",
+                &bs.to_string(),
+                "-O",
+                "quota,project",
+                QUOTA,
+                "-N",
+                "2048",
+            ],
         );
         let fs = im.open();
         let mut names = Vec::new();
@@ -323,7 +354,11 @@ fn many_ids_grow_and_shrink_the_tree() {
         }
         assert_usage_exact(&fs, "300 ids");
         let inode = fs.inode_any(fs.sb().s_usr_quota_inum).unwrap();
-        assert!(inode.size > bs * 2, "the user quota file grew: {}", inode.size);
+        assert!(
+            inode.size > bs * 2,
+            "the user quota file grew: {}",
+            inode.size
+        );
         for (i, name) in names.iter().enumerate() {
             if i % 3 != 0 {
                 let ino = fs.unlink(ROOT_INO, name.as_bytes()).unwrap().unwrap();
@@ -331,10 +366,26 @@ fn many_ids_grow_and_shrink_the_tree() {
             }
         }
         assert_usage_exact(&fs, "200 ids gone");
+        // Ids that went come back (their old paths must be gone).
+        for i in (1..300u32).step_by(3) {
+            let uid = i.wrapping_mul(0x0101_0107) % 0xFFFF_0000;
+            let name = format!("w{i}");
+            fs.create(ROOT_INO, name.as_bytes(), 0o100644, 0, uid, i, 0)
+                .unwrap();
+        }
+        assert_usage_exact(&fs, "100 ids back");
         for i in 0..120u32 {
             let name = format!("v{i}");
-            fs.create(ROOT_INO, name.as_bytes(), 0o100644, 0, 0x7000_0000 + i, 0, 0)
-                .unwrap();
+            fs.create(
+                ROOT_INO,
+                name.as_bytes(),
+                0o100644,
+                0,
+                0x7000_0000 + i,
+                0,
+                0,
+            )
+            .unwrap();
         }
         assert_usage_exact(&fs, "120 new ids");
         fs.shutdown().unwrap();

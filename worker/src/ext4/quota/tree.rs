@@ -135,7 +135,9 @@ impl QuotaFile {
     }
 
     fn check(&self, txn: &Txn<'_>, blk: u32) -> Result<u32> {
-        self.info.check_ref(blk).map_err(|p| self.corrupt(txn, 0, p))
+        self.info
+            .check_ref(blk)
+            .map_err(|p| self.corrupt(txn, 0, p))
     }
 
     /// Writes the info block if it changed.
@@ -408,7 +410,7 @@ impl QuotaFile {
         {
             e.fill(0);
         }
-        let mut emptied = h.entries == 0;
+        let emptied = h.entries == 0;
         if emptied {
             if !was_full {
                 self.unlink_free_entry(txn, blk, &mut b)?;
@@ -419,9 +421,12 @@ impl QuotaFile {
         } else {
             self.write(txn, blk, &b)?;
         }
-        // Clear the reference; free tree blocks left empty, bottom-up.
+        // The id's reference to its data block goes whatever is left in
+        // that block (remove_tree); tree blocks left empty are freed,
+        // bottom-up, and their references with them.
+        let mut child_gone = true;
         for (tblk, i) in path.into_iter().rev() {
-            if !emptied {
+            if !child_gone {
                 break;
             }
             let mut tb = self.read(txn, tblk)?;
@@ -430,7 +435,7 @@ impl QuotaFile {
                 self.free_block(txn, tblk)?;
             } else {
                 self.write(txn, tblk, &tb)?;
-                emptied = false;
+                child_gone = false;
             }
         }
         Ok(())
@@ -449,6 +454,19 @@ impl QuotaFile {
         while let Some((blk, depth, prefix)) = stack.pop() {
             let b = self.read(txn, blk)?;
             if depth == QT_TREEDEPTH {
+                // The id this path spells has its entry here (no stale
+                // reference: the kernel would fail that id's lookup).
+                let present = (0..ENTRIES_PER_BLOCK).any(|s| {
+                    let e = q::bytes_of_entry(&b, s);
+                    !q::entry_unused(e) && DiskDquot::parse(e).id == prefix
+                });
+                if !present {
+                    return Err(self.corrupt(
+                        txn,
+                        blk,
+                        QuotaProblem::MissingEntry { id: prefix, blk },
+                    ));
+                }
                 if !seen_data.insert(blk) {
                     continue;
                 }
@@ -479,8 +497,8 @@ impl QuotaFile {
                     continue;
                 }
                 let r = self.check(txn, r)?;
-                let shift = (QT_TREEDEPTH.saturating_sub(1).saturating_sub(depth) as u32)
-                    .saturating_mul(8);
+                let shift =
+                    (QT_TREEDEPTH.saturating_sub(1).saturating_sub(depth) as u32).saturating_mul(8);
                 let id = prefix | (i as u32).checked_shl(shift).unwrap_or(0);
                 stack.push((r, depth.saturating_add(1), id));
             }
