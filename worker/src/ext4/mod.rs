@@ -54,6 +54,8 @@ pub use fault::{AbortHook, ErrorBehaviour};
 pub use file::write::FallocMode;
 pub use inode_flags::FsXattr;
 pub use mmp::{MmpOptions, WaitHook};
+pub use ondisk::quota::QuotaType;
+pub use quota::QuotaLimits;
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 pub use verity::VerityDigest;
 

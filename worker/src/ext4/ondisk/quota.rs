@@ -56,7 +56,7 @@ const DQB_ITIME: usize = 64;
 
 /// The three quota types, in the order of the superblock's inode fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum QuotaType {
+pub enum QuotaType {
     User,
     Group,
     Project,

@@ -34,6 +34,16 @@ use super::txn::Txn;
 use super::{Ext4, Ino, Result};
 use tree::QuotaFile;
 
+/// One id's limits, in setquota's units: blocks in KiB (1 KiB quota
+/// blocks), inodes; 0 is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub block_soft_kib: u64,
+    pub block_hard_kib: u64,
+    pub inode_soft: u64,
+    pub inode_hard: u64,
+}
+
 /// A signed change of one id's usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Delta {
@@ -90,34 +100,77 @@ impl Ext4 {
         Ok(())
     }
 
-    /// Sets `id`'s limits in the quota file of `qtype` as setquota does
-    /// (blocks in 1 KiB quota blocks): tests.
-    #[cfg(test)]
-    pub(crate) fn set_quota_limits(
-        &self,
-        qtype: QuotaType,
-        id: u32,
-        blocks: (u64, u64),
-        inodes: (u64, u64),
-    ) -> Result<()> {
-        let (_, ino) = self
-            .quota_files()
-            .into_iter()
-            .find(|(t, _)| *t == qtype)
-            .ok_or(super::Error::Invalid("no such quota file"))?;
+    /// Sets `id`'s limits in the quota file of `qtype` (Q_SETQUOTA,
+    /// dquot_set_dqblk): a grace time starts if usage is already past a
+    /// new soft limit, and ends if it is not. For tools and tests: quotactl
+    /// cannot reach a FUSE mount.
+    pub fn set_quota_limits(&self, qtype: QuotaType, id: u32, l: QuotaLimits) -> Result<()> {
+        let ino = self.quota_file(qtype)?;
         let mut txn = self.begin()?;
         let mut f = QuotaFile::open(&mut txn, qtype, ino)?;
-        let at = match f.find(&mut txn, id)? {
-            Some(at) => at,
-            None => f.insert(&mut txn, id)?,
+        let at = f.find(&mut txn, id)?;
+        let mut dq = match at {
+            Some(at) => f.get(&mut txn, at)?,
+            None => DiskDquot {
+                id,
+                ..Default::default()
+            },
         };
-        let mut dq = f.get(&mut txn, at)?;
-        dq.id = id;
-        (dq.bsoftlimit, dq.bhardlimit) = blocks;
-        (dq.isoftlimit, dq.ihardlimit) = inodes;
-        f.put(&mut txn, at, &dq)?;
+        dq.bsoftlimit = l.block_soft_kib;
+        dq.bhardlimit = l.block_hard_kib;
+        dq.isoftlimit = l.inode_soft;
+        dq.ihardlimit = l.inode_hard;
+        let now = u64::try_from(self.now().secs).unwrap_or(0);
+        let bsoft = dq.bsoftlimit.saturating_mul(QT_BLOCK_SIZE as u64);
+        if dq.bsoftlimit == 0 || dq.curspace <= bsoft {
+            dq.btime = 0;
+        } else if dq.btime == 0 {
+            dq.btime = now.saturating_add(u64::from(f.info.dqi_bgrace));
+        }
+        if dq.isoftlimit == 0 || dq.curinodes <= dq.isoftlimit {
+            dq.itime = 0;
+        } else if dq.itime == 0 {
+            dq.itime = now.saturating_add(u64::from(f.info.dqi_igrace));
+        }
+        match at {
+            Some(_) if dq.is_empty() => f.remove(&mut txn, id)?,
+            Some(at) => f.put(&mut txn, at, &dq)?,
+            None if dq.is_empty() => {}
+            None => {
+                let at = f.insert(&mut txn, id)?;
+                f.put(&mut txn, at, &dq)?;
+            }
+        }
         f.finish(&mut txn)?;
         txn.commit()
+    }
+
+    /// Sets the grace times of `qtype` in seconds (Q_SETINFO).
+    pub fn set_quota_grace(
+        &self,
+        qtype: QuotaType,
+        block_secs: u32,
+        inode_secs: u32,
+    ) -> Result<()> {
+        let ino = self.quota_file(qtype)?;
+        let mut txn = self.begin()?;
+        let mut f = QuotaFile::open(&mut txn, qtype, ino)?;
+        f.info.dqi_bgrace = block_secs;
+        f.info.dqi_igrace = inode_secs;
+        f.set_info_dirty();
+        f.finish(&mut txn)?;
+        txn.commit()
+    }
+
+    /// The inode of the quota file of `qtype`.
+    fn quota_file(&self, qtype: QuotaType) -> Result<Ino> {
+        self.quota_files()
+            .into_iter()
+            .find(|(t, _)| *t == qtype)
+            .map(|(_, ino)| ino)
+            .ok_or_else(|| {
+                super::Error::Unsupported(format!("no {} quota file", qtype.name()).into())
+            })
     }
 
     /// Every id's entry in the quota file of `qtype` (tests).

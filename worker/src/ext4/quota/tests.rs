@@ -435,8 +435,12 @@ fn limits_refuse_with_edquot() {
     )
     .unwrap();
     // 40 KiB hard, 3 inodes hard for uid 1000.
-    fs.set_quota_limits(QuotaType::User, 1000, (0, 40), (0, 3))
-        .unwrap();
+    let l = crate::ext4::QuotaLimits {
+        block_hard_kib: 40,
+        inode_hard: 3,
+        ..Default::default()
+    };
+    fs.set_quota_limits(QuotaType::User, 1000, l).unwrap();
     let _scope = CallerScope::new(1000);
     let mut inos = Vec::new();
     for i in 0..3 {

@@ -140,6 +140,11 @@ impl QuotaFile {
             .map_err(|p| self.corrupt(txn, 0, p))
     }
 
+    /// Marks the info changed (`finish` writes it).
+    pub(crate) fn set_info_dirty(&mut self) {
+        self.info_dirty = true;
+    }
+
     /// Writes the info block if it changed.
     pub(crate) fn finish(&mut self, txn: &mut Txn<'_>) -> Result<()> {
         if self.info_dirty {
