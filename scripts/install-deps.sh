@@ -8,7 +8,6 @@ need=(
   gcc libc6-dev      # cargo links with cc against glibc
   g++                # libfuzzer-sys builds libFuzzer (scripts/fuzz.sh)
   e2fsprogs          # mkfs.ext4 -d, e2fsck, debugfs, dumpe2fs, tune2fs: image builders and oracles
-  quota              # setquota, repquota: limits and the usage oracle in tests/tests/quota.rs
   fsverity           # fsverity digest/measure: Merkle trees and descriptors for verity test files, the digest oracle
   util-linux         # unshare, setpriv, blkid: namespaces and dropping to a test user
   mount              # losetup, mount, umount: the kernel-driver oracle and e2e checks
