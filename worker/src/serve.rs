@@ -269,6 +269,10 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
 
 /// Opens the filesystem; each wait of a multi-mount protection claim is
 /// told to the broker (`Waiting`) by a helper thread while the open runs.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the Start request's fields, passed on one by one to the open"
+)]
 fn open_telling_waits(
     sock: BorrowedFd<'_>,
     device: Arc<Watched<FdDevice>>,

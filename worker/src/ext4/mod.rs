@@ -981,20 +981,16 @@ mod tests {
         let fs = with(0x64, 1 << 30, false).unwrap();
         assert!(fs.info().read_only && fs.is_read_only());
         assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
-        // Known features this engine cannot write: read-only as well.
-        for (off, bit) in [(0x64, sbf::RO_COMPAT_BIGALLOC)] {
-            assert!(
-                mount::rw_refusal(&{
-                    let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
-                    if off == 0x64 {
-                        sb.s_feature_ro_compat |= bit;
-                    } else {
-                        sb.s_feature_incompat |= bit;
-                    }
-                    sb
-                })
-                .is_some()
-            );
+        // Known features this engine cannot write: read-only as well;
+        // quota and project are written.
+        for (bit, refused) in [
+            (sbf::RO_COMPAT_BIGALLOC, true),
+            (sbf::RO_COMPAT_QUOTA, false),
+            (sbf::RO_COMPAT_PROJECT, false),
+        ] {
+            let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
+            sb.s_feature_ro_compat |= bit;
+            assert_eq!(mount::rw_refusal(&sb).is_some(), refused, "{bit:#x}");
         }
         // Plain ext4 without those: read-write.
         let fs = with(0x64, 0, false).unwrap();

@@ -175,7 +175,7 @@ impl Txn<'_> {
             left = left.min(space_left(&dq, now));
         }
         if left != u64::MAX {
-            self.quota_budget = Some(left / u64::from(fs.block_size()).max(1));
+            self.quota_budget = Some(left.checked_div(u64::from(fs.block_size())).unwrap_or(0));
         }
         Ok(())
     }

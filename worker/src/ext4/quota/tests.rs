@@ -253,7 +253,7 @@ fn workload(args: &[&str], tag: &str, bs: u64) {
         &pattern(3 * bs as usize, 9),
     )
     .unwrap();
-    fs.symlink(sub, b"s", &vec![b'a'; 200], 7000, 7001).unwrap();
+    fs.symlink(sub, b"s", &[b'a'; 200], 7000, 7001).unwrap();
     assert_usage_exact(&fs, "sub");
     for n in [&b"x"[..], b"s"] {
         if let Some(ino) = fs.unlink(sub, n).unwrap() {
@@ -393,25 +393,49 @@ fn many_ids_grow_and_shrink_the_tree() {
     }
 }
 
-/// A quota file that fails its checks: the mount serves read-only, with
-/// nothing written.
+/// A quota file that fails its checks (hostile input): the mount serves
+/// read-only, with nothing written, and the check names the problem.
 #[test]
 fn corrupt_quota_file_serves_read_only() {
     if !have_mkfs() {
         return;
     }
     let im = RwImage::new("quotabad", &["-b", "1024", "-O", "quota", QUOTA]);
-    // Point the root tree block's first reference past the file.
-    let blk = bmap(&im.img, "<3>", 1);
-    let mut d = im.dev.contents();
-    let at = blk as usize * 1024;
-    d[at..at + 4].copy_from_slice(&9999u32.to_le_bytes());
-    let dev = std::sync::Arc::new(crate::io::MemDevice::new(d.clone()));
-    let fs = open_on(dev.clone(), false);
-    assert!(fs.is_read_only(), "a corrupt quota tree forces read-only");
-    assert!(matches!(fs.begin(), Err(crate::ext4::Error::ReadOnly)));
+    // 1 KiB blocks: quota block n is the file's block n. 0 header, 1 the
+    // root, 2..4 the tree path of id 0, 5 its data block.
+    let at = |n: u64| bmap(&im.img, "<3>", n) as usize * 1024;
+    let le = |v: u32| v.to_le_bytes();
+    let cases: Vec<(&str, Vec<(usize, [u8; 4])>)> = vec![
+        ("bad magic", vec![(at(0), le(0x1234))]),
+        ("block count past the file", vec![(at(0) + 20, le(0xFFFF))]),
+        ("reference to the root", vec![(at(1), le(1))]),
+        ("reference past the file", vec![(at(1), le(9999))]),
+        ("tree cycle", vec![(at(3), le(2))]),
+        (
+            "free-entry list loop",
+            vec![(at(0) + 28, le(5)), (at(5), le(5))],
+        ),
+        ("entry count", vec![(at(5) + 8, le(3))]),
+    ];
+    for (what, patches) in cases {
+        let mut d = im.dev.contents();
+        for (off, bytes) in patches {
+            d[off..off + 4].copy_from_slice(&bytes);
+        }
+        let dev = std::sync::Arc::new(crate::io::MemDevice::new(d.clone()));
+        let fs = open_on(dev.clone(), false);
+        assert!(
+            fs.is_read_only(),
+            "{what}: a corrupt quota file forces read-only"
+        );
+        assert!(matches!(fs.begin(), Err(crate::ext4::Error::ReadOnly)));
+        fs.shutdown().unwrap();
+        assert!(dev.contents() == d, "{what}: nothing was written");
+    }
+    // The untouched image mounts read-write.
+    let fs = open_on(im.dev.clone(), false);
+    assert!(!fs.is_read_only());
     fs.shutdown().unwrap();
-    assert!(dev.contents() == d, "nothing was written");
 }
 
 /// Limits enforced for a limited caller: the inode hard limit refuses a
