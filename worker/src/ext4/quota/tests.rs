@@ -405,7 +405,9 @@ fn corrupt_quota_file_serves_read_only() {
     // root, 2..4 the tree path of id 0, 5 its data block.
     let at = |n: u64| bmap(&im.img, "<3>", n) as usize * 1024;
     let le = |v: u32| v.to_le_bytes();
-    let cases: Vec<(&str, Vec<(usize, [u8; 4])>)> = vec![
+    // (what, [(byte offset in the image, new bytes)])
+    type Patch = (usize, [u8; 4]);
+    let cases: Vec<(&str, Vec<Patch>)> = vec![
         ("bad magic", vec![(at(0), le(0x1234))]),
         ("block count past the file", vec![(at(0) + 20, le(0xFFFF))]),
         ("reference to the root", vec![(at(1), le(1))]),

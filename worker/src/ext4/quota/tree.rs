@@ -89,8 +89,8 @@ impl QuotaFile {
         let fs = txn.fs();
         let bs = u64::from(fs.block_size());
         let off = u64::from(blk) << QT_BLOCK_BITS;
-        let lblk = off / bs.max(1);
-        let inner = (off % bs.max(1)) as usize;
+        let lblk = off.checked_div(bs).unwrap_or(0);
+        let inner = off.checked_rem(bs).unwrap_or(0) as usize;
         if let Some(p) = self.new_maps.get(&lblk) {
             return Ok((*p, inner));
         }
@@ -217,7 +217,7 @@ impl QuotaFile {
         let fs = txn.fs();
         let bs = u64::from(fs.block_size()).max(1);
         let off = u64::from(blk) << QT_BLOCK_BITS;
-        let lblk = off / bs;
+        let lblk = off.checked_div(bs).unwrap_or(0);
         let mut inode = txn.inode(self.ino)?;
         let committed = fs.inode_any(self.ino)?;
         let mapped = self.new_maps.contains_key(&lblk)
