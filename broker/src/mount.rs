@@ -348,6 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn quota_options() {
+        assert_eq!(parse_options("rw").unwrap().quota_limits, [false; 3]);
+        assert_eq!(
+            parse_options("usrquota,prjquota").unwrap().quota_limits,
+            [true, false, true]
+        );
+        assert_eq!(
+            parse_options("quota,grpquota").unwrap().quota_limits,
+            [true, true, false]
+        );
+        assert_eq!(
+            parse_options("usrquota,grpquota,noquota")
+                .unwrap()
+                .quota_limits,
+            [false; 3]
+        );
+        for bad in ["usrquota=1", "noquota=x", "jqfmt=vfsv1"] {
+            assert!(parse_options(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn values() {
         let o = parse_options("errors=remount-ro,locking=posix,noatime").unwrap();
         assert_eq!(o.errors, Some(Errors::RemountRo));
