@@ -766,7 +766,10 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // Quota limits apply to this request unless root made it (a
+        // shared xattr block is copied before the change).
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Removexattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
