@@ -361,8 +361,8 @@ impl QuotaFile {
                     return Err(self.corrupt(txn, blk, QuotaProblem::AlreadyPresent { id }));
                 }
                 let at = self.new_entry(txn, id)?;
-                // The tree block may have been re-read as the entry's
-                // block only if corrupt; read it again to be exact.
+                // Read the tree block again: new_entry wrote other blocks
+                // (and, in a corrupt file, maybe this one).
                 let mut b = self.read(txn, blk)?;
                 q::set_tree_ref(&mut b, i, at.blk);
                 self.write(txn, blk, &b)?;
