@@ -31,6 +31,10 @@ pub struct MountOptions {
     pub locking: Locking,
     /// `noload`: mount without replaying the journal (read-only only).
     pub noload: bool,
+    /// Quota limits enforced, by type (user, group, project): `usrquota`
+    /// (or `quota`), `grpquota`, `prjquota`; `noquota` clears them. Usage
+    /// is kept on a quota filesystem either way, as the kernel does.
+    pub quota_limits: [bool; 3],
 }
 
 impl Default for MountOptions {
@@ -42,6 +46,7 @@ impl Default for MountOptions {
             errors: None,
             locking: Locking::Auto,
             noload: false,
+            quota_limits: [false; 3],
         }
     }
 }
@@ -61,7 +66,7 @@ pub use safemount_proto::Errors;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
     #[error(
-        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, noload, errors=, locking=, defaults)"
+        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, noload, usrquota, grpquota, prjquota, noquota, errors=, locking=, defaults)"
     )]
     Unknown(String),
     #[error("bad value for mount option \"{0}\"")]
@@ -153,10 +158,15 @@ pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
             ("noatime", None) => opts.atime = Atime::NoAtime,
             ("noload" | "norecovery", None) => opts.noload = true,
             ("relatime", None) => opts.atime = Atime::Relatime,
+            ("usrquota" | "quota", None) => opts.quota_limits[0] = true,
+            ("grpquota", None) => opts.quota_limits[1] = true,
+            ("prjquota", None) => opts.quota_limits[2] = true,
+            ("noquota", None) => opts.quota_limits = [false; 3],
             (
                 "defaults" | "nofail" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
                 | "nosuid" | "nodev" | "ro" | "rw" | "exec" | "noexec" | "noatime" | "relatime"
-                | "noload" | "norecovery",
+                | "noload" | "norecovery" | "usrquota" | "quota" | "grpquota" | "prjquota"
+                | "noquota",
                 Some(_),
             ) => return Err(OptionsError::UnexpectedValue(named(key))),
             _ => return Err(OptionsError::Unknown(named(item))),
@@ -335,6 +345,28 @@ mod tests {
         assert!(!parse_options("exec,noexec").unwrap().exec);
         let o = parse_options(" rw , exec ,").unwrap();
         assert!(!o.read_only && o.exec);
+    }
+
+    #[test]
+    fn quota_options() {
+        assert_eq!(parse_options("rw").unwrap().quota_limits, [false; 3]);
+        assert_eq!(
+            parse_options("usrquota,prjquota").unwrap().quota_limits,
+            [true, false, true]
+        );
+        assert_eq!(
+            parse_options("quota,grpquota").unwrap().quota_limits,
+            [true, true, false]
+        );
+        assert_eq!(
+            parse_options("usrquota,grpquota,noquota")
+                .unwrap()
+                .quota_limits,
+            [false; 3]
+        );
+        for bad in ["usrquota=1", "noquota=x", "jqfmt=vfsv1"] {
+            assert!(parse_options(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -571,6 +571,7 @@ impl Broker {
                 gid: self.identity.gid,
                 source_name: source.name.clone(),
                 errors: opts.errors,
+                quota_limits: opts.quota_limits,
             },
             source.fd.as_fd(),
             self.worker_timeout,

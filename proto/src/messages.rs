@@ -144,6 +144,8 @@ pub enum WorkerRequest {
         source_name: String,
         /// `errors=`; None: the superblock's own behaviour.
         errors: Option<Errors>,
+        /// Quota limits enforced (usrquota, grpquota, prjquota), by type.
+        quota_limits: [bool; 3],
     },
     /// The filesystem is mounted; the `/dev/fuse` fd is attached.
     Serve,

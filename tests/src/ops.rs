@@ -1161,10 +1161,23 @@ pub fn make_empty_image(img: &Path, mkfs_args: &[&str], size: u64) -> Result<()>
     let f = std::fs::File::create(img)?;
     f.set_len(size)?;
     drop(f);
-    let seed = format!("hash_seed={DIFF_UUID}");
+    // mke2fs keeps only the last -E: the caller's extended options join
+    // the hash seed in one.
+    let mut seed = format!("hash_seed={DIFF_UUID}");
+    let mut args = Vec::new();
+    let mut it = mkfs_args.iter();
+    while let Some(a) = it.next() {
+        if *a == "-E" {
+            if let Some(e) = it.next() {
+                seed = format!("{seed},{e}");
+            }
+        } else {
+            args.push(*a);
+        }
+    }
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-U", DIFF_UUID, "-E", &seed])
-        .args(mkfs_args)
+        .args(&args)
         .arg(img)
         .env("E2FSPROGS_FAKE_TIME", "1700000000")
         .output()

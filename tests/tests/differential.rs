@@ -732,6 +732,41 @@ enum Device {
 }
 
 fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device) {
+    run_config_against(name, mkfs_args, mkfs_args, block_size, device)
+}
+
+/// Blocks the quota files (inodes 3 and 4) of `img` hold, per debugfs.
+fn quota_file_blocks(img: &Path, block_size: u32) -> u64 {
+    let mut total = 0;
+    for ino in [3, 4] {
+        let out = Command::new("debugfs")
+            .args(["-R", &format!("stat <{ino}>")])
+            .arg(img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let sectors: u64 = text
+            .split("Blockcount:")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        total += sectors / u64::from(block_size / 512);
+    }
+    total
+}
+
+/// `kernel_args`: the kernel's image may be made differently (this
+/// kernel has no QFMT_V2, so it mounts quota-feature filesystems only
+/// read-only: its image is made without quota files, and safemount's
+/// quota files' blocks are added back to its free counts).
+fn run_config_against(
+    name: &str,
+    mkfs_args: &[&str],
+    kernel_args: &[&str],
+    block_size: u32,
+    device: Device,
+) {
     if !require_root() {
         return;
     }
@@ -775,7 +810,7 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
     let tmp = TempDir::new(&format!("diff-{name}")).unwrap();
     let (img_a, img_b) = (tmp.join("sut.img"), tmp.join("kernel.img"));
     ops::make_empty_image(&img_a, mkfs_args, IMAGE_SIZE).unwrap();
-    ops::make_empty_image(&img_b, mkfs_args, IMAGE_SIZE).unwrap();
+    ops::make_empty_image(&img_b, kernel_args, IMAGE_SIZE).unwrap();
     let (mnt_a, mnt_b) = (tmp.join("sut"), tmp.join("kernel"));
     std::fs::create_dir(&mnt_a).unwrap();
     std::fs::create_dir(&mnt_b).unwrap();
@@ -1165,9 +1200,16 @@ fn run_config_on(name: &str, mkfs_args: &[&str], block_size: u32, device: Device
             .collect::<Vec<_>>()
             .join("\n  ")
     );
-    // Free blocks as if both sides had the kernel's tree blocks.
+    // Free blocks as if both sides had the kernel's tree blocks (and, for
+    // quota configs, as if safemount's quota files took no blocks).
+    let quota_a = if mkfs_args == kernel_args {
+        0
+    } else {
+        quota_file_blocks(&img_a, block_size)
+    };
     let adjust = |v: u64| {
         v.checked_add(total_a * blocks_per_tree_block)
+            .and_then(|v| v.checked_add(quota_a))
             .and_then(|v| v.checked_sub(total_b * blocks_per_tree_block))
             .unwrap_or_else(|| panic!("[{name}] statfs adjustment overflows"))
     };
@@ -1264,6 +1306,42 @@ fn differential_bigalloc_block1024() {
         "bigalloc_block1024",
         &["-b", "1024", "-O", "bigalloc", "-C", "4096"],
         1024,
+    );
+}
+
+/// User and group quota files on safemount's side: it keeps usage exact
+/// through every operation (chown and chgrp included), so e2fsck finds the
+/// quota files right after the run. This kernel (no CONFIG_QFMT_V2)
+/// cannot mount such a filesystem read-write: its image is made without
+/// quota, everything else is compared as usual. (No project quota: its
+/// file takes an ordinary inode, which would shift inode counts.)
+#[test]
+fn differential_quota() {
+    run_config_against(
+        "quota",
+        &["-O", "quota", "-E", "quotatype=usrquota:grpquota"],
+        &[],
+        4096,
+        Device::ImageFile,
+    );
+}
+
+/// The same with 1 KiB blocks (quota blocks and fs blocks of one size).
+#[test]
+fn differential_quota_block1024() {
+    run_config_against(
+        "quota_block1024",
+        &[
+            "-b",
+            "1024",
+            "-O",
+            "quota",
+            "-E",
+            "quotatype=usrquota:grpquota",
+        ],
+        &["-b", "1024"],
+        1024,
+        Device::ImageFile,
     );
 }
 

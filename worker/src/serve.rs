@@ -148,6 +148,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         gid,
         source_name,
         errors,
+        quota_limits,
     } = req
     else {
         return Err(ServeError::Unexpected(name(&req), "Start"));
@@ -204,6 +205,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         read_only,
         noload,
         errors,
+        quota_limits,
         node,
         &source_name,
     )?;
@@ -274,12 +276,17 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
 
 /// Opens the filesystem; each wait of a multi-mount protection claim is
 /// told to the broker (`Waiting`) by a helper thread while the open runs.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the Start request's fields, passed on one by one to the open"
+)]
 fn open_telling_waits(
     sock: BorrowedFd<'_>,
     device: Arc<Watched<FdDevice>>,
     read_only: bool,
     noload: bool,
     errors: Option<Errors>,
+    quota_limits: [bool; 3],
     node: String,
     source_name: &str,
 ) -> Result<Ext4, ServeError> {
@@ -291,6 +298,7 @@ fn open_telling_waits(
             Errors::RemountRo => ErrorBehaviour::RemountRo,
             Errors::Panic => ErrorBehaviour::Panic,
         }),
+        quota_limits,
         mmp: MmpOptions {
             node,
             device: source_name

@@ -212,6 +212,7 @@ fn start_worker(device: OwnedFd, read_only: bool, version: u32) -> (Broker, Work
             gid,
             source_name: "test image".into(),
             errors: None,
+            quota_limits: [false; 3],
         },
         &[device.as_fd()],
     )

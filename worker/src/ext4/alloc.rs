@@ -358,6 +358,14 @@ impl Txn<'_> {
         if want == 0 {
             return Err(Error::Invalid("allocation of zero blocks"));
         }
+        let mut want = want;
+        if let Some(budget) = self.quota_budget {
+            if budget == 0 {
+                self.quota_hit = true;
+                return Err(Error::NoSpace);
+            }
+            want = want.min(u32::try_from(budget).unwrap_or(u32::MAX));
+        }
         let avail = self.clusters_available(reserved_ok);
         if avail == 0 {
             return Err(Error::NoSpace);
@@ -438,6 +446,10 @@ impl Txn<'_> {
         let d = self.desc_mut(group)?;
         d.bg_free_blocks_count = d.bg_free_blocks_count.saturating_sub(len as u32);
         self.free_blocks_delta = self.free_blocks_delta.saturating_sub(len as i64);
+        if let Some(budget) = self.quota_budget.as_mut() {
+            // Whole clusters are charged (i_blocks counts them).
+            *budget = budget.saturating_sub(c.start(len as u64));
+        }
         Ok((first, count as u32))
     }
 
@@ -600,6 +612,7 @@ impl Txn<'_> {
                 .and_then(|x| x.checked_add(u32::try_from(bit).ok()?.checked_add(1)?))
                 .ok_or_else(|| Error::corrupt("inode number overflows", 0))?;
             self.take_inode(g, bit, kind == FileKind::Directory)?;
+            self.inode_life.entry(ino).or_insert((false, true)).1 = true;
             return Ok(ino);
         }
         Err(Error::NoSpace)
@@ -658,6 +671,7 @@ impl Txn<'_> {
             d.bg_used_dirs_count = d.bg_used_dirs_count.saturating_sub(1);
         }
         self.free_inodes_delta = self.free_inodes_delta.saturating_add(1);
+        self.inode_life.entry(ino).or_insert((true, false)).1 = false;
         Ok(())
     }
 }

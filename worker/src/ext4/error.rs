@@ -46,6 +46,9 @@ pub enum Error {
     /// ENOKEY: the operation needs an encryption key this engine never has.
     #[error("required key not available")]
     NoKey,
+    /// EDQUOT: a quota limit refuses the allocation.
+    #[error("disk quota exceeded")]
+    QuotaExceeded,
     #[error("not supported: {0}")]
     Unsupported(Cow<'static, str>),
     #[error("I/O error at byte {offset}: {source}")]

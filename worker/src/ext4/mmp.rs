@@ -411,6 +411,7 @@ mod tests {
             let opts = OpenOptions {
                 read_only: false,
                 errors,
+                quota_limits: [false; 3],
                 mmp: MmpOptions {
                     node: "node-a".into(),
                     device: "testdev".into(),

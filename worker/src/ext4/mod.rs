@@ -33,6 +33,7 @@ pub(crate) mod mount;
 pub(crate) mod namei;
 pub(crate) mod ondisk;
 pub(crate) mod orphan;
+pub(crate) mod quota;
 pub(crate) mod symlink;
 pub(crate) mod txn;
 pub(crate) mod util;
@@ -56,6 +57,8 @@ pub use fault::{AbortHook, ErrorBehaviour};
 pub use file::write::FallocMode;
 pub use inode_flags::FsXattr;
 pub use mmp::{MmpOptions, WaitHook};
+pub use ondisk::quota::QuotaType;
+pub use quota::QuotaLimits;
 pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
 pub use verity::VerityDigest;
 
@@ -74,6 +77,10 @@ pub struct OpenOptions {
     pub errors: Option<ErrorBehaviour>,
     /// This node and device for multi-mount protection (read-write only).
     pub mmp: MmpOptions,
+    /// Quota limits enforced, by type (user, group, project): the
+    /// usrquota, grpquota and prjquota mount options. Usage is kept
+    /// either way on a filesystem with the quota feature.
+    pub quota_limits: [bool; 3],
 }
 
 /// What the worker reports to the broker about the filesystem.
@@ -117,6 +124,8 @@ pub struct Ext4 {
     /// Metadata block ranges `[start, end)`, sorted and merged (see
     /// `alloc::build_system_zone`).
     system_zone: Vec<(u64, u64)>,
+    /// Quota limits enforced, by type (see `OpenOptions::quota_limits`).
+    quota_enforce: [bool; 3],
 }
 
 /// How far `Ext4::open_stage` goes.
@@ -244,6 +253,7 @@ impl Ext4 {
         let block_size = sb.block_size();
         let csum_seed = checksum_seed(&sb);
         let rw = mount::RwState::new(&sb, raw, faults);
+        let quota_enforce = opts.quota_limits;
         let mut fs = Ext4 {
             dev,
             sb,
@@ -258,6 +268,7 @@ impl Ext4 {
             overhead_clusters: 0,
             system_zone: Vec::new(),
             mmp: None,
+            quota_enforce,
         };
         fs.groups = fs.load_group_descs()?;
         fs.system_zone = fs.build_system_zone();
@@ -973,21 +984,12 @@ mod tests {
         let fs = with(0x64, 1 << 30, false).unwrap();
         assert!(fs.info().read_only && fs.is_read_only());
         assert!(matches!(fs.begin(), Err(Error::ReadOnly)));
-        // Known features this engine cannot write: read-only as well
-        // (bigalloc only without extents).
-        for (off, bit) in [(0x64, sbf::RO_COMPAT_QUOTA), (0x64, sbf::RO_COMPAT_PROJECT)] {
-            assert!(
-                mount::rw_refusal(&{
-                    let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
-                    if off == 0x64 {
-                        sb.s_feature_ro_compat |= bit;
-                    } else {
-                        sb.s_feature_incompat |= bit;
-                    }
-                    sb
-                })
-                .is_some()
-            );
+        // Known features that used to force read-only: quota and
+        // project are written.
+        for bit in [sbf::RO_COMPAT_QUOTA, sbf::RO_COMPAT_PROJECT] {
+            let mut sb = Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();
+            sb.s_feature_ro_compat |= bit;
+            assert_eq!(mount::rw_refusal(&sb), None, "{bit:#x}");
         }
         // Bigalloc is written, but only with extents.
         let parsed = || Superblock::parse(&good[1024..2048], good.len() as u64).unwrap();

@@ -179,23 +179,6 @@ pub(crate) fn rw_refusal(sb: &Superblock) -> Option<String> {
     if sb.has_compat(sbf::COMPAT_HAS_JOURNAL) && sb.s_journal_inum == 0 {
         return Some("the filesystem uses an external journal device".into());
     }
-    // Features whose write side this engine does not implement: writing
-    // without them would leave the filesystem inconsistent.
-    let ro_compat_unwritable = [
-        (
-            sbf::RO_COMPAT_QUOTA,
-            "quota (quota files would not be updated)",
-        ),
-        (
-            sbf::RO_COMPAT_PROJECT,
-            "project quota (quota files would not be updated)",
-        ),
-    ];
-    for (bit, why) in ro_compat_unwritable {
-        if sb.has_ro_compat(bit) {
-            return Some(format!("writing is not supported with {why}"));
-        }
-    }
     // Cluster allocation (cluster.rs) assumes what the kernel requires of
     // bigalloc: extents (ext4_fill_super refuses bigalloc without them),
     // and clusters aligned on block 0.
@@ -325,6 +308,14 @@ impl Ext4 {
                 "serving read-only: {} orphan inode(s) on a filesystem with errors; run e2fsck",
                 orphans.len()
             );
+            self.rw.faults.set_read_only();
+            return Ok(());
+        }
+        // Quota files are read through before anything is written: one
+        // that fails its checks cannot be kept exact (the kernel refuses
+        // such a mount; this serves it read-only).
+        if let Err(e) = self.check_quota_files() {
+            tracing::warn!("serving read-only: the quota files cannot be updated: {e}; run e2fsck");
             self.rw.faults.set_read_only();
             return Ok(());
         }

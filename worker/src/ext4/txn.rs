@@ -82,6 +82,10 @@ impl Ext4 {
             sb: None,
             use_reserved_pool: false,
             xattr_index_edits: Vec::new(),
+            inode_life: BTreeMap::new(),
+            quota_limited: super::quota::limits::caller_limited() && self.any_quota_enforced(),
+            quota_budget: None,
+            quota_hit: false,
         })
     }
 
@@ -135,6 +139,16 @@ pub(crate) struct Txn<'fs> {
     /// Changes to the shared-xattr-block index, applied at commit (see
     /// `xattr::share`).
     pub(super) xattr_index_edits: Vec<super::xattr::share::IndexEdit>,
+    /// Inodes this transaction allocated or freed: (allocated when it
+    /// began, allocated now), for quota (see `quota::charge`).
+    pub(crate) inode_life: BTreeMap<Ino, (bool, bool)>,
+    /// Quota limits apply to this transaction (see `quota::limits`).
+    pub(crate) quota_limited: bool,
+    /// Blocks it may still allocate under the quota limits, if limited.
+    pub(crate) quota_budget: Option<u64>,
+    /// An allocation was refused for the budget (NoSpace then means
+    /// EDQUOT).
+    pub(crate) quota_hit: bool,
 }
 
 impl<'fs> Txn<'fs> {
@@ -194,6 +208,19 @@ impl<'fs> Txn<'fs> {
             return Ok(i.clone());
         }
         Ok((*self.fs.inode_any(ino)?).clone())
+    }
+
+    /// Inode `ino` as this transaction sees it, borrowed view.
+    pub(crate) fn inode_view(&self, ino: Ino) -> Result<Inode> {
+        if let Some(i) = self.inodes.get(&ino) {
+            return Ok(i.clone());
+        }
+        Ok((*self.fs.inode_any(ino)?).clone())
+    }
+
+    /// The inodes this transaction changed.
+    pub(crate) fn dirty_inos(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.inodes.keys().copied()
     }
 
     /// Stores a modified (or new) inode; serialized with its checksum at
@@ -319,6 +346,10 @@ impl<'fs> Txn<'fs> {
     /// blocks.
     fn prepare(&mut self) -> Result<()> {
         let fs = self.fs;
+        // Usage changes into the quota files, in this transaction (their
+        // own growth is not the caller's: no budget).
+        self.quota_budget = None;
+        self.apply_quota()?;
         let seed = fs.csum_seed;
         let metadata_csum = fs.has_metadata_csum();
         // Inodes into their table blocks.

@@ -6,8 +6,8 @@ use fuser::InitFlags;
 use super::PAGE_SIZE;
 
 /// The capabilities for a mount (`read_only`, the filesystem's
-/// `block_size`).
-pub(super) fn wanted(read_only: bool, block_size: u32) -> InitFlags {
+/// `block_size`, whether quota limits are enforced).
+pub(super) fn wanted(read_only: bool, block_size: u32, quota_limits: bool) -> InitFlags {
     // Deliberately not requested: HANDLE_KILLPRIV_V2 and SETXATTR_EXT
     // (fuser 0.18.0 mishandles both), EXPORT_SUPPORT.
     let mut wanted = InitFlags::FUSE_ASYNC_READ
@@ -42,7 +42,12 @@ pub(super) fn wanted(read_only: bool, block_size: u32) -> InitFlags {
         // back whole, so a 1 KiB write into a hole would allocate the
         // page's other three blocks with zeros, where ext4 leaves
         // holes.
-        if block_size >= PAGE_SIZE {
+        //
+        // Not with quota limits either: cached pages reach the worker as
+        // the kernel's writeback, long after write(2) returned, so a
+        // write past a limit could not fail with EDQUOT (nor stop short)
+        // as on ext4, where the page cache reserves quota per block.
+        if block_size >= PAGE_SIZE && !quota_limits {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
     }

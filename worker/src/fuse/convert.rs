@@ -34,6 +34,7 @@ pub fn errno(err: &Error) -> Errno {
         Error::NotEmpty => Errno::ENOTEMPTY,
         Error::Exists => Errno::EEXIST,
         Error::NoSpace => Errno::ENOSPC,
+        Error::QuotaExceeded => Errno::EDQUOT,
         Error::FileTooBig => Errno::EFBIG,
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::NoAttribute => Errno::ENODATA,

@@ -93,7 +93,11 @@ impl Filesystem for Adapter {
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
         }
-        let wanted = capabilities::wanted(self.read_only, self.fs.block_size());
+        let wanted = capabilities::wanted(
+            self.read_only,
+            self.fs.block_size(),
+            self.fs.quota_limits_enforced(),
+        );
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
@@ -422,7 +426,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -438,6 +442,8 @@ impl Filesystem for Adapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Setattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
@@ -467,6 +473,8 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Mknod);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
@@ -497,6 +505,8 @@ impl Filesystem for Adapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Create);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
@@ -536,6 +546,8 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Mkdir);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
@@ -554,6 +566,8 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Symlink);
         let parent = ino_or_reply!(parent, reply);
         writable_or_reply!(self, reply);
@@ -569,12 +583,14 @@ impl Filesystem for Adapter {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Link);
         let ino = ino_or_reply!(ino, reply);
         let newparent = ino_or_reply!(newparent, reply);
@@ -617,7 +633,7 @@ impl Filesystem for Adapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -625,6 +641,8 @@ impl Filesystem for Adapter {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Rename);
         let parent = ino_or_reply!(parent, reply);
         let newparent = ino_or_reply!(newparent, reply);
@@ -680,6 +698,8 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Write);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
@@ -728,6 +748,8 @@ impl Filesystem for Adapter {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Setxattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
@@ -753,7 +775,10 @@ impl Filesystem for Adapter {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // Quota limits apply to this request unless root made it (a
+        // shared xattr block is copied before the change).
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Removexattr);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
@@ -779,6 +804,8 @@ impl Filesystem for Adapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Ioctl);
         let ino = ino_or_reply!(ino, reply);
         let request = match ioctl::decode(cmd, in_data) {
@@ -835,6 +862,8 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        // Quota limits apply to this request unless root made it.
+        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Fallocate);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);

@@ -297,7 +297,12 @@ impl Ext4 {
             }
             self.clear_may_inline(ino);
         }
-        let written = self.write_blocks(&mut txn, &mut inode, offset, data, reserved_ok)?;
+        // Quota: the write stops where the owners' limits do.
+        txn.limit_blocks_for(&inode)?;
+        let written = match self.write_blocks(&mut txn, &mut inode, offset, data, reserved_ok) {
+            Err(Error::NoSpace) if txn.quota_hit => return Err(Error::QuotaExceeded),
+            r => r?,
+        };
         self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
         txn.put_inode(inode);
         txn.commit()?;
@@ -612,6 +617,7 @@ impl Ext4 {
         }
         // ext4_fallocate converts inline data first, and a file that may
         // still take some never will.
+        txn.limit_blocks_for(&inode)?;
         if inode.has_flag(EXT4_INLINE_DATA_FL) {
             self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
         }
@@ -716,10 +722,15 @@ impl Ext4 {
                 }
             }
         }
+        let quota_hit = txn.quota_hit;
         txn.put_inode(inode);
         txn.commit()?;
         if short {
-            return Err(Error::NoSpace);
+            return Err(if quota_hit {
+                Error::QuotaExceeded
+            } else {
+                Error::NoSpace
+            });
         }
         Ok(())
     }
