@@ -311,6 +311,25 @@ fn usage_exact_ea_inode() {
     );
 }
 
+/// Bigalloc: i_blocks and the usage charged count whole clusters, as
+/// e2fsck's recount does.
+#[test]
+fn usage_exact_bigalloc() {
+    workload(
+        &[
+            "-b",
+            "4096",
+            "-C",
+            "16384",
+            "-O",
+            "quota,project,bigalloc",
+            QUOTA,
+        ],
+        "quotabig",
+        4096,
+    );
+}
+
 /// Only user and group quota (the mkfs default for -O quota): no
 /// project file.
 #[test]
