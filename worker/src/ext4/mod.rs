@@ -751,7 +751,7 @@ mod tests {
                 .arg(&mnt)
                 .output()
                 .unwrap();
-            let _ = Command::new("umount").arg(&mnt).status();
+            crate::ext4::testutil::unmount(&mnt);
             let kernel = String::from_utf8_lossy(&out.stdout).trim().to_string();
             assert_eq!(ours, kernel, "statfs for mkfs {args:?}");
             assert_eq!(st.namelen, 255);

@@ -78,9 +78,33 @@ pub(crate) struct KernelMount {
     loop_dev: Option<String>,
 }
 
+/// Unmounts `mnt`, retrying for a few seconds: "target is busy" is
+/// usually another test thread's fork, whose child holds copies of this
+/// process's fds (files on the mount among them) until its exec. Detached
+/// lazily as a last resort (false then), so no mount outlives the test.
+pub(crate) fn unmount(mnt: &Path) -> bool {
+    let umount = |args: &[&str]| {
+        Command::new("umount")
+            .args(args)
+            .arg(mnt)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for _ in 0..50 {
+        if umount(&[]) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !umount(&["-l"]) {
+        eprintln!("cannot unmount {}", mnt.display());
+    }
+    false
+}
+
 impl Drop for KernelMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).output();
+        unmount(&self.mnt);
         if let Some(dev) = &self.loop_dev {
             let _ = Command::new("losetup").args(["-d", dev]).output();
         }

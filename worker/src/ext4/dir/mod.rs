@@ -898,7 +898,7 @@ mod tests {
             }
             Ok(())
         })();
-        run("umount", &[mnt.to_str().unwrap()]);
+        assert!(crate::ext4::testutil::unmount(&mnt));
         made.unwrap();
         let fs = open_image(&img).unwrap();
         let names: BTreeSet<Vec<u8>> = (0..50_000).map(|i| n(i).into_bytes()).collect();

@@ -820,7 +820,7 @@ pub(crate) mod tests {
                 b
             })
             .collect();
-        let _ = Command::new("umount").arg(&mnt).status();
+        crate::ext4::testutil::unmount(&mnt);
         Some((files, probed))
     }
 
@@ -1520,7 +1520,7 @@ pub(crate) mod tests {
                 );
             }
             drop(kf);
-            let _ = Command::new("umount").arg(&kmnt).status();
+            crate::ext4::testutil::unmount(&kmnt);
             fs.shutdown().unwrap();
             drop(fs);
             fsck_clean(&img);

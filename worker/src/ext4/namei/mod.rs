@@ -1005,7 +1005,6 @@ pub(crate) mod tests {
     fn growth_vs_kernel(args: &[&str]) {
         use crate::ext4::OpenOptions;
         use crate::io::{BlockDevice, MemDevice};
-        use std::process::Command;
         use std::sync::Arc;
         // Same UUID and hash seed on both sides: same hashes, same splits.
         let mut args = args.to_vec();
@@ -1038,7 +1037,7 @@ pub(crate) mod tests {
                 std::fs::write(d.join(format!("again-{i}")), b"").unwrap();
             }
         }
-        assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+        assert!(crate::ext4::testutil::unmount(&mnt));
         let kfs = Ext4::open(
             Arc::new(MemDevice::new(std::fs::read(&k.img).unwrap())) as Arc<dyn BlockDevice>,
             OpenOptions {
