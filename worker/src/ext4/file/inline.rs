@@ -374,7 +374,7 @@ mod tests {
     use super::super::write::FallocMode;
     use crate::ext4::Ext4;
     use crate::ext4::ondisk::inode::EXT4_INLINE_DATA_FL;
-    use crate::ext4::testutil::{RwImage, fsck, have, have_mkfs, pattern};
+    use crate::ext4::testutil::{RwImage, assert_fsck_clean, have, have_mkfs, pattern};
     use crate::ext4::types::{Ino, ROOT_INO, SetAttr, XattrFlags};
 
     /// One step on one file, done the same way on both sides.
@@ -652,7 +652,6 @@ mod tests {
         }
         fs.shutdown().unwrap();
         drop(fs);
-        let (code, out) = fsck(e.save());
-        assert_eq!(code, 0, "{out}");
+        assert_fsck_clean(e.save(), "inline files");
     }
 }

@@ -362,7 +362,9 @@ impl Txn<'_> {
 #[allow(clippy::arithmetic_side_effects, reason = "test code")]
 mod tests {
     use super::*;
-    use crate::ext4::testutil::{RwImage, fsck, have, have_mkfs, kernel_mounted, open_image};
+    use crate::ext4::testutil::{
+        RwImage, assert_fsck_clean, have, have_mkfs, kernel_mounted, open_image,
+    };
     use crate::ext4::types::{Ino, ROOT_INO, XattrFlags};
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -647,8 +649,7 @@ mod tests {
         assert_eq!(fs.statfs().unwrap().bfree, kfs.statfs().unwrap().bfree);
         fs.shutdown().unwrap();
         drop(fs);
-        let (code, out) = fsck(e.save());
-        assert_eq!(code, 0, "{out}");
+        assert_fsck_clean(e.save(), "xattr sharing");
     }
 
     /// Identical xattr blocks are shared, copied, rejoined and released
@@ -677,8 +678,7 @@ mod tests {
         assert_eq!(mine, theirs, "engine vs kernel: sharing and free blocks");
         fs.shutdown().unwrap();
         drop(fs);
-        let (code, out) = fsck(e.save());
-        assert_eq!(code, 0, "{out}");
+        assert_fsck_clean(e.save(), "xattr sharing");
 
         // After a remount the cache is empty: a block read by getxattr
         // (getfattr) is shared with the next identical set.
@@ -723,8 +723,7 @@ mod tests {
         assert_eq!(fs.statfs().unwrap().bfree, kfs.statfs().unwrap().bfree);
         fs.shutdown().unwrap();
         drop(fs);
-        let (code, out) = fsck(e.save());
-        assert_eq!(code, 0, "{out}");
+        assert_fsck_clean(e.save(), "xattr sharing");
     }
 
     #[test]
