@@ -13,6 +13,7 @@ need=(
   mount              # losetup, mount, umount: the kernel-driver oracle and e2e checks
   coreutils          # stat, mknod, dd, truncate, timeout used by tests and scripts
   attr acl           # setfattr/getfattr, setfacl/getfacl for xattr and ACL trees
+  libcap2-bin        # setcap: file capabilities in tests/tests/setid_clearing.rs
   gzip bzip2         # unpack the hostile-image corpus; zcat of man pages
   kmod               # modprobe fuse/loop where they are modules (below)
   passwd             # useradd/userdel/groupdel: test users and the worker's user

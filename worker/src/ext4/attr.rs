@@ -1,13 +1,12 @@
 //! setattr: mode, owner, size (through the file writer's truncate),
 //! atime/mtime/ctime with nanoseconds. ctime becomes now on every change
-//! unless given. Setuid/setgid clearing is the VFS's: with FUSE and
-//! default_permissions the kernel sends the already-cleared mode (a
-//! separate ATTR_MODE change after chown or write), so the engine stores
-//! what comes.
+//! unless given. Setuid/setgid clearing: the caller says when
+//! (`SetAttr::kill_suid_sgid`, from the FUSE layer's KILLPRIV_V2 rules);
+//! which bits go is [`without_suid_sgid`].
 
 use crate::ext4::Ext4;
 use crate::ext4::error::{Error, Result};
-use crate::ext4::ondisk::inode::S_IFMT;
+use crate::ext4::ondisk::inode::{S_IFMT, S_ISGID, S_ISUID, S_IXGRP};
 use crate::ext4::types::{Attr, FileKind, Ino, SetAttr, TimeSet};
 use crate::ext4::{crypt, inode_flags};
 
@@ -62,6 +61,9 @@ impl Ext4 {
         if let Some(gid) = set.gid {
             inode.gid = gid;
         }
+        if set.kill_suid_sgid && inode.kind != FileKind::Directory {
+            inode.mode = without_suid_sgid(inode.mode);
+        }
         if let Some(t) = set.atime {
             inode.atime = pick(t);
         }
@@ -73,9 +75,25 @@ impl Ext4 {
         let mode = inode.mode;
         txn.put_inode(inode);
         txn.commit()?;
-        if set.mode.is_some() {
+        if set.mode.is_some() || set.kill_suid_sgid {
             self.nosec_clear(ino, Some(mode));
         }
         Ok(attr)
     }
+}
+
+/// is_sxid: set-user-ID, or set-group-ID with group execute (setgid
+/// without group execute marks mandatory locking, not privilege).
+pub(crate) fn is_sxid(mode: u16) -> bool {
+    mode & S_ISUID != 0 || mode & (S_ISGID | S_IXGRP) == (S_ISGID | S_IXGRP)
+}
+
+/// `mode` without the bits [`is_sxid`] looks at: the VFS's
+/// should_remove_suid and notify_change.
+pub(crate) fn without_suid_sgid(mode: u16) -> u16 {
+    let mut m = mode & !S_ISUID;
+    if m & (S_ISGID | S_IXGRP) == (S_ISGID | S_IXGRP) {
+        m &= !S_ISGID;
+    }
+    m
 }

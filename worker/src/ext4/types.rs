@@ -112,4 +112,8 @@ pub struct SetAttr {
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
     pub ctime: Option<TimeSet>,
+    /// Clear setuid, and setgid when group-executable, on a
+    /// non-directory (the VFS's should_remove_suid rule), as part of
+    /// this change.
+    pub kill_suid_sgid: bool,
 }

@@ -53,9 +53,6 @@ use requests::Op;
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
 pub const MAX_READ: u32 = 1 << 20;
 
-/// The kernel's page size on the platforms served (x86-64, arm64 with 4K).
-const PAGE_SIZE: u32 = 4096;
-
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = safemount_proto::FUSE_MAX_IO;
 
@@ -81,6 +78,17 @@ macro_rules! writable_or_reply {
     };
 }
 
+/// Whether a SETATTR clears setuid/setgid (HANDLE_KILLPRIV_V2, where the
+/// kernel leaves that to the server): every chown or chgrp (`owner`) of a
+/// non-directory, which the engine tells apart, and a truncate (`size`) by
+/// a caller without CAP_FSETID. The kernel marks both with
+/// FATTR_KILL_SUIDGID, which fuser 0.18.0 does not pass on; so this is the
+/// kernel's own rule, with CAP_FSETID read as uid 0 (a root without it
+/// keeps the bits on truncate, a capable non-root loses them).
+fn kills_suid_sgid(caller_uid: u32, owner: bool, size: bool) -> bool {
+    owner || (size && caller_uid != 0)
+}
+
 fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -93,11 +101,7 @@ impl Filesystem for Adapter {
         if let Err(nearest) = config.set_max_write(MAX_IO) {
             let _ = config.set_max_write(nearest);
         }
-        let wanted = capabilities::wanted(
-            self.read_only,
-            self.fs.block_size(),
-            self.fs.quota_limits_enforced(),
-        );
+        let wanted = capabilities::wanted(self.read_only, self.fs.quota_limits_enforced());
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
@@ -456,6 +460,11 @@ impl Filesystem for Adapter {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
             ctime: ctime.map(|t| TimeSet::At(request_timestamp(t))),
+            kill_suid_sgid: kills_suid_sgid(
+                req.uid(),
+                uid.is_some() || gid.is_some(),
+                size.is_some(),
+            ),
         };
         match self.fs.setattr(ino, set) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
@@ -693,7 +702,7 @@ impl Filesystem for Adapter {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -703,6 +712,17 @@ impl Filesystem for Adapter {
         self.requests.count(Op::Write);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
+        // HANDLE_KILLPRIV_V2: the kernel asks (it checked the caller's
+        // CAP_FSETID and the mode), the write goes through after.
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let kill = SetAttr {
+                kill_suid_sgid: true,
+                ..SetAttr::default()
+            };
+            if let Err(e) = self.fs.setattr(ino, kill) {
+                return reply.error(self.fail("write", ino, &e));
+            }
+        }
         // Root may use the reserved blocks, as on ext4. Page-cache
         // writeback arrives as the kernel (uid 0): it was accepted by the
         // page cache already.

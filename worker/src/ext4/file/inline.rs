@@ -148,47 +148,8 @@ impl Ext4 {
         offset.checked_add(len).is_some_and(|e| e <= cap)
     }
 
-    /// `data`, to be written at `offset` into a file that is or may become
-    /// inline, without the zeros the kernel's page cache padded it with.
-    /// FUSE writes back whole pages (up to i_size): after a truncate up, a
-    /// small write at the start of the file arrives as a page of which all
-    /// but those bytes are the file's own content, zeros past what the
-    /// inline region holds. ext4 saw only the small write, kept the file
-    /// inline if it fit (ext4_da_write_inline_data_begin) and grew the
-    /// region only as far as the write. So a trailing run of zeros that
-    /// lies past the region's stored bytes and within i_size (bytes that
-    /// read as zeros already) is dropped: no byte of the file changes.
-    /// (Zeros written there on purpose are the one case this keeps inline
-    /// where ext4 converts.)
-    pub(crate) fn without_page_padding<'d>(
-        &self,
-        inode: &Inode,
-        offset: u64,
-        data: &'d [u8],
-    ) -> Result<&'d [u8]> {
-        let end = offset.saturating_add(data.len() as u64);
-        if end > inode.size {
-            return Ok(data);
-        }
-        let stored = if inode.has_flag(EXT4_INLINE_DATA_FL) {
-            self.inline_region(inode)?.len() as u64
-        } else {
-            0
-        };
-        let nonzero = data
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |i| i.saturating_add(1));
-        let keep_end = offset.saturating_add(nonzero as u64).max(stored);
-        if keep_end >= end {
-            return Ok(data);
-        }
-        let keep = usize::try_from(keep_end.saturating_sub(offset)).unwrap_or(usize::MAX);
-        Ok(data.get(..keep).unwrap_or(data))
-    }
-
     /// The inline region: i_block, then system.data's value.
-    fn inline_region(&self, inode: &Inode) -> Result<Vec<u8>> {
+    pub(super) fn inline_region(&self, inode: &Inode) -> Result<Vec<u8>> {
         let value = self
             .inline_ibody_entries(inode)?
             .into_iter()

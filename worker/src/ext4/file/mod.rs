@@ -9,6 +9,7 @@
 pub(crate) mod extent;
 pub(crate) mod indirect;
 pub(crate) mod inline;
+pub(crate) mod page_writeback;
 pub(crate) mod write;
 
 use std::sync::Arc;

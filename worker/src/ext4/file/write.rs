@@ -8,13 +8,14 @@
 //! of the last block past i_size are kept zero on disk (truncate zeroes
 //! them), so growing a file reads zeros there, as with the kernel.
 //!
-//! Setuid/setgid clearing on write is the kernel's (file_remove_privs):
-//! without FUSE_HANDLE_KILLPRIV the VFS sends a SETATTR with the cleared
-//! mode before the write, which `setattr` stores (see attr.rs).
+//! Setuid/setgid clearing on write is asked by the FUSE layer (a flag on
+//! the write, applied through `setattr`, see attr.rs); the page cache's
+//! whole-page writes are trimmed in page_writeback.rs.
 
 use super::Mapping;
 use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
 use super::indirect::IndCtx;
+use super::page_writeback::PAGE_SIZE;
 use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf};
@@ -31,8 +32,6 @@ pub struct FallocMode {
 
 /// The kernel's MAX_LFS_FILESIZE on 64-bit.
 const MAX_LFS_FILESIZE: u64 = i64::MAX as u64;
-/// Page size the kernel rounds punch-hole ends to.
-const PAGE_SIZE: u64 = 4096;
 
 /// A transaction seen as extent-tree storage.
 pub(crate) struct TxnStore<'t, 'fs> {
@@ -299,10 +298,11 @@ impl Ext4 {
         }
         // Quota: the write stops where the owners' limits do.
         txn.limit_blocks_for(&inode)?;
-        let written = match self.write_blocks(&mut txn, &mut inode, offset, data, reserved_ok) {
-            Err(Error::NoSpace) if txn.quota_hit => return Err(Error::QuotaExceeded),
-            r => r?,
-        };
+        let written =
+            match self.write_skipping_zero_holes(&mut txn, &mut inode, offset, data, reserved_ok) {
+                Err(Error::NoSpace) if txn.quota_hit => return Err(Error::QuotaExceeded),
+                r => r?,
+            };
         self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
         txn.put_inode(inode);
         txn.commit()?;
@@ -328,7 +328,7 @@ impl Ext4 {
         clippy::arithmetic_side_effects,
         reason = "offset + data.len() <= max_file_size < 2^63 (write_as), data is not empty, and the runs lie inside the request"
     )]
-    fn write_blocks(
+    pub(super) fn write_blocks(
         &self,
         txn: &mut Txn<'_>,
         inode: &mut Inode,

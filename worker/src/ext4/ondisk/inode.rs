@@ -21,6 +21,9 @@ pub(crate) const S_IFBLK: u16 = 0o060000;
 pub(crate) const S_IFDIR: u16 = 0o040000;
 pub(crate) const S_IFCHR: u16 = 0o020000;
 pub(crate) const S_IFIFO: u16 = 0o010000;
+pub(crate) const S_ISUID: u16 = 0o4000;
+pub(crate) const S_ISGID: u16 = 0o2000;
+pub(crate) const S_IXGRP: u16 = 0o0010;
 
 // i_flags (the kernel's EXT4_*_FL).
 pub(crate) const EXT4_SECRM_FL: u32 = 0x0000_0001;

@@ -32,12 +32,10 @@ use crate::ext4::ondisk::acl::{
     self, ACL_GROUP, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER, ACL_UNDEFINED_ID, ACL_USER, ACL_USER_OBJ,
     AclEntry, AclProblem,
 };
-use crate::ext4::ondisk::inode::Inode;
+use crate::ext4::ondisk::inode::{Inode, S_ISGID};
 use crate::ext4::ondisk::xattr::{INDEX_POSIX_ACL_ACCESS, INDEX_POSIX_ACL_DEFAULT};
 use crate::ext4::types::{FileKind, Ino, XattrFlags};
 
-/// S_ISGID.
-const S_ISGID: u16 = 0o2000;
 /// The permission bits an ACL speaks for.
 const PERM_BITS: u16 = 0o777;
 /// ACL_READ | ACL_WRITE | ACL_EXECUTE.

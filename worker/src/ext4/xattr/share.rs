@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::ext4::attr::is_sxid;
 use crate::ext4::error::Result;
 use crate::ext4::ondisk::inode::Inode;
 use crate::ext4::ondisk::xattr::{self, NewXattr};
@@ -48,11 +49,6 @@ const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 
 /// Most inodes kept marked S_NOSEC (past it, lookups feed the index).
 const NOSEC_MAX: usize = 1 << 20;
-
-/// is_sxid: set-user-ID, or set-group-ID with group execute.
-fn is_sxid(mode: u16) -> bool {
-    mode & 0o4000 != 0 || (mode & 0o2000 != 0 && mode & 0o010 != 0)
-}
 
 /// EXT4_XATTR_REFCOUNT_MAX: the most inodes one block serves.
 pub(crate) const REFCOUNT_MAX: u32 = 1024;
