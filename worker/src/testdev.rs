@@ -310,9 +310,9 @@ impl BlockDevice for Failing {
     }
 }
 
-/// An in-memory disk whose next read touching an armed byte range stops
-/// inside the device (after the engine decided what to read, before the
-/// bytes are copied) until [`Pausing::release`].
+/// An in-memory disk whose next read (or write) touching an armed byte
+/// range stops inside the device (after the engine decided what to read
+/// or write, before the bytes are copied) until [`Pausing::release`].
 pub(crate) struct Pausing {
     mem: MemDevice,
     state: Mutex<PauseState>,
@@ -322,6 +322,8 @@ pub(crate) struct Pausing {
 #[derive(Default)]
 struct PauseState {
     armed: Option<Range<u64>>,
+    /// The armed range stops writes, not reads.
+    writes: bool,
     paused: bool,
     released: bool,
 }
@@ -343,6 +345,38 @@ impl Pausing {
         };
     }
 
+    /// The next write touching `bytes` pauses.
+    pub(crate) fn arm_write(&self, bytes: Range<u64>) {
+        *self.state.lock().unwrap() = PauseState {
+            armed: Some(bytes),
+            writes: true,
+            ..Default::default()
+        };
+    }
+
+    /// The disk's bytes.
+    pub(crate) fn contents(&self) -> Vec<u8> {
+        self.mem.contents()
+    }
+
+    /// Stops here if this access is the armed one.
+    fn pause_if_armed(&self, write: bool, offset: u64, len: usize) {
+        let mut st = self.state.lock().unwrap();
+        let end = offset.saturating_add(len as u64);
+        if let Some(r) = st.armed.clone()
+            && st.writes == write
+            && offset < r.end
+            && r.start < end
+        {
+            st.armed = None;
+            st.paused = true;
+            self.changed.notify_all();
+            while !st.released {
+                st = self.changed.wait(st).unwrap();
+            }
+        }
+    }
+
     /// Waits until a read has paused.
     pub(crate) fn wait_paused(&self) {
         let mut st = self.state.lock().unwrap();
@@ -360,24 +394,12 @@ impl Pausing {
 
 impl BlockDevice for Pausing {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let mut st = self.state.lock().unwrap();
-        let end = offset.saturating_add(buf.len() as u64);
-        if let Some(r) = st.armed.clone()
-            && offset < r.end
-            && r.start < end
-        {
-            st.armed = None;
-            st.paused = true;
-            self.changed.notify_all();
-            while !st.released {
-                st = self.changed.wait(st).unwrap();
-            }
-        }
-        drop(st);
+        self.pause_if_armed(false, offset, buf.len());
         self.mem.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.pause_if_armed(true, offset, buf.len());
         self.mem.write_at(buf, offset)
     }
 

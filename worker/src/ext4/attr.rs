@@ -12,6 +12,8 @@ use crate::ext4::{crypt, inode_flags};
 
 impl Ext4 {
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        // A truncate waits for the file's write in flight.
+        let _content = set.size.map(|_| self.rw.content_locks.lock(ino));
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
         if inode.links_count == 0 && self.inode(ino).is_err() {

@@ -21,6 +21,7 @@ pub(crate) mod attr;
 pub(crate) mod cache;
 pub(crate) mod checksum;
 pub(crate) mod cluster;
+pub(crate) mod content_lock;
 pub(crate) mod crypt;
 pub(crate) mod dir;
 pub(crate) mod fault;

@@ -61,6 +61,8 @@ pub(crate) struct RwState {
     /// a reader never reads a block that was freed, and perhaps handed to
     /// another file, after it mapped it (see `Ext4::read`).
     pub(super) free_gate: RwLock<()>,
+    /// Per-inode content locks: see `content_lock`.
+    pub(crate) content_locks: crate::ext4::content_lock::ContentLocks,
 }
 
 /// The live superblock and its 1024 on-disk bytes (reserved areas kept).
@@ -106,6 +108,7 @@ impl RwState {
             flush_gate: RwLock::new(()),
             journal: std::sync::OnceLock::new(),
             free_gate: RwLock::new(()),
+            content_locks: Default::default(),
         }
     }
 

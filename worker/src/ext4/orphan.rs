@@ -244,6 +244,7 @@ impl Ext4 {
     /// inode itself (i_dtime set, size 0, bitmap bit cleared), in one
     /// transaction that may use the reserved pool.
     pub(crate) fn release_inode(&self, ino: Ino) -> Result<()> {
+        let _content = self.rw.content_locks.lock(ino);
         let mut txn = self.begin()?;
         let inode = txn.inode(ino)?;
         if inode.links_count != 0 {

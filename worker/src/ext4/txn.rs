@@ -4,10 +4,10 @@
 //! which `writeback` logs to the journal as one jbd2 transaction.
 //!
 //! # Lock order
-//! 1. per-inode locks, lower inode number first (reserved: none exist
-//!    today, because every mutation, data writes included, runs inside
-//!    one transaction and so under the transaction lock; readers never
-//!    block);
+//! 1. a per-inode content lock (`content_lock`), at most one: taken by a
+//!    write, truncate, fallocate and the final release of a file, so that
+//!    a write can put its data on the device between two transactions,
+//!    holding no filesystem-wide lock meanwhile (see `file::write`);
 //! 2. the transaction lock (`RwState::txn_lock`, one per filesystem: the
 //!    "journal" lock), taken by [`Ext4::begin`] and held until the `Txn`
 //!    commits or drops;

@@ -6,6 +6,7 @@
 //! The last extent found is remembered in the inode, so sequential reads do
 //! not walk the tree again.
 
+pub(crate) mod block_write;
 pub(crate) mod extent;
 pub(crate) mod indirect;
 pub(crate) mod inline;

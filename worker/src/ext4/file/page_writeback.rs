@@ -10,6 +10,10 @@
 //! tell: an inline file (its region grows only as far as the write) and,
 //! below page-sized blocks, whole blocks of the page that lie in holes.
 //! Dropping zeros that read as zeros already changes no byte of the file.
+//! An append-only file gets its appends as pages starting before its end:
+//! the file's own bytes in front are dropped too.
+
+use std::ops::Range;
 
 use crate::ext4::ondisk::inode::{EXT4_INLINE_DATA_FL, Inode};
 use crate::ext4::txn::Txn;
@@ -56,28 +60,62 @@ impl Ext4 {
         Ok(data.get(..keep).unwrap_or(data))
     }
 
-    /// Writes `data` at `offset` of a block-mapped file, leaving out, below
-    /// page-sized blocks, every block of it that is all zeros and reads as
-    /// zeros already (a hole or an unwritten extent): a 1 KiB write into a
+    /// A write to append-only `inode` at `offset`: where it may start and
+    /// the bytes from there. FUSE writes back the whole page holding the
+    /// old end, so an append arrives starting before it, with the file's
+    /// own bytes in front (the page cache read them). Those must be what
+    /// the file holds, and are dropped; anything else would change the
+    /// file before its end: EPERM, as ext4 refuses such a write.
+    pub(crate) fn append_only_tail<'d>(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        data: &'d [u8],
+    ) -> Result<(u64, &'d [u8])> {
+        if offset >= inode.size {
+            return Ok((offset, data));
+        }
+        let before = usize::try_from(inode.size.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let mut current = vec![0u8; before];
+        let mut got = 0;
+        while got < before {
+            let rest = current.get_mut(got..).unwrap_or_default();
+            let n = self.read(inode.ino, offset.saturating_add(got as u64), rest)?;
+            if n == 0 {
+                break;
+            }
+            got = got.saturating_add(n);
+        }
+        if got < before || data.get(..before) != Some(current.as_slice()) {
+            return Err(Error::NotPermitted);
+        }
+        Ok((inode.size, data.get(before..).unwrap_or_default()))
+    }
+
+    /// The byte ranges of `data` (to be written at `offset` into a
+    /// block-mapped file) that need writing: all of it, except below
+    /// page-sized blocks every block of it that is all zeros and reads as
+    /// zeros already (a hole or an unwritten extent). A 1 KiB write into a
     /// hole arrives as a 4 KiB page, and ext4 allocates one block, not
     /// four. The one case this differs from ext4: zeros written on purpose
     /// into a hole on such a filesystem stay a hole (reading the same
-    /// bytes). Returns the bytes written (a prefix of `data`, short on a
-    /// full filesystem); skipped blocks count as written.
-    pub(super) fn write_skipping_zero_holes(
+    /// bytes).
+    pub(super) fn pieces_to_write(
         &self,
         txn: &mut Txn<'_>,
         inode: &mut Inode,
         offset: u64,
         data: &[u8],
-        reserved_ok: bool,
-    ) -> Result<usize> {
+    ) -> Result<Vec<Range<usize>>> {
         let bs = u64::from(self.block_size());
         if bs >= PAGE_SIZE {
-            return self.write_blocks(txn, inode, offset, data, reserved_ok);
+            return Ok(std::iter::once(0..data.len()).collect());
         }
         // The write in block-sized pieces (the first and last may be
         // partial); `run` is where the pieces to write began.
+        let mut pieces = Vec::new();
         let mut run: Option<usize> = None;
         let mut at = 0usize;
         while at < data.len() {
@@ -92,11 +130,7 @@ impl Ext4 {
                     .is_none();
             match (skip, run) {
                 (true, Some(start)) => {
-                    let done =
-                        self.write_piece(txn, inode, offset, data, start, at, reserved_ok)?;
-                    if done < at {
-                        return Ok(done);
-                    }
+                    pieces.push(start..at);
                     run = None;
                 }
                 (false, None) => run = Some(at),
@@ -104,38 +138,10 @@ impl Ext4 {
             }
             at = next;
         }
-        match run {
-            Some(start) => {
-                self.write_piece(txn, inode, offset, data, start, data.len(), reserved_ok)
-            }
-            None => Ok(data.len()),
+        if let Some(start) = run {
+            pieces.push(start..data.len());
         }
-    }
-
-    /// Writes data[start..end) at offset + start; the bytes of `data`
-    /// written up to where it stopped (skipped blocks before it count).
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one piece of write_skipping_zero_holes's request, named by its bounds"
-    )]
-    fn write_piece(
-        &self,
-        txn: &mut Txn<'_>,
-        inode: &mut Inode,
-        offset: u64,
-        data: &[u8],
-        start: usize,
-        end: usize,
-        reserved_ok: bool,
-    ) -> Result<usize> {
-        let piece = data.get(start..end).unwrap_or_default();
-        let at = offset.saturating_add(start as u64);
-        match self.write_blocks(txn, inode, at, piece, reserved_ok) {
-            Ok(n) => Ok(start.saturating_add(n)),
-            // Full after an earlier piece: a short write.
-            Err(Error::NoSpace) if start > 0 => Ok(start),
-            Err(e) => Err(e),
-        }
+        Ok(pieces)
     }
 }
 

@@ -13,7 +13,7 @@
 //! whole-page writes are trimmed in page_writeback.rs.
 
 use super::Mapping;
-use super::extent::{self as ew, Root, Run, RunKind, TreeCtx, TreeStore};
+use super::extent::{self as ew, Root, Run, TreeCtx, TreeStore};
 use super::indirect::IndCtx;
 use super::page_writeback::PAGE_SIZE;
 use crate::ext4::inode_flags;
@@ -253,6 +253,7 @@ impl Ext4 {
     /// fit). `reserved_ok`: the caller may use root-reserved blocks (root,
     /// or s_resuid/s_resgid).
     pub fn write_as(&self, ino: Ino, offset: u64, data: &[u8], reserved_ok: bool) -> Result<usize> {
+        let _content = self.rw.content_locks.lock(ino);
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
         match inode.kind {
@@ -261,12 +262,17 @@ impl Ext4 {
             _ => return Err(Error::Invalid("write to a non-regular file")),
         }
         inode_flags::ensure_content_mutable(&inode)?;
-        if inode_flags::is_append_only(&inode) && offset < inode.size {
-            // Only appends (the kernel refuses the open without O_APPEND).
-            return Err(Error::NotPermitted);
-        }
+        // Only appends to an append-only file (the kernel refuses the
+        // open without O_APPEND); its page writeback may start before the
+        // old end with the file's own bytes.
+        let (offset, data, appended_from) = if inode_flags::is_append_only(&inode) {
+            let (at, tail) = self.append_only_tail(&inode, offset, data)?;
+            (at, tail, data.len().saturating_sub(tail.len()))
+        } else {
+            (offset, data, 0)
+        };
         if data.is_empty() {
-            return Ok(0);
+            return Ok(appended_from);
         }
         let max = self.max_file_size(&inode);
         if offset >= max {
@@ -289,7 +295,7 @@ impl Ext4 {
                 self.touch_written(&mut txn, &mut inode, offset.saturating_add(kept_len));
                 txn.put_inode(inode);
                 txn.commit()?;
-                return Ok(data.len());
+                return Ok(appended_from.saturating_add(data.len()));
             }
             if inline {
                 self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
@@ -298,15 +304,46 @@ impl Ext4 {
         }
         // Quota: the write stops where the owners' limits do.
         txn.limit_blocks_for(&inode)?;
-        let written =
-            match self.write_skipping_zero_holes(&mut txn, &mut inode, offset, data, reserved_ok) {
+        // Extent files take new blocks unwritten and write their data
+        // between two transactions (see block_write.rs); block-mapped files
+        // have no unwritten state and write it inside this one.
+        let extents = inode.has_flag(EXT4_EXTENTS_FL);
+        let (pieces, written) =
+            match self.map_pieces(&mut txn, &mut inode, offset, data, extents, reserved_ok) {
                 Err(Error::NoSpace) if txn.quota_hit => return Err(Error::QuotaExceeded),
                 r => r?,
             };
+        if !extents {
+            self.write_pieces(&pieces, offset, data)?;
+            self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
+            txn.put_inode(inode);
+            txn.commit()?;
+            return Ok(appended_from.saturating_add(written));
+        }
+        txn.put_inode(inode);
+        txn.commit()?;
+        {
+            // No lock but the file's own: a commit that frees blocks
+            // waits for this data to land, so none of these blocks can be
+            // freed and handed to another file meanwhile.
+            let _gate = self.rw.free_gate.read().unwrap_or_else(|e| e.into_inner());
+            self.write_pieces(&pieces, offset, data)?;
+        }
+        let mut txn = self.begin()?;
+        // Marking blocks written may split an extent: never refused for
+        // space once the data is on disk (EXT4_GET_BLOCKS_METADATA_NOFAIL).
+        txn.use_reserved_pool();
+        let mut inode = txn.inode(ino)?;
+        if inode.links_count == 0 && !self.is_held_orphan(ino) {
+            // Unlinked and freed meanwhile, which the FUSE layer never
+            // lets happen to a file with writes in flight.
+            return Err(Error::NotFound);
+        }
+        self.mark_written(&mut txn, &mut inode, &pieces)?;
         self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
         txn.put_inode(inode);
         txn.commit()?;
-        Ok(written)
+        Ok(appended_from.saturating_add(written))
     }
 
     /// i_size grows to `end`; mtime = ctime = now.
@@ -320,91 +357,6 @@ impl Ext4 {
         let now = self.now();
         inode.mtime = now;
         inode.ctime = now;
-    }
-
-    /// The block part of a write: maps, writes data, converts unwritten
-    /// extents. Returns the bytes written (a prefix of `data`).
-    #[expect(
-        clippy::arithmetic_side_effects,
-        reason = "offset + data.len() <= max_file_size < 2^63 (write_as), data is not empty, and the runs lie inside the request"
-    )]
-    pub(super) fn write_blocks(
-        &self,
-        txn: &mut Txn<'_>,
-        inode: &mut Inode,
-        offset: u64,
-        data: &[u8],
-        reserved_ok: bool,
-    ) -> Result<usize> {
-        let bs = u64::from(self.block_size());
-        let end = offset + data.len() as u64;
-        let first = offset / bs;
-        let count = (end - 1) / bs - first + 1;
-        let (runs, _short) = self.map_alloc_runs(txn, inode, first, count, false, reserved_ok)?;
-        let mapped: u64 = runs.iter().map(|r| u64::from(r.len)).sum();
-        if mapped == 0 {
-            return Err(Error::NoSpace);
-        }
-        let end = end.min((first + mapped) * bs);
-        for r in &runs {
-            self.write_run(r, offset, end, data)?;
-        }
-        // Unwritten extents we wrote into are now data.
-        if inode.has_flag(EXT4_EXTENTS_FL) && runs.iter().any(|r| r.kind == RunKind::Unwritten) {
-            let ctx = self.tree_ctx(inode);
-            let mut store = TxnStore { txn, reserved_ok };
-            let mut root = Root {
-                i_block: &mut inode.i_block,
-                blocks: &mut inode.blocks,
-            };
-            for r in runs.iter().filter(|r| r.kind == RunKind::Unwritten) {
-                let s = r.lblk;
-                let e = (r.lblk + u64::from(r.len)).min(end.div_ceil(bs));
-                ew::set_state(&mut store, &ctx, &mut root, s, e, false)?;
-            }
-            *inode
-                .extent_hint
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        Ok((end - offset) as usize)
-    }
-
-    /// Writes the part of file bytes [offset, end) (data = bytes from
-    /// offset) that falls in run `r`.
-    #[expect(
-        clippy::arithmetic_side_effects,
-        reason = "offset <= pos < re <= end <= max_file_size < 2^63, bs > 0, and run r maps blocks inside the request (from the mapping, which checked them)"
-    )]
-    fn write_run(&self, r: &Run, offset: u64, end: u64, data: &[u8]) -> Result<()> {
-        let bs = u64::from(self.block_size());
-        let rs = (r.lblk * bs).max(offset);
-        let re = ((r.lblk + u64::from(r.len)) * bs).min(end);
-        let mut pos = rs;
-        while pos < re {
-            let pblk = r.pblk + (pos / bs - r.lblk);
-            let inb = pos % bs;
-            let src = |a: u64, b: u64| data.get((a - offset) as usize..(b - offset) as usize);
-            if inb != 0 || re - pos < bs {
-                let n = (bs - inb).min(re - pos);
-                let mut buf = vec![0u8; bs as usize];
-                if r.kind == RunKind::Written {
-                    self.read_blocks_direct(pblk, 0, &mut buf)?;
-                }
-                let dst = buf
-                    .get_mut(inb as usize..(inb + n) as usize)
-                    .ok_or(Error::Invalid("write range"))?;
-                dst.copy_from_slice(src(pos, pos + n).ok_or(Error::Invalid("write range"))?);
-                self.write_data(pblk, 0, &buf)?;
-                pos += n;
-            } else {
-                let nfull = (re - pos) / bs;
-                let bytes = src(pos, pos + nfull * bs).ok_or(Error::Invalid("write range"))?;
-                self.write_data(pblk, 0, bytes)?;
-                pos += nfull * bs;
-            }
-        }
-        Ok(())
     }
 
     /// Zeroes file bytes [from, to) (inside one block) on disk if that
@@ -595,6 +547,7 @@ impl Ext4 {
         if mode.punch_hole && !mode.keep_size {
             return Err(Error::Unsupported("punch hole without keep size".into()));
         }
+        let _content = self.rw.content_locks.lock(ino);
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
         match inode.kind {

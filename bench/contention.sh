@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Metadata latency while a large write runs on the same mount: what a
+# desktop user feels when a file manager lists or creates files on a disk
+# that is taking a big copy. One process writes BIG_MIB MiB (dd, then
+# fsync); meanwhile another creates, lstat()s and unlinks files in a loop
+# and times each operation; the table shows the median, 99th percentile
+# and worst of those times, and how many operations fit in the write.
+#
+#   sudo bench/contention.sh          (BIG_MIB=2048, SYSTEMS="kernel safemount")
+#
+# Run as root from the repository root after `cargo build --release
+# --workspace`. See bench/README.md.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
+WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
+BIG_MIB=${BIG_MIB:-2048}
+SYSTEMS=${SYSTEMS:-"kernel safemount"}
+
+need_binaries
+mkdir -p "$WORK"
+MNT=$WORK/cmnt
+mkdir -p "$MNT"
+SOCK=$WORK/safemountd-c.sock
+PRISTINE=$WORK/contention-empty.img
+IMG=$WORK/contention.img
+
+cleanup() {
+    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
+    stop_broker
+    rm -f "$IMG"
+}
+trap cleanup EXIT
+
+if [[ ! -f $PRISTINE ]]; then
+    truncate -s 8G "$PRISTINE"
+    mkfs.ext4 -q -F "$PRISTINE"
+fi
+
+# Times create+close, lstat and unlink of one file at a time while the
+# writer (pid $1) lives; prints "ops p50 p99 max" in microseconds.
+metadata_loop() {
+    python3 - "$MNT/meta" "$1" <<'EOF'
+import os, sys, time
+d, writer = sys.argv[1], int(sys.argv[2])
+os.mkdir(d)
+lat = []
+i = 0
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+while alive(writer):
+    p = os.path.join(d, "f%d" % i)
+    t = time.perf_counter()
+    os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    os.lstat(p)
+    os.unlink(p)
+    lat.append((time.perf_counter() - t) * 1e6)
+    i += 1
+lat.sort()
+if not lat:
+    print("0 - - -")
+else:
+    q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))]
+    print("%d %.0f %.0f %.0f" % (len(lat), q(0.5), q(0.99), lat[-1]))
+EOF
+}
+
+run_one() { # $1 system
+    cp --sparse=always "$PRISTINE" "$IMG"
+    case $1 in
+        kernel) mount -o loop "$IMG" "$MNT" ;;
+        safemount)
+            start_broker "$WORK/safemountd-c.log"
+            "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null
+            ;;
+        *) die "unknown system $1" ;;
+    esac
+    dd if=/dev/zero of="$MNT/big" bs=1M count="$BIG_MIB" conv=fsync status=none &
+    local writer=$! start
+    start=$(now)
+    local stats
+    stats=$(metadata_loop "$writer")
+    wait "$writer"
+    local secs
+    secs=$(elapsed "$start" "$(now)")
+    case $1 in
+        kernel) umount "$MNT" ;;
+        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
+    esac
+    read -r ops p50 p99 max <<<"$stats"
+    printf '%-10s %8s %8.1f %9s %9s %9s %10s\n' "$1" "$BIG_MIB" "$(calc "$BIG_MIB / $secs")" "$ops" "$p50" "$p99" "$max"
+}
+
+printf '%-10s %8s %8s %9s %9s %9s %10s\n' system "MiB" "MiB/s" "meta ops" "p50 us" "p99 us" "max us"
+for s in $SYSTEMS; do
+    run_one "$s"
+done
