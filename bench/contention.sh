@@ -8,6 +8,12 @@
 #
 #   sudo bench/contention.sh          (BIG_MIB=2048, SYSTEMS="kernel safemount")
 #
+# A disk slower than the host's page cache: SLOW_MBPS=20 puts safemount on
+# a loop block device of an MMP filesystem (so the worker writes with
+# O_DIRECT and waits for the device, as on a USB stick once the page cache
+# is full) and throttles the worker's writes to that many MB/s (cgroup v1
+# blkio; the mount first waits 11 s for MMP). Only safemount runs then.
+#
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
 set -euo pipefail
@@ -20,6 +26,10 @@ BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
 WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 BIG_MIB=${BIG_MIB:-2048}
 SYSTEMS=${SYSTEMS:-"kernel safemount"}
+SLOW_MBPS=${SLOW_MBPS:-}
+[[ -z $SLOW_MBPS ]] || SYSTEMS=safemount
+LOOP=
+CGROUP=/sys/fs/cgroup/blkio/safemount-bench
 
 need_binaries
 mkdir -p "$WORK"
@@ -32,14 +42,30 @@ IMG=$WORK/contention.img
 cleanup() {
     if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
     stop_broker
+    if [[ -n $LOOP ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
+    rmdir "$CGROUP" 2>/dev/null || true
     rm -f "$IMG"
 }
 trap cleanup EXIT
 
+if [[ -n $SLOW_MBPS ]]; then
+    PRISTINE=$WORK/contention-mmp.img
+    [[ -d /sys/fs/cgroup/blkio ]] || die "SLOW_MBPS needs the cgroup v1 blkio controller"
+fi
 if [[ ! -f $PRISTINE ]]; then
     truncate -s 8G "$PRISTINE"
-    mkfs.ext4 -q -F "$PRISTINE"
+    if [[ -n $SLOW_MBPS ]]; then mkfs.ext4 -q -F -O mmp "$PRISTINE"; else mkfs.ext4 -q -F "$PRISTINE"; fi
 fi
+
+# Moves every thread of the worker serving $MNT into a blkio cgroup that
+# lets it write $SLOW_MBPS MB/s to the loop device.
+throttle_worker() {
+    local pid t
+    pid=$(worker_pid "$MNT")
+    mkdir -p "$CGROUP"
+    echo "$(stat -c '%Hr:%Lr' "$LOOP") $((SLOW_MBPS * 1000000))" >"$CGROUP/blkio.throttle.write_bps_device"
+    for t in /proc/"$pid"/task/*; do echo "${t##*/}" >"$CGROUP/tasks"; done
+}
 
 # Times create+close, lstat and unlink of one file at a time while the
 # writer (pid $1) lives; prints "ops p50 p99 max" in microseconds.
@@ -79,7 +105,13 @@ run_one() { # $1 system
         kernel) mount -o loop "$IMG" "$MNT" ;;
         safemount)
             start_broker "$WORK/safemountd-c.log"
-            "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null
+            local source=$IMG
+            if [[ -n $SLOW_MBPS ]]; then
+                LOOP=$(losetup -f --show --direct-io=on "$IMG")
+                source=$LOOP
+            fi
+            "$BIN/safemount" --socket "$SOCK" mount "$source" "$MNT" -o rw >/dev/null
+            [[ -z $SLOW_MBPS ]] || throttle_worker
             ;;
         *) die "unknown system $1" ;;
     esac
@@ -95,6 +127,7 @@ run_one() { # $1 system
         kernel) umount "$MNT" ;;
         safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
     esac
+    if [[ -n $LOOP ]]; then losetup -d "$LOOP"; LOOP=; fi
     read -r ops p50 p99 max <<<"$stats"
     printf '%-10s %8s %8.1f %9s %9s %9s %10s\n' "$1" "$BIG_MIB" "$(calc "$BIG_MIB / $secs")" "$ops" "$p50" "$p99" "$max"
 }

@@ -12,10 +12,11 @@ use fuser::{Errno, ReplyEmpty};
 use super::convert::{errno, fuse_ino};
 use super::inodes::OpenState;
 use super::requests::RequestCounts;
+use super::write_queue::{PendingWrite, WriteQueues};
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::ondisk::features::INCOMPAT_CASEFOLD;
-use crate::ext4::types::Ino;
+use crate::ext4::types::{Ino, SetAttr};
 
 /// Attribute and entry lifetime. Read-only: nothing changes under the
 /// kernel's caches. Read-write: every change goes through this worker, by
@@ -56,6 +57,8 @@ pub struct Adapter {
     /// Notifications to the kernel, set once the session exists (see
     /// `notifier_slot`); unset in tests without a kernel.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// The files being written and their queued writes.
+    pub(super) writes: WriteQueues,
 }
 
 impl Adapter {
@@ -73,6 +76,7 @@ impl Adapter {
             requests: RequestCounts::default(),
             skip_opendir: false,
             notifier: Arc::new(OnceLock::new()),
+            writes: WriteQueues::default(),
         }
     }
 
@@ -99,6 +103,28 @@ impl Adapter {
             && let Err(e) = n.inval_inode(fuse_ino(ino), -1, 0)
         {
             tracing::debug!("invalidating inode {ino}'s attributes: {e}");
+        }
+    }
+
+    /// One WRITE: setuid/setgid cleared first when the kernel asks
+    /// (HANDLE_KILLPRIV_V2: it checked the caller's CAP_FSETID and the
+    /// mode), then the data, under the caller's quota limits. Root may use
+    /// the reserved blocks, as on ext4; page-cache writeback arrives as
+    /// the kernel (uid 0): it was accepted by the page cache already.
+    pub(super) fn serve_write(&self, ino: Ino, w: PendingWrite<'_>) {
+        let _quota = crate::ext4::quota::limits::CallerScope::new(w.uid);
+        if w.kill_suid_sgid {
+            let kill = SetAttr {
+                kill_suid_sgid: true,
+                ..SetAttr::default()
+            };
+            if let Err(e) = self.fs.setattr(ino, kill) {
+                return w.reply.error(self.fail("write", ino, &e));
+            }
+        }
+        match self.fs.write_as(ino, w.offset, &w.data, w.uid == 0) {
+            Ok(n) => w.reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => w.reply.error(self.fail("write", ino, &e)),
         }
     }
 

@@ -20,7 +20,9 @@ mod flusher;
 mod inodes;
 mod ioctl;
 mod requests;
+mod write_queue;
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -48,6 +50,7 @@ pub use convert::{
 };
 use convert::{file_type, negative_entry_attr, placeholder_attr, reply_xattr, time_set};
 use requests::Op;
+use write_queue::PendingWrite;
 
 /// Largest read served in one request. The kernel never asks for more than
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
@@ -707,28 +710,23 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // Quota limits apply to this request unless root made it.
-        let _quota = crate::ext4::quota::limits::CallerScope::new(req.uid());
         self.requests.count(Op::Write);
         let ino = ino_or_reply!(ino, reply);
         writable_or_reply!(self, reply);
-        // HANDLE_KILLPRIV_V2: the kernel asks (it checked the caller's
-        // CAP_FSETID and the mode), the write goes through after.
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            let kill = SetAttr {
-                kill_suid_sgid: true,
-                ..SetAttr::default()
-            };
-            if let Err(e) = self.fs.setattr(ino, kill) {
-                return reply.error(self.fail("write", ino, &e));
+        let w = PendingWrite {
+            offset,
+            data: Cow::Borrowed(data),
+            uid: req.uid(),
+            kill_suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            reply,
+        };
+        // This thread serves the file's writes until none is queued;
+        // or another thread is at it and serves this one too.
+        if let Some(first) = self.writes.enter(ino, w) {
+            self.serve_write(ino, first);
+            while let Some(w) = self.writes.next(ino) {
+                self.serve_write(ino, w);
             }
-        }
-        // Root may use the reserved blocks, as on ext4. Page-cache
-        // writeback arrives as the kernel (uid 0): it was accepted by the
-        // page cache already.
-        match self.fs.write_as(ino, offset, data, req.uid() == 0) {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(self.fail("write", ino, &e)),
         }
     }
 
