@@ -57,9 +57,10 @@ pub(crate) struct RwState {
     /// The journal's log on a journaled filesystem, from `start_rw` on.
     pub(super) journal: std::sync::OnceLock<Log>,
     /// Held for reading by a file read from its inode snapshot to its last
-    /// byte, for writing by a commit that frees blocks while it publishes:
-    /// a reader never reads a block that was freed, and perhaps handed to
-    /// another file, after it mapped it (see `Ext4::read`).
+    /// byte and by a write while its data goes to the device, for writing
+    /// by a commit that frees blocks while it publishes: no block is read
+    /// or written after it was freed, and perhaps handed to another file,
+    /// by someone who mapped it before (see `Ext4::read`, `file::block_write`).
     pub(super) free_gate: RwLock<()>,
     /// Per-inode content locks: see `content_lock`.
     pub(crate) content_locks: crate::ext4::content_lock::ContentLocks,

@@ -16,9 +16,10 @@
 //!
 //! Readers never take the transaction lock: they read the block and inode
 //! caches, which a commit updates only after the device writes succeeded.
-//! File reads hold `RwState::free_gate` shared, which a commit that frees
-//! blocks takes exclusively while it publishes (after the transaction
-//! lock, before the write-back set's lock).
+//! File reads, and writes while their data goes to the device, hold
+//! `RwState::free_gate` shared, which a commit that frees blocks takes
+//! exclusively while it publishes (after the transaction lock, before the
+//! write-back set's lock); neither holds the transaction lock meanwhile.
 //!
 //! # What a transaction holds
 //! Copies of every block it changed (`block_mut`, `block_new`, bitmaps,
