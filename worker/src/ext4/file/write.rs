@@ -331,8 +331,10 @@ impl Ext4 {
         }
         let mut txn = self.begin()?;
         // Marking blocks written may split an extent: never refused for
-        // space once the data is on disk (EXT4_GET_BLOCKS_METADATA_NOFAIL).
+        // space or quota once the data is on disk
+        // (EXT4_GET_BLOCKS_METADATA_NOFAIL).
         txn.use_reserved_pool();
+        txn.ignore_quota_limits();
         let mut inode = txn.inode(ino)?;
         if inode.links_count == 0 && !self.is_held_orphan(ino) {
             // Unlinked and freed meanwhile, which the FUSE layer never

@@ -127,6 +127,13 @@ impl Txn<'_> {
         })
     }
 
+    /// This transaction's usage is charged but never refused: it finishes
+    /// something already done (marking written data's blocks written may
+    /// split an extent; the kernel's dquot_alloc_block_nofail).
+    pub(crate) fn ignore_quota_limits(&mut self) {
+        self.quota_limited = false;
+    }
+
     /// Refuses (QuotaExceeded) usage rises past a limit of an enforced
     /// type; called by `apply_quota` before anything is written.
     pub(crate) fn check_limits(&mut self, deltas: &Deltas) -> Result<()> {

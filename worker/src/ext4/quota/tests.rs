@@ -520,3 +520,57 @@ fn limits_refuse_with_edquot() {
     fs.shutdown().unwrap();
     assert_fsck_clean(im.save(), "limits");
 }
+
+/// A write into preallocated (unwritten) blocks takes no new data blocks,
+/// but marking them written may split the extent and need a tree block:
+/// that is never refused for quota once the data is on disk (the kernel's
+/// dquot_alloc_block_nofail), even at the hard limit; usage stays exact.
+#[test]
+fn marking_written_is_never_refused_by_quota() {
+    use super::limits::CallerScope;
+    use crate::ext4::OpenOptions;
+    if !have_mkfs() {
+        return;
+    }
+    let im = quota_image("quotaconv", &["-b", "4096", "-O", "quota,project", QUOTA]);
+    let fs = Ext4::open(
+        im.dev.clone(),
+        OpenOptions {
+            read_only: false,
+            quota_limits: [true, true, false],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let l = crate::ext4::QuotaLimits {
+        block_hard_kib: 40,
+        ..Default::default()
+    };
+    fs.set_quota_limits(QuotaType::User, 1000, l).unwrap();
+    let _scope = CallerScope::new(1000);
+    let f = fs
+        .create(ROOT_INO, b"pre", 0o100644, 0, 1000, 1000, 0)
+        .unwrap()
+        .ino;
+    // All 10 blocks the limit allows, unwritten, in one extent.
+    fs.fallocate(f, 0, 40960, FallocMode::default()).unwrap();
+    // Written blocks at 2, 4 and 6: the fifth extent needs a leaf block.
+    for b in [2u64, 4, 6] {
+        assert_eq!(fs.write(f, b * 4096, &[0x5a; 4096]).unwrap(), 4096);
+    }
+    let mut buf = vec![0u8; 40960];
+    assert_eq!(fs.read(f, 0, &mut buf).unwrap(), 40960);
+    for b in 0..10usize {
+        let want = if [2, 4, 6].contains(&b) { 0x5a } else { 0 };
+        assert!(
+            buf[b * 4096..(b + 1) * 4096].iter().all(|&x| x == want),
+            "block {b}"
+        );
+    }
+    let u = fs.quota_entries(QuotaType::User).unwrap()[&1000];
+    assert_eq!(u.curspace, 11 * 4096, "ten data blocks and the leaf");
+    assert_usage_exact(&fs, "conversion at the limit");
+    drop(_scope);
+    fs.shutdown().unwrap();
+    assert_fsck_clean(im.save(), "conversion at the limit");
+}
