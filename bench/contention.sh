@@ -8,6 +8,8 @@
 #
 #   sudo bench/contention.sh          (BIG_MIB=2048, SYSTEMS="kernel safemount")
 #
+# WRITERS=N runs N such writes at once, to N files (BIG_MIB each).
+#
 # A disk slower than the host's page cache: SLOW_MBPS=20 puts safemount on
 # a loop block device of an MMP filesystem (so the worker writes with
 # O_DIRECT and waits for the device, as on a USB stick once the page cache
@@ -25,6 +27,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
 WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 BIG_MIB=${BIG_MIB:-2048}
+WRITERS=${WRITERS:-1}
 SYSTEMS=${SYSTEMS:-"kernel safemount"}
 SLOW_MBPS=${SLOW_MBPS:-}
 [[ -z $SLOW_MBPS ]] || SYSTEMS=safemount
@@ -115,7 +118,12 @@ run_one() { # $1 system
             ;;
         *) die "unknown system $1" ;;
     esac
-    dd if=/dev/zero of="$MNT/big" bs=1M count="$BIG_MIB" conv=fsync status=none &
+    (
+        for w in $(seq "$WRITERS"); do
+            dd if=/dev/zero of="$MNT/big$w" bs=1M count="$BIG_MIB" conv=fsync status=none &
+        done
+        wait
+    ) &
     local writer=$! start
     start=$(now)
     local stats
@@ -129,7 +137,7 @@ run_one() { # $1 system
     esac
     if [[ -n $LOOP ]]; then losetup -d "$LOOP"; LOOP=; fi
     read -r ops p50 p99 max <<<"$stats"
-    printf '%-10s %8s %8.1f %9s %9s %9s %10s\n' "$1" "$BIG_MIB" "$(calc "$BIG_MIB / $secs")" "$ops" "$p50" "$p99" "$max"
+    printf '%-10s %8s %8.1f %9s %9s %9s %10s\n' "$1" "$((BIG_MIB * WRITERS))" "$(calc "$BIG_MIB * $WRITERS / $secs")" "$ops" "$p50" "$p99" "$max"
 }
 
 printf '%-10s %8s %8s %9s %9s %9s %10s\n' system "MiB" "MiB/s" "meta ops" "p50 us" "p99 us" "max us"

@@ -62,6 +62,12 @@ pub(crate) struct RwState {
     /// or written after it was freed, and perhaps handed to another file,
     /// by someone who mapped it before (see `Ext4::read`, `file::block_write`).
     pub(super) free_gate: RwLock<()>,
+    /// Where each inode on the on-disk orphan list was linked from (its
+    /// predecessor's number, 0 for the superblock's head), so that taking
+    /// one off costs no walk of the list (the kernel keeps an in-memory
+    /// list for the same reason). Hints only: each is checked against the
+    /// inodes before it is used, and a stale one falls back to the walk.
+    pub(crate) orphan_prev: Mutex<std::collections::HashMap<Ino, Ino>>,
     /// Per-inode content locks: see `content_lock`.
     pub(crate) content_locks: crate::ext4::content_lock::ContentLocks,
 }
@@ -109,6 +115,7 @@ impl RwState {
             flush_gate: RwLock::new(()),
             journal: std::sync::OnceLock::new(),
             free_gate: RwLock::new(()),
+            orphan_prev: Mutex::new(std::collections::HashMap::new()),
             content_locks: Default::default(),
         }
     }
