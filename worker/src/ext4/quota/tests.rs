@@ -459,33 +459,40 @@ fn corrupt_quota_file_serves_read_only() {
     fs.shutdown().unwrap();
 }
 
-/// Limits enforced for a limited caller: the inode hard limit refuses a
-/// create, a write stops short at the block hard limit then fails, root
-/// is exempt; usage stays exact and e2fsck clean.
-#[test]
-fn limits_refuse_with_edquot() {
-    use super::limits::CallerScope;
-    use crate::ext4::{Error, OpenOptions};
-    if !have_mkfs() {
-        return;
-    }
-    let im = quota_image("quotalim", &["-b", "4096", "-O", "quota,project", QUOTA]);
+/// A 4 KiB-block quota image opened with user and group limits enforced,
+/// uid 1000's limits set to `limits`.
+fn limited_image(tag: &str, limits: crate::ext4::QuotaLimits) -> (RwImage, Ext4) {
+    let im = quota_image(tag, &["-b", "4096", "-O", "quota,project", QUOTA]);
     let fs = Ext4::open(
         im.dev.clone(),
-        OpenOptions {
+        crate::ext4::OpenOptions {
             read_only: false,
             quota_limits: [true, true, false],
             ..Default::default()
         },
     )
     .unwrap();
+    fs.set_quota_limits(QuotaType::User, 1000, limits).unwrap();
+    (im, fs)
+}
+
+/// Limits enforced for a limited caller: the inode hard limit refuses a
+/// create, a write stops short at the block hard limit then fails, root
+/// is exempt; usage stays exact and e2fsck clean.
+#[test]
+fn limits_refuse_with_edquot() {
+    use super::limits::CallerScope;
+    use crate::ext4::Error;
+    if !have_mkfs() {
+        return;
+    }
     // 40 KiB hard, 3 inodes hard for uid 1000.
     let l = crate::ext4::QuotaLimits {
         block_hard_kib: 40,
         inode_hard: 3,
         ..Default::default()
     };
-    fs.set_quota_limits(QuotaType::User, 1000, l).unwrap();
+    let (im, fs) = limited_image("quotalim", l);
     let _scope = CallerScope::new(1000);
     let mut inos = Vec::new();
     for i in 0..3 {
@@ -528,25 +535,14 @@ fn limits_refuse_with_edquot() {
 #[test]
 fn marking_written_is_never_refused_by_quota() {
     use super::limits::CallerScope;
-    use crate::ext4::OpenOptions;
     if !have_mkfs() {
         return;
     }
-    let im = quota_image("quotaconv", &["-b", "4096", "-O", "quota,project", QUOTA]);
-    let fs = Ext4::open(
-        im.dev.clone(),
-        OpenOptions {
-            read_only: false,
-            quota_limits: [true, true, false],
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let l = crate::ext4::QuotaLimits {
         block_hard_kib: 40,
         ..Default::default()
     };
-    fs.set_quota_limits(QuotaType::User, 1000, l).unwrap();
+    let (im, fs) = limited_image("quotaconv", l);
     let _scope = CallerScope::new(1000);
     let f = fs
         .create(ROOT_INO, b"pre", 0o100644, 0, 1000, 1000, 0)
