@@ -242,6 +242,28 @@ pub(crate) fn debugfs_out(img: &Path, cmd: &str) -> String {
 
 /// The engine on `dev`, read-only or read-write as asked (it may still
 /// serve read-only: callers that care check `is_read_only`).
+/// An empty 16 MiB filesystem of 4 KiB blocks on a [`Pausing`] device,
+/// open read-write with an empty file "a": for tests that stop one device
+/// access to open a race window. The image file is the scratch's.
+pub(crate) fn pausing_fs_with_a(
+    tag: &str,
+) -> (
+    Scratch,
+    PathBuf,
+    Arc<crate::testdev::Pausing>,
+    Arc<Ext4>,
+    Ino,
+) {
+    let sc = Scratch::new(tag);
+    let src = sc.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let img = mkfs(&sc, &src, &["-b", "4096"], 16 * 1024);
+    let dev = Arc::new(crate::testdev::Pausing::new(std::fs::read(&img).unwrap()));
+    let fs = Arc::new(open_on(dev.clone() as Arc<dyn BlockDevice>, false));
+    let a = fs.create(ROOT_INO, b"a", 0o100644, 0, 0, 0, 0).unwrap().ino;
+    (sc, img, dev, fs, a)
+}
+
 pub(crate) fn open_on(dev: Arc<dyn BlockDevice>, read_only: bool) -> Ext4 {
     Ext4::open(
         dev,

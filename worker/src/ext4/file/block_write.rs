@@ -12,8 +12,7 @@
 
 use std::ops::Range;
 
-use super::extent::{self as ew, Root, Run, RunKind};
-use super::write::TxnStore;
+use super::extent::{self as ew, Run, RunKind};
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, Inode};
 use crate::ext4::txn::Txn;
 use crate::ext4::{Error, Ext4, Result};
@@ -126,27 +125,16 @@ impl Ext4 {
             return Ok(());
         }
         let bs = u64::from(self.block_size());
-        let ctx = self.tree_ctx(inode);
-        let mut store = TxnStore {
-            txn,
-            reserved_ok: true,
-        };
-        let mut root = Root {
-            i_block: &mut inode.i_block,
-            blocks: &mut inode.blocks,
-        };
-        for p in pieces {
-            for r in p.runs.iter().filter(|r| r.kind != RunKind::Written) {
-                let s = r.lblk;
-                let e = (r.lblk + u64::from(r.len)).min(p.end.div_ceil(bs));
-                ew::set_state(&mut store, &ctx, &mut root, s, e, false)?;
+        self.edit_extent_tree(txn, inode, true, |store, ctx, root| {
+            for p in pieces {
+                for r in p.runs.iter().filter(|r| r.kind != RunKind::Written) {
+                    let s = r.lblk;
+                    let e = (r.lblk + u64::from(r.len)).min(p.end.div_ceil(bs));
+                    ew::set_state(store, ctx, root, s, e, false)?;
+                }
             }
-        }
-        *inode
-            .extent_hint
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Writes the part of file bytes [offset, end) (data = bytes from
@@ -201,15 +189,12 @@ fn data_range(offset: u64, at: u64, end: u64) -> Option<Range<usize>> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)]
 
-    use std::sync::Arc;
     use std::sync::mpsc;
     use std::thread;
     use std::time::Duration;
 
-    use crate::ext4::testutil::{Scratch, assert_fsck_clean, have_mkfs, mkfs, open_on};
+    use crate::ext4::testutil::{assert_fsck_clean, have_mkfs, pausing_fs_with_a};
     use crate::ext4::types::ROOT_INO;
-    use crate::io::BlockDevice;
-    use crate::testdev::Pausing;
 
     const LEN: usize = 256 * 1024;
 
@@ -225,13 +210,7 @@ mod tests {
         if !have_mkfs() {
             return;
         }
-        let sc = Scratch::new("write-nolock");
-        let src = sc.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        let img = mkfs(&sc, &src, &["-b", "4096"], 16 * 1024);
-        let dev = Arc::new(Pausing::new(std::fs::read(&img).unwrap()));
-        let fs = Arc::new(open_on(dev.clone() as Arc<dyn BlockDevice>, false));
-        let a = fs.create(ROOT_INO, b"a", 0o100644, 0, 0, 0, 0).unwrap().ino;
+        let (_sc, img, dev, fs, a) = pausing_fs_with_a("write-nolock");
 
         // The first device write from now on is a's data (metadata waits
         // for write-back).

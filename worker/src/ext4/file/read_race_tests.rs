@@ -2,15 +2,12 @@
 //! those blocks in between, followed by a write that reuses them for
 //! another file, must not show the reader the other file's bytes.
 
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use super::Mapping;
-use crate::ext4::testutil::{Scratch, have_mkfs, mkfs, open_on};
+use crate::ext4::testutil::{have_mkfs, pausing_fs_with_a};
 use crate::ext4::types::{ROOT_INO, SetAttr};
-use crate::io::BlockDevice;
-use crate::testdev::Pausing;
 
 const LEN: usize = 64 * 1024;
 
@@ -19,13 +16,7 @@ fn a_read_never_sees_a_freed_block_reused() {
     if !have_mkfs() {
         return;
     }
-    let sc = Scratch::new("read-race");
-    let src = sc.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let img = mkfs(&sc, &src, &["-b", "4096"], 16 * 1024);
-    let dev = Arc::new(Pausing::new(std::fs::read(&img).unwrap()));
-    let fs = Arc::new(open_on(dev.clone() as Arc<dyn BlockDevice>, false));
-    let a = fs.create(ROOT_INO, b"a", 0o100644, 0, 0, 0, 0).unwrap().ino;
+    let (_sc, _img, dev, fs, a) = pausing_fs_with_a("read-race");
     fs.write(a, 0, &[0xAA; LEN]).unwrap();
     let Mapping::Mapped { pblk, .. } = fs.map_block(&fs.inode(a).unwrap(), 0).unwrap() else {
         panic!("a's first block is not mapped");

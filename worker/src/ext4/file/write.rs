@@ -158,6 +158,30 @@ impl Ext4 {
         }
     }
 
+    /// Runs `edit` on extent file `inode`'s tree through `txn` (new tree
+    /// blocks may use the root-reserved ones with `reserved_ok`), then
+    /// drops the inode's cached leaf, which the edit may have changed.
+    pub(crate) fn edit_extent_tree<T>(
+        &self,
+        txn: &mut Txn<'_>,
+        inode: &mut Inode,
+        reserved_ok: bool,
+        edit: impl FnOnce(&mut TxnStore<'_, '_>, &TreeCtx, &mut Root<'_>) -> T,
+    ) -> T {
+        let ctx = self.tree_ctx(inode);
+        let mut store = TxnStore { txn, reserved_ok };
+        let mut root = Root {
+            i_block: &mut inode.i_block,
+            blocks: &mut inode.blocks,
+        };
+        let r = edit(&mut store, &ctx, &mut root);
+        *inode
+            .extent_hint
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        r
+    }
+
     /// Block maps (indirect blocks) know nothing of clusters: bigalloc
     /// requires extents (the kernel refuses bigalloc without them), so an
     /// indirect-mapped file there is corrupt for the write side.
@@ -191,18 +215,9 @@ impl Ext4 {
             return Err(Error::Invalid("block mapping of an inline-data inode"));
         }
         if inode.has_flag(EXT4_EXTENTS_FL) {
-            let ctx = self.tree_ctx(inode);
-            let mut store = TxnStore { txn, reserved_ok };
-            let mut root = Root {
-                i_block: &mut inode.i_block,
-                blocks: &mut inode.blocks,
-            };
-            let r = ew::map_alloc(&mut store, &ctx, &mut root, lblk, count, unwritten);
-            *inode
-                .extent_hint
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-            r
+            self.edit_extent_tree(txn, inode, reserved_ok, |store, ctx, root| {
+                ew::map_alloc(store, ctx, root, lblk, count, unwritten)
+            })
         } else {
             if unwritten {
                 return Err(Error::Unsupported(
@@ -426,23 +441,11 @@ impl Ext4 {
         end: u64,
     ) -> Result<u64> {
         if inode.has_flag(EXT4_EXTENTS_FL) {
-            let ctx = self.tree_ctx(inode);
             // Freeing may need a split block: the kernel's reserved pool.
             txn.use_reserved_pool();
-            let mut store = TxnStore {
-                txn,
-                reserved_ok: true,
-            };
-            let mut root = Root {
-                i_block: &mut inode.i_block,
-                blocks: &mut inode.blocks,
-            };
-            let n = ew::remove_range(&mut store, &ctx, &mut root, start, end);
-            *inode
-                .extent_hint
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-            n
+            self.edit_extent_tree(txn, inode, true, |store, ctx, root| {
+                ew::remove_range(store, ctx, root, start, end)
+            })
         } else {
             self.indirect_writable(inode)?;
             let mut c = IndCtx {
@@ -643,20 +646,9 @@ impl Ext4 {
             let s = offset.div_ceil(bs);
             let e = end.checked_div(bs).unwrap_or(0);
             if s < e {
-                let ctx = self.tree_ctx(&inode);
-                let mut store = TxnStore {
-                    txn: &mut txn,
-                    reserved_ok,
-                };
-                let mut root = Root {
-                    i_block: &mut inode.i_block,
-                    blocks: &mut inode.blocks,
-                };
-                ew::set_state(&mut store, &ctx, &mut root, s, e, true)?;
-                *inode
-                    .extent_hint
-                    .get_mut()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                self.edit_extent_tree(&mut txn, &mut inode, reserved_ok, |store, ctx, root| {
+                    ew::set_state(store, ctx, root, s, e, true)
+                })?;
             }
             if s > e {
                 self.zero_in_block(&mut txn, &mut inode, offset, end)?;
