@@ -37,6 +37,38 @@ stop_broker() {
     fi
 }
 
+# Mounts $2 (an image file or a block device) on $MNT as system $1
+# (kernel, fuse2fs, or safemount*: through a broker on $SOCK, started once,
+# its log beside the socket), read-only or read-write as $3 (ro or rw).
+mount_system() {
+    local sys=$1 source=$2 mode=$3 opts
+    case $sys in
+        kernel)
+            opts=$mode
+            [[ -f $source ]] && opts+=,loop
+            [[ $mode == ro ]] && opts+=,noload  # no journal replay
+            mount -t ext4 -o "$opts" "$source" "$MNT"
+            ;;
+        fuse2fs) fuse2fs -o "$mode,fakeroot" "$source" "$MNT" >/dev/null ;;
+        safemount*)
+            start_broker "${SOCK%.sock}.log"
+            "$BIN/safemount" --socket "$SOCK" mount "$source" "$MNT" -o "$mode" >/dev/null
+            ;;
+        *) die "unknown system $sys" ;;
+    esac
+}
+
+# Unmounts $MNT, mounted by mount_system as system $1, and waits until the
+# mount is gone (a FUSE daemon lets go of the image after umount returns).
+unmount_system() {
+    case $1 in
+        safemount*) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
+        *) umount "$MNT" ;;
+    esac
+    local _
+    for _ in $(seq 100); do mountpoint -q "$MNT" || break; sleep 0.1; done
+}
+
 # The pid of the worker serving mount point $1 (broker on $SOCK).
 worker_pid() {
     "$BIN/safemount" --socket "$SOCK" list --json |

@@ -104,20 +104,13 @@ EOF
 
 run_one() { # $1 system
     cp --sparse=always "$PRISTINE" "$IMG"
-    case $1 in
-        kernel) mount -o loop "$IMG" "$MNT" ;;
-        safemount)
-            start_broker "$WORK/safemountd-c.log"
-            local source=$IMG
-            if [[ -n $SLOW_MBPS ]]; then
-                LOOP=$(losetup -f --show --direct-io=on "$IMG")
-                source=$LOOP
-            fi
-            "$BIN/safemount" --socket "$SOCK" mount "$source" "$MNT" -o rw >/dev/null
-            [[ -z $SLOW_MBPS ]] || throttle_worker
-            ;;
-        *) die "unknown system $1" ;;
-    esac
+    local source=$IMG
+    if [[ $1 == safemount && -n $SLOW_MBPS ]]; then
+        LOOP=$(losetup -f --show --direct-io=on "$IMG")
+        source=$LOOP
+    fi
+    mount_system "$1" "$source" rw
+    [[ $1 != safemount || -z $SLOW_MBPS ]] || throttle_worker
     (
         for w in $(seq "$WRITERS"); do
             dd if=/dev/zero of="$MNT/big$w" bs=1M count="$BIG_MIB" conv=fsync status=none &
@@ -131,10 +124,7 @@ run_one() { # $1 system
     wait "$writer"
     local secs
     secs=$(elapsed "$start" "$(now)")
-    case $1 in
-        kernel) umount "$MNT" ;;
-        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
-    esac
+    unmount_system "$1"
     if [[ -n $LOOP ]]; then losetup -d "$LOOP"; LOOP=; fi
     read -r ops p50 p99 max <<<"$stats"
     printf '%-10s %8s %8.1f %9s %9s %9s %10s\n' "$1" "$((BIG_MIB * WRITERS))" "$(calc "$BIG_MIB * $WRITERS / $secs")" "$ops" "$p50" "$p99" "$max"

@@ -64,23 +64,6 @@ EOF
 
 if [[ $REBUILD -eq 1 || ! -f $IMG ]]; then build_image; fi
 
-do_mount() {
-    case $1 in
-        kernel) mount -t ext4 -o ro,noload,loop "$IMG" "$MNT" ;;
-        fuse2fs) fuse2fs -o ro,fakeroot "$IMG" "$MNT" >/dev/null ;;
-        safemount) start_broker "$WORK/safemountd.log"; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o ro >/dev/null ;;
-    esac
-}
-
-do_unmount() {
-    case $1 in
-        safemount) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
-        *) umount "$MNT" ;;
-    esac
-    # Wait for FUSE daemons to let go of the image.
-    for _ in $(seq 50); do mountpoint -q "$MNT" || break; sleep 0.1; done
-}
-
 stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
 
 declare -A READ COLD WARM
@@ -89,16 +72,16 @@ for sys in $SYSTEMS; do
     reads=() colds=() warms=()
     for run in $(seq "$REPEAT"); do
         drop_caches
-        do_mount "$sys"
+        mount_system "$sys" "$IMG" ro
         t0=$(now)
         dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
         t1=$(now)
         reads+=("$(calc "1073741824 / 1000000 / $(elapsed "$t0" "$t1")")")
         [[ $sys == safemount ]] && rss_read=$(worker_peak_mib "$MNT")
-        do_unmount "$sys"
+        unmount_system "$sys"
 
         drop_caches
-        do_mount "$sys"
+        mount_system "$sys" "$IMG" ro
         t0=$(now); n=$(stat_walk); t1=$(now)
         [[ $n -eq $SMALL_FILES ]] || die "$sys: walked $n files, expected $SMALL_FILES"
         colds+=("$(elapsed "$t0" "$t1")")
@@ -106,7 +89,7 @@ for sys in $SYSTEMS; do
         warms+=("$(elapsed "$t0" "$t1")")
         rss="-"
         [[ $sys == safemount ]] && rss="read $rss_read, stat $(worker_peak_mib "$MNT") MiB"
-        do_unmount "$sys"
+        unmount_system "$sys"
         printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s, worker peak RSS %s\n' "$run" "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" "$rss" >&2
     done
     READ[$sys]=$(median "${reads[@]}")

@@ -78,19 +78,11 @@ do_mount() {
         safemount-nojournal) cp --sparse=always "$PRISTINE_NJ" "$IMG" ;;
         *) cp --sparse=always "$PRISTINE" "$IMG" ;;
     esac
-    case $1 in
-        kernel) mount -t ext4 -o rw,loop "$IMG" "$MNT" ;;
-        fuse2fs) fuse2fs -o rw,fakeroot "$IMG" "$MNT" >/dev/null ;;
-        safemount*) start_broker "$WORK/safemountd-w.log"; "$BIN/safemount" --socket "$SOCK" mount "$IMG" "$MNT" -o rw >/dev/null ;;
-    esac
+    mount_system "$1" "$IMG" rw
 }
 
 do_unmount() {
-    case $1 in
-        safemount*) "$BIN/safemount" --socket "$SOCK" unmount "$MNT" ;;
-        *) umount "$MNT" ;;
-    esac
-    for _ in $(seq 100); do mountpoint -q "$MNT" || break; sleep 0.1; done
+    unmount_system "$1"
     # Every system must leave a clean filesystem.
     e2fsck -fn "$IMG" >/dev/null 2>&1 || echo "   WARNING: $1 left $IMG not clean (e2fsck -fn)" >&2
 }

@@ -13,10 +13,14 @@
 //!
 //! With a journal, each write-back is one jbd2 transaction: the set and the
 //! superblock's block are logged (the log's first flush makes the file data
-//! written so far durable: ordered mode), the commit block is flushed, the
-//! blocks are written in place (coalesced, in block order), and the log is
-//! checkpointed empty. A crash at any point leaves either the old state or,
-//! after replay, the new one. Without a journal the blocks are written in
+//! written so far durable: ordered mode), the commit block is flushed, and
+//! the blocks are written in place (coalesced, in block order) without a
+//! flush of their own. The log is checkpointed (in-place blocks flushed,
+//! its tail moved) only when it needs room and at unmount, as jbd2 does,
+//! so an fsync costs the commit's two device flushes; a block freed while
+//! a live transaction holds a copy of it is revoked by the next commit, so
+//! replay never writes that copy over the block's next contents. A crash
+//! at any point leaves either the old state or, after replay, the new one. Without a journal the blocks are written in
 //! place only, and a crash loses the metadata of the last few seconds
 //! (e2fsck then repairs the filesystem). Either way file data is written
 //! directly by `write_data`, before the metadata pointing at it, and every
@@ -176,8 +180,11 @@ impl Ext4 {
             return Ok(());
         }
         self.rw.wb().sb_dirty = false;
-        self.write_back(true)?;
-        self.flush_device()
+        // A journal commit's flushes made everything durable.
+        if !self.write_back(true)? {
+            self.flush_device()?;
+        }
+        Ok(())
     }
 
     /// The device's cache flush; a failure counts as a lost write.
@@ -196,25 +203,23 @@ impl Ext4 {
             return Ok(());
         }
         let dirty = std::mem::take(&mut self.rw.wb().sb_dirty);
-        self.write_back(dirty)
+        self.write_back(dirty).map(drop)
     }
 
     /// Writes the write-back set and, with `with_sb`, the live superblock.
     /// On a journaled filesystem as one jbd2 transaction first (ordered
     /// mode: the commit's first flush makes the file data written so far
-    /// durable before its commit block), then in place, then a checkpoint
-    /// that empties the log: the log never holds a copy of a block older
-    /// than the device's, so a freed metadata block reused for file data
-    /// is never replayed over it (no revoke records are needed). Without a
-    /// journal, in place as before.
-    pub(super) fn write_back(&self, with_sb: bool) -> Result<()> {
+    /// durable before its commit block), then in place; without a journal,
+    /// in place only. Returns whether a journal commit made everything
+    /// written so far durable (else an fsync still needs a device flush).
+    pub(super) fn write_back(&self, with_sb: bool) -> Result<bool> {
         let Some(log) = self.rw.journal.get() else {
             self.write_back_blocks(None)?;
             if with_sb {
                 let mut live = self.rw.live_sb();
                 self.write_super(&mut live)?;
             }
-            return Ok(());
+            return Ok(false);
         };
         let sb_block = if with_sb {
             Some(self.superblock_block()?)
@@ -274,18 +279,22 @@ impl Ext4 {
     /// blocks stay in the set (reads keep seeing them).
     ///
     /// With `journal` (the log and maybe the superblock's block), the
-    /// snapshot is committed to the log first and checkpointed after.
-    fn write_back_blocks(&self, journal: Option<(&Log, Option<BlockCopy>)>) -> Result<()> {
+    /// snapshot is committed to the log first, revoking the live copies of
+    /// the blocks freed since the last snapshot; returns whether it was.
+    fn write_back_blocks(&self, journal: Option<(&Log, Option<BlockCopy>)>) -> Result<bool> {
         let _gate = self
             .rw
             .flush_gate
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let mut snapshot: Vec<BlockCopy> = {
+        let (mut snapshot, freed): (Vec<BlockCopy>, Vec<(u64, u64)>) = {
             let mut wb = self.rw.wb();
             // Every free committed so far is in this snapshot's bitmaps.
-            wb.freed.clear();
-            wb.blocks.iter().map(|(b, d)| (*b, d.clone())).collect()
+            let freed = std::mem::take(&mut wb.freed).into_iter().collect();
+            (
+                wb.blocks.iter().map(|(b, d)| (*b, d.clone())).collect(),
+                freed,
+            )
         };
         let pending = snapshot.len();
         let mut log = None;
@@ -299,17 +308,24 @@ impl Ext4 {
             log = Some(l);
         }
         if snapshot.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut seq = None;
         if let Some(l) = log {
             let blocks: Vec<(u64, &[u8])> = snapshot.iter().map(|(b, d)| (*b, &d[..])).collect();
-            match l.commit(&blocks, &[]) {
+            match l.commit(&blocks, &freed) {
                 Ok(s) => seq = Some(s),
-                Err(Error::NoSpace) => tracing::warn!(
-                    "{} metadata blocks do not fit in the journal: written in place without it",
-                    blocks.len()
-                ),
+                Err(Error::NoSpace) => {
+                    tracing::warn!(
+                        "{} metadata blocks do not fit in the journal: written in place without it",
+                        blocks.len()
+                    );
+                    // No older logged copy may be replayed over them.
+                    if let Err(e) = l.checkpoint() {
+                        self.write_failed("journal checkpoint", &e);
+                        return Err(e);
+                    }
+                }
                 Err(e) => {
                     self.write_failed("journal commit", &e);
                     return Err(e);
@@ -349,13 +365,10 @@ impl Ext4 {
             self.blocks.remove(self.superblock_blocknr());
             let in_place: Vec<(u64, u32)> = snapshot.iter().map(|(b, _)| (*b, seq)).collect();
             l.mark_in_place(&in_place);
-            if let Err(e) = l.checkpoint() {
-                self.write_failed("journal checkpoint", &e);
-                return Err(e);
-            }
         }
+        let committed = seq.is_some();
         if pending == 0 {
-            return Ok(());
+            return Ok(committed);
         }
         let mut wb = self.rw.wb();
         for (b, data) in snapshot {
@@ -364,7 +377,7 @@ impl Ext4 {
                 wb.bytes = wb.bytes.saturating_sub(data.len());
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     /// The committed-but-unwritten copy of `block`, if any.
@@ -390,6 +403,86 @@ impl Ext4 {
         let first = start.checked_div(bs).unwrap_or(0);
         for (b, data) in wb.blocks.range(first..end.div_ceil(bs)) {
             copy_overlap(data, b.saturating_mul(bs), buf, start);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::arithmetic_side_effects)]
+
+    use std::sync::Arc;
+
+    use crate::ext4::testutil::{RwImage, can_loop_mount, e2fsck, have_mkfs, loop_mounted};
+    use crate::ext4::{Ext4, OpenOptions};
+    use crate::io::MemDevice;
+
+    const BS: usize = 4096;
+
+    fn block_of(img: &[u8], b: u64) -> &[u8] {
+        &img[b as usize * BS..][..4]
+    }
+
+    /// An fsync leaves its transaction in the log (the commit's flushes
+    /// make it durable; no checkpoint), and a block that a live
+    /// transaction logged, then freed and reused for file data, is revoked
+    /// by the next commit: after a power cut, our replay, e2fsck's and the
+    /// kernel's keep the data, not the stale logged copy.
+    #[test]
+    fn freed_logged_block_reused_for_data_is_not_replayed_over_it() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("revoke", &["-b", "4096", "-g", "4096"]);
+        let fs = im.open();
+        let mut txn = fs.begin().unwrap();
+        let (blk, _) = txn.alloc_blocks(0, 1, false).unwrap();
+        txn.block_new(blk).unwrap()[..4].copy_from_slice(b"meta");
+        txn.commit().unwrap();
+        fs.flush().unwrap();
+        let stats = fs.log_stats().expect("a journaled filesystem");
+        assert_eq!(stats.live_transactions, 1, "fsync checkpointed");
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(blk, 1).unwrap();
+        txn.commit().unwrap();
+        let mut txn = fs.begin().unwrap();
+        let (again, _) = txn.alloc_blocks(blk, 1, false).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(again, blk);
+        fs.write_data(blk, 0, b"data").unwrap();
+        fs.flush().unwrap();
+        assert!(fs.log_stats().unwrap().live_transactions >= 2);
+        // The power cut: the device as it is now, its log live.
+        let crashed = im.dev.contents();
+        assert_eq!(block_of(&crashed, blk), b"data");
+
+        let dev = Arc::new(MemDevice::new(crashed.clone()));
+        let ours = Ext4::open(
+            dev.clone(),
+            OpenOptions {
+                read_only: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        drop(ours);
+        assert_eq!(block_of(&dev.contents(), blk), b"data", "our replay");
+
+        let img = im.img.with_extension("crashed");
+        std::fs::write(&img, &crashed).unwrap();
+        let (code, out) = e2fsck(&["-y", "-E", "journal_only"], &img);
+        assert!(code <= 1, "e2fsck replay: {out}");
+        assert_eq!(
+            block_of(&std::fs::read(&img).unwrap(), blk),
+            b"data",
+            "e2fsck's replay"
+        );
+
+        if can_loop_mount() {
+            std::fs::write(&img, &crashed).unwrap();
+            drop(loop_mounted(&img, &im.img.with_extension("mnt"), "rw"));
+            let after = std::fs::read(&img).unwrap();
+            assert_eq!(block_of(&after, blk), b"data", "the kernel's replay");
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   **The caller** sets needs_recovery in the ext4 superblock and writes
 //!   it before the first commit (the commit's flush makes it durable), and
 //!   clears it only after [`Log::finish`] returned.
-//! - [`Log::commit`]`(blocks, revokes) -> Seq`: revoke blocks, descriptor
+//! - [`Log::commit`]`(blocks, freed) -> Seq`: revoke blocks (for the live
+//!   copies of blocks freed since the last commit), descriptor
 //!   blocks with their tags and the (escaped) copies, a flush, the commit
 //!   block, a flush. When it returns, the transaction is durable. Ordered
 //!   mode: file data the caller wrote before calling is durable before the
@@ -296,12 +297,14 @@ impl Log {
     }
 
     /// Commits one transaction: `blocks` (filesystem block, its new
-    /// contents, one whole block each, no block twice) are logged; `revokes`
-    /// name freed metadata blocks whose earlier logged copies must not be
-    /// replayed (a block both logged and revoked here is logged: its
-    /// revoke is cancelled, as jbd2_journal_cancel_revoke does). Returns
-    /// the transaction's sequence once its commit block is durable.
-    pub(crate) fn commit(&self, blocks: &[(u64, &[u8])], revokes: &[u64]) -> Result<Seq> {
+    /// contents, one whole block each, no block twice) are logged; `freed`
+    /// (`[first, end)` ranges) are blocks freed since the last commit: a
+    /// live copy of one of them is revoked, so replay never writes it over
+    /// what the block holds next (file data, say). A block both freed and
+    /// logged here is logged: its revoke is cancelled, as
+    /// jbd2_journal_cancel_revoke does. Returns the transaction's sequence
+    /// once its commit block is durable.
+    pub(crate) fn commit(&self, blocks: &[(u64, &[u8])], freed: &[(u64, u64)]) -> Result<Seq> {
         let mut st = self.lock();
         Self::check_open(&st)?;
         let bs = self.bs();
@@ -324,10 +327,10 @@ impl Log {
         }
         // Revoke only what a live transaction logged: older copies are
         // checkpointed and past the tail, so replay never sees them.
-        let revokes: Vec<u64> = revokes
+        let revokes: Vec<u64> = freed
             .iter()
-            .copied()
-            .filter(|b| !seen.contains(b) && st.copies.contains_key(b))
+            .flat_map(|&(first, end)| st.copies.range(first..end.max(first)).map(|(b, _)| *b))
+            .filter(|b| !seen.contains(b))
             .collect::<BTreeSet<u64>>()
             .into_iter()
             .collect();

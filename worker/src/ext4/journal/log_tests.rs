@@ -459,7 +459,7 @@ fn revoked_blocks_are_not_replayed() {
         log.commit(&[(x, &p1)], &[]).unwrap();
         log.commit(&fx.blocks(0), &[]).unwrap();
         if case != "control" {
-            log.commit(&[], &[x]).unwrap();
+            log.commit(&[], &[(x, x + 1)]).unwrap();
         }
         if case == "relogged" {
             log.commit(&[(x, &p2)], &[]).unwrap();
