@@ -179,9 +179,15 @@ impl Ext4 {
         if self.is_read_only() {
             return Ok(());
         }
-        self.rw.wb().sb_dirty = false;
-        // A journal commit's flushes made everything durable.
-        if !self.write_back(true)? {
+        let changed = {
+            let mut wb = self.rw.wb();
+            std::mem::take(&mut wb.sb_dirty) || !wb.blocks.is_empty()
+        };
+        // A journal commit's flushes make everything durable. With nothing
+        // committed since the last write-back, only file data written
+        // since may need the device flush (the kernel's fsync of an inode
+        // whose transaction has committed).
+        if !changed || !self.write_back(true)? {
             self.flush_device()?;
         }
         Ok(())
@@ -421,6 +427,36 @@ mod tests {
 
     fn block_of(img: &[u8], b: u64) -> &[u8] {
         &img[b as usize * BS..][..4]
+    }
+
+    /// An fsync with nothing committed since the last one commits no
+    /// transaction (one device flush for the data).
+    #[test]
+    fn fsync_with_no_metadata_change_commits_nothing() {
+        if !have_mkfs() {
+            return;
+        }
+        let im = RwImage::new("idlefsync", &["-b", "4096", "-g", "4096"]);
+        let fs = im.open();
+        let mut txn = fs.begin().unwrap();
+        let (blk, _) = txn.alloc_blocks(0, 1, false).unwrap();
+        txn.commit().unwrap();
+        let seq = || fs.log_stats().unwrap().next_seq;
+        fs.flush().unwrap();
+        let after_first = seq();
+        fs.write_data(blk, 0, b"data").unwrap();
+        fs.flush().unwrap();
+        fs.flush().unwrap();
+        assert_eq!(seq(), after_first, "an idle fsync committed");
+        let mut txn = fs.begin().unwrap();
+        txn.free_blocks(blk, 1).unwrap();
+        txn.commit().unwrap();
+        fs.flush().unwrap();
+        assert_eq!(
+            seq(),
+            after_first.wrapping_add(1),
+            "a change was not committed"
+        );
     }
 
     /// An fsync leaves its transaction in the log (the commit's flushes
