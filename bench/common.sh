@@ -37,6 +37,38 @@ stop_broker() {
     fi
 }
 
+# Sets the paths a benchmark works with under $WORK (made), named after
+# $1: MNT (a mount point), SOCK (its broker's socket), PRISTINE (the empty
+# image kept from run to run) and IMG (the copy a run mounts). At exit the
+# mount goes, `cleanup_more` runs if the script defines one, the broker
+# stops and IMG is removed.
+use_work_dir() {
+    mkdir -p "$WORK"
+    MNT=$WORK/$1-mnt
+    mkdir -p "$MNT"
+    SOCK=$WORK/safemountd-$1.sock
+    PRISTINE=$WORK/$1-empty.img
+    IMG=$WORK/$1.img
+    trap cleanup_work EXIT
+}
+
+cleanup_work() {
+    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
+    if declare -F cleanup_more >/dev/null; then cleanup_more; fi
+    stop_broker
+    rm -f "$IMG"
+}
+
+# Makes $1, an empty ext4 image of size $2 (truncate's syntax) with mkfs
+# options $3..., unless it exists.
+make_empty_image() {
+    local img=$1 size=$2
+    shift 2
+    [[ -f $img ]] && return
+    truncate -s "$size" "$img"
+    mkfs.ext4 -q -F "$@" "$img"
+}
+
 # Mounts $2 (an image file or a block device) on $MNT as system $1
 # (kernel, fuse2fs, or safemount*: through a broker on $SOCK, started once,
 # its log beside the socket), read-only or read-write as $3 (ro or rw).

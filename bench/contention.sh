@@ -35,30 +35,17 @@ LOOP=
 CGROUP=/sys/fs/cgroup/blkio/safemount-bench
 
 need_binaries
-mkdir -p "$WORK"
-MNT=$WORK/cmnt
-mkdir -p "$MNT"
-SOCK=$WORK/safemountd-c.sock
-PRISTINE=$WORK/contention-empty.img
-IMG=$WORK/contention.img
-
-cleanup() {
-    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    stop_broker
+use_work_dir contention
+cleanup_more() {
     if [[ -n $LOOP ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
     rmdir "$CGROUP" 2>/dev/null || true
-    rm -f "$IMG"
 }
-trap cleanup EXIT
 
 if [[ -n $SLOW_MBPS ]]; then
     PRISTINE=$WORK/contention-mmp.img
     [[ -d /sys/fs/cgroup/blkio ]] || die "SLOW_MBPS needs the cgroup v1 blkio controller"
 fi
-if [[ ! -f $PRISTINE ]]; then
-    truncate -s 8G "$PRISTINE"
-    if [[ -n $SLOW_MBPS ]]; then mkfs.ext4 -q -F -O mmp "$PRISTINE"; else mkfs.ext4 -q -F "$PRISTINE"; fi
-fi
+if [[ -n $SLOW_MBPS ]]; then make_empty_image "$PRISTINE" 8G -O mmp; else make_empty_image "$PRISTINE" 8G; fi
 
 # Moves every thread of the worker serving $MNT into a blkio cgroup that
 # lets it write $SLOW_MBPS MB/s to the loop device.

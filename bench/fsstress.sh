@@ -37,24 +37,8 @@ need_binaries
 [[ -x $FSSTRESS ]] || die "set FSSTRESS to xfstests' fsstress binary (see bench/README.md)"
 command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
 
-mkdir -p "$WORK"
-MNT=$WORK/smnt
-mkdir -p "$MNT"
-SOCK=$WORK/safemountd-s.sock
-PRISTINE=$WORK/fsstress-empty.img
-IMG=$WORK/fsstress.img
-
-cleanup() {
-    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    stop_broker
-    rm -f "$IMG"
-}
-trap cleanup EXIT
-
-if [[ ! -f $PRISTINE ]]; then
-    truncate -s 4G "$PRISTINE"
-    mkfs.ext4 -q -F "$PRISTINE"
-fi
+use_work_dir fsstress
+make_empty_image "$PRISTINE" 4G
 
 # One fsstress run with $2 processes on system $1: sets RUN_SECS and
 # RUN_RSS (the worker's peak RSS in MiB, or "-"). Not in a subshell: the

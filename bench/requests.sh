@@ -42,10 +42,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ ! -f $PRISTINE ]]; then
-    truncate -s 2G "$PRISTINE"
-    mkfs.ext4 -q -F "$PRISTINE"
-fi
+make_empty_image "$PRISTINE" 2G
 if [[ ! -f $TAR ]]; then
     tar -cf "$TAR" -C "$(dirname "$TREE")" "$(basename "$TREE")"
 fi

@@ -35,21 +35,9 @@ need_binaries
 command -v fuse2fs >/dev/null || die "fuse2fs missing: apt-get install -y fuse2fs"
 [[ -d $TREE ]] || die "$TREE missing: set TREE to a source tree"
 
-mkdir -p "$WORK"
-MNT=$WORK/wmnt
-mkdir -p "$MNT"
-SOCK=$WORK/safemountd-w.sock
-PRISTINE=$WORK/write-empty.img
+use_work_dir write
 PRISTINE_NJ=$WORK/write-empty-nojournal.img
-IMG=$WORK/write.img
 TAR=$WORK/tree.tar
-
-cleanup() {
-    if mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
-    stop_broker
-    rm -f "$IMG"
-}
-trap cleanup EXIT
 
 # Durability point before the clock stops: sync, then fsync of the mount's
 # root directory (`sync FILE` fsyncs FILE). syncfs(2) does not reach a FUSE
@@ -59,14 +47,8 @@ trap cleanup EXIT
 # the fsync after sync costs next to nothing.
 syncfs() { sync; sync "$MNT"; }
 
-if [[ ! -f $PRISTINE ]]; then
-    truncate -s 4G "$PRISTINE"
-    mkfs.ext4 -q -F "$PRISTINE"
-fi
-if [[ ! -f $PRISTINE_NJ ]]; then
-    truncate -s 4G "$PRISTINE_NJ"
-    mkfs.ext4 -q -F -O ^has_journal "$PRISTINE_NJ"
-fi
+make_empty_image "$PRISTINE" 4G
+make_empty_image "$PRISTINE_NJ" 4G -O ^has_journal
 if [[ ! -f $TAR ]]; then
     echo "making $TAR from $TREE..." >&2
     tar -cf "$TAR" -C "$(dirname "$TREE")" "$(basename "$TREE")"

@@ -641,3 +641,17 @@ pub(crate) fn fnv(b: &[u8]) -> u64 {
         (h ^ u64::from(x)).wrapping_mul(0x100_0000_01b3)
     })
 }
+
+/// Frees block `blk` in one transaction, takes it again in another (the
+/// allocator must give back the same block) and writes `data` to it as
+/// file data: a freed metadata block reused for data.
+pub(crate) fn free_and_reuse_for_data(fs: &Ext4, blk: u64, data: &[u8]) {
+    let mut txn = fs.begin().unwrap();
+    txn.free_blocks(blk, 1).unwrap();
+    txn.commit().unwrap();
+    let mut txn = fs.begin().unwrap();
+    let (again, _) = txn.alloc_blocks(blk, 1, false).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(again, blk, "the allocator gave another block");
+    fs.write_data(blk, 0, data).unwrap();
+}

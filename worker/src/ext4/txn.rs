@@ -596,14 +596,7 @@ mod tests {
         let mut txn = fs.begin().unwrap();
         txn.block_mut(blk).unwrap()[..4].copy_from_slice(b"newm");
         txn.commit().unwrap();
-        let mut txn = fs.begin().unwrap();
-        txn.free_blocks(blk, 1).unwrap();
-        txn.commit().unwrap();
-        let mut txn = fs.begin().unwrap();
-        let (again, _) = txn.alloc_blocks(blk, 1, false).unwrap();
-        txn.commit().unwrap();
-        assert_eq!(again, blk);
-        fs.write_data(blk, 0, b"data").unwrap();
+        free_and_reuse_for_data(&fs, blk, b"data");
         fs.flush().unwrap();
         assert_eq!(at(blk), *b"data");
         let mut txn = fs.begin().unwrap();

@@ -419,7 +419,9 @@ mod tests {
 
     use std::sync::Arc;
 
-    use crate::ext4::testutil::{RwImage, can_loop_mount, e2fsck, have_mkfs, loop_mounted};
+    use crate::ext4::testutil::{
+        RwImage, can_loop_mount, e2fsck, free_and_reuse_for_data, have_mkfs, loop_mounted,
+    };
     use crate::ext4::{Ext4, OpenOptions};
     use crate::io::MemDevice;
 
@@ -478,14 +480,7 @@ mod tests {
         fs.flush().unwrap();
         let stats = fs.log_stats().expect("a journaled filesystem");
         assert_eq!(stats.live_transactions, 1, "fsync checkpointed");
-        let mut txn = fs.begin().unwrap();
-        txn.free_blocks(blk, 1).unwrap();
-        txn.commit().unwrap();
-        let mut txn = fs.begin().unwrap();
-        let (again, _) = txn.alloc_blocks(blk, 1, false).unwrap();
-        txn.commit().unwrap();
-        assert_eq!(again, blk);
-        fs.write_data(blk, 0, b"data").unwrap();
+        free_and_reuse_for_data(&fs, blk, b"data");
         fs.flush().unwrap();
         assert!(fs.log_stats().unwrap().live_transactions >= 2);
         // The power cut: the device as it is now, its log live.
