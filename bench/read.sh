@@ -5,6 +5,8 @@
 #   (a) cold sequential read of the 1 GiB file (caches dropped first)
 #   (b) lstat of the 10,000 small files: cold (caches dropped, fresh
 #       mount) and warm (the same walk again)
+#   (c) a names-only walk of them, cold: `find -name` reads the listings
+#       and stats nothing
 #
 # Run as root from the repository root after `cargo build --release
 # --workspace`. See bench/README.md.
@@ -65,11 +67,12 @@ EOF
 if [[ $REBUILD -eq 1 || ! -f $IMG ]]; then build_image; fi
 
 stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
+names_walk() { find "$MNT/small" -name 'f*' | wc -l; }
 
-declare -A READ COLD WARM
+declare -A READ COLD WARM NAMES
 for sys in $SYSTEMS; do
     echo "== $sys" >&2
-    reads=() colds=() warms=()
+    reads=() colds=() warms=() names=()
     for run in $(seq "$REPEAT"); do
         drop_caches
         mount_system "$sys" "$IMG" ro
@@ -90,20 +93,32 @@ for sys in $SYSTEMS; do
         rss="-"
         [[ $sys == safemount ]] && rss="read $rss_read, stat $(worker_peak_mib "$MNT") MiB"
         unmount_system "$sys"
-        printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s, worker peak RSS %s\n' "$run" "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" "$rss" >&2
+
+        drop_caches
+        mount_system "$sys" "$IMG" ro
+        t0=$(now); n=$(names_walk); t1=$(now)
+        [[ $n -eq $SMALL_FILES ]] || die "$sys: found $n names, expected $SMALL_FILES"
+        names+=("$(elapsed "$t0" "$t1")")
+        unmount_system "$sys"
+        printf '   run %d: read %.0f MB/s, stat cold %.3f s, warm %.3f s, names cold %.3f s, worker peak RSS %s\n' "$run" \
+            "${reads[-1]}" "${colds[-1]}" "${warms[-1]}" "${names[-1]}" "$rss" >&2
     done
     READ[$sys]=$(median "${reads[@]}")
     COLD[$sys]=$(median "${colds[@]}")
     WARM[$sys]=$(median "${warms[@]}")
+    NAMES[$sys]=$(median "${names[@]}")
 done
 
 ref=kernel
 [[ -n ${READ[$ref]:-} ]] || ref=$(echo "$SYSTEMS" | awk '{print $1}')
-printf '\n%-10s %10s %12s %12s %14s %14s %14s\n' system "read MB/s" "stat cold s" "stat warm s" "read vs $ref" "cold vs $ref" "warm vs $ref"
+printf '\n%-10s %10s %12s %12s %13s %12s %12s %12s %12s\n' system "read MB/s" "stat cold s" "stat warm s" "names cold s" \
+    "read vs $ref" "cold vs $ref" "warm vs $ref" "names vs $ref"
 for sys in $SYSTEMS; do
-    printf '%-10s %10.0f %12.3f %12.3f %13.2fx %13.2fx %13.2fx\n' "$sys" "${READ[$sys]}" "${COLD[$sys]}" "${WARM[$sys]}" \
+    printf '%-10s %10.0f %12.3f %12.3f %13.3f %11.2fx %11.2fx %11.2fx %11.2fx\n' "$sys" "${READ[$sys]}" "${COLD[$sys]}" \
+        "${WARM[$sys]}" "${NAMES[$sys]}" \
         "$(calc "${READ[$sys]} / ${READ[$ref]}")" \
         "$(calc "${COLD[$sys]} / ${COLD[$ref]}")" \
-        "$(calc "${WARM[$sys]} / ${WARM[$ref]}")"
+        "$(calc "${WARM[$sys]} / ${WARM[$ref]}")" \
+        "$(calc "${NAMES[$sys]} / ${NAMES[$ref]}")"
 done
 echo "(median of $REPEAT runs; read: higher is better; stat: seconds, lower is better; ratios: system / $ref)"
