@@ -323,6 +323,30 @@ impl Broker {
         }
     }
 
+    /// The worker's count of FUSE requests of kind `op` ("lookup",
+    /// "read", ...) from the last "FUSE requests:" line in the log, which
+    /// a worker writes at unmount: waits up to 20 s for it.
+    pub fn logged_request_count(&self, op: &str) -> Result<u64> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().rev().find(|l| l.contains("FUSE requests:")) {
+                let n = line
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(op)?.strip_prefix('='))
+                    .map_or(Ok(0), str::parse)?;
+                return Ok(n);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "no request counts in the broker log:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `safemount list --json`, parsed leniently (unknown fields kept in raw).
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         if let Mode::Kernel { mounts } = &self.mode {

@@ -52,6 +52,13 @@ use convert::{file_type, negative_entry_attr, placeholder_attr, reply_xattr, tim
 use requests::Op;
 use write_queue::PendingWrite;
 
+/// What an open (or create) of a file asks of the kernel: keep the pages
+/// it has cached. A file's data changes only through this mount, and the
+/// kernel sees every change (writes go through its page cache, truncate
+/// and fallocate drop the ranges they change); without the flag every
+/// open threw the file's cached pages away, so each `cat` of a file read
+/// all of it from the worker again.
+const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 /// Largest read served in one request. The kernel never asks for more than
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
 pub const MAX_READ: u32 = 1 << 20;
@@ -163,12 +170,6 @@ impl Filesystem for Adapter {
         if writes && self.read_only {
             return reply.error(Errno::EROFS);
         }
-        let open_flags = if self.read_only {
-            // The data never changes under us: keep the page cache.
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
         // On a read-only mount writes are refused above; what remains (an
         // encrypted file's missing key, a verity file's metadata) applies
         // to reads too.
@@ -186,7 +187,7 @@ impl Filesystem for Adapter {
             Ok(a) if a.kind == FileKind::Directory => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.opened(ino);
-                reply.opened(FileHandle(0), open_flags)
+                reply.opened(FileHandle(0), FILE_OPEN_FLAGS)
             }
             Err(e) => reply.error(self.fail("open", ino, &e)),
         }
@@ -542,7 +543,7 @@ impl Filesystem for Adapter {
                     &file_attr(&a),
                     Generation(a.generation.into()),
                     FileHandle(0),
-                    FopenFlags::empty(),
+                    FILE_OPEN_FLAGS,
                 )
             }
             Err(e) => reply.error(self.fail("create", parent, &e)),
