@@ -67,9 +67,10 @@ for sys in $SYSTEMS; do
             mount_system "$sys" "$IMG" rw
             secs=$(cycle "$procs")
             if [[ $procs -eq 1 ]]; then ones+=("$secs"); else fours+=("$secs"); fi
+            rss=$(worker_peak_mib "$MNT")
             unmount_system "$sys"
         done
-        printf '   run %d: one process %.3f s, four %.3f s\n' "$run" "${ones[-1]}" "${fours[-1]}" >&2
+        printf '   run %d: one process %.3f s, four %.3f s, worker peak RSS %s MiB\n' "$run" "${ones[-1]}" "${fours[-1]}" "$rss" >&2
     done
     ONE[$sys]=$(median "${ones[@]}")
     FOUR[$sys]=$(median "${fours[@]}")
