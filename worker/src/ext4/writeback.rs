@@ -20,11 +20,12 @@
 //! so an fsync costs the commit's two device flushes; a block freed while
 //! a live transaction holds a copy of it is revoked by the next commit, so
 //! replay never writes that copy over the block's next contents. A crash
-//! at any point leaves either the old state or, after replay, the new one. Without a journal the blocks are written in
-//! place only, and a crash loses the metadata of the last few seconds
-//! (e2fsck then repairs the filesystem). Either way file data is written
-//! directly by `write_data`, before the metadata pointing at it, and every
-//! fsync'd byte and its metadata are on the device when fsync returns.
+//! at any point leaves either the old state or, after replay, the new one.
+//! Without a journal the blocks are written in place only, and a crash
+//! loses the metadata of the last few seconds (e2fsck then repairs the
+//! filesystem). Either way file data is written directly by `write_data`,
+//! before the metadata pointing at it, and every fsync'd byte and its
+//! metadata are on the device when fsync returns.
 //!
 //! Lock order for write-back: the transaction lock (when a commit flushes)
 //! -> `RwState::flush_gate` (write for a flush, read for a data write) ->
@@ -295,12 +296,15 @@ impl Ext4 {
             .unwrap_or_else(|e| e.into_inner());
         let (mut snapshot, freed): (Vec<BlockCopy>, Vec<(u64, u64)>) = {
             let mut wb = self.rw.wb();
-            // Every free committed so far is in this snapshot's bitmaps.
-            let freed = std::mem::take(&mut wb.freed).into_iter().collect();
-            (
-                wb.blocks.iter().map(|(b, d)| (*b, d.clone())).collect(),
-                freed,
-            )
+            let snapshot: Vec<BlockCopy> = wb.blocks.iter().map(|(b, d)| (*b, d.clone())).collect();
+            // Every free committed so far is in this snapshot's bitmaps, and
+            // its revokes go with it. (No snapshot, no free to forget.)
+            let freed = if snapshot.is_empty() {
+                Vec::new()
+            } else {
+                std::mem::take(&mut wb.freed).into_iter().collect()
+            };
+            (snapshot, freed)
         };
         let pending = snapshot.len();
         let mut log = None;

@@ -59,6 +59,7 @@ use write_queue::PendingWrite;
 /// open threw the file's cached pages away, so each `cat` of a file read
 /// all of it from the worker again.
 const FILE_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
 /// Largest read served in one request. The kernel never asks for more than
 /// max_pages pages (1 MiB, set in `init`); a larger request is clamped.
 pub const MAX_READ: u32 = 1 << 20;
