@@ -1,7 +1,16 @@
-# Sourced by the benchmark scripts (after they set BIN, and SOCK if they
-# start a broker): the helpers each of them needs.
+# Sourced by the benchmark scripts first: the paths and helpers each of
+# them needs (SOCK, where a script starts a broker, is the script's or
+# use_work_dir's).
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root ($1)"; }
+
+# The repository, the safemount binaries a run uses, and where it keeps
+# its images, mounts and logs (a script may choose another directory).
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
+WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 
 # Checks that the safemount binaries were built into $BIN.
 need_binaries() {

@@ -56,7 +56,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches, the fuse module parameter)"
+need_root "mounts, drop_caches, the fuse module parameter"
 
 WORK=${BENCH_DIR:-/var/tmp/safemount-bench/fuse-uring}
 BACKING=${BACKING:-tmpfs}

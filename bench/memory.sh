@@ -15,10 +15,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
+need_root "mounts, drop_caches"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
 WORK=${BENCH_DIR:-/var/tmp/safemount-bench-memory}
 FILES=${FILES:-1000000}
 FLAT=${FLAT:-1000000}

@@ -20,11 +20,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, loop devices, drop_caches)"
+need_root "mounts, loop devices, drop_caches"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 FILES=${FILES:-10000}
 SEQ_MIB=${SEQ_MIB:-1024}
 REPEAT=${REPEAT:-3}

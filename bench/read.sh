@@ -13,11 +13,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
+need_root "mounts, drop_caches"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 IMG=$WORK/bench.img
 SMALL_FILES=${SMALL_FILES:-10000}
 SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}

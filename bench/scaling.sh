@@ -14,11 +14,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
+need_root "mounts"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 FILES=${FILES:-3000}
 SYSTEMS=${SYSTEMS:-"kernel safemount"}
 REPEAT=${REPEAT:-3}

@@ -15,12 +15,9 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts, drop_caches)"
+need_root "mounts, drop_caches"
 command -v fsverity >/dev/null || die "needs fsverity (apt-get install -y fsverity)"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 SIZE_MIB=${SIZE_MIB:-256}
 REPEAT=${REPEAT:-3}
 

@@ -19,11 +19,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
+need_root "mounts"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 FILES=${FILES:-10000}
 SEQ_MIB=${SEQ_MIB:-1024}
 TREE=${TREE:-/usr/include}

@@ -15,13 +15,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-[[ $(id -u) -eq 0 ]] || die "must run as root (mounts)"
+need_root "mounts"
 command -v setfattr >/dev/null || die "setfattr missing: apt-get install -y attr"
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${SAFEMOUNT_BIN:-$REPO/target/release}
 BASE_BIN=${BASE_BIN:-}
-WORK=${BENCH_DIR:-/var/tmp/safemount-bench}
 FILES=${FILES:-5000}
 mkdir -p "$WORK"
 MNT=$WORK/xmnt
