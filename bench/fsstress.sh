@@ -27,6 +27,7 @@ FSSTRESS=${FSSTRESS:-}
 NOPS=${NOPS:-10000}
 PROCS=${PROCS:-"1 4"}
 SEED=${SEED:-1}
+FSSTRESS_ARGS=${FSSTRESS_ARGS:-}  # more fsstress options, e.g. "-f fsync=0"
 SYSTEMS=${SYSTEMS:-"kernel fuse2fs safemount"}
 REPEAT=${REPEAT:-3}
 
@@ -48,7 +49,8 @@ one_run() {
     t0=$(now)
     # A failed operation (EOPNOTSUPP for reflinks, say) is fsstress's
     # normal; only its own exit status counts.
-    "$FSSTRESS" -d "$MNT/fss" -n "$NOPS" -p "$procs" -s "$SEED" >/dev/null
+    # shellcheck disable=SC2086 # FSSTRESS_ARGS is a list of options
+    "$FSSTRESS" -d "$MNT/fss" -n "$NOPS" -p "$procs" -s "$SEED" $FSSTRESS_ARGS >/dev/null
     sync
     sync "$MNT"
     t1=$(now)
@@ -81,4 +83,4 @@ for procs in $PROCS; do
             "$(calc "${SECS[$sys,$procs]} / ${SECS[$ref,$procs]}")"
     done
 done
-echo "(median of $REPEAT runs; fsstress -n $NOPS -s $SEED per process count; seconds: lower is better)"
+echo "(median of $REPEAT runs; fsstress -n $NOPS -s $SEED $FSSTRESS_ARGS per process count; seconds: lower is better)"
