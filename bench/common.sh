@@ -110,6 +110,41 @@ unmount_system() {
     for _ in $(seq 100); do mountpoint -q "$MNT" || break; sleep 0.1; done
 }
 
+# Creates (open O_CREAT|O_EXCL, close), lstat()s and unlinks $2 files,
+# split over $3 processes, each in a directory of its own under $1 (made
+# and removed); prints the seconds the three steps took.
+meta_cycle() {
+    python3 - "$@" <<'EOF'
+import os, sys, time
+root, n, procs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(root, exist_ok=True)
+dirs = [os.path.join(root, "p%d" % p) for p in range(procs)]
+for d in dirs:
+    os.mkdir(d)
+start = time.perf_counter()
+pids = []
+for d in dirs:
+    pid = os.fork()
+    if pid == 0:
+        names = [os.path.join(d, "f%06d" % i) for i in range(n // procs)]
+        for p in names:
+            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        for p in names:
+            os.lstat(p)
+        for p in names:
+            os.unlink(p)
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        sys.exit("a process of the cycle failed")
+print("%.6f" % (time.perf_counter() - start))
+for d in dirs:
+    os.rmdir(d)
+EOF
+}
+
 # The pid of the worker serving mount point $1 (broker on $SOCK).
 worker_pid() {
     "$BIN/safemount" --socket "$SOCK" list --json |

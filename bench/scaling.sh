@@ -24,36 +24,6 @@ need_binaries
 use_work_dir scaling
 make_empty_image "$PRISTINE" 4G
 
-# Seconds for create + lstat + unlink of FILES files by $1 processes.
-cycle() {
-    python3 - "$MNT" "$FILES" "$1" <<'EOF'
-import os, sys, time
-root, n, procs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-dirs = [os.path.join(root, "p%d" % p) for p in range(procs)]
-for d in dirs:
-    os.mkdir(d)
-start = time.perf_counter()
-pids = []
-for d in dirs:
-    pid = os.fork()
-    if pid == 0:
-        names = [os.path.join(d, "f%06d" % i) for i in range(n // procs)]
-        for p in names:
-            os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        for p in names:
-            os.lstat(p)
-        for p in names:
-            os.unlink(p)
-        os._exit(0)
-    pids.append(pid)
-for pid in pids:
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        sys.exit("a worker process failed")
-print("%.6f" % (time.perf_counter() - start))
-EOF
-}
-
 declare -A ONE FOUR
 for sys in $SYSTEMS; do
     echo "== $sys" >&2
@@ -62,7 +32,7 @@ for sys in $SYSTEMS; do
         for procs in 1 4; do
             cp --sparse=always "$PRISTINE" "$IMG"
             mount_system "$sys" "$IMG" rw
-            secs=$(cycle "$procs")
+            secs=$(meta_cycle "$MNT" "$FILES" "$procs")
             if [[ $procs -eq 1 ]]; then ones+=("$secs"); else fours+=("$secs"); fi
             rss=$(worker_peak_mib "$MNT")
             unmount_system "$sys"

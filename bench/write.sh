@@ -66,21 +66,7 @@ do_unmount() {
     e2fsck -fn "$IMG" >/dev/null 2>&1 || echo "   WARNING: $1 left $IMG not clean (e2fsck -fn)" >&2
 }
 
-meta() {
-    python3 - "$MNT/meta" "$FILES" <<'EOF'
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-os.mkdir(d)
-names = [os.path.join(d, "file-%06d" % i) for i in range(n)]
-for p in names:
-    os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-for p in names:
-    os.lstat(p)
-for p in names:
-    os.unlink(p)
-os.rmdir(d)
-EOF
-}
+meta() { meta_cycle "$MNT/meta" "$FILES" 1 >/dev/null; }
 
 # Prints "median p99" in milliseconds of FSYNCS x (4 KiB append + fsync).
 fsync_latency() {
