@@ -63,6 +63,9 @@ EOF
 
 if [[ $REBUILD -eq 1 || ! -f $IMG ]]; then build_image; fi
 
+# A fresh mount of system $1 with every cache dropped first.
+cold_mount() { drop_caches; mount_system "$1" "$IMG" ro; }
+
 stat_walk() { find "$MNT/small" -type f -printf '%s %T@\n' | wc -l; }
 names_walk() { find "$MNT/small" -name 'f*' | wc -l; }
 
@@ -71,8 +74,7 @@ for sys in $SYSTEMS; do
     echo "== $sys" >&2
     reads=() colds=() warms=() names=()
     for run in $(seq "$REPEAT"); do
-        drop_caches
-        mount_system "$sys" "$IMG" ro
+        cold_mount "$sys"
         t0=$(now)
         dd if="$MNT/big.bin" of=/dev/null bs=1M status=none
         t1=$(now)
@@ -80,8 +82,7 @@ for sys in $SYSTEMS; do
         [[ $sys == safemount ]] && rss_read=$(worker_peak_mib "$MNT")
         unmount_system "$sys"
 
-        drop_caches
-        mount_system "$sys" "$IMG" ro
+        cold_mount "$sys"
         t0=$(now); n=$(stat_walk); t1=$(now)
         [[ $n -eq $SMALL_FILES ]] || die "$sys: walked $n files, expected $SMALL_FILES"
         colds+=("$(elapsed "$t0" "$t1")")
@@ -91,8 +92,7 @@ for sys in $SYSTEMS; do
         [[ $sys == safemount ]] && rss="read $rss_read, stat $(worker_peak_mib "$MNT") MiB"
         unmount_system "$sys"
 
-        drop_caches
-        mount_system "$sys" "$IMG" ro
+        cold_mount "$sys"
         t0=$(now); n=$(names_walk); t1=$(now)
         [[ $n -eq $SMALL_FILES ]] || die "$sys: found $n names, expected $SMALL_FILES"
         names+=("$(elapsed "$t0" "$t1")")

@@ -19,9 +19,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use safemount_tests::broker::{Broker, kernel_standin};
-use safemount_tests::image;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::util::{TempDir, pattern, require_root};
+use safemount_tests::{image, ops};
 
 /// Far more than one READDIRPLUS reply holds (a page or a few of entries
 /// with their attributes).
@@ -96,11 +96,8 @@ fn reopened_files_are_read_from_the_page_cache() {
         return;
     }
     let tmp = TempDir::new("keepcache").unwrap();
-    let src = tmp.join("src");
-    std::fs::create_dir_all(&src).unwrap();
     let img = tmp.join("fs.img");
-    let cfg = image::config("defaults").unwrap();
-    image::make_image(&src, &img, cfg, 64 << 20, &[], false).unwrap();
+    ops::make_empty_image(&img, &[], 64 << 20).unwrap();
 
     let mnt = tmp.join("mnt");
     let broker = mounted(&img, &mnt, "rw");
