@@ -29,9 +29,11 @@
 //! Configurations: defaults, 1 KiB blocks with a 1 MiB journal, no
 //! metadata_csum, no 64bit, ext3. About 100 crash points per configuration;
 //! `SAFEMOUNT_LONG_CRASH=1` runs a longer workload crashed at >= 1,000
-//! distinct points per configuration. The kernel comparison needs root and
-//! loop devices (skipped with a message otherwise); the rest needs
-//! e2fsprogs.
+//! distinct points per configuration. For hunts by hand,
+//! `SAFEMOUNT_CRASH_SEED=N` changes every configuration's workload and crash
+//! seeds, and `SAFEMOUNT_CRASH_KERNEL_EVERY=K` compares the kernel's replay
+//! at every Kth point (1: all). The kernel comparison needs root and loop
+//! devices (skipped with a message otherwise); the rest needs e2fsprogs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -53,6 +55,15 @@ use crate::testdev::{PowerLoss, Rng};
 
 fn long_run() -> bool {
     std::env::var_os("SAFEMOUNT_LONG_CRASH").is_some_and(|v| v == "1")
+}
+
+/// A number from the environment variable `name`, if set and valid.
+fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    match v.parse() {
+        Ok(n) => Some(n),
+        Err(_) => panic!("{name}={v}: not a number"),
+    }
 }
 
 #[derive(Default, Clone)]
@@ -774,11 +785,15 @@ fn tree_diff(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Stri
 /// crashes it at `points` distinct points (all of them if fewer).
 fn run_config(tag: &str, args: &[&str], size_kib: u64, seed: u64) -> Figures {
     let long = long_run();
-    let (steps, points, compare_every) = if long {
+    let (steps, points, mut compare_every) = if long {
         (1400, 1000, 20)
     } else {
         (220, 100, 25)
     };
+    if let Some(k) = env_number("SAFEMOUNT_CRASH_KERNEL_EVERY") {
+        compare_every = (k as usize).max(1);
+    }
+    let seed = seed.wrapping_add(env_number("SAFEMOUNT_CRASH_SEED").unwrap_or(0) << 8);
     let sc = Scratch::new(&format!("crash-{tag}"));
     let src = sc.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
