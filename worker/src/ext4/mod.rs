@@ -60,7 +60,7 @@ pub use inode_flags::FsXattr;
 pub use mmp::{MmpOptions, WaitHook};
 pub use ondisk::quota::QuotaType;
 pub use quota::QuotaLimits;
-pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence};
+pub use types::{Attr, DirEntry, FileKind, Ino, ROOT_INO, StatFs, Timestamp, Whence, WriteAs};
 pub use verity::VerityDigest;
 
 use cache::{BlockCache, DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_INODE_CACHE_ENTRIES, Lru};

@@ -93,6 +93,20 @@ pub struct XattrFlags {
     pub replace: bool,
 }
 
+/// Who a write comes from, for the rules that depend on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteAs {
+    /// The caller may use root-reserved blocks (root, or
+    /// s_resuid/s_resgid).
+    pub reserved_ok: bool,
+    /// Written back from the kernel's page cache (FUSE_WRITE_CACHE): the
+    /// kernel set mtime and ctime at write(2) or at the mmap store, as
+    /// ext4 does, and sends them with a SETATTR of their own; the write
+    /// leaves them alone. (Setting them here stamped the write-back's time,
+    /// up to 30 s later, on disk whenever that SETATTR came first.)
+    pub page_cache: bool,
+}
+
 /// A time to set: the current time, or an explicit one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSet {

@@ -16,7 +16,7 @@ use super::write_queue::{PendingWrite, WriteQueues};
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::ondisk::features::INCOMPAT_CASEFOLD;
-use crate::ext4::types::{Ino, SetAttr};
+use crate::ext4::types::{Ino, SetAttr, WriteAs};
 
 /// Attribute and entry lifetime. Read-only: nothing changes under the
 /// kernel's caches. Read-write: every change goes through this worker, by
@@ -122,7 +122,11 @@ impl Adapter {
                 return w.reply.error(self.fail("write", ino, &e));
             }
         }
-        match self.fs.write_as(ino, w.offset, &w.data, w.uid == 0) {
+        let how = WriteAs {
+            reserved_ok: w.uid == 0,
+            page_cache: w.page_cache,
+        };
+        match self.fs.write_as(ino, w.offset, &w.data, how) {
             Ok(n) => w.reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => w.reply.error(self.fail("write", ino, &e)),
         }

@@ -720,6 +720,7 @@ impl Filesystem for Adapter {
             data: Cow::Borrowed(data),
             uid: req.uid(),
             kill_suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            page_cache: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
             reply,
         };
         // This thread serves the file's writes until none is queued;

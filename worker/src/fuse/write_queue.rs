@@ -24,6 +24,8 @@ pub(super) struct PendingWrite<'d, R = ReplyWrite> {
     pub(super) uid: u32,
     /// FUSE_WRITE_KILL_SUIDGID.
     pub(super) kill_suid_sgid: bool,
+    /// FUSE_WRITE_CACHE: written back from the page cache.
+    pub(super) page_cache: bool,
     pub(super) reply: R,
 }
 
@@ -91,6 +93,7 @@ mod tests {
             data: Cow::Borrowed(data),
             uid: 1000,
             kill_suid_sgid: false,
+            page_cache: false,
             reply: offset,
         }
     }

@@ -20,7 +20,7 @@ use crate::ext4::inode_flags;
 use crate::ext4::ondisk::inode::{EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, Inode};
 use crate::ext4::ondisk::superblock::{self as sbf};
 use crate::ext4::txn::Txn;
-use crate::ext4::{Error, Ext4, FileKind, Ino, Result};
+use crate::ext4::{Error, Ext4, FileKind, Ino, Result, WriteAs};
 
 /// fallocate(2) mode bits the engine understands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -259,15 +259,15 @@ impl Ext4 {
     /// write(2): see [`Ext4::write_as`]; the caller may not use the
     /// root-reserved blocks.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_as(ino, offset, data, false)
+        self.write_as(ino, offset, data, WriteAs::default())
     }
 
     /// Writes `data` at `offset` of regular file `ino`, allocating as
-    /// needed; grows i_size, sets mtime and ctime. On a full filesystem it
-    /// writes what fits and returns the short count (NoSpace if nothing
-    /// fit). `reserved_ok`: the caller may use root-reserved blocks (root,
-    /// or s_resuid/s_resgid).
-    pub fn write_as(&self, ino: Ino, offset: u64, data: &[u8], reserved_ok: bool) -> Result<usize> {
+    /// needed; grows i_size, sets mtime and ctime (unless `how` is a
+    /// page-cache write-back). On a full filesystem it writes what fits
+    /// and returns the short count (NoSpace if nothing fit).
+    pub fn write_as(&self, ino: Ino, offset: u64, data: &[u8], how: WriteAs) -> Result<usize> {
+        let reserved_ok = how.reserved_ok;
         let _content = self.rw.content_locks.lock(ino);
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
@@ -307,7 +307,7 @@ impl Ext4 {
                     self.inline_create(&mut inode, offset.saturating_add(kept_len))?;
                 }
                 self.inline_write(&mut txn, &mut inode, offset, kept)?;
-                self.touch_written(&mut txn, &mut inode, offset.saturating_add(kept_len));
+                self.touch_written(&mut txn, &mut inode, offset.saturating_add(kept_len), how);
                 txn.put_inode(inode);
                 txn.commit()?;
                 return Ok(appended_from.saturating_add(data.len()));
@@ -330,7 +330,12 @@ impl Ext4 {
             };
         if !extents {
             self.write_pieces(&pieces, offset, data)?;
-            self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
+            self.touch_written(
+                &mut txn,
+                &mut inode,
+                offset.saturating_add(written as u64),
+                how,
+            );
             txn.put_inode(inode);
             txn.commit()?;
             return Ok(appended_from.saturating_add(written));
@@ -357,23 +362,31 @@ impl Ext4 {
             return Err(Error::NotFound);
         }
         self.mark_written(&mut txn, &mut inode, &pieces)?;
-        self.touch_written(&mut txn, &mut inode, offset.saturating_add(written as u64));
+        self.touch_written(
+            &mut txn,
+            &mut inode,
+            offset.saturating_add(written as u64),
+            how,
+        );
         txn.put_inode(inode);
         txn.commit()?;
         Ok(appended_from.saturating_add(written))
     }
 
-    /// i_size grows to `end`; mtime = ctime = now.
-    fn touch_written(&self, txn: &mut Txn<'_>, inode: &mut Inode, end: u64) {
+    /// i_size grows to `end`; mtime = ctime = now, unless the kernel
+    /// keeps them (a page-cache write-back).
+    fn touch_written(&self, txn: &mut Txn<'_>, inode: &mut Inode, end: u64, how: WriteAs) {
         if end > inode.size {
             inode.size = end;
             if end > i32::MAX as u64 {
                 txn.set_ro_compat(sbf::RO_COMPAT_LARGE_FILE);
             }
         }
-        let now = self.now();
-        inode.mtime = now;
-        inode.ctime = now;
+        if !how.page_cache {
+            let now = self.now();
+            inode.mtime = now;
+            inode.ctime = now;
+        }
     }
 
     /// Zeroes file bytes [from, to) (inside one block) on disk if that
