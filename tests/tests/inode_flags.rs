@@ -148,6 +148,23 @@ fn scenario(root: &Path) -> Vec<String> {
         )),
     );
     step("rm app", done(std::fs::remove_file(p("app"))));
+    // utime to a given time: refused; to now: allowed. (An explicit mtime
+    // alone on an append-only file is allowed through FUSE: see
+    // ext4::attr.)
+    step("touch -d app", cmd("touch", &["-d", "@0", "app"], root));
+    step(
+        "touch -a -d app",
+        cmd("touch", &["-a", "-d", "@0", "app"], root),
+    );
+    step(
+        "touch -d app_dir",
+        cmd("touch", &["-d", "@0", "app_dir"], root),
+    );
+    step(
+        "touch -m -d app_dir",
+        cmd("touch", &["-m", "-d", "@0", "app_dir"], root),
+    );
+    step("touch app", cmd("touch", &["app", "app_dir"], root));
     step(
         "setfattr app",
         cmd("setfattr", &["-n", "user.x", "-v", "1", "app"], root),

@@ -20,11 +20,19 @@ impl Ext4 {
             return Err(Error::NotFound);
         }
         // notify_change and do_truncate: an immutable inode keeps
-        // everything, an append-only one its size, mode and owner. (Its
-        // times: the kernel refuses explicit ones, but through FUSE they
-        // cannot be told from the page cache's own mtime updates after an
-        // append, so they are allowed.)
+        // everything, an append-only one its size, mode, owner and
+        // explicit times (utime to a given time; "now" is allowed).
+        // Through FUSE one explicit time is let through: a regular file's
+        // mtime alone, which is also how the kernel sends the mtime its
+        // page cache kept after an append. The kernel never sends an
+        // explicit atime, nor a directory's mtime, of its own.
         inode_flags::ensure_mutable(&inode)?;
+        if inode_flags::is_append_only(&inode) {
+            let given = |t: Option<TimeSet>| matches!(t, Some(TimeSet::At(_)));
+            if given(set.atime) || (given(set.mtime) && inode.kind != FileKind::RegularFile) {
+                return Err(Error::NotPermitted);
+            }
+        }
         if set.size.is_some() {
             // fsverity_prepare_setattr: a verity file keeps its size.
             inode_flags::ensure_content_mutable(&inode)?;
