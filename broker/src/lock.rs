@@ -186,6 +186,16 @@ fn set_lock(fd: BorrowedFd<'_>, shared: bool, ofd: bool) -> Result<(), Errno> {
     fcntl(fd, arg).map(drop)
 }
 
+/// The file behind `fd` as the lock registry knows it: (st_dev, st_ino).
+pub fn image_key(fd: BorrowedFd<'_>) -> Result<(u64, u64), Errno> {
+    let st = nix::sys::stat::fstat(fd)?;
+    #[allow(
+        clippy::useless_conversion,
+        reason = "st_dev/st_ino widths differ between targets"
+    )]
+    Ok((u64::from(st.st_dev), u64::from(st.st_ino)))
+}
+
 /// Locks the image behind `fd` for a mount (`shared` for read-only).
 /// Takes the fd: a refused fd is closed here, and the POSIX locks of the
 /// broker's own holders of the same file (which that close drops) are
@@ -207,15 +217,10 @@ pub fn lock_image(
             },
         ));
     }
-    let st = nix::sys::stat::fstat(&fd).map_err(|errno| LockError::Lock {
+    let key = image_key(fd.as_fd()).map_err(|errno| LockError::Lock {
         name: name.to_owned(),
         errno,
     })?;
-    #[allow(
-        clippy::useless_conversion,
-        reason = "st_dev/st_ino widths differ between targets"
-    )]
-    let key = (u64::from(st.st_dev), u64::from(st.st_ino));
     // Registry first, and under its lock throughout, so two requests
     // cannot both pass.
     let mut reg = registry();

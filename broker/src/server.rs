@@ -486,6 +486,14 @@ impl Broker {
         // Images (and block devices the client opened) are locked; a
         // device the broker opened has O_EXCL instead. The lock lives in
         // the reaper's closure: released once the worker is gone.
+        let image = if broker_opened {
+            None
+        } else {
+            lock::image_key(source.fd.as_fd()).ok()
+        };
+        if let Some(key) = image {
+            self.wait_for_unmounted_holders(key);
+        }
         let image_lock = if broker_opened {
             None
         } else {
@@ -528,6 +536,9 @@ impl Broker {
         if let Some(dev) = &source.device {
             self.state.set_source_dev(id, (dev.major, dev.minor));
         }
+        if let Some(key) = image {
+            self.state.set_image(id, key);
+        }
 
         let state = self.state.clone();
         let held = image_lock.clone();
@@ -535,8 +546,12 @@ impl Broker {
         let worker_cgroup = cgroup.clone();
         let cgroups = self.cgroups.clone();
         let worker = supervise::spawn(&self.worker_path, &source.name, move |status| {
-            on_worker_exit(&state, id, status);
+            // The worker is dead: nothing writes the image any more. Its
+            // lock goes first, so that a mount waiting for this worker
+            // (wait_for_unmounted_holders) never finds the entry gone
+            // and the image still locked.
             drop(held);
+            on_worker_exit(&state, id, status);
             // The worker has exited: its cgroup can go.
             drop(worker_cgroup.lock().map(|mut c| c.take()));
             if let Some(c) = cgroups {
@@ -808,6 +823,30 @@ impl Broker {
         }
         tracing::info!(mountpoint = %path.display(), "unmounted");
         Ok(())
+    }
+
+    /// Waits (at most UNMOUNT_GRACE each) for the workers of image `key`
+    /// whose mounts are gone. umount(8) returns once the kernel has
+    /// detached a FUSE mount, before its worker has written the image
+    /// clean and exited (the kernel does not wait for a FUSE server);
+    /// until then the image is locked, and a mount of it right after the
+    /// umount would be refused as in use. A holder still mounted, or
+    /// still being set up, is in use: refused at once, as before.
+    fn wait_for_unmounted_holders(&self, key: (u64, u64)) {
+        for (mount, worker) in self.state.holders_of(key) {
+            if mount.is_some_and(|m| !m.is_mounted()) {
+                tracing::info!(
+                    pid = worker.pid(),
+                    "waiting for the image's last worker to finish"
+                );
+                if worker.wait_reaped(UNMOUNT_GRACE).is_none() {
+                    tracing::warn!(
+                        pid = worker.pid(),
+                        "the image's last worker is still running"
+                    );
+                }
+            }
+        }
     }
 
     /// SIGTERM/SIGINT: refuse new mounts, detach every mount, kill every

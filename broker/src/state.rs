@@ -86,6 +86,8 @@ pub struct Entry {
     pub error: Option<String>,
     /// For a block device source: its device number (for power-off).
     pub source_dev: Option<(u32, u32)>,
+    /// For a locked image: its (st_dev, st_ino) (see lock::image_key).
+    pub image: Option<(u64, u64)>,
 }
 
 impl Entry {
@@ -344,6 +346,7 @@ impl State {
             worker_exited: false,
             error: None,
             pending_mount: None,
+            image: None,
             worker_start_time: 0,
             source_dev: None,
         });
@@ -489,6 +492,22 @@ impl State {
     pub fn set_source_dev(&self, id: u64, dev: (u32, u32)) {
         self.with_entry(id, |e| e.source_dev = Some(dev));
         self.persist(id);
+    }
+
+    /// Records the image a mount is made from.
+    pub fn set_image(&self, id: u64, key: (u64, u64)) {
+        self.with_entry(id, |e| e.image = Some(key));
+    }
+
+    /// The mounts of image `key` whose workers still run: each one's
+    /// mount (once made) and worker.
+    pub fn holders_of(&self, key: (u64, u64)) -> Vec<(Option<Arc<MountRef>>, Arc<WorkerHandle>)> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.image == Some(key) && !e.worker_exited)
+            .filter_map(|e| Some((e.mount.clone(), e.worker.clone()?)))
+            .collect()
     }
 
     /// The mount at `path`: its block device, if it has one, and every
@@ -829,6 +848,9 @@ impl State {
                 pending_mount: None,
                 worker_start_time: record.worker_start_time,
                 source_dev: record.source_dev,
+                // Its lock is the worker's OFD lock, not in this broker's
+                // registry.
+                image: None,
             });
         }
         tracing::info!(id, pid = record.worker_pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker");

@@ -717,6 +717,76 @@ fn real_worker_mount_read_unmount() {
     let _ = std::io::stderr().flush();
 }
 
+/// A plain umount(8) returns before the worker has written the image clean
+/// and exited; a mount of the same image right after it waits for that
+/// worker instead of finding the image in use (as it was: 4 remounts in 5
+/// were refused). A mount of an image that is still mounted is refused.
+#[test]
+fn mount_right_after_a_plain_umount() {
+    require_root!();
+    let worker = bin_dir().join("safemount-worker");
+    if !worker.exists() {
+        skip(&format!("{} not built", worker.display()));
+        return;
+    }
+    let s = Scratch::new("remount");
+    let img = s.path("ext4.img");
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "mkfs: {}", stderr(&mkfs));
+    let b = Broker::start(&s, &worker);
+    let mp = s.dir("mnt");
+    let mount = || {
+        b.client(&[
+            "mount",
+            img.to_str().unwrap(),
+            mp.to_str().unwrap(),
+            "-o",
+            "rw",
+        ])
+    };
+    for round in 0..5u8 {
+        let out = mount();
+        assert!(
+            out.status.success(),
+            "round {round}: mount: {}\n{}",
+            stderr(&out),
+            b.log()
+        );
+        if round == 0 {
+            let again = b.client(&[
+                "mount",
+                img.to_str().unwrap(),
+                s.dir("other").to_str().unwrap(),
+                "-o",
+                "ro",
+            ]);
+            assert!(stderr(&again).contains("in use"), "{}", stderr(&again));
+        }
+        let name = format!("f{round}");
+        std::fs::write(mp.join(&name), vec![round; 4 << 20]).unwrap();
+        for r in 0..round {
+            assert_eq!(
+                std::fs::read(mp.join(format!("f{r}"))).unwrap(),
+                vec![r; 4 << 20]
+            );
+        }
+        let umount = Command::new("umount").arg(&mp).output().unwrap();
+        assert!(umount.status.success(), "umount: {}", stderr(&umount));
+    }
+    assert_nothing_left(&b, &s);
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "e2fsck: {}", stdout(&fsck));
+}
+
 /// A tmpfs mounted at `p` (created), standing for someone else's mount.
 fn victim_mount(p: &Path) {
     std::fs::create_dir_all(p).unwrap();
