@@ -14,7 +14,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -76,6 +76,18 @@ fn scenario(root: &Path) -> Vec<String> {
     );
     step("chattr +D on a file", cmd("chattr", &["+D", "plain"], root));
     step("chattr +T dir", cmd("chattr", &["+T", "app_dir"], root));
+    // chattr moves a directory's ctime, and stat sees it at once. (A
+    // regular file's ctime is the kernel's own with the writeback cache:
+    // it stays as it was until the next mount.)
+    std::fs::create_dir(p("flag_dir")).unwrap();
+    let ctime = || {
+        let m = std::fs::metadata(p("flag_dir")).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    let before = ctime();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    step("chattr +d dir", cmd("chattr", &["+d", "flag_dir"], root));
+    step("chattr moved ctime", (ctime() != before).to_string());
     step(
         "lsattr",
         cmd(

@@ -837,6 +837,12 @@ impl Filesystem for Adapter {
         // The kernel checked ownership and CAP_LINUX_IMMUTABLE; data
         // journaling also wants CAP_SYS_RESOURCE, taken here as root.
         let privileged = req.uid() == 0;
+        // chattr changes the inode's flags and ctime, which the kernel
+        // cannot infer from an ioctl's reply.
+        let changes_inode = matches!(
+            request,
+            ioctl::Ioctl::SetFlags(_) | ioctl::Ioctl::SetFsXattr(_)
+        );
         let result = match request {
             ioctl::Ioctl::GetFlags => self
                 .fs
@@ -868,7 +874,12 @@ impl Filesystem for Adapter {
             ioctl::Ioctl::VerityUnsupported => return reply.error(Errno::EOPNOTSUPP),
         };
         match result {
-            Ok(data) => reply.ioctl(0, &data),
+            Ok(data) => {
+                if changes_inode {
+                    self.forget_cached_attrs(ino);
+                }
+                reply.ioctl(0, &data)
+            }
             Err(e) => reply.error(self.fail("ioctl", ino, &e)),
         }
     }
