@@ -442,6 +442,33 @@ impl Ext4 {
         Ok(self.attr_of(&*self.inode(ino)?))
     }
 
+    /// stat(2) for the inode a file handle names (open_by_handle_at, NFS),
+    /// as ext4_nfs_get_inode allows: the root or a number from
+    /// s_first_ino on, in use, with links, and neither a special inode
+    /// (journal, quota, orphan file) nor an xattr value's (ea_inode).
+    /// Anything else is NotFound (ESTALE to the caller): a handle is
+    /// input, never read as a filesystem error. (The caller compares the
+    /// generation.)
+    pub fn getattr_by_handle(&self, ino: Ino) -> Result<Attr> {
+        let sb = &self.sb;
+        let special = [
+            sb.s_journal_inum,
+            sb.s_usr_quota_inum,
+            sb.s_grp_quota_inum,
+            sb.s_prj_quota_inum,
+            sb.s_orphan_file_inum,
+        ];
+        let numbered = ino == ROOT_INO || (ino >= sb.s_first_ino && ino <= sb.s_inodes_count);
+        if !numbered || special.contains(&ino) || !self.inode_in_bitmap(ino)? {
+            return Err(Error::NotFound);
+        }
+        let inode = self.inode(ino)?;
+        if inode.has_flag(ondisk::inode::EXT4_EA_INODE_FL) {
+            return Err(Error::NotFound);
+        }
+        Ok(self.attr_of(&inode))
+    }
+
     /// What stat(2) shows for an inode: the one conversion from `Inode` to
     /// `Attr`, for getattr and for every operation that replies with one.
     pub(crate) fn attr_of(&self, i: &Inode) -> Attr {

@@ -79,7 +79,7 @@ impl Ext4 {
 
     /// Whether inode `ino` is marked in use in its group's inode bitmap
     /// (with the live descriptor once the read-write mount started).
-    fn inode_in_bitmap(&self, ino: Ino) -> Result<bool> {
+    pub(crate) fn inode_in_bitmap(&self, ino: Ino) -> Result<bool> {
         let (g, bit) = self.inode_group_index(ino)?;
         let bit = bit as usize;
         let live = self

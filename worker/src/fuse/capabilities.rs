@@ -7,12 +7,16 @@ use fuser::InitFlags;
 /// enforced).
 pub(super) fn wanted(read_only: bool, quota_limits: bool) -> InitFlags {
     // Deliberately not requested: SETXATTR_EXT (fuser 0.18.0 mishandles
-    // it), EXPORT_SUPPORT.
+    // it).
     let mut wanted = InitFlags::FUSE_ASYNC_READ
         | InitFlags::FUSE_BIG_WRITES
         | InitFlags::FUSE_MAX_PAGES
         | InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS;
+    // File handles outlive the kernel's inode cache (open_by_handle_at,
+    // NFS export): the kernel asks for an inode it evicted by a LOOKUP of
+    // "." (Adapter::lookup) and a directory's parent by "..".
+    wanted |= InitFlags::FUSE_EXPORT_SUPPORT;
     // Every listing is a READDIRPLUS (no READDIRPLUS_AUTO): with the
     // kernel's heuristic only a directory's first batch carried
     // attributes, since find, du, ls -l and file managers read a whole

@@ -139,6 +139,14 @@ impl Filesystem for Adapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.requests.count(Op::Lookup);
         let parent = ino_or_reply!(parent, reply);
+        if name.as_bytes() == b"." {
+            // EXPORT_SUPPORT: a file handle (open_by_handle_at, NFS) names
+            // an inode the kernel no longer caches, and the kernel asks
+            // for it by "." (path walks never send it). Any inode, not
+            // only directories; the kernel checks the generation.
+            let res = self.fs.getattr_by_handle(parent);
+            return self.reply_entry(reply, "lookup", (parent, parent), res);
+        }
         let res = self.fs.lookup(parent, name.as_bytes());
         if matches!(res, Err(Error::NotFound)) && !self.negative_ttl.is_zero() {
             return reply.entry(&self.negative_ttl, &negative_entry_attr(), Generation(0));
