@@ -330,6 +330,15 @@ impl Ext4 {
             self.rw.faults.set_read_only();
             return Ok(());
         }
+        let journaled = self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL);
+        // Before needs_recovery is set below: a log the filesystem did not
+        // ask to replay is marked empty on disk first, so that a crash
+        // once the flag is set finds nothing stale to replay.
+        let journal = if journaled {
+            Some(Journal::load(self)?.skip_recovery()?)
+        } else {
+            None
+        };
         *self.rw.gdt.write().unwrap_or_else(|e| e.into_inner()) = self.groups.clone();
         let (free_blocks, free_inodes) = self.rw.free_counts(&self.groups);
         let mut live = self.rw.live_sb();
@@ -351,18 +360,17 @@ impl Ext4 {
         if self.sb.has_compat(sbf::COMPAT_ORPHAN_FILE) {
             s.s_feature_ro_compat |= sbf::RO_COMPAT_ORPHAN_PRESENT;
         }
-        let journaled = self.sb.has_compat(sbf::COMPAT_HAS_JOURNAL);
         if journaled {
             // Set for the whole read-write mount, as the kernel does; the
-            // log is empty (replay ran at open), so a crash before the
-            // first commit replays nothing.
+            // log is empty (replayed at open, or skipped above), so a
+            // crash before the first commit replays nothing.
             s.s_feature_incompat |= sbf::INCOMPAT_RECOVER;
         }
         let sb = s.clone();
         self.write_super(&mut live)?;
         drop(live);
-        if journaled {
-            let log = Log::open(Journal::load(self)?, &sb)?;
+        if let Some(journal) = journal {
+            let log = Log::open(journal, &sb)?;
             tracing::info!(
                 "journaling metadata (jbd2, {} blocks per transaction at most)",
                 log.max_transaction()

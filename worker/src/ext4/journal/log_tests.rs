@@ -417,6 +417,54 @@ fn commits_replay_in_e2fsck_kernel_and_ours() {
     }
 }
 
+/// A log the filesystem does not ask to replay (needs_recovery clear, the
+/// journal's s_start set: a crash between the journal superblock and the
+/// ext4 superblock writes of a mount) is skipped by the kernel. A
+/// read-write open skips it too (it refused the mount before), leaves the
+/// filesystem as it was, and numbers its own transactions past the stale
+/// ones, so that no stale transaction can follow them at a replay.
+#[test]
+fn unflagged_log_is_skipped_as_by_the_kernel() {
+    if skip() {
+        return;
+    }
+    let (tag, args) = CONFIGS[1];
+    let sc = Scratch::new("jlog-host");
+    let host = host_files(sc.path());
+    let fx = fixture(tag, args, "32M", &basic_steps(&host));
+    let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
+    set_needs_recovery(&*mem);
+    let log = open_log(mem.clone());
+    let mut last = 0;
+    for k in 0..fx.diffs.len() {
+        last = log.commit(&fx.blocks(k), &[]).unwrap();
+    }
+    drop(log);
+    clear_needs_recovery(&*mem);
+    let img = mem.contents();
+    let kern = kernel_replay(&fx, &img, "kernel.img");
+    assert_eq!(fx.which_state(&kern), Ok(0), "the kernel replayed the log");
+
+    let dev = Arc::new(MemDevice::new(img));
+    let opts = OpenOptions {
+        read_only: false,
+        ..Default::default()
+    };
+    let fs = Ext4::open(dev.clone(), opts).unwrap();
+    let next = fs.log_stats().unwrap().next_seq;
+    assert!(
+        next > last,
+        "new transactions start at {next}, stale ones reach {last}"
+    );
+    fs.shutdown().unwrap();
+    drop(fs);
+    let ours = dev.contents();
+    assert_eq!(fx.which_state(&ours), Ok(0), "we replayed the log");
+    let p = fx.path("ours.img");
+    std::fs::write(&p, &ours).unwrap();
+    fsck_clean(&p);
+}
+
 /// (e) A revoked block is not replayed by e2fsck, the kernel or us; a
 /// later transaction that logs it again is.
 #[test]

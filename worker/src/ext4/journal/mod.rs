@@ -198,6 +198,49 @@ impl Journal {
             .is_some_and(|&(_, end)| b < end)
     }
 
+    /// A log the filesystem does not ask to replay (needs_recovery clear,
+    /// s_start set: a crash between the two superblock writes of a
+    /// mount, or a journal left by another tool) is not replayed, as the
+    /// kernel does (jbd2_journal_wipe): the log is taken as empty, and new
+    /// transactions are numbered past its valid ones, so that none of its
+    /// stale transactions can pass for a later one at a replay.
+    pub(crate) fn skip_recovery(mut self) -> Result<Journal> {
+        if self.jsb.s_start == 0 {
+            return Ok(self);
+        }
+        let end = replay::end_of_log(&self)?;
+        tracing::warn!(
+            "journal: the filesystem does not need recovery but its journal holds a log \
+             (transactions {}..{}); not replayed, as the kernel does",
+            self.jsb.s_sequence,
+            end
+        );
+        self.write_empty_jsb(end.wrapping_add(1))?;
+        self.dev
+            .flush()
+            .map_err(|source| Error::Io { offset: 0, source })?;
+        self.jsb.s_start = 0;
+        self.jsb.s_sequence = end.wrapping_add(1);
+        self.jsb.s_errno = 0;
+        Ok(self)
+    }
+
+    /// Writes the journal superblock marked empty (s_start 0, no error),
+    /// the next transaction to be `next_seq`.
+    fn write_empty_jsb(&self, next_seq: u32) -> Result<()> {
+        let mut jraw = self.read(0, self.jsb.s_maxlen)?;
+        let mut jsb = self.jsb.clone();
+        jsb.s_start = 0;
+        jsb.s_sequence = next_seq;
+        jsb.s_errno = 0;
+        jsb.write(&mut jraw);
+        let joff = self.pblk(0).unwrap_or(0).saturating_mul(self.block_size);
+        self.dev.write_at(&jraw, joff).map_err(|source| Error::Io {
+            offset: joff,
+            source,
+        })
+    }
+
     /// Writes a replay in place, in the kernel's order: the replayed
     /// blocks, a flush, the journal superblock marked empty with the next
     /// sequence, the ext4 superblock without needs_recovery, a flush.
@@ -214,17 +257,7 @@ impl Journal {
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })?;
         let sb_bytes = self.recovered_superblock(&*self.dev, replay)?;
-        let mut jraw = self.read(0, self.jsb.s_maxlen)?;
-        let mut jsb = self.jsb.clone();
-        jsb.s_start = 0;
-        jsb.s_sequence = replay.end_transaction.wrapping_add(1);
-        jsb.s_errno = 0;
-        jsb.write(&mut jraw);
-        let joff = self.pblk(0).unwrap_or(0).saturating_mul(bs);
-        self.dev.write_at(&jraw, joff).map_err(|source| Error::Io {
-            offset: joff,
-            source,
-        })?;
+        self.write_empty_jsb(replay.end_transaction.wrapping_add(1))?;
         self.dev
             .write_at(&sb_bytes, sbf::SUPERBLOCK_OFFSET)
             .map_err(|source| Error::Io {

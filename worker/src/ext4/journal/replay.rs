@@ -101,6 +101,7 @@ fn tid_geq(a: u32, b: u32) -> bool {
 }
 
 /// State carried from one pass to the next.
+#[derive(Default)]
 struct State {
     end: Option<u32>,
     failed_commit: Option<u32>,
@@ -186,17 +187,7 @@ impl<'a> Cursor<'a> {
 /// Runs the three passes over `j`'s log. `pre_superblock`: the ext4
 /// superblock as read before replay. A journal with s_start 0 is empty.
 pub(crate) fn replay(j: &Journal, pre_superblock: Vec<u8>) -> Result<Replay> {
-    let mut st = State {
-        end: None,
-        failed_commit: None,
-        revoked: HashMap::new(),
-        blocks: BTreeMap::new(),
-        nr_replays: 0,
-        nr_revokes: 0,
-        nr_revoke_hits: 0,
-        bad_block: None,
-        log_wrapped: false,
-    };
+    let mut st = State::default();
     if j.jsb.s_start == 0 {
         st.end = Some(j.jsb.s_sequence);
     } else {
@@ -224,6 +215,17 @@ pub(crate) fn replay(j: &Journal, pre_superblock: Vec<u8>) -> Result<Replay> {
         log_wrapped: st.log_wrapped,
         pre_superblock,
     })
+}
+
+/// The first transaction ID after the log's valid ones (the scan pass
+/// alone: what jbd2_journal_skip_recovery counts from).
+pub(crate) fn end_of_log(j: &Journal) -> Result<u32> {
+    if j.jsb.s_start == 0 {
+        return Ok(j.jsb.s_sequence);
+    }
+    let mut st = State::default();
+    one_pass(j, Pass::Scan, &mut st)?;
+    Ok(st.end.unwrap_or(j.jsb.s_sequence))
 }
 
 fn one_pass(j: &Journal, pass: Pass, st: &mut State) -> Result<()> {
