@@ -212,6 +212,17 @@ impl Broker {
         fs::read_to_string(self.dir.join("safemountd.log")).unwrap_or_default()
     }
 
+    /// A new broker with `img` mounted on `mnt` (made) with `opts`;
+    /// panics, with the broker's log, if that fails.
+    pub fn with_mount(img: &Path, mnt: &Path, opts: &str) -> Self {
+        let broker = Broker::start().expect("broker start");
+        std::fs::create_dir_all(mnt).expect("mount point");
+        if let Err(e) = broker.mount(img, mnt, opts) {
+            panic!("mount failed: {e}\nbroker log:\n{}", broker.log_tail(20));
+        }
+        broker
+    }
+
     /// Tail of the log, for assertion messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();

@@ -17,8 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use safemount_tests::broker::Broker;
-use safemount_tests::ops;
 use safemount_tests::util::{TempDir, require_root};
+use safemount_tests::{image, ops};
 
 /// A file handle as name_to_handle_at fills it (struct file_handle with
 /// room for MAX_HANDLE_SZ bytes).
@@ -99,11 +99,7 @@ fn handles_open_after_the_inode_cache_is_dropped() {
     let img = tmp.join("fs.img");
     ops::make_empty_image(&img, &[], 64 << 20).unwrap();
     let mnt = tmp.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let broker = Broker::start().unwrap();
-    if let Err(e) = broker.mount(&img, &mnt, "rw") {
-        panic!("mount failed: {e}\nbroker log:\n{}", broker.log_tail(20));
-    }
+    let broker = Broker::with_mount(&img, &mnt, "rw");
     std::fs::create_dir(mnt.join("d")).unwrap();
     let files: Vec<_> = (0..10).map(|i| mnt.join(format!("d/f{i}"))).collect();
     for (i, f) in files.iter().enumerate() {
@@ -171,14 +167,5 @@ fn handles_open_after_the_inode_cache_is_dropped() {
         !dump.contains("FS Error count"),
         "a handle made a filesystem error:\n{dump}"
     );
-    let fsck = std::process::Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    image::fsck_clean(&img).unwrap();
 }

@@ -103,11 +103,7 @@ fn times_shown_are_times_on_disk() {
     let img = tmp.join("fs.img");
     ops::make_empty_image(&img, &[], 64 << 20).unwrap();
     let mnt = tmp.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let broker = Broker::start().unwrap();
-    if let Err(e) = broker.mount(&img, &mnt, "rw") {
-        panic!("mount failed: {e}\nbroker log:\n{}", broker.log_tail(20));
-    }
+    let broker = Broker::with_mount(&img, &mnt, "rw");
     for i in 0..20 {
         write_chmod_write(&mnt.join(format!("w{i:02}")));
     }

@@ -16,7 +16,6 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::kernel::KernelMount;
@@ -39,15 +38,6 @@ fn counting() -> bool {
     true
 }
 
-fn mounted(img: &Path, mnt: &Path, opts: &str) -> Broker {
-    let broker = Broker::start().unwrap();
-    std::fs::create_dir_all(mnt).unwrap();
-    if let Err(e) = broker.mount(img, mnt, opts) {
-        panic!("mount failed: {e}\nbroker log:\n{}", broker.log_tail(20));
-    }
-    broker
-}
-
 #[test]
 fn stat_walk_of_a_large_directory_needs_no_lookups() {
     if !counting() {
@@ -65,7 +55,7 @@ fn stat_walk_of_a_large_directory_needs_no_lookups() {
     image::make_image(&src, &img, cfg, 64 << 20, &[], false).unwrap();
 
     let mnt = tmp.join("mnt");
-    let broker = mounted(&img, &mnt, "ro");
+    let broker = Broker::with_mount(&img, &mnt, "ro");
     let names: Vec<_> = std::fs::read_dir(mnt.join("d"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -100,7 +90,7 @@ fn reopened_files_are_read_from_the_page_cache() {
     ops::make_empty_image(&img, &[], 64 << 20).unwrap();
 
     let mnt = tmp.join("mnt");
-    let broker = mounted(&img, &mnt, "rw");
+    let broker = Broker::with_mount(&img, &mnt, "rw");
     let path = mnt.join("f");
     let first = pattern(1, 4 << 20);
     std::fs::write(&path, &first).unwrap();

@@ -255,6 +255,15 @@ fn open_log(dev: Arc<dyn BlockDevice>) -> Log {
     Log::open(j, fs.sb()).unwrap()
 }
 
+/// A copy of `fx`'s first state marked as needing recovery, and a log
+/// started on it (nothing written in place).
+fn logging_on_first_state(fx: &Fixture) -> (Arc<MemDevice>, Log) {
+    let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
+    set_needs_recovery(&*mem);
+    let log = open_log(mem.clone());
+    (mem, log)
+}
+
 /// Our read-write replay of `img`; returns the replayed image.
 fn our_replay(img: Vec<u8>) -> Vec<u8> {
     let mem = Arc::new(MemDevice::new(img));
@@ -381,9 +390,7 @@ fn commits_replay_in_e2fsck_kernel_and_ours() {
         let sc = Scratch::new("jlog-host");
         let host = host_files(sc.path());
         let fx = fixture(tag, args, "32M", &basic_steps(&host));
-        let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
-        set_needs_recovery(&*mem);
-        let log = open_log(mem.clone());
+        let (mem, log) = logging_on_first_state(&fx);
         for k in 0..fx.diffs.len() {
             let seq = log.commit(&fx.blocks(k), &[]).unwrap();
             assert_eq!(seq, log.stats().next_seq.wrapping_sub(1));
@@ -432,9 +439,7 @@ fn unflagged_log_is_skipped_as_by_the_kernel() {
     let sc = Scratch::new("jlog-host");
     let host = host_files(sc.path());
     let fx = fixture(tag, args, "32M", &basic_steps(&host));
-    let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
-    set_needs_recovery(&*mem);
-    let log = open_log(mem.clone());
+    let (mem, log) = logging_on_first_state(&fx);
     let mut last = 0;
     for k in 0..fx.diffs.len() {
         last = log.commit(&fx.blocks(k), &[]).unwrap();
@@ -501,9 +506,7 @@ fn revoked_blocks_are_not_replayed() {
         ("relogged", p2.clone()),
     ];
     for (case, want) in cases {
-        let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
-        set_needs_recovery(&*mem);
-        let log = open_log(mem.clone());
+        let (mem, log) = logging_on_first_state(&fx);
         log.commit(&[(x, &p1)], &[]).unwrap();
         log.commit(&fx.blocks(0), &[]).unwrap();
         if case != "control" {
@@ -549,9 +552,7 @@ fn small_journal_wraps_with_checkpoints() {
         ));
     }
     let fx = fixture("wrap", &["-b", "1024", "-J", "size=1"], "32M", &steps);
-    let mem = Arc::new(MemDevice::new(fx.states[0].clone()));
-    set_needs_recovery(&*mem);
-    let log = open_log(mem.clone());
+    let (mem, log) = logging_on_first_state(&fx);
     let mut wraps = 0;
     let mut last_head = log.stats().head;
     let mut logged = 0u64;
