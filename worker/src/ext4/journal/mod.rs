@@ -215,19 +215,16 @@ impl Journal {
             self.jsb.s_sequence,
             end
         );
-        self.write_empty_jsb(end.wrapping_add(1))?;
+        self.jsb = self.write_empty_jsb(end.wrapping_add(1))?;
         self.dev
             .flush()
             .map_err(|source| Error::Io { offset: 0, source })?;
-        self.jsb.s_start = 0;
-        self.jsb.s_sequence = end.wrapping_add(1);
-        self.jsb.s_errno = 0;
         Ok(self)
     }
 
     /// Writes the journal superblock marked empty (s_start 0, no error),
-    /// the next transaction to be `next_seq`.
-    fn write_empty_jsb(&self, next_seq: u32) -> Result<()> {
+    /// the next transaction to be `next_seq`; returns what it wrote.
+    fn write_empty_jsb(&self, next_seq: u32) -> Result<JournalSuperblock> {
         let mut jraw = self.read(0, self.jsb.s_maxlen)?;
         let mut jsb = self.jsb.clone();
         jsb.s_start = 0;
@@ -238,7 +235,8 @@ impl Journal {
         self.dev.write_at(&jraw, joff).map_err(|source| Error::Io {
             offset: joff,
             source,
-        })
+        })?;
+        Ok(jsb)
     }
 
     /// Writes a replay in place, in the kernel's order: the replayed
