@@ -486,20 +486,16 @@ impl Broker {
         // Images (and block devices the client opened) are locked; a
         // device the broker opened has O_EXCL instead. The lock lives in
         // the reaper's closure: released once the worker is gone.
-        let image = if broker_opened {
-            None
+        let (image, image_lock) = if broker_opened {
+            (None, None)
         } else {
-            lock::image_key(source.fd.as_fd()).ok()
-        };
-        if let Some(key) = image {
-            self.wait_for_unmounted_holders(key);
-        }
-        let image_lock = if broker_opened {
-            None
-        } else {
+            let key = lock::image_key(source.fd.as_fd()).ok();
+            if let Some(key) = key {
+                self.wait_for_unmounted_holders(key);
+            }
             let (fd, l) = lock::lock_image(source.fd, &source.name, read_only, opts.locking)?;
             source.fd = fd;
-            Some(Arc::new(l))
+            (key, Some(Arc::new(l)))
         };
         let shown_target = named_target.as_ref().map_or_else(
             || format!("{}/<automatic>", mountpoint::MEDIA_ROOT),

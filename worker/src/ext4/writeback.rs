@@ -424,9 +424,8 @@ mod tests {
     use std::sync::Arc;
 
     use crate::ext4::testutil::{
-        RwImage, can_loop_mount, e2fsck, free_and_reuse_for_data, have_mkfs, loop_mounted,
+        RwImage, can_loop_mount, e2fsck, free_and_reuse_for_data, have_mkfs, loop_mounted, open_on,
     };
-    use crate::ext4::{Ext4, OpenOptions};
     use crate::io::MemDevice;
     use crate::testdev::PowerLoss;
 
@@ -446,14 +445,7 @@ mod tests {
         }
         let im = RwImage::new("idlefsync", &["-b", "4096", "-g", "4096"]);
         let dev = Arc::new(PowerLoss::new(im.dev.contents()));
-        let fs = Ext4::open(
-            dev.clone(),
-            OpenOptions {
-                read_only: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fs = open_on(dev.clone(), false);
         let mut txn = fs.begin().unwrap();
         let (blk, _) = txn.alloc_blocks(0, 1, false).unwrap();
         txn.commit().unwrap();
@@ -505,14 +497,7 @@ mod tests {
         assert_eq!(block_of(&crashed, blk), b"data");
 
         let dev = Arc::new(MemDevice::new(crashed.clone()));
-        let ours = Ext4::open(
-            dev.clone(),
-            OpenOptions {
-                read_only: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let ours = open_on(dev.clone(), false);
         drop(ours);
         assert_eq!(block_of(&dev.contents(), blk), b"data", "our replay");
 

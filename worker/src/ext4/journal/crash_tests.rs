@@ -46,7 +46,7 @@ use super::recover_at_open;
 
 use crate::ext4::ondisk::inode::S_IFREG;
 use crate::ext4::testutil::{
-    Scratch, e2fsck, engine_tree, have_mkfs, kernel_tree, loop_mounted, mkfs, pattern,
+    Scratch, e2fsck, engine_tree, have_mkfs, kernel_tree, loop_mounted, mkfs, open_on, pattern,
 };
 use crate::ext4::types::{RenameFlags, SetAttr, XattrFlags};
 use crate::ext4::{Error, Ext4, FallocMode, Ino, OpenOptions, ROOT_INO};
@@ -801,14 +801,7 @@ fn run_config(tag: &str, args: &[&str], size_kib: u64, seed: u64) -> Figures {
     let base = std::fs::read(&img).unwrap();
     let dev = Arc::new(PowerLoss::new(base));
     let t = Instant::now();
-    let fs = Ext4::open(
-        dev.clone(),
-        OpenOptions {
-            read_only: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let fs = open_on(dev.clone(), false);
     assert!(!fs.info().read_only, "{tag}: opened read-only");
     assert!(fs.log_stats().is_some(), "{tag}: not journaling");
     let seq0 = fs.log_stats().map_or(0, |l| l.next_seq);

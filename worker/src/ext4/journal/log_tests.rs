@@ -26,7 +26,7 @@ use super::{Journal, recover_at_open};
 use crate::ext4::OpenOptions;
 use crate::ext4::ondisk::superblock::{self as sbf, Superblock};
 use crate::ext4::testutil::{
-    Scratch, can_loop_mount, fsck_clean, loop_mounted, pattern, run_output,
+    Scratch, can_loop_mount, fsck_clean, loop_mounted, open_on, pattern, run_output,
 };
 use crate::ext4::{Ext4, ondisk::journal::JBD2_MAGIC_NUMBER};
 use crate::io::{BlockDevice, MemDevice};
@@ -451,11 +451,7 @@ fn unflagged_log_is_skipped_as_by_the_kernel() {
     assert_eq!(fx.which_state(&kern), Ok(0), "the kernel replayed the log");
 
     let dev = Arc::new(MemDevice::new(img));
-    let opts = OpenOptions {
-        read_only: false,
-        ..Default::default()
-    };
-    let fs = Ext4::open(dev.clone(), opts).unwrap();
+    let fs = open_on(dev.clone(), false);
     let next = fs.log_stats().unwrap().next_seq;
     assert!(
         next > last,
