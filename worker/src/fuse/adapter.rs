@@ -1,17 +1,19 @@
 //! The adapter's state: the engine, the kernel's open inodes, the
-//! flusher's stop flag, the once-per-object log of corrupt metadata, and
+//! flusher's stop flag, the failure log, the files open for writing and
 //! the channel that tells the kernel of changes it cannot see.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fuser::{Errno, ReplyEmpty};
 
-use super::convert::{errno, fuse_ino};
+use super::convert::fuse_ino;
+use super::failures::Failures;
 use super::inodes::OpenState;
 use super::requests::RequestCounts;
+use super::seek::Seeks;
 use super::write_queue::{PendingWrite, WriteQueues};
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
@@ -25,16 +27,14 @@ use crate::ext4::types::{Ino, SetAttr, WriteAs};
 /// changes behind its back either, so the same long lifetime holds.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// How many distinct corrupt objects are logged before logging stops
-/// (a hostile image could otherwise flood the journal).
-const MAX_CORRUPT_LOGGED: usize = 1024;
-
 /// The fuser filesystem over the engine.
 pub struct Adapter {
     pub(super) fs: Arc<Ext4>,
     pub(super) read_only: bool,
     pub(super) ttl: Duration,
-    corrupt_logged: Mutex<HashSet<(String, u64)>>,
+    /// Errno mapping and the corrupt-object log, shared with the seek
+    /// thread.
+    pub(super) failures: Arc<Failures>,
     /// Inodes the kernel holds (lookups or open handles); entries are
     /// removed when both counts are zero. A B-tree: a million entries
     /// (a walk of a big tree) take ~30 MiB, with none of a hash table's
@@ -56,9 +56,12 @@ pub struct Adapter {
     pub(super) skip_opendir: bool,
     /// Notifications to the kernel, set once the session exists (see
     /// `notifier_slot`); unset in tests without a kernel.
-    notifier: Arc<OnceLock<fuser::Notifier>>,
+    pub(super) notifier: Arc<OnceLock<fuser::Notifier>>,
     /// The files being written and their queued writes.
     pub(super) writes: WriteQueues,
+    /// Handles open for writing, and the seek thread (SEEK_DATA/SEEK_HOLE
+    /// after the kernel's write-back).
+    pub(super) seeks: Seeks,
 }
 
 impl Adapter {
@@ -66,11 +69,12 @@ impl Adapter {
         let fs: Arc<Ext4> = fs.into();
         let casefold = fs.sb().has_incompat(INCOMPAT_CASEFOLD);
         Adapter {
+            failures: Arc::new(Failures::new(Arc::clone(&fs))),
             negative_ttl: if casefold { Duration::ZERO } else { TTL },
             fs,
             read_only,
             ttl: TTL,
-            corrupt_logged: Mutex::new(HashSet::new()),
+            seeks: Seeks::default(),
             open: Mutex::new(BTreeMap::new()),
             stop_flusher: Arc::new(AtomicBool::new(false)),
             requests: RequestCounts::default(),
@@ -132,26 +136,8 @@ impl Adapter {
         }
     }
 
-    /// Maps `err`, logging each corrupt object once and handing it to the
-    /// engine's `errors=` handling.
+    /// Maps `err` (see [`Failures::fail`]).
     pub(super) fn fail(&self, op: &str, ino: Ino, err: &Error) -> Errno {
-        match err {
-            Error::Corrupt { what, block } => {
-                let first = self.corrupt_logged.lock().is_ok_and(|mut seen| {
-                    seen.len() < MAX_CORRUPT_LOGGED && seen.insert((what.to_string(), *block))
-                });
-                if first {
-                    tracing::warn!("{op} of inode {ino}: {err}");
-                    // errors=: recorded in the superblock once per
-                    // corrupt object, then continue, read-only or abort.
-                    self.fs.fs_error(op, ino, err);
-                }
-            }
-            Error::Io { .. } => tracing::warn!("{op} of inode {ino}: {err}"),
-            // fs-verity's "FILE CORRUPTED!": logged, not a filesystem error.
-            Error::Verity(_) => tracing::warn!("{op}: {err}"),
-            _ => {}
-        }
-        errno(err)
+        self.failures.fail(op, ino, err)
     }
 }

@@ -16,10 +16,12 @@
 mod adapter;
 mod capabilities;
 mod convert;
+mod failures;
 mod flusher;
 mod inodes;
 mod ioctl;
 mod requests;
+mod seek;
 mod write_queue;
 
 use std::borrow::Cow;
@@ -118,6 +120,12 @@ impl Filesystem for Adapter {
                 tracing::debug!("kernel lacks FUSE capability {flag:?}");
             } else if flag == InitFlags::FUSE_NO_OPENDIR_SUPPORT {
                 self.skip_opendir = true;
+            } else if flag == InitFlags::FUSE_WRITEBACK_CACHE {
+                self.seeks.start(
+                    Arc::clone(&self.fs),
+                    Arc::clone(&self.failures),
+                    Arc::clone(&self.notifier),
+                );
             }
         }
         if !self.read_only {
@@ -196,7 +204,10 @@ impl Filesystem for Adapter {
             Ok(a) if a.kind == FileKind::Directory => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.opened(ino);
-                reply.opened(FileHandle(0), FILE_OPEN_FLAGS)
+                let fh = self
+                    .seeks
+                    .opened(ino, flags.acc_mode() != OpenAccMode::O_RDONLY);
+                reply.opened(fh, FILE_OPEN_FLAGS)
             }
             Err(e) => reply.error(self.fail("open", ino, &e)),
         }
@@ -242,7 +253,7 @@ impl Filesystem for Adapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
@@ -252,6 +263,7 @@ impl Filesystem for Adapter {
         let ino = ino_or_reply!(ino, reply);
         // Answer first: nothing the kernel waits for depends on freeing.
         reply.ok();
+        self.seeks.released(ino, fh);
         self.closed(ino);
     }
 
@@ -524,7 +536,7 @@ impl Filesystem for Adapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         // Quota limits apply to this request unless root made it.
@@ -547,11 +559,14 @@ impl Filesystem for Adapter {
             Ok(a) => {
                 self.looked_up(a.ino);
                 self.opened(a.ino);
+                let fh = self
+                    .seeks
+                    .opened(a.ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
                 reply.created(
                     &self.entry_ttl(parent),
                     &file_attr(&a),
                     Generation(a.generation.into()),
-                    FileHandle(0),
+                    fh,
                     FILE_OPEN_FLAGS,
                 )
             }
@@ -940,12 +955,12 @@ impl Filesystem for Adapter {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::ENXIO);
         };
-        match self.fs.seek(ino, offset, whence) {
-            Ok(pos) => match i64::try_from(pos) {
-                Ok(pos) => reply.offset(pos),
-                Err(_) => reply.error(Errno::ENXIO),
-            },
-            Err(e) => reply.error(self.fail("lseek", ino, &e)),
-        }
+        let seek = seek::Seek {
+            ino,
+            offset,
+            whence,
+            reply,
+        };
+        self.seeks.serve(&self.fs, &self.failures, seek);
     }
 }
