@@ -7,14 +7,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use fuser::{Errno, ReplyEmpty};
+use fuser::{Errno, FileHandle, ReplyEmpty};
 
 use super::convert::fuse_ino;
 use super::failures::Failures;
 use super::inodes::OpenState;
+use super::no_space::NoSpace;
 use super::requests::RequestCounts;
 use super::seek::Seeks;
 use super::write_queue::{PendingWrite, WriteQueues};
+use super::writers::{WRITE_HANDLE, Writers};
 use crate::ext4::Ext4;
 use crate::ext4::error::Error;
 use crate::ext4::ondisk::features::INCOMPAT_CASEFOLD;
@@ -59,9 +61,12 @@ pub struct Adapter {
     pub(super) notifier: Arc<OnceLock<fuser::Notifier>>,
     /// The files being written and their queued writes.
     pub(super) writes: WriteQueues,
-    /// Handles open for writing, and the seek thread (SEEK_DATA/SEEK_HOLE
-    /// after the kernel's write-back).
+    /// Handles open for writing.
+    pub(super) writers: Writers,
+    /// The seek thread (SEEK_DATA/SEEK_HOLE after the kernel's write-back).
     pub(super) seeks: Seeks,
+    /// write(2) on a full filesystem.
+    pub(super) no_space: NoSpace,
 }
 
 impl Adapter {
@@ -74,7 +79,9 @@ impl Adapter {
             fs,
             read_only,
             ttl: TTL,
+            writers: Writers::default(),
             seeks: Seeks::default(),
+            no_space: NoSpace::default(),
             open: Mutex::new(BTreeMap::new()),
             stop_flusher: Arc::new(AtomicBool::new(false)),
             requests: RequestCounts::default(),
@@ -110,6 +117,25 @@ impl Adapter {
         }
     }
 
+    /// After an open for writing, on a full filesystem: the kernel forgets
+    /// the file's attributes, so that its first write(2) asks (see
+    /// `no_space`). Best effort: after a create the kernel may not have
+    /// the inode yet, and the first failed write-back does it then.
+    pub(super) fn refuse_writes_if_full(&self, ino: Ino, fh: FileHandle) {
+        if fh == WRITE_HANDLE && self.no_space.is_full() {
+            self.forget_cached_attrs(ino);
+        }
+    }
+
+    /// A page-cache write-back failed for lack of space: every file open
+    /// for writing asks before its next write(2) (see `no_space`).
+    fn writeback_out_of_space(&self) {
+        self.no_space.writeback_failed(&self.fs);
+        for ino in self.writers.inodes() {
+            self.forget_cached_attrs(ino);
+        }
+    }
+
     /// One WRITE: setuid/setgid cleared first when the kernel asks
     /// (HANDLE_KILLPRIV_V2: it checked the caller's CAP_FSETID and the
     /// mode), then the data, under the caller's quota limits. Root may use
@@ -132,7 +158,12 @@ impl Adapter {
         };
         match self.fs.write_as(ino, w.offset, &w.data, how) {
             Ok(n) => w.reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => w.reply.error(self.fail("write", ino, &e)),
+            Err(e) => {
+                if w.page_cache && matches!(e, Error::NoSpace) {
+                    self.writeback_out_of_space();
+                }
+                w.reply.error(self.fail("write", ino, &e))
+            }
         }
     }
 

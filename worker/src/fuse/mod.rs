@@ -20,9 +20,11 @@ mod failures;
 mod flusher;
 mod inodes;
 mod ioctl;
+mod no_space;
 mod requests;
 mod seek;
 mod write_queue;
+mod writers;
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
@@ -162,9 +164,14 @@ impl Filesystem for Adapter {
         self.reply_entry(reply, "lookup", (parent, parent), res);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.requests.count(Op::Getattr);
         let ino = ino_or_reply!(ino, reply);
+        // A write(2) asking before it writes, on a full filesystem (see
+        // `no_space`); stat(2) and fstat(2) never carry a handle.
+        if fh == Some(writers::WRITE_HANDLE) && self.no_space.refuses_write(&self.fs) {
+            return reply.error(Errno::ENOSPC);
+        }
         match self.fs.getattr(ino) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(self.fail("getattr", ino, &e)),
@@ -205,9 +212,10 @@ impl Filesystem for Adapter {
             Ok(_) => {
                 self.opened(ino);
                 let fh = self
-                    .seeks
+                    .writers
                     .opened(ino, flags.acc_mode() != OpenAccMode::O_RDONLY);
-                reply.opened(fh, FILE_OPEN_FLAGS)
+                reply.opened(fh, FILE_OPEN_FLAGS);
+                self.refuse_writes_if_full(ino, fh);
             }
             Err(e) => reply.error(self.fail("open", ino, &e)),
         }
@@ -263,7 +271,7 @@ impl Filesystem for Adapter {
         let ino = ino_or_reply!(ino, reply);
         // Answer first: nothing the kernel waits for depends on freeing.
         reply.ok();
-        self.seeks.released(ino, fh);
+        self.writers.released(ino, fh);
         self.closed(ino);
     }
 
@@ -560,7 +568,7 @@ impl Filesystem for Adapter {
                 self.looked_up(a.ino);
                 self.opened(a.ino);
                 let fh = self
-                    .seeks
+                    .writers
                     .opened(a.ino, flags & libc::O_ACCMODE != libc::O_RDONLY);
                 reply.created(
                     &self.entry_ttl(parent),
@@ -568,7 +576,8 @@ impl Filesystem for Adapter {
                     Generation(a.generation.into()),
                     fh,
                     FILE_OPEN_FLAGS,
-                )
+                );
+                self.refuse_writes_if_full(a.ino, fh);
             }
             Err(e) => reply.error(self.fail("create", parent, &e)),
         }
@@ -961,6 +970,7 @@ impl Filesystem for Adapter {
             whence,
             reply,
         };
-        self.seeks.serve(&self.fs, &self.failures, seek);
+        let written = self.writers.has_writer(ino);
+        self.seeks.serve(written, &self.fs, &self.failures, seek);
     }
 }

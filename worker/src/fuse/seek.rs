@@ -5,32 +5,24 @@
 //! back first: data still only in its cache would show as holes, and a
 //! hole-aware copy of a file being written (`cp`, `qemu-img convert`, a
 //! backup tool) would skip it. So while a file has a handle open for
-//! writing, the answer waits for the kernel's write-back of the file from
-//! the offset on: a reverse invalidation of those pages makes the kernel
-//! launder each dirty page (a WRITE) before it drops it. Only a writable
-//! handle leaves dirty pages behind (a shared writable mapping holds its
-//! handle until munmap), and the kernel writes them back before it
-//! releases the last one.
+//! writing (see [`super::writers`]), the answer waits for the kernel's
+//! write-back of the file from the offset on: a reverse invalidation of
+//! those pages makes the kernel launder each dirty page (a WRITE) before
+//! it drops it.
 //!
 //! The invalidation waits for WRITEs that the FUSE threads serve, so it
 //! runs on a thread of its own: a FUSE thread waiting for it could leave,
 //! with every FUSE thread in an lseek at once, nobody to serve them.
 
-use std::collections::HashMap;
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use fuser::{Errno, FileHandle, ReplyLseek};
+use fuser::{Errno, ReplyLseek};
 
 use super::convert::fuse_ino;
 use super::failures::Failures;
 use crate::ext4::Ext4;
 use crate::ext4::types::{Ino, Whence};
-
-/// The handle given to an open for reading only, and to one for writing;
-/// RELEASE hands it back, which tells the two apart.
-pub(super) const READ_HANDLE: FileHandle = FileHandle(0);
-pub(super) const WRITE_HANDLE: FileHandle = FileHandle(1);
 
 /// One SEEK_DATA or SEEK_HOLE to answer.
 pub(super) struct Seek {
@@ -40,43 +32,14 @@ pub(super) struct Seek {
     pub(super) reply: ReplyLseek,
 }
 
-/// Handles open for writing, and the seek thread's queue.
+/// The seek thread's queue.
 #[derive(Default)]
 pub(super) struct Seeks {
-    /// Open writable handles per inode; an inode without one is absent.
-    writers: Mutex<HashMap<Ino, u32>>,
     /// Set at `init` on mounts with the writeback cache.
     queue: OnceLock<Sender<Seek>>,
 }
 
 impl Seeks {
-    /// The handle for an open (or create) for writing or not.
-    pub(super) fn opened(&self, ino: Ino, writable: bool) -> FileHandle {
-        if !writable {
-            return READ_HANDLE;
-        }
-        if let Ok(mut writers) = self.writers.lock() {
-            let n = writers.entry(ino).or_default();
-            *n = n.saturating_add(1);
-        }
-        WRITE_HANDLE
-    }
-
-    /// RELEASE of handle `fh` of `ino`.
-    pub(super) fn released(&self, ino: Ino, fh: FileHandle) {
-        if fh != WRITE_HANDLE {
-            return;
-        }
-        if let Ok(mut writers) = self.writers.lock()
-            && let Some(n) = writers.get_mut(&ino)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                writers.remove(&ino);
-            }
-        }
-    }
-
     /// Starts the seek thread (writeback-cache mounts, at `init`).
     pub(super) fn start(
         &self,
@@ -107,12 +70,9 @@ impl Seeks {
     }
 
     /// Answers `seek`: on the seek thread, after the kernel's write-back,
-    /// when the file has a writable handle open; at once otherwise.
-    pub(super) fn serve(&self, fs: &Ext4, failures: &Failures, seek: Seek) {
-        let written = self
-            .writers
-            .lock()
-            .map_or(true, |writers| writers.contains_key(&seek.ino));
+    /// when the file has a writable handle open (`written`); at once
+    /// otherwise.
+    pub(super) fn serve(&self, written: bool, fs: &Ext4, failures: &Failures, seek: Seek) {
         let seek = match self.queue.get() {
             Some(queue) if written => match queue.send(seek) {
                 Ok(()) => return,

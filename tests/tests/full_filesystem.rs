@@ -1,0 +1,135 @@
+//! write(2) onto a full filesystem fails with ENOSPC.
+//!
+//! ext4 reserves blocks at write(2), so a full disk fails the write
+//! itself. Under the FUSE writeback cache the kernel's page cache takes
+//! every write and only the write-back fails; once it has, the worker makes
+//! the next write(2) of every file open for writing fail (see the worker's
+//! `fuse::no_space`) until space comes free. The kernel's ext4 then reads
+//! the image after the unmount.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed setup step must fail the test, with its error"
+)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::Path;
+
+use safemount_tests::broker::Broker;
+use safemount_tests::kernel::KernelMount;
+use safemount_tests::util::{TempDir, require_root};
+use safemount_tests::{image, ops, snapshot};
+
+const MIB: usize = 1 << 20;
+/// The filesystem's size; every write loop below may write 4 times that.
+const FS_MIB: usize = 64;
+
+fn create(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Writes 1 MiB chunks to `f` until write(2) fails, at most 4 times the
+/// filesystem: the bytes written and the error, if one came.
+fn write_until_error(f: &mut File) -> (usize, Option<std::io::Error>) {
+    let chunk = vec![0x5au8; MIB];
+    let mut written = 0;
+    while written < 4 * FS_MIB * MIB {
+        match f.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
+}
+
+fn is_enospc(e: &std::io::Error) -> bool {
+    e.kind() == ErrorKind::StorageFull
+}
+
+#[test]
+fn write_fails_once_the_filesystem_is_full() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("full").unwrap();
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &["-b", "4096"], (FS_MIB * MIB) as u64).unwrap();
+    let mnt = tmp.join("mnt");
+    let broker = Broker::with_mount(&img, &mnt, "rw");
+
+    // Open before the filesystem fills: its next write must fail too.
+    let mut other = create(&mnt.join("other"));
+    other.write_all(&[b'a'; 4096]).unwrap();
+    other.sync_all().unwrap();
+
+    let mut big = create(&mnt.join("big"));
+    let (written, err) = write_until_error(&mut big);
+    let err = err.unwrap_or_else(|| {
+        panic!(
+            "every write(2) succeeded: {} MiB onto a {FS_MIB} MiB filesystem",
+            written / MIB
+        )
+    });
+    assert!(is_enospc(&err), "write(2) failed with {err}, not ENOSPC");
+    println!("write(2) failed with ENOSPC after {} MiB", written / MIB);
+    // What the page cache took and could not write back is reported.
+    let closed = big.sync_all();
+    assert!(closed.as_ref().is_err_and(is_enospc), "fsync: {closed:?}");
+    drop(big);
+
+    let refused = other.write(&[b'b'; 4096]);
+    assert!(
+        refused.as_ref().is_err_and(is_enospc),
+        "write to another open file: {refused:?}"
+    );
+
+    // A file opened now fails as soon as its writes reach the worker.
+    let mut late = create(&mnt.join("late"));
+    let (_, err) = write_until_error(&mut late);
+    assert!(
+        err.as_ref().is_some_and(is_enospc),
+        "a file created while full: {err:?}"
+    );
+    drop(late);
+    std::fs::remove_file(mnt.join("late")).unwrap();
+
+    // Space comes free: writes go on. The worker frees an unlinked
+    // file's blocks at the kernel's FORGET, which comes asynchronously.
+    let full = snapshot::statvfs(&mnt).unwrap().bfree;
+    std::fs::remove_file(mnt.join("big")).unwrap();
+    let freed = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        snapshot::statvfs(&mnt).unwrap().bfree > full
+    });
+    assert!(freed, "statfs shows no space freed 30 s after the unlink");
+    other.write_all(&[b'c'; 4096]).unwrap();
+    other.sync_all().unwrap();
+    drop(other);
+    broker.unmount(&mnt).unwrap();
+
+    image::fsck_clean(&img).unwrap();
+    let kmnt = tmp.join("kmnt");
+    std::fs::create_dir_all(&kmnt).unwrap();
+    let k = KernelMount::mount(&img, &kmnt).unwrap();
+    let content = std::fs::read(kmnt.join("other")).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&kmnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    k.unmount().unwrap();
+    let want: Vec<u8> = [[b'a'; 4096], [b'c'; 4096]].concat();
+    assert!(
+        content == want,
+        "the kernel reads {} bytes of other, not a then c",
+        content.len()
+    );
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, ["lost+found", "other"]);
+}
