@@ -18,6 +18,7 @@ use std::path::Path;
 
 use safemount_tests::broker::Broker;
 use safemount_tests::kernel::KernelMount;
+use safemount_tests::user::TestUser;
 use safemount_tests::util::{TempDir, require_root};
 use safemount_tests::{image, ops, snapshot};
 
@@ -132,4 +133,61 @@ fn write_fails_once_the_filesystem_is_full() {
     let mut names = names;
     names.sort();
     assert_eq!(names, ["lost+found", "other"]);
+}
+
+/// A user fills the filesystem through `mnt`, then root writes: whether
+/// the user's dd failed, and root's outcome.
+fn user_fills_then_root_writes(mnt: &Path, user: &TestUser) -> (bool, Result<(), String>) {
+    let dir = mnt.join("user");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+    let target = format!("of={}", dir.join("fill").display());
+    let count = format!("count={}", 4 * FS_MIB);
+    let dd = user
+        .run(
+            "dd",
+            ["if=/dev/zero", target.as_str(), "bs=1M", count.as_str()],
+        )
+        .unwrap();
+    let mut root = create(&mnt.join("root"));
+    let written = root
+        .write_all(&vec![0x11u8; 4 * MIB])
+        .and_then(|()| root.sync_all())
+        .map_err(|e| e.to_string());
+    (!dd.status.success(), written)
+}
+
+/// The root-reserved blocks (`mkfs -m`) stay root's: a user filling the
+/// filesystem through the page cache (whose write-back comes as root) stops
+/// at them, and root can still write, as on the kernel's ext4.
+#[test]
+fn users_leave_the_root_reserve() {
+    if !require_root() {
+        return;
+    }
+    let user = TestUser::get("safemount-full").unwrap();
+    let tmp = TempDir::new("full-reserve").unwrap();
+    let mkfs = ["-b", "4096", "-m", "20"];
+
+    let kimg = tmp.join("kernel.img");
+    ops::make_empty_image(&kimg, &mkfs, (FS_MIB * MIB) as u64).unwrap();
+    let kmnt = tmp.join("kmnt");
+    std::fs::create_dir_all(&kmnt).unwrap();
+    let k = KernelMount::mount_rw(&kimg, &kmnt, "").unwrap();
+    let kernel = user_fills_then_root_writes(&kmnt, &user);
+    k.unmount().unwrap();
+
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &mkfs, (FS_MIB * MIB) as u64).unwrap();
+    let mnt = tmp.join("mnt");
+    let broker = Broker::with_mount(&img, &mnt, "rw");
+    let ours = user_fills_then_root_writes(&mnt, &user);
+    broker.unmount(&mnt).unwrap();
+    image::fsck_clean(&img).unwrap();
+
+    assert_eq!(kernel, (true, Ok(())), "the kernel's ext4");
+    assert_eq!(
+        ours, kernel,
+        "(user's dd failed, root's 4 MiB write and fsync)"
+    );
 }

@@ -43,6 +43,38 @@ fn nth_group(start: u32, i: u32, n: u32) -> u32 {
 const FLEX_SIZE_DIR_ALLOC_SCHEME: u64 = 4;
 
 impl Ext4 {
+    /// The kernel's reserved pool (ext4_calculate_resv_clusters): with
+    /// extents, min(2 %, 4096) clusters kept for metadata.
+    pub(crate) fn pool_clusters(&self) -> u64 {
+        if self.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
+            (self.clusters().of(self.sb.s_blocks_count) / 50).min(4096)
+        } else {
+            0
+        }
+    }
+
+    /// Free clusters kept from an allocation (ext4_has_free_clusters): the
+    /// pool unless the transaction may use it, and the root-reserved
+    /// blocks unless the caller may ([`Ext4::may_use_reserved`]).
+    fn kept_clusters(&self, reserved_ok: bool, use_pool: bool) -> u64 {
+        let pool = if use_pool { 0 } else { self.pool_clusters() };
+        let root = if reserved_ok {
+            0
+        } else {
+            self.clusters().of(self.sb.s_r_blocks_count)
+        };
+        pool.saturating_add(root)
+    }
+
+    /// Bytes a write may still allocate now, for a caller who may use the
+    /// root-reserved blocks (`reserved_ok`) or not.
+    pub fn bytes_available(&self, reserved_ok: bool) -> u64 {
+        let c = self.clusters();
+        let free = c.of(self.rw.live_sb().sb.s_free_blocks_count);
+        let clusters = free.saturating_sub(self.kept_clusters(reserved_ok, false));
+        let cluster_bytes = u64::from(self.block_size).checked_shl(self.sb.cluster_bits());
+        clusters.saturating_mul(cluster_bytes.unwrap_or(u64::MAX))
+    }
     /// Whether descriptors carry checksums (metadata_csum or gdt_csum):
     /// only then are the UNINIT flags and bg_itable_unused meaningful.
     pub(crate) fn has_group_desc_csum(&self) -> bool {
@@ -329,15 +361,7 @@ impl Txn<'_> {
         } else {
             live.saturating_sub(self.free_blocks_delta.unsigned_abs())
         };
-        let mut reserve = 0u64;
-        if !self.use_reserved_pool && fs.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
-            // ext4_calculate_resv_clusters.
-            reserve = (c.of(fs.sb.s_blocks_count) / 50).min(4096);
-        }
-        if !reserved_ok {
-            reserve = reserve.saturating_add(c.of(fs.sb.s_r_blocks_count));
-        }
-        free.saturating_sub(reserve)
+        free.saturating_sub(fs.kept_clusters(reserved_ok, self.use_reserved_pool))
     }
 
     /// Up to `want` contiguous blocks near `goal` (0 or out of range: from

@@ -504,18 +504,25 @@ impl Ext4 {
         }
     }
 
+    /// Whether a caller may allocate the root-reserved blocks, by
+    /// ext4_has_free_clusters' rule: root (CAP_SYS_RESOURCE), the
+    /// superblock's reserved uid, or its reserved group when that is not
+    /// root's (only the caller's primary group is known here).
+    pub fn may_use_reserved(&self, uid: u32, gid: u32) -> bool {
+        let resgid = u32::from(self.sb.s_def_resgid);
+        uid == 0 || uid == u32::from(self.sb.s_def_resuid) || (resgid != 0 && gid == resgid)
+    }
+
     /// statfs(2) as the kernel's ext4_statfs computes it.
     pub fn statfs(&self) -> Result<StatFs> {
         let cbits = self.sb.cluster_bits();
         let (free_clusters, free_inodes) = self.rw.free_counts(&self.groups);
         let c2b = |c: u64| c.checked_shl(cbits).unwrap_or(u64::MAX);
-        let resv = if self.sb.has_incompat(sbf::INCOMPAT_EXTENTS) {
-            ((self.sb.s_blocks_count >> cbits) / 50).min(4096)
-        } else {
-            0
-        };
         let bfree = c2b(free_clusters);
-        let reserved = self.sb.s_r_blocks_count.saturating_add(c2b(resv));
+        let reserved = self
+            .sb
+            .s_r_blocks_count
+            .saturating_add(c2b(self.pool_clusters()));
         Ok(StatFs {
             bsize: self.block_size,
             frsize: self.block_size,

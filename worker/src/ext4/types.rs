@@ -96,14 +96,17 @@ pub struct XattrFlags {
 /// Who a write comes from, for the rules that depend on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteAs {
-    /// The caller may use root-reserved blocks (root, or
-    /// s_resuid/s_resgid).
+    /// The caller may use root-reserved blocks
+    /// ([`crate::ext4::Ext4::may_use_reserved`]).
     pub reserved_ok: bool,
     /// Written back from the kernel's page cache (FUSE_WRITE_CACHE): the
     /// kernel set mtime and ctime at write(2) or at the mmap store, as
     /// ext4 does, and sends them with a SETATTR of their own; the write
     /// leaves them alone. (Setting them here stamped the write-back's time,
-    /// up to 30 s later, on disk whenever that SETATTR came first.)
+    /// up to 30 s later, on disk whenever that SETATTR came first.) The
+    /// writer is unknown then (the request comes as root): the file's
+    /// owner decides `reserved_ok` instead, else every user could fill
+    /// the root-reserved blocks.
     pub page_cache: bool,
 }
 

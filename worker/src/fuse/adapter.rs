@@ -130,7 +130,7 @@ impl Adapter {
     /// A page-cache write-back failed for lack of space: every file open
     /// for writing asks before its next write(2) (see `no_space`).
     fn writeback_out_of_space(&self) {
-        self.no_space.writeback_failed(&self.fs);
+        self.no_space.writeback_failed();
         for ino in self.writers.inodes() {
             self.forget_cached_attrs(ino);
         }
@@ -138,9 +138,9 @@ impl Adapter {
 
     /// One WRITE: setuid/setgid cleared first when the kernel asks
     /// (HANDLE_KILLPRIV_V2: it checked the caller's CAP_FSETID and the
-    /// mode), then the data, under the caller's quota limits. Root may use
-    /// the reserved blocks, as on ext4; page-cache writeback arrives as
-    /// the kernel (uid 0): it was accepted by the page cache already.
+    /// mode), then the data, under the caller's quota limits. The caller
+    /// may use the reserved blocks as on ext4; a page-cache write-back
+    /// arrives as the kernel, and the engine goes by the file's owner.
     pub(super) fn serve_write(&self, ino: Ino, w: PendingWrite<'_>) {
         let _quota = crate::ext4::quota::limits::CallerScope::new(w.uid);
         if w.kill_suid_sgid {
@@ -153,7 +153,7 @@ impl Adapter {
             }
         }
         let how = WriteAs {
-            reserved_ok: w.uid == 0,
+            reserved_ok: self.fs.may_use_reserved(w.uid, w.gid),
             page_cache: w.page_cache,
         };
         match self.fs.write_as(ino, w.offset, &w.data, how) {

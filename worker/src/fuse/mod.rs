@@ -164,13 +164,16 @@ impl Filesystem for Adapter {
         self.reply_entry(reply, "lookup", (parent, parent), res);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.requests.count(Op::Getattr);
         let ino = ino_or_reply!(ino, reply);
         // A write(2) asking before it writes, on a full filesystem (see
         // `no_space`); stat(2) and fstat(2) never carry a handle.
-        if fh == Some(writers::WRITE_HANDLE) && self.no_space.refuses_write(&self.fs) {
-            return reply.error(Errno::ENOSPC);
+        if fh == Some(writers::WRITE_HANDLE) {
+            let reserved_ok = self.fs.may_use_reserved(req.uid(), req.gid());
+            if self.no_space.refuses_write(&self.fs, reserved_ok) {
+                return reply.error(Errno::ENOSPC);
+            }
         }
         match self.fs.getattr(ino) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
@@ -751,6 +754,7 @@ impl Filesystem for Adapter {
             offset,
             data: Cow::Borrowed(data),
             uid: req.uid(),
+            gid: req.gid(),
             kill_suid_sgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             page_cache: write_flags.contains(WriteFlags::FUSE_WRITE_CACHE),
             reply,
@@ -934,10 +938,13 @@ impl Filesystem for Adapter {
         let Some(mode) = falloc_mode(mode) else {
             return reply.error(Errno::EOPNOTSUPP);
         };
-        match self
-            .fs
-            .fallocate_as(ino, offset, length, mode, req.uid() == 0)
-        {
+        match self.fs.fallocate_as(
+            ino,
+            offset,
+            length,
+            mode,
+            self.fs.may_use_reserved(req.uid(), req.gid()),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail("fallocate", ino, &e)),
         }

@@ -10,56 +10,53 @@
 //! writing. Its next write(2) to one of them asks for them first (a
 //! GETATTR carrying the writable handle: the kernel keeps a file's size
 //! for the writeback cache and refreshes its mode before each write), and
-//! that GETATTR fails with ENOSPC as long as no space has come free since
-//! the failure. A file opened for writing meanwhile loses its cached
+//! that GETATTR fails with ENOSPC while the caller has less than 1 MiB
+//! left (root counting the root-reserved blocks, as on ext4). A file opened for writing meanwhile loses its cached
 //! attributes at once, so that its first write(2) asks too. The failed
 //! write-back's data is lost as before (fsync and close report it); what
 //! this saves is what the program writes after it.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::ext4::Ext4;
 
+/// What a caller must be able to allocate for its write(2) to go to the
+/// page cache again: the largest write the kernel sends. A failed
+/// write-back can leave a few blocks it could not use (a new extent may
+/// need a tree block as well), and those must not let every write in.
+const ROOM: u64 = super::MAX_IO as u64;
+
 #[derive(Default)]
 pub(super) struct NoSpace {
-    /// Free blocks just after the last write-back that failed for lack of
-    /// space; `None` once space came free again.
-    free_at_failure: Mutex<Option<u64>>,
+    /// A page-cache write-back failed for lack of space, and space has not
+    /// come free for every caller since.
+    failed: AtomicBool,
 }
 
 impl NoSpace {
     /// A page-cache write-back failed with ENOSPC.
-    pub(super) fn writeback_failed(&self, fs: &Ext4) {
-        let free = free_blocks(fs);
-        if let Ok(mut at) = self.free_at_failure.lock() {
-            *at = Some(free);
-        }
+    pub(super) fn writeback_failed(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 
-    /// Whether a write-back failed for lack of space and no space was seen
-    /// to come free since.
+    /// Whether the filesystem counts as full (see the module comment).
     pub(super) fn is_full(&self) -> bool {
-        self.free_at_failure.lock().is_ok_and(|at| at.is_some())
+        self.failed.load(Ordering::Acquire)
     }
 
-    /// Whether a write(2) through a writable handle is refused: the
-    /// filesystem has not gained a block since a write-back failed for
-    /// lack of space.
-    pub(super) fn refuses_write(&self, fs: &Ext4) -> bool {
-        let Ok(mut at) = self.free_at_failure.lock() else {
-            return false;
-        };
-        let Some(free_then) = *at else {
-            return false;
-        };
-        if free_blocks(fs) > free_then {
-            *at = None;
+    /// Whether a write(2) through a writable handle is refused: a
+    /// write-back failed for lack of space, and the caller (who may use
+    /// the root-reserved blocks or not: `reserved_ok`) has less than
+    /// [`ROOM`] left. Once every caller has that room again the
+    /// filesystem no longer counts as full.
+    pub(super) fn refuses_write(&self, fs: &Ext4, reserved_ok: bool) -> bool {
+        if !self.is_full() {
             return false;
         }
-        true
+        if fs.bytes_available(false) >= ROOM {
+            self.failed.store(false, Ordering::Release);
+            return false;
+        }
+        fs.bytes_available(reserved_ok) < ROOM
     }
-}
-
-fn free_blocks(fs: &Ext4) -> u64 {
-    fs.statfs().map_or(0, |s| s.bfree)
 }

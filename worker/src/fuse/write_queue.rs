@@ -22,6 +22,7 @@ pub(super) struct PendingWrite<'d, R = ReplyWrite> {
     pub(super) offset: u64,
     pub(super) data: Cow<'d, [u8]>,
     pub(super) uid: u32,
+    pub(super) gid: u32,
     /// FUSE_WRITE_KILL_SUIDGID.
     pub(super) kill_suid_sgid: bool,
     /// FUSE_WRITE_CACHE: written back from the page cache.
@@ -92,6 +93,7 @@ mod tests {
             offset,
             data: Cow::Borrowed(data),
             uid: 1000,
+            gid: 1000,
             kill_suid_sgid: false,
             page_cache: false,
             reply: offset,

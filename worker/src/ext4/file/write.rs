@@ -267,10 +267,16 @@ impl Ext4 {
     /// page-cache write-back). On a full filesystem it writes what fits
     /// and returns the short count (NoSpace if nothing fit).
     pub fn write_as(&self, ino: Ino, offset: u64, data: &[u8], how: WriteAs) -> Result<usize> {
-        let reserved_ok = how.reserved_ok;
         let _content = self.rw.content_locks.lock(ino);
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
+        // A page-cache write-back comes from the kernel, long after the
+        // write(2) of whoever wrote: the file's owner stands in for them.
+        let reserved_ok = if how.page_cache {
+            self.may_use_reserved(inode.uid, inode.gid)
+        } else {
+            how.reserved_ok
+        };
         match inode.kind {
             FileKind::RegularFile => {}
             FileKind::Directory => return Err(Error::IsDir),
