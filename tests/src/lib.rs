@@ -13,6 +13,7 @@ pub mod image;
 pub mod interrupt;
 pub mod kernel;
 pub mod loopdev;
+pub mod mapping;
 pub mod ops;
 pub mod procfs;
 pub mod skip;

@@ -15,12 +15,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use safemount_tests::broker::Broker;
 use safemount_tests::kernel::KernelMount;
+use safemount_tests::mapping::SharedMap;
 use safemount_tests::ops;
 use safemount_tests::util::{TempDir, require_root};
 
@@ -62,36 +62,12 @@ fn mmap_chmod_store(path: &Path) {
         .open(path)
         .unwrap();
     f.set_len(LEN as u64).unwrap();
-    // SAFETY: a fresh shared mapping of LEN bytes of a file this test
-    // owns and keeps at LEN bytes; unmapped below, after the last store.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        map,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    let store = |at: usize| {
-        // SAFETY: at + 5 <= LEN, inside the live mapping.
-        unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), map.cast::<u8>().add(at), 5) };
-    };
-    store(0);
-    // SAFETY: the live mapping, its whole length.
-    assert_eq!(unsafe { libc::msync(map, LEN, libc::MS_SYNC) }, 0);
+    let map = SharedMap::new(&f, LEN).unwrap();
+    map.store(0, b"hello").unwrap();
+    map.sync().unwrap();
     f.set_permissions(std::fs::Permissions::from_mode(0o640))
         .unwrap();
-    store(100);
-    // SAFETY: the mapping made above, not used after this.
-    assert_eq!(unsafe { libc::munmap(map, LEN) }, 0);
+    map.store(100, b"hello").unwrap();
 }
 
 #[test]

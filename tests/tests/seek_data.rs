@@ -19,6 +19,7 @@ use std::path::Path;
 
 use safemount_tests::broker::Broker;
 use safemount_tests::kernel::KernelMount;
+use safemount_tests::mapping::SharedMap;
 use safemount_tests::ops;
 use safemount_tests::util::{TempDir, require_root};
 
@@ -90,28 +91,10 @@ fn mapped_store(dir: &Path) -> Answers {
     let len = usize::try_from(MIB).unwrap();
     let f = open_rw(&dir.join("mapped"));
     f.set_len(MIB).unwrap();
-    // SAFETY: a fresh shared mapping of the whole file, which this test
-    // owns and keeps at `len` bytes; unmapped below, after the store.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        map,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: 65536 + 5 <= len, inside the live mapping.
-    unsafe { std::ptr::copy_nonoverlapping(b"hello".as_ptr(), map.cast::<u8>().add(65536), 5) };
-    // SAFETY: the mapping made above, not used after this.
-    assert_eq!(unsafe { libc::munmap(map, len) }, 0);
+    SharedMap::new(&f, len)
+        .unwrap()
+        .store(65536, b"hello")
+        .unwrap();
     seek_map(&f, MIB)
 }
 
