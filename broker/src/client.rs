@@ -239,7 +239,7 @@ impl Connection {
     }
 
     /// Unmounts every mount whose source is `source` (as the broker
-    /// records it: a device's canonical path or an image's file name)
+    /// records it: a device's canonical path or an image's path)
     /// that the caller may see; returns their mount points.
     /// With `power_off`, each is unmounted with [`Self::unmount_power_off`]
     /// (a device is mounted once, so that is one request).

@@ -487,6 +487,10 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
         SFlag::S_IFBLK => SourceKind::BlockDevice,
         _ => return Err(DeviceError::BadFdType(name)),
     };
+    let name = match kind {
+        SourceKind::RegularFile => image_path(fd.as_fd(), &st).unwrap_or(name),
+        SourceKind::BlockDevice => name,
+    };
     let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|errno| DeviceError::Stat {
         name: name.clone(),
         errno,
@@ -534,6 +538,25 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
         kind,
         device,
     })
+}
+
+/// The absolute path of the image file `fd`, as the kernel has it, when
+/// that path names this very file from the broker's root (same device and
+/// inode): what mount(8) compares an fstab entry with (`mount -a` would
+/// otherwise mount it again) and what findmnt and umount look up. The
+/// client's name for it is kept when the kernel's path does not name it
+/// from here (a client in another mount namespace, a file renamed or
+/// deleted since it was opened) or does not fit [`sanitize::MAX_BYTES`].
+fn image_path(fd: BorrowedFd<'_>, st: &nix::sys::stat::FileStat) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let text = link.to_str()?;
+    if !link.is_absolute() || text.len() > sanitize::MAX_BYTES || text.chars().any(char::is_control)
+    {
+        return None;
+    }
+    // lstat: a symlink swapped in for the last component is not the file.
+    let here = nix::sys::stat::lstat(&link).ok()?;
+    (here.st_dev == st.st_dev && here.st_ino == st.st_ino).then(|| text.to_owned())
 }
 
 /// The file `fd` names, opened again read-only through /proc/self/fd (the
@@ -585,9 +608,8 @@ mod tests {
             accept_fd(open_as(&p, OFlag::O_PATH), "a.img", true),
             Err(DeviceError::NotReadable(_))
         ));
-        let rw = accept_fd(open_as(&p, OFlag::O_RDWR), "a\nb.img", false).unwrap();
+        let rw = accept_fd(open_as(&p, OFlag::O_RDWR), "a.img", false).unwrap();
         assert!(!rw.read_only);
-        assert_eq!(rw.name, "ab.img");
         let access = |fd: &OwnedFd| {
             OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL).unwrap()) & OFlag::O_ACCMODE
         };
@@ -600,6 +622,19 @@ mod tests {
         assert_eq!(fstat(&ro.fd).unwrap().st_ino, fstat(&rw.fd).unwrap().st_ino);
         assert!(nix::unistd::write(&ro.fd, b"x").is_err());
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn image_named_by_its_path_else_by_the_clients_name() {
+        let p = temp_file("named");
+        let named = accept_fd(open_as(&p, OFlag::O_RDONLY), "a.img", true).unwrap();
+        assert_eq!(named.name, p.to_str().unwrap());
+        // Deleted since it was opened: the kernel's path ("... (deleted)")
+        // names nothing; the client's name, sanitized, stands in.
+        let fd = open_as(&p, OFlag::O_RDONLY);
+        std::fs::remove_file(&p).unwrap();
+        let gone = accept_fd(fd, "a\nb.img", true).unwrap();
+        assert_eq!(gone.name, "ab.img");
     }
 
     #[test]

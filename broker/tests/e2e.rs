@@ -79,7 +79,8 @@ fn fake_worker_mount_list_unmount() {
     let info = safemount_broker::mountpoint::find_mount(&mp, None)
         .unwrap()
         .unwrap();
-    assert_eq!(info.source, "disk.img");
+    // The image's path, as the kernel has it for the client's fd.
+    assert_eq!(info.source, img.to_str().unwrap());
 
     let list = b.list_json();
     assert_eq!(list.len(), 1);
@@ -1026,7 +1027,7 @@ fn worker_stderr_is_relayed_not_inherited() {
     let out = b.client(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
     assert!(out.status.success(), "mount: {}\n{}", stderr(&out), b.log());
     let pid = b.list_json()[0]["worker_pid"].as_i64().unwrap();
-    let prefix = format!("worker {pid} (noisy.img): ");
+    let prefix = format!("worker {pid} ({}): ", img.display());
     // Drops are reported with the next line a second later, or when the
     // worker closes its stderr (here: exits after the unmount).
     let out = b.client(&["unmount", mp.to_str().unwrap()]);

@@ -1,5 +1,6 @@
 //! fstab and automount (issue 3 part 8): `mount -t safemount`, an fstab
-//! line through `mount --fstab`, `umount DIR` without a helper, and
+//! line through `mount --fstab` and `mount -a` (twice), `umount DIR` and
+//! `umount IMAGE` without a helper, and
 //! `safemount-auto` mounting for another user and unmounting by device.
 //!
 //! mount(8) finds its helper only at /sbin/mount.safemount (or
@@ -117,6 +118,29 @@ fn mount_t_safemount_fstab_and_umount() {
     assert!(is_mounted(&mp));
     assert_eq!(std::fs::read(mp.join("hello.txt")).unwrap(), b"hello\n");
     umount();
+    wait_gone(&b, &mp);
+
+    // `mount -a`, twice: the mount's source is the image's path, so the
+    // second finds the line mounted (with the file's name as the source
+    // it mounted again, and failed: "already a mount point"). umount(8)
+    // and findmnt find the mount by the image's path.
+    for round in ["first", "second"] {
+        let out = mount(&["-a", "-T", fstab.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{round} mount -a: {}\n{}",
+            stderr(&out),
+            b.log()
+        );
+    }
+    assert!(is_mounted(&mp));
+    assert_eq!(b.list_json().len(), 1);
+    let info = safemount_broker::mountpoint::find_mount(&mp, None)
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.source, img.to_str().unwrap());
+    let out = Command::new("umount").arg(&img).output().unwrap();
+    assert!(out.status.success(), "umount IMAGE: {}", stderr(&out));
     wait_gone(&b, &mp);
 
     // A refused mount: mount(8) reports the helper's failure (32).

@@ -54,7 +54,8 @@ pub enum MountSource {
     /// A block device path, opened by the broker.
     Device(PathBuf),
     /// An image the client opened itself; the fd rides along. The name is
-    /// only for display and logs.
+    /// only for display and logs, and only where the broker cannot confirm
+    /// the file's own path.
     Fd { display_name: String },
 }
 
