@@ -165,6 +165,13 @@ impl Ext4 {
         self.open_verity(&inode)
     }
 
+    /// A write(2) through a handle opened for writing, as ext4_write_checks
+    /// checks it: EPERM once the file is immutable. (Append-only is a rule
+    /// of open's: an fd opened before chattr +a writes anywhere.)
+    pub fn check_write(&self, ino: Ino) -> Result<()> {
+        ensure_mutable(&*self.inode(ino)?)
+    }
+
     /// FS_IOC_GETFLAGS.
     pub fn get_flags(&self, ino: Ino) -> Result<u32> {
         Ok(self.inode(ino)?.flags & USER_VISIBLE)

@@ -167,9 +167,15 @@ impl Filesystem for Adapter {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.requests.count(Op::Getattr);
         let ino = ino_or_reply!(ino, reply);
-        // A write(2) asking before it writes, on a full filesystem (see
-        // `no_space`); stat(2) and fstat(2) never carry a handle.
+        // A write(2) asking before it writes (stat(2) and fstat(2) never
+        // carry a handle): the kernel does not know ext4's inode flags,
+        // and chattr makes it forget the file's attributes, so a write
+        // through an fd opened before chattr +i asks, and is refused as
+        // ext4 refuses it; and on a full filesystem (see `no_space`).
         if fh == Some(writers::WRITE_HANDLE) {
+            if let Err(e) = self.fs.check_write(ino) {
+                return reply.error(self.fail("write", ino, &e));
+            }
             let reserved_ok = self.fs.may_use_reserved(req.uid(), req.gid());
             if self.no_space.refuses_write(&self.fs, reserved_ok) {
                 return reply.error(Errno::ENOSPC);

@@ -10,14 +10,12 @@
 //! tell: an inline file (its region grows only as far as the write) and,
 //! below page-sized blocks, whole blocks of the page that lie in holes.
 //! Dropping zeros that read as zeros already changes no byte of the file.
-//! An append-only file gets its appends as pages starting before its end:
-//! the file's own bytes in front are dropped too.
 
 use std::ops::Range;
 
 use crate::ext4::ondisk::inode::{EXT4_INLINE_DATA_FL, Inode};
 use crate::ext4::txn::Txn;
-use crate::ext4::{Error, Ext4, Result};
+use crate::ext4::{Ext4, Result};
 
 /// The kernel's page size, the unit FUSE writes back.
 pub(crate) const PAGE_SIZE: u64 = 4096;
@@ -58,40 +56,6 @@ impl Ext4 {
         }
         let keep = usize::try_from(keep_end.saturating_sub(offset)).unwrap_or(usize::MAX);
         Ok(data.get(..keep).unwrap_or(data))
-    }
-
-    /// A write to append-only `inode` at `offset`: where it may start and
-    /// the bytes from there. FUSE writes back the whole page holding the
-    /// old end, so an append arrives starting before it, with the file's
-    /// own bytes in front (the page cache read them). Those must be what
-    /// the file holds, and are dropped; anything else would change the
-    /// file before its end: EPERM, as ext4 refuses such a write.
-    pub(crate) fn append_only_tail<'d>(
-        &self,
-        inode: &Inode,
-        offset: u64,
-        data: &'d [u8],
-    ) -> Result<(u64, &'d [u8])> {
-        if offset >= inode.size {
-            return Ok((offset, data));
-        }
-        let before = usize::try_from(inode.size.saturating_sub(offset))
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let mut current = vec![0u8; before];
-        let mut got = 0;
-        while got < before {
-            let rest = current.get_mut(got..).unwrap_or_default();
-            let n = self.read(inode.ino, offset.saturating_add(got as u64), rest)?;
-            if n == 0 {
-                break;
-            }
-            got = got.saturating_add(n);
-        }
-        if got < before || data.get(..before) != Some(current.as_slice()) {
-            return Err(Error::NotPermitted);
-        }
-        Ok((inode.size, data.get(before..).unwrap_or_default()))
     }
 
     /// The byte ranges of `data` (to be written at `offset` into a

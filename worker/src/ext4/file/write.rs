@@ -283,17 +283,11 @@ impl Ext4 {
             _ => return Err(Error::Invalid("write to a non-regular file")),
         }
         inode_flags::ensure_content_mutable(&inode)?;
-        // Only appends to an append-only file (the kernel refuses the
-        // open without O_APPEND); its page writeback may start before the
-        // old end with the file's own bytes.
-        let (offset, data, appended_from) = if inode_flags::is_append_only(&inode) {
-            let (at, tail) = self.append_only_tail(&inode, offset, data)?;
-            (at, tail, data.len().saturating_sub(tail.len()))
-        } else {
-            (offset, data, 0)
-        };
+        // An append-only file takes any write that reaches it: its rule is
+        // open's (no writing open without O_APPEND, `check_open`), and
+        // ext4 lets an fd opened before chattr +a write anywhere.
         if data.is_empty() {
-            return Ok(appended_from);
+            return Ok(0);
         }
         let max = self.max_file_size(&inode);
         if offset >= max {
@@ -316,7 +310,7 @@ impl Ext4 {
                 self.touch_written(&mut txn, &mut inode, offset.saturating_add(kept_len), how);
                 txn.put_inode(inode);
                 txn.commit()?;
-                return Ok(appended_from.saturating_add(data.len()));
+                return Ok(data.len());
             }
             if inline {
                 self.inline_to_blocks(&mut txn, &mut inode, reserved_ok)?;
@@ -344,7 +338,7 @@ impl Ext4 {
             );
             txn.put_inode(inode);
             txn.commit()?;
-            return Ok(appended_from.saturating_add(written));
+            return Ok(written);
         }
         txn.put_inode(inode);
         txn.commit()?;
@@ -376,7 +370,7 @@ impl Ext4 {
         );
         txn.put_inode(inode);
         txn.commit()?;
-        Ok(appended_from.saturating_add(written))
+        Ok(written)
     }
 
     /// i_size grows to `end`; mtime = ctime = now, unless the kernel
