@@ -4,7 +4,11 @@
 //!
 //! `convert` maps between the two worlds (errno, attributes, inode
 //! numbers, times); `inodes` keeps the kernel's references to inodes
-//! (lookup and open counts) and frees unlinked inodes when they go.
+//! (lookup and open counts) and frees unlinked inodes when they go;
+//! `writers` knows which files are open for writing, which is what the
+//! two workarounds of the kernel's page cache need: `seek` (SEEK_DATA
+//! after a forced write-back) and `no_space` (write(2) onto a full
+//! filesystem).
 //!
 //! Write-back: the engine keeps committed metadata in memory. Besides
 //! fsync, fsyncdir and unmount, a flusher thread started at `init` writes
