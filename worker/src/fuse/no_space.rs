@@ -24,7 +24,7 @@ use crate::ext4::Ext4;
 /// page cache again: the largest write the kernel sends. A failed
 /// write-back can leave a few blocks it could not use (a new extent may
 /// need a tree block as well), and those must not let every write in.
-const ROOM: u64 = super::MAX_IO as u64;
+const ROOM: u64 = safemount_proto::FUSE_MAX_IO as u64;
 
 #[derive(Default)]
 pub(super) struct NoSpace {
