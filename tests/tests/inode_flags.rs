@@ -22,6 +22,7 @@ use std::process::Command;
 use safemount_tests::broker::{Broker, kernel_standin};
 use safemount_tests::image::fsck_clean;
 use safemount_tests::kernel::KernelMount;
+use safemount_tests::mapping::SharedMap;
 use safemount_tests::ops;
 use safemount_tests::util::{TempDir, require_root, step_differences};
 
@@ -210,7 +211,13 @@ fn scenario(root: &Path) -> Vec<String> {
             .unwrap()
     };
     let (held_imm, held_app) = (rw("held_imm"), rw("held_app"));
+    // Written before the chattr, still in the page cache: ext4 writes it
+    // back all the same.
+    step("write held imm early", done(held_imm.write_at(b"early", 1)));
+    let map = SharedMap::new(&held_imm, 6).unwrap();
+    map.store(0, b"M").unwrap();
     step("chattr +i held", cmd("chattr", &["+i", "held_imm"], root));
+    drop(map);
     step("chattr +a held", cmd("chattr", &["+a", "held_app"], root));
     step("write held imm", done(held_imm.write_at(b"late", 0)));
     step("fsync held imm", done(held_imm.sync_all()));
