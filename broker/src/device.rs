@@ -546,12 +546,15 @@ pub fn accept_fd(fd: OwnedFd, display_name: &str, read_only: bool) -> Result<Sou
 /// otherwise mount it again) and what findmnt and umount look up. The
 /// client's name for it is kept when the kernel's path does not name it
 /// from here (a client in another mount namespace, a file renamed or
-/// deleted since it was opened) or does not fit [`sanitize::MAX_BYTES`].
+/// deleted since it was opened), is longer than [`sanitize::MAX_BYTES`],
+/// or holds characters a mount source cannot carry.
 fn image_path(fd: BorrowedFd<'_>, st: &nix::sys::stat::FileStat) -> Option<String> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
     let text = link.to_str()?;
-    if !link.is_absolute() || text.len() > sanitize::MAX_BYTES || text.chars().any(char::is_control)
-    {
+    // mount(2)'s source would turn whitespace and commas into `_`, and so
+    // name another path, which a umount by source could then match.
+    let unfit = |c: char| c.is_control() || c.is_whitespace() || c == ',';
+    if !link.is_absolute() || text.len() > sanitize::MAX_BYTES || text.chars().any(unfit) {
         return None;
     }
     // lstat: a symlink swapped in for the last component is not the file.
@@ -635,6 +638,12 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         let gone = accept_fd(fd, "a\nb.img", true).unwrap();
         assert_eq!(gone.name, "ab.img");
+        // A path a mount source would change: the client's name.
+        let spaced = std::env::temp_dir().join(format!("safemount dev {}", std::process::id()));
+        std::fs::write(&spaced, [0u8; 512]).unwrap();
+        let named = accept_fd(open_as(&spaced, OFlag::O_RDONLY), "a.img", true).unwrap();
+        std::fs::remove_file(&spaced).unwrap();
+        assert_eq!(named.name, "a.img");
     }
 
     #[test]
