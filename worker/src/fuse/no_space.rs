@@ -11,10 +11,11 @@
 //! GETATTR carrying the writable handle: the kernel keeps a file's size
 //! for the writeback cache and refreshes its mode before each write), and
 //! that GETATTR fails with ENOSPC while the caller has less than 1 MiB
-//! left (root counting the root-reserved blocks, as on ext4). A file opened for writing meanwhile loses its cached
-//! attributes at once, so that its first write(2) asks too. The failed
-//! write-back's data is lost as before (fsync and close report it); what
-//! this saves is what the program writes after it.
+//! left (root counting the root-reserved blocks, as on ext4). A file
+//! opened for writing meanwhile loses its cached attributes at once, so
+//! that its first write(2) asks too. The failed write-back's data is lost
+//! as before (fsync and close report it); what this saves is what the
+//! program writes after it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
