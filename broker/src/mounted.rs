@@ -22,10 +22,10 @@
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
+use nix::fcntl::{OFlag, openat};
 use nix::mount::MntFlags;
 use nix::sys::stat::Mode;
 
@@ -111,8 +111,9 @@ impl MountRef {
 
     /// Finds a mount recorded by an earlier broker: the mount with this
     /// mountinfo id, device and type in /proc/self/mountinfo, its mount
-    /// point's parent resolved with no symlink on the way (openat2
-    /// RESOLVE_NO_SYMLINKS), and the mount there must have `unique_id`.
+    /// point's parent resolved with no symlink on the way
+    /// ([`open_dir_no_symlinks`]), and the mount there must have
+    /// `unique_id`.
     /// A record from a broker that kept no unique id (None) takes the
     /// mount found there by id, device and type.
     pub fn find(
@@ -129,11 +130,7 @@ impl MountRef {
         else {
             return Err(MountRefError::Reach(Errno::EINVAL));
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let parent =
-            openat2(nix::fcntl::AT_FDCWD, parent_path, how).map_err(MountRefError::Reach)?;
+        let parent = open_dir_no_symlinks(parent_path).map_err(MountRefError::Reach)?;
         let unique_id = match unique_id {
             Some(id) => id,
             None => {
@@ -253,6 +250,25 @@ fn open_path(dir: BorrowedFd<'_>, name: &Path) -> Result<OwnedFd, Errno> {
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
+}
+
+/// Opens the directory at absolute `path` one component at a time, none of
+/// them a symlink (what openat2's RESOLVE_NO_SYMLINKS does). Not openat2
+/// itself: systemd's RestrictSUIDSGID= refuses it with ENOSYS (a seccomp
+/// filter cannot read its flags), which made a broker restarted under the
+/// unit drop every mount it should have adopted.
+fn open_dir_no_symlinks(path: &Path) -> Result<OwnedFd, Errno> {
+    let mut dir = open_path(nix::fcntl::AT_FDCWD, Path::new("/"))?;
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(name) => dir = open_path(dir.as_fd(), Path::new(name))?,
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(Errno::EINVAL);
+            }
+        }
+    }
+    Ok(dir)
 }
 
 fn entry_by_id(mount_id: u64) -> Result<Option<MountEntry>, MountRefError> {
@@ -390,6 +406,26 @@ mod tests {
         .unwrap();
         tree.tmpfs(rel);
         MountRef::after_mount(pinned.as_fd(), "tmpfs").unwrap()
+    }
+
+    #[test]
+    fn a_recorded_path_is_opened_with_no_symlink_on_the_way() {
+        let base = std::env::temp_dir().join(format!("sm-nosym-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(base.join("a"), base.join("l")).unwrap();
+        let opened = open_dir_no_symlinks(&base.join("a/b")).unwrap();
+        let seen = std::fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd())).unwrap();
+        assert_eq!(seen, base.join("a/b"));
+        assert_eq!(
+            open_dir_no_symlinks(&base.join("l/b")).unwrap_err(),
+            Errno::ENOTDIR
+        );
+        assert_eq!(
+            open_dir_no_symlinks(&base.join("a/b/../b")).unwrap_err(),
+            Errno::EINVAL
+        );
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     /// The attack of the security review: the owner of `x` (above the
