@@ -2,19 +2,22 @@
 //! notification (`NOTIFY_SOCKET`, the sd_notify protocol).
 //!
 //! Both are a few lines of protocol, written here with nix rather than
-//! pulling in a crate: socket activation is "fd 3 is yours if LISTEN_PID is
-//! your pid", and sd_notify is one datagram to a unix socket. What matters
-//! is validating what we were given: the passed fd must be the kind of
-//! socket the broker serves (AF_UNIX, SOCK_SEQPACKET, listening), or the
-//! broker refuses to start rather than serve on something else.
+//! pulling in a crate: socket activation is "fds 3.. are yours if
+//! LISTEN_PID is your pid", and sd_notify is one datagram to a unix socket
+//! (with fds attached, for the fd store). What matters is validating what
+//! we were given: the passed socket must be the kind the broker serves
+//! (AF_UNIX, SOCK_SEQPACKET, listening), or the broker refuses to start
+//! rather than serve on something else. Besides the socket, systemd passes
+//! back what the fd store kept ([`crate::fd_store`]), told apart by name.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
-    getsockname, getsockopt, sendto, socket, sockopt,
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, SockaddrLike, SockaddrStorage,
+    UnixAddr, getsockname, getsockopt, sendmsg, socket, sockopt,
 };
 
 /// The first fd systemd passes (SD_LISTEN_FDS_START).
@@ -25,16 +28,18 @@ pub enum ActivationError {
     #[error("LISTEN_FDS is not a number: {0}")]
     BadCount(String),
     #[error("systemd passed {0} sockets; safemountd takes exactly 1")]
-    Count(u32),
-    #[error("the socket systemd passed (fd 3) is unusable: {0}")]
+    Count(usize),
+    #[error("systemd passed {0} fds, more than safemountd takes")]
+    TooMany(u32),
+    #[error("an fd systemd passed is unusable: {0}")]
     Inspect(Errno),
-    #[error("the socket systemd passed (fd 3) is not an AF_UNIX socket")]
+    #[error("the socket systemd passed is not an AF_UNIX socket")]
     NotUnix,
     #[error(
-        "the socket systemd passed (fd 3) is not SOCK_SEQPACKET (use SocketMode/ListenSequentialPacket=)"
+        "the socket systemd passed is not SOCK_SEQPACKET (use SocketMode/ListenSequentialPacket=)"
     )]
     NotSeqPacket,
-    #[error("the socket systemd passed (fd 3) is not listening")]
+    #[error("the socket systemd passed is not listening")]
     NotListening,
     #[error("NOTIFY_SOCKET is not a usable socket address: {0}")]
     NotifyAddress(String),
@@ -42,41 +47,76 @@ pub enum ActivationError {
     Notify(Errno),
 }
 
-/// The listening socket systemd passed, if this process was socket
-/// activated (`LISTEN_PID` is our pid and `LISTEN_FDS` is set). Removes the
-/// `LISTEN_*` variables so no child sees them, and marks the fd
-/// close-on-exec so no worker inherits it.
-pub fn listen_socket() -> Result<Option<OwnedFd>, ActivationError> {
+/// One fd systemd passed, with its name from `LISTEN_FDNAMES` (empty when
+/// systemd gave none).
+#[derive(Debug)]
+pub struct PassedFd {
+    pub name: String,
+    pub fd: OwnedFd,
+}
+
+/// The most fds taken from systemd: the socket and the fd store (two per
+/// mount, see [`crate::fd_store`]).
+const MAX_PASSED: u32 = 4096;
+
+/// Every fd systemd passed, if `LISTEN_PID` is our pid and `LISTEN_FDS` is
+/// set; each marked close-on-exec so no worker inherits it. Removes the
+/// `LISTEN_*` variables so no child sees them (and a second call returns
+/// nothing).
+pub fn passed_fds() -> Result<Vec<PassedFd>, ActivationError> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
     let ours = pid
         .as_deref()
         .and_then(|p| p.trim().parse::<u32>().ok())
         .is_some_and(|p| p == std::process::id());
     if !ours {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     clear_listen_env();
     let Some(fds) = fds else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let count: u32 = fds
         .trim()
         .parse()
         .map_err(|_| ActivationError::BadCount(crate::sanitize::display(fds.as_bytes())))?;
-    match count {
-        0 => return Ok(None),
-        1 => {}
-        n => return Err(ActivationError::Count(n)),
+    if count > MAX_PASSED {
+        return Err(ActivationError::TooMany(count));
     }
-    // SAFETY: LISTEN_PID is our pid and LISTEN_FDS is 1, so by the socket
-    // activation protocol fd 3 was opened for us and nothing else in this
-    // process owns it; we take ownership exactly once (the variables are
-    // gone now, so a second call returns None).
-    let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
-    check_listener(borrow(&fd))?;
-    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(ActivationError::Inspect)?;
-    Ok(Some(fd))
+    let mut names: Vec<&str> = names.split(':').collect();
+    if names.len() != count as usize {
+        // No names, or not one per fd: none is trusted.
+        names = vec![""; count as usize];
+    }
+    let mut passed = Vec::with_capacity(names.len());
+    for (raw, name) in (LISTEN_FDS_START..).zip(names) {
+        // SAFETY: LISTEN_PID is our pid and LISTEN_FDS is `count`, so by
+        // the socket activation protocol fds 3..3+count were opened for us
+        // and nothing else in this process owns them; each is taken
+        // exactly once (the variables are gone now).
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(ActivationError::Inspect)?;
+        passed.push(PassedFd {
+            name: name.to_owned(),
+            fd,
+        });
+    }
+    Ok(passed)
+}
+
+/// The listening socket among `sockets` (what systemd passed besides the
+/// fd store): none, or exactly one, and of the kind the broker serves.
+pub fn listen_socket(mut sockets: Vec<PassedFd>) -> Result<Option<OwnedFd>, ActivationError> {
+    match sockets.pop() {
+        None => Ok(None),
+        Some(socket) if sockets.is_empty() => {
+            check_listener(borrow(&socket.fd))?;
+            Ok(Some(socket.fd))
+        }
+        Some(_) => Err(ActivationError::Count(sockets.len() + 1)),
+    }
 }
 
 fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
@@ -112,6 +152,11 @@ pub fn check_listener(fd: BorrowedFd<'_>) -> Result<(), ActivationError> {
 /// `NOTIFY_SOCKET` is set; does nothing otherwise. An address starting
 /// with '@' names an abstract socket.
 pub fn notify(state: &str) -> Result<(), ActivationError> {
+    notify_with_fds(state, &[])
+}
+
+/// [`notify`] with `fds` attached (SCM_RIGHTS), as `FDSTORE=1` needs.
+pub fn notify_with_fds(state: &str, fds: &[BorrowedFd<'_>]) -> Result<(), ActivationError> {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };
@@ -133,11 +178,15 @@ pub fn notify(state: &str) -> Result<(), ActivationError> {
         None,
     )
     .map_err(ActivationError::Notify)?;
-    sendto(
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    sendmsg(
         sock.as_raw_fd(),
-        state.as_bytes(),
-        &addr,
+        &[IoSlice::new(state.as_bytes())],
+        cmsgs,
         MsgFlags::MSG_NOSIGNAL,
+        Some(&addr),
     )
     .map_err(ActivationError::Notify)?;
     Ok(())

@@ -14,6 +14,7 @@ pub mod authorize;
 pub mod cgroup;
 pub mod client;
 pub mod device;
+pub mod fd_store;
 pub mod limits;
 pub mod lock;
 pub mod mount;

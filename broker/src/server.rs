@@ -704,6 +704,7 @@ impl Broker {
         self.state.mark_mounted(id)?;
         undo.commit();
         tracing::info!(mountpoint = %mounted_at.display(), pid = worker.pid(), "mounted");
+        worker.keep_channels(id);
         let state = self.state.clone();
         worker.watch_health(move |read_only, error| state.set_health(id, read_only, error));
         Ok(BrokerReply::Mounted {

@@ -24,8 +24,9 @@ use safemount_proto::{ErrorKind, MountInfo, MountState};
 use serde::{Deserialize, Serialize};
 
 use crate::authorize::{AuthError, Caller};
+use crate::fd_store::{Channels, Stored};
 use crate::mounted::{MountRef, MountRefError};
-use crate::supervise::WorkerHandle;
+use crate::supervise::{Worker, WorkerHandle};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
@@ -177,6 +178,10 @@ pub struct Record {
     /// A block device source's device number; older records have none.
     #[serde(default)]
     pub source_dev: Option<(u32, u32)>,
+    /// The first error the worker reported (shown by `list` after a
+    /// restart too); older records have none.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Records larger than this are not records.
@@ -223,6 +228,7 @@ impl Entry {
                 .map(|m| m.unique_id())
                 .or(self.pending_mount.map(|p| p.unique_id)),
             source_dev: self.source_dev,
+            error: self.error.clone(),
         })
     }
 }
@@ -404,19 +410,38 @@ impl State {
     /// A health report from the serving worker: it turned read-only, or
     /// met an error. The worker is untrusted: its words are sanitized
     /// (one line, bounded) before anyone sees them, and a mount never
-    /// turns back from read-only on its word.
+    /// turns back from read-only on its word. The news is recorded before
+    /// `list` can show it: the worker reports a change once, so a broker
+    /// killed after showing it must leave it to the next one.
     pub fn set_health(&self, id: u64, read_only: bool, error: Option<String>) {
         let error = error.map(|e| crate::sanitize::display(e.as_bytes()));
+        let apply = |read_only_now: &mut bool, error_now: &mut Option<String>| {
+            let before = (*read_only_now, error_now.is_some());
+            *read_only_now |= read_only;
+            if error_now.is_none() {
+                error_now.clone_from(&error);
+            }
+            before != (*read_only_now, error_now.is_some())
+        };
+        let news = self.with_entry(id, |e| {
+            let mut record = e.record()?;
+            apply(&mut record.read_only, &mut record.error).then_some(record)
+        });
+        if let (Some(Some(record)), Some(path)) = (news, self.record_path(id))
+            && let Err(e) = write_atomic(&path, &record)
+        {
+            tracing::error!(error = %e, path = %path.display(), "cannot write mount record");
+        }
         self.with_entry(id, |e| {
-            if read_only && !e.read_only {
+            let (was_read_only, had_error) = (e.read_only, e.error.is_some());
+            if !apply(&mut e.read_only, &mut e.error) {
+                return;
+            }
+            if e.read_only && !was_read_only {
                 tracing::warn!(mountpoint = %e.mountpoint.display(), "mount turned read-only");
             }
-            e.read_only |= read_only;
-            if e.error.is_none() {
-                if let Some(msg) = &error {
-                    tracing::warn!(mountpoint = %e.mountpoint.display(), error = %msg, "worker reports an error");
-                }
-                e.error = error;
+            if let Some(msg) = e.error.as_ref().filter(|_| !had_error) {
+                tracing::warn!(mountpoint = %e.mountpoint.display(), error = %msg, "worker reports an error");
             }
         });
     }
@@ -731,10 +756,23 @@ fn live_worker(record: &Record) -> Result<OwnedFd, String> {
 
 impl State {
     /// Reads every record under the state directory: adopts live mounts
-    /// and cleans dead ones. `on_exit(id, why)` runs on a watcher thread
-    /// when an adopted worker exits (the server detaches its mount then).
+    /// (with their log and health channels, when systemd's fd store kept
+    /// them: `stored`) and cleans dead ones. `on_exit(id, why)` runs on a
+    /// watcher thread when an adopted worker exits (the server detaches its
+    /// mount then).
     pub fn restore(
         self: &Arc<Self>,
+        mut stored: Stored,
+        on_exit: impl Fn(u64, &str) + Send + Sync + 'static,
+    ) -> Result<Restored, StoreError> {
+        let restored = self.restore_records(&mut stored, on_exit);
+        stored.forget_rest();
+        restored
+    }
+
+    fn restore_records(
+        self: &Arc<Self>,
+        stored: &mut Stored,
         on_exit: impl Fn(u64, &str) + Send + Sync + 'static,
     ) -> Result<Restored, StoreError> {
         let Some(dir) = self.records.clone() else {
@@ -793,7 +831,8 @@ impl State {
             let worker = live_worker(&record);
             match (worker, mounted) {
                 (Ok(pidfd), Some(mount)) if record.state != MountState::Starting => {
-                    self.adopt(record, pidfd, mount, on_exit.clone());
+                    let channels = stored.take(record.id, record.worker_pid);
+                    self.adopt(record, pidfd, mount, channels, on_exit.clone());
                     done.adopted += 1;
                 }
                 (other, mounted) => {
@@ -827,15 +866,23 @@ impl State {
     }
 
     /// Takes over a live mount from a previous broker.
-    fn adopt(self: &Arc<Self>, record: Record, pidfd: OwnedFd, mount: MountRef, on_exit: OnExit) {
+    fn adopt(
+        self: &Arc<Self>,
+        record: Record,
+        pidfd: OwnedFd,
+        mount: MountRef,
+        channels: Option<Channels>,
+        on_exit: OnExit,
+    ) {
         let id = record.id;
         let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
+        let source = crate::sanitize::display(record.source.as_bytes());
         {
             let mut inner = self.lock();
             inner.next_id = inner.next_id.max(id);
             inner.entries.push(Entry {
                 id,
-                source: crate::sanitize::display(record.source.as_bytes()),
+                source: source.clone(),
                 mountpoint: record.mountpoint.clone(),
                 owner_uid: record.owner_uid,
                 label: crate::sanitize::display(record.label.as_bytes()),
@@ -844,7 +891,10 @@ impl State {
                 worker: Some(handle.clone()),
                 mount: Some(Arc::new(mount)),
                 worker_exited: false,
-                error: None,
+                error: record
+                    .error
+                    .as_ref()
+                    .map(|e| crate::sanitize::display(e.as_bytes())),
                 pending_mount: None,
                 worker_start_time: record.worker_start_time,
                 source_dev: record.source_dev,
@@ -853,8 +903,19 @@ impl State {
                 image: None,
             });
         }
-        tracing::info!(id, pid = record.worker_pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker");
         let pid = record.worker_pid;
+        match channels {
+            Some(channels) => {
+                crate::worker_log::relay(std::fs::File::from(channels.log), pid, &source);
+                let state = self.clone();
+                Worker::adopted(handle.clone(), channels.health)
+                    .watch_health(move |read_only, error| state.set_health(id, read_only, error));
+                tracing::info!(id, pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker, with its log and health channels");
+            }
+            None => {
+                tracing::info!(id, pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker (its log and health reports are lost: no fd store)");
+            }
+        }
         let spawned = std::thread::Builder::new()
             .name(format!("watch-{pid}"))
             .spawn(move || {
@@ -986,6 +1047,7 @@ mod tests {
             mount_id: Some(99999),
             mount_unique_id: Some(1 << 40),
             source_dev: None,
+            error: Some("write of block 7 failed: EIO".into()),
         }
     }
 
@@ -1020,7 +1082,7 @@ mod tests {
         std::fs::write(m.join("3.json"), b"garbage").unwrap();
         std::fs::write(m.join("4.json.tmp"), b"x").unwrap();
         write_atomic(&m.join("6.json"), &sample(5, me, 1)).unwrap();
-        let done = s.restore(|_, _| {}).unwrap();
+        let done = s.restore(Stored::default(), |_, _| {}).unwrap();
         assert_eq!(
             done,
             Restored {

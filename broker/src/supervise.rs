@@ -232,6 +232,10 @@ impl WorkerHandle {
 pub struct Worker {
     pub handle: Arc<WorkerHandle>,
     sock: OwnedFd,
+    /// A copy of the read end of the worker's log pipe (the relay thread
+    /// reads the other), for systemd's fd store; none for an adopted
+    /// worker.
+    log: Option<OwnedFd>,
 }
 
 /// Starts the worker at `path`: empty environment, stdin/stdout on
@@ -279,8 +283,10 @@ pub fn spawn(
     })?;
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
-    if let Some(stderr) = child.stderr.take() {
-        crate::worker_log::relay(stderr, pid.as_raw(), source);
+    let log = child.stderr.take().map(OwnedFd::from);
+    let log_copy = log.as_ref().and_then(|fd| fd.try_clone().ok());
+    if let Some(log) = log {
+        crate::worker_log::relay(std::fs::File::from(log), pid.as_raw(), source);
     }
     // std's Child does not wait or kill on drop; the reaper owns the pid.
     drop(child);
@@ -300,7 +306,11 @@ pub fn spawn(
         let _ = waitpid(pid, None);
         return Err(SuperviseError::Thread(e));
     }
-    Ok(Worker { handle, sock: ours })
+    Ok(Worker {
+        handle,
+        sock: ours,
+        log: log_copy,
+    })
 }
 
 fn reap(handle: &WorkerHandle, on_exit: impl FnOnce(&WaitStatus)) {
@@ -336,8 +346,27 @@ const MAX_WAITS: usize = 2;
 const MAX_WAIT_SECS: u32 = 360;
 
 impl Worker {
+    /// A worker a previous broker started, with the broker's end of its
+    /// socket as systemd's fd store kept it.
+    pub fn adopted(handle: Arc<WorkerHandle>, sock: OwnedFd) -> Self {
+        Self {
+            handle,
+            sock,
+            log: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.handle.pid()
+    }
+
+    /// Hands this worker's log pipe and socket to systemd's fd store, so a
+    /// broker restarted after a crash gets them back (see
+    /// [`crate::fd_store`]).
+    pub fn keep_channels(&self, id: u64) {
+        if let Some(log) = &self.log {
+            crate::fd_store::keep(id, self.pid(), log.as_fd(), self.sock.as_fd());
+        }
     }
 
     /// Sends `Start` with the device fd and waits for the probe report.
@@ -419,7 +448,12 @@ impl Worker {
     /// (read-only now, first error) to `on_health` until the worker closes
     /// its socket (it exited). Anything else the worker says is logged and
     /// ignored.
-    pub fn watch_health(self, mut on_health: impl FnMut(bool, Option<String>) + Send + 'static) {
+    pub fn watch_health(
+        mut self,
+        mut on_health: impl FnMut(bool, Option<String>) + Send + 'static,
+    ) {
+        // Kept for the fd store only; the relay thread reads the pipe.
+        self.log = None;
         let pid = self.pid();
         let spawned = std::thread::Builder::new()
             .name(format!("health-{pid}"))

@@ -256,7 +256,7 @@ fn socket_activation_and_notify() {
 
     // A mount through the passed socket.
     let mp = s.dir("mnt");
-    mount(&b, &s.blank_image("disk.img"), &mp);
+    let worker_pid = mount(&b, &s.blank_image("disk.img"), &mp);
     assert!(is_mounted(&mp));
     assert_eq!(
         std::fs::read_dir(s.path("state/mounts")).unwrap().count(),
@@ -265,15 +265,30 @@ fn socket_activation_and_notify() {
 
     // Under activation SIGTERM says STOPPING=1 and keeps the mount (and
     // leaves systemd's socket alone).
+    // The serving worker's log pipe and socket went to the fd store first.
     let pid = b.pid();
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
-    let n = recv(
-        notify.as_raw_fd(),
-        &mut buf,
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1");
+    let mut said = Vec::new();
+    loop {
+        let n = recv(
+            notify.as_raw_fd(),
+            &mut buf,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .unwrap_or_else(|e| panic!("no STOPPING=1 ({e}) after {said:?}"));
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text == "STOPPING=1" {
+            break;
+        }
+        said.push(text);
+    }
+    assert_eq!(
+        said,
+        [
+            format!("FDSTORE=1\nFDNAME=worker-1-{worker_pid}-log"),
+            format!("FDSTORE=1\nFDNAME=worker-1-{worker_pid}-health")
+        ]
+    );
     assert!(b.signal_and_wait(Signal::SIGTERM).unwrap().success());
     assert!(
         is_mounted(&mp),

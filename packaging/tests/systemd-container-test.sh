@@ -159,6 +159,25 @@ check "safemount list shows /dev/$name at $mnt for smdesk" bash -c 'grep -q "^/d
 check "fuse.safemount mount at $mnt" bash -c 'nsenter -t "$1" -a findmnt -n -t fuse.safemount "$2" >/dev/null' _ "$leader" "$mnt"
 check "the seat user sees the files (lost+found)" inside setpriv --reuid="$uid" --regid="$uid" --clear-groups test -d "$mnt/lost+found"
 
+# The broker crashes: systemd restarts it (Restart=on-failure) and passes
+# back its fd store, so the adopted worker keeps its log pipe and health
+# socket; the unplug below is then served by the new broker.
+stored=$(inside systemctl show -p NFileDescriptorStore --value safemountd.service)
+check "the worker's log pipe and health socket are in systemd's fd store (entries: $stored)" [ "$stored" = 2 ]
+old_pid=$(inside systemctl show -p MainPID --value safemountd.service)
+inside systemctl kill -s KILL --kill-who=main safemountd.service
+for _ in $(seq 100); do
+    sleep 0.2
+    new_pid=$(inside systemctl show -p MainPID --value safemountd.service)
+    st=$(inside systemctl show -p ActiveState --value safemountd.service)
+    [ "$st" = active ] && [ "$new_pid" != 0 ] && [ "$new_pid" != "$old_pid" ] && break
+done
+check "systemd restarted the killed broker (pid $old_pid -> $new_pid, state: $st)" bash -c '[ "$1" = active ] && [ "$2" != 0 ] && [ "$2" != "$3" ]' _ "$st" "$new_pid" "$old_pid"
+log=$(inside journalctl -u safemountd.service --no-pager -o cat 2>&1)
+check "the new broker adopted the mount with its log and health channels" bash -c 'grep -q "with its log and health channels" <<<"$1"' _ "$log"
+list=$(inside safemount list 2>&1)
+check "after the restart safemount list still shows $mnt" bash -c 'grep -q "^/dev/$2 *$3 *smdesk *mounted (ro)" <<<"$1"' _ "$list" "$name" "$mnt"
+
 # Unplug: the device unit goes, BindsTo= stops the unit, ExecStop= unmounts.
 inside timeout 60 udevadm trigger --action=remove --settle "/sys/class/block/$name"
 for _ in $(seq 150); do

@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::kernel::KernelMount;
+use crate::service_manager::ServiceManager;
 use crate::util::{self, TempDir, wait_until};
 
 /// A failed client command: exit status and what it printed.
@@ -70,6 +71,9 @@ enum Mode {
     Broker {
         child: Mutex<Child>,
         client: PathBuf,
+        /// Set when the daemon runs as under systemd (see
+        /// [`Broker::start_managed`]).
+        manager: Option<ServiceManager>,
     },
     Kernel {
         mounts: Mutex<Vec<KernelMount>>,
@@ -83,16 +87,24 @@ pub struct Broker {
 }
 
 /// Starts safemountd on `socket`, its state next to it in `dir`, logging
-/// (appended) to `dir/safemountd.log`.
-fn spawn_daemon(dir: &TempDir, socket: &Path) -> Result<Child> {
+/// (appended) to `dir/safemountd.log`; started by `manager` as systemd
+/// would, if given.
+fn spawn_daemon(dir: &TempDir, socket: &Path, manager: Option<&ServiceManager>) -> Result<Child> {
     let daemon = util::bin("safemountd")?;
     let worker = util::bin("safemount-worker")?;
     let log = File::options()
         .create(true)
         .append(true)
         .open(dir.join("safemountd.log"))?;
-    Command::new(&daemon)
-        .arg("--socket")
+    let mut cmd = match manager {
+        Some(m) => m.start_command(&daemon)?,
+        None => {
+            let mut cmd = Command::new(&daemon);
+            cmd.env_remove("NOTIFY_SOCKET");
+            cmd
+        }
+    };
+    cmd.arg("--socket")
         .arg(socket)
         .arg("--worker")
         .arg(&worker)
@@ -123,6 +135,18 @@ impl Broker {
     /// Starts a private broker on a socket in its own temp dir and waits
     /// until the socket answers.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`], the broker run as under systemd: it notifies a
+    /// [`ServiceManager`], which keeps its fd store and passes it to the
+    /// broker [`Self::kill_and_restart`] starts. Such a broker keeps its
+    /// mounts when it stops: unmount them before dropping it.
+    pub fn start_managed() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(managed: bool) -> Result<Self> {
         let dir = TempDir::new("broker")?;
         let socket = dir.join("socket");
         if kernel_standin() {
@@ -135,13 +159,17 @@ impl Broker {
             });
         }
         let client = util::bin("safemount")?;
-        let child = spawn_daemon(&dir, &socket)?;
+        let manager = managed
+            .then(|| ServiceManager::new(dir.path()))
+            .transpose()?;
+        let child = spawn_daemon(&dir, &socket, manager.as_ref())?;
         let b = Self {
             dir,
             socket,
             mode: Mode::Broker {
                 child: Mutex::new(child),
                 client,
+                manager,
             },
         };
         b.wait_up()
@@ -154,7 +182,7 @@ impl Broker {
     /// Client commands may run meanwhile (they fail while no broker
     /// listens).
     pub fn kill_and_restart(&self) -> Result<()> {
-        let Mode::Broker { child, .. } = &self.mode else {
+        let Mode::Broker { child, manager, .. } = &self.mode else {
             bail!("the kernel stand-in has no broker to kill");
         };
         {
@@ -162,9 +190,20 @@ impl Broker {
             child.kill()?;
             child.wait()?;
             let _ = fs::remove_file(&self.socket);
-            *child = spawn_daemon(&self.dir, &self.socket)?;
+            *child = spawn_daemon(&self.dir, &self.socket, manager.as_ref())?;
         }
         self.wait_socket()
+    }
+
+    /// The names in the service manager's fd store (a managed broker
+    /// only).
+    pub fn stored_fds(&self) -> Result<Vec<String>> {
+        match &self.mode {
+            Mode::Broker {
+                manager: Some(m), ..
+            } => m.stored_names(),
+            _ => bail!("not a managed broker"),
+        }
     }
 
     /// Waits until the socket answers.

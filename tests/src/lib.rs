@@ -16,6 +16,7 @@ pub mod loopdev;
 pub mod mapping;
 pub mod ops;
 pub mod procfs;
+pub mod service_manager;
 pub mod skip;
 pub mod snapshot;
 pub mod tree;

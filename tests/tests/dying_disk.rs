@@ -4,7 +4,8 @@
 //! read-only and `safemount list` says why; it still unmounts and its
 //! worker exits; once the host has room again, the next mount recovers
 //! from the journal, every byte fsync'd before the failure is there, and
-//! e2fsck finds nothing to fix.
+//! e2fsck finds nothing to fix. The same report reaches a broker that
+//! crashed and was restarted under systemd (the fd store).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,8 +13,8 @@
 )]
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::io::{Error, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use safemount_tests::broker::{Broker, kernel_standin};
@@ -64,6 +65,51 @@ fn free_bytes(p: &Path) -> u64 {
     st.blocks_available() as u64 * st.fragment_size() as u64
 }
 
+/// Leaves the host at `host_dir` 2 MiB, then writes fsync'd 1 MiB files
+/// into `mnt` until one fails. Returns the failure, the files fsync'd
+/// before it, and the filler file (removing it gives the room back).
+fn fill_host_until_a_write_fails(host_dir: &Path, mnt: &Path) -> (Error, Vec<u64>, PathBuf) {
+    let room = free_bytes(host_dir);
+    assert!(room > 8 * MIB, "the host tmpfs has only {room} bytes free");
+    let filler = host_dir.join("filler");
+    fs::write(&filler, vec![0u8; (room - 2 * MIB) as usize]).unwrap();
+    let mut synced = Vec::new();
+    for i in 0..32u64 {
+        match write_synced(&mnt.join(format!("f{i}")), &pattern(100 + i, MIB as usize)) {
+            Ok(()) => synced.push(i),
+            Err(failed) => {
+                assert!(
+                    matches!(
+                        failed.raw_os_error(),
+                        Some(libc::EIO | libc::ENOSPC | libc::EROFS)
+                    ),
+                    "the failure says so: {failed}"
+                );
+                return (failed, synced, filler);
+            }
+        }
+    }
+    panic!("the host filesystem filled up and no write or fsync failed");
+}
+
+/// Waits until `safemount list` shows an error for `mnt`, read-only;
+/// returns the error.
+fn reported_error(broker: &Broker, mnt: &Path) -> String {
+    let mut entry = None;
+    let reported = wait_until(Duration::from_secs(10), || {
+        entry = broker.entry_for(mnt).unwrap();
+        entry.as_ref().is_some_and(|e| e.error.is_some())
+    });
+    assert!(
+        reported,
+        "list never showed the error: {entry:?}\n{}",
+        broker.log_tail(20)
+    );
+    let entry = entry.unwrap();
+    assert_eq!(entry.read_only, Some(true), "{entry:?}");
+    entry.error.unwrap()
+}
+
 #[test]
 fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     if !require_root() {
@@ -87,30 +133,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     let pid = broker.worker_pid(&mnt).unwrap();
     write_synced(&mnt.join("kept"), &pattern(1, 3 << 20)).unwrap();
 
-    // Leave the host 2 MiB; then write 1 MiB files until one fails.
-    let room = free_bytes(&host_dir);
-    assert!(room > 8 * MIB, "the host tmpfs has only {room} bytes free");
-    let filler = host_dir.join("filler");
-    fs::write(&filler, vec![0u8; (room - 2 * MIB) as usize]).unwrap();
-    let mut failed = None;
-    let mut synced = Vec::new();
-    for i in 0..32u64 {
-        match write_synced(&mnt.join(format!("f{i}")), &pattern(100 + i, MIB as usize)) {
-            Ok(()) => synced.push(i),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    let failed = failed.expect("the host filesystem filled up and no write or fsync failed");
-    assert!(
-        matches!(
-            failed.raw_os_error(),
-            Some(libc::EIO | libc::ENOSPC | libc::EROFS)
-        ),
-        "the failure says so: {failed}"
-    );
+    let (failed, synced, filler) = fill_host_until_a_write_fails(&host_dir, &mnt);
 
     // Every later fsync fails too, on any file.
     for _ in 0..2 {
@@ -133,19 +156,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     );
 
     // The broker knows, and says so in `safemount list`.
-    let mut entry = None;
-    let reported = wait_until(Duration::from_secs(10), || {
-        entry = broker.entry_for(&mnt).unwrap();
-        entry.as_ref().is_some_and(|e| e.error.is_some())
-    });
-    assert!(
-        reported,
-        "list never showed the error: {entry:?}\n{}",
-        broker.log_tail(20)
-    );
-    let entry = entry.unwrap();
-    assert_eq!(entry.read_only, Some(true), "{entry:?}");
-    let error = entry.error.unwrap();
+    let error = reported_error(&broker, &mnt);
     eprintln!(
         "dying disk: {} files fsync'd, then: {failed}; list says: {error}",
         synced.len()
@@ -181,5 +192,98 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     if let Err(e) = fsck_clean(&img) {
         panic!("image not clean after recovery: {e:#}");
     }
+    drop(host);
+}
+
+/// A broker that crashes under systemd gets the worker's log pipe and
+/// health socket back from systemd's fd store when it restarts: an error
+/// the adopted worker meets afterwards still reaches `safemount list`, and
+/// its log lines reach the new broker's log.
+#[test]
+fn an_adopted_worker_still_reports_through_the_fd_store() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        safemount_tests::skip::skip("the kernel stand-in has no broker to restart");
+        return;
+    }
+    let tmp = TempDir::new("dying-disk-adopted").unwrap();
+    let host_dir = tmp.join("host");
+    let host = Tmpfs::mount(&host_dir, "48m");
+    let img = host_dir.join("fs.img");
+    ops::make_empty_image(&img, &[], 128 * MIB).unwrap();
+    let mnt = tmp.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start_managed().unwrap();
+    broker
+        .mount(&img, &mnt, "rw")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let pid = broker.worker_pid(&mnt).unwrap();
+    let kept = broker.stored_fds().unwrap();
+    assert_eq!(
+        kept,
+        [
+            format!("worker-1-{pid}-health"),
+            format!("worker-1-{pid}-log")
+        ],
+        "the broker keeps the worker's channels in systemd's fd store"
+    );
+
+    let before = broker.log().len();
+    broker.kill_and_restart().unwrap();
+    let since_restart = || broker.log().get(before..).unwrap_or_default().to_owned();
+    let adopted = wait_until(Duration::from_secs(10), || {
+        broker
+            .entry_for(&mnt)
+            .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
+    });
+    assert!(adopted, "not adopted:\n{}", since_restart());
+    assert!(
+        since_restart().contains("with its log and health channels"),
+        "{}",
+        since_restart()
+    );
+
+    let (failed, _, filler) = fill_host_until_a_write_fails(&host_dir, &mnt);
+    let error = reported_error(&broker, &mnt);
+    eprintln!("adopted worker: {failed}; list says: {error}");
+    let relayed = format!("worker {pid} (");
+    assert!(
+        wait_until(Duration::from_secs(10), || since_restart()
+            .contains(&relayed)),
+        "the adopted worker's log never reached the new broker:\n{}",
+        since_restart()
+    );
+
+    // The worker reports a change once; the mount's record keeps it for
+    // the broker after next.
+    broker.kill_and_restart().unwrap();
+    let mut entry = None;
+    let listed = wait_until(Duration::from_secs(10), || {
+        entry = broker.entry_for(&mnt).ok().flatten();
+        entry.is_some()
+    });
+    assert!(listed, "not adopted again:\n{}", broker.log_tail(20));
+    let entry = entry.unwrap();
+    assert_eq!(entry.error.as_deref(), Some(error.as_str()), "{entry:?}");
+    assert_eq!(entry.read_only, Some(true), "{entry:?}");
+
+    broker
+        .unmount(&mnt)
+        .unwrap_or_else(|e| panic!("unmount: {e}\n{}", broker.log_tail(20)));
+    assert!(
+        wait_until(Duration::from_secs(10), || !procfs::pid_alive(pid)),
+        "the worker is gone"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || broker
+            .stored_fds()
+            .unwrap()
+            .is_empty()),
+        "systemd drops the channels of an exited worker (both ends hang up): {:?}",
+        broker.stored_fds()
+    );
+    fs::remove_file(&filler).unwrap();
     drop(host);
 }

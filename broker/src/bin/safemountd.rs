@@ -26,8 +26,8 @@ use anyhow::Context;
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use safemount_broker::{
-    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, cgroup, limits::Limits, mount,
-    server, state, supervise,
+    DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, cgroup, fd_store,
+    limits::Limits, mount, server, state, supervise,
 };
 
 const LONG_ABOUT: &str = "\
@@ -131,7 +131,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         supervise::WORKER_USER
     );
     mount::ensure_fusectl();
-    let passed = activation::listen_socket().context("socket activation")?;
+    let (stored, sockets): (Vec<_>, Vec<_>) = activation::passed_fds()
+        .context("socket activation")?
+        .into_iter()
+        .partition(fd_store::is_stored);
+    let passed = activation::listen_socket(sockets).context("socket activation")?;
     let activated = passed.is_some();
     let keep_mounts = args.keep_mounts || activation::under_systemd(activated);
     let listener = match passed {
@@ -153,8 +157,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let state = state::State::with_dir(&state_dir)?;
     let restore_state = state.clone();
-    let restored =
-        state.restore(move |id, why| server::worker_gone(&restore_state, id, why, false))?;
+    let restored = state.restore(fd_store::Stored::new(stored), move |id, why| {
+        server::worker_gone(&restore_state, id, why, false)
+    })?;
     if restored.adopted + restored.cleaned > 0 {
         tracing::info!(
             adopted = restored.adopted,
