@@ -14,11 +14,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, pipe2};
 use safemount_proto::{ErrorKind, ProbeReport, ProtoError, WorkerReply, WorkerRequest};
 
 /// The user workers run as.
@@ -89,6 +90,8 @@ pub fn resolve_worker_identity() -> WorkerIdentity {
 pub enum SuperviseError {
     #[error("cannot create worker socket: {0}")]
     Socket(Errno),
+    #[error("cannot create the worker's log pipe: {0}")]
+    LogPipe(Errno),
     #[error("cannot start worker {path}: {error}")]
     Spawn { path: String, error: std::io::Error },
     #[error("cannot start reaper thread: {0}")]
@@ -255,12 +258,17 @@ pub fn spawn(
     )
     .map_err(SuperviseError::Socket)?;
     let theirs_raw = theirs.as_raw_fd();
+    // The worker's stderr never blocks it: a line that does not fit while
+    // nobody reads (a broker restarting, a stalled journal) is dropped
+    // rather than stalling the FUSE thread that logs it.
+    let (log_reader, log_writer) = pipe2(OFlag::O_CLOEXEC).map_err(SuperviseError::LogPipe)?;
+    fcntl(&log_writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(SuperviseError::LogPipe)?;
     let mut cmd = Command::new(path);
     cmd.env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // A pipe of its own: the broker relays it (worker_log).
-        .stderr(Stdio::piped());
+        .stderr(Stdio::from(log_writer));
     // SAFETY: the closure runs in the forked child before exec and calls
     // only dup2 and fcntl, which are async-signal-safe; it touches no
     // memory but the copied integer `theirs_raw`.
@@ -277,17 +285,17 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|error| SuperviseError::Spawn {
+    let child = cmd.spawn().map_err(|error| SuperviseError::Spawn {
         path: crate::sanitize::display(path.as_os_str().as_encoded_bytes()),
         error,
     })?;
+    // Only the worker holds the write end now (the relay sees EOF when it
+    // exits).
+    drop(cmd);
     drop(theirs);
     let pid = Pid::from_raw(child.id() as i32);
-    let log = child.stderr.take().map(OwnedFd::from);
-    let log_copy = log.as_ref().and_then(|fd| fd.try_clone().ok());
-    if let Some(log) = log {
-        crate::worker_log::relay(std::fs::File::from(log), pid.as_raw(), source);
-    }
+    let log_copy = log_reader.try_clone().ok();
+    crate::worker_log::relay(std::fs::File::from(log_reader), pid.as_raw(), source);
     // std's Child does not wait or kill on drop; the reaper owns the pid.
     drop(child);
     let handle = Arc::new(WorkerHandle {
@@ -562,13 +570,17 @@ mod tests {
 
     #[test]
     fn worker_gets_socket_on_fd3_null_stdin_and_no_environment() {
-        // Exit 0 only if fd 3 is a socket, stdin is /dev/null, fds 4..9
+        // Exit 0 only if fd 3 is a socket, stdin is /dev/null, stderr a
+        // pipe that never blocks a write (O_NONBLOCK, 04000), fds 4..9
         // are closed and the environment (cargo sets CARGO_MANIFEST_DIR for
         // tests) is gone.
         let p = script(
             "fds",
             r#"[ -S /proc/$$/fd/3 ] || exit 11
 [ "$(readlink /proc/$$/fd/0)" = /dev/null ] || exit 12
+readlink /proc/$$/fd/2 | grep -q '^pipe:' || exit 15
+flags=$(sed -n 's/^flags:[[:space:]]*//p' /proc/$$/fdinfo/2)
+[ $((flags & 04000)) -ne 0 ] || exit 16
 for n in 4 5 6 7 8 9; do [ -e /proc/$$/fd/$n ] && exit 13; done
 [ -z "$HOME$USER$CARGO_MANIFEST_DIR" ] || exit 14
 exit 0"#,

@@ -447,3 +447,94 @@ fn errors_option_acts_on_corruption() {
         }
     }
 }
+
+/// Sends SIGCONT to a stopped process when dropped (also when the test
+/// fails half-way).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Self {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::SIGCONT,
+        );
+    }
+}
+
+/// A worker with much to log while nobody reads its log (the broker
+/// stopped, as between a crash and systemd's restart of it, or a stalled
+/// journal) drops lines rather than stall or die: its stderr is a
+/// non-blocking pipe. 1,200 files with bad inode checksums make 1,024 log
+/// lines (each corrupt object once, up to that many), over 64 KiB, what a
+/// pipe holds. Before, the FUSE thread that logged the line that did not
+/// fit blocked until the broker read again.
+#[test]
+fn a_worker_whose_log_nobody_reads_keeps_serving() {
+    if !require_root() || kernel_standin() {
+        return;
+    }
+    const FILES: u64 = 1200;
+    let tmp = TempDir::new("dmg-log").unwrap();
+    let src = tmp.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..FILES {
+        std::fs::write(src.join(format!("f{i:04}")), b"x").unwrap();
+    }
+    let img = tmp.join("fs.img");
+    let cfg = image::config("defaults").unwrap();
+    image::make_image(
+        &src,
+        &img,
+        cfg,
+        64 * MIB,
+        &["-b", "4096", "-I", "256"],
+        false,
+    )
+    .unwrap();
+    // mkfs -d numbers the files' inodes 12.. (after lost+found, 11); one
+    // group, so the inode table is contiguous from the root's (inode 2).
+    let table = inode_offset(&img, "/") - 256;
+    for ino in 12..12 + FILES {
+        flip(&img, table + (ino - 1) * 256 + 0x7c); // i_checksum_lo
+    }
+
+    let mnt = tmp.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start().unwrap();
+    broker
+        .mount(&img, &mnt, "ro")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let worker = broker.worker_pid(&mnt).unwrap();
+    let stopped = Stopped::stop(broker.pid().unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    let names: Vec<PathBuf> = (0..FILES).map(|i| mnt.join(format!("f{i:04}"))).collect();
+    std::thread::spawn(move || {
+        let failed = names
+            .iter()
+            .filter(|p| {
+                std::fs::metadata(p).is_err_and(|e| e.raw_os_error() == Some(libc::EUCLEAN))
+            })
+            .count();
+        let _ = done.send(failed);
+    });
+    let failed = finished.recv_timeout(std::time::Duration::from_secs(60));
+    drop(stopped);
+    let failed = failed.unwrap_or_else(|_| {
+        panic!(
+            "the worker stalled while nobody read its log\n{}",
+            broker.log_tail(20)
+        )
+    });
+    assert_eq!(failed as u64, FILES, "every damaged file fails alone");
+    assert!(procfs::pid_alive(worker), "the worker died");
+    // lost+found and the files.
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count() as u64, FILES + 1);
+    broker.unmount(&mnt).unwrap();
+}

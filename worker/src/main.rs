@@ -63,6 +63,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .with_max_level(tracing::Level::INFO)
+        // stderr is non-blocking (the broker makes it so): a line that
+        // does not fit is dropped. Reporting that failure would print to
+        // the same full pipe, and a failed eprintln! panics.
+        .log_internal_errors(false)
         .init();
     // A panic anywhere ends the whole worker: a FUSE thread that died
     // would leave its request unanswered and the mount half alive. The
