@@ -70,17 +70,15 @@ fn fixture(tag: &str) -> Fixture {
     let src = tmp.join("src");
     build_source(&src);
     let img = tmp.join("fs.img");
-    let cfg = image::config("defaults").unwrap();
-    image::make_image(
-        &src,
-        &img,
-        cfg,
-        64 * MIB,
-        &["-b", "4096", "-I", "256"],
-        false,
-    )
-    .unwrap();
+    make_image(&src, &img);
     Fixture { tmp, src, img }
+}
+
+/// A 64 MiB image of `src`: 4 KiB blocks, 256-byte inodes (the offsets
+/// the tests poke assume both).
+fn make_image(src: &Path, img: &Path) {
+    let cfg = image::config("defaults").unwrap();
+    image::make_image(src, img, cfg, 64 * MIB, &["-b", "4096", "-I", "256"], false).unwrap();
 }
 
 fn poke(img: &Path, off: u64, bytes: &[u8]) {
@@ -488,16 +486,7 @@ fn a_worker_whose_log_nobody_reads_keeps_serving() {
         std::fs::write(src.join(format!("f{i:04}")), b"x").unwrap();
     }
     let img = tmp.join("fs.img");
-    let cfg = image::config("defaults").unwrap();
-    image::make_image(
-        &src,
-        &img,
-        cfg,
-        64 * MIB,
-        &["-b", "4096", "-I", "256"],
-        false,
-    )
-    .unwrap();
+    make_image(&src, &img);
     // mkfs -d numbers the files' inodes 12.. (after lost+found, 11); one
     // group, so the inode table is contiguous from the root's (inode 2).
     let table = inode_offset(&img, "/") - 256;

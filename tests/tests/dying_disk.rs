@@ -33,10 +33,10 @@ fn write_synced(p: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// A tmpfs of `size` at `at`, unmounted on drop.
-struct Tmpfs<'a>(&'a Path);
+struct Tmpfs(PathBuf);
 
-impl<'a> Tmpfs<'a> {
-    fn mount(at: &'a Path, size: &str) -> Self {
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
         fs::create_dir_all(at).unwrap();
         run_ok(
             "mount",
@@ -50,11 +50,11 @@ impl<'a> Tmpfs<'a> {
             ],
         )
         .unwrap();
-        Tmpfs(at)
+        Tmpfs(at.to_owned())
     }
 }
 
-impl Drop for Tmpfs<'_> {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = run_ok("umount", ["-l", self.0.to_str().unwrap()]);
     }
@@ -63,6 +63,37 @@ impl Drop for Tmpfs<'_> {
 fn free_bytes(p: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(p).unwrap();
     st.blocks_available() as u64 * st.fragment_size() as u64
+}
+
+/// A 128 MiB image on a 48 MiB tmpfs (its host), mounted read-write by
+/// `broker` at `mnt`. Dropped in field order: the broker first.
+struct OnSmallHost {
+    broker: Broker,
+    host: Tmpfs,
+    img: PathBuf,
+    mnt: PathBuf,
+    _tmp: TempDir,
+}
+
+impl OnSmallHost {
+    fn mount(tag: &str, broker: Broker) -> Self {
+        let tmp = TempDir::new(tag).unwrap();
+        let host = Tmpfs::mount(&tmp.join("host"), "48m");
+        let img = host.0.join("fs.img");
+        ops::make_empty_image(&img, &[], 128 * MIB).unwrap();
+        let mnt = tmp.join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        broker
+            .mount(&img, &mnt, "rw")
+            .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+        Self {
+            broker,
+            host,
+            img,
+            mnt,
+            _tmp: tmp,
+        }
+    }
 }
 
 /// Leaves the host at `host_dir` 2 MiB, then writes fsync'd 1 MiB files
@@ -119,21 +150,12 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
         safemount_tests::skip::skip("the kernel stand-in has no worker to report errors");
         return;
     }
-    let tmp = TempDir::new("dying-disk").unwrap();
-    let host_dir = tmp.join("host");
-    let host = Tmpfs::mount(&host_dir, "48m");
-    let img = host_dir.join("fs.img");
-    ops::make_empty_image(&img, &[], 128 * MIB).unwrap();
-    let mnt = tmp.join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let broker = Broker::start().unwrap();
-    broker
-        .mount(&img, &mnt, "rw")
-        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
-    let pid = broker.worker_pid(&mnt).unwrap();
+    let setup = OnSmallHost::mount("dying-disk", Broker::start().unwrap());
+    let (broker, img, mnt) = (&setup.broker, &setup.img, &setup.mnt);
+    let pid = broker.worker_pid(mnt).unwrap();
     write_synced(&mnt.join("kept"), &pattern(1, 3 << 20)).unwrap();
 
-    let (failed, synced, filler) = fill_host_until_a_write_fails(&host_dir, &mnt);
+    let (failed, synced, filler) = fill_host_until_a_write_fails(&setup.host.0, mnt);
 
     // Every later fsync fails too, on any file.
     for _ in 0..2 {
@@ -156,7 +178,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     );
 
     // The broker knows, and says so in `safemount list`.
-    let error = reported_error(&broker, &mnt);
+    let error = reported_error(broker, mnt);
     eprintln!(
         "dying disk: {} files fsync'd, then: {failed}; list says: {error}",
         synced.len()
@@ -168,7 +190,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
 
     // It still unmounts, and its worker exits.
     broker
-        .unmount(&mnt)
+        .unmount(mnt)
         .unwrap_or_else(|e| panic!("unmount of a failed mount: {e}\n{}", broker.log_tail(20)));
     assert!(
         wait_until(Duration::from_secs(10), || !procfs::pid_alive(pid)),
@@ -178,7 +200,7 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
     // Room again: the next mount recovers; fsync'd bytes are all there.
     fs::remove_file(&filler).unwrap();
     broker
-        .mount(&img, &mnt, "rw")
+        .mount(img, mnt, "rw")
         .unwrap_or_else(|e| panic!("mount after the failure: {e}\n{}", broker.log_tail(20)));
     assert!(fs::read(mnt.join("kept")).unwrap() == pattern(1, 3 << 20));
     for i in synced {
@@ -188,11 +210,10 @@ fn a_full_host_filesystem_fails_writes_loudly_and_recovers() {
             "f{i}, fsync'd before the failure"
         );
     }
-    broker.unmount(&mnt).unwrap();
-    if let Err(e) = fsck_clean(&img) {
+    broker.unmount(mnt).unwrap();
+    if let Err(e) = fsck_clean(img) {
         panic!("image not clean after recovery: {e:#}");
     }
-    drop(host);
 }
 
 /// A broker that crashes under systemd gets the worker's log pipe and
@@ -208,18 +229,9 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
         safemount_tests::skip::skip("the kernel stand-in has no broker to restart");
         return;
     }
-    let tmp = TempDir::new("dying-disk-adopted").unwrap();
-    let host_dir = tmp.join("host");
-    let host = Tmpfs::mount(&host_dir, "48m");
-    let img = host_dir.join("fs.img");
-    ops::make_empty_image(&img, &[], 128 * MIB).unwrap();
-    let mnt = tmp.join("mnt");
-    fs::create_dir(&mnt).unwrap();
-    let broker = Broker::start_managed().unwrap();
-    broker
-        .mount(&img, &mnt, "rw")
-        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
-    let pid = broker.worker_pid(&mnt).unwrap();
+    let setup = OnSmallHost::mount("dying-disk-adopted", Broker::start_managed().unwrap());
+    let (broker, mnt) = (&setup.broker, &setup.mnt);
+    let pid = broker.worker_pid(mnt).unwrap();
     let kept = broker.stored_fds().unwrap();
     assert_eq!(
         kept,
@@ -235,7 +247,7 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
     let since_restart = || broker.log().get(before..).unwrap_or_default().to_owned();
     let adopted = wait_until(Duration::from_secs(10), || {
         broker
-            .entry_for(&mnt)
+            .entry_for(mnt)
             .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
     });
     assert!(adopted, "not adopted:\n{}", since_restart());
@@ -245,8 +257,8 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
         since_restart()
     );
 
-    let (failed, _, filler) = fill_host_until_a_write_fails(&host_dir, &mnt);
-    let error = reported_error(&broker, &mnt);
+    let (failed, _, filler) = fill_host_until_a_write_fails(&setup.host.0, mnt);
+    let error = reported_error(broker, mnt);
     eprintln!("adopted worker: {failed}; list says: {error}");
     let relayed = format!("worker {pid} (");
     assert!(
@@ -261,7 +273,7 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
     broker.kill_and_restart().unwrap();
     let mut entry = None;
     let listed = wait_until(Duration::from_secs(10), || {
-        entry = broker.entry_for(&mnt).ok().flatten();
+        entry = broker.entry_for(mnt).ok().flatten();
         entry.is_some()
     });
     assert!(listed, "not adopted again:\n{}", broker.log_tail(20));
@@ -270,7 +282,7 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
     assert_eq!(entry.read_only, Some(true), "{entry:?}");
 
     broker
-        .unmount(&mnt)
+        .unmount(mnt)
         .unwrap_or_else(|e| panic!("unmount: {e}\n{}", broker.log_tail(20)));
     assert!(
         wait_until(Duration::from_secs(10), || !procfs::pid_alive(pid)),
@@ -285,5 +297,4 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
         broker.stored_fds()
     );
     fs::remove_file(&filler).unwrap();
-    drop(host);
 }
