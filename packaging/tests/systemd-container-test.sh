@@ -9,8 +9,11 @@
 #   activates safemountd.service (Type=notify) -> sandboxed worker -> FUSE
 #   mount at /run/media/<user>/<label>; then a "remove" uevent: the device
 #   unit goes, BindsTo= stops the service, ExecStop= unmounts, the broker
-#   reaps the worker and removes the mount point. A second plug-in is
-#   unmounted by the user with plain umount, under the packaged unit.
+#   reaps the worker and removes the mount point. Before the unplug the
+#   broker is killed (systemd restarts it) and then restarted with
+#   systemctl: each time the new broker adopts the mount, with the worker's
+#   log pipe and health socket from systemd's fd store. A second plug-in
+#   is unmounted by the user with plain umount, under the packaged unit.
 #
 #   packaging/tests/systemd-container-test.sh [--deb PATH] [--keep]
 #
@@ -177,6 +180,14 @@ log=$(inside journalctl -u safemountd.service --no-pager -o cat 2>&1)
 check "the new broker adopted the mount with its log and health channels" bash -c 'grep -q "with its log and health channels" <<<"$1"' _ "$log"
 list=$(inside safemount list 2>&1)
 check "after the restart safemount list still shows $mnt" bash -c 'grep -q "^/dev/$2 *$3 *smdesk *mounted (ro)" <<<"$1"' _ "$list" "$name" "$mnt"
+# An administrator's restart: SIGTERM keeps the mounts, the store is kept
+# across the restart job.
+inside systemctl restart safemountd.service
+log=$(inside journalctl -u safemountd.service --no-pager -o cat 2>&1)
+adoptions=$(grep -c "with its log and health channels" <<<"$log")
+check "systemctl restart: adopted again with the channels (adoptions: $adoptions)" [ "$adoptions" = 2 ]
+list=$(inside safemount list 2>&1)
+check "after systemctl restart safemount list still shows $mnt" bash -c 'grep -q "^/dev/$2 *$3 *smdesk *mounted (ro)" <<<"$1"' _ "$list" "$name" "$mnt"
 
 # Unplug: the device unit goes, BindsTo= stops the unit, ExecStop= unmounts.
 inside timeout 60 udevadm trigger --action=remove --settle "/sys/class/block/$name"
