@@ -2,7 +2,8 @@
 //! unmount read-write images at once, then restarted. Afterwards every
 //! mount is either adopted and serving or cleanly gone, no image is served
 //! by two workers, and every byte fsync'd before, during or after the
-//! crash is on its image, which e2fsck finds clean.
+//! crash is on its image, which e2fsck finds clean. The broker runs as
+//! under systemd: its fd store keeps the live workers' channels only.
 
 #![allow(
     clippy::unwrap_used,
@@ -113,7 +114,9 @@ fn broker_killed_under_load_restarts_cleanly() {
     let kill_after = Duration::from_millis(800 + Rng::new(seed).next_u64() % 1500);
     eprintln!("broker_restart: SIGKILL after {kill_after:?} (seed {seed})");
 
-    let broker = Broker::start().unwrap();
+    // Run as under systemd, whose fd store keeps the workers' log pipes
+    // and health sockets for the next broker.
+    let broker = Broker::start_managed().unwrap();
     let synced = Mutex::new(vec![BTreeMap::new(); CLIENTS]);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -177,8 +180,12 @@ fn broker_killed_under_load_restarts_cleanly() {
                 .to_owned()
         })
         .unwrap_or_else(|| "none left".to_owned());
+    let with_channels = broker
+        .log()
+        .matches("with its log and health channels")
+        .count();
     eprintln!(
-        "broker_restart: at the restart: {restored}; {} mounts live at the end, settled in {:?}",
+        "broker_restart: at the restart: {restored} ({with_channels} with their channels from the fd store); {} mounts live at the end, settled in {:?}",
         list.len(),
         start.elapsed()
     );
@@ -187,6 +194,27 @@ fn broker_killed_under_load_restarts_cleanly() {
         "no mount live at the end: the checks checked nothing\n{}",
         keep_log(&broker)
     );
+    // The fd store holds a live mount's worker's pair (or nothing, for a
+    // mount the broker was killed in the middle of recording), never a
+    // gone worker's.
+    let stored = broker.stored_fds().unwrap();
+    for e in &list {
+        let pid = e.worker_pid.unwrap();
+        let pair = [format!("-{pid}-health"), format!("-{pid}-log")];
+        let kept = stored
+            .iter()
+            .filter(|n| pair.iter().any(|p| n.ends_with(p.as_str())))
+            .count();
+        assert!(kept == 0 || kept == 2, "worker {pid}: {stored:?}");
+    }
+    let live = |n: &&String| {
+        list.iter()
+            .any(|e| n.contains(&format!("-{}-", e.worker_pid.unwrap())))
+    };
+    assert!(
+        stored.iter().all(|n| live(&n)),
+        "the fd store keeps channels of gone workers: {stored:?}\n{list:?}"
+    );
 
     // Everything fsync'd is there; then each image is recovered and clean.
     for e in &list {
@@ -194,6 +222,14 @@ fn broker_killed_under_load_restarts_cleanly() {
             .unmount(&e.mountpoint)
             .unwrap_or_else(|err| panic!("unmount {}: {err}", e.mountpoint.display()));
     }
+    assert!(
+        wait_until(Duration::from_secs(10), || broker
+            .stored_fds()
+            .unwrap()
+            .is_empty()),
+        "unmounted, yet the fd store keeps {:?}",
+        broker.stored_fds()
+    );
     let synced = synced.into_inner().unwrap();
     let total: usize = synced.iter().map(BTreeMap::len).sum();
     assert!(
