@@ -12,9 +12,9 @@
 //!   mount exists but its FUSE INIT is never answered);
 //! - contains `wait-N` (N = 1..9): first sends N `Waiting` messages of
 //!   1 s each (a hostile reason), waiting 1 s after each, then goes on;
-//! - contains `noisy`: first writes hostile lines to stderr (an escape
-//!   sequence, a forged broker line, a very long line, a flood), then goes
-//!   on as below;
+//! - contains `noisy`: first makes its stderr blocking and writes hostile
+//!   lines to it (an escape sequence, a forged broker line, a very long
+//!   line, a flood), then goes on as below;
 //! - otherwise: replies Probed (with a hostile label), then Serving on
 //!   Serve, and reads /dev/fuse until the mount goes away (the INIT
 //!   request stays unanswered, so nothing may touch the mount), exit 0.
@@ -51,6 +51,17 @@ fn run(sock: BorrowedFd<'_>) -> i32 {
     }
     if source_name.contains("noisy") {
         use std::io::Write;
+        // The broker hands workers a non-blocking stderr, so a worker
+        // drops what does not fit; a hostile one can make it blocking
+        // (the flag is on the pipe end it holds) and write every line.
+        // The broker's own limits must hold against that.
+        let blocking = nix::fcntl::fcntl(
+            std::io::stderr(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
+        if blocking.is_err() {
+            return 2;
+        }
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
