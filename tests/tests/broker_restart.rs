@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use safemount_tests::broker::{Broker, kernel_standin};
-use safemount_tests::image::fsck_clean;
+use safemount_tests::image::{self, fsck_clean};
 use safemount_tests::ops;
 use safemount_tests::procfs;
 use safemount_tests::util::{Rng, TempDir, pattern, require_root, wait_until};
@@ -254,4 +254,61 @@ fn broker_killed_under_load_restarts_cleanly() {
         }
     }
     eprintln!("broker_restart: {total} fsync'd files checked on {CLIENTS} images");
+}
+
+/// A worker adopted without its channels (a broker restarted outside
+/// systemd: nothing reads the worker's log pipe any more) still logs,
+/// unmounts and writes its filesystem clean. Its first log line after the
+/// restart used to end it: tracing reported the failed write (EPIPE) with
+/// eprintln!, which panics when stderr fails too, and the worker aborts on
+/// a panic. At the latest that was its unmount's first line, before the
+/// filesystem was written clean.
+#[test]
+fn a_worker_adopted_without_its_log_unmounts_clean() {
+    if !require_root() {
+        return;
+    }
+    if kernel_standin() {
+        safemount_tests::skip::skip("the kernel stand-in has no broker to kill");
+        return;
+    }
+    let tmp = TempDir::new("adopted-no-log").unwrap();
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &[], 64 * MIB).unwrap();
+    let mnt = tmp.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let broker = Broker::start().unwrap();
+    broker
+        .mount(&img, &mnt, "rw")
+        .unwrap_or_else(|e| panic!("mount: {e}\n{}", broker.log_tail(20)));
+    let pid = broker.worker_pid(&mnt).unwrap();
+    fs::write(mnt.join("before"), pattern(1, 100_000)).unwrap();
+    broker.kill_and_restart().unwrap();
+    let adopted = wait_until(Duration::from_secs(10), || {
+        broker
+            .entry_for(&mnt)
+            .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
+    });
+    assert!(adopted, "not adopted\n{}", broker.log_tail(20));
+    fs::write(mnt.join("after"), pattern(2, 100_000)).unwrap();
+    broker.unmount(&mnt).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !procfs::pid_alive(pid)),
+        "the worker is gone"
+    );
+    // Written clean by the unmount: nothing left for a journal replay.
+    let stats = image::debugfs(&img, "stats").unwrap();
+    let state = stats
+        .lines()
+        .find(|l| l.starts_with("Filesystem state:"))
+        .unwrap_or_default();
+    assert!(
+        state.ends_with(" clean") && !stats.contains("needs_recovery"),
+        "the adopted worker did not write its filesystem clean: {state}"
+    );
+    fsck_clean(&img).unwrap();
+    broker.mount(&img, &mnt, "ro").unwrap();
+    assert!(fs::read(mnt.join("before")).unwrap() == pattern(1, 100_000));
+    assert!(fs::read(mnt.join("after")).unwrap() == pattern(2, 100_000));
+    broker.unmount(&mnt).unwrap();
 }

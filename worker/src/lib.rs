@@ -12,6 +12,7 @@ pub mod fuse;
 pub mod fuzzing;
 pub mod health;
 pub mod io;
+pub mod logging;
 pub mod sandbox;
 pub mod serve;
 #[cfg(test)]

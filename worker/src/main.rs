@@ -8,7 +8,9 @@
 //! sandbox and makes one forbidden call (see `sandbox::selftest`).
 
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
+use safemount_worker::logging::DroppingWriter;
 use safemount_worker::sandbox;
 
 /// Exit code for a bad command line.
@@ -54,18 +56,22 @@ fn parse_id(s: &str) -> Result<u32, String> {
     s.parse().map_err(|_| format!("invalid id {s:?}"))
 }
 
+/// The log's writer: stderr, lines that do not fit dropped and counted.
+static LOG: LazyLock<DroppingWriter<std::io::Stderr>> =
+    LazyLock::new(|| DroppingWriter::new(std::io::stderr()));
+
 fn main() -> ExitCode {
     // Logs go to stderr (the broker's log stream); stdout is /dev/null and
     // is closed by the sandbox. No environment: the level is fixed.
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| &*LOG)
         .with_ansi(false)
         .with_target(false)
         .without_time()
         .with_max_level(tracing::Level::INFO)
-        // stderr is non-blocking (the broker makes it so): a line that
-        // does not fit is dropped. Reporting that failure would print to
-        // the same full pipe, and a failed eprintln! panics.
+        // A failed write would be reported with eprintln! to the same
+        // stderr, and a failed eprintln! panics: with the broker gone
+        // (EPIPE) that would end the worker at its next line.
         .log_internal_errors(false)
         .init();
     // A panic anywhere ends the whole worker: a FUSE thread that died
