@@ -206,6 +206,23 @@ impl Broker {
         }
     }
 
+    /// Waits (at most 10 s) until the fd store is empty (a managed broker
+    /// only).
+    pub fn wait_fd_store_empty(&self) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.stored_fds().is_ok_and(|names| names.is_empty())
+        })
+    }
+
+    /// Waits (at most 10 s) until `mnt` is listed as served by worker
+    /// `pid` (as after the adoption by a restarted broker).
+    pub fn wait_listed_with(&self, mnt: &Path, pid: i32) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.entry_for(mnt)
+                .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
+        })
+    }
+
     /// Waits until the socket answers.
     fn wait_up(self) -> Result<Self> {
         self.wait_socket()?;

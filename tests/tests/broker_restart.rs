@@ -223,10 +223,7 @@ fn broker_killed_under_load_restarts_cleanly() {
             .unwrap_or_else(|err| panic!("unmount {}: {err}", e.mountpoint.display()));
     }
     assert!(
-        wait_until(Duration::from_secs(10), || broker
-            .stored_fds()
-            .unwrap()
-            .is_empty()),
+        broker.wait_fd_store_empty(),
         "unmounted, yet the fd store keeps {:?}",
         broker.stored_fds()
     );
@@ -284,12 +281,11 @@ fn a_worker_adopted_without_its_log_unmounts_clean() {
     let pid = broker.worker_pid(&mnt).unwrap();
     fs::write(mnt.join("before"), pattern(1, 100_000)).unwrap();
     broker.kill_and_restart().unwrap();
-    let adopted = wait_until(Duration::from_secs(10), || {
-        broker
-            .entry_for(&mnt)
-            .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
-    });
-    assert!(adopted, "not adopted\n{}", broker.log_tail(20));
+    assert!(
+        broker.wait_listed_with(&mnt, pid),
+        "not adopted\n{}",
+        broker.log_tail(20)
+    );
     fs::write(mnt.join("after"), pattern(2, 100_000)).unwrap();
     broker.unmount(&mnt).unwrap();
     assert!(

@@ -245,12 +245,11 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
     let before = broker.log().len();
     broker.kill_and_restart().unwrap();
     let since_restart = || broker.log().get(before..).unwrap_or_default().to_owned();
-    let adopted = wait_until(Duration::from_secs(10), || {
-        broker
-            .entry_for(mnt)
-            .is_ok_and(|e| e.is_some_and(|e| e.worker_pid == Some(pid)))
-    });
-    assert!(adopted, "not adopted:\n{}", since_restart());
+    assert!(
+        broker.wait_listed_with(mnt, pid),
+        "not adopted:\n{}",
+        since_restart()
+    );
     assert!(
         since_restart().contains("with its log and health channels"),
         "{}",
@@ -289,10 +288,7 @@ fn an_adopted_worker_still_reports_through_the_fd_store() {
         "the worker is gone"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || broker
-            .stored_fds()
-            .unwrap()
-            .is_empty()),
+        broker.wait_fd_store_empty(),
         "systemd drops the channels of an exited worker (both ends hang up): {:?}",
         broker.stored_fds()
     );
