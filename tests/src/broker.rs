@@ -488,6 +488,19 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A managed broker keeps its mounts on SIGTERM (as under systemd):
+        // unmount what it still lists, so no test leaves mounts behind.
+        if matches!(
+            &self.mode,
+            Mode::Broker {
+                manager: Some(_),
+                ..
+            }
+        ) {
+            for e in self.list().unwrap_or_default() {
+                let _ = self.unmount(&e.mountpoint);
+            }
+        }
         match &mut self.mode {
             Mode::Broker { child, .. } => {
                 let child = child.get_mut().unwrap_or_else(|e| e.into_inner());
