@@ -12,16 +12,23 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, SockaddrLike, SockaddrStorage,
-    UnixAddr, getsockname, getsockopt, sendmsg, socket, sockopt,
+    UnixAddr, getsockname, getsockopt, sendmsg, setsockopt, socket, sockopt,
 };
 
 /// The first fd systemd passes (SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: i32 = 3;
+
+/// How long a notification may wait for room in the service manager's
+/// socket queue. systemd reads it promptly; when it does not (it is busy,
+/// or stopped), a mount's reply, which follows its `FDSTORE=1`, must not
+/// wait with it.
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActivationError {
@@ -45,6 +52,8 @@ pub enum ActivationError {
     NotifyAddress(String),
     #[error("cannot notify systemd: {0}")]
     Notify(Errno),
+    #[error("systemd did not take a notification within {0:?}: its notify socket is full")]
+    NotifyTimeout(Duration),
 }
 
 /// One fd systemd passed, with its name from `LISTEN_FDNAMES` (empty when
@@ -171,6 +180,17 @@ pub fn notify_with_fds(state: &str, fds: &[BorrowedFd<'_>]) -> Result<(), Activa
         }
     }
     .map_err(|_| ActivationError::NotifyAddress(crate::sanitize::display(bytes)))?;
+    send_notification(&addr, state, fds, NOTIFY_TIMEOUT)
+}
+
+/// One datagram `state`, with `fds`, to `addr`; an error if the socket's
+/// queue stays full for `timeout`.
+fn send_notification(
+    addr: &UnixAddr,
+    state: &str,
+    fds: &[BorrowedFd<'_>],
+    timeout: Duration,
+) -> Result<(), ActivationError> {
     let sock = socket(
         AddressFamily::Unix,
         SockType::Datagram,
@@ -178,18 +198,22 @@ pub fn notify_with_fds(state: &str, fds: &[BorrowedFd<'_>]) -> Result<(), Activa
         None,
     )
     .map_err(ActivationError::Notify)?;
+    setsockopt(&sock, sockopt::SendTimeout, &crate::socket_timeout(timeout))
+        .map_err(ActivationError::Notify)?;
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let rights = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
-    sendmsg(
+    match sendmsg(
         sock.as_raw_fd(),
         &[IoSlice::new(state.as_bytes())],
         cmsgs,
         MsgFlags::MSG_NOSIGNAL,
-        Some(&addr),
-    )
-    .map_err(ActivationError::Notify)?;
-    Ok(())
+        Some(addr),
+    ) {
+        Ok(_) => Ok(()),
+        Err(Errno::EAGAIN) => Err(ActivationError::NotifyTimeout(timeout)),
+        Err(e) => Err(ActivationError::Notify(e)),
+    }
 }
 
 /// [`notify`], logging instead of failing: a lost notification must not
@@ -261,5 +285,37 @@ mod tests {
             check_listener(borrow(&r)),
             Err(ActivationError::Inspect(Errno::ENOTSOCK))
         );
+    }
+
+    /// A service manager that stops reading (its queue holds
+    /// net.unix.max_dgram_qlen datagrams) makes a notification fail after
+    /// the timeout instead of blocking its sender for good.
+    #[test]
+    fn a_full_notify_socket_times_out() {
+        let manager = socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let p = temp("notify");
+        let addr = UnixAddr::new(&p).unwrap();
+        bind(manager.as_raw_fd(), &addr).unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let timeout = Duration::from_millis(200);
+        let mut sent = 0;
+        let failure = loop {
+            let started = std::time::Instant::now();
+            match send_notification(&addr, "FDSTORE=1", &[borrow(&r)], timeout) {
+                Ok(()) => sent += 1,
+                Err(e) => break (e, started.elapsed()),
+            }
+            assert!(sent < 100_000, "the queue never filled");
+        };
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(failure.0, ActivationError::NotifyTimeout(timeout));
+        assert!(failure.1 >= timeout, "failed after {:?}", failure.1);
+        assert!(sent > 0);
     }
 }

@@ -41,7 +41,10 @@ pub fn keep(id: u64, pid: i32, log: BorrowedFd<'_>, health: BorrowedFd<'_>) {
     for (channel, fd) in [("log", log), ("health", health)] {
         let state = format!("FDSTORE=1\nFDNAME={}", name(id, pid, channel));
         if let Err(e) = activation::notify_with_fds(&state, &[fd]) {
+            // One without the other is of no use, and a second try would
+            // wait as long again.
             tracing::warn!(id, pid, error = %e, "cannot keep the worker's {channel} channel in systemd's fd store");
+            return;
         }
     }
 }

@@ -43,3 +43,10 @@ pub const DEFAULT_STATE_DIR: &str = "/run/safemount";
 
 /// The worker binary `safemountd` spawns unless told otherwise.
 pub const DEFAULT_WORKER: &str = "/usr/libexec/safemount/safemount-worker";
+
+/// `wait` as a socket timeout (SO_RCVTIMEO, SO_SNDTIMEO): at least a
+/// millisecond, since a zero timeout means "wait forever".
+pub(crate) fn socket_timeout(wait: std::time::Duration) -> nix::sys::time::TimeVal {
+    let micros = wait.as_micros().clamp(1000, i64::MAX as u128) as i64;
+    nix::sys::time::TimeVal::new(micros / 1_000_000, micros % 1_000_000)
+}

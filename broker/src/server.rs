@@ -1004,9 +1004,7 @@ pub fn worker_gone(state: &State, id: u64, why: &str, exited_cleanly: bool) {
 /// SO_RCVTIMEO: a receive waiting longer fails with EAGAIN. False (and
 /// logged) if it cannot be set: the connection is then closed.
 fn set_receive_timeout(conn: BorrowedFd<'_>, wait: Duration) -> bool {
-    // At least a millisecond: a zero timeout would mean "wait forever".
-    let micros = wait.as_micros().clamp(1000, i64::MAX as u128) as i64;
-    let tv = nix::sys::time::TimeVal::new(micros / 1_000_000, micros % 1_000_000);
+    let tv = crate::socket_timeout(wait);
     match nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &tv) {
         Ok(()) => true,
         Err(e) => {

@@ -3,13 +3,18 @@
 //! `FDNAME=`, `FDSTOREREMOVE=1`, and entries dropped once they poll
 //! POLLHUP or POLLERR, as systemd does), and the store passed back to the
 //! next broker as `LISTEN_FDS`/`LISTEN_FDNAMES`, with `LISTEN_PID` its pid.
+//! Like systemd it reads notifications as they come (a thread): the
+//! socket's queue holds only net.unix.max_dgram_qlen (10) datagrams, and a
+//! manager that stopped reading would stall the broker's notifications.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -28,9 +33,18 @@ const ABOVE: RawFd = 512;
 
 pub struct ServiceManager {
     path: PathBuf,
-    sock: OwnedFd,
-    store: Mutex<Vec<(String, OwnedFd)>>,
+    inbox: Arc<Inbox>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
 }
+
+/// The notify socket and the store its messages build.
+struct Inbox {
+    sock: OwnedFd,
+    store: Mutex<Store>,
+}
+
+type Store = Vec<(String, OwnedFd)>;
 
 impl ServiceManager {
     /// Listens on `dir/notify`.
@@ -44,10 +58,27 @@ impl ServiceManager {
         )?;
         bind(sock.as_raw_fd(), &UnixAddr::new(&path)?)
             .with_context(|| format!("bind {}", path.display()))?;
-        Ok(Self {
-            path,
+        let inbox = Arc::new(Inbox {
             sock,
             store: Mutex::new(Vec::new()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (inbox, stop) = (inbox.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut fds = [PollFd::new(inbox.sock.as_fd(), PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::from(100u8)).is_ok_and(|n| n > 0) {
+                        drop(inbox.drained());
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            path,
+            inbox,
+            stop,
+            reader: Some(reader),
         })
     }
 
@@ -102,12 +133,29 @@ impl ServiceManager {
         Ok(cmd)
     }
 
-    fn refreshed(&self) -> Result<std::sync::MutexGuard<'_, Vec<(String, OwnedFd)>>> {
+    fn refreshed(&self) -> Result<MutexGuard<'_, Store>> {
+        let mut store = self.inbox.drained()?;
+        store.retain(|(_, fd)| !hung_up(fd));
+        Ok(store)
+    }
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Inbox {
+    /// The store with every waiting message applied.
+    fn drained(&self) -> Result<MutexGuard<'_, Store>> {
         let mut store = self.store.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         while let Some((text, fds)) = self.next_message()? {
             apply(&mut store, &text, fds);
         }
-        store.retain(|(_, fd)| !hung_up(fd));
         Ok(store)
     }
 
@@ -141,7 +189,7 @@ impl ServiceManager {
 }
 
 /// systemd's reading of one notification, for the fd store.
-fn apply(store: &mut Vec<(String, OwnedFd)>, text: &str, fds: Vec<OwnedFd>) {
+fn apply(store: &mut Store, text: &str, fds: Vec<OwnedFd>) {
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))

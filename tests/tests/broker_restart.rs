@@ -207,6 +207,19 @@ fn broker_killed_under_load_restarts_cleanly() {
             .count();
         assert!(kept == 0 || kept == 2, "worker {pid}: {stored:?}");
     }
+    // Every notification was taken (a service manager that stopped
+    // reading would stall each mount's reply until the broker gives up).
+    let refused = broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("cannot keep the worker's"))
+        .count();
+    assert_eq!(
+        refused,
+        0,
+        "fd store notifications failed\n{}",
+        keep_log(&broker)
+    );
     let live = |n: &&String| {
         list.iter()
             .any(|e| n.contains(&format!("-{}-", e.worker_pid.unwrap())))
