@@ -290,14 +290,14 @@ impl Broker {
         let Mode::Broker { client, .. } = &self.mode else {
             bail!("no client in kernel mode")
         };
-        let out = Command::new(client)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("spawn {}", client.display()))?;
-        Ok(out)
+        util::output_within(
+            Command::new(client)
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args)
+                .stdin(Stdio::null()),
+            util::HUNG_AFTER,
+        )
     }
 
     /// `safemount mount IMAGE MNT -o OPTS`. Ok(stdout) or the client's

@@ -52,19 +52,20 @@ impl TestUser {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(prog.as_ref())
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .output()
-            .context("spawn setpriv")
+        crate::util::output_within(
+            Command::new("setpriv")
+                .arg(format!("--reuid={}", self.uid))
+                .arg(format!("--regid={}", self.gid))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(prog.as_ref())
+                .args(args)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LC_ALL", "C")
+                .stdin(Stdio::null()),
+            crate::util::HUNG_AFTER,
+        )
     }
 }
 

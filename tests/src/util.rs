@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::unistd::Pid;
 
 /// True when the tests can mount for real. Otherwise skips (one line on
 /// stderr; a failure under `SAFEMOUNT_TEST_STRICT=1`) and returns false.
@@ -86,6 +87,49 @@ pub fn detach_mounts_under(dir: &Path) {
     for m in found {
         let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// How long a command that talks to safemount may take before the test
+/// calls it hung: far over any wait the broker announces, and a hang then
+/// fails its test with a message instead of stalling the whole suite.
+pub const HUNG_AFTER: Duration = Duration::from_secs(300);
+
+/// `cmd` to completion, capturing its output, killed (SIGKILL) and an
+/// error once it has run for `limit`.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {:?}", cmd.get_program()))?;
+    let pid = Pid::from_raw(i32::try_from(child.id())?);
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = matches!(
+            finished.recv_timeout(limit),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if timed_out {
+            // The waiter has not signalled: the child is running, or was
+            // reaped a moment ago (a pid reused within that moment would
+            // be hit: a test harness can live with that).
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        timed_out
+    });
+    let out = child.wait_with_output();
+    drop(done);
+    let timed_out = watchdog.join().unwrap_or(false);
+    let out = out.with_context(|| format!("wait for {:?}", cmd.get_program()))?;
+    if timed_out {
+        bail!(
+            "{:?} {:?} hung: killed after {limit:?} (stderr: {})",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }
 
 /// Runs a command to completion, capturing output; never inherits stdin.
@@ -341,4 +385,20 @@ pub fn step_differences(ours: &[String], theirs: &[String]) -> Vec<String> {
         ));
     }
     diffs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_within_returns_output_or_kills_a_hung_command() {
+        let out = output_within(Command::new("echo").arg("hi"), HUNG_AFTER).unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        let started = Instant::now();
+        let err =
+            output_within(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(format!("{err}").contains("hung: killed after"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 }
