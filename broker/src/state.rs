@@ -152,6 +152,10 @@ pub struct State {
     inner: Mutex<Inner>,
     /// `<state-dir>/mounts`, where records are kept; None: memory only.
     records: Option<PathBuf>,
+    /// Held while a record is built and written, or removed: writers
+    /// share its temp file, and a record built earlier must not land
+    /// after (or without) a later change, or after the removal.
+    record_writes: Mutex<()>,
     /// Exclusive lock on `<state-dir>/state.lock`, held while we live.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
@@ -275,6 +279,7 @@ impl State {
         Ok(Arc::new(Self {
             inner: Mutex::default(),
             records: Some(records),
+            record_writes: Mutex::default(),
             _lock: Some(lock),
         }))
     }
@@ -288,6 +293,7 @@ impl State {
         let Some(path) = self.record_path(id) else {
             return;
         };
+        let _writing = self.writing_records();
         let Some(record) = self.with_entry(id, |e| e.record()).flatten() else {
             return;
         };
@@ -297,6 +303,7 @@ impl State {
     }
 
     fn unpersist(&self, id: u64) {
+        let _writing = self.writing_records();
         if let Some(path) = self.record_path(id)
             && let Err(e) = std::fs::remove_file(&path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -307,6 +314,11 @@ impl State {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// See `record_writes`; taken before the state lock, never after.
+    fn writing_records(&self) -> MutexGuard<'_, ()> {
+        self.record_writes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a mount being set up; fails if the mount point is taken
@@ -423,6 +435,9 @@ impl State {
             }
             before != (*read_only_now, error_now.is_some())
         };
+        // Record first, then memory, both under the record lock: `list`
+        // never shows an error a restarted broker would not.
+        let _writing = self.writing_records();
         let news = self.with_entry(id, |e| {
             let mut record = e.record()?;
             apply(&mut record.read_only, &mut record.error).then_some(record)
@@ -1065,6 +1080,42 @@ mod tests {
         assert!(read_record(&p).is_err());
         std::fs::write(&p, b"{not json").unwrap();
         assert!(read_record(&p).is_err());
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Record writes racing a health report: every reading of the record
+    /// after the report parses and holds its error (writers shared one
+    /// temp file, and a record built before the report could land after
+    /// it).
+    #[test]
+    fn a_reported_error_stays_in_the_record_under_concurrent_writes() {
+        let d = temp_dir("health");
+        let s = State::with_dir(&d).unwrap();
+        let id = s.reserve("img".into(), "/m".into(), 0, false, 8).unwrap();
+        s.set_worker(id, WorkerHandle::unwatched(std::process::id() as i32));
+        s.mark_mounted(id).unwrap();
+        let path = s.record_path(id).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        s.set_probed(id, "L".into(), false);
+                    }
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            s.set_health(id, false, Some("write of block 7 failed: EIO".into()));
+            for _ in 0..2000 {
+                let record = read_record(&path);
+                if record.as_ref().map(|r| r.error.is_some()) != Ok(true) {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    panic!("record after the report: {record:?}");
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
         drop(s);
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -151,6 +151,18 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
+    /// A handle on `pid` that nothing reaps: a stand-in worker for tests
+    /// of the records.
+    #[cfg(test)]
+    pub(crate) fn unwatched(pid: i32) -> Arc<Self> {
+        Arc::new(Self {
+            pid: Pid::from_raw(pid),
+            reaped: Mutex::new(Reaped::default()),
+            cv: Condvar::new(),
+            pidfd: None,
+        })
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
     }
