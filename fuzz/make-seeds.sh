@@ -89,26 +89,38 @@ else
     echo "no fsverity (fsverity-utils): no verity seeds"
 fi
 
-# replay: the kernel's own journal, copied while it still needs recovery.
+# replay: the kernel's own journal, copied while it still needs recovery,
+# under each journal format the kernel writes: checksum v3 with 64-bit
+# tags (the default), no checksums with 32-bit tags, async commit, and
+# data=journal with a data block the log must escape (it starts with the
+# jbd2 magic). Each stays under the targets' -max_len (256 KiB).
+# kernel_seed NAME BLOCK_SIZE MKFS_FEATURES MOUNT_OPTIONS
+kernel_seed() {
+    local name=$1 bs=$2 features=$3 opts=$4
+    local img=$work/$name.img
+    rm -f "$img"; truncate -s 8M "$img"
+    mkfs.ext4 -q -F -b "$bs" ${features:+-O "$features"} "$img"
+    mkdir -p "$work/mnt"
+    mount -o "loop,commit=600${opts:+,$opts}" "$img" "$work/mnt"
+    tree "$work/mnt/t"
+    sync -f "$work/mnt"
+    rm -rf "$work/mnt/t/big"; mv "$work/mnt/t/medium" "$work/mnt/t/moved"
+    dd if=/dev/urandom of="$work/mnt/t/new" bs=4k count=8 conv=fsync status=none
+    printf '\xc0\x3b\x39\x98escaped' | dd of="$work/mnt/t/magic" bs=4k conv=fsync status=none
+    cp "$img" "$work/copy.img"
+    umount "$work/mnt"
+    if dumpe2fs -h "$work/copy.img" 2>/dev/null | grep -q needs_recovery; then
+        sparse "$work/copy.img" "seeds/replay/$name"
+    else
+        echo "$name: the copy did not need recovery; no seed"
+    fi
+}
 if [ "$(id -u)" = 0 ]; then
-    for bs in 1024 4096; do
-        img=$work/j$bs.img
-        truncate -s 8M "$img"
-        mkfs.ext4 -q -F -b "$bs" "$img"
-        mkdir -p "$work/mnt"
-        mount -o loop,commit=600 "$img" "$work/mnt"
-        tree "$work/mnt/t"
-        sync -f "$work/mnt"
-        rm -rf "$work/mnt/t/big"; mv "$work/mnt/t/medium" "$work/mnt/t/moved"
-        dd if=/dev/urandom of="$work/mnt/t/new" bs=4k count=8 conv=fsync status=none
-        cp "$img" "$work/copy.img"
-        umount "$work/mnt"
-        if dumpe2fs -h "$work/copy.img" 2>/dev/null | grep -q needs_recovery; then
-            sparse "$work/copy.img" "seeds/replay/kernel-$bs"
-        else
-            echo "kernel-$bs: the copy did not need recovery; no seed"
-        fi
-    done
+    kernel_seed kernel-1024 1024 "" ""
+    kernel_seed kernel-4096 4096 "" ""
+    kernel_seed kernel-plain 4096 "^metadata_csum,^64bit" ""
+    kernel_seed kernel-async 1024 "^metadata_csum" "journal_async_commit,data=writeback"
+    kernel_seed kernel-data 1024 "" "data=journal"
 else
     echo "not root: no kernel-made replay seeds"
 fi

@@ -10,6 +10,10 @@
 //!   shows with `ro,noload`, and writes nothing;
 //! - `-o rw` replays in place: the same tree, and afterwards e2fsck finds
 //!   nothing to fix and needs_recovery is gone.
+//!
+//! Under each journal format the kernel writes: checksums v3 (default),
+//! none (ext3), a small journal, file data in the log (data=journal, with
+//! an escaped block) and asynchronous commits.
 
 #![allow(
     clippy::unwrap_used,
@@ -33,11 +37,15 @@ fn needs_recovery(img: &Path) -> bool {
         .any(|l| l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
 }
 
-/// mkfs with `mkfs_args`; files written by the kernel and synced (in
-/// place); then more written, renamed and deleted, committed to the journal
-/// (commit=1) but not yet written in place; the image copied while still
-/// mounted.
-fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str]) -> PathBuf {
+/// The jbd2 magic number, as the first bytes of a file's block: the log
+/// must escape such a block (data=journal logs file data).
+const JBD2_MAGIC: [u8; 4] = [0xc0, 0x3b, 0x39, 0x98];
+
+/// mkfs with `mkfs_args`; files written by the kernel (mounted with
+/// `kernel_opts`) and synced (in place); then more written, renamed and
+/// deleted, committed to the journal (commit=1) but not yet written in
+/// place; the image copied while still mounted.
+fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str], kernel_opts: &str) -> PathBuf {
     let img = tmp.join(format!("{name}.img"));
     std::fs::File::create(&img)
         .unwrap()
@@ -49,7 +57,8 @@ fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str]) -> PathBuf {
     run_ok("mkfs.ext4", &args).unwrap();
     let kmnt = tmp.join(format!("{name}-writer"));
     std::fs::create_dir(&kmnt).unwrap();
-    let kernel = KernelMount::mount_rw(&img, &kmnt, "commit=1").unwrap();
+    let opts = format!("commit=1,{kernel_opts}");
+    let kernel = KernelMount::mount_rw(&img, &kmnt, opts.trim_end_matches(',')).unwrap();
     let mut rng = Rng::new(0x5afe_0001);
     for d in 0..4 {
         let dir = kmnt.join(format!("dir{d}"));
@@ -68,6 +77,12 @@ fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str]) -> PathBuf {
     }
     std::fs::rename(kmnt.join("dir2"), kmnt.join("dir0/moved")).unwrap();
     std::fs::write(kmnt.join("last"), b"written just before the pull").unwrap();
+    let magic: Vec<u8> = JBD2_MAGIC
+        .iter()
+        .chain(b"looks like a log block")
+        .copied()
+        .collect();
+    std::fs::write(kmnt.join("magic"), magic.repeat(500)).unwrap();
     // Two commit intervals: in the journal, not yet checkpointed (dirty
     // metadata is written in place after 30 s).
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -86,6 +101,19 @@ fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str]) -> PathBuf {
         needs_recovery(&pulled),
         "[{name}] harness: the copy taken while mounted does not need recovery"
     );
+    if kernel_opts.contains("data=journal") {
+        // The log's copy of the block has its first 4 bytes zeroed.
+        let escaped: Vec<u8> = [0u8; 4]
+            .iter()
+            .chain(b"looks like a log block")
+            .copied()
+            .collect();
+        let bytes = std::fs::read(&pulled).unwrap();
+        assert!(
+            bytes.windows(escaped.len()).any(|w| w == escaped),
+            "[{name}] harness: no escaped block in the log"
+        );
+    }
     pulled
 }
 
@@ -131,12 +159,12 @@ fn safemount_view(broker: &Broker, tmp: &TempDir, img: &Path, tag: &str, opts: &
     snap
 }
 
-fn run_config(name: &str, mkfs_args: &[&str]) {
+fn run_config(name: &str, mkfs_args: &[&str], kernel_opts: &str) {
     if !require_root() {
         return;
     }
     let tmp = TempDir::new(&format!("recovery-{name}")).unwrap();
-    let pulled = pulled_image(&tmp, name, mkfs_args);
+    let pulled = pulled_image(&tmp, name, mkfs_args, kernel_opts);
     let broker = Broker::start().unwrap();
 
     // The oracles, each on a copy.
@@ -210,15 +238,32 @@ fn run_config(name: &str, mkfs_args: &[&str]) {
 
 #[test]
 fn pulled_disk_defaults() {
-    run_config("defaults", &[]);
+    run_config("defaults", &[], "");
 }
 
 #[test]
 fn pulled_disk_ext3() {
-    run_config("ext3", &["-t", "ext3"]);
+    run_config("ext3", &["-t", "ext3"], "");
 }
 
 #[test]
 fn pulled_disk_1k_small_journal() {
-    run_config("small-journal", &["-b", "1024", "-J", "size=1"]);
+    run_config("small-journal", &["-b", "1024", "-J", "size=1"], "");
+}
+
+/// File data in the log, one block of it escaped (it starts with the jbd2
+/// magic).
+#[test]
+fn pulled_disk_data_journal() {
+    run_config("data-journal", &[], "data=journal");
+}
+
+/// Asynchronous commits: checksum v1 commit blocks, no metadata_csum.
+#[test]
+fn pulled_disk_async_commit() {
+    run_config(
+        "async-commit",
+        &["-O", "^metadata_csum"],
+        "journal_async_commit,data=writeback",
+    );
 }
