@@ -65,8 +65,9 @@ pub struct PassedFd {
 }
 
 /// The most fds taken from systemd: the socket and the fd store (two per
-/// mount, see [`crate::fd_store`]).
-const MAX_PASSED: u32 = 4096;
+/// mount, see [`crate::fd_store`]), well above the unit's
+/// FileDescriptorStoreMax=4096.
+const MAX_PASSED: u32 = 8192;
 
 /// Every fd systemd passed, if `LISTEN_PID` is our pid and `LISTEN_FDS` is
 /// set; each marked close-on-exec so no worker inherits it. Removes the

@@ -123,6 +123,8 @@ impl Connection {
         fds: &[BorrowedFd<'_>],
     ) -> Result<BrokerReply, ClientError> {
         safemount_proto::send(self.sock.as_fd(), req, fds)?;
+        // A long list comes in parts, the last one as `Mounts`.
+        let mut parts = Vec::new();
         let reply = loop {
             match safemount_proto::recv::<BrokerReply>(self.sock.as_fd(), 0)? {
                 (BrokerReply::Waiting { seconds, reason }, _) => {
@@ -132,6 +134,11 @@ impl Connection {
                         "safemount: {} (up to {seconds} s)",
                         crate::sanitize::display(reason.as_bytes())
                     );
+                }
+                (BrokerReply::MountsPart(part), _) => parts.extend(part),
+                (BrokerReply::Mounts(last), _) => {
+                    parts.extend(last);
+                    break BrokerReply::Mounts(parts);
                 }
                 (reply, _) => break reply,
             }

@@ -6,6 +6,9 @@
 //! but root shares all but [`ROOT_RESERVED`] of [`MAX_CONNECTIONS`], and a
 //! connection must send its first real request (Hello does not count)
 //! within [`Limits::first_request_within`].
+//!
+//! The broker's own limit on open files is raised as far as it goes
+//! ([`raise_open_files`]): it holds three fds per mount.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,6 +101,20 @@ impl Drop for Slot<'_> {
             }
         }
     }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one: every mount costs the
+/// broker three fds (its worker's socket and log pipe, and the mount
+/// point's parent), so the usual soft 1,024 ended mounts at about 330 with
+/// "cannot start worker: Too many open files". Nothing in the broker uses
+/// select(2), the reason soft limits stay low. Returns (before, after).
+pub fn raise_open_files() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard.max(soft)))
 }
 
 #[cfg(test)]

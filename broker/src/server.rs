@@ -415,7 +415,10 @@ impl Broker {
                         let sees_all = caller.is_root()
                             || (self.state.has_others(caller.uid)
                                 && self.authorizer.sees_all(&caller));
-                        BrokerReply::Mounts(self.state.list(&caller, sees_all))
+                        match self.list_in_parts(conn.as_fd(), &caller, sees_all) {
+                            Some(reply) => reply,
+                            None => return,
+                        }
                     }
                 }
             };
@@ -423,6 +426,34 @@ impl Broker {
                 return;
             }
         }
+    }
+
+    /// Sends every part of the list but the last (each one message) and
+    /// returns the reply that ends it. None if the client is gone.
+    fn list_in_parts(
+        &self,
+        conn: BorrowedFd<'_>,
+        caller: &Caller,
+        sees_all: bool,
+    ) -> Option<BrokerReply> {
+        let mounts = self.state.list(caller, sees_all);
+        let mut parts = match safemount_proto::split_to_fit(mounts) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode the mount list");
+                return Some(error_reply(
+                    ErrorKind::Internal,
+                    "cannot encode the mount list",
+                ));
+            }
+        };
+        let last = parts.pop().unwrap_or_default();
+        for part in parts {
+            if !send_reply(conn, &BrokerReply::MountsPart(part)) {
+                return None;
+            }
+        }
+        Some(BrokerReply::Mounts(last))
     }
 
     /// The mount sequence. Every step that changes something pushes its

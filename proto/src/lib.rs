@@ -9,10 +9,10 @@ pub mod messages;
 pub mod wire;
 
 pub use messages::*;
-pub use wire::{ProtoError, recv, recv_upto, send};
+pub use wire::{ProtoError, recv, recv_upto, send, split_to_fit};
 
 /// Bumped whenever a message type changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Upper bound on one encoded message, and so on one packet.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

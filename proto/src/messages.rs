@@ -89,6 +89,10 @@ pub enum BrokerReply {
         seconds: u32,
         reason: String,
     },
+    /// Part of the answer to [`ClientRequest::List`] when it does not fit
+    /// one message; more parts follow, and [`BrokerReply::Mounts`] holds
+    /// the last. Appended last (protocol 6).
+    MountsPart(Vec<MountInfo>),
 }
 
 /// Coarse error classes, so the client can pick an exit code.

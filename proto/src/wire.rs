@@ -67,6 +67,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
     Ok(msg)
 }
 
+/// Splits `items` into runs that each travel as one message (a `Vec<T>`
+/// in a reply): a run's encoded size plus what decoding it claims against
+/// the same limit (bincode counts `size_of::<T>()` per element) stays
+/// within [`MAX_MESSAGE_BYTES`]. No items make one empty run.
+pub fn split_to_fit<T: Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, ProtoError> {
+    // Room for the reply's tag and the run's length.
+    const BUDGET: usize = MAX_MESSAGE_BYTES - 64;
+    let mut runs = vec![Vec::new()];
+    let mut used = 0;
+    for item in items {
+        let cost = encode(&item)?.len() + std::mem::size_of::<T>();
+        if used + cost > BUDGET && runs.last().is_some_and(|r| !r.is_empty()) {
+            runs.push(Vec::new());
+            used = 0;
+        }
+        used += cost;
+        if let Some(run) = runs.last_mut() {
+            run.push(item);
+        }
+    }
+    Ok(runs)
+}
+
 /// Sends `msg` as one packet with `fds` attached.
 pub fn send<T: Serialize>(
     sock: BorrowedFd<'_>,

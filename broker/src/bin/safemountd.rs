@@ -27,7 +27,8 @@ use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
 use safemount_broker::{
     DEFAULT_SOCKET, DEFAULT_STATE_DIR, DEFAULT_WORKER, activation, cgroup, fd_store,
-    limits::Limits, mount, server, state, supervise,
+    limits::{self, Limits},
+    mount, server, state, supervise,
 };
 
 const LONG_ABOUT: &str = "\
@@ -130,6 +131,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         "workers run as {}",
         supervise::WORKER_USER
     );
+    match limits::raise_open_files() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "open files limit raised");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     mount::ensure_fusectl();
     let (stored, sockets): (Vec<_>, Vec<_>) = activation::passed_fds()
         .context("socket activation")?

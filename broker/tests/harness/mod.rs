@@ -278,6 +278,7 @@ impl Broker {
             args: Vec::new(),
             env: Vec::new(),
             env_remove: Vec::new(),
+            soft_open_files: None,
         }
     }
 
@@ -417,6 +418,7 @@ pub struct BrokerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     env_remove: Vec<String>,
+    soft_open_files: Option<u64>,
 }
 
 impl BrokerBuilder {
@@ -435,6 +437,11 @@ impl BrokerBuilder {
         self.env_remove.push(key.to_owned());
         self
     }
+    /// safemountd starts with this soft RLIMIT_NOFILE (through prlimit).
+    pub fn soft_open_files(mut self, n: u64) -> Self {
+        self.soft_open_files = Some(n);
+        self
+    }
     /// The log file's name in the scratch dir (default `broker.log`).
     pub fn log_name(mut self, scratch: &Scratch, name: &str) -> Self {
         self.log = scratch.path(name);
@@ -449,8 +456,17 @@ impl BrokerBuilder {
             args,
             env,
             env_remove,
+            soft_open_files,
         } = self;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_safemountd"));
+        let daemon = env!("CARGO_BIN_EXE_safemountd");
+        let mut cmd = match soft_open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:")).arg("--").arg(daemon);
+                c
+            }
+            None => Command::new(daemon),
+        };
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--worker")
