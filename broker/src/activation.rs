@@ -288,6 +288,25 @@ mod tests {
         );
     }
 
+    /// systemd passes the socket and the whole fd store: the unit's cap on
+    /// the store must leave the socket room under [`MAX_PASSED`], or a full
+    /// store would stop the next broker from starting.
+    #[test]
+    fn the_units_fd_store_fits_what_the_broker_takes() {
+        let unit = include_str!("../../packaging/systemd/safemountd.service");
+        let store_max: u32 = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("FileDescriptorStoreMax="))
+            .expect("the unit sets FileDescriptorStoreMax=")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            store_max < MAX_PASSED,
+            "{store_max} + the socket > {MAX_PASSED}"
+        );
+    }
+
     /// A service manager that stops reading (its queue holds
     /// net.unix.max_dgram_qlen datagrams) makes a notification fail after
     /// the timeout instead of blocking its sender for good.
