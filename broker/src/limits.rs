@@ -114,7 +114,7 @@ pub fn raise_open_files() -> nix::Result<(u64, u64)> {
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
-    Ok((soft, hard.max(soft)))
+    Ok((soft, hard))
 }
 
 #[cfg(test)]

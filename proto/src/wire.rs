@@ -74,19 +74,19 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtoError> {
 pub fn split_to_fit<T: Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, ProtoError> {
     // Room for the reply's tag and the run's length.
     const BUDGET: usize = MAX_MESSAGE_BYTES - 64;
-    let mut runs = vec![Vec::new()];
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
     let mut used = 0;
     for item in items {
         let cost = encode(&item)?.len() + std::mem::size_of::<T>();
-        if used + cost > BUDGET && runs.last().is_some_and(|r| !r.is_empty()) {
-            runs.push(Vec::new());
+        if used + cost > BUDGET && !run.is_empty() {
+            runs.push(std::mem::take(&mut run));
             used = 0;
         }
         used += cost;
-        if let Some(run) = runs.last_mut() {
-            run.push(item);
-        }
+        run.push(item);
     }
+    runs.push(run);
     Ok(runs)
 }
 

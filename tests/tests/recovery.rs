@@ -40,6 +40,8 @@ fn needs_recovery(img: &Path) -> bool {
 /// The jbd2 magic number, as the first bytes of a file's block: the log
 /// must escape such a block (data=journal logs file data).
 const JBD2_MAGIC: [u8; 4] = [0xc0, 0x3b, 0x39, 0x98];
+/// What follows the magic in each such block of the file "magic".
+const AFTER_MAGIC: &[u8] = b"looks like a log block";
 
 /// mkfs with `mkfs_args`; files written by the kernel (mounted with
 /// `kernel_opts`) and synced (in place); then more written, renamed and
@@ -77,11 +79,7 @@ fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str], kernel_opts: &str
     }
     std::fs::rename(kmnt.join("dir2"), kmnt.join("dir0/moved")).unwrap();
     std::fs::write(kmnt.join("last"), b"written just before the pull").unwrap();
-    let magic: Vec<u8> = JBD2_MAGIC
-        .iter()
-        .chain(b"looks like a log block")
-        .copied()
-        .collect();
+    let magic = [&JBD2_MAGIC[..], AFTER_MAGIC].concat();
     std::fs::write(kmnt.join("magic"), magic.repeat(500)).unwrap();
     // Two commit intervals: in the journal, not yet checkpointed (dirty
     // metadata is written in place after 30 s).
@@ -103,11 +101,7 @@ fn pulled_image(tmp: &TempDir, name: &str, mkfs_args: &[&str], kernel_opts: &str
     );
     if kernel_opts.contains("data=journal") {
         // The log's copy of the block has its first 4 bytes zeroed.
-        let escaped: Vec<u8> = [0u8; 4]
-            .iter()
-            .chain(b"looks like a log block")
-            .copied()
-            .collect();
+        let escaped = [&[0u8; 4][..], AFTER_MAGIC].concat();
         let bytes = std::fs::read(&pulled).unwrap();
         assert!(
             bytes.windows(escaped.len()).any(|w| w == escaped),
