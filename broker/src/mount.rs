@@ -60,6 +60,14 @@ pub enum Atime {
     Relatime,
 }
 
+impl Atime {
+    /// Whether reads update access times (relatime, also the default;
+    /// the worker keeps them, since FUSE leaves atime to the server).
+    pub fn updates_on_read(self) -> bool {
+        self != Atime::NoAtime
+    }
+}
+
 /// `errors=`: what a filesystem error does (the worker acts on it).
 pub use safemount_proto::Errors;
 

@@ -614,6 +614,7 @@ impl Broker {
                 source_name: source.name.clone(),
                 errors: opts.errors,
                 quota_limits: opts.quota_limits,
+                relatime: opts.atime.updates_on_read(),
             },
             source.fd.as_fd(),
             self.worker_timeout,

@@ -12,7 +12,7 @@ pub use messages::*;
 pub use wire::{ProtoError, recv, recv_upto, send, split_to_fit};
 
 /// Bumped whenever a message type changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Upper bound on one encoded message, and so on one packet.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

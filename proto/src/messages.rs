@@ -151,6 +151,8 @@ pub enum WorkerRequest {
         errors: Option<Errors>,
         /// Quota limits enforced (usrquota, grpquota, prjquota), by type.
         quota_limits: [bool; 3],
+        /// Reads update access times as `relatime` does; false: `noatime`.
+        relatime: bool,
     },
     /// The filesystem is mounted; the `/dev/fuse` fd is attached.
     Serve,

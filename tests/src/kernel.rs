@@ -33,6 +33,11 @@ impl KernelMount {
         Self::attach(image, mnt, false, &opts)
     }
 
+    /// A read-write kernel mount with exactly `opts`.
+    pub fn mount_rw_with(image: &Path, mnt: &Path, opts: &str) -> Result<Self> {
+        Self::attach(image, mnt, false, opts)
+    }
+
     fn attach(image: &Path, mnt: &Path, read_only: bool, opts: &str) -> Result<Self> {
         // Loop device setup races with other tests creating loops: retry.
         let mut last = String::new();

@@ -64,6 +64,7 @@ fn open(data: &[u8], read_only: bool) -> Option<(Arc<MemDevice>, Ext4)> {
     let read_only = read_only || crate::ext4::uses_mmp(&*dev).unwrap_or(false);
     let opts = OpenOptions {
         read_only,
+        relatime: true,
         ..OpenOptions::default()
     };
     let fs = Ext4::open(dev.clone(), opts).ok()?;
@@ -102,8 +103,8 @@ pub fn replay(data: &[u8]) {
 
 /// Target `rw_ops`: open read-write and run a fixed workload that touches
 /// every kind of metadata (new and existing directories, files of several
-/// sizes, xattrs, links, renames, truncation, fallocate, unlink), then
-/// fsync, unmount, and walk what was written.
+/// sizes, access times, xattrs, links, renames, truncation, fallocate,
+/// unlink), then fsync, unmount, and walk what was written.
 pub fn rw_ops(data: &[u8]) {
     let Some((dev, fs)) = open(data, false) else {
         return;
@@ -335,6 +336,7 @@ fn workload(fs: &Ext4) {
         let Ok(attr) = fs.lookup(ROOT_INO, name) else {
             continue;
         };
+        let _ = fs.accessed(attr.ino);
         match kind {
             FileKind::RegularFile => {
                 let _ = fs.write(attr.ino, 0, &data(5000));

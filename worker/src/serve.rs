@@ -149,6 +149,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         source_name,
         errors,
         quota_limits,
+        relatime,
     } = req
     else {
         return Err(ServeError::Unexpected(name(&req), "Start"));
@@ -206,6 +207,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         noload,
         errors,
         quota_limits,
+        relatime,
         node,
         &source_name,
     )?;
@@ -287,6 +289,7 @@ fn open_telling_waits(
     noload: bool,
     errors: Option<Errors>,
     quota_limits: [bool; 3],
+    relatime: bool,
     node: String,
     source_name: &str,
 ) -> Result<Ext4, ServeError> {
@@ -299,6 +302,7 @@ fn open_telling_waits(
             Errors::Panic => ErrorBehaviour::Panic,
         }),
         quota_limits,
+        relatime,
         mmp: MmpOptions {
             node,
             device: source_name

@@ -213,6 +213,7 @@ fn start_worker(device: OwnedFd, read_only: bool, version: u32) -> (Broker, Work
             source_name: "test image".into(),
             errors: None,
             quota_limits: [false; 3],
+            relatime: true,
         },
         &[device.as_fd()],
     )

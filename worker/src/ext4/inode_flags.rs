@@ -83,6 +83,11 @@ pub(crate) fn is_append_only(inode: &Inode) -> bool {
     inode.flags & EXT4_APPEND_FL != 0
 }
 
+/// `chattr +A`: reads leave the access time alone.
+pub(crate) fn is_noatime(inode: &Inode) -> bool {
+    inode.flags & EXT4_NOATIME_FL != 0
+}
+
 pub(crate) fn is_verity(inode: &Inode) -> bool {
     inode.flags & EXT4_VERITY_FL != 0
 }

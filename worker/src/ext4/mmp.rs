@@ -412,6 +412,7 @@ mod tests {
                 read_only: false,
                 errors,
                 quota_limits: [false; 3],
+                relatime: false,
                 mmp: MmpOptions {
                     node: "node-a".into(),
                     device: "testdev".into(),

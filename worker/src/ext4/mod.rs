@@ -17,6 +17,7 @@ pub mod error;
 pub mod types;
 
 pub(crate) mod alloc;
+pub(crate) mod atime;
 pub(crate) mod attr;
 pub(crate) mod cache;
 pub(crate) mod checksum;
@@ -82,6 +83,9 @@ pub struct OpenOptions {
     /// usrquota, grpquota and prjquota mount options. Usage is kept
     /// either way on a filesystem with the quota feature.
     pub quota_limits: [bool; 3],
+    /// Reads update access times as `relatime` does (see `atime`); false
+    /// is `noatime`.
+    pub relatime: bool,
 }
 
 /// What the worker reports to the broker about the filesystem.
@@ -127,6 +131,8 @@ pub struct Ext4 {
     system_zone: Vec<(u64, u64)>,
     /// Quota limits enforced, by type (see `OpenOptions::quota_limits`).
     quota_enforce: [bool; 3],
+    /// See `OpenOptions::relatime`.
+    relatime: bool,
 }
 
 /// How far `Ext4::open_stage` goes.
@@ -270,6 +276,7 @@ impl Ext4 {
             system_zone: Vec::new(),
             mmp: None,
             quota_enforce,
+            relatime: opts.relatime,
         };
         fs.groups = fs.load_group_descs()?;
         fs.system_zone = fs.build_system_zone();

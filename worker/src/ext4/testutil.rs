@@ -240,8 +240,6 @@ pub(crate) fn debugfs_out(img: &Path, cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The engine on `dev`, read-only or read-write as asked (it may still
-/// serve read-only: callers that care check `is_read_only`).
 /// An empty 16 MiB filesystem of 4 KiB blocks on a [`Pausing`] device,
 /// open read-write with an empty file "a": for tests that stop one device
 /// access to open a race window. The image file is the scratch's.
@@ -264,6 +262,8 @@ pub(crate) fn pausing_fs_with_a(
     (sc, img, dev, fs, a)
 }
 
+/// The engine on `dev`, read-only or read-write as asked (it may still
+/// serve read-only: callers that care check `is_read_only`).
 pub(crate) fn open_on(dev: Arc<dyn BlockDevice>, read_only: bool) -> Ext4 {
     Ext4::open(
         dev,

@@ -37,8 +37,24 @@ use super::ondisk::group_desc::GroupDesc;
 use super::ondisk::superblock::{self as sbf, Superblock};
 use super::{Error, Ext4, Ino, Inode, Result, Timestamp};
 
-/// Current wall-clock time.
+/// Current wall-clock time, from the clock the kernel stamps files with
+/// (CLOCK_REALTIME_COARSE: the last tick). The kernel sets a file's mtime
+/// and ctime itself when it writes through its page cache; a finer clock
+/// here would date a file's creation after its first write. (glibc reads
+/// it from the vDSO; rustix would first ask prctl for the auxiliary
+/// vector, which the sandbox refuses.)
 pub(crate) fn now() -> Timestamp {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(t) => Timestamp {
+            secs: t.tv_sec(),
+            nsecs: u32::try_from(t.tv_nsec()).unwrap_or(0),
+        },
+        Err(_) => fine_now(),
+    }
+}
+
+/// CLOCK_REALTIME, should the coarse clock be missing.
+fn fine_now() -> Timestamp {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => Timestamp {
             secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),

@@ -18,8 +18,9 @@ pub enum FileKind {
     Socket,
 }
 
-/// Seconds since the epoch (may be negative) plus nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Seconds since the epoch (may be negative) plus nanoseconds; ordered
+/// by time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Timestamp {
     pub secs: i64,
     pub nsecs: u32,

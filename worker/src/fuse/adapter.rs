@@ -117,6 +117,18 @@ impl Adapter {
         }
     }
 
+    /// `ino` was read through the mount: its access time follows the
+    /// mount's atime rule (`Ext4::accessed`), and the kernel forgets the
+    /// one it caches when it changed. Best effort, as touch_atime is: an
+    /// access time that cannot be written fails no read.
+    pub(super) fn note_access(&self, ino: Ino) {
+        match self.fs.accessed(ino) {
+            Ok(true) => self.forget_cached_attrs(ino),
+            Ok(false) => {}
+            Err(e) => tracing::debug!("access time of inode {ino}: {e}"),
+        }
+    }
+
     /// After an open for writing, on a full filesystem: the kernel forgets
     /// the file's attributes, so that its first write(2) asks (see
     /// `no_space`). Best effort: after a create the kernel may not have

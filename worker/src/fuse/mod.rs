@@ -75,6 +75,11 @@ pub const MAX_READ: u32 = 1 << 20;
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = safemount_proto::FUSE_MAX_IO;
 
+/// Opened with O_NOATIME: reads through it leave the access time alone.
+fn no_atime(flags: OpenFlags) -> bool {
+    flags.0 & libc::O_NOATIME != 0
+}
+
 /// setxattr(2) flags.
 const XATTR_CREATE: i32 = 1;
 const XATTR_REPLACE: i32 = 2;
@@ -195,7 +200,10 @@ impl Filesystem for Adapter {
         self.requests.count(Op::Readlink);
         let ino = ino_or_reply!(ino, reply);
         match self.fs.readlink(ino) {
-            Ok(target) => reply.data(&target),
+            Ok(target) => {
+                self.note_access(ino);
+                reply.data(&target)
+            }
             Err(e) => reply.error(self.fail("readlink", ino, &e)),
         }
     }
@@ -223,6 +231,11 @@ impl Filesystem for Adapter {
         match self.fs.getattr(ino) {
             Ok(a) if a.kind == FileKind::Directory => reply.error(Errno::EISDIR),
             Ok(_) => {
+                // Reads the kernel serves from its page cache never come
+                // here, so an open for reading counts as the read.
+                if flags.acc_mode() != OpenAccMode::O_WRONLY && !no_atime(flags) {
+                    self.note_access(ino);
+                }
                 self.opened(ino);
                 let fh = self
                     .writers
@@ -241,7 +254,7 @@ impl Filesystem for Adapter {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
@@ -249,7 +262,12 @@ impl Filesystem for Adapter {
         let ino = ino_or_reply!(ino, reply);
         let mut buf = vec![0u8; size.min(MAX_READ) as usize];
         match self.fs.read(ino, offset, &mut buf) {
-            Ok(n) => reply.data(buf.get(..n).unwrap_or(&buf)),
+            Ok(n) => {
+                if !no_atime(flags) {
+                    self.note_access(ino);
+                }
+                reply.data(buf.get(..n).unwrap_or(&buf))
+            }
             Err(e) => reply.error(self.fail("read", ino, &e)),
         }
     }
@@ -333,7 +351,10 @@ impl Filesystem for Adapter {
             )
         });
         match result {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.note_access(ino);
+                reply.ok()
+            }
             Err(e) => reply.error(self.fail("readdir", ino, &e)),
         }
     }
@@ -373,7 +394,10 @@ impl Filesystem for Adapter {
             !full
         });
         match result {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.note_access(dir);
+                reply.ok()
+            }
             Err(e) => reply.error(self.fail("readdirplus", dir, &e)),
         }
     }
