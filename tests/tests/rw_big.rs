@@ -59,7 +59,10 @@ impl Rw {
     }
 
     fn mount(&self) {
-        if let Err(e) = self.broker.mount(&self.img, &self.mnt, "rw") {
+        // noatime: the walk that takes the live snapshot stats, then reads
+        // or lists, every entry; under relatime (as on the kernel's ext4)
+        // that moves atimes after the walk recorded them.
+        if let Err(e) = self.broker.mount(&self.img, &self.mnt, "rw,noatime") {
             panic!(
                 "safemount rw mount failed: {e}\nlog:\n{}",
                 self.broker.log_tail(30)

@@ -75,9 +75,12 @@ pub const MAX_READ: u32 = 1 << 20;
 /// max_write and max_readahead asked of the kernel.
 const MAX_IO: u32 = safemount_proto::FUSE_MAX_IO;
 
-/// Opened with O_NOATIME: reads through it leave the access time alone.
-fn no_atime(flags: OpenFlags) -> bool {
-    flags.0 & libc::O_NOATIME != 0
+/// Whether reading through a file opened with `flags` is an access that
+/// moves the atime: opened for reading, without O_NOATIME. (A handle open
+/// for writing only still reads: the kernel fills a page before a partial
+/// write to it.)
+fn reads_access(flags: OpenFlags) -> bool {
+    flags.acc_mode() != OpenAccMode::O_WRONLY && flags.0 & libc::O_NOATIME == 0
 }
 
 /// setxattr(2) flags.
@@ -233,7 +236,7 @@ impl Filesystem for Adapter {
             Ok(_) => {
                 // Reads the kernel serves from its page cache never come
                 // here, so an open for reading counts as the read.
-                if flags.acc_mode() != OpenAccMode::O_WRONLY && !no_atime(flags) {
+                if reads_access(flags) {
                     self.note_access(ino);
                 }
                 self.opened(ino);
@@ -263,7 +266,7 @@ impl Filesystem for Adapter {
         let mut buf = vec![0u8; size.min(MAX_READ) as usize];
         match self.fs.read(ino, offset, &mut buf) {
             Ok(n) => {
-                if !no_atime(flags) {
+                if reads_access(flags) {
                     self.note_access(ino);
                 }
                 reply.data(buf.get(..n).unwrap_or(&buf))
