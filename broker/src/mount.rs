@@ -25,6 +25,8 @@ pub struct MountOptions {
     /// Allow executing files (clears MS_NOEXEC).
     pub exec: bool,
     pub atime: Atime,
+    /// `nodiratime`: listings leave directories' atimes alone.
+    pub nodiratime: bool,
     /// `errors=`; None: the superblock's own error behaviour.
     pub errors: Option<Errors>,
     /// `locking=` for image files.
@@ -42,7 +44,8 @@ impl Default for MountOptions {
         Self {
             read_only: true,
             exec: false,
-            atime: Atime::Default,
+            atime: Atime::Relatime,
+            nodiratime: false,
             errors: None,
             locking: Locking::Auto,
             noload: false,
@@ -51,22 +54,9 @@ impl Default for MountOptions {
     }
 }
 
-/// Access-time updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Atime {
-    /// The kernel's default (relatime).
-    Default,
-    NoAtime,
-    Relatime,
-}
-
-impl Atime {
-    /// Whether reads update access times (relatime, also the default;
-    /// the worker keeps them, since FUSE leaves atime to the server).
-    pub fn updates_on_read(self) -> bool {
-        self != Atime::NoAtime
-    }
-}
+/// The atime options (the worker keeps access times: FUSE leaves them to
+/// the server).
+pub use safemount_proto::Atime;
 
 /// `errors=`: what a filesystem error does (the worker acts on it).
 pub use safemount_proto::Errors;
@@ -74,7 +64,7 @@ pub use safemount_proto::Errors;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
     #[error(
-        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, noload, usrquota, grpquota, prjquota, noquota, errors=, locking=, defaults)"
+        "unknown mount option \"{0}\" (known: ro, rw, exec, noexec, noatime, relatime, strictatime, nodiratime, diratime, lazytime, noload, usrquota, grpquota, prjquota, noquota, errors=, locking=, defaults)"
     )]
     Unknown(String),
     #[error("bad value for mount option \"{0}\"")]
@@ -113,7 +103,10 @@ fn named(text: &str) -> String {
 /// Parses a `-o` comma list. Later options win over earlier ones, as with
 /// mount(8); empty items are ignored.
 ///
-/// - `ro`, `rw`, `exec`, `noexec` (the default), `noatime`, `relatime`;
+/// - `ro`, `rw`, `exec`, `noexec` (the default), `noatime`, `relatime`
+///   (the default), `strictatime`, `nodiratime`, `diratime`;
+/// - `lazytime` and `nolazytime`, accepted and ignored: times are written
+///   with the next journal commit either way, as without lazytime;
 /// - `errors=continue|remount-ro|panic`, `locking=auto|on|off|posix`;
 /// - `defaults`, and options mount(8) passes on from fstab that are for
 ///   mount(8) itself, accepted and ignored: `nofail`, `auto`, `noauto`,
@@ -166,6 +159,10 @@ pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
             ("noatime", None) => opts.atime = Atime::NoAtime,
             ("noload" | "norecovery", None) => opts.noload = true,
             ("relatime", None) => opts.atime = Atime::Relatime,
+            ("strictatime", None) => opts.atime = Atime::StrictAtime,
+            ("nodiratime", None) => opts.nodiratime = true,
+            ("diratime", None) => opts.nodiratime = false,
+            ("lazytime" | "nolazytime", None) => {}
             ("usrquota" | "quota", None) => opts.quota_limits[0] = true,
             ("grpquota", None) => opts.quota_limits[1] = true,
             ("prjquota", None) => opts.quota_limits[2] = true,
@@ -173,8 +170,8 @@ pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
             (
                 "defaults" | "nofail" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev"
                 | "nosuid" | "nodev" | "ro" | "rw" | "exec" | "noexec" | "noatime" | "relatime"
-                | "noload" | "norecovery" | "usrquota" | "quota" | "grpquota" | "prjquota"
-                | "noquota",
+                | "strictatime" | "nodiratime" | "diratime" | "lazytime" | "nolazytime" | "noload"
+                | "norecovery" | "usrquota" | "quota" | "grpquota" | "prjquota" | "noquota",
                 Some(_),
             ) => return Err(OptionsError::UnexpectedValue(named(key))),
             _ => return Err(OptionsError::Unknown(named(item))),
@@ -189,13 +186,16 @@ pub fn parse_options(text: &str) -> Result<MountOptions, OptionsError> {
 impl MountOptions {
     /// The mount(2) flags: always nosuid and nodev; noexec unless `exec`;
     /// read-only if `read_only` (the final decision, which may differ
-    /// from `self.read_only`); noatime/relatime as asked.
+    /// from `self.read_only`); the atime options as asked.
     pub fn flags(&self, read_only: bool) -> MsFlags {
         let mut flags = mount_flags(read_only, self.exec);
-        match self.atime {
-            Atime::Default => {}
-            Atime::NoAtime => flags |= MsFlags::MS_NOATIME,
-            Atime::Relatime => flags |= MsFlags::MS_RELATIME,
+        flags |= match self.atime {
+            Atime::NoAtime => MsFlags::MS_NOATIME,
+            Atime::Relatime => MsFlags::MS_RELATIME,
+            Atime::StrictAtime => MsFlags::MS_STRICTATIME,
+        };
+        if self.nodiratime {
+            flags |= MsFlags::MS_NODIRATIME;
         }
         flags
     }
@@ -272,6 +272,8 @@ fn attr_flags(flags: MsFlags) -> rustix::mount::MountAttrFlags {
         (MsFlags::MS_NOEXEC, A::MOUNT_ATTR_NOEXEC),
         (MsFlags::MS_NOATIME, A::MOUNT_ATTR_NOATIME),
         (MsFlags::MS_RELATIME, A::MOUNT_ATTR_RELATIME),
+        (MsFlags::MS_STRICTATIME, A::MOUNT_ATTR_STRICTATIME),
+        (MsFlags::MS_NODIRATIME, A::MOUNT_ATTR_NODIRATIME),
     ]
     .into_iter()
     .filter(|(ms, _)| flags.contains(*ms))
@@ -478,6 +480,14 @@ mod tests {
         let o = parse_options("relatime,rw").unwrap();
         assert!(o.flags(false).contains(MsFlags::MS_RELATIME));
         assert!(!o.flags(false).contains(MsFlags::MS_RDONLY));
+        let o = parse_options("strictatime,nodiratime,lazytime").unwrap();
+        assert_eq!((o.atime, o.nodiratime), (Atime::StrictAtime, true));
+        assert!(
+            o.flags(false)
+                .contains(MsFlags::MS_STRICTATIME | MsFlags::MS_NODIRATIME)
+        );
+        assert!(!parse_options("nodiratime,diratime").unwrap().nodiratime);
+        assert_eq!(parse_options("").unwrap().atime, Atime::Relatime);
     }
 
     #[test]

@@ -151,11 +151,26 @@ pub enum WorkerRequest {
         errors: Option<Errors>,
         /// Quota limits enforced (usrquota, grpquota, prjquota), by type.
         quota_limits: [bool; 3],
-        /// Reads update access times as `relatime` does; false: `noatime`.
-        relatime: bool,
+        /// Which reads move access times.
+        atime: Atime,
+        /// `nodiratime`: listing a directory leaves its atime alone.
+        nodiratime: bool,
     },
     /// The filesystem is mounted; the `/dev/fuse` fd is attached.
     Serve,
+}
+
+/// The atime mount options: which reads move a file's access time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Atime {
+    /// `noatime`: none.
+    NoAtime,
+    /// `relatime`, the kernel's default: the first read after a change,
+    /// and a read a day after the last one.
+    #[default]
+    Relatime,
+    /// `strictatime`: every read.
+    StrictAtime,
 }
 
 /// `errors=`: what a filesystem error met while serving does.

@@ -1,5 +1,5 @@
 //! Access times, as the kernel's ext4 keeps them under `relatime` (the
-//! default) and `noatime`. The same steps run on a kernel mount and on a
+//! default), `noatime`, and `strictatime` with `nodiratime`. The same steps run on a kernel mount and on a
 //! safemount mount of twin images; after each step, whether the step's
 //! file moved its atime must agree. Then the image must be clean and
 //! hold the atimes the mount showed.
@@ -22,8 +22,8 @@ use safemount_tests::kernel::KernelMount;
 use safemount_tests::ops;
 use safemount_tests::util::{TempDir, require_root, step_differences};
 
-/// Between a change and the read after it, so that "now" is a later
-/// clock tick than the change (the kernel's clock is coarse).
+/// Before each access, so that "now" is a later clock tick than the
+/// change or access before it (the kernel's clock is coarse).
 const TICK: Duration = Duration::from_millis(30);
 
 fn atime(path: &Path) -> (i64, i64) {
@@ -46,7 +46,7 @@ fn make_files(root: &Path) {
     std::os::unix::fs::symlink("f", root.join("l")).unwrap();
 }
 
-/// What a step does to its file first (then a clock tick passes).
+/// What a step does to its file first.
 #[derive(Clone, Copy)]
 enum Change {
     Append,
@@ -134,15 +134,14 @@ fn access(path: &Path, access: Access) {
 /// One line per step: its name and whether its access moved the atime.
 fn run_steps(root: &Path) -> Vec<String> {
     make_files(root);
-    std::thread::sleep(TICK);
     STEPS
         .iter()
         .map(|&(name, file, first, how)| {
             let path = root.join(file);
             if let Some(c) = first {
                 change(&path, c);
-                std::thread::sleep(TICK);
             }
+            std::thread::sleep(TICK);
             let before = atime(&path);
             access(&path, how);
             let moved = atime(&path) != before;
@@ -209,4 +208,24 @@ fn noatime_keeps_atimes_as_the_kernel_does() {
     }
     let kernel = compare("noatime", "rw,noatime,nodev,nosuid", "rw,noatime");
     assert!(kernel.iter().all(|l| l.ends_with("kept")), "{kernel:#?}");
+}
+
+#[test]
+fn strictatime_and_nodiratime_move_atimes_as_the_kernel_does() {
+    if !require_root() {
+        return;
+    }
+    let kernel = compare(
+        "strictatime",
+        "rw,strictatime,nodiratime,nodev,nosuid",
+        "rw,strictatime,nodiratime",
+    );
+    let moved: Vec<bool> = kernel.iter().map(|l| l.ends_with("moved")).collect();
+    assert_eq!(
+        moved,
+        [
+            true, true, false, false, false, true, true, false, true, true
+        ],
+        "the kernel itself: {kernel:#?}"
+    );
 }

@@ -17,7 +17,7 @@ use crate::ext4::ondisk::{
     xattr,
 };
 use crate::ext4::types::{RenameFlags, SetAttr, XattrFlags};
-use crate::ext4::{Ext4, FallocMode, FileKind, Ino, OpenOptions, ROOT_INO, Whence};
+use crate::ext4::{AtimeUpdates, Ext4, FallocMode, FileKind, Ino, OpenOptions, ROOT_INO, Whence};
 use crate::io::MemDevice;
 
 /// The largest image an input may describe: bounds memory per run.
@@ -64,7 +64,7 @@ fn open(data: &[u8], read_only: bool) -> Option<(Arc<MemDevice>, Ext4)> {
     let read_only = read_only || crate::ext4::uses_mmp(&*dev).unwrap_or(false);
     let opts = OpenOptions {
         read_only,
-        relatime: true,
+        atime: AtimeUpdates::Relative,
         ..OpenOptions::default()
     };
     let fs = Ext4::open(dev.clone(), opts).ok()?;

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use safemount_proto::{
-    Errors, PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, WorkerRequest,
+    Atime, Errors, PROTOCOL_VERSION, ProbeReport, ProtoError, WorkerReply, WorkerRequest,
 };
 
-use crate::ext4::{ErrorBehaviour, Ext4, MmpOptions, OpenOptions};
+use crate::ext4::{AtimeUpdates, ErrorBehaviour, Ext4, MmpOptions, OpenOptions};
 use crate::fuse::Adapter;
 use crate::io::{FdDevice, Watched};
 use crate::sandbox;
@@ -149,7 +149,8 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         source_name,
         errors,
         quota_limits,
-        relatime,
+        atime,
+        nodiratime,
     } = req
     else {
         return Err(ServeError::Unexpected(name(&req), "Start"));
@@ -207,7 +208,7 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         noload,
         errors,
         quota_limits,
-        relatime,
+        (atime, nodiratime),
         node,
         &source_name,
     )?;
@@ -289,7 +290,7 @@ fn open_telling_waits(
     noload: bool,
     errors: Option<Errors>,
     quota_limits: [bool; 3],
-    relatime: bool,
+    (atime, nodiratime): (Atime, bool),
     node: String,
     source_name: &str,
 ) -> Result<Ext4, ServeError> {
@@ -302,7 +303,12 @@ fn open_telling_waits(
             Errors::Panic => ErrorBehaviour::Panic,
         }),
         quota_limits,
-        relatime,
+        atime: match atime {
+            Atime::NoAtime => AtimeUpdates::Never,
+            Atime::Relatime => AtimeUpdates::Relative,
+            Atime::StrictAtime => AtimeUpdates::Always,
+        },
+        nodiratime,
         mmp: MmpOptions {
             node,
             device: source_name

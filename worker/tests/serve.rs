@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use safemount_proto::{PROTOCOL_VERSION, ProbeReport, WorkerReply, WorkerRequest};
+use safemount_proto::{Atime, PROTOCOL_VERSION, ProbeReport, WorkerReply, WorkerRequest};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_safemount-worker");
 
@@ -213,7 +213,8 @@ fn start_worker(device: OwnedFd, read_only: bool, version: u32) -> (Broker, Work
             source_name: "test image".into(),
             errors: None,
             quota_limits: [false; 3],
-            relatime: true,
+            atime: Atime::Relatime,
+            nodiratime: false,
         },
         &[device.as_fd()],
     )

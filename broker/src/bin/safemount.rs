@@ -53,7 +53,9 @@ enum Command {
         /// /run/media/$USER/<label> (removed again on unmount).
         mountpoint: Option<PathBuf>,
         /// Comma-separated options: ro (default), rw, exec, noexec
-        /// (default), noatime, relatime, errors=continue|remount-ro|panic,
+        /// (default), relatime (default), strictatime, noatime,
+        /// nodiratime, diratime, lazytime (ignored),
+        /// errors=continue|remount-ro|panic,
         /// locking=auto|on|off|posix (images: auto), defaults; fstab-only
         /// options (nofail, auto, noauto, user, users, _netdev, x-*) are
         /// ignored. Always nosuid,nodev.

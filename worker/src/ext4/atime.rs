@@ -1,36 +1,50 @@
-//! Access times under `relatime`, the kernel's default: a read moves a
-//! file's atime to now only when the old one is no later than its mtime
-//! or ctime (the first read after a change), or more than a day old
-//! (fs/inode.c, relatime_need_update). Inodes flagged noatime
-//! (`chattr +A`) keep theirs, and so does a read-only mount. Setting
-//! atime this way leaves ctime alone, as touch_atime does.
+//! Access times, as the atime mount options ask: under `relatime` (the
+//! kernel's default) a read moves a file's atime to now only when the old
+//! one is no later than its mtime or ctime (the first read after a
+//! change), or more than a day old (fs/inode.c, relatime_need_update);
+//! under `strictatime` every read does; under `noatime` none. Inodes
+//! flagged noatime (`chattr +A`) keep theirs, directories too under
+//! `nodiratime`, and so does a read-only mount. Setting atime this way
+//! leaves ctime alone, as touch_atime does.
 
 use crate::ext4::error::Result;
 use crate::ext4::ondisk::inode::Inode;
-use crate::ext4::types::{Ino, Timestamp};
+use crate::ext4::types::{FileKind, Ino, Timestamp};
 use crate::ext4::{Ext4, inode_flags};
 
 /// A day, in seconds: how stale an atime relatime lets stand.
 const DAY_SECS: i64 = 24 * 60 * 60;
 
+/// Which reads move access times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtimeUpdates {
+    /// `noatime`.
+    #[default]
+    Never,
+    /// `relatime`.
+    Relative,
+    /// `strictatime`.
+    Always,
+}
+
 impl Ext4 {
     /// `ino` was read (its data, its entries or its target): moves its
-    /// atime to now if the mount keeps access times and relatime asks for
-    /// it. Returns whether the atime changed, so the caller can make the
-    /// kernel forget the one it caches.
+    /// atime to now if the mount options ask for it. Returns whether the
+    /// atime changed, so the caller can make the kernel forget the one it
+    /// caches.
     pub fn accessed(&self, ino: Ino) -> Result<bool> {
-        if !self.relatime || self.is_read_only() {
+        if self.atime == AtimeUpdates::Never || self.is_read_only() {
             return Ok(false);
         }
         let now = self.now();
         // Most reads change nothing: decide from the cached inode first,
         // and take the transaction lock only for an update.
-        if !needs_update(&*self.inode(ino)?, now) {
+        if !self.needs_update(&*self.inode(ino)?, now) {
             return Ok(false);
         }
         let mut txn = self.begin()?;
         let mut inode = txn.inode(ino)?;
-        if !needs_update(&inode, now) {
+        if !self.needs_update(&inode, now) {
             return Ok(false);
         }
         inode.atime = now;
@@ -38,23 +52,32 @@ impl Ext4 {
         txn.commit()?;
         Ok(true)
     }
-}
 
-/// relatime_need_update, plus the noatime flag and an atime already now.
-fn needs_update(inode: &Inode, now: Timestamp) -> bool {
-    if inode_flags::is_noatime(inode) || inode.atime == now {
-        return false;
+    /// atime_needs_update, with relatime_need_update under `relatime`.
+    fn needs_update(&self, inode: &Inode, now: Timestamp) -> bool {
+        if inode_flags::is_noatime(inode)
+            || (self.nodiratime && inode.kind == FileKind::Directory)
+            || inode.atime == now
+        {
+            return false;
+        }
+        match self.atime {
+            AtimeUpdates::Never => false,
+            AtimeUpdates::Always => true,
+            AtimeUpdates::Relative => {
+                inode.mtime >= inode.atime
+                    || inode.ctime >= inode.atime
+                    || now.secs.saturating_sub(inode.atime.secs) >= DAY_SECS
+            }
+        }
     }
-    inode.mtime >= inode.atime
-        || inode.ctime >= inode.atime
-        || now.secs.saturating_sub(inode.atime.secs) >= DAY_SECS
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use super::DAY_SECS;
+    use super::{AtimeUpdates, DAY_SECS};
     use crate::ext4::ondisk::inode::EXT4_NOATIME_FL;
     use crate::ext4::testutil::{Scratch, mkfs};
     use crate::ext4::txn::now;
@@ -62,16 +85,17 @@ mod tests {
     use crate::ext4::{Ext4, OpenOptions, ROOT_INO};
     use crate::io::MemDevice;
 
-    /// An empty filesystem with the file "f", open read-write, with reads
-    /// updating access times (`relatime`) or not.
-    fn with_file(relatime: bool) -> (Scratch, Ext4, Ino) {
+    /// An empty filesystem with the file "f", open read-write, with
+    /// access times updated as `atime` and `nodiratime` say.
+    fn with_file(atime: AtimeUpdates, nodiratime: bool) -> (Scratch, Ext4, Ino) {
         let sc = Scratch::new("atime");
         let src = sc.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let img = mkfs(&sc, &src, &[], 4096);
         let dev = Arc::new(MemDevice::new(std::fs::read(&img).unwrap()));
         let opts = OpenOptions {
-            relatime,
+            atime,
+            nodiratime,
             ..Default::default()
         };
         let fs = Ext4::open(dev, opts).unwrap();
@@ -102,7 +126,7 @@ mod tests {
 
     #[test]
     fn reads_move_the_atime_as_relatime_does() {
-        let (_sc, fs, f) = with_file(true);
+        let (_sc, fs, f) = with_file(AtimeUpdates::Relative, false);
         // Just made: atime equals mtime, so the first read moves it, once
         // the (coarse) clock has ticked: an atime that already is now stays.
         std::thread::sleep(std::time::Duration::from_millis(30));
@@ -131,15 +155,39 @@ mod tests {
 
     #[test]
     fn noatime_mounts_and_inodes_keep_the_atime() {
-        let (_sc, fs, f) = with_file(false);
+        let (_sc, fs, f) = with_file(AtimeUpdates::Never, false);
         let [atime, _, _] = set_ages(&fs, f, [100, 50, 50]);
         assert!(!fs.accessed(f).unwrap());
         assert_eq!(fs.getattr(f).unwrap().atime, atime);
 
-        let (_sc, fs, f) = with_file(true);
+        let (_sc, fs, f) = with_file(AtimeUpdates::Always, false);
         let flags = fs.get_flags(f).unwrap();
         fs.set_flags(f, flags | EXT4_NOATIME_FL, false).unwrap();
         set_ages(&fs, f, [100, 50, 50]);
         assert!(!fs.accessed(f).unwrap());
+    }
+
+    #[test]
+    fn strictatime_moves_it_every_time_and_nodiratime_spares_directories() {
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+        let (_sc, fs, f) = with_file(AtimeUpdates::Always, true);
+        for _ in 0..3 {
+            tick();
+            assert!(fs.accessed(f).unwrap());
+        }
+        set_ages(&fs, f, [3600, 7200, 7200]);
+        assert!(
+            fs.accessed(f).unwrap(),
+            "strictatime kept an hour-old atime"
+        );
+        tick();
+        assert!(
+            !fs.accessed(ROOT_INO).unwrap(),
+            "nodiratime moved a directory's"
+        );
+
+        let (_sc, fs, _) = with_file(AtimeUpdates::Always, false);
+        tick();
+        assert!(fs.accessed(ROOT_INO).unwrap());
     }
 }

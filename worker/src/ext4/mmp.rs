@@ -341,7 +341,7 @@ mod tests {
     use crate::ext4::fault::ErrorBehaviour;
     use crate::ext4::ondisk::mmp::EXT4_MMP_SEQ_FSCK;
     use crate::ext4::testutil::{Scratch, have_mkfs, mkfs};
-    use crate::ext4::{Ext4, OpenOptions};
+    use crate::ext4::{AtimeUpdates, Ext4, OpenOptions};
     use crate::io::MemDevice;
 
     /// A 16 MiB MMP filesystem (metadata_csum on) updated every second.
@@ -412,7 +412,8 @@ mod tests {
                 read_only: false,
                 errors,
                 quota_limits: [false; 3],
-                relatime: false,
+                atime: AtimeUpdates::Never,
+                nodiratime: false,
                 mmp: MmpOptions {
                     node: "node-a".into(),
                     device: "testdev".into(),

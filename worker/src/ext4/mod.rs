@@ -54,6 +54,7 @@ use std::sync::Arc;
 
 use crate::io::BlockDevice;
 
+pub use atime::AtimeUpdates;
 pub use error::{Error, Result};
 pub use fault::{AbortHook, ErrorBehaviour};
 pub use file::write::FallocMode;
@@ -83,9 +84,10 @@ pub struct OpenOptions {
     /// usrquota, grpquota and prjquota mount options. Usage is kept
     /// either way on a filesystem with the quota feature.
     pub quota_limits: [bool; 3],
-    /// Reads update access times as `relatime` does (see `atime`); false
-    /// is `noatime`.
-    pub relatime: bool,
+    /// Which reads move access times (see `atime`).
+    pub atime: AtimeUpdates,
+    /// `nodiratime`: listings leave directories' atimes alone.
+    pub nodiratime: bool,
 }
 
 /// What the worker reports to the broker about the filesystem.
@@ -131,8 +133,9 @@ pub struct Ext4 {
     system_zone: Vec<(u64, u64)>,
     /// Quota limits enforced, by type (see `OpenOptions::quota_limits`).
     quota_enforce: [bool; 3],
-    /// See `OpenOptions::relatime`.
-    relatime: bool,
+    /// See `OpenOptions::atime` and `OpenOptions::nodiratime`.
+    atime: AtimeUpdates,
+    nodiratime: bool,
 }
 
 /// How far `Ext4::open_stage` goes.
@@ -276,7 +279,8 @@ impl Ext4 {
             system_zone: Vec::new(),
             mmp: None,
             quota_enforce,
-            relatime: opts.relatime,
+            atime: opts.atime,
+            nodiratime: opts.nodiratime,
         };
         fs.groups = fs.load_group_descs()?;
         fs.system_zone = fs.build_system_zone();
