@@ -11,6 +11,7 @@
 
 pub mod activation;
 pub mod authorize;
+pub mod bdi;
 pub mod cgroup;
 pub mod client;
 pub mod device;
@@ -22,7 +23,6 @@ pub mod mounted;
 pub mod mountpoint;
 pub mod polkit;
 pub mod poweroff;
-pub mod readahead;
 pub mod sanitize;
 pub mod server;
 pub mod state;

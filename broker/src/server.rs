@@ -721,7 +721,7 @@ impl Broker {
 
         worker.serve(fuse.as_fd(), self.worker_timeout)?;
         // After INIT, which would narrow the window again.
-        if let Err(e) = crate::readahead::widen(dev) {
+        if let Err(e) = crate::bdi::widen_read_ahead(dev) {
             tracing::warn!(error = %e, "cannot widen the mount's read-ahead; sequential reads will be slower");
         }
         // The worker holds the device and /dev/fuse now; the broker keeps
@@ -738,8 +738,7 @@ impl Broker {
         undo.commit();
         tracing::info!(mountpoint = %mounted_at.display(), pid = worker.pid(), "mounted");
         worker.keep_channels(id);
-        let state = self.state.clone();
-        worker.watch_health(move |read_only, error| state.set_health(id, read_only, error));
+        worker.watch_health(self.state.health_handler(id, dev));
         Ok(BrokerReply::Mounted {
             mountpoint: mounted_at,
             label,

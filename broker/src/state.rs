@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::authorize::{AuthError, Caller};
 use crate::fd_store::{Channels, Stored};
 use crate::mounted::{MountRef, MountRefError};
-use crate::supervise::{Worker, WorkerHandle};
+use crate::supervise::{HealthReport, Worker, WorkerHandle};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
@@ -425,6 +425,37 @@ impl State {
     /// turns back from read-only on its word. The news is recorded before
     /// `list` can show it: the worker reports a change once, so a broker
     /// killed after showing it must leave it to the next one.
+    /// What the health reports of mount `id` (device number `dev`) do:
+    /// its record and `list` learn the read-only state and first error,
+    /// and its dirty page limit follows its free space.
+    pub fn health_handler(
+        self: &Arc<Self>,
+        id: u64,
+        dev: (u32, u32),
+    ) -> impl FnMut(HealthReport) + Send + 'static {
+        let state = self.clone();
+        // Unknown at first: a previous broker may have left it capped.
+        let mut capped: Option<bool> = None;
+        move |report| {
+            state.set_health(id, report.read_only, report.error);
+            let low = report.low_space;
+            if capped == Some(low) {
+                return;
+            }
+            let was = capped.replace(low);
+            match crate::bdi::limit_dirty(dev, low) {
+                Ok(()) if low => tracing::info!(id, "low on space: dirty pages capped"),
+                Ok(()) if was == Some(true) => {
+                    tracing::info!(id, "space again: dirty pages uncapped");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "cannot change the mount's dirty page limit (max_bytes is Linux 6.2's): near full, write(2) may succeed past the last free block");
+                }
+            }
+        }
+    }
+
     pub fn set_health(&self, id: u64, read_only: bool, error: Option<String>) {
         let error = error.map(|e| crate::sanitize::display(e.as_bytes()));
         let apply = |read_only_now: &mut bool, error_now: &mut Option<String>| {
@@ -890,6 +921,7 @@ impl State {
         on_exit: OnExit,
     ) {
         let id = record.id;
+        let dev = mount.dev();
         let handle = WorkerHandle::adopted(record.worker_pid, pidfd);
         let source = crate::sanitize::display(record.source.as_bytes());
         {
@@ -922,9 +954,8 @@ impl State {
         match channels {
             Some(channels) => {
                 crate::worker_log::relay(std::fs::File::from(channels.log), pid, &source);
-                let state = self.clone();
                 Worker::adopted(handle.clone(), channels.health)
-                    .watch_health(move |read_only, error| state.set_health(id, read_only, error));
+                    .watch_health(self.health_handler(id, dev));
                 tracing::info!(id, pid, mountpoint = %record.mountpoint.display(), "adopted a mount from a previous broker, with its log and health channels");
             }
             None => {

@@ -242,6 +242,19 @@ impl WorkerHandle {
     }
 }
 
+/// What a serving worker reports whenever it changes (see the worker's
+/// `health` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    /// The mount now serves reads only.
+    pub read_only: bool,
+    /// The first error met, one line.
+    pub error: Option<String>,
+    /// So little space is left that the mount's dirty pages are capped
+    /// (see [`crate::bdi::limit_dirty`]).
+    pub low_space: bool,
+}
+
 /// A running worker and the broker's end of its socket.
 #[derive(Debug)]
 pub struct Worker {
@@ -464,14 +477,10 @@ impl Worker {
         }
     }
 
-    /// Once the worker serves: a thread passes each health report
-    /// (read-only now, first error) to `on_health` until the worker closes
-    /// its socket (it exited). Anything else the worker says is logged and
-    /// ignored.
-    pub fn watch_health(
-        mut self,
-        mut on_health: impl FnMut(bool, Option<String>) + Send + 'static,
-    ) {
+    /// Once the worker serves: a thread passes each health report to
+    /// `on_health` until the worker closes its socket (it exited).
+    /// Anything else the worker says is logged and ignored.
+    pub fn watch_health(mut self, mut on_health: impl FnMut(HealthReport) + Send + 'static) {
         // Kept for the fd store only; the relay thread reads the pipe.
         self.log = None;
         let pid = self.pid();
@@ -480,9 +489,18 @@ impl Worker {
             .spawn(move || {
                 loop {
                     match safemount_proto::recv::<WorkerReply>(self.sock.as_fd(), 0) {
-                        Ok((WorkerReply::Health { read_only, error }, _)) => {
-                            on_health(read_only, error);
-                        }
+                        Ok((
+                            WorkerReply::Health {
+                                read_only,
+                                error,
+                                low_space,
+                            },
+                            _,
+                        )) => on_health(HealthReport {
+                            read_only,
+                            error,
+                            low_space,
+                        }),
                         Ok((other, _)) => {
                             tracing::warn!(pid, "worker sent {other:?} while serving; ignored");
                         }

@@ -204,10 +204,13 @@ pub enum WorkerReply {
     /// The FUSE INIT handshake is done; requests are being served.
     Serving,
     /// While serving, whenever it changes: whether the mount now serves
-    /// reads only, and the first error met (one line).
+    /// reads only, the first error met (one line), and whether so little
+    /// space is left that the kernel must hold little unwritten data for
+    /// the mount (the broker narrows its dirty page limit).
     Health {
         read_only: bool,
         error: Option<String>,
+        low_space: bool,
     },
     /// Before `Probed`: the worker waits `seconds` before it can answer
     /// (multi-mount protection); `reason` is one line for the user.

@@ -14,16 +14,19 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 use safemount_tests::broker::Broker;
 use safemount_tests::kernel::KernelMount;
 use safemount_tests::user::TestUser;
-use safemount_tests::util::{TempDir, require_root};
+use safemount_tests::util::{TempDir, require_root, wait_until};
 use safemount_tests::{image, ops, snapshot};
 
 const MIB: usize = 1 << 20;
-/// The filesystem's size; every write loop below may write 4 times that.
+/// The filesystem's size (but the nearly-full test's); the write loops
+/// on it write at most 4 times that.
 const FS_MIB: usize = 64;
 
 fn create(path: &Path) -> File {
@@ -35,12 +38,12 @@ fn create(path: &Path) -> File {
         .unwrap()
 }
 
-/// Writes 1 MiB chunks to `f` until write(2) fails, at most 4 times the
-/// filesystem: the bytes written and the error, if one came.
-fn write_until_error(f: &mut File) -> (usize, Option<std::io::Error>) {
+/// Writes 1 MiB chunks to `f` until write(2) fails, at most `limit`
+/// bytes: the bytes written and the error, if one came.
+fn write_until_error(f: &mut File, limit: usize) -> (usize, Option<std::io::Error>) {
     let chunk = vec![0x5au8; MIB];
     let mut written = 0;
-    while written < 4 * FS_MIB * MIB {
+    while written < limit {
         match f.write(&chunk) {
             Ok(n) => written += n,
             Err(e) => return (written, Some(e)),
@@ -70,7 +73,7 @@ fn write_fails_once_the_filesystem_is_full() {
     other.sync_all().unwrap();
 
     let mut big = create(&mnt.join("big"));
-    let (written, err) = write_until_error(&mut big);
+    let (written, err) = write_until_error(&mut big, 4 * FS_MIB * MIB);
     let err = err.unwrap_or_else(|| {
         panic!(
             "every write(2) succeeded: {} MiB onto a {FS_MIB} MiB filesystem",
@@ -92,7 +95,7 @@ fn write_fails_once_the_filesystem_is_full() {
 
     // A file opened now fails as soon as its writes reach the worker.
     let mut late = create(&mnt.join("late"));
-    let (_, err) = write_until_error(&mut late);
+    let (_, err) = write_until_error(&mut late, 4 * FS_MIB * MIB);
     assert!(
         err.as_ref().is_some_and(is_enospc),
         "a file created while full: {err:?}"
@@ -133,6 +136,89 @@ fn write_fails_once_the_filesystem_is_full() {
     let mut names = names;
     names.sort();
     assert_eq!(names, ["lost+found", "other"]);
+}
+
+/// The dirty page limit of the mount at `mnt`, in bytes, from its bdi.
+fn dirty_limit(mnt: &Path) -> u64 {
+    let dev = std::fs::metadata(mnt).unwrap().dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let text = std::fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/max_bytes"))
+        .unwrap_or_else(|e| panic!("bdi {major}:{minor} max_bytes (Linux 6.2): {e}"));
+    text.trim().parse().unwrap()
+}
+
+/// Free bytes on the mount at `mnt`, root's reserve included.
+fn free_bytes(mnt: &Path) -> u64 {
+    let s = snapshot::statvfs(mnt).unwrap();
+    s.bfree * s.frsize
+}
+
+/// Under the writeback cache write(2) lands in the page cache, so on a
+/// filesystem about to fill it went on succeeding for as much as the
+/// kernel lets the mount hold dirty (48 MiB on a 24 GiB machine) past the
+/// last free block. While space is low (under 512 MiB) the broker caps the
+/// mount's dirty pages at 2 MiB, and lifts the cap when space comes back.
+#[test]
+fn a_nearly_full_mount_holds_little_unwritten_data() {
+    if !require_root() {
+        return;
+    }
+    const CAP: u64 = 2 << 20;
+    let tmp = TempDir::new("nearly-full").unwrap();
+    let img = tmp.join("fs.img");
+    ops::make_empty_image(&img, &["-b", "4096"], 1 << 30).unwrap();
+    let mnt = tmp.join("mnt");
+    let broker = Broker::with_mount(&img, &mnt, "rw");
+    let fuse_limit = dirty_limit(&mnt);
+    assert!(
+        fuse_limit > 2 * CAP,
+        "FUSE's own dirty limit is {fuse_limit} bytes here, too small to tell the cap from it"
+    );
+    let short = |limit: u64| wait_until(Duration::from_secs(10), || dirty_limit(&mnt) <= limit);
+
+    let mut big = create(&mnt.join("big"));
+    let chunk = vec![0x5au8; MIB];
+    for _ in 0..600 {
+        big.write_all(&chunk).unwrap();
+    }
+    big.sync_all().unwrap();
+    drop(big);
+    assert!(
+        short(CAP),
+        "{} MiB free, and the dirty limit is still {} bytes",
+        free_bytes(&mnt) >> 20,
+        dirty_limit(&mnt)
+    );
+
+    std::fs::remove_file(mnt.join("big")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || dirty_limit(&mnt) > 2 * CAP),
+        "{} MiB free, and the dirty limit is still {} bytes",
+        free_bytes(&mnt) >> 20,
+        dirty_limit(&mnt)
+    );
+
+    // Filling it: write(2) fails within a few MiB of the free space.
+    let free = free_bytes(&mnt) as usize;
+    let mut fill = create(&mnt.join("fill"));
+    let (written, err) = write_until_error(&mut fill, 4 << 30);
+    assert!(err.as_ref().is_some_and(is_enospc), "write(2): {err:?}");
+    drop(fill);
+    let past = written.saturating_sub(free);
+    println!(
+        "write(2) took {} MiB with {} MiB free: {} MiB past the end",
+        written / MIB,
+        free / MIB,
+        past / MIB
+    );
+    assert!(
+        past <= 8 * MIB,
+        "write(2) took {} MiB past the last free block ({} MiB free)",
+        past / MIB,
+        free / MIB
+    );
+    broker.unmount(&mnt).unwrap();
+    image::fsck_clean(&img).unwrap();
 }
 
 /// A user fills the filesystem through `mnt`, then root writes: whether
