@@ -52,7 +52,7 @@ pub fn widen_read_ahead(dev: (u32, u32)) -> std::io::Result<()> {
 /// Caps the dirty pages of the mount with device number `dev` at
 /// [`LOW_SPACE_MAX_BYTES`] while it is `low_space`, and gives it FUSE's
 /// own limit back when not. (max_bytes is Linux 6.2's; before it the
-/// write fails with ENOENT.)
+/// write fails.)
 pub fn limit_dirty(dev: (u32, u32), low_space: bool) -> std::io::Result<()> {
     if low_space {
         std::fs::write(

@@ -419,12 +419,6 @@ impl State {
         self.persist(id);
     }
 
-    /// A health report from the serving worker: it turned read-only, or
-    /// met an error. The worker is untrusted: its words are sanitized
-    /// (one line, bounded) before anyone sees them, and a mount never
-    /// turns back from read-only on its word. The news is recorded before
-    /// `list` can show it: the worker reports a change once, so a broker
-    /// killed after showing it must leave it to the next one.
     /// What the health reports of mount `id` (device number `dev`) do:
     /// its record and `list` learn the read-only state and first error,
     /// and its dirty page limit follows its free space.
@@ -456,6 +450,12 @@ impl State {
         }
     }
 
+    /// A health report from the serving worker: it turned read-only, or
+    /// met an error. The worker is untrusted: its words are sanitized
+    /// (one line, bounded) before anyone sees them, and a mount never
+    /// turns back from read-only on its word. The news is recorded before
+    /// `list` can show it: the worker reports a change once, so a broker
+    /// killed after showing it must leave it to the next one.
     pub fn set_health(&self, id: u64, read_only: bool, error: Option<String>) {
         let error = error.map(|e| crate::sanitize::display(e.as_bytes()));
         let apply = |read_only_now: &mut bool, error_now: &mut Option<String>| {
