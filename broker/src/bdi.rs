@@ -19,18 +19,19 @@
 //! the worker sees the data only at write-back, so on a filesystem about
 //! to fill write(2) went on succeeding for up to that much past the last
 //! free block, and the data was lost at write-back (fsync and close
-//! report it). While the worker reports low space, the mount may hold
-//! [`LOW_SPACE_MAX_BYTES`] dirty, and write(2) fails close to where
-//! ext4's would; on a 64 MiB filesystem with 50 MiB free, write(2) of
-//! 1 MiB chunks failed after 56 MiB instead of 85 MiB.
+//! report it). While the worker reports low space it asks for a cap (a
+//! sixteenth of the free space, within [`DIRTY_CAP_MIN`] and
+//! [`DIRTY_CAP_MAX`], which the broker keeps to whatever it asks), and
+//! write(2) fails close to where ext4's would: on a 64 MiB filesystem with
+//! 50 MiB free, write(2) of 1 MiB chunks failed after 56 MiB instead of
+//! 85 MiB.
 
 use std::path::PathBuf;
 
+use safemount_proto::{DIRTY_CAP_MAX, DIRTY_CAP_MIN};
+
 /// The window, in KiB: the worker's max_readahead and largest READ.
 pub const READ_AHEAD_KB: u32 = safemount_proto::FUSE_MAX_IO / 1024;
-
-/// What a mount low on space may hold dirty.
-pub const LOW_SPACE_MAX_BYTES: u64 = 2 << 20;
 
 /// FUSE's own dirty limit, in percent of the dirty threshold
 /// (fuse_bdi_init), which a mount gets back when space is no longer low.
@@ -49,17 +50,16 @@ pub fn widen_read_ahead(dev: (u32, u32)) -> std::io::Result<()> {
     )
 }
 
-/// Caps the dirty pages of the mount with device number `dev` at
-/// [`LOW_SPACE_MAX_BYTES`] while it is `low_space`, and gives it FUSE's
-/// own limit back when not. (max_bytes is Linux 6.2's; before it the
-/// write fails.)
-pub fn limit_dirty(dev: (u32, u32), low_space: bool) -> std::io::Result<()> {
-    if low_space {
-        std::fs::write(
+/// Caps the dirty pages of the mount with device number `dev` at `cap`
+/// bytes (kept within [`DIRTY_CAP_MIN`] and [`DIRTY_CAP_MAX`]: the worker
+/// asks), or gives it FUSE's own limit back (None). (max_bytes is Linux
+/// 6.2's; before it the write fails.)
+pub fn limit_dirty(dev: (u32, u32), cap: Option<u64>) -> std::io::Result<()> {
+    match cap {
+        Some(bytes) => std::fs::write(
             sysfs_file(dev, "max_bytes"),
-            format!("{LOW_SPACE_MAX_BYTES}\n"),
-        )
-    } else {
-        std::fs::write(sysfs_file(dev, "max_ratio"), format!("{FUSE_MAX_RATIO}\n"))
+            format!("{}\n", bytes.clamp(DIRTY_CAP_MIN, DIRTY_CAP_MAX)),
+        ),
+        None => std::fs::write(sysfs_file(dev, "max_ratio"), format!("{FUSE_MAX_RATIO}\n")),
     }
 }

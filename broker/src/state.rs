@@ -429,21 +429,27 @@ impl State {
     ) -> impl FnMut(HealthReport) + Send + 'static {
         let state = self.clone();
         // Unknown at first: a previous broker may have left it capped.
-        let mut capped: Option<bool> = None;
+        let mut applied: Option<Option<u64>> = None;
         move |report| {
             state.set_health(id, report.read_only, report.error);
-            let low = report.low_space;
-            if capped == Some(low) {
+            let cap = report.dirty_cap;
+            if applied == Some(cap) {
                 return;
             }
-            let was = capped.replace(low);
-            match crate::bdi::limit_dirty(dev, low) {
-                Ok(()) if low => tracing::info!(id, "low on space: dirty pages capped"),
-                Ok(()) if was == Some(true) => {
+            let was = applied.replace(cap).flatten();
+            match (crate::bdi::limit_dirty(dev, cap), cap) {
+                (Ok(()), Some(bytes)) => {
+                    tracing::info!(
+                        id,
+                        cap_kib = bytes >> 10,
+                        "low on space: dirty pages capped"
+                    );
+                }
+                (Ok(()), None) if was.is_some() => {
                     tracing::info!(id, "space again: dirty pages uncapped");
                 }
-                Ok(()) => {}
-                Err(e) => {
+                (Ok(()), None) => {}
+                (Err(e), _) => {
                     tracing::warn!(id, error = %e, "cannot change the mount's dirty page limit (max_bytes is Linux 6.2's): near full, write(2) may succeed past the last free block");
                 }
             }

@@ -250,9 +250,9 @@ pub struct HealthReport {
     pub read_only: bool,
     /// The first error met, one line.
     pub error: Option<String>,
-    /// So little space is left that the mount's dirty pages are capped
-    /// (see [`crate::bdi::limit_dirty`]).
-    pub low_space: bool,
+    /// While space is low, the dirty page cap the worker asks for (see
+    /// [`crate::bdi::limit_dirty`]).
+    pub dirty_cap: Option<u64>,
 }
 
 /// A running worker and the broker's end of its socket.
@@ -493,13 +493,13 @@ impl Worker {
                             WorkerReply::Health {
                                 read_only,
                                 error,
-                                low_space,
+                                dirty_cap,
                             },
                             _,
                         )) => on_health(HealthReport {
                             read_only,
                             error,
-                            low_space,
+                            dirty_cap,
                         }),
                         Ok((other, _)) => {
                             tracing::warn!(pid, "worker sent {other:?} while serving; ignored");

@@ -24,3 +24,9 @@ pub const MAX_FDS: usize = 4;
 /// max_readahead), and the read-ahead window the broker gives a mount:
 /// agreed here so the two never drift apart.
 pub const FUSE_MAX_IO: u32 = 1 << 20;
+
+/// The dirty page caps a worker low on space may ask the broker for
+/// (`WorkerReply::Health::dirty_cap`), and the broker keeps to: what a
+/// mount may hold written but not yet written back, in bytes.
+pub const DIRTY_CAP_MIN: u64 = 2 << 20;
+pub const DIRTY_CAP_MAX: u64 = 32 << 20;

@@ -204,13 +204,14 @@ pub enum WorkerReply {
     /// The FUSE INIT handshake is done; requests are being served.
     Serving,
     /// While serving, whenever it changes: whether the mount now serves
-    /// reads only, the first error met (one line), and whether so little
-    /// space is left that the kernel must hold little unwritten data for
-    /// the mount (the broker narrows its dirty page limit).
+    /// reads only, the first error met (one line), and, while space is
+    /// low, how much unwritten data the kernel may hold for the mount
+    /// (bytes, between DIRTY_CAP_MIN and DIRTY_CAP_MAX; None: the
+    /// kernel's own limit).
     Health {
         read_only: bool,
         error: Option<String>,
-        low_space: bool,
+        dirty_cap: Option<u64>,
     },
     /// Before `Probed`: the worker waits `seconds` before it can answer
     /// (multi-mount protection); `reason` is one line for the user.
