@@ -161,13 +161,12 @@ pub enum WorkerRequest {
 }
 
 /// The atime mount options: which reads move a file's access time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Atime {
     /// `noatime`: none.
     NoAtime,
     /// `relatime`, the kernel's default: the first read after a change,
     /// and a read a day after the last one.
-    #[default]
     Relatime,
     /// `strictatime`: every read.
     StrictAtime,

@@ -150,6 +150,9 @@ fn run_steps(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The files whose atimes the mount shows and the disk must hold.
+const SHOWN: [&str; 4] = ["f", "n", "d", "l"];
+
 /// Runs the steps on the kernel's ext4 mounted with `kernel_opts` and on
 /// safemount mounted with `safemount_opts`; returns the kernel's lines.
 fn compare(tag: &str, kernel_opts: &str, safemount_opts: &str) -> Vec<String> {
@@ -168,18 +171,18 @@ fn compare(tag: &str, kernel_opts: &str, safemount_opts: &str) -> Vec<String> {
     let mnt = tmp.join("mnt");
     let broker = Broker::with_mount(&img, &mnt, safemount_opts);
     let ours = run_steps(&mnt);
-    let shown: Vec<_> = ["f", "n", "d", "l"].map(|p| atime(&mnt.join(p))).into();
+    let shown = SHOWN.map(|p| atime(&mnt.join(p)));
     broker.unmount(&mnt).unwrap();
 
     let diffs = step_differences(&ours, &theirs);
     assert!(diffs.is_empty(), "{tag}: {}", diffs.join("\n"));
     fsck_clean(&img).unwrap();
     let k = KernelMount::mount(&img, &kmnt).unwrap();
-    let on_disk: Vec<_> = ["f", "n", "d", "l"].map(|p| atime(&kmnt.join(p))).into();
+    let on_disk = SHOWN.map(|p| atime(&kmnt.join(p)));
     k.unmount().unwrap();
     assert_eq!(
         on_disk, shown,
-        "{tag}: atimes on disk (f, n, d, l) differ from those shown"
+        "{tag}: atimes on disk of {SHOWN:?} differ from those shown"
     );
     theirs
 }

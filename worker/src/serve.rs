@@ -208,7 +208,8 @@ fn start(sock: BorrowedFd<'_>) -> Result<Option<Serving>, ServeError> {
         noload,
         errors,
         quota_limits,
-        (atime, nodiratime),
+        atime,
+        nodiratime,
         node,
         &source_name,
     )?;
@@ -290,7 +291,8 @@ fn open_telling_waits(
     noload: bool,
     errors: Option<Errors>,
     quota_limits: [bool; 3],
-    (atime, nodiratime): (Atime, bool),
+    atime: Atime,
+    nodiratime: bool,
     node: String,
     source_name: &str,
 ) -> Result<Ext4, ServeError> {
